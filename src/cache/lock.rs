@@ -1,0 +1,28 @@
+//! A per-key lock, so two processes never compute the same stage at once. Only
+//! efficiency depends on it: correctness comes from the atomic rename of a complete
+//! directory.
+
+use std::fs::{File, OpenOptions};
+use std::path::Path;
+
+use crate::error::CacheError;
+
+/// Held while a stage is computed; released when dropped (or when the process dies,
+/// since it is an OS file lock).
+pub struct KeyLock {
+    _file: File,
+}
+
+impl KeyLock {
+    /// Blocks until no other process holds the lock for this key.
+    pub fn acquire(path: &Path) -> Result<KeyLock, CacheError> {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(CacheError::io(path))?;
+        file.lock().map_err(CacheError::io(path))?;
+        Ok(KeyLock { _file: file })
+    }
+}

@@ -1,0 +1,6 @@
+//! The content-addressed store of stage results under `results/.cache/<key>/`.
+
+pub mod lock;
+pub mod store;
+
+pub use store::{Cache, Manifest, OutputFile};

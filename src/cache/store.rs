@@ -1,0 +1,233 @@
+//! Atomic cache entries: a stage writes into a temporary directory beside the cache and
+//! the finished directory, manifest included, is renamed into place. No manifest, no
+//! entry; a killed stage leaves only a temporary directory that is never read.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::lock::KeyLock;
+use crate::error::CacheError;
+
+/// Bumped when the layout of entries changes; part of every key.
+pub const CACHE_FORMAT: u32 = 1;
+
+const MANIFEST: &str = "manifest.json";
+
+/// What an entry holds and how it was made.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub key: String,
+    pub kind: String,
+    /// The stage id that computed it (entries are shared by equal stages).
+    pub stage: String,
+    pub params: serde_json::Value,
+    /// Role -> keys of the input entries.
+    pub inputs: BTreeMap<String, Vec<String>>,
+    pub outputs: Vec<OutputFile>,
+    pub seconds: f64,
+    pub device: String,
+    pub runner_version: String,
+    pub stage_version: u32,
+    pub cache_format: u32,
+    pub created_unix: u64,
+}
+
+/// One file of an entry, so `verify` can detect corruption.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OutputFile {
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// Handle on `results/.cache`.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    root: PathBuf,
+}
+
+impl Cache {
+    /// Opens (creating if needed) the cache inside a results directory.
+    pub fn open(results: &Path) -> Result<Cache, CacheError> {
+        let root = results.join(".cache");
+        fs::create_dir_all(root.join(".tmp")).map_err(CacheError::io(&root))?;
+        fs::create_dir_all(root.join(".locks")).map_err(CacheError::io(&root))?;
+        Ok(Cache { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn entry_dir(&self, key: &str) -> PathBuf {
+        self.root.join(key)
+    }
+
+    /// The manifest of a complete entry, or None if the key is not cached.
+    pub fn manifest(&self, key: &str) -> Result<Option<Manifest>, CacheError> {
+        let path = self.entry_dir(key).join(MANIFEST);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| CacheError::Manifest { path, message: e.to_string() }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(CacheError::Io { path, source: e }),
+        }
+    }
+
+    pub fn is_cached(&self, key: &str) -> bool {
+        self.entry_dir(key).join(MANIFEST).is_file()
+    }
+
+    /// Blocks until this process may compute `key`.
+    pub fn lock(&self, key: &str) -> Result<KeyLock, CacheError> {
+        KeyLock::acquire(&self.root.join(".locks").join(key))
+    }
+
+    /// A fresh directory on the cache's filesystem for a stage to write into.
+    pub fn staging(&self) -> Result<tempfile::TempDir, CacheError> {
+        let tmp = self.root.join(".tmp");
+        tempfile::Builder::new().prefix("stage-").tempdir_in(&tmp).map_err(CacheError::io(&tmp))
+    }
+
+    /// Writes the manifest (with digests of every output) and renames the staging
+    /// directory into place. With `replace`, an existing entry is swapped out.
+    pub fn commit(&self, staging: tempfile::TempDir, mut manifest: Manifest, replace: bool) -> Result<(), CacheError> {
+        let dir = staging.path().to_path_buf();
+        manifest.outputs = describe_outputs(&dir)?;
+        let json = serde_json::to_vec_pretty(&manifest).expect("manifests serialize");
+        let manifest_path = dir.join(MANIFEST);
+        fs::write(&manifest_path, json).map_err(CacheError::io(&manifest_path))?;
+        let target = self.entry_dir(&manifest.key);
+        let staged = staging.keep();
+        if target.exists() {
+            if !replace && self.is_cached(&manifest.key) {
+                // Another process committed the same key first; its bytes are equal.
+                let _ = fs::remove_dir_all(&staged);
+                return Ok(());
+            }
+            let trash = self.staging()?.keep();
+            let old = trash.join("old");
+            fs::rename(&target, &old).map_err(CacheError::io(&target))?;
+            fs::rename(&staged, &target).map_err(CacheError::io(&target))?;
+            let _ = fs::remove_dir_all(&trash);
+            return Ok(());
+        }
+        fs::rename(&staged, &target).map_err(CacheError::io(&target))
+    }
+}
+
+/// Every file under `dir` (recursively, sorted) with its size and sha256.
+pub fn describe_outputs(dir: &Path) -> Result<Vec<OutputFile>, CacheError> {
+    let mut files = Vec::new();
+    collect_files(dir, dir, &mut files)?;
+    files.sort();
+    files
+        .into_iter()
+        .filter(|rel| rel != MANIFEST)
+        .map(|rel| {
+            let path = dir.join(&rel);
+            let size = fs::metadata(&path).map_err(CacheError::io(&path))?.len();
+            Ok(OutputFile { sha256: sha256_file(&path)?, path: rel, size })
+        })
+        .collect()
+}
+
+fn collect_files(base: &Path, dir: &Path, out: &mut Vec<String>) -> Result<(), CacheError> {
+    for entry in fs::read_dir(dir).map_err(CacheError::io(dir))? {
+        let entry = entry.map_err(CacheError::io(dir))?;
+        let path = entry.path();
+        if path.is_dir() {
+            collect_files(base, &path, out)?;
+        } else {
+            let rel = path.strip_prefix(base).expect("inside base").to_string_lossy().replace('\\', "/");
+            out.push(rel);
+        }
+    }
+    Ok(())
+}
+
+/// Streams a file through sha256.
+pub fn sha256_file(path: &Path) -> Result<String, CacheError> {
+    let mut file = fs::File::open(path).map_err(CacheError::io(path))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(CacheError::io(path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+/// Lower-case hex of a digest.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(key: &str) -> Manifest {
+        Manifest {
+            key: key.into(),
+            kind: "dataset".into(),
+            stage: "data".into(),
+            params: serde_json::json!({}),
+            inputs: BTreeMap::new(),
+            outputs: vec![],
+            seconds: 0.0,
+            device: "cpu".into(),
+            runner_version: "test".into(),
+            stage_version: 1,
+            cache_format: CACHE_FORMAT,
+            created_unix: 0,
+        }
+    }
+
+    #[test]
+    fn commit_is_atomic_and_lists_outputs() {
+        let results = tempfile::tempdir().unwrap();
+        let cache = Cache::open(results.path()).unwrap();
+        let staging = cache.staging().unwrap();
+        fs::write(staging.path().join("a.txt"), b"abc").unwrap();
+        assert!(!cache.is_cached("k1"));
+        cache.commit(staging, manifest("k1"), false).unwrap();
+        let m = cache.manifest("k1").unwrap().unwrap();
+        assert_eq!(m.outputs.len(), 1);
+        assert_eq!(m.outputs[0].size, 3);
+        assert_eq!(m.outputs[0].sha256, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        // Nothing is left in the staging area.
+        assert_eq!(fs::read_dir(cache.root().join(".tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn an_uncommitted_directory_is_not_an_entry() {
+        let results = tempfile::tempdir().unwrap();
+        let cache = Cache::open(results.path()).unwrap();
+        fs::create_dir_all(cache.entry_dir("k2")).unwrap();
+        fs::write(cache.entry_dir("k2").join("half.bin"), b"x").unwrap();
+        assert!(!cache.is_cached("k2"));
+        assert!(cache.manifest("k2").unwrap().is_none());
+    }
+
+    #[test]
+    fn replace_swaps_an_existing_entry() {
+        let results = tempfile::tempdir().unwrap();
+        let cache = Cache::open(results.path()).unwrap();
+        for content in [&b"one"[..], b"two"] {
+            let staging = cache.staging().unwrap();
+            fs::write(staging.path().join("f"), content).unwrap();
+            cache.commit(staging, manifest("k3"), true).unwrap();
+        }
+        assert_eq!(fs::read(cache.entry_dir("k3").join("f")).unwrap(), b"two");
+    }
+}

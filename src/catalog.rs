@@ -1,0 +1,73 @@
+//! `runner list`: every choice a pipeline file can make, with its defaults, read off
+//! the parameter types themselves so the list cannot drift from the code.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::data::toy::Distribution;
+use crate::diffusion::sample::SamplerParams;
+use crate::diffusion::schedule::ScheduleParams;
+use crate::metrics::Metric;
+use crate::pipeline::spec::StageKind;
+use crate::stages::{dataset::DatasetParams, evaluate::EvaluateParams, model::ModelParams, sample::SampleParams, train::TrainParams};
+
+/// The parameters (defaults filled in) of the value that `yaml` names.
+fn defaults<T: DeserializeOwned + Serialize>(yaml: &str) -> String {
+    let value: T = serde_norway::from_str(yaml).expect("catalog entries parse");
+    let json = serde_json::to_value(value).expect("parameters serialize");
+    let mut out = Vec::new();
+    if let Some(map) = json.as_object() {
+        for (k, v) in map {
+            out.push(format!("{k}: {v}"));
+        }
+    }
+    out.join(", ")
+}
+
+fn section<T: DeserializeOwned + Serialize>(out: &mut String, title: &str, tag: &str, names: &[&str]) {
+    out.push_str(&format!("\n{title} ({tag}: ...):\n"));
+    for name in names {
+        out.push_str(&format!("  {name:<18} {}\n", defaults::<T>(&format!("{tag}: {name}"))));
+    }
+}
+
+/// The text `runner list` prints.
+pub fn describe() -> String {
+    let mut out = String::from("stage kinds (kind: ..., needs: {role: stage}):\n");
+    for kind in StageKind::ALL {
+        let roles: Vec<String> = kind.roles().iter().map(|(r, k)| format!("{r} <- {k}")).collect();
+        let roles = if roles.is_empty() { "no inputs".to_string() } else { roles.join(", ") };
+        out.push_str(&format!("  {:<18} {roles}\n", kind.name()));
+    }
+    out.push_str("  (evaluate's `samples` takes one sample stage or a list)\n");
+    section::<Distribution>(&mut out, "datasets", "name", &["circle", "gmm", "spiral", "moons", "two_gaussians"]);
+    out.push_str(&format!("  every dataset also takes: {}\n", common_dataset()));
+    section::<ScheduleParams>(&mut out, "schedules", "type", &["linear", "cosine", "geometric"]);
+    section::<ModelParams>(&mut out, "models", "arch", &["mlp"]);
+    out.push_str(&format!("\ntrain params: {}\n", defaults::<TrainParams>("objective: eps")));
+    out.push_str("  objective: eps (DDPM, linear/cosine schedule) | dsm (SMLD, geometric sigmas); optimizer: adam | adamw\n");
+    section::<SamplerParams>(&mut out, "samplers", "sampler", &["ancestral", "annealed_langevin"]);
+    let sample = defaults::<SampleParams>("sampler: ancestral");
+    let common: Vec<&str> = sample.split(", ").filter(|p| !p.starts_with("sampler:") && !p.starts_with("variance:")).collect();
+    out.push_str(&format!("  every sampler also takes: {}\n", common.join(", ")));
+    let metrics: Vec<&str> = Metric::ALL.iter().map(|m| m.name()).collect();
+    out.push_str(&format!("\nmetrics: {}\n", metrics.join(", ")));
+    out.push_str(&format!("evaluate params: {}\n", defaults::<EvaluateParams>("{}")));
+    out
+}
+
+fn common_dataset() -> String {
+    let all = defaults::<DatasetParams>("name: moons");
+    all.split(", ").filter(|p| ["n:", "holdout:", "seed:"].iter().any(|k| p.starts_with(k))).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn describe_lists_every_choice_with_defaults() {
+        let text = super::describe();
+        for needle in ["gmm", "weights: [0.1,0.9]", "cosine", "s: 0.008", "geometric", "annealed_langevin", "step_lr: 2e-5", "sliced_wasserstein", "holdout: 10000", "train params"] {
+            assert!(text.contains(needle), "missing {needle} in:\n{text}");
+        }
+    }
+}

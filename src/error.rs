@@ -1,0 +1,88 @@
+//! User-facing errors, one enum per layer, so every message says what went wrong
+//! and what the user can do about it (no stack traces reach the terminal).
+
+use std::path::PathBuf;
+
+/// Where in a pipeline file something is, so the user can jump straight to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub line: usize,
+    pub column: usize,
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}, column {}", self.line, self.column)
+    }
+}
+
+/// A pipeline file that cannot be turned into a valid DAG.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}{}: {message}", fmt_loc(.location))]
+    Invalid { path: PathBuf, location: Option<Location>, message: String },
+    #[error("--set {assignment}: {message}")]
+    Override { assignment: String, message: String },
+}
+
+fn fmt_loc(location: &Option<Location>) -> String {
+    location.as_ref().map(|l| format!(":{}:{}", l.line, l.column)).unwrap_or_default()
+}
+
+/// Failures of the content-addressed cache (I/O on the results directory).
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("cache I/O on {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("cache entry {path} has a malformed manifest: {message}; delete the directory to recompute it")]
+    Manifest { path: PathBuf, message: String },
+}
+
+impl CacheError {
+    pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> CacheError {
+        let path = path.into();
+        move |source| CacheError::Io { path, source }
+    }
+}
+
+/// Why one stage failed; the scheduler attaches the stage id when reporting it.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error("{0}")]
+    Failed(String),
+    #[error("tensor error: {0}")]
+    Tensor(#[from] candle_core::Error),
+    #[error("I/O error on {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error("input {path} is not valid: {message}")]
+    BadInput { path: PathBuf, message: String },
+}
+
+impl StageError {
+    pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> StageError {
+        let path = path.into();
+        move |source| StageError::Io { path, source }
+    }
+}
+
+/// Convenience for stage code.
+pub type StageResult<T> = std::result::Result<T, StageError>;
+
+/// Top-level error of a command: what `main` prints before exiting non-zero.
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error("{0}")]
+    Report(String),
+    #[error("{failed} of {total} stages failed (see above); the other results are cached")]
+    StagesFailed { failed: usize, total: usize },
+    #[error("{0}")]
+    Usage(String),
+}

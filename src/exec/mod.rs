@@ -1,0 +1,4 @@
+//! Running a plan: which stages to compute, in what order, on how many threads.
+
+pub mod progress;
+pub mod scheduler;

@@ -1,0 +1,207 @@
+//! Runs the stages of a plan in dependency order, independent ones concurrently on a
+//! bounded rayon pool. A failing stage fails only itself and its dependents.
+
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::mpsc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use candle_core::Device;
+use petgraph::Direction;
+use petgraph::graph::NodeIndex;
+
+use super::progress::Progress;
+use crate::cache::{Cache, Manifest};
+use crate::error::{StageError, StageResult};
+use crate::pipeline::graph::{Plan, StageNode};
+use crate::stages::{self, InputEntry, StageContext};
+
+/// How to run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Concurrent stages at most.
+    pub jobs: usize,
+    /// Stage ids to recompute even when cached.
+    pub force: Vec<String>,
+}
+
+/// What happened to a stage.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Status {
+    Cached,
+    Computed,
+    Failed(String),
+    /// Not run because an input failed or was skipped (names that input).
+    Skipped(String),
+}
+
+impl Status {
+    pub fn ok(&self) -> bool {
+        matches!(self, Status::Cached | Status::Computed)
+    }
+
+    pub fn label(&self) -> &'static str {
+        match self {
+            Status::Cached => "cached",
+            Status::Computed => "computed",
+            Status::Failed(_) => "failed",
+            Status::Skipped(_) => "skipped",
+        }
+    }
+}
+
+/// A stage's result in this run.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub id: String,
+    pub status: Status,
+    /// Time this run spent on the stage (0 when cached).
+    pub seconds: f64,
+}
+
+/// Runs every stage of the plan that is not cached; returns outcomes in plan order.
+pub fn execute(plan: &Plan, cache: &Cache, options: &RunOptions, progress: &Progress) -> Vec<Outcome> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(options.jobs.max(1))
+        .thread_name(|i| format!("stage-{i}"))
+        .build()
+        .expect("thread pool");
+    let graph = &plan.graph;
+    let mut waiting: HashMap<NodeIndex, usize> =
+        plan.order.iter().map(|&ix| (ix, graph.neighbors_directed(ix, Direction::Incoming).count())).collect();
+    let mut results: HashMap<NodeIndex, Outcome> = HashMap::new();
+    let (tx, rx) = mpsc::channel::<(NodeIndex, Outcome)>();
+
+    pool.in_place_scope(|scope| {
+        let mut ready: Vec<NodeIndex> = plan.order.iter().rev().copied().filter(|ix| waiting[ix] == 0).collect();
+        let mut running = 0usize;
+        loop {
+            while let Some(ix) = ready.pop() {
+                let node = &graph[ix];
+                // An input that did not succeed means this stage cannot run.
+                let blocked = graph
+                    .neighbors_directed(ix, Direction::Incoming)
+                    .find(|i| !results[i].status.ok())
+                    .map(|i| graph[i].id.clone());
+                if let Some(input) = blocked {
+                    let outcome = Outcome { id: node.id.clone(), status: Status::Skipped(input), seconds: 0.0 };
+                    progress.println(&format!("- {:<20} skipped: input `{}` did not complete", node.id, outcome_input(&outcome)));
+                    release(plan, ix, &mut waiting, &mut ready);
+                    results.insert(ix, outcome);
+                    continue;
+                }
+                let inputs = input_entries(plan, cache, node);
+                let force = options.force.contains(&node.id);
+                let tx = tx.clone();
+                running += 1;
+                scope.spawn(move |_| {
+                    let started = Instant::now();
+                    let status = match catch_unwind(AssertUnwindSafe(|| run_one(node, inputs, cache, force, progress))) {
+                        Ok(Ok(status)) => status,
+                        Ok(Err(e)) => Status::Failed(e.to_string()),
+                        Err(panic) => Status::Failed(format!("internal error: {}", panic_message(&panic))),
+                    };
+                    let seconds = if status == Status::Computed { started.elapsed().as_secs_f64() } else { 0.0 };
+                    let _ = tx.send((ix, Outcome { id: node.id.clone(), status, seconds }));
+                });
+            }
+            if running == 0 {
+                break;
+            }
+            let (ix, outcome) = rx.recv().expect("a running stage always reports");
+            running -= 1;
+            let node = &graph[ix];
+            match &outcome.status {
+                Status::Cached => progress.println(&format!("  {:<20} cached ({})", node.id, &node.key[..12])),
+                Status::Computed => {
+                    progress.println(&format!("  {:<20} computed in {:.1}s ({})", node.id, outcome.seconds, &node.key[..12]))
+                }
+                Status::Failed(message) => progress.println(&format!("x {:<20} FAILED: {message}", node.id)),
+                Status::Skipped(_) => {}
+            }
+            results.insert(ix, outcome);
+            release(plan, ix, &mut waiting, &mut ready);
+        }
+    });
+    plan.order.iter().map(|ix| results.remove(ix).expect("every stage has an outcome")).collect()
+}
+
+fn outcome_input(outcome: &Outcome) -> &str {
+    match &outcome.status {
+        Status::Skipped(input) => input,
+        _ => "",
+    }
+}
+
+/// Marks `ix` done for its dependents and queues the ones with no inputs left.
+fn release(plan: &Plan, ix: NodeIndex, waiting: &mut HashMap<NodeIndex, usize>, ready: &mut Vec<NodeIndex>) {
+    for next in plan.graph.neighbors_directed(ix, Direction::Outgoing) {
+        let left = waiting.get_mut(&next).expect("every node is counted");
+        *left -= 1;
+        if *left == 0 {
+            ready.push(next);
+        }
+    }
+}
+
+fn input_entries(plan: &Plan, cache: &Cache, node: &StageNode) -> Vec<(String, Vec<InputEntry>)> {
+    node.needs
+        .iter()
+        .map(|(role, ids)| {
+            let entries = ids
+                .iter()
+                .map(|id| InputEntry { id: id.clone(), dir: cache.entry_dir(&plan.node(id).expect("validated").key) })
+                .collect();
+            (role.clone(), entries)
+        })
+        .collect()
+}
+
+/// Computes one stage unless it is cached (or another process computes it first).
+fn run_one(node: &StageNode, inputs: Vec<(String, Vec<InputEntry>)>, cache: &Cache, force: bool, progress: &Progress) -> StageResult<Status> {
+    if !force && cache.is_cached(&node.key) {
+        return Ok(Status::Cached);
+    }
+    let _lock = cache.lock(&node.key)?;
+    if !force && cache.is_cached(&node.key) {
+        return Ok(Status::Cached);
+    }
+    let staging = cache.staging()?;
+    let bar = progress.stage(&node.id);
+    let device = Device::Cpu;
+    let started = Instant::now();
+    let ctx = StageContext { id: &node.id, out: staging.path(), inputs: inputs.clone(), progress: &bar, device: &device };
+    let result = stages::run(&node.spec, &ctx);
+    bar.finish();
+    result?;
+    let manifest = Manifest {
+        key: node.key.clone(),
+        kind: node.kind().name().into(),
+        stage: node.id.clone(),
+        params: node.params.clone(),
+        inputs: inputs
+            .iter()
+            .map(|(role, entries)| {
+                let keys = entries.iter().map(|e| e.dir.file_name().unwrap_or_default().to_string_lossy().into_owned());
+                (role.clone(), keys.collect())
+            })
+            .collect(),
+        outputs: Vec::new(),
+        seconds: started.elapsed().as_secs_f64(),
+        device: "cpu".into(),
+        runner_version: env!("CARGO_PKG_VERSION").into(),
+        stage_version: stages::version(node.kind()),
+        cache_format: crate::cache::store::CACHE_FORMAT,
+        created_unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+    };
+    cache.commit(staging, manifest, force).map_err(StageError::from)?;
+    Ok(Status::Computed)
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "a stage panicked".into())
+}

@@ -1,0 +1,22 @@
+//! runner: diffusion-model experiments as DAGs of content-hashed, cached stages.
+//!
+//! A pipeline file ([`pipeline::spec`]) becomes a validated graph of stages
+//! ([`pipeline::graph`]) whose keys ([`pipeline::key`]) address entries in the cache
+//! ([`cache`]); the scheduler ([`exec`]) computes what is missing with the stage
+//! implementations ([`stages`]) built on the diffusion mathematics ([`diffusion`]),
+//! networks ([`nn`]), data ([`data`]) and metrics ([`metrics`]); [`report`] writes
+//! the results folder.
+
+pub mod cache;
+pub mod catalog;
+pub mod cli;
+pub mod data;
+pub mod diffusion;
+pub mod error;
+pub mod exec;
+pub mod metrics;
+pub mod nn;
+pub mod pipeline;
+pub mod report;
+pub mod rng;
+pub mod stages;

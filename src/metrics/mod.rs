@@ -1,0 +1,53 @@
+//! Distances between sample sets, each validated against a closed form in its tests.
+
+pub mod mmd;
+pub mod modes;
+pub mod sliced_wasserstein;
+
+use serde::{Deserialize, Serialize};
+
+/// Metrics an evaluate stage can compute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    /// Sliced 2-Wasserstein distance over random directions.
+    SlicedWasserstein,
+    /// Unbiased squared MMD with an RBF kernel, bandwidth by the median heuristic.
+    Mmd,
+    /// Fraction of samples per mixture component (needs a mixture reference).
+    ModeWeights,
+}
+
+impl Metric {
+    pub const ALL: [Metric; 3] = [Metric::SlicedWasserstein, Metric::Mmd, Metric::ModeWeights];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::SlicedWasserstein => "sliced_wasserstein",
+            Metric::Mmd => "mmd",
+            Metric::ModeWeights => "mode_weights",
+        }
+    }
+}
+
+/// A point set: row-major coordinates with `dim` columns.
+#[derive(Debug, Clone, Copy)]
+pub struct Points<'a> {
+    pub data: &'a [f32],
+    pub dim: usize,
+}
+
+impl<'a> Points<'a> {
+    pub fn new(data: &'a [f32], dim: usize) -> Points<'a> {
+        Points { data, dim }
+    }
+    pub fn len(&self) -> usize {
+        self.data.len() / self.dim
+    }
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+    pub fn row(&self, i: usize) -> &'a [f32] {
+        &self.data[i * self.dim..(i + 1) * self.dim]
+    }
+}

@@ -1,0 +1,150 @@
+//! A multilayer perceptron on [x, embedding(level)]: the standard score network for
+//! low-dimensional data.
+
+use std::collections::HashMap;
+
+use candle_core::{D, Device, Result, Tensor};
+use candle_nn::{Linear, Module};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::embedding::sinusoidal;
+use crate::rng::uniforms;
+
+/// Architecture of the MLP; the data dimension comes from the dataset at train time.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MlpConfig {
+    /// Widths of the hidden layers (SiLU after each).
+    #[serde(default = "hidden")]
+    pub hidden: Vec<usize>,
+    /// Size of the sinusoidal embedding of the noise level.
+    #[serde(default = "embedding_dim")]
+    pub embedding_dim: usize,
+}
+
+fn hidden() -> Vec<usize> {
+    vec![128, 128, 128]
+}
+fn embedding_dim() -> usize {
+    32
+}
+
+impl Default for MlpConfig {
+    fn default() -> Self {
+        MlpConfig { hidden: hidden(), embedding_dim: embedding_dim() }
+    }
+}
+
+impl MlpConfig {
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.hidden.is_empty() || self.hidden.contains(&0) {
+            return Err("`hidden` needs at least one layer and no zero widths".into());
+        }
+        if self.embedding_dim < 2 || self.embedding_dim % 2 != 0 {
+            return Err(format!("`embedding_dim` must be even and at least 2, got {}", self.embedding_dim));
+        }
+        Ok(())
+    }
+
+    /// (in, out) of every linear layer for data of dimension `dim`.
+    fn layer_shapes(&self, dim: usize) -> Vec<(usize, usize)> {
+        let mut widths = vec![dim + self.embedding_dim];
+        widths.extend(&self.hidden);
+        widths.push(dim);
+        widths.windows(2).map(|w| (w[0], w[1])).collect()
+    }
+
+    /// Freshly initialised weights, as PyTorch's nn.Linear does
+    /// (uniform in +-1/sqrt(fan_in)), drawn from the project's seeded RNG.
+    pub fn init_weights(&self, dim: usize, rng: &mut ChaCha8Rng, device: &Device) -> Result<Vec<(String, Tensor)>> {
+        let mut out = Vec::new();
+        for (i, (fan_in, fan_out)) in self.layer_shapes(dim).into_iter().enumerate() {
+            let bound = 1.0 / (fan_in as f32).sqrt();
+            let w = Tensor::from_vec(uniforms(rng, fan_in * fan_out, -bound, bound), (fan_out, fan_in), device)?;
+            let b = Tensor::from_vec(uniforms(rng, fan_out, -bound, bound), fan_out, device)?;
+            out.push((format!("layers.{i}.weight"), w));
+            out.push((format!("layers.{i}.bias"), b));
+        }
+        Ok(out)
+    }
+}
+
+/// The network itself.
+pub struct Mlp {
+    layers: Vec<Linear>,
+    embedding_dim: usize,
+}
+
+impl Mlp {
+    /// Builds the network from named weights (fresh, trainable or loaded from disk).
+    pub fn new(config: &MlpConfig, dim: usize, weights: &HashMap<String, Tensor>) -> Result<Mlp> {
+        let mut layers = Vec::new();
+        for (i, (fan_in, fan_out)) in config.layer_shapes(dim).into_iter().enumerate() {
+            let get = |name: String| {
+                weights
+                    .get(&name)
+                    .cloned()
+                    .ok_or_else(|| candle_core::Error::Msg(format!("weights have no tensor `{name}`")))
+            };
+            let w = get(format!("layers.{i}.weight"))?;
+            if w.dims() != [fan_out, fan_in] {
+                return Err(candle_core::Error::Msg(format!(
+                    "layer {i} weight has shape {:?}, the config needs [{fan_out}, {fan_in}]",
+                    w.dims()
+                )));
+            }
+            layers.push(Linear::new(w, Some(get(format!("layers.{i}.bias"))?)));
+        }
+        Ok(Mlp { layers, embedding_dim: config.embedding_dim })
+    }
+
+    /// `x`: [batch, dim]; `cond`: [batch] noise-level conditioning. Returns [batch, dim].
+    pub fn forward(&self, x: &Tensor, cond: &Tensor) -> Result<Tensor> {
+        let emb = sinusoidal(cond, self.embedding_dim)?;
+        let mut h = Tensor::cat(&[x, &emb], D::Minus1)?;
+        let last = self.layers.len() - 1;
+        for (i, layer) in self.layers.iter().enumerate() {
+            h = layer.forward(&h)?;
+            if i < last {
+                h = h.silu()?;
+            }
+        }
+        Ok(h)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::stream;
+    use candle_core::Var;
+
+    #[test]
+    fn every_parameter_gets_a_gradient() {
+        let cfg = MlpConfig { hidden: vec![16, 16], embedding_dim: 8 };
+        let dev = Device::Cpu;
+        let init = cfg.init_weights(2, &mut stream(0, "init"), &dev).unwrap();
+        let vars: Vec<(String, Var)> = init.into_iter().map(|(n, t)| (n, Var::from_tensor(&t).unwrap())).collect();
+        let map = vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
+        let mlp = Mlp::new(&cfg, 2, &map).unwrap();
+        let x = Tensor::new(&[[0.5f32, -0.3], [1.0, 2.0]], &dev).unwrap();
+        let c = Tensor::new(&[3f32, 7.0], &dev).unwrap();
+        let loss = mlp.forward(&x, &c).unwrap().sqr().unwrap().sum_all().unwrap();
+        let grads = loss.backward().unwrap();
+        for (name, var) in &vars {
+            let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name} has no gradient"));
+            let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(norm > 0.0, "{name} has a zero gradient");
+        }
+    }
+
+    #[test]
+    fn wrong_shapes_are_reported() {
+        let cfg = MlpConfig::default();
+        let dev = Device::Cpu;
+        let init: HashMap<_, _> = cfg.init_weights(2, &mut stream(0, "init"), &dev).unwrap().into_iter().collect();
+        let err = Mlp::new(&cfg, 3, &init).err().unwrap().to_string();
+        assert!(err.contains("layer 0 weight has shape"), "{err}");
+    }
+}

@@ -1,0 +1,4 @@
+//! Score networks: small candle modules with a `Config` and a `forward`.
+
+pub mod embedding;
+pub mod mlp;

@@ -1,0 +1,322 @@
+//! The pipeline file: typed, so a typo is an error with its line and column.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Location, SpecError};
+use crate::stages::{
+    dataset::DatasetParams, evaluate::EvaluateParams, model::ModelParams, sample::SampleParams,
+    schedule::ScheduleParams, train::TrainParams,
+};
+
+/// A whole pipeline file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSpec {
+    /// Names the results folder: `results/<name>/`.
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub stages: BTreeMap<String, StageSpec>,
+}
+
+/// One stage: its kind decides which inputs (`needs`) and `params` it takes.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StageSpec {
+    Dataset { params: DatasetParams },
+    Schedule { params: ScheduleParams },
+    Model { params: ModelParams },
+    Train { needs: TrainNeeds, params: TrainParams },
+    Sample { needs: SampleNeeds, params: SampleParams },
+    Evaluate {
+        needs: EvaluateNeeds,
+        #[serde(default)]
+        params: EvaluateParams,
+    },
+}
+
+/// Inputs of a train stage, by role.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainNeeds {
+    pub data: String,
+    pub schedule: String,
+    pub model: String,
+}
+
+/// Inputs of a sample stage, by role.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SampleNeeds {
+    pub train: String,
+}
+
+/// Inputs of an evaluate stage, by role.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluateNeeds {
+    pub reference: String,
+    pub samples: OneOrMany,
+}
+
+/// A role may name one stage or a list of stages.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn ids(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// The stage kinds, as named in pipeline files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageKind {
+    Dataset,
+    Schedule,
+    Model,
+    Train,
+    Sample,
+    Evaluate,
+}
+
+impl StageKind {
+    pub const ALL: [StageKind; 6] = [
+        StageKind::Dataset,
+        StageKind::Schedule,
+        StageKind::Model,
+        StageKind::Train,
+        StageKind::Sample,
+        StageKind::Evaluate,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            StageKind::Dataset => "dataset",
+            StageKind::Schedule => "schedule",
+            StageKind::Model => "model",
+            StageKind::Train => "train",
+            StageKind::Sample => "sample",
+            StageKind::Evaluate => "evaluate",
+        }
+    }
+
+    /// Input roles this kind takes and the kind each role must point to.
+    pub fn roles(self) -> &'static [(&'static str, StageKind)] {
+        match self {
+            StageKind::Dataset | StageKind::Schedule | StageKind::Model => &[],
+            StageKind::Train => &[
+                ("data", StageKind::Dataset),
+                ("schedule", StageKind::Schedule),
+                ("model", StageKind::Model),
+            ],
+            StageKind::Sample => &[("train", StageKind::Train)],
+            StageKind::Evaluate => &[("reference", StageKind::Dataset), ("samples", StageKind::Sample)],
+        }
+    }
+}
+
+impl std::fmt::Display for StageKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl StageSpec {
+    pub fn kind(&self) -> StageKind {
+        match self {
+            StageSpec::Dataset { .. } => StageKind::Dataset,
+            StageSpec::Schedule { .. } => StageKind::Schedule,
+            StageSpec::Model { .. } => StageKind::Model,
+            StageSpec::Train { .. } => StageKind::Train,
+            StageSpec::Sample { .. } => StageKind::Sample,
+            StageSpec::Evaluate { .. } => StageKind::Evaluate,
+        }
+    }
+
+    /// Inputs as (role, stage ids), in the kind's role order.
+    pub fn needs(&self) -> Vec<(&'static str, Vec<String>)> {
+        match self {
+            StageSpec::Dataset { .. } | StageSpec::Schedule { .. } | StageSpec::Model { .. } => vec![],
+            StageSpec::Train { needs, .. } => vec![
+                ("data", vec![needs.data.clone()]),
+                ("schedule", vec![needs.schedule.clone()]),
+                ("model", vec![needs.model.clone()]),
+            ],
+            StageSpec::Sample { needs, .. } => vec![("train", vec![needs.train.clone()])],
+            StageSpec::Evaluate { needs, .. } => vec![
+                ("reference", vec![needs.reference.clone()]),
+                ("samples", needs.samples.ids()),
+            ],
+        }
+    }
+
+    /// Parameters with every default filled in: what the key hashes.
+    pub fn resolved_params(&self) -> serde_json::Value {
+        let value = match self {
+            StageSpec::Dataset { params } => serde_json::to_value(params),
+            StageSpec::Schedule { params } => serde_json::to_value(params),
+            StageSpec::Model { params } => serde_json::to_value(params),
+            StageSpec::Train { params, .. } => serde_json::to_value(params),
+            StageSpec::Sample { params, .. } => serde_json::to_value(params),
+            StageSpec::Evaluate { params, .. } => serde_json::to_value(params),
+        };
+        value.expect("stage parameters always serialize to JSON")
+    }
+}
+
+/// Reads and parses a pipeline file, applying `--set path=value` overrides.
+pub fn load(path: &Path, overrides: &[String]) -> Result<(PipelineSpec, String), SpecError> {
+    let source = std::fs::read_to_string(path)
+        .map_err(|source| SpecError::Read { path: path.to_path_buf(), source })?;
+    let spec = parse(path, &source)?;
+    if overrides.is_empty() {
+        return Ok((spec, source));
+    }
+    let mut tree: serde_norway::Value = serde_norway::from_str(&source).map_err(|e| yaml_error(path, e))?;
+    for assignment in overrides {
+        apply_override(&mut tree, assignment)?;
+    }
+    let spec = serde_norway::from_value(tree).map_err(|e| SpecError::Override {
+        assignment: overrides.join(" "),
+        message: e.to_string(),
+    })?;
+    Ok((spec, source))
+}
+
+/// Parses pipeline text; errors carry the YAML parser's line and column.
+pub fn parse(path: &Path, source: &str) -> Result<PipelineSpec, SpecError> {
+    serde_norway::from_str(source).map_err(|e| yaml_error(path, e))
+}
+
+fn yaml_error(path: &Path, error: serde_norway::Error) -> SpecError {
+    let location = error.location().map(|l| Location { line: l.line(), column: l.column() });
+    // serde_norway appends "at line X column Y" itself; we print the location up front.
+    let mut message = error.to_string();
+    if let Some(cut) = message.find(" at line ") {
+        message.truncate(cut);
+    }
+    SpecError::Invalid { path: path.to_path_buf(), location, message }
+}
+
+/// `stages.ddpm.params.lr=3e-4` or the short form `ddpm.params.lr=3e-4`.
+fn apply_override(tree: &mut serde_norway::Value, assignment: &str) -> Result<(), SpecError> {
+    let fail = |message: String| SpecError::Override { assignment: assignment.to_string(), message };
+    let (path, raw) = assignment
+        .split_once('=')
+        .ok_or_else(|| fail("expected PATH=VALUE, e.g. ddpm.params.lr=3e-4".into()))?;
+    let value: serde_norway::Value =
+        serde_norway::from_str(raw).map_err(|e| fail(format!("value is not valid YAML: {e}")))?;
+    let mut parts: Vec<&str> = path.split('.').collect();
+    if parts.first() != Some(&"stages") && parts.first() != Some(&"name") && parts.first() != Some(&"description") {
+        parts.insert(0, "stages");
+    }
+    if parts.len() >= 2 && parts[0] == "stages" {
+        let stages = tree.get("stages").and_then(|s| s.as_mapping());
+        let known = stages.map(|m| m.contains_key(parts[1])).unwrap_or(false);
+        if !known {
+            let choices: Vec<String> = stages
+                .map(|m| m.keys().filter_map(|k| k.as_str().map(String::from)).collect())
+                .unwrap_or_default();
+            return Err(fail(format!("no stage `{}`; stages are: {}", parts[1], choices.join(", "))));
+        }
+    }
+    let (last, parents) = parts.split_last().ok_or_else(|| fail("empty path".into()))?;
+    let mut node = tree;
+    for part in parents {
+        let map = node
+            .as_mapping_mut()
+            .ok_or_else(|| fail(format!("`{part}` is inside a value that is not a mapping")))?;
+        node = map
+            .entry(serde_norway::Value::String(part.to_string()))
+            .or_insert_with(|| serde_norway::Value::Mapping(Default::default()));
+    }
+    let map = node
+        .as_mapping_mut()
+        .ok_or_else(|| fail(format!("the parent of `{last}` is not a mapping")))?;
+    map.insert(serde_norway::Value::String(last.to_string()), value);
+    Ok(())
+}
+
+/// Finds where a stage (and optionally a key inside it) is written, for errors found
+/// after parsing (unknown input stage, wrong input kind, cycles).
+pub fn locate(source: &str, stage: &str, key: Option<&str>) -> Option<Location> {
+    let mut in_stages = false;
+    let mut stage_indent = None;
+    for (n, line) in source.lines().enumerate() {
+        let indent = line.len() - line.trim_start().len();
+        let trimmed = line.trim_start();
+        if indent == 0 && !trimmed.is_empty() && !trimmed.starts_with('#') {
+            in_stages = trimmed.starts_with("stages:");
+            if stage_indent.is_some() {
+                break;
+            }
+            continue;
+        }
+        if !in_stages {
+            continue;
+        }
+        match stage_indent {
+            None => {
+                let name = trimmed.trim_start_matches(['"', '\'']);
+                if name.starts_with(stage) && name[stage.len()..].trim_start_matches(['"', '\'']).starts_with(':') {
+                    let Some(key) = key else {
+                        return Some(Location { line: n + 1, column: indent + 1 });
+                    };
+                    stage_indent = Some(indent);
+                    if let Some(col) = find_key(line, key) {
+                        return Some(Location { line: n + 1, column: col + 1 });
+                    }
+                }
+            }
+            Some(si) => {
+                if indent <= si && !trimmed.is_empty() && !trimmed.starts_with('#') {
+                    break;
+                }
+                if let Some(col) = find_key(line, key?) {
+                    return Some(Location { line: n + 1, column: col + 1 });
+                }
+            }
+        }
+    }
+    None
+}
+
+fn find_key(line: &str, key: &str) -> Option<usize> {
+    let mut from = 0;
+    while let Some(pos) = line[from..].find(key) {
+        let at = from + pos;
+        let before_ok = at == 0 || !line.as_bytes()[at - 1].is_ascii_alphanumeric() && line.as_bytes()[at - 1] != b'_';
+        let after = line[at + key.len()..].trim_start();
+        if before_ok && after.starts_with(':') {
+            return Some(at);
+        }
+        from = at + key.len();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locate_finds_stage_and_nested_key() {
+        let src = "name: x\nstages:\n  data: { kind: dataset, params: { name: gmm } }\n  t:\n    kind: train\n    needs: { data: nope }\n";
+        assert_eq!(locate(src, "data", None), Some(Location { line: 3, column: 3 }));
+        assert_eq!(locate(src, "t", Some("needs")), Some(Location { line: 6, column: 5 }));
+        assert_eq!(locate(src, "data", Some("params")), Some(Location { line: 3, column: 26 }));
+        assert_eq!(locate(src, "missing", None), None);
+    }
+}

@@ -1,0 +1,136 @@
+//! Figures as PNG, drawn with plotters and a font embedded in the binary (no system
+//! font configuration needed).
+
+use std::path::Path;
+use std::sync::Once;
+
+use plotters::prelude::*;
+use plotters::style::{FontStyle, register_font};
+
+use crate::error::{StageError, StageResult};
+use crate::metrics::Points;
+
+const FONT: &[u8] = include_bytes!("fonts/DejaVuSans.ttf");
+const SIZE: (u32, u32) = (640, 480);
+const PALETTE: [RGBColor; 6] =
+    [RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(44, 160, 44), RGBColor(214, 39, 40), RGBColor(148, 103, 189), RGBColor(140, 86, 75)];
+
+fn ensure_font() {
+    static REGISTER: Once = Once::new();
+    REGISTER.call_once(|| {
+        if register_font("sans-serif", FontStyle::Normal, FONT).is_err() {
+            eprintln!("warning: the embedded plot font could not be loaded; figures will have no text");
+        }
+    });
+}
+
+fn plot_error(path: &Path) -> impl Fn(String) -> StageError + '_ {
+    move |e| StageError::Failed(format!("drawing {}: {e}", path.display()))
+}
+
+/// Padded bounds of the first two coordinates of some point sets.
+fn bounds(sets: &[Points]) -> ((f64, f64), (f64, f64)) {
+    let (mut lo, mut hi) = ([f64::INFINITY; 2], [f64::NEG_INFINITY; 2]);
+    for set in sets {
+        for i in 0..set.len() {
+            for (j, &v) in set.row(i).iter().take(2).enumerate() {
+                if v.is_finite() {
+                    lo[j] = lo[j].min(v as f64);
+                    hi[j] = hi[j].max(v as f64);
+                }
+            }
+        }
+    }
+    let pad = |a: f64, b: f64| {
+        if !a.is_finite() {
+            return (-1.0, 1.0);
+        }
+        let p = ((b - a) * 0.05).max(1e-3);
+        (a - p, b + p)
+    };
+    (pad(lo[0], hi[0]), pad(lo[1], hi[1]))
+}
+
+/// Samples (colour) over reference data (grey), first two coordinates.
+pub fn scatter(path: &Path, title: &str, reference: Points, samples: Points) -> StageResult<()> {
+    ensure_font();
+    let fail = plot_error(path);
+    let root = BitMapBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
+    // Axes from the reference, so far-off samples do not squash the picture.
+    let ((x0, x1), (y0, y1)) = bounds(&[reference]);
+    let (w, h) = ((x1 - x0) * 0.25, (y1 - y0) * 0.25);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(40)
+        .build_cartesian_2d((x0 - w)..(x1 + w), (y0 - h)..(y1 + h))
+        .map_err(|e| fail(e.to_string()))?;
+    chart.configure_mesh().light_line_style(WHITE).draw().map_err(|e| fail(e.to_string()))?;
+    let limit = 5000;
+    for (set, color, label) in [(reference, RGBColor(170, 170, 170), "held-out data"), (samples, PALETTE[0], "samples")] {
+        let step = (set.len() / limit).max(1);
+        chart
+            .draw_series((0..set.len()).step_by(step).map(|i| {
+                let p = set.row(i);
+                Circle::new((p[0] as f64, *p.get(1).unwrap_or(&0.0) as f64), 1, color.mix(0.6).filled())
+            }))
+            .map_err(|e| fail(e.to_string()))?
+            .label(label)
+            .legend(move |(x, y)| Circle::new((x, y), 3, color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| fail(e.to_string()))?;
+    root.present().map_err(|e| fail(e.to_string()))
+}
+
+/// Line plot of named (x, y) series.
+pub fn lines(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[(&str, Vec<(f64, f64)>)]) -> StageResult<()> {
+    ensure_font();
+    let fail = plot_error(path);
+    let root = BitMapBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
+    let finite = series.iter().flat_map(|(_, s)| s.iter()).filter(|(x, y)| x.is_finite() && y.is_finite());
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
+    for &(x, y) in finite {
+        (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
+    }
+    if !x0.is_finite() {
+        (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
+    }
+    let pad = ((y1 - y0) * 0.05).max(1e-6);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(10)
+        .x_label_area_size(35)
+        .y_label_area_size(55)
+        .build_cartesian_2d(x0..x1.max(x0 + 1e-9), (y0 - pad)..(y1 + pad))
+        .map_err(|e| fail(e.to_string()))?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc(y_label)
+        .light_line_style(WHITE)
+        .draw()
+        .map_err(|e| fail(e.to_string()))?;
+    for (i, (name, points)) in series.iter().enumerate() {
+        let color = PALETTE[i % PALETTE.len()];
+        chart
+            .draw_series(LineSeries::new(points.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()), color.stroke_width(2)))
+            .map_err(|e| fail(e.to_string()))?
+            .label(*name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], color.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| fail(e.to_string()))?;
+    root.present().map_err(|e| fail(e.to_string()))
+}

@@ -1,0 +1,132 @@
+//! `sample`: draws samples from a trained model with a chosen sampler, recording the
+//! number of score evaluations (NFE), wall time and a trajectory of snapshots.
+
+use std::time::Instant;
+
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+use super::StageContext;
+use super::artifacts::{load_tensors, read_json, save_tensors, write_json};
+use super::train::TrainedModel;
+use crate::diffusion::process::from_schedule;
+use crate::diffusion::sample::{SampleRequest, SamplerParams, run as run_sampler};
+use crate::diffusion::score::NetworkScore;
+use crate::error::StageResult;
+use crate::nn::mlp::Mlp;
+use crate::pipeline::spec::StageSpec;
+use crate::rng::stream;
+use crate::stages::model::ModelParams;
+
+pub const VERSION: u32 = 1;
+
+/// Parameters of a sample stage: the sampler (`sampler` and its settings) plus how
+/// many samples and which weights.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct SampleParams {
+    #[serde(flatten)]
+    pub sampler: SamplerParams,
+    #[serde(default = "n")]
+    pub n: usize,
+    #[serde(default)]
+    pub seed: u64,
+    /// Number of evenly spaced snapshots kept in `trajectory.safetensors`.
+    #[serde(default = "snapshots")]
+    pub snapshots: usize,
+    /// Particles kept per snapshot.
+    #[serde(default = "snapshot_particles")]
+    pub snapshot_particles: usize,
+    /// `ema` (the averaged weights, as DDPM samples with) or `raw`.
+    #[serde(default)]
+    pub weights: WeightsKind,
+}
+
+fn n() -> usize {
+    10_000
+}
+fn snapshots() -> usize {
+    10
+}
+fn snapshot_particles() -> usize {
+    1000
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightsKind {
+    #[default]
+    Ema,
+    Raw,
+}
+
+/// `sampling.json`: cost of the run, for the report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SamplingRecord {
+    pub sampler: String,
+    pub n: usize,
+    pub nfe: usize,
+    pub seconds: f64,
+}
+
+impl SampleParams {
+    pub fn validate<'s>(&self, train: Option<&StageSpec>, lookup: &dyn Fn(&str) -> Option<&'s StageSpec>) -> Result<(), String> {
+        if self.n == 0 {
+            return Err("`n` must be at least 1".into());
+        }
+        if let Some(StageSpec::Train { needs, .. }) = train
+            && let Some(StageSpec::Schedule { params }) = lookup(&needs.schedule)
+        {
+            self.sampler.check_schedule(params.is_vp())?;
+        }
+        Ok(())
+    }
+}
+
+pub fn run(params: &SampleParams, ctx: &StageContext) -> StageResult<()> {
+    let train = ctx.input("train")?;
+    let trained: TrainedModel = read_json(&train.dir.join("model.json"))?;
+    let file = match params.weights {
+        WeightsKind::Ema => "ema.safetensors",
+        WeightsKind::Raw => "weights.safetensors",
+    };
+    let weights = load_tensors(&train.dir.join(file), ctx.device)?;
+    let ModelParams::Mlp(config) = &trained.model;
+    let process = from_schedule(trained.schedule.build());
+    let score = NetworkScore {
+        net: Mlp::new(config, trained.dim, &weights)?,
+        prediction: trained.objective.prediction(),
+        process: process.as_ref(),
+    };
+    let request = SampleRequest {
+        n: params.n,
+        dim: trained.dim,
+        snapshots: params.snapshots,
+        snapshot_particles: params.snapshot_particles,
+        device: ctx.device,
+    };
+    let started = Instant::now();
+    let mut rng = stream(params.seed, "sample");
+    let out = run_sampler(&params.sampler, &score, process.as_ref(), &request, &mut rng, &mut |done, total| {
+        ctx.progress.update(done, total, "sampling")
+    })?;
+    let seconds = started.elapsed().as_secs_f64();
+
+    let dim = trained.dim;
+    let samples = Tensor::from_vec(out.samples, (params.n, dim), ctx.device)?;
+    save_tensors(&ctx.path("samples.safetensors"), &[("samples", samples)])?;
+    let keep = params.snapshot_particles.min(params.n);
+    let steps: Vec<i64> = out.trajectory.iter().map(|(s, _)| *s as i64).collect();
+    let frames: Vec<f32> = out.trajectory.into_iter().flat_map(|(_, x)| x).collect();
+    let count = steps.len();
+    save_tensors(
+        &ctx.path("trajectory.safetensors"),
+        &[
+            ("trajectory", Tensor::from_vec(frames, (count, keep, dim), ctx.device)?),
+            ("steps", Tensor::from_vec(steps, count, ctx.device)?),
+        ],
+    )?;
+    write_json(
+        &ctx.path("sampling.json"),
+        &SamplingRecord { sampler: params.sampler.name().into(), n: params.n, nfe: out.nfe, seconds },
+    )
+}

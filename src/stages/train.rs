@@ -1,0 +1,218 @@
+//! `train`: fits a score network with the objective its schedule calls for, keeping
+//! an exponential moving average of the weights.
+
+use std::collections::HashMap;
+
+use candle_core::{Tensor, Var};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use polars::prelude::*;
+use rand::RngExt;
+use serde::{Deserialize, Serialize};
+
+use super::artifacts::{load_f32, read_json, save_tensors, write_csv, write_json};
+use super::model::ModelParams;
+use super::{StageContext, dataset::DatasetMeta};
+use crate::diffusion::loss::Objective;
+use crate::diffusion::process::{from_schedule, noise_batch};
+use crate::diffusion::schedule::ScheduleParams;
+use crate::error::{StageError, StageResult};
+use crate::nn::mlp::Mlp;
+use crate::pipeline::spec::StageSpec;
+use crate::report::plots;
+use crate::rng::{normals, stream};
+
+pub const VERSION: u32 = 1;
+
+/// Optimisation settings of a train stage.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainParams {
+    /// `eps` (DDPM, needs a linear/cosine schedule) or `dsm` (SMLD, needs geometric sigmas).
+    pub objective: Objective,
+    #[serde(default = "steps")]
+    pub steps: usize,
+    #[serde(default = "batch")]
+    pub batch: usize,
+    #[serde(default = "lr")]
+    pub lr: f64,
+    #[serde(default)]
+    pub optimizer: OptimizerKind,
+    /// Decoupled weight decay; only `adamw` has it.
+    #[serde(default)]
+    pub weight_decay: f64,
+    /// EMA of the weights, as in DDPM (0.9999 there, for much longer runs).
+    #[serde(default = "ema_decay")]
+    pub ema_decay: f64,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn steps() -> usize {
+    4000
+}
+fn batch() -> usize {
+    512
+}
+fn lr() -> f64 {
+    1e-3
+}
+fn ema_decay() -> f64 {
+    0.999
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerKind {
+    #[default]
+    Adam,
+    Adamw,
+}
+
+impl TrainParams {
+    pub fn validate(&self, schedule: Option<&StageSpec>) -> Result<(), String> {
+        if self.steps == 0 || self.batch == 0 {
+            return Err("`steps` and `batch` must be at least 1".into());
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return Err(format!("`lr` must be a positive number, got {}", self.lr));
+        }
+        if !(0.0..1.0).contains(&self.ema_decay) {
+            return Err(format!("`ema_decay` must be in [0, 1), got {}", self.ema_decay));
+        }
+        if self.optimizer == OptimizerKind::Adam && self.weight_decay != 0.0 {
+            return Err("`adam` has no weight decay; use `optimizer: adamw` to set `weight_decay`".into());
+        }
+        if let Some(StageSpec::Schedule { params }) = schedule {
+            match (self.objective, params.is_vp()) {
+                (Objective::Eps, false) => {
+                    return Err("objective `eps` needs a DDPM schedule (linear or cosine); \
+                                with geometric sigmas use `objective: dsm`"
+                        .into());
+                }
+                (Objective::Dsm, true) => {
+                    return Err("objective `dsm` needs geometric sigma levels; \
+                                with a DDPM schedule use `objective: eps`"
+                        .into());
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `model.json`: everything a sampler needs to rebuild the trained model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainedModel {
+    pub model: ModelParams,
+    pub schedule: ScheduleParams,
+    pub objective: Objective,
+    pub dim: usize,
+}
+
+pub fn run(params: &TrainParams, ctx: &StageContext) -> StageResult<()> {
+    let data = ctx.input("data")?;
+    let meta: DatasetMeta = read_json(&data.dir.join("meta.json"))?;
+    let (train, _) = load_f32(&data.dir.join("data.safetensors"), "train")?;
+    let schedule: ScheduleParams = ctx.input("schedule")?.params()?;
+    let model: ModelParams = read_json(&ctx.input("model")?.dir.join("config.json"))?;
+    let ModelParams::Mlp(config) = &model;
+    let process = from_schedule(schedule.build());
+    let dim = meta.dim;
+    let n = train.len() / dim;
+
+    let init = config.init_weights(dim, &mut stream(params.seed, "train/init"), ctx.device)?;
+    let vars: Vec<(String, Var)> =
+        init.into_iter().map(|(name, t)| Ok((name, Var::from_tensor(&t)?))).collect::<candle_core::Result<_>>()?;
+    let net_weights: HashMap<String, Tensor> = vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
+    let net = Mlp::new(config, dim, &net_weights)?;
+    let mut ema: Vec<Tensor> = vars.iter().map(|(_, v)| v.as_tensor().copy()).collect::<candle_core::Result<_>>()?;
+    let weight_decay = match params.optimizer {
+        OptimizerKind::Adam => 0.0,
+        OptimizerKind::Adamw => params.weight_decay,
+    };
+    let mut opt = AdamW::new(
+        vars.iter().map(|(_, v)| v.clone()).collect(),
+        ParamsAdamW { lr: params.lr, weight_decay, ..Default::default() },
+    )?;
+
+    let mut rng = stream(params.seed, "train/batches");
+    let (levels, batch) = (process.levels(), params.batch);
+    let mut losses = Vec::with_capacity(params.steps);
+    let mut x0 = vec![0f32; batch * dim];
+    for step in 1..=params.steps {
+        for row in 0..batch {
+            let i = rng.random_range(0..n);
+            x0[row * dim..(row + 1) * dim].copy_from_slice(&train[i * dim..(i + 1) * dim]);
+        }
+        let t: Vec<usize> = (0..batch).map(|_| rng.random_range(1..=levels)).collect();
+        let eps = normals(&mut rng, batch * dim);
+        let xt = noise_batch(process.as_ref(), &x0, &t, &eps, dim);
+        let cond: Vec<f32> = t.iter().map(|&t| process.conditioning(t)).collect();
+        let xt = Tensor::from_vec(xt, (batch, dim), ctx.device)?;
+        let cond = Tensor::from_vec(cond, batch, ctx.device)?;
+        let eps = Tensor::from_vec(eps, (batch, dim), ctx.device)?;
+        let out = net.forward(&xt, &cond)?;
+        let loss = params.objective.loss(&out, &params.objective.target(&eps)?)?;
+        let value = loss.to_scalar::<f32>()?;
+        if !value.is_finite() {
+            return Err(StageError::Failed(format!(
+                "loss became {value} at step {step} of {}; lower the learning rate (lr = {})",
+                params.steps, params.lr
+            )));
+        }
+        opt.backward_step(&loss)?;
+        for (avg, (_, var)) in ema.iter_mut().zip(&vars) {
+            *avg = ((&*avg * params.ema_decay)? + (var.as_tensor() * (1.0 - params.ema_decay))?)?;
+        }
+        losses.push(value);
+        ctx.progress.update(step, params.steps, &format!("loss {value:.4}"));
+    }
+
+    let raw: Vec<(&str, Tensor)> = vars.iter().map(|(n, v)| (n.as_str(), v.as_tensor().clone())).collect();
+    save_tensors(&ctx.path("weights.safetensors"), &raw)?;
+    let averaged: Vec<(&str, Tensor)> = vars.iter().zip(&ema).map(|((n, _), t)| (n.as_str(), t.clone())).collect();
+    save_tensors(&ctx.path("ema.safetensors"), &averaged)?;
+    write_json(&ctx.path("model.json"), &TrainedModel { model: model.clone(), schedule, objective: params.objective, dim })?;
+
+    let mut df = DataFrame::new_infer_height(vec![
+        Column::new("step".into(), (1..=losses.len() as u64).collect::<Vec<u64>>()),
+        Column::new("loss".into(), losses.clone()),
+    ])
+    .map_err(|e| StageError::Failed(e.to_string()))?;
+    write_csv(&ctx.path("loss.csv"), &mut df)?;
+    plots::lines(
+        &ctx.path("loss.png"),
+        &format!("training loss `{}`", ctx.id),
+        "step",
+        "loss (moving average of 50)",
+        &[("loss", moving_average(&losses, 50))],
+    )
+}
+
+/// (step, mean of the last `window` losses), for a readable loss curve.
+fn moving_average(losses: &[f32], window: usize) -> Vec<(f64, f64)> {
+    let mut sum = 0.0f64;
+    losses
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| {
+            sum += l as f64;
+            if i >= window {
+                sum -= losses[i - window] as f64;
+            }
+            ((i + 1) as f64, sum / (i + 1).min(window) as f64)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn moving_average_is_a_trailing_mean() {
+        let m = moving_average(&[1.0, 3.0, 5.0, 7.0], 2);
+        assert_eq!(m, vec![(1.0, 1.0), (2.0, 2.0), (3.0, 4.0), (4.0, 6.0)]);
+    }
+}
