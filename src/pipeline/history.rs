@@ -68,8 +68,10 @@ pub fn reason(plan: &Plan, node: &StageNode, cache: &Cache, history: &History) -
     let inputs: Vec<String> = current
         .inputs
         .iter()
-        .filter(|(role, now)| previous.inputs.get(*role) != Some(now))
-        .flat_map(|(_, now)| now.iter().map(|(id, _)| id.clone()))
+        .flat_map(|(role, now)| {
+            let before = previous.inputs.get(role);
+            now.iter().filter(move |pair| before.is_none_or(|b| !b.contains(pair))).map(|(id, _)| id.clone())
+        })
         .collect();
     if !inputs.is_empty() {
         let noun = if inputs.len() == 1 { "input" } else { "inputs" };

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Location, SpecError};
@@ -12,7 +13,7 @@ use crate::stages::{
 };
 
 /// A whole pipeline file.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineSpec {
     /// Names the results folder: `results/<name>/`.
@@ -23,19 +24,18 @@ pub struct PipelineSpec {
 }
 
 /// One stage: its kind decides which inputs (`needs`) and `params` it takes.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+///
+/// Deserialized by hand (see `StageVisitor`) rather than as a serde-tagged enum, so
+/// that `needs` and `params` are read straight from the YAML parser and their errors
+/// keep the exact line, column and path.
+#[derive(Debug, Clone)]
 pub enum StageSpec {
     Dataset { params: DatasetParams },
     Schedule { params: ScheduleParams },
     Model { params: ModelParams },
     Train { needs: TrainNeeds, params: TrainParams },
     Sample { needs: SampleNeeds, params: SampleParams },
-    Evaluate {
-        needs: EvaluateNeeds,
-        #[serde(default)]
-        params: EvaluateParams,
-    },
+    Evaluate { needs: EvaluateNeeds, params: EvaluateParams },
 }
 
 /// Inputs of a train stage, by role.
@@ -173,6 +173,115 @@ impl StageSpec {
             StageSpec::Evaluate { params, .. } => serde_json::to_value(params),
         };
         value.expect("stage parameters always serialize to JSON")
+    }
+}
+
+/// Typed `needs` of any kind, before they are matched with the kind's params.
+enum AnyNeeds {
+    None,
+    Train(TrainNeeds),
+    Sample(SampleNeeds),
+    Evaluate(EvaluateNeeds),
+}
+
+/// Typed `params` of any kind.
+enum AnyParams {
+    Dataset(DatasetParams),
+    Schedule(ScheduleParams),
+    Model(ModelParams),
+    Train(TrainParams),
+    Sample(SampleParams),
+    Evaluate(EvaluateParams),
+}
+
+/// Reads `needs` as the type a kind expects.
+struct NeedsSeed(StageKind);
+
+impl<'de> DeserializeSeed<'de> for NeedsSeed {
+    type Value = AnyNeeds;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<AnyNeeds, D::Error> {
+        Ok(match self.0 {
+            StageKind::Train => AnyNeeds::Train(TrainNeeds::deserialize(d)?),
+            StageKind::Sample => AnyNeeds::Sample(SampleNeeds::deserialize(d)?),
+            StageKind::Evaluate => AnyNeeds::Evaluate(EvaluateNeeds::deserialize(d)?),
+            kind => return Err(D::Error::custom(format!("a {kind} stage takes no inputs; remove `needs`"))),
+        })
+    }
+}
+
+/// Reads `params` as the type a kind expects.
+struct ParamsSeed(StageKind);
+
+impl<'de> DeserializeSeed<'de> for ParamsSeed {
+    type Value = AnyParams;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<AnyParams, D::Error> {
+        Ok(match self.0 {
+            StageKind::Dataset => AnyParams::Dataset(DatasetParams::deserialize(d)?),
+            StageKind::Schedule => AnyParams::Schedule(ScheduleParams::deserialize(d)?),
+            StageKind::Model => AnyParams::Model(ModelParams::deserialize(d)?),
+            StageKind::Train => AnyParams::Train(TrainParams::deserialize(d)?),
+            StageKind::Sample => AnyParams::Sample(SampleParams::deserialize(d)?),
+            StageKind::Evaluate => AnyParams::Evaluate(EvaluateParams::deserialize(d)?),
+        })
+    }
+}
+
+struct StageVisitor;
+
+const STAGE_FIELDS: &[&str] = &["kind", "needs", "params"];
+
+impl<'de> Visitor<'de> for StageVisitor {
+    type Value = StageSpec;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a stage mapping `{ kind: ..., needs: {...}, params: {...} }`")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StageSpec, A::Error> {
+        let mut kind: Option<StageKind> = None;
+        let (mut needs, mut params) = (None, None);
+        // `needs`/`params` written before `kind` are buffered and typed afterwards.
+        let (mut early_needs, mut early_params): (Option<serde_norway::Value>, Option<serde_norway::Value>) = (None, None);
+        while let Some(key) = map.next_key::<String>()? {
+            match (key.as_str(), kind) {
+                ("kind", _) => kind = Some(map.next_value()?),
+                ("needs", Some(k)) => needs = Some(map.next_value_seed(NeedsSeed(k))?),
+                ("needs", None) => early_needs = Some(map.next_value()?),
+                ("params", Some(k)) => params = Some(map.next_value_seed(ParamsSeed(k))?),
+                ("params", None) => early_params = Some(map.next_value()?),
+                (other, _) => return Err(A::Error::unknown_field(other, STAGE_FIELDS)),
+            }
+        }
+        let kind = kind.ok_or_else(|| A::Error::missing_field("kind"))?;
+        if let Some(value) = early_needs {
+            needs = Some(NeedsSeed(kind).deserialize(value).map_err(A::Error::custom)?);
+        }
+        if let Some(value) = early_params {
+            params = Some(ParamsSeed(kind).deserialize(value).map_err(A::Error::custom)?);
+        }
+        if !kind.roles().is_empty() && needs.is_none() {
+            return Err(A::Error::missing_field("needs"));
+        }
+        let params = match (params, kind) {
+            (Some(p), _) => p,
+            (None, StageKind::Evaluate) => AnyParams::Evaluate(EvaluateParams::default()),
+            (None, _) => return Err(A::Error::missing_field("params")),
+        };
+        Ok(match (params, needs.unwrap_or(AnyNeeds::None)) {
+            (AnyParams::Dataset(params), _) => StageSpec::Dataset { params },
+            (AnyParams::Schedule(params), _) => StageSpec::Schedule { params },
+            (AnyParams::Model(params), _) => StageSpec::Model { params },
+            (AnyParams::Train(params), AnyNeeds::Train(needs)) => StageSpec::Train { needs, params },
+            (AnyParams::Sample(params), AnyNeeds::Sample(needs)) => StageSpec::Sample { needs, params },
+            (AnyParams::Evaluate(params), AnyNeeds::Evaluate(needs)) => StageSpec::Evaluate { needs, params },
+            _ => unreachable!("needs and params are both typed by the same kind"),
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for StageSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<StageSpec, D::Error> {
+        d.deserialize_map(StageVisitor)
     }
 }
 
