@@ -11,13 +11,15 @@ use crate::metrics::Metric;
 use crate::pipeline::spec::StageKind;
 use crate::stages::{dataset::DatasetParams, evaluate::EvaluateParams, model::ModelParams, sample::SampleParams, train::TrainParams};
 
-/// The parameters (defaults filled in) of the value that `yaml` names.
+/// The parameters (defaults filled in) of the value that `yaml` names, without the
+/// tag that `yaml` sets.
 fn defaults<T: DeserializeOwned + Serialize>(yaml: &str) -> String {
+    let tag = yaml.split(':').next().unwrap_or_default().trim();
     let value: T = serde_norway::from_str(yaml).expect("catalog entries parse");
     let json = serde_json::to_value(value).expect("parameters serialize");
     let mut out = Vec::new();
     if let Some(map) = json.as_object() {
-        for (k, v) in map {
+        for (k, v) in map.iter().filter(|(k, _)| k.as_str() != tag) {
             out.push(format!("{k}: {v}"));
         }
     }
@@ -48,7 +50,7 @@ pub fn describe() -> String {
     out.push_str("  objective: eps (DDPM, linear/cosine schedule) | dsm (SMLD, geometric sigmas); optimizer: adam | adamw\n");
     section::<SamplerParams>(&mut out, "samplers", "sampler", &["ancestral", "annealed_langevin"]);
     let sample = defaults::<SampleParams>("sampler: ancestral");
-    let common: Vec<&str> = sample.split(", ").filter(|p| !p.starts_with("sampler:") && !p.starts_with("variance:")).collect();
+    let common: Vec<&str> = sample.split(", ").filter(|p| !p.starts_with("variance:")).collect();
     out.push_str(&format!("  every sampler also takes: {}\n", common.join(", ")));
     let metrics: Vec<&str> = Metric::ALL.iter().map(|m| m.name()).collect();
     out.push_str(&format!("\nmetrics: {}\n", metrics.join(", ")));
@@ -66,7 +68,7 @@ mod tests {
     #[test]
     fn describe_lists_every_choice_with_defaults() {
         let text = super::describe();
-        for needle in ["gmm", "weights: [0.1,0.9]", "cosine", "s: 0.008", "geometric", "annealed_langevin", "step_lr: 2e-5", "sliced_wasserstein", "holdout: 10000", "train params"] {
+        for needle in ["gmm", "weights: [0.1,0.9]", "cosine", "s: 0.008", "geometric", "annealed_langevin", "step_lr: 0.00002", "sliced_wasserstein", "holdout: 10000", "train params"] {
             assert!(text.contains(needle), "missing {needle} in:\n{text}");
         }
     }

@@ -113,6 +113,9 @@ fn run(plan: &Plan, results: &Path, options: &RunOptions) -> Result<(), RunnerEr
     let failed = count(&|s| matches!(s, Status::Failed(_)));
     let skipped = count(&|s| matches!(s, Status::Skipped(_)));
     let dir = results.join(&plan.name);
+    std::fs::create_dir_all(&dir).map_err(|e| RunnerError::Report(format!("creating {}: {e}", dir.display())))?;
+    // Two runs of one pipeline may finish together: one writes the folder at a time.
+    let _report_lock = crate::cache::lock::KeyLock::acquire(&dir.join(".report.lock"))?;
     history::save(&dir, plan).map_err(|e| RunnerError::Report(format!("writing {}: {e}", dir.display())))?;
     let report = report::build(plan, &cache, &outcomes, results)?;
     if cached == outcomes.len() {

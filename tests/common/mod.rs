@@ -1,0 +1,67 @@
+//! Helpers shared by the integration tests: run the real binary on small pipelines.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn runner(results: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_runner"))
+        .arg("--results")
+        .arg(results)
+        .args(args)
+        .output()
+        .expect("runner binary starts")
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Writes a pipeline file into `dir` and returns its path.
+pub fn write_pipeline(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A complete but tiny DDPM + SMLD pipeline that runs in seconds.
+pub fn tiny_pipeline(name: &str, train_steps: usize) -> String {
+    format!(
+        r#"name: {name}
+description: tiny test pipeline
+stages:
+  data:   {{ kind: dataset,  params: {{ name: gmm, n: 2000, holdout: 400, seed: 0 }} }}
+  linear: {{ kind: schedule, params: {{ type: linear, steps: 20 }} }}
+  sigmas: {{ kind: schedule, params: {{ type: geometric, levels: 3 }} }}
+  mlp:    {{ kind: model,    params: {{ arch: mlp, hidden: [16, 16], embedding_dim: 8 }} }}
+  ddpm:
+    kind: train
+    needs: {{ data: data, schedule: linear, model: mlp }}
+    params: {{ objective: eps, steps: {train_steps}, batch: 64 }}
+  smld:
+    kind: train
+    needs: {{ data: data, schedule: sigmas, model: mlp }}
+    params: {{ objective: dsm, steps: {train_steps}, batch: 64 }}
+  ddpm_samples: {{ kind: sample, needs: {{ train: ddpm }}, params: {{ sampler: ancestral, n: 300 }} }}
+  smld_samples: {{ kind: sample, needs: {{ train: smld }}, params: {{ sampler: annealed_langevin, n_steps_each: 5, n: 300 }} }}
+  compare:
+    kind: evaluate
+    needs: {{ reference: data, samples: [ddpm_samples, smld_samples] }}
+    params: {{ metrics: [sliced_wasserstein, mmd, mode_weights], projections: 16, mmd_points: 200 }}
+"#
+    )
+}
+
+/// Lines of stderr saying a stage was computed, as stage ids.
+pub fn computed(out: &Output) -> Vec<String> {
+    stderr(out)
+        .lines()
+        .filter(|l| l.contains(" computed in "))
+        .map(|l| l.split_whitespace().next().unwrap().to_string())
+        .collect()
+}

@@ -1,0 +1,185 @@
+//! The runner end to end on tiny pipelines: computing, caching, overrides, failures,
+//! interruption and concurrent runs.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use common::{computed, runner, stderr, stdout, tiny_pipeline, write_pipeline};
+
+#[test]
+fn first_run_computes_second_is_cached_and_set_reruns_only_downstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("results");
+    let path = write_pipeline(dir.path(), "tiny", &tiny_pipeline("tiny", 30));
+    let file = path.to_str().unwrap();
+
+    let first = runner(&results, &["run", file, "--jobs", "2"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let mut ran = computed(&first);
+    ran.sort();
+    assert_eq!(ran, ["compare", "data", "ddpm", "ddpm_samples", "linear", "mlp", "sigmas", "smld", "smld_samples"]);
+
+    // Every artifact the design promises is there, reachable by stage name.
+    let out = results.join("tiny");
+    for file in [
+        "report.html",
+        "metrics.csv",
+        "stages/data/data.safetensors",
+        "stages/data/meta.json",
+        "stages/linear/schedule.csv",
+        "stages/linear/schedule.png",
+        "stages/mlp/config.json",
+        "stages/ddpm/weights.safetensors",
+        "stages/ddpm/ema.safetensors",
+        "stages/ddpm/loss.csv",
+        "stages/ddpm/loss.png",
+        "stages/ddpm_samples/samples.safetensors",
+        "stages/ddpm_samples/trajectory.safetensors",
+        "stages/ddpm_samples/sampling.json",
+        "stages/compare/metrics.csv",
+        "stages/compare/scatter_smld_samples.png",
+        "stages/compare/manifest.json",
+    ] {
+        assert!(out.join(file).is_file(), "missing {file}");
+    }
+    let metrics = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    assert!(metrics.starts_with("evaluate,stage,metric,value"), "{metrics}");
+    for row in ["compare,ddpm_samples,sliced_wasserstein,", "compare,smld_samples,mmd2,", "compare,ddpm_samples,mode_weight_0,", "compare,smld_samples,nfe,16"] {
+        assert!(metrics.contains(row), "no {row} in {metrics}");
+    }
+    let loss = std::fs::read_to_string(out.join("stages/ddpm/loss.csv")).unwrap();
+    assert_eq!(loss.lines().count(), 31, "header + one row per step");
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    for needle in ["compare-scatter_ddpm_samples.png", "ddpm-loss.png", "sliced_wasserstein", "computed", "tiny test pipeline"] {
+        assert!(html.contains(needle), "report lacks {needle}");
+    }
+
+    let second = runner(&results, &["run", file]);
+    assert!(second.status.success(), "{}", stderr(&second));
+    assert!(computed(&second).is_empty(), "{}", stderr(&second));
+    assert!(stderr(&second).contains("all 9 stages cached: nothing to compute; report rebuilt"), "{}", stderr(&second));
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("cached"));
+
+    let plan = runner(&results, &["plan", file, "--set", "ddpm.params.lr=3e-4"]);
+    let plan = stdout(&plan);
+    assert!(plan.contains("param lr changed"), "{plan}");
+    assert!(plan.contains("input ddpm changed"), "{plan}");
+    assert!(plan.contains("3 to run, 6 cached"), "{plan}");
+
+    let third = runner(&results, &["run", file, "--set", "ddpm.params.lr=3e-4"]);
+    assert!(third.status.success(), "{}", stderr(&third));
+    let mut ran = computed(&third);
+    ran.sort();
+    assert_eq!(ran, ["compare", "ddpm", "ddpm_samples"]);
+
+    let forced = runner(&results, &["run", file, "--force", "data"]);
+    assert!(forced.status.success(), "{}", stderr(&forced));
+    assert_eq!(computed(&forced), ["data"], "forcing recomputes only that stage");
+}
+
+#[test]
+fn dry_run_and_graph_run_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("results");
+    let path = write_pipeline(dir.path(), "tiny", &tiny_pipeline("tiny", 5));
+    let file = path.to_str().unwrap();
+    let dry = runner(&results, &["run", file, "--dry-run"]);
+    assert!(dry.status.success());
+    assert!(stdout(&dry).contains("9 to run, 0 cached"), "{}", stdout(&dry));
+    assert!(stdout(&dry).contains("not computed"));
+    let graph = runner(&results, &["graph", file]);
+    let dot = stdout(&graph);
+    assert!(dot.starts_with("digraph \"tiny\""), "{dot}");
+    assert!(dot.contains("\"ddpm\" -> \"ddpm_samples\" [label=\"train\"]"), "{dot}");
+    assert!(!results.join(".cache").read_dir().map(|d| d.filter_map(Result::ok).any(|e| e.path().join("manifest.json").exists())).unwrap_or(false));
+    let list = runner(&results, &["list"]);
+    assert!(stdout(&list).contains("annealed_langevin") && stdout(&list).contains("two_gaussians"));
+}
+
+#[test]
+fn a_failing_stage_fails_only_itself_and_its_dependents() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("results");
+    let text = tiny_pipeline("fails", 20).replace("params: { objective: eps, steps: 20, batch: 64 }", "params: { objective: eps, steps: 20, batch: 64, lr: 1.0e30 }");
+    let path = write_pipeline(dir.path(), "fails", &text);
+    let out = runner(&results, &["run", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("ddpm") && err.contains("loss became") && err.contains("at step"), "{err}");
+    assert!(err.contains("skipped ddpm_samples") && err.contains("skipped compare"), "{err}");
+    let mut ran = computed(&out);
+    ran.sort();
+    assert_eq!(ran, ["data", "linear", "mlp", "sigmas", "smld", "smld_samples"]);
+    // The stages that succeeded are cached: planning again runs only the failed branch.
+    let plan = stdout(&runner(&results, &["plan", path.to_str().unwrap()]));
+    assert!(plan.contains("3 to run, 6 cached"), "{plan}");
+    assert!(results.join("fails/report.html").is_file());
+}
+
+#[test]
+fn a_killed_stage_leaves_no_entry_and_the_next_run_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("results");
+    let path = write_pipeline(dir.path(), "killed", &tiny_pipeline("killed", 1500));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .arg("--results")
+        .arg(&results)
+        .args(["run", path.to_str().unwrap(), "--jobs", "1"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let reader = BufReader::new(child.stderr.take().unwrap());
+    for line in reader.lines() {
+        let line = line.unwrap();
+        // The first progress line of a training stage: it is mid-run.
+        if line.starts_with("[ddpm]") || line.starts_with("[smld]") {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let plan = stdout(&runner(&results, &["plan", path.to_str().unwrap()]));
+    let trains: Vec<&str> = plan.lines().filter(|l| l.contains(" train ")).collect();
+    assert!(trains.iter().any(|l| l.ends_with("not computed")), "{plan}");
+    // No entry without a manifest: every directory in the cache is complete.
+    for entry in std::fs::read_dir(results.join(".cache")).unwrap() {
+        let p = entry.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().to_string();
+        if !name.starts_with('.') {
+            assert!(p.join("manifest.json").is_file(), "{name} has no manifest");
+        }
+    }
+    let again = runner(&results, &["run", path.to_str().unwrap()]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(computed(&again).contains(&"ddpm".to_string()));
+}
+
+#[test]
+fn concurrent_runs_compute_each_stage_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("results");
+    let path = write_pipeline(dir.path(), "both", &tiny_pipeline("both", 200));
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_runner"))
+            .arg("--results")
+            .arg(&results)
+            .args(["run", path.to_str().unwrap(), "--jobs", "1"])
+            .stderr(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(a.status.success() && b.status.success(), "{}\n{}", stderr(&a), stderr(&b));
+    let mut all = computed(&a);
+    all.extend(computed(&b));
+    all.sort();
+    assert_eq!(all, ["compare", "data", "ddpm", "ddpm_samples", "linear", "mlp", "sigmas", "smld", "smld_samples"]);
+    let metrics = std::fs::read_to_string(results.join("both/metrics.csv")).unwrap();
+    assert!(metrics.contains("compare,ddpm_samples,mmd2,"));
+}
