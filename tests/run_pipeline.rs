@@ -49,6 +49,11 @@ fn first_run_computes_second_is_cached_and_set_reruns_only_downstream() {
     for row in ["compare,ddpm_samples,sliced_wasserstein,", "compare,smld_samples,mmd2,", "compare,ddpm_samples,mode_weight_0,", "compare,smld_samples,nfe,16"] {
         assert!(metrics.contains(row), "no {row} in {metrics}");
     }
+    // The EMA weights are a separate average, not a copy of the final weights.
+    let raw = std::fs::read(out.join("stages/ddpm/weights.safetensors")).unwrap();
+    let ema = std::fs::read(out.join("stages/ddpm/ema.safetensors")).unwrap();
+    assert_eq!(raw.len(), ema.len());
+    assert_ne!(raw, ema);
     let loss = std::fs::read_to_string(out.join("stages/ddpm/loss.csv")).unwrap();
     assert_eq!(loss.lines().count(), 31, "header + one row per step");
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();

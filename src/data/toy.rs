@@ -248,3 +248,23 @@ mod tests {
         assert!(bad.validate().unwrap_err().contains("sum to 1"));
     }
 }
+
+#[cfg(test)]
+mod every_distribution {
+    use super::*;
+    use crate::rng::stream;
+
+    #[test]
+    fn every_default_distribution_is_valid_finite_and_seeded() {
+        for name in ["circle", "gmm", "spiral", "moons", "two_gaussians"] {
+            let d: Distribution = serde_norway::from_str(&format!("name: {name}")).unwrap();
+            d.validate().unwrap();
+            let xs = d.sample(500, &mut stream(4, name));
+            assert_eq!(xs.len(), 500 * d.dim(), "{name}");
+            assert!(xs.iter().all(|v| v.is_finite() && v.abs() < 10.0), "{name}");
+            assert_eq!(xs, d.sample(500, &mut stream(4, name)), "{name} is reproducible");
+            let spread = xs.iter().map(|v| v.abs()).sum::<f32>() / xs.len() as f32;
+            assert!(spread > 0.1, "{name} is not degenerate");
+        }
+    }
+}

@@ -193,3 +193,53 @@ pub fn to_dot(plan: &Plan) -> String {
     out.push_str("}\n");
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::spec::parse;
+
+    const PIPELINE: &str = "name: k
+stages:
+  data: { kind: dataset, params: { name: gmm } }
+  lin: { kind: schedule, params: { type: linear } }
+  mlp: { kind: model, params: { arch: mlp } }
+  tr: { kind: train, needs: { data: data, schedule: lin, model: mlp }, params: { objective: eps } }
+";
+
+    fn keys(text: &str) -> HashMap<String, String> {
+        let path = Path::new("k.yaml");
+        let plan = build(path, text, parse(path, text).unwrap()).unwrap();
+        plan.nodes().map(|n| (n.id.clone(), n.key.clone())).collect()
+    }
+
+    #[test]
+    fn spelling_out_defaults_keeps_every_key() {
+        let explicit = PIPELINE
+            .replace("{ name: gmm }", "{ name: gmm, weights: [0.1, 0.9], std: 0.2, n: 50000, seed: 0 }")
+            .replace("{ type: linear }", "{ type: linear, beta_start: 0.0001, beta_end: 2.0e-2, steps: 1000 }")
+            .replace("{ objective: eps }", "{ lr: 1.0e-3, objective: eps, steps: 4000 }");
+        assert_eq!(keys(PIPELINE), keys(&explicit));
+    }
+
+    #[test]
+    fn a_param_change_changes_that_key_and_downstream_only() {
+        let base = keys(PIPELINE);
+        let changed = keys(&PIPELINE.replace("{ type: linear }", "{ type: linear, steps: 999 }"));
+        assert_ne!(base["lin"], changed["lin"]);
+        assert_ne!(base["tr"], changed["tr"], "downstream of the change");
+        assert_eq!(base["data"], changed["data"]);
+        assert_eq!(base["mlp"], changed["mlp"]);
+        for (from, to) in [("{ name: gmm }", "{ name: gmm, seed: 1 }"), ("{ arch: mlp }", "{ arch: mlp, embedding_dim: 16 }")] {
+            let other = keys(&PIPELINE.replace(from, to));
+            assert_ne!(base["tr"], other["tr"], "{to}");
+        }
+    }
+
+    #[test]
+    fn renaming_a_stage_keeps_its_key() {
+        let renamed = keys(&PIPELINE.replace("lin:", "betas:").replace("schedule: lin", "schedule: betas"));
+        assert_eq!(keys(PIPELINE)["lin"], renamed["betas"]);
+        assert_eq!(keys(PIPELINE)["tr"], renamed["tr"]);
+    }
+}
