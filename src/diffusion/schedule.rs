@@ -64,6 +64,9 @@ fn levels() -> usize {
     10
 }
 
+/// One row of `schedule.csv`: (t, beta, alpha_bar, sigma, snr); beta is None for SMLD.
+pub type ScheduleRow = (usize, Option<f64>, f64, f64, f64);
+
 /// The schedule, tabulated per level t = 1..T (index t-1).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Schedule {
@@ -183,7 +186,7 @@ impl Schedule {
     }
 
     /// Rows of `schedule.csv`: (t, beta, alpha_bar, sigma, snr); beta is None for SMLD.
-    pub fn table(&self) -> Vec<(usize, Option<f64>, f64, f64, f64)> {
+    pub fn table(&self) -> Vec<ScheduleRow> {
         match self {
             Schedule::Vp { betas, alpha_bars } => betas
                 .iter()

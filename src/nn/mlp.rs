@@ -41,7 +41,7 @@ impl MlpConfig {
         if self.hidden.is_empty() || self.hidden.contains(&0) {
             return Err("`hidden` needs at least one layer and no zero widths".into());
         }
-        if self.embedding_dim < 2 || self.embedding_dim % 2 != 0 {
+        if self.embedding_dim < 2 || !self.embedding_dim.is_multiple_of(2) {
             return Err(format!("`embedding_dim` must be even and at least 2, got {}", self.embedding_dim));
         }
         Ok(())

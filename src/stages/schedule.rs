@@ -8,12 +8,13 @@ use crate::error::{StageError, StageResult};
 use crate::report::plots;
 
 pub use crate::diffusion::schedule::ScheduleParams;
+use crate::diffusion::schedule::ScheduleRow;
 
 pub const VERSION: u32 = 1;
 
 pub fn run(params: &ScheduleParams, ctx: &StageContext) -> StageResult<()> {
     let rows = params.build().table();
-    let column = |name: &str, f: &dyn Fn(&(usize, Option<f64>, f64, f64, f64)) -> f64| {
+    let column = |name: &str, f: &dyn Fn(&ScheduleRow) -> f64| {
         Column::new(name.into(), rows.iter().map(f).collect::<Vec<f64>>())
     };
     let mut df = DataFrame::new_infer_height(vec![
