@@ -49,6 +49,11 @@ fn first_run_computes_second_is_cached_and_set_reruns_only_downstream() {
     for row in ["compare,ddpm_samples,sliced_wasserstein,", "compare,smld_samples,mmd2,", "compare,ddpm_samples,mode_weight_0,", "compare,smld_samples,nfe,16"] {
         assert!(metrics.contains(row), "no {row} in {metrics}");
     }
+    // The manifest records the keys of the inputs (the entries the links point at).
+    let manifest = std::fs::read_to_string(out.join("stages/ddpm/manifest.json")).unwrap();
+    let data_key = std::fs::read_link(out.join("stages/data")).unwrap();
+    let data_key = data_key.file_name().unwrap().to_str().unwrap();
+    assert!(manifest.contains(&format!("\"data\": [\n      \"{data_key}\"")), "{manifest}");
     // The EMA weights are a separate average, not a copy of the final weights.
     let raw = std::fs::read(out.join("stages/ddpm/weights.safetensors")).unwrap();
     let ema = std::fs::read(out.join("stages/ddpm/ema.safetensors")).unwrap();

@@ -91,12 +91,13 @@ pub fn execute(plan: &Plan, cache: &Cache, options: &RunOptions, progress: &Prog
                     continue;
                 }
                 let inputs = input_entries(plan, cache, node);
+                let input_keys = plan.input_keys(node);
                 let force = options.force.contains(&node.id);
                 let tx = tx.clone();
                 running += 1;
                 scope.spawn(move |_| {
                     let started = Instant::now();
-                    let status = match catch_unwind(AssertUnwindSafe(|| run_one(node, inputs, cache, force, progress))) {
+                    let status = match catch_unwind(AssertUnwindSafe(|| run_one(node, inputs, input_keys, cache, force, progress))) {
                         Ok(Ok(status)) => status,
                         Ok(Err(e)) => Status::Failed(e.to_string()),
                         Err(panic) => Status::Failed(format!("internal error: {}", panic_message(&panic))),
@@ -158,7 +159,14 @@ fn input_entries(plan: &Plan, cache: &Cache, node: &StageNode) -> Vec<(String, V
 }
 
 /// Computes one stage unless it is cached (or another process computes it first).
-fn run_one(node: &StageNode, inputs: Vec<(String, Vec<InputEntry>)>, cache: &Cache, force: bool, progress: &Progress) -> StageResult<Status> {
+fn run_one(
+    node: &StageNode,
+    inputs: Vec<(String, Vec<InputEntry>)>,
+    input_keys: Vec<(String, Vec<String>)>,
+    cache: &Cache,
+    force: bool,
+    progress: &Progress,
+) -> StageResult<Status> {
     if !force && cache.is_cached(&node.key) {
         return Ok(Status::Cached);
     }
@@ -170,7 +178,7 @@ fn run_one(node: &StageNode, inputs: Vec<(String, Vec<InputEntry>)>, cache: &Cac
     let bar = progress.stage(&node.id);
     let device = Device::Cpu;
     let started = Instant::now();
-    let ctx = StageContext { id: &node.id, out: staging.path(), inputs: inputs.clone(), progress: &bar, device: &device };
+    let ctx = StageContext { id: &node.id, out: staging.path(), inputs, progress: &bar, device: &device };
     let result = stages::run(&node.spec, &ctx);
     bar.finish();
     result?;
@@ -179,13 +187,7 @@ fn run_one(node: &StageNode, inputs: Vec<(String, Vec<InputEntry>)>, cache: &Cac
         kind: node.kind().name().into(),
         stage: node.id.clone(),
         params: node.params.clone(),
-        inputs: inputs
-            .iter()
-            .map(|(role, entries)| {
-                let keys = entries.iter().map(|e| e.dir.file_name().unwrap_or_default().to_string_lossy().into_owned());
-                (role.clone(), keys.collect())
-            })
-            .collect(),
+        inputs: input_keys.into_iter().collect(),
         outputs: Vec::new(),
         seconds: started.elapsed().as_secs_f64(),
         device: "cpu".into(),

@@ -52,12 +52,9 @@ impl Plan {
         self.order.iter().map(|&i| &self.graph[i])
     }
 
-    /// Key of the input stages, by role.
+    /// Keys of the input stages, by role.
     pub fn input_keys(&self, node: &StageNode) -> Vec<(String, Vec<String>)> {
-        node.needs
-            .iter()
-            .map(|(role, ids)| (role.clone(), ids.iter().map(|id| self.graph[self.index[id]].key.clone()).collect()))
-            .collect()
+        keys_of_inputs(&self.graph, &self.index, node)
     }
 }
 
@@ -142,11 +139,7 @@ pub fn build(path: &Path, source: &str, spec: PipelineSpec) -> Result<Plan, Spec
     // Keys in dependency order: a stage's key covers its inputs' keys.
     for &ix in &order {
         let node = &graph[ix];
-        let input_keys: Vec<(String, Vec<String>)> = node
-            .needs
-            .iter()
-            .map(|(role, ids)| (role.clone(), ids.iter().map(|id| graph[index[id]].key.clone()).collect()))
-            .collect();
+        let input_keys = keys_of_inputs(&graph, &index, node);
         let key = stage_key(&KeyInput {
             kind: node.kind().name(),
             stage_version: stages::version(node.kind()),
@@ -164,6 +157,13 @@ pub fn build(path: &Path, source: &str, spec: PipelineSpec) -> Result<Plan, Spec
         order,
         index,
     })
+}
+
+fn keys_of_inputs(graph: &DiGraph<StageNode, String>, index: &HashMap<String, NodeIndex>, node: &StageNode) -> Vec<(String, Vec<String>)> {
+    node.needs
+        .iter()
+        .map(|(role, ids)| (role.clone(), ids.iter().map(|id| graph[index[id]].key.clone()).collect()))
+        .collect()
 }
 
 fn spec_of<'g>(graph: &'g DiGraph<StageNode, String>, index: &HashMap<String, NodeIndex>, id: &str) -> Option<&'g StageSpec> {
