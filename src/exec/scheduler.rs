@@ -91,13 +91,12 @@ pub fn execute(plan: &Plan, cache: &Cache, options: &RunOptions, progress: &Prog
                     continue;
                 }
                 let inputs = input_entries(plan, cache, node);
-                let input_keys = plan.input_keys(node);
                 let force = options.force.contains(&node.id);
                 let tx = tx.clone();
                 running += 1;
                 scope.spawn(move |_| {
                     let started = Instant::now();
-                    let status = match catch_unwind(AssertUnwindSafe(|| run_one(node, inputs, input_keys, cache, force, progress))) {
+                    let status = match catch_unwind(AssertUnwindSafe(|| run_one(node, inputs, cache, force, progress))) {
                         Ok(Ok(status)) => status,
                         Ok(Err(e)) => Status::Failed(e.to_string()),
                         Err(panic) => Status::Failed(format!("internal error: {}", panic_message(&panic))),
@@ -151,7 +150,10 @@ fn input_entries(plan: &Plan, cache: &Cache, node: &StageNode) -> Vec<(String, V
         .map(|(role, ids)| {
             let entries = ids
                 .iter()
-                .map(|id| InputEntry { id: id.clone(), dir: cache.entry_dir(&plan.node(id).expect("validated").key) })
+                .map(|id| {
+                    let key = plan.node(id).expect("validated").key.clone();
+                    InputEntry { id: id.clone(), dir: cache.entry_dir(&key), key }
+                })
                 .collect();
             (role.clone(), entries)
         })
@@ -162,7 +164,6 @@ fn input_entries(plan: &Plan, cache: &Cache, node: &StageNode) -> Vec<(String, V
 fn run_one(
     node: &StageNode,
     inputs: Vec<(String, Vec<InputEntry>)>,
-    input_keys: Vec<(String, Vec<String>)>,
     cache: &Cache,
     force: bool,
     progress: &Progress,
@@ -178,6 +179,7 @@ fn run_one(
     let bar = progress.stage(&node.id);
     let device = Device::Cpu;
     let started = Instant::now();
+    let input_keys = inputs.iter().map(|(role, entries)| (role.clone(), entries.iter().map(|e| e.key.clone()).collect())).collect();
     let ctx = StageContext { id: &node.id, out: staging.path(), inputs, progress: &bar, device: &device };
     let result = stages::run(&node.spec, &ctx);
     bar.finish();
@@ -187,7 +189,7 @@ fn run_one(
         kind: node.kind().name().into(),
         stage: node.id.clone(),
         params: node.params.clone(),
-        inputs: input_keys.into_iter().collect(),
+        inputs: input_keys,
         outputs: Vec::new(),
         seconds: started.elapsed().as_secs_f64(),
         device: "cpu".into(),

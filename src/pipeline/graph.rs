@@ -51,11 +51,6 @@ impl Plan {
     pub fn nodes(&self) -> impl Iterator<Item = &StageNode> {
         self.order.iter().map(|&i| &self.graph[i])
     }
-
-    /// Keys of the input stages, by role.
-    pub fn input_keys(&self, node: &StageNode) -> Vec<(String, Vec<String>)> {
-        keys_of_inputs(&self.graph, &self.index, node)
-    }
 }
 
 /// Checks the pipeline and builds its DAG. Every error names the file, where possible
@@ -139,7 +134,11 @@ pub fn build(path: &Path, source: &str, spec: PipelineSpec) -> Result<Plan, Spec
     // Keys in dependency order: a stage's key covers its inputs' keys.
     for &ix in &order {
         let node = &graph[ix];
-        let input_keys = keys_of_inputs(&graph, &index, node);
+        let input_keys: Vec<(String, Vec<String>)> = node
+            .needs
+            .iter()
+            .map(|(role, ids)| (role.clone(), ids.iter().map(|id| graph[index[id]].key.clone()).collect()))
+            .collect();
         let key = stage_key(&KeyInput {
             kind: node.kind().name(),
             stage_version: stages::version(node.kind()),
@@ -157,13 +156,6 @@ pub fn build(path: &Path, source: &str, spec: PipelineSpec) -> Result<Plan, Spec
         order,
         index,
     })
-}
-
-fn keys_of_inputs(graph: &DiGraph<StageNode, String>, index: &HashMap<String, NodeIndex>, node: &StageNode) -> Vec<(String, Vec<String>)> {
-    node.needs
-        .iter()
-        .map(|(role, ids)| (role.clone(), ids.iter().map(|id| graph[index[id]].key.clone()).collect()))
-        .collect()
 }
 
 fn spec_of<'g>(graph: &'g DiGraph<StageNode, String>, index: &HashMap<String, NodeIndex>, id: &str) -> Option<&'g StageSpec> {

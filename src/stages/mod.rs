@@ -21,6 +21,8 @@ use crate::pipeline::spec::{StageKind, StageSpec};
 #[derive(Debug, Clone)]
 pub struct InputEntry {
     pub id: String,
+    /// The input's cache key (recorded in this stage's manifest).
+    pub key: String,
     pub dir: PathBuf,
 }
 
