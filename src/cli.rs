@@ -1,14 +1,16 @@
 //! The command line: a thin layer over the library.
 
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
-use crate::cache::Cache;
+use crate::cache::{Cache, maintenance};
 use crate::error::RunnerError;
 use crate::exec::progress::Progress;
-use crate::exec::scheduler::{RunOptions, Status, execute};
+use crate::exec::scheduler::{Outcome, RunOptions, Status, execute, from_cache};
+use crate::pipeline::spec::StageKind;
 use crate::pipeline::{self, Plan, history};
 use crate::{catalog, report};
 
@@ -23,15 +25,32 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// A pipeline file and how to vary it from the command line.
+#[derive(Debug, Args)]
+pub struct PipelineArgs {
+    /// The pipeline file (YAML).
+    pub file: PathBuf,
+    /// Override a value: STAGE.params.KEY=VALUE (repeatable); a swept value set this
+    /// way leaves the sweep.
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    pub set: Vec<String>,
+    /// Sweep a value: STAGE.params.KEY=V1,V2,... (repeatable; adds an axis).
+    #[arg(long = "sweep", value_name = "PATH=V1,V2")]
+    pub sweep: Vec<String>,
+}
+
+impl PipelineArgs {
+    fn load(&self) -> Result<Plan, RunnerError> {
+        Ok(pipeline::load(&self.file, &self.set, &self.sweep)?)
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a pipeline: compute what is not cached, then write the report.
     Run {
-        /// The pipeline file (YAML).
-        file: PathBuf,
-        /// Override a value: STAGE.params.KEY=VALUE (repeatable).
-        #[arg(long = "set", value_name = "PATH=VALUE")]
-        set: Vec<String>,
+        #[command(flatten)]
+        pipeline: PipelineArgs,
         /// Stages run concurrently at most (default: number of cores).
         #[arg(long, short)]
         jobs: Option<usize>,
@@ -44,15 +63,32 @@ pub enum Command {
     },
     /// Show every stage with its key and whether it is cached or why it must run.
     Plan {
-        file: PathBuf,
-        #[arg(long = "set", value_name = "PATH=VALUE")]
-        set: Vec<String>,
+        #[command(flatten)]
+        pipeline: PipelineArgs,
     },
     /// Print the stage graph in Graphviz DOT.
     Graph {
-        file: PathBuf,
-        #[arg(long = "set", value_name = "PATH=VALUE")]
-        set: Vec<String>,
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+    },
+    /// Rebuild a pipeline's report from the cache, running nothing.
+    Report {
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+    },
+    /// Delete cache entries that no pipeline reaches (those in pipelines/, or FILES).
+    Gc {
+        /// Pipelines whose stages (and last runs) to keep; default: pipelines/*.yaml.
+        files: Vec<PathBuf>,
+        /// Show what would be deleted, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Check every cache entry's files against its manifest (sizes and sha256).
+    Verify {
+        /// Delete damaged entries, so the next run recomputes them.
+        #[arg(long)]
+        remove: bool,
     },
     /// List stage kinds, datasets, schedules, models, samplers and metrics with their
     /// parameters and defaults.
@@ -68,6 +104,10 @@ pub fn main() -> ExitCode {
             eprintln!("error: {failed} of {total} stages failed; every other result is cached");
             ExitCode::from(1)
         }
+        Err(RunnerError::Damaged(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(1)
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(2)
@@ -77,12 +117,11 @@ pub fn main() -> ExitCode {
 
 fn dispatch(cli: &Cli) -> Result<(), RunnerError> {
     match &cli.command {
-        Command::Run { file, set, jobs, force, dry_run } => {
-            let plan = pipeline::load(file, set)?;
+        Command::Run { pipeline, jobs, force, dry_run } => {
+            let plan = pipeline.load()?;
             for id in force {
-                if plan.node(id).is_none() {
-                    let ids: Vec<&str> = plan.nodes().map(|n| n.id.as_str()).collect();
-                    return Err(RunnerError::Usage(format!("--force {id}: no such stage; stages are: {}", ids.join(", "))));
+                if !plan.has_stage(id) {
+                    return Err(RunnerError::Usage(format!("--force {id}: no such stage; stages are: {}", plan.stages.join(", "))));
                 }
             }
             if *dry_run {
@@ -91,11 +130,14 @@ fn dispatch(cli: &Cli) -> Result<(), RunnerError> {
             let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
             run(&plan, &cli.results, &RunOptions { jobs, force: force.clone() })
         }
-        Command::Plan { file, set } => print_plan(&pipeline::load(file, set)?, &cli.results),
-        Command::Graph { file, set } => {
-            print!("{}", pipeline::graph::to_dot(&pipeline::load(file, set)?));
+        Command::Plan { pipeline } => print_plan(&pipeline.load()?, &cli.results),
+        Command::Graph { pipeline } => {
+            print!("{}", pipeline::graph::to_dot(&pipeline.load()?));
             Ok(())
         }
+        Command::Report { pipeline } => rebuild_report(&pipeline.load()?, &cli.results),
+        Command::Gc { files, dry_run } => gc(files, &cli.results, *dry_run),
+        Command::Verify { remove } => verify(&cli.results, *remove),
         Command::List => {
             print!("{}", catalog::describe());
             Ok(())
@@ -103,21 +145,29 @@ fn dispatch(cli: &Cli) -> Result<(), RunnerError> {
     }
 }
 
+/// Writes history and report under the pipeline's report lock.
+fn write_report(plan: &Plan, cache: &Cache, outcomes: &[Outcome], results: &Path, save_history: bool) -> Result<PathBuf, RunnerError> {
+    let dir = results.join(&plan.name);
+    std::fs::create_dir_all(&dir).map_err(|e| RunnerError::Report(format!("creating {}: {e}", dir.display())))?;
+    // Two runs of one pipeline may finish together: one writes the folder at a time.
+    let _report_lock = crate::cache::lock::KeyLock::acquire(&dir.join(".report.lock"))?;
+    if save_history {
+        history::save(&dir, plan).map_err(|e| RunnerError::Report(format!("writing {}: {e}", dir.display())))?;
+    }
+    report::build(plan, cache, outcomes, results)
+}
+
 fn run(plan: &Plan, results: &Path, options: &RunOptions) -> Result<(), RunnerError> {
     let cache = Cache::open(results)?;
     let progress = Progress::detect();
-    eprintln!("pipeline {} ({} stages, {} jobs)", plan.name, plan.order.len(), options.jobs);
+    let points = if plan.sweep.is_empty() { String::new() } else { format!("{} sweep points, ", plan.points.len()) };
+    eprintln!("pipeline {} ({points}{} stages, {} jobs)", plan.name, plan.order.len(), options.jobs);
     let outcomes = execute(plan, &cache, options, &progress);
     let count = |f: &dyn Fn(&Status) -> bool| outcomes.iter().filter(|o| f(&o.status)).count();
     let (computed, cached) = (count(&|s| *s == Status::Computed), count(&|s| *s == Status::Cached));
     let failed = count(&|s| matches!(s, Status::Failed(_)));
     let skipped = count(&|s| matches!(s, Status::Skipped(_)));
-    let dir = results.join(&plan.name);
-    std::fs::create_dir_all(&dir).map_err(|e| RunnerError::Report(format!("creating {}: {e}", dir.display())))?;
-    // Two runs of one pipeline may finish together: one writes the folder at a time.
-    let _report_lock = crate::cache::lock::KeyLock::acquire(&dir.join(".report.lock"))?;
-    history::save(&dir, plan).map_err(|e| RunnerError::Report(format!("writing {}: {e}", dir.display())))?;
-    let report = report::build(plan, &cache, &outcomes, results)?;
+    let report = write_report(plan, &cache, &outcomes, results, true)?;
     if cached == outcomes.len() {
         eprintln!("all {} stages cached: nothing to compute; report rebuilt", outcomes.len());
     } else {
@@ -127,8 +177,8 @@ fn run(plan: &Plan, results: &Path, options: &RunOptions) -> Result<(), RunnerEr
     if failed + skipped > 0 {
         for o in &outcomes {
             match &o.status {
-                Status::Failed(m) => eprintln!("  failed  {}: {m}", o.id),
-                Status::Skipped(input) => eprintln!("  skipped {}: input `{input}` did not complete", o.id),
+                Status::Failed(m) => eprintln!("  failed  {}: {m}", o.name),
+                Status::Skipped(input) => eprintln!("  skipped {}: input `{input}` did not complete", o.name),
                 _ => {}
             }
         }
@@ -137,18 +187,125 @@ fn run(plan: &Plan, results: &Path, options: &RunOptions) -> Result<(), RunnerEr
     Ok(())
 }
 
+fn rebuild_report(plan: &Plan, results: &Path) -> Result<(), RunnerError> {
+    let cache = Cache::open(results)?;
+    let outcomes = from_cache(plan, &cache);
+    let missing = outcomes.iter().filter(|o| o.status == Status::Missing).count();
+    let report = write_report(plan, &cache, &outcomes, results, false)?;
+    if missing > 0 {
+        eprintln!("{missing} of {} stages are not computed; the report shows the rest (run the pipeline to fill it in)", outcomes.len());
+    } else {
+        eprintln!("all {} stages cached", outcomes.len());
+    }
+    eprintln!("report: {}", report.display());
+    Ok(())
+}
+
 fn print_plan(plan: &Plan, results: &Path) -> Result<(), RunnerError> {
     let cache = Cache::open(results)?;
     let history = history::load(&results.join(&plan.name));
-    println!("pipeline {} ({} stages)", plan.name, plan.order.len());
-    let mut to_run = 0;
+    if plan.sweep.is_empty() {
+        println!("pipeline {} ({} stages)", plan.name, plan.order.len());
+    } else {
+        let axes: Vec<String> = plan.sweep.axes.iter().map(|a| format!("{} ({})", a.name, a.values.len())).collect();
+        println!(
+            "pipeline {}: {} sweep points over {}; {} distinct stages",
+            plan.name,
+            plan.points.len(),
+            axes.join(" x "),
+            plan.order.len()
+        );
+    }
+    let mut to_run: BTreeMap<&str, usize> = BTreeMap::new();
     for node in plan.nodes() {
         let reason = history::reason(plan, node, &cache, &history);
         if reason != "cached" {
-            to_run += 1;
+            *to_run.entry(node.kind().name()).or_default() += 1;
         }
-        println!("  {:<20} {:<9} {}  {}", node.id, node.kind().name(), &node.key[..12], reason);
+        println!("  {:<20} {:<9} {}  {}", node.name(), node.kind().name(), &node.key[..12], reason);
     }
-    println!("{to_run} to run, {} cached", plan.order.len() - to_run);
+    let total: usize = to_run.values().sum();
+    let by_kind: Vec<String> = StageKind::ALL
+        .iter()
+        .filter_map(|k| to_run.get(k.name()).map(|n| format!("{n} {}", k.name())))
+        .collect();
+    let by_kind = if by_kind.is_empty() { String::new() } else { format!(" (work left: {})", by_kind.join(", ")) };
+    println!("{total} to run, {} cached{by_kind}", plan.order.len() - total);
     Ok(())
+}
+
+/// Pipelines `gc` keeps: the files given, or every pipeline in `pipelines/`.
+fn gc_roots(files: &[PathBuf]) -> Result<Vec<PathBuf>, RunnerError> {
+    if !files.is_empty() {
+        return Ok(files.to_vec());
+    }
+    let dir = Path::new("pipelines");
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        RunnerError::Usage(format!("cannot read {}: {e}; run gc from the repository root or name the pipeline files to keep", dir.display()))
+    })?;
+    let mut files: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+fn gc(files: &[PathBuf], results: &Path, dry_run: bool) -> Result<(), RunnerError> {
+    let cache = Cache::open(results)?;
+    let mut reachable = HashSet::new();
+    for file in gc_roots(files)? {
+        // A pipeline that does not load would keep nothing: stop rather than delete.
+        let plan = pipeline::load(&file, &[], &[])?;
+        reachable.extend(plan.nodes().map(|n| n.key.clone()));
+        let last = history::load(&results.join(&plan.name));
+        reachable.extend(history::keys(&last).map(String::from));
+    }
+    let report = maintenance::gc(&cache, &reachable, dry_run)?;
+    let verb = if dry_run { "would free" } else { "freed" };
+    for f in &report.freed {
+        println!("{verb} {:>10}  {}  {}", human_bytes(f.bytes), &f.name[..f.name.len().min(16)], f.what);
+    }
+    for key in &report.busy {
+        println!("busy          {}  (being computed; left alone)", &key[..16]);
+    }
+    let total: u64 = report.freed.iter().map(|f| f.bytes).sum();
+    println!("{verb} {} in {} entries; kept {}", human_bytes(total), report.freed.len(), report.kept);
+    Ok(())
+}
+
+fn verify(results: &Path, remove: bool) -> Result<(), RunnerError> {
+    let cache = Cache::open(results)?;
+    let (damaged, checked) = maintenance::verify(&cache)?;
+    for d in &damaged {
+        println!("damaged {} ({})", &d.key[..16], d.stage.as_deref().unwrap_or("unknown stage"));
+        for p in &d.problems {
+            println!("  {p}");
+        }
+        if remove {
+            cache.remove(&d.key)?;
+            println!("  removed: the next run recomputes it");
+        }
+    }
+    println!("checked {checked} entries: {} damaged", damaged.len());
+    if damaged.is_empty() || remove {
+        Ok(())
+    } else {
+        Err(RunnerError::Damaged(format!(
+            "{} damaged cache entries; `runner verify --remove` deletes them so the next run recomputes them",
+            damaged.len()
+        )))
+    }
+}
+
+fn human_bytes(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", units[unit]) }
 }

@@ -85,4 +85,7 @@ pub enum RunnerError {
     StagesFailed { failed: usize, total: usize },
     #[error("{0}")]
     Usage(String),
+    /// `verify` found damaged entries (exit 1, like failed stages).
+    #[error("{0}")]
+    Damaged(String),
 }

@@ -25,4 +25,20 @@ impl KeyLock {
         file.lock().map_err(CacheError::io(path))?;
         Ok(KeyLock { _file: file })
     }
+
+    /// The lock if nobody holds it, else None (for `gc`, which must not wait on, or
+    /// delete under, a stage being computed).
+    pub fn try_acquire(path: &Path) -> Result<Option<KeyLock>, CacheError> {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(CacheError::io(path))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(KeyLock { _file: file })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(CacheError::Io { path: path.to_path_buf(), source: e }),
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! The content-addressed store of stage results under `results/.cache/<key>/`.
 
 pub mod lock;
+pub mod maintenance;
 pub mod store;
 
 pub use store::{Cache, Manifest, OutputFile};

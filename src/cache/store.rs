@@ -89,10 +89,44 @@ impl Cache {
         KeyLock::acquire(&self.root.join(".locks").join(key))
     }
 
+    /// Non-blocking: the lock of `key` if no process holds it.
+    pub fn try_lock(&self, key: &str) -> Result<Option<KeyLock>, CacheError> {
+        KeyLock::try_acquire(&self.root.join(".locks").join(key))
+    }
+
     /// A fresh directory on the cache's filesystem for a stage to write into.
     pub fn staging(&self) -> Result<tempfile::TempDir, CacheError> {
+        self.staging_for("stage")
+    }
+
+    /// A staging directory named after the key it computes, so `gc` can tell an
+    /// abandoned one (its key unlocked) from one in use.
+    pub fn staging_for(&self, key: &str) -> Result<tempfile::TempDir, CacheError> {
         let tmp = self.root.join(".tmp");
-        tempfile::Builder::new().prefix("stage-").tempdir_in(&tmp).map_err(CacheError::io(&tmp))
+        tempfile::Builder::new().prefix(&format!("{key}-")).tempdir_in(&tmp).map_err(CacheError::io(&tmp))
+    }
+
+    /// Keys of every directory in the cache that looks like an entry (complete or not).
+    pub fn keys(&self) -> Result<Vec<String>, CacheError> {
+        let mut keys = Vec::new();
+        for entry in fs::read_dir(&self.root).map_err(CacheError::io(&self.root))? {
+            let entry = entry.map_err(CacheError::io(&self.root))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if is_key(&name) && entry.path().is_dir() {
+                keys.push(name);
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
+    /// Deletes an entry: it is renamed out of place first, so it never looks complete
+    /// while half-deleted.
+    pub fn remove(&self, key: &str) -> Result<(), CacheError> {
+        let target = self.entry_dir(key);
+        let trash = self.staging_for("removed")?.keep();
+        fs::rename(&target, trash.join("old")).map_err(CacheError::io(&target))?;
+        fs::remove_dir_all(&trash).map_err(CacheError::io(&trash))
     }
 
     /// Writes the manifest (with digests of every output) and renames the staging
@@ -165,6 +199,20 @@ pub fn sha256_file(path: &Path) -> Result<String, CacheError> {
         hasher.update(&buf[..n]);
     }
     Ok(hex(&hasher.finalize()))
+}
+
+/// A cache key: 64 lower-case hex digits.
+pub fn is_key(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Total size of the files under `path`.
+pub fn disk_size(path: &Path) -> u64 {
+    let Ok(meta) = fs::symlink_metadata(path) else { return 0 };
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    fs::read_dir(path).map(|rd| rd.flatten().map(|e| disk_size(&e.path())).sum()).unwrap_or(0)
 }
 
 /// Lower-case hex of a digest.

@@ -33,6 +33,8 @@ pub enum Status {
     Failed(String),
     /// Not run because an input failed or was skipped (names that input).
     Skipped(String),
+    /// Not in the cache and not run (`runner report` builds from the cache only).
+    Missing,
 }
 
 impl Status {
@@ -46,6 +48,7 @@ impl Status {
             Status::Computed => "computed",
             Status::Failed(_) => "failed",
             Status::Skipped(_) => "skipped",
+            Status::Missing => "missing",
         }
     }
 }
@@ -53,13 +56,29 @@ impl Status {
 /// A stage's result in this run.
 #[derive(Debug, Clone)]
 pub struct Outcome {
-    pub id: String,
+    pub node: NodeIndex,
+    /// The node's name: stage id, with its sweep label when forked.
+    pub name: String,
     pub status: Status,
     /// Time this run spent on the stage (0 when cached).
     pub seconds: f64,
 }
 
+/// What the cache holds for every stage, without running anything (for `runner report`).
+pub fn from_cache(plan: &Plan, cache: &Cache) -> Vec<Outcome> {
+    plan.order
+        .iter()
+        .map(|&ix| {
+            let node = &plan.graph[ix];
+            let status = if cache.is_cached(&node.key) { Status::Cached } else { Status::Missing };
+            Outcome { node: ix, name: node.name(), status, seconds: 0.0 }
+        })
+        .collect()
+}
+
 /// Runs every stage of the plan that is not cached; returns outcomes in plan order.
+/// Stages that use every core ([`crate::pipeline::spec::StageKind::uses_all_cores`]) run
+/// one at a time; the others fill the remaining jobs.
 pub fn execute(plan: &Plan, cache: &Cache, options: &RunOptions, progress: &Progress) -> Vec<Outcome> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(options.jobs.max(1))
@@ -75,6 +94,10 @@ pub fn execute(plan: &Plan, cache: &Cache, options: &RunOptions, progress: &Prog
     pool.in_place_scope(|scope| {
         let mut ready: Vec<NodeIndex> = plan.order.iter().rev().copied().filter(|ix| waiting[ix] == 0).collect();
         let mut running = 0usize;
+        // A heavy stage is running; ready heavy stages wait in `deferred`.
+        let mut heavy_running = false;
+        let mut deferred: Vec<NodeIndex> = Vec::new();
+        let mut heavy: HashMap<NodeIndex, bool> = HashMap::new();
         loop {
             while let Some(ix) = ready.pop() {
                 let node = &graph[ix];
@@ -82,16 +105,23 @@ pub fn execute(plan: &Plan, cache: &Cache, options: &RunOptions, progress: &Prog
                 let blocked = graph
                     .neighbors_directed(ix, Direction::Incoming)
                     .find(|i| !results[i].status.ok())
-                    .map(|i| graph[i].id.clone());
+                    .map(|i| graph[i].name());
                 if let Some(input) = blocked {
-                    let outcome = Outcome { id: node.id.clone(), status: Status::Skipped(input), seconds: 0.0 };
-                    progress.println(&format!("- {:<20} skipped: input `{}` did not complete", node.id, outcome_input(&outcome)));
+                    progress.println(&format!("- {:<20} skipped: input `{input}` did not complete", node.name()));
+                    let outcome = Outcome { node: ix, name: node.name(), status: Status::Skipped(input), seconds: 0.0 };
                     release(plan, ix, &mut waiting, &mut ready);
                     results.insert(ix, outcome);
                     continue;
                 }
-                let inputs = input_entries(plan, cache, node);
                 let force = options.force.contains(&node.id);
+                let is_heavy = node.kind().uses_all_cores() && options.jobs > 1 && (force || !cache.is_cached(&node.key));
+                if is_heavy && heavy_running {
+                    deferred.push(ix);
+                    continue;
+                }
+                heavy_running |= is_heavy;
+                heavy.insert(ix, is_heavy);
+                let inputs = input_entries(plan, cache, node);
                 let tx = tx.clone();
                 running += 1;
                 scope.spawn(move |_| {
@@ -102,7 +132,7 @@ pub fn execute(plan: &Plan, cache: &Cache, options: &RunOptions, progress: &Prog
                         Err(panic) => Status::Failed(format!("internal error: {}", panic_message(&panic))),
                     };
                     let seconds = if status == Status::Computed { started.elapsed().as_secs_f64() } else { 0.0 };
-                    let _ = tx.send((ix, Outcome { id: node.id.clone(), status, seconds }));
+                    let _ = tx.send((ix, Outcome { node: ix, name: node.name(), status, seconds }));
                 });
             }
             if running == 0 {
@@ -110,27 +140,25 @@ pub fn execute(plan: &Plan, cache: &Cache, options: &RunOptions, progress: &Prog
             }
             let (ix, outcome) = rx.recv().expect("a running stage always reports");
             running -= 1;
+            if heavy.get(&ix) == Some(&true) {
+                heavy_running = false;
+                // Oldest first, so stages run in plan order.
+                ready.extend(deferred.drain(..).rev());
+            }
             let node = &graph[ix];
             match &outcome.status {
-                Status::Cached => progress.println(&format!("  {:<20} cached ({})", node.id, &node.key[..12])),
+                Status::Cached => progress.println(&format!("  {:<20} cached ({})", outcome.name, &node.key[..12])),
                 Status::Computed => {
-                    progress.println(&format!("  {:<20} computed in {:.1}s ({})", node.id, outcome.seconds, &node.key[..12]))
+                    progress.println(&format!("  {:<20} computed in {:.1}s ({})", outcome.name, outcome.seconds, &node.key[..12]))
                 }
-                Status::Failed(message) => progress.println(&format!("x {:<20} FAILED: {message}", node.id)),
-                Status::Skipped(_) => {}
+                Status::Failed(message) => progress.println(&format!("x {:<20} FAILED: {message}", outcome.name)),
+                Status::Skipped(_) | Status::Missing => {}
             }
             results.insert(ix, outcome);
             release(plan, ix, &mut waiting, &mut ready);
         }
     });
     plan.order.iter().map(|ix| results.remove(ix).expect("every stage has an outcome")).collect()
-}
-
-fn outcome_input(outcome: &Outcome) -> &str {
-    match &outcome.status {
-        Status::Skipped(input) => input,
-        _ => "",
-    }
 }
 
 /// Marks `ix` done for its dependents and queues the ones with no inputs left.
@@ -147,12 +175,12 @@ fn release(plan: &Plan, ix: NodeIndex, waiting: &mut HashMap<NodeIndex, usize>, 
 fn input_entries(plan: &Plan, cache: &Cache, node: &StageNode) -> Vec<(String, Vec<InputEntry>)> {
     node.needs
         .iter()
-        .map(|(role, ids)| {
-            let entries = ids
+        .map(|(role, inputs)| {
+            let entries = inputs
                 .iter()
-                .map(|id| {
-                    let key = plan.node(id).expect("validated").key.clone();
-                    InputEntry { id: id.clone(), dir: cache.entry_dir(&key), key }
+                .map(|&ix| {
+                    let input = &plan.graph[ix];
+                    InputEntry { id: input.id.clone(), dir: cache.entry_dir(&input.key), key: input.key.clone() }
                 })
                 .collect();
             (role.clone(), entries)
@@ -175,8 +203,8 @@ fn run_one(
     if !force && cache.is_cached(&node.key) {
         return Ok(Status::Cached);
     }
-    let staging = cache.staging()?;
-    let bar = progress.stage(&node.id);
+    let staging = cache.staging_for(&node.key)?;
+    let bar = progress.stage(&node.name());
     let device = Device::Cpu;
     let started = Instant::now();
     let input_keys = inputs.iter().map(|(role, entries)| (role.clone(), entries.iter().map(|e| e.key.clone()).collect())).collect();

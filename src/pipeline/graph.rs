@@ -1,25 +1,33 @@
 //! The stage DAG: inputs resolved and checked, cycles rejected, keys computed in
 //! dependency order.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use petgraph::algo::toposort;
 use petgraph::graph::{DiGraph, NodeIndex};
+use serde::Deserialize;
 
 use super::key::{KeyInput, stage_key};
-use super::spec::{PipelineSpec, StageKind, StageSpec, locate};
+use super::spec::{Loaded, StageKind, StageSpec, locate, locate_sweep};
+use super::sweep::{Sweep, folder_name};
 use crate::error::SpecError;
+use crate::report::compare::ReportSpec;
 use crate::stages;
 
-/// One stage, ready to run.
+/// One stage at one or more sweep points, ready to run.
 #[derive(Debug, Clone)]
 pub struct StageNode {
     pub id: String,
+    /// The sweep coordinates that reach this stage, e.g. `sampler=ancestral,steps=50`;
+    /// empty when no swept value does (the stage is shared by every point).
+    pub label: String,
+    /// The (axis, value index) pairs behind `label`.
+    pub coords: Vec<(usize, usize)>,
     pub spec: StageSpec,
     pub params: serde_json::Value,
-    /// (role, input stage ids).
-    pub needs: Vec<(String, Vec<String>)>,
+    /// (role, input nodes).
+    pub needs: Vec<(String, Vec<NodeIndex>)>,
     pub key: String,
 }
 
@@ -27,9 +35,22 @@ impl StageNode {
     pub fn kind(&self) -> StageKind {
         self.spec.kind()
     }
+
+    /// `id`, or `id[label]` for a forked stage: how logs and tables name it.
+    pub fn name(&self) -> String {
+        if self.label.is_empty() { self.id.clone() } else { format!("{}[{}]", self.id, self.label) }
+    }
 }
 
-/// A validated pipeline: the graph and a dependency order over it.
+/// One point of the sweep: its value index per group and the node of every stage.
+#[derive(Debug, Clone)]
+pub struct Point {
+    pub groups: Vec<usize>,
+    /// Indexed like `Plan::stages`.
+    pub nodes: Vec<NodeIndex>,
+}
+
+/// A validated pipeline: the expanded graph and a dependency order over it.
 #[derive(Debug)]
 pub struct Plan {
     pub name: String,
@@ -39,26 +60,71 @@ pub struct Plan {
     pub graph: DiGraph<StageNode, String>,
     /// Topological order (inputs before the stages that need them).
     pub order: Vec<NodeIndex>,
-    pub index: HashMap<String, NodeIndex>,
+    /// Stage ids in dependency order.
+    pub stages: Vec<String>,
+    pub sweep: Sweep,
+    /// Every sweep point (one without a sweep).
+    pub points: Vec<Point>,
+    pub report: ReportSpec,
+    /// Number of nodes per stage id (more than one: the stage forks).
+    forks: HashMap<String, usize>,
 }
 
 impl Plan {
-    pub fn node(&self, id: &str) -> Option<&StageNode> {
-        self.index.get(id).map(|&i| &self.graph[i])
-    }
-
     /// Nodes in dependency order.
     pub fn nodes(&self) -> impl Iterator<Item = &StageNode> {
         self.order.iter().map(|&i| &self.graph[i])
     }
+
+    /// The nodes of one stage id (several when the sweep forks it).
+    pub fn nodes_of<'p>(&'p self, id: &'p str) -> impl Iterator<Item = &'p StageNode> + 'p {
+        self.nodes().filter(move |n| n.id == id)
+    }
+
+    pub fn has_stage(&self, id: &str) -> bool {
+        self.forks.contains_key(id)
+    }
+
+    /// Does the sweep give this stage more than one node?
+    pub fn is_forked(&self, id: &str) -> bool {
+        self.forks.get(id).copied().unwrap_or(0) > 1
+    }
+
+    /// Where the report links a node: `stages/<id>`, or `stages/<id>/<label>` when forked.
+    pub fn link(&self, node: &StageNode) -> String {
+        if self.is_forked(&node.id) {
+            let label = if node.label.is_empty() { "base".to_string() } else { folder_name(&node.label) };
+            format!("stages/{}/{label}", node.id)
+        } else {
+            format!("stages/{}", node.id)
+        }
+    }
+
+    /// A point's full coordinates, e.g. `sampler=ancestral,steps=50` (empty without a sweep).
+    pub fn point_label(&self, point: &Point) -> String {
+        self.sweep.label(&self.sweep.coords(&point.groups))
+    }
+
+    /// The node of stage `id` at `point`.
+    pub fn node_at(&self, point: &Point, id: &str) -> Option<&StageNode> {
+        let position = self.stages.iter().position(|s| s == id)?;
+        Some(&self.graph[point.nodes[position]])
+    }
 }
 
-/// Checks the pipeline and builds its DAG. Every error names the file, where possible
-/// the line and column, the stage, and the valid choices.
-pub fn build(path: &Path, source: &str, spec: PipelineSpec) -> Result<Plan, SpecError> {
+/// Checks the pipeline, expands its sweep and builds the DAG. Every error names the
+/// file, where possible the line and column, the stage, and the valid choices.
+pub fn build(path: &Path, loaded: Loaded) -> Result<Plan, SpecError> {
+    let Loaded { spec, tree, source } = loaded;
+    let source = source.as_str();
     let err = |stage: Option<&str>, key: Option<&str>, message: String| SpecError::Invalid {
         path: path.to_path_buf(),
         location: stage.and_then(|s| locate(source, s, key).or_else(|| locate(source, s, None))),
+        message,
+    };
+    let sweep_err = |axis: &str, message: String| SpecError::Invalid {
+        path: path.to_path_buf(),
+        location: locate_sweep(source, axis),
         message,
     };
     if !is_safe_name(&spec.name) {
@@ -67,85 +133,151 @@ pub fn build(path: &Path, source: &str, spec: PipelineSpec) -> Result<Plan, Spec
     if spec.stages.is_empty() {
         return Err(err(None, None, "the pipeline has no stages".into()));
     }
-    let mut graph = DiGraph::new();
-    let mut index = HashMap::new();
     for (id, stage) in &spec.stages {
         if !is_safe_name(id) {
             return Err(err(Some(id), None, format!("stage id `{id}` must use only letters, digits, `_` and `-`")));
         }
-        let node = StageNode {
-            id: id.clone(),
-            spec: stage.clone(),
-            params: stage.resolved_params(),
-            needs: stage.needs().into_iter().map(|(r, ids)| (r.to_string(), ids)).collect(),
-            key: String::new(),
-        };
-        index.insert(id.clone(), graph.add_node(node));
+        check_needs(id, stage, &spec.stages).map_err(|(role, m)| err(Some(id), Some(role), m))?;
     }
-    for (id, stage) in &spec.stages {
-        let kind = stage.kind();
-        for (role, ids) in stage.needs() {
-            let want = kind.roles().iter().find(|(r, _)| *r == role).map(|(_, k)| *k).expect("roles match needs");
-            if ids.is_empty() {
-                return Err(err(Some(id), Some(role), format!("stage `{id}`: input `{role}` names no stage")));
-            }
-            for input in ids {
-                let choices = || {
-                    let names: Vec<&str> =
-                        spec.stages.iter().filter(|(_, s)| s.kind() == want).map(|(n, _)| n.as_str()).collect();
-                    if names.is_empty() { format!("no {want} stage is defined") } else { format!("{want} stages: {}", names.join(", ")) }
-                };
-                let Some(&from) = index.get(&input) else {
-                    return Err(err(
-                        Some(id),
-                        Some(role),
-                        format!("stage `{id}`: input `{role}` names `{input}`, which is not a stage of this pipeline; {}", choices()),
-                    ));
-                };
-                let got = spec.stages[&input].kind();
-                if got != want {
-                    return Err(err(
-                        Some(id),
-                        Some(role),
-                        format!("stage `{id}`: input `{role}` must be a {want} stage, but `{input}` is a {got} stage; {}", choices()),
-                    ));
-                }
-                graph.add_edge(from, index[id], role.to_string());
-            }
+    let sweep = Sweep::resolve(&spec.sweep, &spec.stages).map_err(|(axis, m)| sweep_err(&axis, m))?;
+    spec.report.validate(&sweep).map_err(|m| SpecError::Invalid { path: path.to_path_buf(), location: None, message: m })?;
+
+    // Stage ids in dependency order, counting inputs a sweep may swap in.
+    let ids: Vec<&String> = spec.stages.keys().collect();
+    let position: HashMap<&str, usize> = ids.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
+    let mut possible: Vec<Vec<usize>> = ids
+        .iter()
+        .map(|id| spec.stages[*id].needs().into_iter().flat_map(|(_, v)| v).map(|n| position[n.as_str()]).collect())
+        .collect();
+    for axis in sweep.axes.iter().filter(|a| a.field[0] == "needs") {
+        for value in &axis.values {
+            let named = value.as_str().and_then(|v| position.get(v));
+            let Some(&input) = named else {
+                let names: Vec<&str> = ids.iter().map(|s| s.as_str()).collect();
+                return Err(sweep_err(
+                    &axis.path,
+                    format!("sweep `{}`: `{}` is not a stage; stages are: {}", axis.path, super::sweep::show(value), names.join(", ")),
+                ));
+            };
+            possible[position[axis.stage.as_str()]].push(input);
         }
     }
-    let order = toposort(&graph, None).map_err(|cycle| {
-        let id = graph[cycle.node_id()].id.clone();
-        err(Some(&id), Some("needs"), format!("stage `{id}` depends on itself through its inputs (a cycle); remove one of the inputs in the cycle"))
-    })?;
-    // Semantic checks that need the inputs' parameters.
-    for &ix in &order {
-        let node = &graph[ix];
-        stages::validate(
-            &node.spec,
-            &|role| {
-                let ids = node.needs.iter().filter(|(r, _)| r == role).flat_map(|(_, ids)| ids.iter());
-                ids.filter_map(|id| spec_of(&graph, &index, id)).collect()
-            },
-            &|id| spec_of(&graph, &index, id),
-        )
-        .map_err(|m| err(Some(&node.id), Some("params"), format!("stage `{}`: {m}", node.id)))?;
+    let mut id_graph = DiGraph::<usize, ()>::new();
+    let id_nodes: Vec<NodeIndex> = (0..ids.len()).map(|i| id_graph.add_node(i)).collect();
+    for (to, froms) in possible.iter().enumerate() {
+        for &from in froms {
+            id_graph.add_edge(id_nodes[from], id_nodes[to], ());
+        }
     }
-    // Keys in dependency order: a stage's key covers its inputs' keys.
-    for &ix in &order {
-        let node = &graph[ix];
-        let input_keys: Vec<(String, Vec<String>)> = node
-            .needs
-            .iter()
-            .map(|(role, ids)| (role.clone(), ids.iter().map(|id| graph[index[id]].key.clone()).collect()))
-            .collect();
-        let key = stage_key(&KeyInput {
-            kind: node.kind().name(),
-            stage_version: stages::version(node.kind()),
-            params: &node.params,
-            inputs: &input_keys,
-        });
-        graph[ix].key = key;
+    let id_order: Vec<usize> = toposort(&id_graph, None)
+        .map_err(|cycle| {
+            let id = ids[id_graph[cycle.node_id()]];
+            err(Some(id), Some("needs"), format!("stage `{id}` depends on itself through its inputs (a cycle); remove one of the inputs in the cycle"))
+        })?
+        .into_iter()
+        .map(|n| id_graph[n])
+        .collect();
+    let stage_ids: Vec<String> = id_order.iter().map(|&i| ids[i].clone()).collect();
+    let pos: HashMap<&str, usize> = stage_ids.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
+    // Per stage (in order): its possible inputs, the axes and groups that touch it.
+    let possible: Vec<Vec<usize>> = id_order
+        .iter()
+        .map(|&i| {
+            let mut v: Vec<usize> = possible[i].iter().map(|&q| pos[ids[q].as_str()]).collect();
+            v.sort_unstable();
+            v.dedup();
+            v
+        })
+        .collect();
+    let touching: Vec<Vec<usize>> =
+        stage_ids.iter().map(|id| (0..sweep.axes.len()).filter(|&a| &sweep.axes[a].stage == id).collect()).collect();
+    let groups_touching: Vec<Vec<usize>> = touching
+        .iter()
+        .map(|axes| {
+            let mut g: Vec<usize> = axes.iter().map(|&a| sweep.axes[a].group).collect();
+            g.dedup();
+            g
+        })
+        .collect();
+    let stage_values = tree.get("stages");
+
+    let mut graph: DiGraph<StageNode, String> = DiGraph::new();
+    let mut order = Vec::new();
+    let mut memo: HashMap<(usize, Vec<usize>, Vec<NodeIndex>), NodeIndex> = HashMap::new();
+    let mut by_key: HashMap<(usize, String), NodeIndex> = HashMap::new();
+    let mut points = Vec::with_capacity(sweep.len());
+    for p in 0..sweep.len() {
+        let groups = sweep.point(p);
+        let mut chosen: Vec<NodeIndex> = Vec::with_capacity(stage_ids.len());
+        for (s, id) in stage_ids.iter().enumerate() {
+            let own: Vec<usize> = groups_touching[s].iter().map(|&g| groups[g]).collect();
+            let inputs: Vec<NodeIndex> = possible[s].iter().map(|&q| chosen[q]).collect();
+            let memo_key = (s, own, inputs);
+            if let Some(&ix) = memo.get(&memo_key) {
+                chosen.push(ix);
+                continue;
+            }
+            let own_coords: Vec<(usize, usize)> = touching[s].iter().map(|&a| (a, groups[sweep.axes[a].group])).collect();
+            let at = || format!("at sweep point `{}`", sweep.label(&own_coords));
+            let stage = if own_coords.is_empty() {
+                spec.stages[id].clone()
+            } else {
+                let base = stage_values.and_then(|m| m.get(id.as_str())).cloned().unwrap_or_default();
+                let value = sweep.apply(&base, &own_coords);
+                let first = &sweep.axes[own_coords[0].0].path;
+                let stage = StageSpec::deserialize(value).map_err(|e| sweep_err(first, format!("stage `{id}` {}: {e}", at())))?;
+                check_needs(id, &stage, &spec.stages).map_err(|(_, m)| sweep_err(first, format!("{} {m}", at())))?;
+                stage
+            };
+            let needs: Vec<(String, Vec<NodeIndex>)> = stage
+                .needs()
+                .into_iter()
+                .map(|(role, inputs)| (role.to_string(), inputs.iter().map(|i| chosen[pos[i.as_str()]]).collect()))
+                .collect();
+            let lookup = |other: &str| pos.get(other).and_then(|&q| chosen.get(q)).map(|&ix| &graph[ix].spec);
+            let inputs_of = |role: &str| -> Vec<&StageSpec> {
+                needs.iter().filter(|(r, _)| r == role).flat_map(|(_, v)| v.iter()).map(|&ix| &graph[ix].spec).collect()
+            };
+            stages::validate(&stage, &inputs_of, &lookup).map_err(|m| {
+                let message = if own_coords.is_empty() { format!("stage `{id}`: {m}") } else { format!("stage `{id}` {}: {m}", at()) };
+                err(Some(id), Some("params"), message)
+            })?;
+            let params = stage.resolved_params();
+            let input_keys: Vec<(String, Vec<String>)> = needs
+                .iter()
+                .map(|(role, ixs)| (role.clone(), ixs.iter().map(|&ix| graph[ix].key.clone()).collect()))
+                .collect();
+            let key = stage_key(&KeyInput { kind: stage.kind().name(), stage_version: stages::version(stage.kind()), params: &params, inputs: &input_keys });
+            if let Some(&ix) = by_key.get(&(s, key.clone())) {
+                memo.insert(memo_key, ix);
+                chosen.push(ix);
+                continue;
+            }
+            let mut coords = own_coords.clone();
+            for (_, ixs) in &needs {
+                for &ix in ixs {
+                    coords.extend(graph[ix].coords.iter().copied());
+                }
+            }
+            coords.sort_unstable();
+            coords.dedup();
+            let node = StageNode { id: id.clone(), label: sweep.label(&coords), coords, spec: stage, params, needs: needs.clone(), key: key.clone() };
+            let ix = graph.add_node(node);
+            for (role, ixs) in &needs {
+                for &from in ixs {
+                    graph.add_edge(from, ix, role.clone());
+                }
+            }
+            order.push(ix);
+            by_key.insert((s, key), ix);
+            memo.insert(memo_key, ix);
+            chosen.push(ix);
+        }
+        points.push(Point { groups, nodes: chosen });
+    }
+    let mut forks = HashMap::new();
+    for node in graph.node_weights() {
+        *forks.entry(node.id.clone()).or_insert(0) += 1;
     }
     Ok(Plan {
         name: spec.name,
@@ -154,12 +286,36 @@ pub fn build(path: &Path, source: &str, spec: PipelineSpec) -> Result<Plan, Spec
         source: source.to_string(),
         graph,
         order,
-        index,
+        stages: stage_ids,
+        sweep,
+        points,
+        report: spec.report,
+        forks,
     })
 }
 
-fn spec_of<'g>(graph: &'g DiGraph<StageNode, String>, index: &HashMap<String, NodeIndex>, id: &str) -> Option<&'g StageSpec> {
-    index.get(id).map(|&i| &graph[i].spec)
+/// Inputs must name stages of the right kind. Errors are (role, message).
+fn check_needs(id: &str, stage: &StageSpec, all: &BTreeMap<String, StageSpec>) -> Result<(), (&'static str, String)> {
+    let kind = stage.kind();
+    for (role, inputs) in stage.needs() {
+        let want = kind.roles().iter().find(|(r, _)| *r == role).map(|(_, k)| *k).expect("roles match needs");
+        if inputs.is_empty() {
+            return Err((role, format!("stage `{id}`: input `{role}` names no stage")));
+        }
+        let choices = || {
+            let names: Vec<&str> = all.iter().filter(|(_, s)| s.kind() == want).map(|(n, _)| n.as_str()).collect();
+            if names.is_empty() { format!("no {want} stage is defined") } else { format!("{want} stages: {}", names.join(", ")) }
+        };
+        for input in inputs {
+            let Some(got) = all.get(&input).map(StageSpec::kind) else {
+                return Err((role, format!("stage `{id}`: input `{role}` names `{input}`, which is not a stage of this pipeline; {}", choices())));
+            };
+            if got != want {
+                return Err((role, format!("stage `{id}`: input `{role}` must be a {want} stage, but `{input}` is a {got} stage; {}", choices())));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn is_safe_name(name: &str) -> bool {
@@ -169,18 +325,14 @@ fn is_safe_name(name: &str) -> bool {
 /// The graph in Graphviz DOT, nodes labelled with kind and key prefix.
 pub fn to_dot(plan: &Plan) -> String {
     let mut out = format!("digraph \"{}\" {{\n  rankdir=LR;\n  node [shape=box, fontname=\"Helvetica\"];\n", plan.name);
+    let escaped = |node: &StageNode| node.name().replace('\\', "\\\\").replace('"', "\\\"");
+    let quoted = |node: &StageNode| format!("\"{}\"", escaped(node));
     for node in plan.nodes() {
-        out.push_str(&format!(
-            "  \"{}\" [label=\"{}\\n{} {}\"];\n",
-            node.id,
-            node.id,
-            node.kind(),
-            &node.key[..8]
-        ));
+        out.push_str(&format!("  {} [label=\"{}\\n{} {}\"];\n", quoted(node), escaped(node), node.kind(), &node.key[..8]));
     }
     for edge in plan.graph.edge_indices() {
         let (a, b) = plan.graph.edge_endpoints(edge).expect("edge exists");
-        out.push_str(&format!("  \"{}\" -> \"{}\" [label=\"{}\"];\n", plan.graph[a].id, plan.graph[b].id, plan.graph[edge]));
+        out.push_str(&format!("  {} -> {} [label=\"{}\"];\n", quoted(&plan.graph[a]), quoted(&plan.graph[b]), plan.graph[edge]));
     }
     out.push_str("}\n");
     out
@@ -199,9 +351,14 @@ stages:
   tr: { kind: train, needs: { data: data, schedule: lin, model: mlp }, params: { objective: eps } }
 ";
 
-    fn keys(text: &str) -> HashMap<String, String> {
+    fn plan(text: &str) -> Plan {
         let path = Path::new("k.yaml");
-        let plan = build(path, text, parse(path, text).unwrap()).unwrap();
+        let loaded = Loaded { spec: parse(path, text).unwrap(), tree: serde_norway::from_str(text).unwrap(), source: text.into() };
+        build(path, loaded).unwrap()
+    }
+
+    fn keys(text: &str) -> HashMap<String, String> {
+        let plan = plan(text);
         plan.nodes().map(|n| (n.id.clone(), n.key.clone())).collect()
     }
 
@@ -233,5 +390,95 @@ stages:
         let renamed = keys(&PIPELINE.replace("lin:", "betas:").replace("schedule: lin", "schedule: betas"));
         assert_eq!(keys(PIPELINE)["lin"], renamed["betas"]);
         assert_eq!(keys(PIPELINE)["tr"], renamed["tr"]);
+    }
+
+    const SAMPLED: &str = "  tr2: { kind: train, needs: { data: data, schedule: lin, model: mlp }, params: { objective: eps, seed: 7 } }
+  s: { kind: sample, needs: { train: tr }, params: { sampler: ancestral, n: 100 } }
+  ev: { kind: evaluate, needs: { reference: data, samples: s } }
+";
+
+    fn try_plan(text: &str) -> Result<Plan, SpecError> {
+        let path = Path::new("k.yaml");
+        let loaded = Loaded { spec: parse(path, text)?, tree: serde_norway::from_str(text).unwrap(), source: text.into() };
+        build(path, loaded)
+    }
+
+    fn count(plan: &Plan, id: &str) -> usize {
+        plan.nodes_of(id).count()
+    }
+
+    #[test]
+    fn a_cartesian_sweep_forks_only_downstream_of_swept_values() {
+        let text = format!("{PIPELINE}{SAMPLED}sweep:\n  s.params.n: [10, 20, 30]\n  tr.params.lr: [0.001, 0.002]\n");
+        let plan = plan(&text);
+        assert_eq!(plan.points.len(), 6);
+        assert_eq!((count(&plan, "data"), count(&plan, "lin"), count(&plan, "mlp")), (1, 1, 1));
+        assert_eq!(count(&plan, "tr"), 2, "train forks on lr only");
+        assert_eq!(count(&plan, "tr2"), 1, "a train no swept value reaches is shared");
+        assert_eq!(count(&plan, "s"), 6);
+        assert_eq!(count(&plan, "ev"), 6);
+        let labels: Vec<String> = plan.nodes_of("tr").map(|n| n.label.clone()).collect();
+        assert_eq!(labels, vec!["lr=0.001", "lr=0.002"]);
+        assert_eq!(plan.nodes_of("data").next().unwrap().label, "");
+        let point = &plan.points[3];
+        assert_eq!(plan.point_label(point), "n=20,lr=0.002");
+        assert_eq!(plan.node_at(point, "ev").unwrap().name(), "ev[n=20,lr=0.002]");
+        assert_eq!(plan.link(plan.node_at(point, "s").unwrap()), "stages/s/n=20,lr=0.002");
+        assert_eq!(plan.link(plan.node_at(point, "data").unwrap()), "stages/data");
+    }
+
+    #[test]
+    fn zipped_axes_vary_together() {
+        let text = format!("{PIPELINE}{SAMPLED}sweep:\n  zip:\n    lin.params.steps: [10, 20]\n    tr.params.steps: [5, 6]\n");
+        let plan = plan(&text);
+        assert_eq!(plan.points.len(), 2);
+        assert_eq!(count(&plan, "lin"), 2);
+        assert_eq!(count(&plan, "tr"), 2);
+        assert_eq!(count(&plan, "data"), 1);
+        // Both `steps` axes are qualified with their stage.
+        assert_eq!(plan.point_label(&plan.points[1]), "lin.steps=20,tr.steps=6");
+        assert_eq!(plan.nodes_of("s").last().unwrap().label, "lin.steps=20,tr.steps=6");
+    }
+
+    #[test]
+    fn equal_stages_across_points_are_one_node_with_the_key_of_a_plain_run() {
+        let text = format!("{PIPELINE}{SAMPLED}sweep:\n  tr.params.lr: [0.002, 2.0e-3]\n  s.params.seed: [1, 2]\n");
+        let plan = plan(&text);
+        assert_eq!(plan.points.len(), 4);
+        assert_eq!(count(&plan, "tr"), 1, "0.002 and 2.0e-3 are one value");
+        assert_eq!(count(&plan, "s"), 2);
+        let plain = keys(&format!("{}{SAMPLED}", PIPELINE.replace("{ objective: eps }", "{ objective: eps, lr: 0.002 }")));
+        assert_eq!(plan.nodes_of("tr").next().unwrap().key, plain["tr"]);
+    }
+
+    #[test]
+    fn sweeping_an_input_swaps_stages_without_retraining() {
+        let text = format!("{PIPELINE}{SAMPLED}sweep:\n  s.needs.train: [tr, tr2]\n  s.params.n: [10, 20]\n");
+        let plan = plan(&text);
+        assert_eq!(plan.points.len(), 4);
+        assert_eq!((count(&plan, "tr"), count(&plan, "tr2")), (1, 1));
+        assert_eq!(count(&plan, "s"), 4);
+        assert_eq!(plan.point_label(&plan.points[2]), "train=tr2,n=10");
+    }
+
+    #[test]
+    fn bad_sweeps_point_at_the_axis() {
+        let base = format!("{PIPELINE}{SAMPLED}");
+        let cases = [
+            ("sweep:\n  nope.params.x: [1]\n", "no stage `nope`"),
+            ("sweep:\n  tr.lr: [1]\n", "must look like `tr.params.KEY`"),
+            ("sweep:\n  tr.params.lr: [fast]\n", "at sweep point `lr=fast`"),
+            ("sweep:\n  s.needs.train: [data]\n", "must be a train stage"),
+            ("sweep:\n  s.needs.train: [ghost]\n", "`ghost` is not a stage"),
+        ];
+        for (sweep, needle) in cases {
+            let e = try_plan(&format!("{base}{sweep}")).err().unwrap().to_string();
+            assert!(e.contains(needle), "{sweep}: {e}");
+            assert!(e.starts_with("k.yaml:"), "{e}");
+            let line = base.lines().count() + 2;
+            assert!(e.contains(&format!(":{line}:")), "{sweep}: expected line {line} in {e}");
+        }
+        let e = try_plan(&format!("{base}report:\n  plots: [{{ metric: mmd2, x: nope }}]\nsweep:\n  s.params.n: [1, 2]\n")).err().unwrap();
+        assert!(e.to_string().contains("`nope` is not a sweep axis; axes are: n"), "{e}");
     }
 }

@@ -20,7 +20,7 @@ pub struct StageRecord {
     pub inputs: BTreeMap<String, Vec<(String, String)>>,
 }
 
-/// The stages of the last run, by id.
+/// The stages of the last run, by node name (`id`, or `id[label]` in a sweep).
 pub type History = BTreeMap<String, StageRecord>;
 
 pub fn load(pipeline_dir: &Path) -> History {
@@ -28,7 +28,7 @@ pub fn load(pipeline_dir: &Path) -> History {
 }
 
 pub fn save(pipeline_dir: &Path, plan: &Plan) -> std::io::Result<()> {
-    let history: History = plan.nodes().map(|n| (n.id.clone(), record(plan, n))).collect();
+    let history: History = plan.nodes().map(|n| (n.name(), record(plan, n))).collect();
     std::fs::create_dir_all(pipeline_dir)?;
     let text = serde_json::to_string_pretty(&history).expect("history serializes");
     let tmp = pipeline_dir.join(format!("{FILE}.tmp"));
@@ -40,12 +40,17 @@ fn record(plan: &Plan, node: &StageNode) -> StageRecord {
     let inputs = node
         .needs
         .iter()
-        .map(|(role, ids)| {
-            let pairs = ids.iter().map(|id| (id.clone(), plan.node(id).expect("validated").key.clone())).collect();
+        .map(|(role, inputs)| {
+            let pairs = inputs.iter().map(|&ix| (plan.graph[ix].name(), plan.graph[ix].key.clone())).collect();
             (role.clone(), pairs)
         })
         .collect();
     StageRecord { key: node.key.clone(), params: node.params.clone(), inputs }
+}
+
+/// All keys a last run used: `runner gc` keeps them so the report stays whole.
+pub fn keys(history: &History) -> impl Iterator<Item = &str> {
+    history.values().map(|r| r.key.as_str())
 }
 
 /// "cached", or the reason the stage must run.
@@ -53,7 +58,7 @@ pub fn reason(plan: &Plan, node: &StageNode, cache: &Cache, history: &History) -
     if cache.is_cached(&node.key) {
         return "cached".into();
     }
-    let Some(previous) = history.get(&node.id) else {
+    let Some(previous) = history.get(&node.name()).or_else(|| history.get(&node.id)) else {
         return "not computed".into();
     };
     if previous.key == node.key {

@@ -4,6 +4,7 @@ pub mod graph;
 pub mod history;
 pub mod key;
 pub mod spec;
+pub mod sweep;
 
 pub use graph::{Plan, StageNode};
 
@@ -11,8 +12,8 @@ use std::path::Path;
 
 use crate::error::SpecError;
 
-/// Reads, parses, overrides and validates a pipeline file.
-pub fn load(path: &Path, overrides: &[String]) -> Result<Plan, SpecError> {
-    let (spec, source) = spec::load(path, overrides)?;
-    graph::build(path, &source, spec)
+/// Reads, parses, overrides, expands and validates a pipeline file: `overrides` are
+/// `--set PATH=VALUE`, `sweeps` are `--sweep PATH=V1,V2`.
+pub fn load(path: &Path, overrides: &[String], sweeps: &[String]) -> Result<Plan, SpecError> {
+    graph::build(path, spec::load(path, overrides, sweeps)?)
 }

@@ -6,7 +6,9 @@ use std::path::Path;
 use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
+use super::sweep::{SweepSpec, normalize};
 use crate::error::{Location, SpecError};
+use crate::report::compare::ReportSpec;
 use crate::stages::{
     dataset::DatasetParams, evaluate::EvaluateParams, model::ModelParams, sample::SampleParams,
     schedule::ScheduleParams, train::TrainParams,
@@ -21,6 +23,12 @@ pub struct PipelineSpec {
     #[serde(default)]
     pub description: String,
     pub stages: BTreeMap<String, StageSpec>,
+    /// Values to vary: the pipeline runs once per point of their product.
+    #[serde(default)]
+    pub sweep: SweepSpec,
+    /// What the report compares across the sweep.
+    #[serde(default)]
+    pub report: ReportSpec,
 }
 
 /// One stage: its kind decides which inputs (`needs`) and `params` it takes.
@@ -110,6 +118,12 @@ impl StageKind {
             StageKind::Sample => "sample",
             StageKind::Evaluate => "evaluate",
         }
+    }
+
+    /// Stages that keep every core busy on their own (training, sampling): the
+    /// scheduler runs one of them at a time so they do not oversubscribe the machine.
+    pub fn uses_all_cores(self) -> bool {
+        matches!(self, StageKind::Train | StageKind::Sample)
     }
 
     /// Input roles this kind takes and the kind each role must point to.
@@ -285,23 +299,40 @@ impl<'de> Deserialize<'de> for StageSpec {
     }
 }
 
-/// Reads and parses a pipeline file, applying `--set path=value` overrides.
-pub fn load(path: &Path, overrides: &[String]) -> Result<(PipelineSpec, String), SpecError> {
+/// A pipeline file as read: typed, and as a YAML tree (sweeps re-read single stages
+/// from it with their swept values written in).
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub spec: PipelineSpec,
+    pub tree: serde_norway::Value,
+    pub source: String,
+}
+
+/// Reads and parses a pipeline file, applying `--set path=value` overrides (a swept
+/// path set this way leaves the sweep) and `--sweep path=v1,v2` axes.
+pub fn load(path: &Path, overrides: &[String], sweeps: &[String]) -> Result<Loaded, SpecError> {
     let source = std::fs::read_to_string(path)
         .map_err(|source| SpecError::Read { path: path.to_path_buf(), source })?;
-    let spec = parse(path, &source)?;
-    if overrides.is_empty() {
-        return Ok((spec, source));
-    }
+    let mut spec = parse(path, &source)?;
     let mut tree: serde_norway::Value = serde_norway::from_str(&source).map_err(|e| yaml_error(path, e))?;
-    for assignment in overrides {
-        apply_override(&mut tree, assignment)?;
+    if !overrides.is_empty() {
+        for assignment in overrides {
+            apply_override(&mut tree, assignment)?;
+        }
+        spec = serde_norway::from_value(tree.clone()).map_err(|e| SpecError::Override {
+            assignment: overrides.join(" "),
+            message: e.to_string(),
+        })?;
+        for assignment in overrides {
+            if let Some((key, _)) = assignment.split_once('=') {
+                spec.sweep.remove(&normalize(key));
+            }
+        }
     }
-    let spec = serde_norway::from_value(tree).map_err(|e| SpecError::Override {
-        assignment: overrides.join(" "),
-        message: e.to_string(),
-    })?;
-    Ok((spec, source))
+    for axis in sweeps {
+        spec.sweep.add_axis(axis).map_err(|message| SpecError::Override { assignment: format!("--sweep {axis}"), message })?;
+    }
+    Ok(Loaded { spec, tree, source })
 }
 
 /// Parses pipeline text; errors carry the YAML parser's line and column.
@@ -328,7 +359,7 @@ fn apply_override(tree: &mut serde_norway::Value, assignment: &str) -> Result<()
     let value: serde_norway::Value =
         serde_norway::from_str(raw).map_err(|e| fail(format!("value is not valid YAML: {e}")))?;
     let mut parts: Vec<&str> = path.split('.').collect();
-    if parts.first() != Some(&"stages") && parts.first() != Some(&"name") && parts.first() != Some(&"description") {
+    if !matches!(parts.first(), Some(&"stages" | &"name" | &"description" | &"sweep" | &"report")) {
         parts.insert(0, "stages");
     }
     if parts.len() >= 2 && parts[0] == "stages" {
@@ -402,6 +433,26 @@ pub fn locate(source: &str, stage: &str, key: Option<&str>) -> Option<Location> 
     None
 }
 
+/// Finds where a sweep path is written under `sweep:`.
+pub fn locate_sweep(source: &str, path: &str) -> Option<Location> {
+    let mut in_sweep = false;
+    for (n, line) in source.lines().enumerate() {
+        let trimmed = line.trim_start();
+        if line.len() == trimmed.len() && !trimmed.is_empty() && !trimmed.starts_with('#') {
+            in_sweep = trimmed.starts_with("sweep:");
+            continue;
+        }
+        if in_sweep {
+            for candidate in [path.to_string(), format!("stages.{path}")] {
+                if let Some(col) = find_key(line, &candidate) {
+                    return Some(Location { line: n + 1, column: col + 1 });
+                }
+            }
+        }
+    }
+    None
+}
+
 fn find_key(line: &str, key: &str) -> Option<usize> {
     let mut from = 0;
     while let Some(pos) = line[from..].find(key) {
@@ -427,5 +478,13 @@ mod tests {
         assert_eq!(locate(src, "t", Some("needs")), Some(Location { line: 6, column: 5 }));
         assert_eq!(locate(src, "data", Some("params")), Some(Location { line: 3, column: 26 }));
         assert_eq!(locate(src, "missing", None), None);
+    }
+
+    #[test]
+    fn locate_sweep_finds_axes_and_zipped_axes() {
+        let src = "name: x\nstages: {}\nsweep:\n  a.params.x: [1]\n  zip:\n    b.params.y: [1]\n";
+        assert_eq!(locate_sweep(src, "a.params.x"), Some(Location { line: 4, column: 3 }));
+        assert_eq!(locate_sweep(src, "b.params.y"), Some(Location { line: 6, column: 5 }));
+        assert_eq!(locate_sweep(src, "c.params.z"), None);
     }
 }

@@ -1,41 +1,42 @@
 //! The pipeline's results folder: `metrics.csv` for all evaluated stages, figures,
 //! links to every stage's cache entry, and `report.html` rendered from templates/.
 
+pub mod compare;
 pub mod plots;
+pub mod table;
 
+use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use petgraph::graph::NodeIndex;
 use polars::prelude::*;
 use serde::Serialize;
 
 use crate::cache::Cache;
 use crate::error::RunnerError;
-use crate::exec::scheduler::Outcome;
+use crate::exec::scheduler::{Outcome, Status};
 use crate::pipeline::Plan;
 use crate::pipeline::spec::StageKind;
-use crate::stages::artifacts::{read_csv, write_csv};
+use crate::pipeline::sweep::folder_name;
+use crate::stages::artifacts::read_csv;
+use table::{MetricRow, MetricsTable};
 
 const TEMPLATE: &str = include_str!("../../templates/report.html");
 
+/// Galleries of per-stage figures stop here; large sweeps link the rest.
+const GALLERY_LIMIT: usize = 48;
+
 #[derive(Serialize)]
 struct StageRow {
-    id: String,
+    name: String,
     kind: String,
     key: String,
     status: String,
-    /// `computed`, `cached`, `failed` or `skipped`, for styling.
+    /// `computed`, `cached`, `failed`, `skipped` or `missing`, for styling.
     state: &'static str,
     seconds: String,
     link: Option<String>,
-}
-
-#[derive(Serialize)]
-struct MetricRow {
-    evaluate: String,
-    stage: String,
-    metric: String,
-    value: String,
 }
 
 #[derive(Serialize)]
@@ -44,8 +45,27 @@ struct Figure {
     src: String,
 }
 
-/// Every metric row of the pipeline: (evaluate stage, sample stage, metric, value).
-type Metrics = Vec<(String, String, String, f64)>;
+#[derive(Serialize)]
+struct Gallery {
+    title: String,
+    figures: Vec<Figure>,
+    /// Figures left out of the page (still in the stage folders).
+    more: usize,
+}
+
+#[derive(Serialize)]
+struct AxisView {
+    name: String,
+    path: String,
+    values: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct SweepView {
+    points: usize,
+    stages: usize,
+    axes: Vec<AxisView>,
+}
 
 /// Builds `results/<pipeline>/` from the cache; returns the report's path.
 pub fn build(plan: &Plan, cache: &Cache, outcomes: &[Outcome], results: &Path) -> Result<PathBuf, RunnerError> {
@@ -57,9 +77,13 @@ pub fn build(plan: &Plan, cache: &Cache, outcomes: &[Outcome], results: &Path) -
     link_stages(plan, cache, &dir).map_err(|e| fail("linking stage outputs", &e))?;
 
     let mut stages = Vec::new();
-    let mut metrics: Metrics = Vec::new();
-    let (mut loss_figs, mut schedule_figs, mut scatter_figs) = (Vec::new(), Vec::new(), Vec::new());
-    for (node, outcome) in plan.nodes().zip(outcomes) {
+    let mut evaluated: HashMap<NodeIndex, Vec<(String, String, f64)>> = HashMap::new();
+    let mut galleries: Vec<Gallery> = ["Samples over held-out data", "Training losses", "Noise schedules"]
+        .iter()
+        .map(|t| Gallery { title: t.to_string(), figures: Vec::new(), more: 0 })
+        .collect();
+    for (&ix, outcome) in plan.order.iter().zip(outcomes) {
+        let node = &plan.graph[ix];
         let manifest = cache.manifest(&node.key)?;
         let seconds = match (&manifest, outcome.seconds) {
             (_, s) if s > 0.0 => format!("{s:.1}"),
@@ -67,48 +91,73 @@ pub fn build(plan: &Plan, cache: &Cache, outcomes: &[Outcome], results: &Path) -
             _ => "-".into(),
         };
         let status = match &outcome.status {
-            crate::exec::scheduler::Status::Failed(m) => format!("failed: {m}"),
-            crate::exec::scheduler::Status::Skipped(input) => format!("skipped (input {input} did not complete)"),
+            Status::Failed(m) => format!("failed: {m}"),
+            Status::Skipped(input) => format!("skipped (input {input} did not complete)"),
             s => s.label().to_string(),
         };
         stages.push(StageRow {
-            id: node.id.clone(),
+            name: node.name(),
             kind: node.kind().name().into(),
             key: node.key[..12].into(),
             status,
             state: outcome.status.label(),
             seconds,
-            link: manifest.is_some().then(|| format!("stages/{}", node.id)),
+            link: manifest.is_some().then(|| plan.link(node)),
         });
         let Some(manifest) = manifest else { continue };
         let entry = cache.entry_dir(&node.key);
-        let copy = |file: &str, title: String, into: &mut Vec<Figure>| -> Result<(), RunnerError> {
-            let name = format!("{}-{file}", node.id);
+        let prefix = if node.label.is_empty() { node.id.clone() } else { format!("{}-{}", node.id, folder_name(&node.label)) };
+        let mut copy = |file: &str, title: String, gallery: usize| -> Result<(), RunnerError> {
+            let gallery = &mut galleries[gallery];
+            if gallery.figures.len() >= GALLERY_LIMIT {
+                gallery.more += 1;
+                return Ok(());
+            }
+            let name = format!("{prefix}-{file}");
             fs::copy(entry.join(file), figures_dir.join(&name)).map_err(|e| fail(&format!("copying {file}"), &e))?;
-            into.push(Figure { title, src: format!("figures/{name}") });
+            gallery.figures.push(Figure { title, src: format!("figures/{name}") });
             Ok(())
         };
         match node.kind() {
-            StageKind::Schedule => copy("schedule.png", node.id.clone(), &mut schedule_figs)?,
-            StageKind::Train => copy("loss.png", node.id.clone(), &mut loss_figs)?,
+            StageKind::Schedule => copy("schedule.png", node.name(), 2)?,
+            StageKind::Train => copy("loss.png", node.name(), 1)?,
             StageKind::Evaluate => {
                 for out in manifest.outputs.iter().filter(|o| o.path.starts_with("scatter_") && o.path.ends_with(".png")) {
-                    let sample = out.path.trim_start_matches("scatter_").trim_end_matches(".png").to_string();
-                    copy(&out.path, sample, &mut scatter_figs)?;
+                    let sample = out.path.trim_start_matches("scatter_").trim_end_matches(".png");
+                    let title = if node.label.is_empty() { sample.to_string() } else { format!("{sample} [{}]", node.label) };
+                    copy(&out.path, title, 0)?;
                 }
-                metrics.extend(read_metrics(&entry.join("metrics.csv"), &node.id)?);
+                evaluated.insert(ix, read_metrics(&entry.join("metrics.csv"))?);
             }
             _ => {}
         }
     }
-    write_metrics(&dir.join("metrics.csv"), &metrics)?;
+    let table = metrics_table(plan, &evaluated);
+    table.write_csv(plan, &dir.join("metrics.csv"))?;
+
+    let mut compare_figures = Vec::new();
+    if !plan.sweep.is_empty() {
+        for (i, plot) in compare::chosen(plan, &table).iter().enumerate() {
+            let name = format!("compare-{i}-{}-by-{}.png", folder_name(&plot.metric), folder_name(&plot.x));
+            let drawn = compare::draw(plan, &table, plot, &figures_dir.join(&name)).map_err(|e| fail("drawing a comparison plot", &e))?;
+            if let Some(title) = drawn {
+                compare_figures.push(Figure { title, src: format!("figures/{name}") });
+            }
+        }
+    }
+    let sweep = (!plan.sweep.is_empty()).then(|| SweepView {
+        points: plan.points.len(),
+        stages: plan.order.len(),
+        axes: plan
+            .sweep
+            .axes
+            .iter()
+            .map(|a| AxisView { name: a.name.clone(), path: a.path.clone(), values: a.shown.clone() })
+            .collect(),
+    });
 
     let mut env = minijinja::Environment::new();
     env.add_template("report.html", TEMPLATE).map_err(|e| fail("report template", &e))?;
-    let metric_rows: Vec<MetricRow> = metrics
-        .iter()
-        .map(|(e, s, m, v)| MetricRow { evaluate: e.clone(), stage: s.clone(), metric: m.clone(), value: format_value(*v) })
-        .collect();
     let html = env
         .get_template("report.html")
         .and_then(|t| {
@@ -117,11 +166,11 @@ pub fn build(plan: &Plan, cache: &Cache, outcomes: &[Outcome], results: &Path) -
                 description => &plan.description,
                 pipeline_file => plan.path.display().to_string(),
                 source => &plan.source,
+                sweep => minijinja::value::Serde(&sweep),
+                compare_figures => minijinja::value::Serde(&compare_figures),
+                table => minijinja::value::Serde(&table.pivot(plan)),
                 stages => minijinja::value::Serde(&stages),
-                metrics => minijinja::value::Serde(&metric_rows),
-                scatter_figures => minijinja::value::Serde(&scatter_figs),
-                loss_figures => minijinja::value::Serde(&loss_figs),
-                schedule_figures => minijinja::value::Serde(&schedule_figs),
+                galleries => minijinja::value::Serde(&galleries),
                 runner_version => env!("CARGO_PKG_VERSION"),
             })
         })
@@ -131,11 +180,37 @@ pub fn build(plan: &Plan, cache: &Cache, outcomes: &[Outcome], results: &Path) -
     Ok(path)
 }
 
-fn format_value(v: f64) -> String {
-    if v == v.trunc() && v.abs() < 1e9 { format!("{v:.0}") } else { format!("{v:.5}") }
+/// One row per (sweep point, evaluate stage at that point, evaluated stage, metric).
+fn metrics_table(plan: &Plan, evaluated: &HashMap<NodeIndex, Vec<(String, String, f64)>>) -> MetricsTable {
+    let evaluate_positions: Vec<usize> = plan
+        .stages
+        .iter()
+        .enumerate()
+        .filter(|(_, id)| plan.nodes_of(id).next().is_some_and(|n| n.kind() == StageKind::Evaluate))
+        .map(|(i, _)| i)
+        .collect();
+    let mut rows = Vec::new();
+    for (p, point) in plan.points.iter().enumerate() {
+        for &s in &evaluate_positions {
+            let Some(values) = evaluated.get(&point.nodes[s]) else { continue };
+            for (stage, metric, value) in values {
+                rows.push(MetricRow {
+                    point: p,
+                    // Zipped axes share their group's index.
+                    coords: plan.sweep.axes.iter().map(|a| point.groups[a.group]).collect(),
+                    evaluate: plan.stages[s].clone(),
+                    stage: stage.clone(),
+                    metric: metric.clone(),
+                    value: *value,
+                });
+            }
+        }
+    }
+    MetricsTable { rows }
 }
 
-fn read_metrics(path: &Path, evaluate: &str) -> Result<Metrics, RunnerError> {
+/// An evaluate stage's `metrics.csv`: (evaluated stage, metric, value).
+fn read_metrics(path: &Path) -> Result<Vec<(String, String, f64)>, RunnerError> {
     let fail = |e: &dyn std::fmt::Display| RunnerError::Report(format!("reading {}: {e}", path.display()));
     let df = read_csv(path).map_err(|e| fail(&e))?;
     let text = |name: &str| -> Result<Vec<String>, RunnerError> {
@@ -145,41 +220,29 @@ fn read_metrics(path: &Path, evaluate: &str) -> Result<Metrics, RunnerError> {
     };
     let values = df.column("value").map_err(|e| fail(&e))?.cast(&DataType::Float64).map_err(|e| fail(&e))?;
     let values: Vec<f64> = values.f64().map_err(|e| fail(&e))?.iter().map(|v| v.unwrap_or(f64::NAN)).collect();
-    Ok(text("stage")?
-        .into_iter()
-        .zip(text("metric")?)
-        .zip(values)
-        .map(|((s, m), v)| (evaluate.to_string(), s, m, v))
-        .collect())
+    Ok(text("stage")?.into_iter().zip(text("metric")?).zip(values).map(|((s, m), v)| (s, m, v)).collect())
 }
 
-fn write_metrics(path: &Path, metrics: &Metrics) -> Result<(), RunnerError> {
-    let col = |name: &str, f: &dyn Fn(&(String, String, String, f64)) -> String| {
-        Column::new(name.into(), metrics.iter().map(f).collect::<Vec<String>>())
-    };
-    let mut df = DataFrame::new_infer_height(vec![
-        col("evaluate", &|r| r.0.clone()),
-        col("stage", &|r| r.1.clone()),
-        col("metric", &|r| r.2.clone()),
-        Column::new("value".into(), metrics.iter().map(|r| r.3).collect::<Vec<f64>>()),
-    ])
-    .map_err(|e| RunnerError::Report(e.to_string()))?;
-    let tmp = path.with_extension("csv.tmp");
-    write_csv(&tmp, &mut df).map_err(|e| RunnerError::Report(e.to_string()))?;
-    fs::rename(&tmp, path).map_err(|e| RunnerError::Report(format!("writing {}: {e}", path.display())))
-}
-
-/// `results/<pipeline>/stages/<id>` -> `../../.cache/<key>` for every cached stage.
+/// `results/<pipeline>/stages/<id>` (or `<id>/<label>` when forked) -> the cache entry.
 fn link_stages(plan: &Plan, cache: &Cache, dir: &Path) -> std::io::Result<()> {
     let stages = dir.join("stages");
     let _ = fs::remove_dir_all(&stages);
     fs::create_dir_all(&stages)?;
     for node in plan.nodes().filter(|n| cache.is_cached(&n.key)) {
-        let target = Path::new("..").join("..").join(".cache").join(&node.key);
+        let link = dir.join(plan.link(node));
+        let depth = link.strip_prefix(dir).map(|p| p.components().count()).unwrap_or(2);
+        let mut target = PathBuf::new();
+        for _ in 0..depth {
+            target.push("..");
+        }
+        let target = target.join(".cache").join(&node.key);
+        if let Some(parent) = link.parent() {
+            fs::create_dir_all(parent)?;
+        }
         #[cfg(unix)]
-        std::os::unix::fs::symlink(&target, stages.join(&node.id))?;
+        std::os::unix::fs::symlink(&target, &link)?;
         #[cfg(not(unix))]
-        fs::write(stages.join(format!("{}.txt", node.id)), target.display().to_string())?;
+        fs::write(link.with_extension("txt"), target.display().to_string())?;
     }
     Ok(())
 }

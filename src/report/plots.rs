@@ -4,7 +4,9 @@
 use std::path::Path;
 use std::sync::Once;
 
+use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use plotters::style::{FontStyle, register_font};
 
 use crate::error::{StageError, StageResult};
@@ -89,42 +91,83 @@ pub fn scatter(path: &Path, title: &str, reference: Points, samples: Points) -> 
     root.present().map_err(|e| fail(e.to_string()))
 }
 
-/// Line plot of named (x, y) series.
+/// Line plot of named (x, y) series on linear axes.
 pub fn lines(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[(&str, Vec<(f64, f64)>)]) -> StageResult<()> {
+    line_chart(path, &LineChart { title, x_label, y_label, series, log_x: false, log_y: false })
+}
+
+/// A line chart; log axes need positive values (others are dropped).
+pub struct LineChart<'a> {
+    pub title: &'a str,
+    pub x_label: &'a str,
+    pub y_label: &'a str,
+    pub series: &'a [(&'a str, Vec<(f64, f64)>)],
+    pub log_x: bool,
+    pub log_y: bool,
+}
+
+pub fn line_chart(path: &Path, spec: &LineChart) -> StageResult<()> {
+    let usable = |&(x, y): &(f64, f64)| x.is_finite() && y.is_finite() && (!spec.log_x || x > 0.0) && (!spec.log_y || y > 0.0);
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
+    for &(x, y) in spec.series.iter().flat_map(|(_, s)| s.iter()).filter(|p| usable(p)) {
+        (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
+    }
+    if !x0.is_finite() {
+        (x0, x1, y0, y1) = (1.0, 10.0, 1.0, 10.0);
+    }
+    let x1 = if x1 > x0 { x1 } else { x0 + x0.abs().max(1.0) * 1e-3 };
+    let (y0, y1) = if spec.log_y {
+        (y0 / 1.2, y1 * 1.2)
+    } else {
+        let pad = ((y1 - y0) * 0.05).max(1e-6);
+        (y0 - pad, y1 + pad)
+    };
+    match (spec.log_x, spec.log_y) {
+        (false, false) => draw_lines(path, spec, x0..x1, y0..y1, &usable),
+        (true, false) => draw_lines(path, spec, (x0..x1).log_scale(), y0..y1, &usable),
+        (false, true) => draw_lines(path, spec, x0..x1, (y0..y1).log_scale(), &usable),
+        (true, true) => draw_lines(path, spec, (x0..x1).log_scale(), (y0..y1).log_scale(), &usable),
+    }
+}
+
+fn draw_lines<X, Y>(path: &Path, spec: &LineChart, x: X, y: Y, usable: &dyn Fn(&(f64, f64)) -> bool) -> StageResult<()>
+where
+    X: AsRangedCoord<Value = f64>,
+    Y: AsRangedCoord<Value = f64>,
+    X::CoordDescType: ValueFormatter<f64>,
+    Y::CoordDescType: ValueFormatter<f64>,
+{
     ensure_font();
     let fail = plot_error(path);
     let root = BitMapBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
-    let finite = series.iter().flat_map(|(_, s)| s.iter()).filter(|(x, y)| x.is_finite() && y.is_finite());
-    let (mut x0, mut x1, mut y0, mut y1) = (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
-    for &(x, y) in finite {
-        (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
-    }
-    if !x0.is_finite() {
-        (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
-    }
-    let pad = ((y1 - y0) * 0.05).max(1e-6);
     let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
+        .caption(spec.title, ("sans-serif", 20))
         .margin(10)
         .x_label_area_size(35)
-        .y_label_area_size(55)
-        .build_cartesian_2d(x0..x1.max(x0 + 1e-9), (y0 - pad)..(y1 + pad))
+        .y_label_area_size(60)
+        .build_cartesian_2d(x, y)
         .map_err(|e| fail(e.to_string()))?;
     chart
         .configure_mesh()
-        .x_desc(x_label)
-        .y_desc(y_label)
+        .x_desc(spec.x_label)
+        .y_desc(spec.y_label)
         .light_line_style(WHITE)
         .draw()
         .map_err(|e| fail(e.to_string()))?;
-    for (i, (name, points)) in series.iter().enumerate() {
+    for (i, (name, points)) in spec.series.iter().enumerate() {
         let color = PALETTE[i % PALETTE.len()];
+        let points: Vec<(f64, f64)> = points.iter().copied().filter(|p| usable(p)).collect();
         chart
-            .draw_series(LineSeries::new(points.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()), color.stroke_width(2)))
+            .draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(2)))
             .map_err(|e| fail(e.to_string()))?
             .label(*name)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], color.stroke_width(2)));
+        if points.len() < 30 {
+            chart
+                .draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))
+                .map_err(|e| fail(e.to_string()))?;
+        }
     }
     chart
         .configure_series_labels()
@@ -132,5 +175,59 @@ pub fn lines(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[(
         .border_style(BLACK)
         .draw()
         .map_err(|e| fail(e.to_string()))?;
+    root.present().map_err(|e| fail(e.to_string()))
+}
+
+/// Grouped bars: one group per category, one bar per series (None: no value).
+pub fn bars(path: &Path, title: &str, y_label: &str, categories: &[String], series: &[(String, Vec<Option<f64>>)]) -> StageResult<()> {
+    ensure_font();
+    let fail = plot_error(path);
+    let root = BitMapBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
+    let values = series.iter().flat_map(|(_, v)| v.iter().flatten()).copied().filter(|v| v.is_finite());
+    let (lo, hi) = values.fold((0.0f64, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let hi = if hi > lo { hi } else { lo + 1.0 };
+    let pad = (hi - lo) * 0.08;
+    let n = categories.len().max(1) as f64;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(10)
+        .x_label_area_size(35)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..n, lo.min(0.0)..(hi + pad))
+        .map_err(|e| fail(e.to_string()))?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(0)
+        .y_desc(y_label)
+        .light_line_style(WHITE)
+        .draw()
+        .map_err(|e| fail(e.to_string()))?;
+    let width = 0.8 / series.len().max(1) as f64;
+    for (s, (name, values)) in series.iter().enumerate() {
+        let color = PALETTE[s % PALETTE.len()];
+        let rects = values.iter().enumerate().filter_map(|(c, v)| {
+            let v = (*v).filter(|v| v.is_finite())?;
+            let left = c as f64 + 0.1 + s as f64 * width;
+            Some(Rectangle::new([(left, 0.0), (left + width * 0.95, v)], color.filled()))
+        });
+        chart
+            .draw_series(rects)
+            .map_err(|e| fail(e.to_string()))?
+            .label(name.as_str())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| fail(e.to_string()))?;
+    let style = TextStyle::from(("sans-serif", 14)).pos(Pos::new(HPos::Center, VPos::Top));
+    for (c, name) in categories.iter().enumerate() {
+        let (px, py) = chart.backend_coord(&(c as f64 + 0.5, lo.min(0.0)));
+        root.draw(&Text::new(name.clone(), (px, py + 6), style.clone())).map_err(|e| fail(e.to_string()))?;
+    }
     root.present().map_err(|e| fail(e.to_string()))
 }

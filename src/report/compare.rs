@@ -1,0 +1,167 @@
+//! Comparison plots across a sweep: a metric against a numeric axis (one line per
+//! series, e.g. sliced Wasserstein against steps, one line per sampler), or grouped
+//! bars over a categorical axis.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::plots::{self, LineChart};
+use super::table::MetricsTable;
+use crate::error::StageResult;
+use crate::pipeline::Plan;
+use crate::pipeline::sweep::Sweep;
+
+/// The `report:` section of a pipeline file.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportSpec {
+    /// Comparison plots; when empty, one per metric, chosen from the sweep's axes.
+    #[serde(default)]
+    pub plots: Vec<ComparePlot>,
+}
+
+/// One comparison plot.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComparePlot {
+    /// A metric of the evaluate stages, e.g. `sliced_wasserstein` or `mmd2`.
+    pub metric: String,
+    /// The sweep axis along x: a numeric axis draws lines, any other grouped bars.
+    pub x: String,
+    /// Axes that split the values into lines (or bars); default: every other axis
+    /// that takes more than one value. Axes left out are averaged over.
+    #[serde(default)]
+    pub series: Option<Vec<String>>,
+    /// Logarithmic x; default: when the values span a factor of 20 or more.
+    #[serde(default)]
+    pub log_x: Option<bool>,
+    #[serde(default)]
+    pub log_y: bool,
+}
+
+impl ReportSpec {
+    /// Plots must name sweep axes (metrics are only known once evaluated).
+    pub fn validate(&self, sweep: &Sweep) -> Result<(), String> {
+        let names: Vec<&str> = sweep.axes.iter().map(|a| a.name.as_str()).collect();
+        for plot in &self.plots {
+            if sweep.is_empty() {
+                return Err("`report.plots` compare the points of a sweep, but the pipeline has no `sweep:`".into());
+            }
+            for axis in std::iter::once(&plot.x).chain(plot.series.iter().flatten()) {
+                if !names.contains(&axis.as_str()) {
+                    return Err(format!(
+                        "report plot of `{}`: `{axis}` is not a sweep axis; axes are: {}",
+                        plot.metric,
+                        names.join(", ")
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Counters and timings are not worth a comparison plot of their own by default.
+fn plotted_by_default(metric: &str) -> bool {
+    let per_mode = metric.strip_prefix("mode_weight_").is_some_and(|k| k.chars().all(|c| c.is_ascii_digit()));
+    !per_mode && metric != "nfe" && metric != "sample_seconds"
+}
+
+/// The pipeline's own plots, or one per metric against the first axis that varies
+/// (numeric axes first).
+pub fn chosen(plan: &Plan, table: &MetricsTable) -> Vec<ComparePlot> {
+    if !plan.report.plots.is_empty() {
+        return plan.report.plots.clone();
+    }
+    let varying: Vec<_> = plan.sweep.axes.iter().filter(|a| a.values.len() > 1).collect();
+    let Some(x) = varying.iter().find(|a| a.is_numeric()).or_else(|| varying.first()) else {
+        return Vec::new();
+    };
+    table
+        .metrics()
+        .into_iter()
+        .filter(|m| plotted_by_default(m))
+        .map(|metric| ComparePlot { metric, x: x.name.clone(), series: None, log_x: None, log_y: false })
+        .collect()
+}
+
+/// Draws one comparison plot into `path`; returns its caption, or None when the table
+/// has no value of its metric.
+pub fn draw(plan: &Plan, table: &MetricsTable, plot: &ComparePlot, path: &Path) -> StageResult<Option<String>> {
+    let sweep = &plan.sweep;
+    let Some(x) = sweep.axes.iter().position(|a| a.name == plot.x) else {
+        return Ok(None);
+    };
+    let series_axes: Vec<usize> = match &plot.series {
+        Some(names) => names.iter().filter_map(|n| sweep.axes.iter().position(|a| &a.name == n)).collect(),
+        None => (0..sweep.axes.len()).filter(|&a| a != x && sweep.axes[a].values.len() > 1).collect(),
+    };
+    let rows: Vec<_> = table.rows.iter().filter(|r| r.metric == plot.metric).collect();
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let several = |f: &dyn Fn(&super::table::MetricRow) -> &str| {
+        let mut seen: Vec<&str> = rows.iter().map(|r| f(r)).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        seen.len() > 1
+    };
+    let (by_evaluate, by_stage) = (several(&|r| &r.evaluate), several(&|r| &r.stage));
+    let series_name = |r: &super::table::MetricRow| {
+        let mut parts: Vec<String> =
+            series_axes.iter().map(|&a| format!("{}={}", sweep.axes[a].name, sweep.axes[a].shown[r.coords[a]])).collect();
+        match (by_evaluate, by_stage) {
+            (true, _) => parts.push(format!("{}/{}", r.evaluate, r.stage)),
+            (false, true) => parts.push(r.stage.clone()),
+            _ => {}
+        }
+        if parts.is_empty() { plot.metric.clone() } else { parts.join(", ") }
+    };
+    // Mean over whatever is neither x nor a series (an axis the plot leaves out).
+    let mut cells: BTreeMap<String, BTreeMap<usize, (f64, usize)>> = BTreeMap::new();
+    for r in &rows {
+        let cell = cells.entry(series_name(r)).or_default().entry(r.coords[x]).or_insert((0.0, 0));
+        cell.0 += r.value;
+        cell.1 += 1;
+    }
+    let averaged: Vec<&str> = (0..sweep.axes.len())
+        .filter(|&a| a != x && !series_axes.contains(&a) && sweep.axes[a].values.len() > 1)
+        .map(|a| sweep.axes[a].name.as_str())
+        .collect();
+    let mut title = format!("{} by {}", plot.metric, plot.x);
+    if !averaged.is_empty() {
+        title.push_str(&format!(" (mean over {})", averaged.join(", ")));
+    }
+    let axis = &sweep.axes[x];
+    if axis.is_numeric() {
+        let series: Vec<(String, Vec<(f64, f64)>)> = cells
+            .into_iter()
+            .map(|(name, cells)| {
+                let mut points: Vec<(f64, f64)> =
+                    cells.into_iter().map(|(v, (sum, n))| (axis.number(v).unwrap_or(f64::NAN), sum / n as f64)).collect();
+                points.sort_by(|a, b| a.0.total_cmp(&b.0));
+                (name, points)
+            })
+            .collect();
+        let numbers: Vec<f64> = (0..axis.values.len()).filter_map(|v| axis.number(v)).collect();
+        let (lo, hi) = numbers.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &v| (l.min(v), h.max(v)));
+        let log_x = plot.log_x.unwrap_or(lo > 0.0 && hi / lo >= 20.0);
+        let named: Vec<(&str, Vec<(f64, f64)>)> = series.iter().map(|(n, p)| (n.as_str(), p.clone())).collect();
+        plots::line_chart(
+            path,
+            &LineChart { title: &title, x_label: &plot.x, y_label: &plot.metric, series: &named, log_x, log_y: plot.log_y },
+        )?;
+    } else {
+        let series: Vec<(String, Vec<Option<f64>>)> = cells
+            .into_iter()
+            .map(|(name, cells)| {
+                let values = (0..axis.values.len()).map(|v| cells.get(&v).map(|(sum, n)| sum / *n as f64)).collect();
+                (name, values)
+            })
+            .collect();
+        plots::bars(path, &title, &plot.metric, &axis.shown, &series)?;
+    }
+    Ok(Some(title))
+}
