@@ -5,21 +5,31 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A schedule as written in a pipeline file.
+/// A schedule as written in a pipeline file (defaults filled in).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields, from = "WrittenSchedule")]
 pub enum ScheduleParams {
     /// Ho et al. 2020, Sec. 4: betas linear from beta_start to beta_end.
+    Linear { beta_start: f64, beta_end: f64, steps: usize },
+    /// Nichol & Dhariwal 2021, eq. 17: alpha_bar(t) = f(t)/f(0),
+    /// f(t) = cos^2(((t/T + s)/(1 + s)) * pi/2), betas clipped at max_beta.
+    Cosine { steps: usize, s: f64, max_beta: f64 },
+    /// Song & Ermon 2019: a geometric sequence of noise levels.
+    Geometric { sigma_max: f64, sigma_min: f64, levels: usize },
+}
+
+/// What a pipeline file may leave out. Linear betas left out follow Ho et al.'s
+/// 1e-4..0.02 at T = 1000, scaled by 1000/T for other T as Nichol & Dhariwal do
+/// (so a short chain still ends near pure noise), capped at 0.999.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum WrittenSchedule {
     Linear {
-        #[serde(default = "beta_start")]
-        beta_start: f64,
-        #[serde(default = "beta_end")]
-        beta_end: f64,
+        beta_start: Option<f64>,
+        beta_end: Option<f64>,
         #[serde(default = "steps")]
         steps: usize,
     },
-    /// Nichol & Dhariwal 2021, eq. 17: alpha_bar(t) = f(t)/f(0),
-    /// f(t) = cos^2(((t/T + s)/(1 + s)) * pi/2), betas clipped at max_beta.
     Cosine {
         #[serde(default = "steps")]
         steps: usize,
@@ -28,7 +38,6 @@ pub enum ScheduleParams {
         #[serde(default = "max_beta")]
         max_beta: f64,
     },
-    /// Song & Ermon 2019: a geometric sequence of noise levels.
     Geometric {
         #[serde(default = "sigma_max")]
         sigma_max: f64,
@@ -37,6 +46,25 @@ pub enum ScheduleParams {
         #[serde(default = "levels")]
         levels: usize,
     },
+}
+
+impl From<WrittenSchedule> for ScheduleParams {
+    fn from(written: WrittenSchedule) -> Self {
+        match written {
+            WrittenSchedule::Linear { beta_start: start, beta_end: end, steps } => {
+                let scale = 1000.0 / steps.max(1) as f64;
+                ScheduleParams::Linear {
+                    beta_start: start.unwrap_or_else(|| (beta_start() * scale).min(0.999)),
+                    beta_end: end.unwrap_or_else(|| (beta_end() * scale).min(0.999)),
+                    steps,
+                }
+            }
+            WrittenSchedule::Cosine { steps, s, max_beta } => ScheduleParams::Cosine { steps, s, max_beta },
+            WrittenSchedule::Geometric { sigma_max, sigma_min, levels } => {
+                ScheduleParams::Geometric { sigma_max, sigma_min, levels }
+            }
+        }
+    }
 }
 
 fn beta_start() -> f64 {
@@ -246,6 +274,25 @@ mod tests {
             assert!((w[1] / w[0] - ratio).abs() < 1e-9);
         }
         assert!((ratio - 100f64.powf(1.0 / 9.0)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn linear_defaults_scale_with_the_number_of_steps() {
+        let read = |yaml: &str| serde_norway::from_str::<ScheduleParams>(yaml).unwrap();
+        assert_eq!(read("type: linear"), ScheduleParams::Linear { beta_start: 1e-4, beta_end: 0.02, steps: 1000 });
+        let betas = |yaml: &str| match read(yaml) {
+            ScheduleParams::Linear { beta_start, beta_end, .. } => (beta_start, beta_end),
+            other => panic!("{other:?}"),
+        };
+        let close = |(a, b): (f64, f64), (x, y): (f64, f64)| (a - x).abs() < 1e-15 && (b - y).abs() < 1e-15;
+        assert!(close(betas("{type: linear, steps: 50}"), (2e-3, 0.4)));
+        assert!(close(betas("{type: linear, steps: 10}"), (0.01, 0.999)), "capped");
+        // Written values are kept as written.
+        assert!(close(betas("{type: linear, steps: 50, beta_end: 0.02}"), (2e-3, 0.02)));
+        // T=50 with scaled betas ends near pure noise, as T=1000 does.
+        let Schedule::Vp { alpha_bars, .. } = read("{type: linear, steps: 50}").build() else { panic!("linear is VP") };
+        assert!(alpha_bars[49] < 1e-4, "{}", alpha_bars[49]);
+        assert!(serde_norway::from_str::<ScheduleParams>("{type: linear, beta: 1}").unwrap_err().to_string().contains("unknown field `beta`"));
     }
 
     #[test]

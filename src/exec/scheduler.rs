@@ -77,29 +77,30 @@ pub fn from_cache(plan: &Plan, cache: &Cache) -> Vec<Outcome> {
 }
 
 /// Runs every stage of the plan that is not cached; returns outcomes in plan order.
-/// Stages that use every core ([`crate::pipeline::spec::StageKind::uses_all_cores`]) run
-/// one at a time; the others fill the remaining jobs.
+///
+/// Each stage runs on its own thread, at most `jobs` at once, while the tensor code
+/// inside stages shares rayon's global pool. (Stages are not rayon tasks: a worker
+/// waiting inside a parallel matmul may pick up queued tasks, and a stage picked up
+/// that way while another holds a cache lock can deadlock two processes.) Stages that
+/// use every core ([`crate::pipeline::spec::StageKind::uses_all_cores`]) run one at a
+/// time; lighter ones fill the other slots.
 pub fn execute(plan: &Plan, cache: &Cache, options: &RunOptions, progress: &Progress) -> Vec<Outcome> {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(options.jobs.max(1))
-        .thread_name(|i| format!("stage-{i}"))
-        .build()
-        .expect("thread pool");
+    let jobs = options.jobs.max(1);
     let graph = &plan.graph;
+    let position: HashMap<NodeIndex, usize> = plan.order.iter().enumerate().map(|(i, &ix)| (ix, i)).collect();
     let mut waiting: HashMap<NodeIndex, usize> =
         plan.order.iter().map(|&ix| (ix, graph.neighbors_directed(ix, Direction::Incoming).count())).collect();
     let mut results: HashMap<NodeIndex, Outcome> = HashMap::new();
     let (tx, rx) = mpsc::channel::<(NodeIndex, Outcome)>();
 
-    pool.in_place_scope(|scope| {
-        let mut ready: Vec<NodeIndex> = plan.order.iter().rev().copied().filter(|ix| waiting[ix] == 0).collect();
+    std::thread::scope(|scope| {
+        // Ready stages in plan order.
+        let mut ready: Vec<NodeIndex> = plan.order.iter().copied().filter(|ix| waiting[ix] == 0).collect();
         let mut running = 0usize;
-        // A heavy stage is running; ready heavy stages wait in `deferred`.
-        let mut heavy_running = false;
-        let mut deferred: Vec<NodeIndex> = Vec::new();
-        let mut heavy: HashMap<NodeIndex, bool> = HashMap::new();
+        let mut heavy_running: Option<NodeIndex> = None;
         loop {
-            while let Some(ix) = ready.pop() {
+            let mut held = Vec::new();
+            for ix in std::mem::take(&mut ready) {
                 let node = &graph[ix];
                 // An input that did not succeed means this stage cannot run.
                 let blocked = graph
@@ -109,41 +110,48 @@ pub fn execute(plan: &Plan, cache: &Cache, options: &RunOptions, progress: &Prog
                 if let Some(input) = blocked {
                     progress.println(&format!("- {:<20} skipped: input `{input}` did not complete", node.name()));
                     let outcome = Outcome { node: ix, name: node.name(), status: Status::Skipped(input), seconds: 0.0 };
-                    release(plan, ix, &mut waiting, &mut ready);
                     results.insert(ix, outcome);
+                    release(plan, ix, &mut waiting, &mut held);
                     continue;
                 }
                 let force = options.force.contains(&node.id);
-                let is_heavy = node.kind().uses_all_cores() && options.jobs > 1 && (force || !cache.is_cached(&node.key));
-                if is_heavy && heavy_running {
-                    deferred.push(ix);
+                let heavy = jobs > 1 && node.kind().uses_all_cores() && (force || !cache.is_cached(&node.key));
+                if running >= jobs || (heavy && heavy_running.is_some()) {
+                    held.push(ix);
                     continue;
                 }
-                heavy_running |= is_heavy;
-                heavy.insert(ix, is_heavy);
+                if heavy {
+                    heavy_running = Some(ix);
+                }
                 let inputs = input_entries(plan, cache, node);
                 let tx = tx.clone();
                 running += 1;
-                scope.spawn(move |_| {
-                    let started = Instant::now();
-                    let status = match catch_unwind(AssertUnwindSafe(|| run_one(node, inputs, cache, force, progress))) {
-                        Ok(Ok(status)) => status,
-                        Ok(Err(e)) => Status::Failed(e.to_string()),
-                        Err(panic) => Status::Failed(format!("internal error: {}", panic_message(&panic))),
-                    };
-                    let seconds = if status == Status::Computed { started.elapsed().as_secs_f64() } else { 0.0 };
-                    let _ = tx.send((ix, Outcome { node: ix, name: node.name(), status, seconds }));
-                });
+                std::thread::Builder::new()
+                    .name(format!("stage {}", node.id))
+                    .spawn_scoped(scope, move || {
+                        let started = Instant::now();
+                        let status = match catch_unwind(AssertUnwindSafe(|| run_one(node, inputs, cache, force, progress))) {
+                            Ok(Ok(status)) => status,
+                            Ok(Err(e)) => Status::Failed(e.to_string()),
+                            Err(panic) => Status::Failed(format!("internal error: {}", panic_message(&panic))),
+                        };
+                        let seconds = if status == Status::Computed { started.elapsed().as_secs_f64() } else { 0.0 };
+                        let _ = tx.send((ix, Outcome { node: ix, name: node.name(), status, seconds }));
+                    })
+                    .expect("the OS starts a thread");
             }
+            held.sort_by_key(|ix| position[ix]);
+            ready = held;
             if running == 0 {
-                break;
+                if ready.is_empty() {
+                    break;
+                }
+                continue;
             }
             let (ix, outcome) = rx.recv().expect("a running stage always reports");
             running -= 1;
-            if heavy.get(&ix) == Some(&true) {
-                heavy_running = false;
-                // Oldest first, so stages run in plan order.
-                ready.extend(deferred.drain(..).rev());
+            if heavy_running == Some(ix) {
+                heavy_running = None;
             }
             let node = &graph[ix];
             match &outcome.status {
@@ -156,6 +164,7 @@ pub fn execute(plan: &Plan, cache: &Cache, options: &RunOptions, progress: &Prog
             }
             results.insert(ix, outcome);
             release(plan, ix, &mut waiting, &mut ready);
+            ready.sort_by_key(|ix| position[ix]);
         }
     });
     plan.order.iter().map(|ix| results.remove(ix).expect("every stage has an outcome")).collect()

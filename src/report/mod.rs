@@ -138,7 +138,7 @@ pub fn build(plan: &Plan, cache: &Cache, outcomes: &[Outcome], results: &Path) -
     let mut compare_figures = Vec::new();
     if !plan.sweep.is_empty() {
         for (i, plot) in compare::chosen(plan, &table).iter().enumerate() {
-            let name = format!("compare-{i}-{}-by-{}.png", folder_name(&plot.metric), folder_name(&plot.x));
+            let name = format!("sweep-{i}-{}-by-{}.png", folder_name(&plot.metric), folder_name(&plot.x));
             let drawn = compare::draw(plan, &table, plot, &figures_dir.join(&name)).map_err(|e| fail("drawing a comparison plot", &e))?;
             if let Some(title) = drawn {
                 compare_figures.push(Figure { title, src: format!("figures/{name}") });
