@@ -270,3 +270,29 @@ fn two_concurrent_runs_of_a_sweep_compute_each_stage_once() {
     assert!(stderr(&again).contains("all 16 stages cached"));
     assert_eq!(std::fs::read_to_string(results.join("conc/metrics.csv")).unwrap(), metrics);
 }
+
+#[test]
+fn stages_that_use_every_core_never_overlap() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("results");
+    let text = swept("heavy").replace("steps: 20, batch: 64", "steps: 300, batch: 64");
+    let path = write_pipeline(dir.path(), "heavy", &text);
+    let run = runner(&results, &["run", path.to_str().unwrap(), "--jobs", "4"]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let mut spans: Vec<(u64, u64, String)> = Vec::new();
+    for key in cache_keys(&results) {
+        let text = std::fs::read_to_string(results.join(".cache").join(&key).join("manifest.json")).unwrap();
+        let manifest: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let kind = manifest["kind"].as_str().unwrap();
+        if kind == "train" || kind == "sample" {
+            let (start, end) = (manifest["started_unix_ms"].as_u64().unwrap(), manifest["finished_unix_ms"].as_u64().unwrap());
+            assert!(start > 0 && end >= start);
+            spans.push((start, end, manifest["stage"].as_str().unwrap().to_string()));
+        }
+    }
+    assert_eq!(spans.len(), 3 + 5);
+    spans.sort();
+    for pair in spans.windows(2) {
+        assert!(pair[1].0 >= pair[0].1, "{} started before {} ended: {spans:?}", pair[1].2, pair[0].2);
+    }
+}

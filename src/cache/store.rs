@@ -35,6 +35,12 @@ pub struct Manifest {
     pub stage_version: u32,
     pub cache_format: u32,
     pub created_unix: u64,
+    /// When computing started and ended (milliseconds since the Unix epoch), so runs
+    /// can be laid out on a timeline.
+    #[serde(default)]
+    pub started_unix_ms: u64,
+    #[serde(default)]
+    pub finished_unix_ms: u64,
 }
 
 /// One file of an entry, so `verify` can detect corruption.
@@ -238,6 +244,8 @@ mod tests {
             stage_version: 1,
             cache_format: CACHE_FORMAT,
             created_unix: 0,
+            started_unix_ms: 0,
+            finished_unix_ms: 0,
         }
     }
 

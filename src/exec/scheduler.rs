@@ -216,6 +216,7 @@ fn run_one(
     let bar = progress.stage(&node.name());
     let device = Device::Cpu;
     let started = Instant::now();
+    let started_at = SystemTime::now();
     let input_keys = inputs.iter().map(|(role, entries)| (role.clone(), entries.iter().map(|e| e.key.clone()).collect())).collect();
     let ctx = StageContext { id: &node.id, out: staging.path(), inputs, progress: &bar, device: &device };
     let result = stages::run(&node.spec, &ctx);
@@ -234,9 +235,15 @@ fn run_one(
         stage_version: stages::version(node.kind()),
         cache_format: crate::cache::store::CACHE_FORMAT,
         created_unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        started_unix_ms: unix_ms(started_at),
+        finished_unix_ms: unix_ms(SystemTime::now()),
     };
     cache.commit(staging, manifest, force).map_err(StageError::from)?;
     Ok(Status::Computed)
+}
+
+fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
