@@ -14,10 +14,18 @@ plan file=pipeline *args="":
 graph file=pipeline:
     cargo run --release -- graph {{file}}
 
-# Run every sweep pipeline in pipelines/ and print where the reports are.
-sweep:
-    for f in pipelines/*.yaml; do cargo run --release -- run "$f" || exit 1; done
-    @echo "reports:"; ls results/*/report.html
+# Run every pipeline in pipelines/ that has a `sweep:` section; print where the reports are.
+sweep *args="":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    files=$(grep -l '^sweep:' pipelines/*.yaml)
+    for f in $files; do cargo run --release -- run "$f" {{args}}; done
+    echo "reports:"
+    for f in $files; do echo "  results/$(sed -n 's/^name: *//p' "$f")/report.html"; done
+
+# Planning speed (1,000-point sweep); `just bench --quick` runs each case once.
+bench *args="":
+    cargo bench --bench plan -- {{args}}
 
 # Run the test suite (the same command CI runs).
 test:

@@ -45,6 +45,7 @@ pub fn describe() -> String {
     section::<Distribution>(&mut out, "datasets", "name", &["circle", "gmm", "spiral", "moons", "two_gaussians"]);
     out.push_str(&format!("  every dataset also takes: {}\n", common_dataset()));
     section::<ScheduleParams>(&mut out, "schedules", "type", &["linear", "cosine", "geometric"]);
+    out.push_str("  (linear betas left out are 1e-4 and 0.02 times 1000/steps, capped at 0.999)\n");
     section::<ModelParams>(&mut out, "models", "arch", &["mlp"]);
     out.push_str(&format!("\ntrain params: {}\n", defaults::<TrainParams>("objective: eps")));
     out.push_str("  objective: eps (DDPM, linear/cosine schedule) | dsm (SMLD, geometric sigmas); optimizer: adam | adamw\n");
@@ -55,6 +56,9 @@ pub fn describe() -> String {
     let metrics: Vec<&str> = Metric::ALL.iter().map(|m| m.name()).collect();
     out.push_str(&format!("\nmetrics: {}\n", metrics.join(", ")));
     out.push_str(&format!("evaluate params: {}\n", defaults::<EvaluateParams>("{}")));
+    out.push_str("\nsweep: STAGE.params.KEY: [values] (axes multiply); zip: {PATH: [values], ...} (vary together);\n");
+    out.push_str("  STAGE.needs.ROLE: [stages] swaps an input\n");
+    out.push_str("report: plots: [{ metric, x: AXIS, series: [AXIS, ...], log_x, log_y }]\n");
     out
 }
 
@@ -68,7 +72,7 @@ mod tests {
     #[test]
     fn describe_lists_every_choice_with_defaults() {
         let text = super::describe();
-        for needle in ["gmm", "weights: [0.1,0.9]", "cosine", "s: 0.008", "geometric", "annealed_langevin", "step_lr: 0.00002", "sliced_wasserstein", "holdout: 10000", "train params"] {
+        for needle in ["gmm", "weights: [0.1,0.9]", "cosine", "s: 0.008", "geometric", "annealed_langevin", "step_lr: 0.00002", "sliced_wasserstein", "holdout: 10000", "train params", "zip:", "times 1000/steps"] {
             assert!(text.contains(needle), "missing {needle} in:\n{text}");
         }
     }

@@ -324,8 +324,13 @@ pub fn load(path: &Path, overrides: &[String], sweeps: &[String]) -> Result<Load
             message: e.to_string(),
         })?;
         for assignment in overrides {
-            if let Some((key, _)) = assignment.split_once('=') {
-                spec.sweep.remove(&normalize(key));
+            let Some((key, _)) = assignment.split_once('=') else { continue };
+            let path = normalize(key);
+            if spec.sweep.remove(&path) {
+                // Plots along a fixed axis have nothing left to compare.
+                let parts: Vec<&str> = path.split('.').collect();
+                let names = [parts[parts.len() - 1].to_string(), format!("{}.{}", parts[0], parts[parts.len() - 1])];
+                spec.report.plots.retain(|p| !std::iter::once(&p.x).chain(p.series.iter().flatten()).any(|a| names.contains(a)));
             }
         }
     }

@@ -47,12 +47,15 @@ impl SweepSpec {
     }
 
     /// `--set` on a swept path fixes it: the axis leaves the sweep (a sweep of one).
-    pub fn remove(&mut self, path: &str) {
+    /// Returns whether the path was swept.
+    pub fn remove(&mut self, path: &str) -> bool {
         let path = normalize(path);
+        let before: usize = self.groups.iter().map(Vec::len).sum();
         for group in &mut self.groups {
             group.retain(|a| a.path != path);
         }
         self.groups.retain(|g| !g.is_empty());
+        before != self.groups.iter().map(Vec::len).sum::<usize>()
     }
 
     /// `--sweep path=v1,v2`: a new axis (replacing one on the same path). Each value is

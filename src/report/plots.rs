@@ -116,6 +116,8 @@ pub fn line_chart(path: &Path, spec: &LineChart) -> StageResult<()> {
         (x0, x1, y0, y1) = (1.0, 10.0, 1.0, 10.0);
     }
     let x1 = if x1 > x0 { x1 } else { x0 + x0.abs().max(1.0) * 1e-3 };
+    // A little room at both ends, so end points and their tick labels are not clipped.
+    let (x0, x1) = if spec.log_x { (x0 / 1.15, x1 * 1.15) } else { (x0 - (x1 - x0) * 0.03, x1 + (x1 - x0) * 0.03) };
     let (y0, y1) = if spec.log_y {
         (y0 / 1.2, y1 * 1.2)
     } else {
@@ -152,6 +154,8 @@ where
         .configure_mesh()
         .x_desc(spec.x_label)
         .y_desc(spec.y_label)
+        .x_labels(6)
+        .x_label_formatter(&|v| tick(*v))
         .light_line_style(WHITE)
         .draw()
         .map_err(|e| fail(e.to_string()))?;
@@ -176,6 +180,17 @@ where
         .draw()
         .map_err(|e| fail(e.to_string()))?;
     root.present().map_err(|e| fail(e.to_string()))
+}
+
+/// A tick label: integers without a decimal point, others with few digits.
+fn tick(v: f64) -> String {
+    if v == v.round() && v.abs() < 1e7 {
+        format!("{v:.0}")
+    } else if v.abs() >= 1e-3 && v.abs() < 1e5 {
+        format!("{v:.4}").trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        format!("{v:.1e}")
+    }
 }
 
 /// Grouped bars: one group per category, one bar per series (None: no value).
