@@ -6,7 +6,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use common::{computed, runner, stderr, stdout, tiny_pipeline, write_pipeline};
+use common::{computed, run_twice_concurrently, runner, stderr, stdout, tiny_pipeline, write_pipeline};
 
 #[test]
 fn first_run_computes_second_is_cached_and_set_reruns_only_downstream() {
@@ -173,18 +173,7 @@ fn concurrent_runs_compute_each_stage_once() {
     let dir = tempfile::tempdir().unwrap();
     let results = dir.path().join("results");
     let path = write_pipeline(dir.path(), "both", &tiny_pipeline("both", 200));
-    let spawn = || {
-        Command::new(env!("CARGO_BIN_EXE_runner"))
-            .arg("--results")
-            .arg(&results)
-            .args(["run", path.to_str().unwrap(), "--jobs", "1"])
-            .stderr(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let (a, b) = (spawn(), spawn());
-    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let (a, b) = run_twice_concurrently(&results, &path, "1");
     assert!(a.status.success() && b.status.success(), "{}\n{}", stderr(&a), stderr(&b));
     let mut all = computed(&a);
     all.extend(computed(&b));

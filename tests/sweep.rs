@@ -4,9 +4,8 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 
-use common::{computed, runner, stderr, stdout, tiny_pipeline, write_pipeline};
+use common::{computed, run_twice_concurrently, runner, stderr, stdout, tiny_pipeline, write_pipeline};
 
 /// The tiny pipeline with a 2 x 2 sweep: DDPM's learning rate and its sample count.
 fn swept(name: &str) -> String {
@@ -244,18 +243,7 @@ fn two_concurrent_runs_of_a_sweep_compute_each_stage_once() {
     let dir = tempfile::tempdir().unwrap();
     let results = dir.path().join("results");
     let path = write_pipeline(dir.path(), "conc", &swept("conc"));
-    let spawn = || {
-        Command::new(env!("CARGO_BIN_EXE_runner"))
-            .arg("--results")
-            .arg(&results)
-            .args(["run", path.to_str().unwrap(), "--jobs", "2"])
-            .stderr(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let (a, b) = (spawn(), spawn());
-    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let (a, b) = run_twice_concurrently(&results, &path, "2");
     assert!(a.status.success() && b.status.success(), "{}\n{}", stderr(&a), stderr(&b));
     let mut all = computed(&a);
     all.extend(computed(&b));

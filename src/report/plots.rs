@@ -82,12 +82,7 @@ pub fn scatter(path: &Path, title: &str, reference: Points, samples: Points) -> 
             .label(label)
             .legend(move |(x, y)| Circle::new((x, y), 3, color.filled()));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| fail(e.to_string()))?;
+    draw_legend(&mut chart).map_err(&fail)?;
     root.present().map_err(|e| fail(e.to_string()))
 }
 
@@ -173,13 +168,23 @@ where
                 .map_err(|e| fail(e.to_string()))?;
         }
     }
+    draw_legend(&mut chart).map_err(&fail)?;
+    root.present().map_err(|e| fail(e.to_string()))
+}
+
+/// The series legend, boxed, in the same style on every chart.
+fn draw_legend<'a, DB, X, Y>(chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>) -> Result<(), String>
+where
+    DB: DrawingBackend + 'a,
+    X: Ranged,
+    Y: Ranged,
+{
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()
-        .map_err(|e| fail(e.to_string()))?;
-    root.present().map_err(|e| fail(e.to_string()))
+        .map_err(|e| e.to_string())
 }
 
 /// A tick label: integers without a decimal point, others with few digits.
@@ -233,12 +238,7 @@ pub fn bars(path: &Path, title: &str, y_label: &str, categories: &[String], seri
             .label(name.as_str())
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| fail(e.to_string()))?;
+    draw_legend(&mut chart).map_err(&fail)?;
     let style = TextStyle::from(("sans-serif", 14)).pos(Pos::new(HPos::Center, VPos::Top));
     for (c, name) in categories.iter().enumerate() {
         let (px, py) = chart.backend_coord(&(c as f64 + 0.5, lo.min(0.0)));

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 pub fn runner(results: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_runner"))
@@ -64,4 +64,20 @@ pub fn computed(out: &Output) -> Vec<String> {
         .filter(|l| l.contains(" computed in "))
         .map(|l| l.split_whitespace().next().unwrap().to_string())
         .collect()
+}
+
+/// Two `runner run` processes of the same pipeline started together; waits for both.
+pub fn run_twice_concurrently(results: &Path, pipeline: &Path, jobs: &str) -> (Output, Output) {
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_runner"))
+            .arg("--results")
+            .arg(results)
+            .args(["run", pipeline.to_str().unwrap(), "--jobs", jobs])
+            .stderr(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("runner binary starts")
+    };
+    let (a, b) = (spawn(), spawn());
+    (a.wait_with_output().unwrap(), b.wait_with_output().unwrap())
 }
