@@ -44,14 +44,22 @@ pub fn describe() -> String {
     out.push_str("  (evaluate's `samples` takes one sample stage or a list)\n");
     section::<Distribution>(&mut out, "datasets", "name", &["circle", "gmm", "spiral", "moons", "two_gaussians"]);
     out.push_str(&format!("  every dataset also takes: {}\n", common_dataset()));
-    section::<ScheduleParams>(&mut out, "schedules", "type", &["linear", "cosine", "geometric"]);
+    section::<ScheduleParams>(
+        &mut out,
+        "schedules",
+        "type",
+        &["linear", "cosine", "quadratic", "sigmoid", "geometric", "vp_sde", "sub_vp_sde", "ve_sde"],
+    );
     out.push_str("  (linear betas left out are 1e-4 and 0.02 times 1000/steps, capped at 0.999)\n");
-    section::<ModelParams>(&mut out, "models", "arch", &["mlp"]);
+    section::<ModelParams>(&mut out, "models", "arch", &["mlp", "exact"]);
+    out.push_str("  (exact: the dataset's exact score, no network; needs gmm or two_gaussians)\n");
     out.push_str(&format!("\ntrain params: {}\n", defaults::<TrainParams>("objective: eps")));
-    out.push_str("  objective: eps (DDPM, linear/cosine schedule) | dsm (SMLD, geometric sigmas); optimizer: adam | adamw\n");
-    section::<SamplerParams>(&mut out, "samplers", "sampler", &["ancestral", "annealed_langevin"]);
+    out.push_str("  objective: eps (DDPM L_simple) | dsm (score matching; weighting: sigma2 | likelihood); optimizer: adam | adamw\n");
+    section::<SamplerParams>(&mut out, "samplers", "sampler", &["ancestral", "ddim", "langevin", "annealed_langevin", "pc", "ode"]);
+    out.push_str("  pc predictor: reverse_diffusion | euler_maruyama | ancestral | none; corrector: langevin | none\n");
+    out.push_str("  ode solver: euler | heun | rk45; annealed_langevin needs a VE process (geometric, ve_sde)\n");
     let sample = defaults::<SampleParams>("sampler: ancestral");
-    let common: Vec<&str> = sample.split(", ").filter(|p| !p.starts_with("variance:")).collect();
+    let common: Vec<&str> = sample.split(", ").filter(|p| !p.starts_with("variance:") && !p.starts_with("steps:")).collect();
     out.push_str(&format!("  every sampler also takes: {}\n", common.join(", ")));
     let metrics: Vec<&str> = Metric::ALL.iter().map(|m| m.name()).collect();
     out.push_str(&format!("\nmetrics: {}\n", metrics.join(", ")));
@@ -72,7 +80,7 @@ mod tests {
     #[test]
     fn describe_lists_every_choice_with_defaults() {
         let text = super::describe();
-        for needle in ["gmm", "weights: [0.1,0.9]", "cosine", "s: 0.008", "geometric", "annealed_langevin", "step_lr: 0.00002", "sliced_wasserstein", "holdout: 10000", "train params", "zip:", "times 1000/steps"] {
+        for needle in ["gmm", "weights: [0.1,0.9]", "cosine", "s: 0.008", "geometric", "annealed_langevin", "step_lr: 0.00002", "sliced_wasserstein", "holdout: 10000", "train params", "zip:", "times 1000/steps", "ve_sde", "beta_max: 20.0", "rk45", "snr: 0.16", "exact"] {
             assert!(text.contains(needle), "missing {needle} in:\n{text}");
         }
     }

@@ -90,10 +90,14 @@ fn a_stage_cannot_depend_on_itself() {
 }
 
 #[test]
-fn incompatible_objective_and_schedule_is_explained() {
-    let err = plan_error("  tr:\n    kind: train\n    needs: { data: data, schedule: lin, model: mlp }\n    params: { objective: dsm }\n");
-    assert!(err.contains("p.yaml:9:5") && err.contains("stage `tr`"), "{err}");
-    assert!(err.contains("objective: eps"), "{err}");
+fn a_sampler_that_does_not_fit_the_process_is_explained() {
+    let err = plan_error(
+        "  tr:\n    kind: train\n    needs: { data: data, schedule: lin, model: mlp }\n    params: { objective: eps }\n  s:\n    kind: sample\n    needs: { train: tr }\n    params: { sampler: annealed_langevin }\n",
+    );
+    assert!(err.contains("p.yaml:13:5") && err.contains("stage `s`"), "{err}");
+    assert!(err.contains("needs a VE process") && err.contains("use `ancestral`, `ddim`, `pc` or `ode`"), "{err}");
+    let err = plan_error("  tr:\n    kind: train\n    needs: { data: data, schedule: lin, model: mlp }\n    params: { objective: eps, weighting: likelihood }\n");
+    assert!(err.contains("p.yaml:9:5") && err.contains("`weighting` applies to `objective: dsm`"), "{err}");
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The mathematics of diffusion models, independent of the pipeline machinery.
 
 pub mod loss;
+pub mod ode;
 pub mod process;
 pub mod sample;
 pub mod schedule;

@@ -1,100 +1,187 @@
-//! One trait for every noise process, so losses and samplers are written once.
+//! Every noise process in one continuous-time description, so losses and samplers are
+//! written once (Song et al. 2021, "Score-based generative modeling through SDEs").
 //!
-//! A process maps clean data x0 at level t (1..T, more noise at larger t) to
-//! x_t = signal(t) x0 + std(t) eps. Networks see the level index as their
-//! conditioning input, and their output is converted to epsilon or score here.
+//! Time runs over t in [0, 1], more noise at larger t. A process gives the marginal
+//! x_t = mean_coef(t) x0 + std(t) eps and the forward SDE dx = f(t) x dt + g(t) dw.
+//! DDPM's chain and SMLD's sigma levels are the discrete members: their levels sit at
+//! fixed times (DDPM level i at t = i/N, SMLD level i at t = (i-1)/(N-1)) and between
+//! levels log alpha_bar (DDPM) or log sigma (SMLD) is linear in t, which makes them the
+//! VP and VE SDEs of score_sde with piecewise-constant coefficients. Networks are
+//! conditioned on t, so any sampler can query any model at any time.
 
-use super::schedule::Schedule;
+/// A noise process.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Process {
+    /// DDPM's discrete variance-preserving chain (Ho et al. 2020).
+    DiscreteVp {
+        betas: Vec<f64>,
+        /// log alpha_bar_i for i = 1..N.
+        log_alpha_bars: Vec<f64>,
+    },
+    /// SMLD's Gaussian perturbations (Song & Ermon 2019), ascending sigmas.
+    SigmaLevels { sigmas: Vec<f64> },
+    /// VP SDE: beta(t) = beta_min + t (beta_max - beta_min).
+    Vp { beta_min: f64, beta_max: f64 },
+    /// sub-VP SDE: VP's drift, a smaller diffusion, std = 1 - alpha_bar(t).
+    SubVp { beta_min: f64, beta_max: f64 },
+    /// VE SDE: sigma(t) = sigma_min (sigma_max / sigma_min)^t.
+    Ve { sigma_min: f64, sigma_max: f64 },
+}
 
-/// Forward noising and the conversions samplers need.
-pub trait NoiseProcess: Send + Sync {
-    /// Number of discrete levels T.
-    fn levels(&self) -> usize;
-    /// Mean coefficient at level t: sqrt(alpha_bar_t) for VP, 1 for VE.
-    fn signal(&self, t: usize) -> f64;
-    /// Marginal standard deviation at level t: sqrt(1 - alpha_bar_t) for VP, sigma_t for VE.
-    fn std(&self, t: usize) -> f64;
-    /// Standard deviation of the prior the reverse process starts from.
-    fn prior_std(&self) -> f64;
-    /// What the network is conditioned on at level t: the 0-based level index.
-    fn conditioning(&self, t: usize) -> f32 {
-        (t - 1) as f32
+impl Process {
+    /// The DDPM chain of a beta schedule.
+    pub fn from_betas(betas: Vec<f64>) -> Process {
+        let mut total = 0.0;
+        let log_alpha_bars = betas
+            .iter()
+            .map(|b| {
+                total += (1.0 - b).ln();
+                total
+            })
+            .collect();
+        Process::DiscreteVp { betas, log_alpha_bars }
     }
-    /// Score of the noised marginal from a noise prediction: grad log p_t = -eps / std_t.
-    fn eps_to_score(&self, t: usize) -> f64 {
-        -1.0 / self.std(t)
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Process::DiscreteVp { .. } => "discrete VP (DDPM)",
+            Process::SigmaLevels { .. } => "sigma levels (SMLD)",
+            Process::Vp { .. } => "VP SDE",
+            Process::SubVp { .. } => "sub-VP SDE",
+            Process::Ve { .. } => "VE SDE",
+        }
     }
-    /// The per-level betas when the process is a discrete Markov chain (DDPM).
-    fn betas(&self) -> Option<&[f64]> {
-        None
+
+    /// Number of discrete levels, or None for a continuous SDE.
+    pub fn levels(&self) -> Option<usize> {
+        match self {
+            Process::DiscreteVp { betas, .. } => Some(betas.len()),
+            Process::SigmaLevels { sigmas } => Some(sigmas.len()),
+            _ => None,
+        }
     }
-    /// The noise levels when the process is a set of Gaussian perturbations (SMLD).
-    fn sigmas(&self) -> Option<&[f64]> {
-        None
+
+    /// The time of level i = 1..N of a discrete process.
+    pub fn level_time(&self, i: usize) -> f64 {
+        match self {
+            Process::DiscreteVp { betas, .. } => i as f64 / betas.len() as f64,
+            Process::SigmaLevels { sigmas } if sigmas.len() > 1 => (i - 1) as f64 / (sigmas.len() - 1) as f64,
+            _ => 1.0,
+        }
+    }
+
+    /// The smallest time samplers integrate down to: the first level of a discrete
+    /// process, and score_sde's 1e-3 (VP family) or 1e-5 (VE) for SDEs.
+    pub fn t_min(&self) -> f64 {
+        match self {
+            Process::DiscreteVp { betas, .. } => 1.0 / betas.len() as f64,
+            Process::SigmaLevels { .. } => 0.0,
+            Process::Vp { .. } | Process::SubVp { .. } => 1e-3,
+            Process::Ve { .. } => 1e-5,
+        }
+    }
+
+    /// Whether the mean shrinks towards zero (VP family) rather than staying (VE family).
+    pub fn is_vp_family(&self) -> bool {
+        !matches!(self, Process::SigmaLevels { .. } | Process::Ve { .. })
+    }
+
+    /// (segment index k, fraction) of t on a grid of `segments` equal pieces.
+    fn segment(t: f64, segments: usize) -> (usize, f64) {
+        let u = (t.clamp(0.0, 1.0) * segments as f64).min(segments as f64);
+        let k = (u.floor() as usize).min(segments - 1);
+        (k, u - k as f64)
+    }
+
+    /// log alpha_bar(t) of the VP family.
+    fn log_alpha_bar(&self, t: f64) -> f64 {
+        match self {
+            Process::DiscreteVp { log_alpha_bars, .. } => {
+                let (k, frac) = Self::segment(t, log_alpha_bars.len());
+                let before = if k == 0 { 0.0 } else { log_alpha_bars[k - 1] };
+                before + frac * (log_alpha_bars[k] - before)
+            }
+            Process::Vp { beta_min, beta_max } | Process::SubVp { beta_min, beta_max } => {
+                -0.5 * t * t * (beta_max - beta_min) - t * beta_min
+            }
+            _ => 0.0,
+        }
+    }
+
+    /// beta(t) = -d/dt log alpha_bar(t) of the VP family.
+    fn beta(&self, t: f64) -> f64 {
+        match self {
+            Process::DiscreteVp { betas, .. } => {
+                let (k, _) = Self::segment(t, betas.len());
+                -(betas.len() as f64) * (1.0 - betas[k]).ln()
+            }
+            Process::Vp { beta_min, beta_max } | Process::SubVp { beta_min, beta_max } => beta_min + t * (beta_max - beta_min),
+            _ => 0.0,
+        }
+    }
+
+    /// (log sigma(t), d log sigma / dt) of the VE family.
+    fn log_sigma(&self, t: f64) -> (f64, f64) {
+        match self {
+            Process::SigmaLevels { sigmas } if sigmas.len() > 1 => {
+                let (k, frac) = Self::segment(t, sigmas.len() - 1);
+                let (a, b) = (sigmas[k].ln(), sigmas[k + 1].ln());
+                (a + frac * (b - a), (b - a) * (sigmas.len() - 1) as f64)
+            }
+            Process::SigmaLevels { sigmas } => (sigmas[0].ln(), 0.0),
+            Process::Ve { sigma_min, sigma_max } => {
+                let rate = (sigma_max / sigma_min).ln();
+                (sigma_min.ln() + t * rate, rate)
+            }
+            _ => (f64::NEG_INFINITY, 0.0),
+        }
+    }
+
+    /// Mean coefficient of the marginal: sqrt(alpha_bar(t)) for VP, 1 for VE.
+    pub fn mean_coef(&self, t: f64) -> f64 {
+        if self.is_vp_family() { (0.5 * self.log_alpha_bar(t)).exp() } else { 1.0 }
+    }
+
+    /// Standard deviation of the marginal.
+    pub fn std(&self, t: f64) -> f64 {
+        match self {
+            Process::SubVp { .. } => -self.log_alpha_bar(t).exp_m1(),
+            _ if self.is_vp_family() => (-self.log_alpha_bar(t).exp_m1()).sqrt(),
+            _ => self.log_sigma(t).0.exp(),
+        }
+    }
+
+    /// f(t) of the forward SDE's linear drift f(t) x.
+    pub fn drift_coef(&self, t: f64) -> f64 {
+        if self.is_vp_family() { -0.5 * self.beta(t) } else { 0.0 }
+    }
+
+    /// g(t) of the forward SDE.
+    pub fn diffusion(&self, t: f64) -> f64 {
+        match self {
+            Process::SubVp { beta_min, beta_max } => {
+                let discount = 1.0 - (-2.0 * beta_min * t - (beta_max - beta_min) * t * t).exp();
+                (self.beta(t) * discount).sqrt()
+            }
+            _ if self.is_vp_family() => self.beta(t).sqrt(),
+            _ => {
+                let (log_sigma, rate) = self.log_sigma(t);
+                log_sigma.exp() * (2.0 * rate).sqrt()
+            }
+        }
+    }
+
+    /// Standard deviation of the Gaussian prior at t = 1.
+    pub fn prior_std(&self) -> f64 {
+        if self.is_vp_family() { 1.0 } else { self.std(1.0) }
     }
 }
 
-/// DDPM's discrete variance-preserving chain (Ho et al. 2020).
-pub struct DiscreteVp {
-    pub betas: Vec<f64>,
-    pub alpha_bars: Vec<f64>,
-}
-
-impl NoiseProcess for DiscreteVp {
-    fn levels(&self) -> usize {
-        self.betas.len()
-    }
-    fn signal(&self, t: usize) -> f64 {
-        self.alpha_bars[t - 1].sqrt()
-    }
-    fn std(&self, t: usize) -> f64 {
-        (1.0 - self.alpha_bars[t - 1]).sqrt()
-    }
-    fn prior_std(&self) -> f64 {
-        1.0
-    }
-    fn betas(&self) -> Option<&[f64]> {
-        Some(&self.betas)
-    }
-}
-
-/// SMLD's Gaussian perturbations at geometric noise levels (Song & Ermon 2019).
-pub struct SigmaLevels {
-    /// Ascending: sigmas[0] = sigma_min.
-    pub sigmas: Vec<f64>,
-}
-
-impl NoiseProcess for SigmaLevels {
-    fn levels(&self) -> usize {
-        self.sigmas.len()
-    }
-    fn signal(&self, _t: usize) -> f64 {
-        1.0
-    }
-    fn std(&self, t: usize) -> f64 {
-        self.sigmas[t - 1]
-    }
-    fn prior_std(&self) -> f64 {
-        *self.sigmas.last().expect("at least one level")
-    }
-    fn sigmas(&self) -> Option<&[f64]> {
-        Some(&self.sigmas)
-    }
-}
-
-/// The process a schedule defines.
-pub fn from_schedule(schedule: Schedule) -> Box<dyn NoiseProcess> {
-    match schedule {
-        Schedule::Vp { betas, alpha_bars } => Box::new(DiscreteVp { betas, alpha_bars }),
-        Schedule::Sigmas { sigmas } => Box::new(SigmaLevels { sigmas }),
-    }
-}
-
-/// Noises a batch: x_t = signal(t) x0 + std(t) eps, row-major with `dim` columns.
-pub fn noise_batch(process: &dyn NoiseProcess, x0: &[f32], levels: &[usize], eps: &[f32], dim: usize) -> Vec<f32> {
+/// Noises a batch: x_t = mean_coef(t) x0 + std(t) eps, row-major with `dim` columns.
+pub fn noise_batch(process: &Process, x0: &[f32], times: &[f64], eps: &[f32], dim: usize) -> Vec<f32> {
     let mut out = Vec::with_capacity(x0.len());
-    for (row, &t) in levels.iter().enumerate() {
-        let (a, s) = (process.signal(t) as f32, process.std(t) as f32);
+    for (row, &t) in times.iter().enumerate() {
+        let (a, s) = (process.mean_coef(t) as f32, process.std(t) as f32);
         for j in 0..dim {
             let k = row * dim + j;
             out.push(a * x0[k] + s * eps[k]);
@@ -106,32 +193,89 @@ pub fn noise_batch(process: &dyn NoiseProcess, x0: &[f32], levels: &[usize], eps
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diffusion::schedule::ScheduleParams;
     use crate::rng::{normals, stream};
 
+    fn all() -> Vec<Process> {
+        let linear: Vec<f64> = (0..100).map(|i| 1e-3 + (0.2 - 1e-3) * i as f64 / 99.0).collect();
+        let sigmas: Vec<f64> = (0..8).map(|i| 0.05 * (20f64).powf(i as f64 / 7.0)).collect();
+        vec![
+            Process::from_betas(linear),
+            Process::SigmaLevels { sigmas },
+            Process::Vp { beta_min: 0.1, beta_max: 20.0 },
+            Process::SubVp { beta_min: 0.1, beta_max: 20.0 },
+            Process::Ve { sigma_min: 0.05, sigma_max: 3.0 },
+        ]
+    }
+
     #[test]
-    fn forward_process_matches_marginal_statistics() {
-        let process = from_schedule(ScheduleParams::Linear { beta_start: 1e-4, beta_end: 0.02, steps: 1000 }.build());
-        let n = 200_000;
-        let x0 = vec![1.5f32; n];
-        let mut rng = stream(3, "forward");
-        for t in [1usize, 100, 500, 1000] {
-            let eps = normals(&mut rng, n);
-            let xt = noise_batch(process.as_ref(), &x0, &vec![t; n], &eps, 1);
-            let mean = xt.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
-            let var = xt.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n as f64;
-            let ab = process.signal(t).powi(2);
-            assert!((mean - 1.5 * ab.sqrt()).abs() < 0.01, "t={t}: mean {mean}");
-            assert!((var - (1.0 - ab)).abs() < 0.01 + 0.01 * (1.0 - ab), "t={t}: var {var} vs {}", 1.0 - ab);
+    fn discrete_levels_sit_on_their_times() {
+        let betas = vec![0.1, 0.2, 0.3];
+        let p = Process::from_betas(betas.clone());
+        let mut abar = 1.0;
+        for (i, b) in betas.iter().enumerate() {
+            abar *= 1.0 - b;
+            let t = p.level_time(i + 1);
+            assert!((p.mean_coef(t) - abar.sqrt()).abs() < 1e-12);
+            assert!((p.std(t) - (1.0 - abar).sqrt()).abs() < 1e-12);
+        }
+        assert_eq!(p.mean_coef(0.0), 1.0);
+        let s = Process::SigmaLevels { sigmas: vec![0.01, 0.1, 1.0] };
+        for (i, sigma) in [0.01, 0.1, 1.0].iter().enumerate() {
+            assert!((s.std(s.level_time(i + 1)) - sigma).abs() < 1e-12);
+        }
+        // Between levels, geometric: halfway between 0.01 and 0.1 is 10^-1.5.
+        assert!((s.std(0.25) - 10f64.powf(-1.5)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn vp_and_ve_sdes_match_score_sde_closed_forms() {
+        let vp = Process::Vp { beta_min: 0.1, beta_max: 20.0 };
+        let log_mean = -0.25 * 0.25 * 19.9 - 0.5 * 0.5 * 0.1;
+        assert!((vp.mean_coef(0.5) - f64::exp(log_mean)).abs() < 1e-12);
+        assert!((vp.std(0.5) - (1.0 - f64::exp(2.0 * log_mean)).sqrt()).abs() < 1e-12);
+        assert!((vp.diffusion(0.5) - (0.1f64 + 0.5 * 19.9).sqrt()).abs() < 1e-12);
+        let sub = Process::SubVp { beta_min: 0.1, beta_max: 20.0 };
+        assert!((sub.std(0.5) - (1.0 - f64::exp(2.0 * log_mean))).abs() < 1e-12);
+        let ve = Process::Ve { sigma_min: 0.01, sigma_max: 50.0 };
+        assert!((ve.std(1.0) - 50.0).abs() < 1e-9 && (ve.std(0.0) - 0.01).abs() < 1e-12);
+        assert!((ve.diffusion(0.3) - ve.std(0.3) * (2.0 * (5000f64).ln()).sqrt()).abs() < 1e-9);
+        assert_eq!(ve.prior_std(), ve.std(1.0));
+    }
+
+    /// Euler-Maruyama on dx = f(t) x dt + g(t) dw from x(0) = x0 + std(0) z, with many
+    /// particles: the mean and variance at t must be the closed-form marginal's.
+    #[test]
+    fn each_marginal_matches_a_long_simulation_of_its_forward_sde() {
+        let (n, steps, x0) = (20_000usize, 2000usize, 1.5f64);
+        for process in all() {
+            let mut rng = stream(7, "forward sde");
+            let start = process.std(0.0);
+            let mut x: Vec<f64> = normals(&mut rng, n).iter().map(|&z| x0 + start * z as f64).collect();
+            let dt = 1.0 / steps as f64;
+            for step in 0..steps {
+                let t = (step as f64 + 0.5) * dt;
+                let (f, g) = (process.drift_coef(t), process.diffusion(t));
+                let z = normals(&mut rng, n);
+                for (v, z) in x.iter_mut().zip(z) {
+                    *v += f * *v * dt + g * dt.sqrt() * z as f64;
+                }
+                if (step + 1) % 500 == 0 {
+                    let t = (step + 1) as f64 * dt;
+                    let mean = x.iter().sum::<f64>() / n as f64;
+                    let var = x.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n as f64;
+                    let (m, s) = (process.mean_coef(t) * x0, process.std(t));
+                    let tol = 4.0 * s / (n as f64).sqrt() + 0.01 * s;
+                    assert!((mean - m).abs() < tol, "{} t={t}: mean {mean} vs {m}", process.name());
+                    assert!((var / (s * s) - 1.0).abs() < 0.05, "{} t={t}: var {var} vs {}", process.name(), s * s);
+                }
+            }
         }
     }
 
     #[test]
-    fn sigma_levels_add_noise_of_their_sigma() {
-        let process = SigmaLevels { sigmas: vec![0.01, 0.1, 1.0] };
-        assert_eq!(process.signal(3), 1.0);
-        assert_eq!(process.std(2), 0.1);
-        assert_eq!(process.prior_std(), 1.0);
-        assert!((process.eps_to_score(1) + 100.0).abs() < 1e-9);
+    fn noise_batch_applies_the_marginal() {
+        let p = Process::Ve { sigma_min: 0.1, sigma_max: 1.0 };
+        let out = noise_batch(&p, &[1.0, 2.0], &[1.0], &[1.0, -1.0], 2);
+        assert!((out[0] - 2.0).abs() < 1e-6 && (out[1] - 1.0).abs() < 1e-6);
     }
 }

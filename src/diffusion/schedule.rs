@@ -5,6 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::process::Process;
+
 /// A schedule as written in a pipeline file (defaults filled in).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields, from = "WrittenSchedule")]
@@ -16,6 +18,16 @@ pub enum ScheduleParams {
     Cosine { steps: usize, s: f64, max_beta: f64 },
     /// Song & Ermon 2019: a geometric sequence of noise levels.
     Geometric { sigma_max: f64, sigma_min: f64, levels: usize },
+    /// Betas whose square roots are linear (the DDPM code's `quad` schedule).
+    Quadratic { beta_start: f64, beta_end: f64, steps: usize },
+    /// Betas along a sigmoid over [-6, 6] (the DDPM code's `sigmoid` schedule).
+    Sigmoid { beta_start: f64, beta_end: f64, steps: usize },
+    /// Continuous VP SDE (Song et al. 2021): beta(t) = beta_min + t (beta_max - beta_min).
+    VpSde { beta_min: f64, beta_max: f64 },
+    /// Continuous sub-VP SDE (Song et al. 2021), same beta(t).
+    SubVpSde { beta_min: f64, beta_max: f64 },
+    /// Continuous VE SDE (Song et al. 2021): sigma(t) = sigma_min (sigma_max/sigma_min)^t.
+    VeSde { sigma_min: f64, sigma_max: f64 },
 }
 
 /// What a pipeline file may leave out. Linear betas left out follow Ho et al.'s
@@ -46,19 +58,62 @@ enum WrittenSchedule {
         #[serde(default = "levels")]
         levels: usize,
     },
+    Quadratic {
+        beta_start: Option<f64>,
+        beta_end: Option<f64>,
+        #[serde(default = "steps")]
+        steps: usize,
+    },
+    Sigmoid {
+        beta_start: Option<f64>,
+        beta_end: Option<f64>,
+        #[serde(default = "steps")]
+        steps: usize,
+    },
+    VpSde {
+        #[serde(default = "beta_min")]
+        beta_min: f64,
+        #[serde(default = "beta_max")]
+        beta_max: f64,
+    },
+    SubVpSde {
+        #[serde(default = "beta_min")]
+        beta_min: f64,
+        #[serde(default = "beta_max")]
+        beta_max: f64,
+    },
+    VeSde {
+        #[serde(default = "sigma_min")]
+        sigma_min: f64,
+        #[serde(default = "ve_sigma_max")]
+        sigma_max: f64,
+    },
+}
+
+/// Betas left out: Ho et al.'s 1e-4 and 0.02 at T = 1000, scaled by 1000/T, capped.
+fn scaled_betas(start: Option<f64>, end: Option<f64>, steps: usize) -> (f64, f64) {
+    let scale = 1000.0 / steps.max(1) as f64;
+    (start.unwrap_or_else(|| (beta_start() * scale).min(0.999)), end.unwrap_or_else(|| (beta_end() * scale).min(0.999)))
 }
 
 impl From<WrittenSchedule> for ScheduleParams {
     fn from(written: WrittenSchedule) -> Self {
         match written {
-            WrittenSchedule::Linear { beta_start: start, beta_end: end, steps } => {
-                let scale = 1000.0 / steps.max(1) as f64;
-                ScheduleParams::Linear {
-                    beta_start: start.unwrap_or_else(|| (beta_start() * scale).min(0.999)),
-                    beta_end: end.unwrap_or_else(|| (beta_end() * scale).min(0.999)),
-                    steps,
-                }
+            WrittenSchedule::Linear { beta_start, beta_end, steps } => {
+                let (beta_start, beta_end) = scaled_betas(beta_start, beta_end, steps);
+                ScheduleParams::Linear { beta_start, beta_end, steps }
             }
+            WrittenSchedule::Quadratic { beta_start, beta_end, steps } => {
+                let (beta_start, beta_end) = scaled_betas(beta_start, beta_end, steps);
+                ScheduleParams::Quadratic { beta_start, beta_end, steps }
+            }
+            WrittenSchedule::Sigmoid { beta_start, beta_end, steps } => {
+                let (beta_start, beta_end) = scaled_betas(beta_start, beta_end, steps);
+                ScheduleParams::Sigmoid { beta_start, beta_end, steps }
+            }
+            WrittenSchedule::VpSde { beta_min, beta_max } => ScheduleParams::VpSde { beta_min, beta_max },
+            WrittenSchedule::SubVpSde { beta_min, beta_max } => ScheduleParams::SubVpSde { beta_min, beta_max },
+            WrittenSchedule::VeSde { sigma_min, sigma_max } => ScheduleParams::VeSde { sigma_min, sigma_max },
             WrittenSchedule::Cosine { steps, s, max_beta } => ScheduleParams::Cosine { steps, s, max_beta },
             WrittenSchedule::Geometric { sigma_max, sigma_min, levels } => {
                 ScheduleParams::Geometric { sigma_max, sigma_min, levels }
@@ -91,24 +146,23 @@ fn sigma_min() -> f64 {
 fn levels() -> usize {
     10
 }
-
-/// One row of `schedule.csv`: (t, beta, alpha_bar, sigma, snr); beta is None for SMLD.
-pub type ScheduleRow = (usize, Option<f64>, f64, f64, f64);
-
-/// The schedule, tabulated per level t = 1..T (index t-1).
-#[derive(Debug, Clone, PartialEq)]
-pub enum Schedule {
-    /// Variance preserving: x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps.
-    Vp { betas: Vec<f64>, alpha_bars: Vec<f64> },
-    /// Variance exploding: x_t = x_0 + sigma_t eps, sigmas ascending.
-    Sigmas { sigmas: Vec<f64> },
+fn beta_min() -> f64 {
+    0.1
+}
+fn beta_max() -> f64 {
+    20.0
+}
+fn ve_sigma_max() -> f64 {
+    50.0
 }
 
 impl ScheduleParams {
     /// Checks values a user could get wrong.
     pub fn validate(&self) -> Result<(), String> {
         match *self {
-            ScheduleParams::Linear { beta_start, beta_end, steps } => {
+            ScheduleParams::Linear { beta_start, beta_end, steps }
+            | ScheduleParams::Quadratic { beta_start, beta_end, steps }
+            | ScheduleParams::Sigmoid { beta_start, beta_end, steps } => {
                 if steps < 1 {
                     return Err("`steps` must be at least 1".into());
                 }
@@ -142,91 +196,70 @@ impl ScheduleParams {
                 }
                 Ok(())
             }
+            ScheduleParams::VpSde { beta_min, beta_max } | ScheduleParams::SubVpSde { beta_min, beta_max } => {
+                if !(0.0 < beta_min && beta_min <= beta_max && beta_max.is_finite()) {
+                    return Err(format!("need 0 < beta_min <= beta_max, got beta_min={beta_min}, beta_max={beta_max}"));
+                }
+                Ok(())
+            }
+            ScheduleParams::VeSde { sigma_min, sigma_max } => {
+                if !(0.0 < sigma_min && sigma_min < sigma_max && sigma_max.is_finite()) {
+                    return Err(format!("need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}"));
+                }
+                Ok(())
+            }
         }
     }
 
-    /// Is this a DDPM (variance preserving) schedule?
-    pub fn is_vp(&self) -> bool {
-        !matches!(self, ScheduleParams::Geometric { .. })
-    }
-
-    pub fn build(&self) -> Schedule {
+    /// The noise process this schedule defines.
+    pub fn build(&self) -> Process {
+        let linspace = |a: f64, b: f64, n: usize| -> Vec<f64> {
+            (0..n).map(|i| if n == 1 { a } else { a + (b - a) * i as f64 / (n - 1) as f64 }).collect()
+        };
         match *self {
-            ScheduleParams::Linear { beta_start, beta_end, steps } => {
-                let betas: Vec<f64> = (0..steps)
-                    .map(|i| {
-                        if steps == 1 {
-                            beta_start
-                        } else {
-                            beta_start + (beta_end - beta_start) * i as f64 / (steps - 1) as f64
-                        }
-                    })
-                    .collect();
-                Schedule::from_betas(betas)
+            ScheduleParams::Linear { beta_start, beta_end, steps } => Process::from_betas(linspace(beta_start, beta_end, steps)),
+            ScheduleParams::Quadratic { beta_start, beta_end, steps } => {
+                Process::from_betas(linspace(beta_start.sqrt(), beta_end.sqrt(), steps).into_iter().map(|b| b * b).collect())
             }
+            ScheduleParams::Sigmoid { beta_start, beta_end, steps } => Process::from_betas(
+                linspace(-6.0, 6.0, steps).into_iter().map(|x| beta_start + (beta_end - beta_start) / (1.0 + (-x).exp())).collect(),
+            ),
             ScheduleParams::Cosine { steps, s, max_beta } => {
                 let f = |t: f64| (((t / steps as f64 + s) / (1.0 + s)) * std::f64::consts::FRAC_PI_2).cos().powi(2);
-                let betas = (1..=steps)
-                    .map(|t| (1.0 - f(t as f64) / f((t - 1) as f64)).min(max_beta))
-                    .collect();
-                Schedule::from_betas(betas)
+                Process::from_betas((1..=steps).map(|t| (1.0 - f(t as f64) / f((t - 1) as f64)).min(max_beta)).collect())
             }
-            ScheduleParams::Geometric { sigma_max, sigma_min, levels } => {
-                let sigmas = (0..levels)
-                    .map(|i| {
-                        if levels == 1 {
-                            sigma_min
-                        } else {
-                            let frac = i as f64 / (levels - 1) as f64;
-                            (sigma_min.ln() + frac * (sigma_max.ln() - sigma_min.ln())).exp()
-                        }
-                    })
-                    .collect();
-                Schedule::Sigmas { sigmas }
-            }
+            ScheduleParams::Geometric { sigma_max, sigma_min, levels } => Process::SigmaLevels {
+                sigmas: linspace(sigma_min.ln(), sigma_max.ln(), levels).into_iter().map(f64::exp).collect(),
+            },
+            ScheduleParams::VpSde { beta_min, beta_max } => Process::Vp { beta_min, beta_max },
+            ScheduleParams::SubVpSde { beta_min, beta_max } => Process::SubVp { beta_min, beta_max },
+            ScheduleParams::VeSde { sigma_min, sigma_max } => Process::Ve { sigma_min, sigma_max },
         }
     }
 }
 
-impl Schedule {
-    fn from_betas(betas: Vec<f64>) -> Schedule {
-        let mut prod = 1.0;
-        let alpha_bars = betas
-            .iter()
-            .map(|b| {
-                prod *= 1.0 - b;
-                prod
-            })
-            .collect();
-        Schedule::Vp { betas, alpha_bars }
-    }
+/// One row of `schedule.csv`: (level, t, beta, alpha_bar, sigma, snr). Discrete
+/// processes have a row per level; SDEs are tabulated at 1000 times.
+pub type ScheduleRow = (Option<usize>, f64, Option<f64>, f64, f64, f64);
 
-    /// Number of levels T.
-    pub fn len(&self) -> usize {
-        match self {
-            Schedule::Vp { betas, .. } => betas.len(),
-            Schedule::Sigmas { sigmas } => sigmas.len(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Rows of `schedule.csv`: (t, beta, alpha_bar, sigma, snr); beta is None for SMLD.
-    pub fn table(&self) -> Vec<ScheduleRow> {
-        match self {
-            Schedule::Vp { betas, alpha_bars } => betas
-                .iter()
-                .zip(alpha_bars)
-                .enumerate()
-                .map(|(i, (&b, &ab))| (i + 1, Some(b), ab, (1.0 - ab).sqrt(), ab / (1.0 - ab)))
-                .collect(),
-            Schedule::Sigmas { sigmas } => sigmas
-                .iter()
-                .enumerate()
-                .map(|(i, &s)| (i + 1, None, 1.0, s, 1.0 / (s * s)))
-                .collect(),
+/// The schedule as a table, from the process itself.
+pub fn table(process: &Process) -> Vec<ScheduleRow> {
+    let row = |level: Option<usize>, t: f64, beta: Option<f64>| {
+        let (a, s) = (process.mean_coef(t), process.std(t));
+        (level, t, beta, a * a, s, a * a / (s * s))
+    };
+    match process {
+        Process::DiscreteVp { betas, .. } => betas.iter().enumerate().map(|(i, &b)| row(Some(i + 1), process.level_time(i + 1), Some(b))).collect(),
+        Process::SigmaLevels { sigmas } => (1..=sigmas.len()).map(|i| row(Some(i), process.level_time(i), None)).collect(),
+        _ => {
+            let t_min = process.t_min();
+            (0..1000)
+                .map(|i| {
+                    let t = t_min + (1.0 - t_min) * i as f64 / 999.0;
+                    let beta = process.is_vp_family().then(|| -2.0 * process.drift_coef(t));
+                    row(None, t, beta)
+                })
+                .collect()
         }
     }
 }
@@ -235,10 +268,16 @@ impl Schedule {
 mod tests {
     use super::*;
 
+    /// (betas, alpha_bars) of a DDPM process.
+    fn vp(process: Process) -> (Vec<f64>, Vec<f64>) {
+        let Process::DiscreteVp { betas, log_alpha_bars } = process else { panic!("not a DDPM schedule: {process:?}") };
+        (betas, log_alpha_bars.iter().map(|l| l.exp()).collect())
+    }
+
     #[test]
     fn linear_matches_ddpm_endpoints_and_product() {
         let s = ScheduleParams::Linear { beta_start: 1e-4, beta_end: 0.02, steps: 1000 }.build();
-        let Schedule::Vp { betas, alpha_bars } = s else { panic!("linear is VP") };
+        let (betas, alpha_bars) = vp(s);
         assert_eq!(betas.len(), 1000);
         assert!((betas[0] - 1e-4).abs() < 1e-15);
         assert!((betas[999] - 0.02).abs() < 1e-15);
@@ -253,7 +292,7 @@ mod tests {
     fn cosine_matches_closed_form() {
         let (steps, s) = (50usize, 0.008);
         let sched = ScheduleParams::Cosine { steps, s, max_beta: 0.999 }.build();
-        let Schedule::Vp { alpha_bars, betas } = sched else { panic!("cosine is VP") };
+        let (betas, alpha_bars) = vp(sched);
         let f = |t: f64| (((t / steps as f64 + s) / (1.0 + s)) * std::f64::consts::FRAC_PI_2).cos().powi(2);
         for t in 1..steps {
             let closed = f(t as f64) / f(0.0);
@@ -266,7 +305,7 @@ mod tests {
     #[test]
     fn geometric_sigmas_are_geometric() {
         let sched = ScheduleParams::Geometric { sigma_max: 1.0, sigma_min: 0.01, levels: 10 }.build();
-        let Schedule::Sigmas { sigmas } = sched else { panic!("geometric is sigmas") };
+        let Process::SigmaLevels { sigmas } = sched else { panic!("geometric is sigmas") };
         assert!((sigmas[0] - 0.01).abs() < 1e-12);
         assert!((sigmas[9] - 1.0).abs() < 1e-12);
         let ratio = sigmas[1] / sigmas[0];
@@ -290,9 +329,22 @@ mod tests {
         // Written values are kept as written.
         assert!(close(betas("{type: linear, steps: 50, beta_end: 0.02}"), (2e-3, 0.02)));
         // T=50 with scaled betas ends near pure noise, as T=1000 does.
-        let Schedule::Vp { alpha_bars, .. } = read("{type: linear, steps: 50}").build() else { panic!("linear is VP") };
+        let (_, alpha_bars) = vp(read("{type: linear, steps: 50}").build());
         assert!(alpha_bars[49] < 1e-4, "{}", alpha_bars[49]);
         assert!(serde_norway::from_str::<ScheduleParams>("{type: linear, beta: 1}").unwrap_err().to_string().contains("unknown field `beta`"));
+    }
+
+    #[test]
+    fn quadratic_and_sigmoid_follow_the_ddpm_code() {
+        let (betas, _) = vp(ScheduleParams::Quadratic { beta_start: 1e-4, beta_end: 0.02, steps: 11 }.build());
+        let mid = (1e-4f64.sqrt() + 0.02f64.sqrt()) / 2.0;
+        assert!((betas[5] - mid * mid).abs() < 1e-15 && (betas[10] - 0.02).abs() < 1e-15);
+        let (betas, _) = vp(ScheduleParams::Sigmoid { beta_start: 1e-4, beta_end: 0.02, steps: 11 }.build());
+        assert!((betas[5] - (1e-4 + 0.0199 * 0.5)).abs() < 1e-15, "sigmoid(0) = 1/2");
+        assert!(betas.windows(2).all(|w| w[1] > w[0]));
+        let rows = table(&ScheduleParams::VpSde { beta_min: 0.1, beta_max: 20.0 }.build());
+        assert_eq!(rows.len(), 1000);
+        assert!((rows[999].1 - 1.0).abs() < 1e-12 && (rows[999].2.unwrap() - 20.0).abs() < 1e-9);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use candle_core::{Device, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::process::NoiseProcess;
+use super::process::Process;
 use crate::data::toy::Mixture;
 use crate::nn::mlp::Mlp;
 
@@ -18,31 +18,30 @@ pub enum Prediction {
     ScaledScore,
 }
 
-/// A score model at the discrete levels of a process.
+/// A score model: grad_x log p_t(x) for a batch x of [batch, dim] at time t.
 pub trait ScoreFn: Send + Sync {
-    /// Noise prediction eps(x, t); x is [batch, dim].
-    fn eps(&self, x: &Tensor, t: usize) -> Result<Tensor>;
-    /// grad_x log p_t(x) = -eps / std_t.
-    fn score(&self, x: &Tensor, t: usize) -> Result<Tensor>;
+    fn score(&self, x: &Tensor, t: f64) -> Result<Tensor>;
+    /// The noise prediction eps = -std(t) score.
+    fn eps(&self, x: &Tensor, t: f64) -> Result<Tensor>;
 }
 
-/// A trained network, read through its parameterisation.
+/// A trained network, conditioned on time, read through its parameterisation.
 pub struct NetworkScore<'a> {
     pub net: Mlp,
     pub prediction: Prediction,
-    pub process: &'a dyn NoiseProcess,
+    pub process: &'a Process,
 }
 
 impl NetworkScore<'_> {
-    fn output(&self, x: &Tensor, t: usize) -> Result<Tensor> {
+    fn output(&self, x: &Tensor, t: f64) -> Result<Tensor> {
         let batch = x.dim(0)?;
-        let cond = Tensor::full(self.process.conditioning(t), batch, x.device())?;
+        let cond = Tensor::full(t as f32, batch, x.device())?;
         self.net.forward(x, &cond)
     }
 }
 
 impl ScoreFn for NetworkScore<'_> {
-    fn eps(&self, x: &Tensor, t: usize) -> Result<Tensor> {
+    fn eps(&self, x: &Tensor, t: f64) -> Result<Tensor> {
         let out = self.output(x, t)?;
         match self.prediction {
             Prediction::Epsilon => Ok(out),
@@ -50,7 +49,7 @@ impl ScoreFn for NetworkScore<'_> {
         }
     }
 
-    fn score(&self, x: &Tensor, t: usize) -> Result<Tensor> {
+    fn score(&self, x: &Tensor, t: f64) -> Result<Tensor> {
         let out = self.output(x, t)?;
         let std = self.process.std(t);
         match self.prediction {
@@ -61,66 +60,102 @@ impl ScoreFn for NetworkScore<'_> {
 }
 
 /// The exact score of a Gaussian mixture under a process: the noised marginal of
-/// N(mu_k, s^2 I) at level t is N(a mu_k, (a^2 s^2 + std^2) I) with a = signal(t).
+/// N(mu_k, s^2 I) at time t is N(a mu_k, (a^2 s^2 + std^2) I) with a = mean_coef(t).
 pub struct MixtureScore<'a> {
     pub mixture: Mixture,
-    pub process: &'a dyn NoiseProcess,
+    pub process: &'a Process,
 }
 
 impl MixtureScore<'_> {
-    fn score_rows(&self, x: &[f32], dim: usize, t: usize) -> Vec<f32> {
-        let a = self.process.signal(t);
+    /// (score rows, divergence per row): div s = -d/v + sum_k r_k |u_k|^2 - |s|^2 with
+    /// u_k = (a mu_k - x)/v, since grad r_k = r_k (u_k - s).
+    pub fn score_and_divergence(&self, x: &[f32], dim: usize, t: f64) -> (Vec<f32>, Vec<f64>) {
+        let a = self.process.mean_coef(t);
         let std = self.process.std(t);
         let var = a * a * self.mixture.std * self.mixture.std + std * std;
+        let k_count = self.mixture.weights.len();
         let mut out = Vec::with_capacity(x.len());
-        let mut logits = vec![0.0; self.mixture.weights.len()];
+        let mut divergence = Vec::with_capacity(x.len() / dim.max(1));
+        let mut logits = vec![0.0; k_count];
+        let mut u = vec![0.0; k_count * dim];
         for row in x.chunks(dim) {
             for (k, (mean, w)) in self.mixture.means.iter().zip(&self.mixture.weights).enumerate() {
-                let d2: f64 = mean.iter().zip(row).map(|(m, &v)| (v as f64 - a * m).powi(2)).sum();
+                let mut d2 = 0.0;
+                for j in 0..dim {
+                    let diff = a * mean[j] - row[j] as f64;
+                    u[k * dim + j] = diff / var;
+                    d2 += diff * diff;
+                }
                 logits[k] = w.ln() - d2 / (2.0 * var);
             }
             let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let total: f64 = logits.iter().map(|l| (l - max).exp()).sum();
+            let r: Vec<f64> = logits.iter().map(|l| (l - max).exp() / total).collect();
+            let (mut s_norm, mut u_norm) = (0.0, 0.0);
             for j in 0..dim {
-                let mut s = 0.0;
-                for (k, mean) in self.mixture.means.iter().enumerate() {
-                    let r = (logits[k] - max).exp() / total;
-                    s += r * (a * mean[j] - row[j] as f64) / var;
-                }
+                let s: f64 = (0..k_count).map(|k| r[k] * u[k * dim + j]).sum();
+                s_norm += s * s;
                 out.push(s as f32);
             }
+            for k in 0..k_count {
+                u_norm += r[k] * (0..dim).map(|j| u[k * dim + j].powi(2)).sum::<f64>();
+            }
+            divergence.push(-(dim as f64) / var + u_norm - s_norm);
         }
-        out
+        (out, divergence)
     }
 }
 
 impl ScoreFn for MixtureScore<'_> {
-    fn eps(&self, x: &Tensor, t: usize) -> Result<Tensor> {
+    fn eps(&self, x: &Tensor, t: f64) -> Result<Tensor> {
         self.score(x, t)?.affine(-self.process.std(t), 0.0)
     }
 
-    fn score(&self, x: &Tensor, t: usize) -> Result<Tensor> {
+    fn score(&self, x: &Tensor, t: f64) -> Result<Tensor> {
         let (n, dim) = x.dims2()?;
         let rows = x.flatten_all()?.to_vec1::<f32>()?;
-        Tensor::from_vec(self.score_rows(&rows, dim, t), (n, dim), &Device::Cpu)?.to_device(x.device())
+        let (score, _) = self.score_and_divergence(&rows, dim, t);
+        Tensor::from_vec(score, (n, dim), &Device::Cpu)?.to_device(x.device())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diffusion::process::SigmaLevels;
 
     #[test]
     fn mixture_score_of_a_single_gaussian_is_linear() {
-        let process = SigmaLevels { sigmas: vec![0.5] };
+        let process = Process::SigmaLevels { sigmas: vec![0.5] };
         let s = MixtureScore {
             mixture: Mixture { means: vec![vec![1.0, -1.0]], weights: vec![1.0], std: 0.5 },
             process: &process,
         };
         let x = Tensor::new(&[[2.0f32, 0.0]], &Device::Cpu).unwrap();
-        let got = s.score(&x, 1).unwrap().to_vec2::<f32>().unwrap();
-        // var = 0.25 + 0.25 = 0.5; score = (mu - x) / var.
+        let got = s.score(&x, 0.0).unwrap().to_vec2::<f32>().unwrap();
+        // var = 0.25 + 0.25 = 0.5; score = (mu - x) / var; divergence = -d / var.
         assert!((got[0][0] + 2.0).abs() < 1e-6 && (got[0][1] + 2.0).abs() < 1e-6, "{got:?}");
+        let (_, div) = s.score_and_divergence(&[2.0, 0.0], 2, 0.0);
+        assert!((div[0] + 4.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn mixture_divergence_matches_finite_differences() {
+        let process = Process::Vp { beta_min: 0.1, beta_max: 20.0 };
+        let s = MixtureScore {
+            mixture: Mixture { means: vec![vec![1.0, 1.0], vec![-1.0, -0.5]], weights: vec![0.3, 0.7], std: 0.3 },
+            process: &process,
+        };
+        let (x, t, h) = ([0.1f32, 0.2], 0.2, 1e-3f32);
+        let (_, div) = s.score_and_divergence(&x, 2, t);
+        let mut fd = 0.0;
+        for j in 0..2 {
+            let (mut up, mut down) = (x, x);
+            up[j] += h;
+            down[j] -= h;
+            let (su, _) = s.score_and_divergence(&up, 2, t);
+            let (sd, _) = s.score_and_divergence(&down, 2, t);
+            fd += (su[j] - sd[j]) as f64 / (2.0 * h as f64);
+        }
+        assert!((div[0] - fd).abs() < 1e-2 * fd.abs().max(1.0), "{} vs {fd}", div[0]);
     }
 }

@@ -1,4 +1,4 @@
-//! A multilayer perceptron on [x, embedding(level)]: the standard score network for
+//! A multilayer perceptron on [x, embedding(t)]: the standard score network for
 //! low-dimensional data.
 
 use std::collections::HashMap;
@@ -8,8 +8,8 @@ use candle_nn::{Linear, Module};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::embedding::sinusoidal;
-use crate::rng::uniforms;
+use super::embedding::{fourier, sinusoidal};
+use crate::rng::{normals, stream, uniforms};
 
 /// Architecture of the MLP; the data dimension comes from the dataset at train time.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -18,9 +18,29 @@ pub struct MlpConfig {
     /// Widths of the hidden layers (SiLU after each).
     #[serde(default = "hidden")]
     pub hidden: Vec<usize>,
-    /// Size of the sinusoidal embedding of the noise level.
+    /// Size of the time embedding.
     #[serde(default = "embedding_dim")]
     pub embedding_dim: usize,
+    /// `sinusoidal` features of 1000 t (DDPM's) or Gaussian `fourier` features of t
+    /// (score_sde's, for continuous-time models).
+    #[serde(default)]
+    pub embedding: Embedding,
+    /// Standard deviation of the Fourier frequencies (score_sde: 16).
+    #[serde(default = "fourier_scale")]
+    pub fourier_scale: f64,
+}
+
+/// How the network sees time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Embedding {
+    #[default]
+    Sinusoidal,
+    Fourier,
+}
+
+fn fourier_scale() -> f64 {
+    16.0
 }
 
 fn hidden() -> Vec<usize> {
@@ -32,7 +52,7 @@ fn embedding_dim() -> usize {
 
 impl Default for MlpConfig {
     fn default() -> Self {
-        MlpConfig { hidden: hidden(), embedding_dim: embedding_dim() }
+        MlpConfig { hidden: hidden(), embedding_dim: embedding_dim(), embedding: Embedding::Sinusoidal, fourier_scale: fourier_scale() }
     }
 }
 
@@ -40,6 +60,9 @@ impl MlpConfig {
     pub fn validate(&self) -> std::result::Result<(), String> {
         if self.hidden.is_empty() || self.hidden.contains(&0) {
             return Err("`hidden` needs at least one layer and no zero widths".into());
+        }
+        if !(self.fourier_scale > 0.0) {
+            return Err(format!("`fourier_scale` must be positive, got {}", self.fourier_scale));
         }
         if self.embedding_dim < 2 || !self.embedding_dim.is_multiple_of(2) {
             return Err(format!("`embedding_dim` must be even and at least 2, got {}", self.embedding_dim));
@@ -74,6 +97,9 @@ impl MlpConfig {
 pub struct Mlp {
     layers: Vec<Linear>,
     embedding_dim: usize,
+    /// Fixed Fourier frequencies (drawn from a fixed stream: part of the architecture,
+    /// not trained), when the embedding is `fourier`.
+    frequencies: Option<Tensor>,
 }
 
 impl Mlp {
@@ -96,12 +122,24 @@ impl Mlp {
             }
             layers.push(Linear::new(w, Some(get(format!("layers.{i}.bias"))?)));
         }
-        Ok(Mlp { layers, embedding_dim: config.embedding_dim })
+        let frequencies = match config.embedding {
+            Embedding::Sinusoidal => None,
+            Embedding::Fourier => {
+                let half = config.embedding_dim / 2;
+                let w: Vec<f32> = normals(&mut stream(0, "mlp/fourier"), half).iter().map(|z| z * config.fourier_scale as f32).collect();
+                let device = weights.values().next().map(|t| t.device().clone()).unwrap_or(Device::Cpu);
+                Some(Tensor::from_vec(w, half, &device)?)
+            }
+        };
+        Ok(Mlp { layers, embedding_dim: config.embedding_dim, frequencies })
     }
 
-    /// `x`: [batch, dim]; `cond`: [batch] noise-level conditioning. Returns [batch, dim].
-    pub fn forward(&self, x: &Tensor, cond: &Tensor) -> Result<Tensor> {
-        let emb = sinusoidal(cond, self.embedding_dim)?;
+    /// `x`: [batch, dim]; `t`: [batch] times in [0, 1]. Returns [batch, dim].
+    pub fn forward(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        let emb = match &self.frequencies {
+            Some(w) => fourier(t, w)?,
+            None => sinusoidal(&t.affine(1000.0, 0.0)?, self.embedding_dim)?,
+        };
         let mut h = Tensor::cat(&[x, &emb], D::Minus1)?;
         let last = self.layers.len() - 1;
         for (i, layer) in self.layers.iter().enumerate() {
@@ -117,26 +155,27 @@ impl Mlp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rng::stream;
     use candle_core::Var;
 
     #[test]
     fn every_parameter_gets_a_gradient() {
-        let cfg = MlpConfig { hidden: vec![16, 16], embedding_dim: 8 };
+      for embedding in [Embedding::Sinusoidal, Embedding::Fourier] {
+        let cfg = MlpConfig { hidden: vec![16, 16], embedding_dim: 8, embedding, fourier_scale: 16.0 };
         let dev = Device::Cpu;
         let init = cfg.init_weights(2, &mut stream(0, "init"), &dev).unwrap();
         let vars: Vec<(String, Var)> = init.into_iter().map(|(n, t)| (n, Var::from_tensor(&t).unwrap())).collect();
         let map = vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
         let mlp = Mlp::new(&cfg, 2, &map).unwrap();
         let x = Tensor::new(&[[0.5f32, -0.3], [1.0, 2.0]], &dev).unwrap();
-        let c = Tensor::new(&[3f32, 7.0], &dev).unwrap();
+        let c = Tensor::new(&[0.3f32, 0.7], &dev).unwrap();
         let loss = mlp.forward(&x, &c).unwrap().sqr().unwrap().sum_all().unwrap();
         let grads = loss.backward().unwrap();
         for (name, var) in &vars {
             let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name} has no gradient"));
             let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
-            assert!(norm > 0.0, "{name} has a zero gradient");
+            assert!(norm > 0.0, "{name} has a zero gradient ({embedding:?})");
         }
+      }
     }
 
     #[test]

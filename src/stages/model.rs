@@ -13,14 +13,18 @@ pub const VERSION: u32 = 1;
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(tag = "arch", rename_all = "snake_case")]
 pub enum ModelParams {
-    /// MLP on [x, sinusoidal(level)] with SiLU activations.
+    /// MLP on [x, embedding(t)] with SiLU activations.
     Mlp(MlpConfig),
+    /// No network: the dataset's exact score under the schedule's process (Gaussian
+    /// mixtures only). Training it is free; samplers can be validated against it.
+    Exact {},
 }
 
 impl ModelParams {
     pub fn validate(&self) -> Result<(), String> {
         match self {
             ModelParams::Mlp(cfg) => cfg.validate(),
+            ModelParams::Exact {} => Ok(()),
         }
     }
 }

@@ -9,16 +9,15 @@ use serde::{Deserialize, Serialize};
 use super::StageContext;
 use super::artifacts::{load_tensors, read_json, save_tensors, write_json};
 use super::train::TrainedModel;
-use crate::diffusion::process::from_schedule;
 use crate::diffusion::sample::{SampleRequest, SamplerParams, run as run_sampler};
-use crate::diffusion::score::NetworkScore;
-use crate::error::StageResult;
+use crate::diffusion::score::{MixtureScore, NetworkScore, ScoreFn};
+use crate::error::{StageError, StageResult};
 use crate::nn::mlp::Mlp;
 use crate::pipeline::spec::StageSpec;
 use crate::rng::stream;
 use crate::stages::model::ModelParams;
 
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// Parameters of a sample stage: the sampler (`sampler` and its settings) plus how
 /// many samples and which weights.
@@ -76,7 +75,7 @@ impl SampleParams {
         if let Some(StageSpec::Train { needs, .. }) = train
             && let Some(StageSpec::Schedule { params }) = lookup(&needs.schedule)
         {
-            self.sampler.check_schedule(params.is_vp())?;
+            self.sampler.check(&params.build())?;
         }
         Ok(())
     }
@@ -89,13 +88,23 @@ pub fn run(params: &SampleParams, ctx: &StageContext) -> StageResult<()> {
         WeightsKind::Ema => "ema.safetensors",
         WeightsKind::Raw => "weights.safetensors",
     };
-    let weights = load_tensors(&train.dir.join(file), ctx.device)?;
-    let ModelParams::Mlp(config) = &trained.model;
-    let process = from_schedule(trained.schedule.build());
-    let score = NetworkScore {
-        net: Mlp::new(config, trained.dim, &weights)?,
-        prediction: trained.objective.prediction(),
-        process: process.as_ref(),
+    let process = trained.schedule.build();
+    let score: Box<dyn ScoreFn> = match &trained.model {
+        ModelParams::Mlp(config) => {
+            let weights = load_tensors(&train.dir.join(file), ctx.device)?;
+            Box::new(NetworkScore {
+                net: Mlp::new(config, trained.dim, &weights)?,
+                prediction: trained.objective.prediction(),
+                process: &process,
+            })
+        }
+        ModelParams::Exact {} => {
+            let mixture = trained.mixture.clone().ok_or_else(|| StageError::BadInput {
+                path: train.dir.join("model.json"),
+                message: "an exact model without its mixture".into(),
+            })?;
+            Box::new(MixtureScore { mixture, process: &process })
+        }
     };
     let request = SampleRequest {
         n: params.n,
@@ -106,7 +115,7 @@ pub fn run(params: &SampleParams, ctx: &StageContext) -> StageResult<()> {
     };
     let started = Instant::now();
     let mut rng = stream(params.seed, "sample");
-    let out = run_sampler(&params.sampler, &score, process.as_ref(), &request, &mut rng, &mut |done, total| {
+    let out = run_sampler(&params.sampler, score.as_ref(), &process, &request, &mut rng, &mut |done, total| {
         ctx.progress.update(done, total, "sampling")
     })?;
     let seconds = started.elapsed().as_secs_f64();

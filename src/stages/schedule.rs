@@ -8,31 +8,32 @@ use crate::error::{StageError, StageResult};
 use crate::report::plots;
 
 pub use crate::diffusion::schedule::ScheduleParams;
-use crate::diffusion::schedule::ScheduleRow;
+use crate::diffusion::schedule::{ScheduleRow, table};
 
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 pub fn run(params: &ScheduleParams, ctx: &StageContext) -> StageResult<()> {
-    let rows = params.build().table();
+    let rows = table(&params.build());
     let column = |name: &str, f: &dyn Fn(&ScheduleRow) -> f64| {
         Column::new(name.into(), rows.iter().map(f).collect::<Vec<f64>>())
     };
     let mut df = DataFrame::new_infer_height(vec![
-        Column::new("t".into(), rows.iter().map(|r| r.0 as u64).collect::<Vec<u64>>()),
-        Column::new("beta".into(), rows.iter().map(|r| r.1).collect::<Vec<Option<f64>>>()),
-        column("alpha_bar", &|r| r.2),
-        column("sigma", &|r| r.3),
-        column("snr", &|r| r.4),
+        Column::new("level".into(), rows.iter().map(|r| r.0.map(|l| l as u64)).collect::<Vec<Option<u64>>>()),
+        column("t", &|r| r.1),
+        Column::new("beta".into(), rows.iter().map(|r| r.2).collect::<Vec<Option<f64>>>()),
+        column("alpha_bar", &|r| r.3),
+        column("sigma", &|r| r.4),
+        column("snr", &|r| r.5),
     ])
     .map_err(|e| StageError::Failed(e.to_string()))?;
     write_csv(&ctx.path("schedule.csv"), &mut df)?;
-    let sigma: Vec<(f64, f64)> = rows.iter().map(|r| (r.0 as f64, r.3)).collect();
-    let snr: Vec<(f64, f64)> = rows.iter().map(|r| (r.0 as f64, r.4.log10())).collect();
+    let sigma: Vec<(f64, f64)> = rows.iter().map(|r| (r.1, r.4)).collect();
+    let snr: Vec<(f64, f64)> = rows.iter().map(|r| (r.1, r.5.log10())).collect();
     plots::lines(
         &ctx.path("schedule.png"),
         &format!("schedule `{}`", ctx.id),
-        "level t",
+        "time t",
         "value",
-        &[("sigma_t", sigma), ("log10 snr", snr)],
+        &[("sigma(t)", sigma), ("log10 snr(t)", snr)],
     )
 }

@@ -12,8 +12,9 @@ use serde::{Deserialize, Serialize};
 use super::artifacts::{load_f32, read_json, save_tensors, write_csv, write_json};
 use super::model::ModelParams;
 use super::{StageContext, dataset::DatasetMeta};
+use crate::data::toy::Mixture;
 use crate::diffusion::loss::Objective;
-use crate::diffusion::process::{from_schedule, noise_batch};
+use crate::diffusion::process::noise_batch;
 use crate::diffusion::schedule::ScheduleParams;
 use crate::error::{StageError, StageResult};
 use crate::nn::mlp::Mlp;
@@ -21,14 +22,19 @@ use crate::pipeline::spec::StageSpec;
 use crate::report::plots;
 use crate::rng::{normals, stream};
 
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// Optimisation settings of a train stage.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainParams {
-    /// `eps` (DDPM, needs a linear/cosine schedule) or `dsm` (SMLD, needs geometric sigmas).
+    /// `eps` (DDPM's L_simple) or `dsm` (denoising score matching); both work with
+    /// every schedule.
     pub objective: Objective,
+    /// Weighting of `dsm` across noise levels: `sigma2` (lambda = sigma^2, NCSN and
+    /// score_sde) or `likelihood` (lambda = g^2, Song et al. 2021b).
+    #[serde(default)]
+    pub weighting: Weighting,
     #[serde(default = "steps")]
     pub steps: usize,
     #[serde(default = "batch")]
@@ -62,6 +68,14 @@ fn ema_decay() -> f64 {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+pub enum Weighting {
+    #[default]
+    Sigma2,
+    Likelihood,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum OptimizerKind {
     #[default]
     Adam,
@@ -82,20 +96,13 @@ impl TrainParams {
         if self.optimizer == OptimizerKind::Adam && self.weight_decay != 0.0 {
             return Err("`adam` has no weight decay; use `optimizer: adamw` to set `weight_decay`".into());
         }
-        if let Some(StageSpec::Schedule { params }) = schedule {
-            match (self.objective, params.is_vp()) {
-                (Objective::Eps, false) => {
-                    return Err("objective `eps` needs a DDPM schedule (linear or cosine); \
-                                with geometric sigmas use `objective: dsm`"
-                        .into());
-                }
-                (Objective::Dsm, true) => {
-                    return Err("objective `dsm` needs geometric sigma levels; \
-                                with a DDPM schedule use `objective: eps`"
-                        .into());
-                }
-                _ => {}
-            }
+        if self.objective == Objective::Eps && self.weighting != Weighting::Sigma2 {
+            return Err("`weighting` applies to `objective: dsm`; `eps` is DDPM's unweighted L_simple".into());
+        }
+        if let Some(StageSpec::Schedule { params }) = schedule
+            && params.build().levels() == Some(1)
+        {
+            return Err("training needs a schedule with more than one noise level".into());
         }
         Ok(())
     }
@@ -108,6 +115,9 @@ pub struct TrainedModel {
     pub schedule: ScheduleParams,
     pub objective: Objective,
     pub dim: usize,
+    /// The dataset's mixture, for `arch: exact`.
+    #[serde(default)]
+    pub mixture: Option<Mixture>,
 }
 
 pub fn run(params: &TrainParams, ctx: &StageContext) -> StageResult<()> {
@@ -116,9 +126,19 @@ pub fn run(params: &TrainParams, ctx: &StageContext) -> StageResult<()> {
     let (train, _) = load_f32(&data.dir.join("data.safetensors"), "train")?;
     let schedule: ScheduleParams = ctx.input("schedule")?.params()?;
     let model: ModelParams = read_json(&ctx.input("model")?.dir.join("config.json"))?;
-    let ModelParams::Mlp(config) = &model;
-    let process = from_schedule(schedule.build());
     let dim = meta.dim;
+    let config = match &model {
+        ModelParams::Mlp(config) => config,
+        ModelParams::Exact {} => {
+            // Nothing to fit: record what the exact score needs.
+            let mixture = meta.mixture.clone().ok_or_else(|| {
+                StageError::Failed("`arch: exact` needs a dataset with a known density (gmm or two_gaussians)".into())
+            })?;
+            let trained = TrainedModel { model: model.clone(), schedule, objective: params.objective, dim, mixture: Some(mixture) };
+            return write_json(&ctx.path("model.json"), &trained);
+        }
+    };
+    let process = schedule.build();
     let n = train.len() / dim;
 
     let init = config.init_weights(dim, &mut stream(params.seed, "train/init"), ctx.device)?;
@@ -137,7 +157,7 @@ pub fn run(params: &TrainParams, ctx: &StageContext) -> StageResult<()> {
     )?;
 
     let mut rng = stream(params.seed, "train/batches");
-    let (levels, batch) = (process.levels(), params.batch);
+    let batch = params.batch;
     let mut losses = Vec::with_capacity(params.steps);
     let mut x0 = vec![0f32; batch * dim];
     for step in 1..=params.steps {
@@ -145,15 +165,27 @@ pub fn run(params: &TrainParams, ctx: &StageContext) -> StageResult<()> {
             let i = rng.random_range(0..n);
             x0[row * dim..(row + 1) * dim].copy_from_slice(&train[i * dim..(i + 1) * dim]);
         }
-        let t: Vec<usize> = (0..batch).map(|_| rng.random_range(1..=levels)).collect();
+        // Discrete processes train at their levels; SDEs at t ~ U(t_min, 1).
+        let t: Vec<f64> = (0..batch)
+            .map(|_| match process.levels() {
+                Some(levels) => process.level_time(rng.random_range(1..=levels)),
+                None => process.t_min() + (1.0 - process.t_min()) * rng.random::<f64>(),
+            })
+            .collect();
         let eps = normals(&mut rng, batch * dim);
-        let xt = noise_batch(process.as_ref(), &x0, &t, &eps, dim);
-        let cond: Vec<f32> = t.iter().map(|&t| process.conditioning(t)).collect();
+        let xt = noise_batch(&process, &x0, &t, &eps, dim);
         let xt = Tensor::from_vec(xt, (batch, dim), ctx.device)?;
-        let cond = Tensor::from_vec(cond, batch, ctx.device)?;
+        let cond = Tensor::from_vec(t.iter().map(|&t| t as f32).collect::<Vec<f32>>(), batch, ctx.device)?;
         let eps = Tensor::from_vec(eps, (batch, dim), ctx.device)?;
+        let weights = match params.weighting {
+            Weighting::Sigma2 => None,
+            Weighting::Likelihood => {
+                let w: Vec<f32> = t.iter().map(|&t| (process.diffusion(t) / process.std(t)).powi(2) as f32).collect();
+                Some(Tensor::from_vec(w, batch, ctx.device)?)
+            }
+        };
         let out = net.forward(&xt, &cond)?;
-        let loss = params.objective.loss(&out, &params.objective.target(&eps)?)?;
+        let loss = params.objective.loss(&out, &params.objective.target(&eps)?, weights.as_ref())?;
         let value = loss.to_scalar::<f32>()?;
         if !value.is_finite() {
             return Err(StageError::Failed(format!(
@@ -173,7 +205,7 @@ pub fn run(params: &TrainParams, ctx: &StageContext) -> StageResult<()> {
     save_tensors(&ctx.path("weights.safetensors"), &raw)?;
     let averaged: Vec<(&str, Tensor)> = vars.iter().zip(&ema).map(|((n, _), t)| (n.as_str(), t.clone())).collect();
     save_tensors(&ctx.path("ema.safetensors"), &averaged)?;
-    write_json(&ctx.path("model.json"), &TrainedModel { model: model.clone(), schedule, objective: params.objective, dim })?;
+    write_json(&ctx.path("model.json"), &TrainedModel { model: model.clone(), schedule, objective: params.objective, dim, mixture: None })?;
 
     let mut df = DataFrame::new_infer_height(vec![
         Column::new("step".into(), (1..=losses.len() as u64).collect::<Vec<u64>>()),
