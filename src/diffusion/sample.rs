@@ -361,7 +361,11 @@ pub fn run(
     let mut snaps = Snapshots { count: request.snapshots, keep: request.snapshot_particles, taken: Vec::new() };
     let noise = |rng: &mut ChaCha8Rng| Tensor::from_vec(normals(rng, n * dim), (n, dim), request.device);
     let prior = |rng: &mut ChaCha8Rng| noise(rng)?.affine(process.prior_std(), 0.0);
-    let uniform = |rng: &mut ChaCha8Rng| Tensor::from_vec(uniforms(rng, n * dim, -1.0, 1.0), (n, dim), request.device);
+    // Langevin samplers start uniform on [-1, 1]^d (the paper) or from the prior.
+    let start = |init: LangevinInit, rng: &mut ChaCha8Rng| match init {
+        LangevinInit::Uniform => Tensor::from_vec(uniforms(rng, n * dim, -1.0, 1.0), (n, dim), request.device),
+        LangevinInit::Gaussian => prior(rng),
+    };
     let tweedie = |x: &Tensor, state: State| -> Result<Tensor> {
         (x + score.score(x, state.t)?.affine(state.s * state.s, 0.0)?)?.affine(1.0 / state.a, 0.0)
     };
@@ -405,10 +409,7 @@ pub fn run(
             x
         }
         SamplerParams::Langevin { step_size, n_steps, init } => {
-            let mut x = match init {
-                LangevinInit::Uniform => uniform(rng)?,
-                LangevinInit::Gaussian => prior(rng)?,
-            };
+            let mut x = start(*init, rng)?;
             snaps.observe(0, 0.0, &x)?;
             let t = process.t_min();
             for k in 0..*n_steps {
@@ -424,10 +425,7 @@ pub fn run(
             let states: Vec<State> = grid(process, Some(*levels)).into_iter().filter(|s| *s != State::CLEAN).collect();
             let sigma_min = states.last().map(|s| s.s).unwrap_or(1.0);
             let total = states.len() * n_steps_each + *denoise as usize;
-            let mut x = match init {
-                LangevinInit::Uniform => uniform(rng)?,
-                LangevinInit::Gaussian => prior(rng)?,
-            };
+            let mut x = start(*init, rng)?;
             snaps.observe(0, 0.0, &x)?;
             for state in &states {
                 let alpha = step_lr * (state.s / sigma_min).powi(2);
