@@ -372,41 +372,25 @@ pub fn run(
     let mut nfe = 0;
     let x = match params {
         SamplerParams::Ancestral { variance, steps } => {
-            let states = grid(process, *steps);
-            let total = states.len() - 1;
-            let mut x = prior(rng)?;
-            snaps.observe(0, 0.0, &x)?;
-            for (k, pair) in states.windows(2).enumerate() {
-                let (cur, prev) = (pair[0], pair[1]);
-                x = ancestral_step(score, &x, cur, prev, *variance, &noise, rng)?;
+            let x = prior(rng)?;
+            walk(&grid(process, *steps), x, &mut snaps, progress, &mut |x, cur, prev, _| {
                 nfe += 1;
-                snaps.observe(k + 1, (k + 1) as f64 / total as f64, &x)?;
-                progress(k + 1, total);
-            }
-            x
+                ancestral_step(score, &x, cur, prev, *variance, &noise, rng)
+            })?
         }
         SamplerParams::Ddim { eta, steps } => {
-            let states = grid(process, Some(*steps));
-            let total = states.len() - 1;
-            let mut x = prior(rng)?;
-            snaps.observe(0, 0.0, &x)?;
-            for (k, pair) in states.windows(2).enumerate() {
-                let (cur, prev) = (pair[0], pair[1]);
+            let x = prior(rng)?;
+            walk(&grid(process, Some(*steps)), x, &mut snaps, progress, &mut |x, cur, prev, _| {
                 let (_, q) = transition(cur, prev);
                 let eps = score.eps(&x, cur.t)?;
                 let x0 = (&x - eps.affine(cur.s, 0.0)?)?.affine(1.0 / cur.a, 0.0)?;
                 // Song et al. (2021a) eq. 12 with sigma = eta * posterior std.
                 let c = eta * (prev.s * prev.s * q).sqrt() / cur.s;
                 let direction = (prev.s * prev.s - c * c).max(0.0).sqrt();
-                x = (x0.affine(prev.a, 0.0)? + eps.affine(direction, 0.0)?)?;
-                if c > 0.0 {
-                    x = (x + noise(rng)?.affine(c, 0.0)?)?;
-                }
                 nfe += 1;
-                snaps.observe(k + 1, (k + 1) as f64 / total as f64, &x)?;
-                progress(k + 1, total);
-            }
-            x
+                let x = (x0.affine(prev.a, 0.0)? + eps.affine(direction, 0.0)?)?;
+                if c > 0.0 { x + noise(rng)?.affine(c, 0.0)? } else { Ok(x) }
+            })?
         }
         SamplerParams::Langevin { step_size, n_steps, init } => {
             let mut x = start(*init, rng)?;
@@ -449,54 +433,49 @@ pub fn run(
         SamplerParams::Pc { predictor, corrector, snr, corrector_steps, steps, denoise } => {
             let states = grid(process, *steps);
             let moves = states.len() - 1;
-            let mut x = prior(rng)?;
-            snaps.observe(0, 0.0, &x)?;
-            for (k, pair) in states.windows(2).enumerate() {
-                let (cur, prev) = (pair[0], pair[1]);
+            let x = prior(rng)?;
+            walk(&states, x, &mut snaps, progress, &mut |mut x, cur, prev, k| {
                 if prev == State::CLEAN {
                     // The last move: Tweedie's denoising, or the predictor's mean.
                     if *denoise {
-                        x = tweedie(&x, cur)?;
                         nfe += 1;
+                        return tweedie(&x, cur);
                     }
-                } else {
-                    let (r, q) = transition(cur, prev);
-                    if *corrector == Corrector::Langevin {
-                        // score_sde uses alpha = 1 - beta_i on VP chains, 1 on VE.
-                        let alpha = if process.is_vp_family() { r * r } else { 1.0 };
-                        for _ in 0..*corrector_steps {
-                            let grad = score.score(&x, cur.t)?;
-                            let z = noise(rng)?;
-                            let step = langevin_step_size(*snr, alpha, &grad, &z)?;
-                            x = ((&x + grad.affine(step, 0.0)?)? + z.affine((2.0 * step).sqrt(), 0.0)?)?;
-                            nfe += 1;
-                        }
-                    }
-                    // Without the denoising move, the move before it keeps its mean.
-                    let last_move = !*denoise && k + 2 == moves;
-                    x = match predictor {
-                        Predictor::None => x,
-                        Predictor::Ancestral => ancestral_step(score, &x, cur, prev, Variance::Beta, &noise, rng)?,
-                        Predictor::ReverseDiffusion => {
-                            let mean = (x.affine(2.0 - r, 0.0)? + score.score(&x, cur.t)?.affine(q, 0.0)?)?;
-                            if last_move { mean } else { (mean + noise(rng)?.affine(q.sqrt(), 0.0)?)? }
-                        }
-                        Predictor::EulerMaruyama => {
-                            let dt = prev.t - cur.t;
-                            let (f, g) = (process.drift_coef(cur.t), process.diffusion(cur.t));
-                            let drift = (x.affine(f, 0.0)? - score.score(&x, cur.t)?.affine(g * g, 0.0)?)?;
-                            let mean = (&x + drift.affine(dt, 0.0)?)?;
-                            if last_move { mean } else { (mean + noise(rng)?.affine(g * (-dt).sqrt(), 0.0)?)? }
-                        }
-                    };
-                    if *predictor != Predictor::None {
+                    return Ok(x);
+                }
+                let (r, q) = transition(cur, prev);
+                if *corrector == Corrector::Langevin {
+                    // score_sde uses alpha = 1 - beta_i on VP chains, 1 on VE.
+                    let alpha = if process.is_vp_family() { r * r } else { 1.0 };
+                    for _ in 0..*corrector_steps {
+                        let grad = score.score(&x, cur.t)?;
+                        let z = noise(rng)?;
+                        let step = langevin_step_size(*snr, alpha, &grad, &z)?;
+                        x = ((&x + grad.affine(step, 0.0)?)? + z.affine((2.0 * step).sqrt(), 0.0)?)?;
                         nfe += 1;
                     }
                 }
-                snaps.observe(k + 1, (k + 1) as f64 / moves as f64, &x)?;
-                progress(k + 1, moves);
-            }
-            x
+                // Without the denoising move, the move before it keeps its mean.
+                let last_move = !*denoise && k + 2 == moves;
+                if *predictor != Predictor::None {
+                    nfe += 1;
+                }
+                match predictor {
+                    Predictor::None => Ok(x),
+                    Predictor::Ancestral => ancestral_step(score, &x, cur, prev, Variance::Beta, &noise, rng),
+                    Predictor::ReverseDiffusion => {
+                        let mean = (x.affine(2.0 - r, 0.0)? + score.score(&x, cur.t)?.affine(q, 0.0)?)?;
+                        if last_move { Ok(mean) } else { mean + noise(rng)?.affine(q.sqrt(), 0.0)? }
+                    }
+                    Predictor::EulerMaruyama => {
+                        let dt = prev.t - cur.t;
+                        let (f, g) = (process.drift_coef(cur.t), process.diffusion(cur.t));
+                        let drift = (x.affine(f, 0.0)? - score.score(&x, cur.t)?.affine(g * g, 0.0)?)?;
+                        let mean = (&x + drift.affine(dt, 0.0)?)?;
+                        if last_move { Ok(mean) } else { mean + noise(rng)?.affine(g * (-dt).sqrt(), 0.0)? }
+                    }
+                }
+            })?
         }
         SamplerParams::Ode { solver, steps, rtol, atol, denoise } => {
             let t_end = process.t_min();
@@ -529,6 +508,25 @@ pub fn run(
         }
     };
     Ok(SampleOutcome { samples: x.flatten_all()?.to_vec1::<f32>()?, trajectory: snaps.taken, nfe })
+}
+
+/// Walks a grid from the prior down to the clean state; `step(x, cur, prev, k)` makes
+/// move k, and the snapshots and progress are kept here.
+fn walk(
+    states: &[State],
+    mut x: Tensor,
+    snaps: &mut Snapshots,
+    progress: &mut dyn FnMut(usize, usize),
+    step: &mut dyn FnMut(Tensor, State, State, usize) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let total = states.len() - 1;
+    snaps.observe(0, 0.0, &x)?;
+    for (k, pair) in states.windows(2).enumerate() {
+        x = step(x, pair[0], pair[1], k)?;
+        snaps.observe(k + 1, (k + 1) as f64 / total as f64, &x)?;
+        progress(k + 1, total);
+    }
+    Ok(x)
 }
 
 /// One ancestral step from `cur` to `prev`: mean (x - q/s eps) / r plus noise (none
