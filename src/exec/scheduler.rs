@@ -98,6 +98,9 @@ pub fn execute(plan: &Plan, cache: &Cache, options: &RunOptions, progress: &Prog
         let mut ready: Vec<NodeIndex> = plan.order.iter().copied().filter(|ix| waiting[ix] == 0).collect();
         let mut running = 0usize;
         let mut heavy_running: Option<NodeIndex> = None;
+        // Whether a ready stage needs the whole machine, decided once (held stages are
+        // looked at again after every completion; the cache check is a file lookup).
+        let mut heavy_of: HashMap<NodeIndex, bool> = HashMap::new();
         loop {
             let mut held = Vec::new();
             for ix in std::mem::take(&mut ready) {
@@ -115,7 +118,9 @@ pub fn execute(plan: &Plan, cache: &Cache, options: &RunOptions, progress: &Prog
                     continue;
                 }
                 let force = options.force.contains(&node.id);
-                let heavy = jobs > 1 && node.kind().uses_all_cores() && (force || !cache.is_cached(&node.key));
+                let heavy = *heavy_of
+                    .entry(ix)
+                    .or_insert_with(|| jobs > 1 && node.kind().uses_all_cores() && (force || !cache.is_cached(&node.key)));
                 if running >= jobs || (heavy && heavy_running.is_some()) {
                     held.push(ix);
                     continue;
