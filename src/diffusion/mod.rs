@@ -1,5 +1,6 @@
 //! The mathematics of diffusion models, independent of the pipeline machinery.
 
+pub mod likelihood;
 pub mod loss;
 pub mod ode;
 pub mod process;

@@ -195,6 +195,20 @@ pub enum Solver {
 }
 
 impl SamplerParams {
+    /// The same sampler with settings it ignores reset to their defaults, so that a
+    /// sweep over e.g. `steps` does not recompute an adaptive solver that ignores it.
+    pub fn canonical(&self) -> SamplerParams {
+        match self {
+            SamplerParams::Ode { solver: Solver::Rk45, rtol, atol, denoise, .. } => {
+                SamplerParams::Ode { solver: Solver::Rk45, steps: ode_steps(), rtol: *rtol, atol: *atol, denoise: *denoise }
+            }
+            SamplerParams::Ode { solver, steps, denoise, .. } => {
+                SamplerParams::Ode { solver: *solver, steps: *steps, rtol: tolerance(), atol: tolerance(), denoise: *denoise }
+            }
+            other => other.clone(),
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             SamplerParams::Ancestral { .. } => "ancestral",

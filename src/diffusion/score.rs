@@ -23,6 +23,11 @@ pub trait ScoreFn: Send + Sync {
     fn score(&self, x: &Tensor, t: f64) -> Result<Tensor>;
     /// The noise prediction eps = -std(t) score.
     fn eps(&self, x: &Tensor, t: f64) -> Result<Tensor>;
+    /// The score and its divergence per row (the likelihood needs both): exact, or
+    /// Hutchinson's v^T J v for a probe v. By default through autograd.
+    fn score_and_divergence(&self, x: &Tensor, t: f64, probe: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+        super::likelihood::autograd_divergence(&|x| self.score(x, t), x, probe)
+    }
 }
 
 /// A trained network, conditioned on time, read through its parameterisation.
@@ -69,7 +74,7 @@ pub struct MixtureScore<'a> {
 impl MixtureScore<'_> {
     /// (score rows, divergence per row): div s = -d/v + sum_k r_k |u_k|^2 - |s|^2 with
     /// u_k = (a mu_k - x)/v, since grad r_k = r_k (u_k - s).
-    pub fn score_and_divergence(&self, x: &[f32], dim: usize, t: f64) -> (Vec<f32>, Vec<f64>) {
+    pub fn rows(&self, x: &[f32], dim: usize, t: f64) -> (Vec<f32>, Vec<f64>) {
         let a = self.process.mean_coef(t);
         let std = self.process.std(t);
         let var = a * a * self.mixture.std * self.mixture.std + std * std;
@@ -114,8 +119,19 @@ impl ScoreFn for MixtureScore<'_> {
     fn score(&self, x: &Tensor, t: f64) -> Result<Tensor> {
         let (n, dim) = x.dims2()?;
         let rows = x.flatten_all()?.to_vec1::<f32>()?;
-        let (score, _) = self.score_and_divergence(&rows, dim, t);
+        let (score, _) = self.rows(&rows, dim, t);
         Tensor::from_vec(score, (n, dim), &Device::Cpu)?.to_device(x.device())
+    }
+
+    /// The analytic divergence, whatever the probe: exact is never worse.
+    fn score_and_divergence(&self, x: &Tensor, t: f64, _probe: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+        let (n, dim) = x.dims2()?;
+        let (score, divergence) = self.rows(&x.flatten_all()?.to_vec1::<f32>()?, dim, t);
+        let divergence: Vec<f32> = divergence.into_iter().map(|d| d as f32).collect();
+        Ok((
+            Tensor::from_vec(score, (n, dim), &Device::Cpu)?.to_device(x.device())?,
+            Tensor::from_vec(divergence, n, &Device::Cpu)?.to_device(x.device())?,
+        ))
     }
 }
 
@@ -134,7 +150,7 @@ mod tests {
         let got = s.score(&x, 0.0).unwrap().to_vec2::<f32>().unwrap();
         // var = 0.25 + 0.25 = 0.5; score = (mu - x) / var; divergence = -d / var.
         assert!((got[0][0] + 2.0).abs() < 1e-6 && (got[0][1] + 2.0).abs() < 1e-6, "{got:?}");
-        let (_, div) = s.score_and_divergence(&[2.0, 0.0], 2, 0.0);
+        let (_, div) = s.rows(&[2.0, 0.0], 2, 0.0);
         assert!((div[0] + 4.0).abs() < 1e-9);
     }
 
@@ -146,14 +162,14 @@ mod tests {
             process: &process,
         };
         let (x, t, h) = ([0.1f32, 0.2], 0.2, 1e-3f32);
-        let (_, div) = s.score_and_divergence(&x, 2, t);
+        let (_, div) = s.rows(&x, 2, t);
         let mut fd = 0.0;
         for j in 0..2 {
             let (mut up, mut down) = (x, x);
             up[j] += h;
             down[j] -= h;
-            let (su, _) = s.score_and_divergence(&up, 2, t);
-            let (sd, _) = s.score_and_divergence(&down, 2, t);
+            let (su, _) = s.rows(&up, 2, t);
+            let (sd, _) = s.rows(&down, 2, t);
             fd += (su[j] - sd[j]) as f64 / (2.0 * h as f64);
         }
         assert!((div[0] - fd).abs() < 1e-2 * fd.abs().max(1.0), "{} vs {fd}", div[0]);

@@ -16,17 +16,30 @@ pub enum Metric {
     Mmd,
     /// Fraction of samples per mixture component (needs a mixture reference).
     ModeWeights,
+    /// Of a model: mean squared error of its score against the reference mixture's
+    /// exact score, per noise level.
+    ScoreError,
+    /// Of a model: negative log-likelihood of held-out data through the
+    /// probability-flow ODE, in nats and bits per dimension.
+    Nll,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 3] = [Metric::SlicedWasserstein, Metric::Mmd, Metric::ModeWeights];
+    pub const ALL: [Metric; 5] = [Metric::SlicedWasserstein, Metric::Mmd, Metric::ModeWeights, Metric::ScoreError, Metric::Nll];
 
     pub fn name(self) -> &'static str {
         match self {
             Metric::SlicedWasserstein => "sliced_wasserstein",
             Metric::Mmd => "mmd",
             Metric::ModeWeights => "mode_weights",
+            Metric::ScoreError => "score_error",
+            Metric::Nll => "nll",
         }
+    }
+
+    /// Whether the metric judges a model (its score) rather than a sample set.
+    pub fn of_models(self) -> bool {
+        matches!(self, Metric::ScoreError | Metric::Nll)
     }
 }
 

@@ -479,6 +479,24 @@ stages:
             assert!(e.contains(&format!(":{line}:")), "{sweep}: expected line {line} in {e}");
         }
         let e = try_plan(&format!("{base}report:\n  plots: [{{ metric: mmd2, x: nope }}]\nsweep:\n  s.params.n: [1, 2]\n")).err().unwrap();
-        assert!(e.to_string().contains("`nope` is not a sweep axis; axes are: n"), "{e}");
+        assert!(e.to_string().contains("x `nope` is neither a sweep axis (n) nor a metric (sliced_wasserstein"), "{e}");
+        // A metric along x is fine.
+        try_plan(&format!("{base}report:\n  plots: [{{ metric: mmd2, x: nfe }}]\nsweep:\n  s.params.n: [1, 2]\n")).unwrap();
+    }
+
+    #[test]
+    fn null_leaves_a_key_out_and_ignored_settings_share_a_stage() {
+        // Zipped sampler settings: `eta` only for ddim, `solver` only for ode; steps
+        // cross them all, but rk45 ignores steps, so its three points share one stage.
+        let sweep = "sweep:\n  zip:\n    s.params.sampler: [ancestral, ddim, ode, ode]\n    s.params.eta: [~, 0.5, ~, ~]\n    s.params.solver: [~, ~, euler, rk45]\n  s.params.steps: [5, 10, 20]\n";
+        let plan = try_plan(&format!("{PIPELINE}{SAMPLED}{sweep}")).unwrap();
+        assert_eq!(plan.points.len(), 12);
+        let labels: Vec<String> = plan.nodes_of("s").map(|n| n.label.clone()).collect();
+        assert_eq!(labels.len(), 10, "{labels:?}");
+        assert!(labels.contains(&"sampler=ancestral,steps=5".to_string()), "{labels:?}");
+        assert!(labels.contains(&"sampler=ddim,eta=0.5,steps=5".to_string()), "{labels:?}");
+        let rk45: Vec<_> = plan.nodes_of("s").filter(|n| n.label.contains("rk45")).collect();
+        assert_eq!(rk45.len(), 1, "{labels:?}");
+        assert!(matches!(&plan.nodes_of("s").next().unwrap().spec, StageSpec::Sample { params, .. } if params.sampler.name() == "ancestral"));
     }
 }

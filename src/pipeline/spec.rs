@@ -67,7 +67,12 @@ pub struct SampleNeeds {
 #[serde(deny_unknown_fields)]
 pub struct EvaluateNeeds {
     pub reference: String,
-    pub samples: OneOrMany,
+    /// Sample stages whose samples are compared with the reference.
+    #[serde(default)]
+    pub samples: Option<OneOrMany>,
+    /// Train stages whose scores are evaluated directly (score error, likelihood).
+    #[serde(default)]
+    pub models: Option<OneOrMany>,
 }
 
 /// A role may name one stage or a list of stages.
@@ -136,7 +141,7 @@ impl StageKind {
                 ("model", StageKind::Model),
             ],
             StageKind::Sample => &[("train", StageKind::Train)],
-            StageKind::Evaluate => &[("reference", StageKind::Dataset), ("samples", StageKind::Sample)],
+            StageKind::Evaluate => &[("reference", StageKind::Dataset), ("samples", StageKind::Sample), ("models", StageKind::Train)],
         }
     }
 }
@@ -169,10 +174,12 @@ impl StageSpec {
                 ("model", vec![needs.model.clone()]),
             ],
             StageSpec::Sample { needs, .. } => vec![("train", vec![needs.train.clone()])],
-            StageSpec::Evaluate { needs, .. } => vec![
-                ("reference", vec![needs.reference.clone()]),
-                ("samples", needs.samples.ids()),
-            ],
+            StageSpec::Evaluate { needs, .. } => {
+                let mut roles = vec![("reference", vec![needs.reference.clone()])];
+                roles.extend(needs.samples.as_ref().map(|s| ("samples", s.ids())));
+                roles.extend(needs.models.as_ref().map(|m| ("models", m.ids())));
+                roles
+            }
         }
     }
 
@@ -183,7 +190,7 @@ impl StageSpec {
             StageSpec::Schedule { params } => serde_json::to_value(params),
             StageSpec::Model { params } => serde_json::to_value(params),
             StageSpec::Train { params, .. } => serde_json::to_value(params),
-            StageSpec::Sample { params, .. } => serde_json::to_value(params),
+            StageSpec::Sample { params, .. } => serde_json::to_value(params.canonical()),
             StageSpec::Evaluate { params, .. } => serde_json::to_value(params),
         };
         value.expect("stage parameters always serialize to JSON")

@@ -262,12 +262,15 @@ impl Sweep {
     pub fn label(&self, coords: &[(usize, usize)]) -> String {
         coords
             .iter()
+            .filter(|&&(a, v)| !self.axes[a].values[v].is_null())
             .map(|&(a, v)| format!("{}={}", self.axes[a].name, self.axes[a].shown[v]))
             .collect::<Vec<_>>()
             .join(",")
     }
 
-    /// A stage's mapping with the swept values of `coords` written into it.
+    /// A stage's mapping with the swept values of `coords` written into it; a null
+    /// value leaves the key out, so that point gets the default (zipped axes use it
+    /// for settings only some of their values take, e.g. `eta` of `ddim`).
     pub fn apply(&self, stage: &Value, coords: &[(usize, usize)]) -> Value {
         let mut value = stage.clone();
         for &(a, v) in coords {
@@ -280,7 +283,10 @@ impl Sweep {
                 let map = node.as_mapping_mut().expect("made a mapping above");
                 let key = Value::String(part.clone());
                 if i + 1 == axis.field.len() {
-                    map.insert(key, axis.values[v].clone());
+                    match &axis.values[v] {
+                        Value::Null => map.remove(&key),
+                        value => map.insert(key, value.clone()),
+                    };
                     break;
                 }
                 node = map.entry(key).or_insert_with(|| Value::Mapping(Default::default()));
@@ -296,7 +302,7 @@ pub fn show(value: &Value) -> String {
         Value::String(s) => s.clone(),
         Value::Number(n) => n.to_string(),
         Value::Bool(b) => b.to_string(),
-        Value::Null => "null".into(),
+        Value::Null => "-".into(),
         other => serde_json::to_string(other).unwrap_or_else(|_| "?".into()),
     }
 }

@@ -1,6 +1,7 @@
 //! Comparison plots across a sweep: a metric against a numeric axis (one line per
-//! series, e.g. sliced Wasserstein against steps, one line per sampler), or grouped
-//! bars over a categorical axis.
+//! series, e.g. sliced Wasserstein against steps, one line per sampler), grouped bars
+//! over a categorical axis, or a metric against another metric (e.g. against the NFE
+//! each point cost: one line per sampler through its step counts).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -8,7 +9,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::plots::{self, LineChart};
-use super::table::MetricsTable;
+use super::table::{MetricRow, MetricsTable};
 use crate::error::StageResult;
 use crate::pipeline::Plan;
 use crate::pipeline::sweep::Sweep;
@@ -28,10 +29,12 @@ pub struct ReportSpec {
 pub struct ComparePlot {
     /// A metric of the evaluate stages, e.g. `sliced_wasserstein` or `mmd2`.
     pub metric: String,
-    /// The sweep axis along x: a numeric axis draws lines, any other grouped bars.
+    /// The sweep axis along x: a numeric axis draws lines, any other grouped bars. Or
+    /// another metric of the same rows, e.g. `nfe`.
     pub x: String,
     /// Axes that split the values into lines (or bars); default: every other axis
-    /// that takes more than one value. Axes left out are averaged over.
+    /// that takes more than one value (against a metric: every non-numeric one). Axes
+    /// left out are averaged over (against a metric: their points join the line).
     #[serde(default)]
     pub series: Option<Vec<String>>,
     /// Logarithmic x; default: when the values span a factor of 20 or more.
@@ -49,7 +52,16 @@ impl ReportSpec {
             if sweep.is_empty() {
                 return Err("`report.plots` compare the points of a sweep, but the pipeline has no `sweep:`".into());
             }
-            for axis in std::iter::once(&plot.x).chain(plot.series.iter().flatten()) {
+            if !names.contains(&plot.x.as_str()) && !is_metric_name(&plot.x) {
+                return Err(format!(
+                    "report plot of `{}`: x `{}` is neither a sweep axis ({}) nor a metric ({}, ...)",
+                    plot.metric,
+                    plot.x,
+                    names.join(", "),
+                    METRIC_NAMES.join(", ")
+                ));
+            }
+            for axis in plot.series.iter().flatten() {
                 if !names.contains(&axis.as_str()) {
                     return Err(format!(
                         "report plot of `{}`: `{axis}` is not a sweep axis; axes are: {}",
@@ -63,10 +75,18 @@ impl ReportSpec {
     }
 }
 
-/// Counters and timings are not worth a comparison plot of their own by default.
+/// Columns evaluate stages write (besides `mode_weight_<k>` and `score_mse_t<t>`).
+const METRIC_NAMES: [&str; 9] = ["sliced_wasserstein", "mmd2", "mode_weight_tv", "nfe", "sample_seconds", "eps_mse", "nll", "bits_per_dim", "nll_nfe"];
+
+fn is_metric_name(name: &str) -> bool {
+    METRIC_NAMES.contains(&name) || name.starts_with("mode_weight_") || name.starts_with("score_mse_t")
+}
+
+/// Counters, timings and per-mode or per-time parts are not worth a comparison plot
+/// of their own by default.
 fn plotted_by_default(metric: &str) -> bool {
     let per_mode = metric.strip_prefix("mode_weight_").is_some_and(|k| k.chars().all(|c| c.is_ascii_digit()));
-    !per_mode && metric != "nfe" && metric != "sample_seconds"
+    !per_mode && !metric.starts_with("score_mse_t") && !matches!(metric, "nfe" | "sample_seconds" | "nll_nfe")
 }
 
 /// The pipeline's own plots, or one per metric against the first axis that varies
@@ -91,34 +111,18 @@ pub fn chosen(plan: &Plan, table: &MetricsTable) -> Vec<ComparePlot> {
 /// has no value of its metric.
 pub fn draw(plan: &Plan, table: &MetricsTable, plot: &ComparePlot, path: &Path) -> StageResult<Option<String>> {
     let sweep = &plan.sweep;
-    let Some(x) = sweep.axes.iter().position(|a| a.name == plot.x) else {
+    let rows: Vec<&MetricRow> = table.rows.iter().filter(|r| r.metric == plot.metric).collect();
+    if rows.is_empty() {
         return Ok(None);
+    }
+    let Some(x) = sweep.axes.iter().position(|a| a.name == plot.x) else {
+        return against_metric(plan, table, plot, &rows, path);
     };
     let series_axes: Vec<usize> = match &plot.series {
         Some(names) => names.iter().filter_map(|n| sweep.axes.iter().position(|a| &a.name == n)).collect(),
         None => (0..sweep.axes.len()).filter(|&a| a != x && sweep.axes[a].values.len() > 1).collect(),
     };
-    let rows: Vec<_> = table.rows.iter().filter(|r| r.metric == plot.metric).collect();
-    if rows.is_empty() {
-        return Ok(None);
-    }
-    let several = |f: &dyn Fn(&super::table::MetricRow) -> &str| {
-        let mut seen: Vec<&str> = rows.iter().map(|r| f(r)).collect();
-        seen.sort_unstable();
-        seen.dedup();
-        seen.len() > 1
-    };
-    let (by_evaluate, by_stage) = (several(&|r| &r.evaluate), several(&|r| &r.stage));
-    let series_name = |r: &super::table::MetricRow| {
-        let mut parts: Vec<String> =
-            series_axes.iter().map(|&a| format!("{}={}", sweep.axes[a].name, sweep.axes[a].shown[r.coords[a]])).collect();
-        match (by_evaluate, by_stage) {
-            (true, _) => parts.push(format!("{}/{}", r.evaluate, r.stage)),
-            (false, true) => parts.push(r.stage.clone()),
-            _ => {}
-        }
-        if parts.is_empty() { plot.metric.clone() } else { parts.join(", ") }
-    };
+    let series_name = series_namer(sweep, &rows, &series_axes, &plot.metric);
     // Mean over whatever is neither x nor a series (an axis the plot leaves out).
     let mut cells: BTreeMap<String, BTreeMap<usize, (f64, usize)>> = BTreeMap::new();
     for r in &rows {
@@ -163,5 +167,69 @@ pub fn draw(plan: &Plan, table: &MetricsTable, plot: &ComparePlot, path: &Path) 
             .collect();
         plots::bars(path, &title, &plot.metric, &axis.shown, &series)?;
     }
+    Ok(Some(title))
+}
+
+/// Names a row's series from the series axes' values (unset ones left out), plus the
+/// evaluate and evaluated stage when the rows have several.
+fn series_namer<'a>(sweep: &'a Sweep, rows: &[&MetricRow], series_axes: &'a [usize], fallback: &'a str) -> impl Fn(&MetricRow) -> String + 'a {
+    let several = |f: &dyn Fn(&MetricRow) -> &str| {
+        let mut seen: Vec<&str> = rows.iter().map(|r| f(r)).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        seen.len() > 1
+    };
+    let (by_evaluate, by_stage) = (several(&|r| &r.evaluate), several(&|r| &r.stage));
+    move |r: &MetricRow| {
+        let mut parts: Vec<String> = series_axes
+            .iter()
+            .filter(|&&a| !sweep.axes[a].values[r.coords[a]].is_null())
+            .map(|&a| format!("{}={}", sweep.axes[a].name, sweep.axes[a].shown[r.coords[a]]))
+            .collect();
+        match (by_evaluate, by_stage) {
+            (true, _) => parts.push(format!("{}/{}", r.evaluate, r.stage)),
+            (false, true) => parts.push(r.stage.clone()),
+            _ => {}
+        }
+        if parts.is_empty() { fallback.to_string() } else { parts.join(", ") }
+    }
+}
+
+/// `metric` against another metric `x` of the same (point, evaluate, stage): lines
+/// per series through the points, ordered by x.
+fn against_metric(plan: &Plan, table: &MetricsTable, plot: &ComparePlot, rows: &[&MetricRow], path: &Path) -> StageResult<Option<String>> {
+    let sweep = &plan.sweep;
+    let xs: BTreeMap<(usize, &str, &str), f64> = table
+        .rows
+        .iter()
+        .filter(|r| r.metric == plot.x)
+        .map(|r| ((r.point, r.evaluate.as_str(), r.stage.as_str()), r.value))
+        .collect();
+    if xs.is_empty() {
+        return Ok(None);
+    }
+    let series_axes: Vec<usize> = match &plot.series {
+        Some(names) => names.iter().filter_map(|n| sweep.axes.iter().position(|a| &a.name == n)).collect(),
+        None => (0..sweep.axes.len()).filter(|&a| sweep.axes[a].values.len() > 1 && !sweep.axes[a].is_numeric()).collect(),
+    };
+    let series_name = series_namer(sweep, rows, &series_axes, &plot.metric);
+    let mut lines: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    for r in rows {
+        if let Some(&x) = xs.get(&(r.point, r.evaluate.as_str(), r.stage.as_str())) {
+            lines.entry(series_name(r)).or_default().push((x, r.value));
+        }
+    }
+    let series: Vec<(&str, Vec<(f64, f64)>)> = lines
+        .iter_mut()
+        .map(|(name, points)| {
+            points.sort_by(|a, b| a.0.total_cmp(&b.0));
+            points.dedup();
+            (name.as_str(), points.clone())
+        })
+        .collect();
+    let (lo, hi) = series.iter().flat_map(|(_, p)| p.iter()).fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), p| (l.min(p.0), h.max(p.0)));
+    let log_x = plot.log_x.unwrap_or(lo > 0.0 && hi / lo >= 20.0);
+    let title = format!("{} against {}", plot.metric, plot.x);
+    plots::line_chart(path, &LineChart { title: &title, x_label: &plot.x, y_label: &plot.metric, series: &series, log_x, log_y: plot.log_y })?;
     Ok(Some(title))
 }

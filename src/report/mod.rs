@@ -2,6 +2,7 @@
 //! links to every stage's cache entry, and `report.html` rendered from templates/.
 
 pub mod compare;
+pub mod panels;
 pub mod plots;
 pub mod table;
 
@@ -78,8 +79,19 @@ pub fn build(plan: &Plan, cache: &Cache, outcomes: &[Outcome], results: &Path) -
 
     let mut stages = Vec::new();
     let mut evaluated: HashMap<NodeIndex, Vec<(String, String, f64)>> = HashMap::new();
-    let mut galleries: Vec<Gallery> = ["Samples over held-out data", "Training losses", "Noise schedules"]
+    // Evaluate figures go by file-name prefix; the last two galleries are the train
+    // and schedule stages' own figures.
+    const EVALUATE_FIGURES: [(&str, &str); 4] = [
+        ("scatter_", "Samples over held-out data"),
+        ("timeline_", "Sampling timelines"),
+        ("score_field_", "Score fields, learned against exact"),
+        ("score_error", "Score error per noise level"),
+    ];
+    let (losses, schedules) = (EVALUATE_FIGURES.len(), EVALUATE_FIGURES.len() + 1);
+    let mut galleries: Vec<Gallery> = EVALUATE_FIGURES
         .iter()
+        .map(|(_, title)| *title)
+        .chain(["Training losses", "Noise schedules"])
         .map(|t| Gallery { title: t.to_string(), figures: Vec::new(), more: 0 })
         .collect();
     for (&ix, outcome) in plan.order.iter().zip(outcomes) {
@@ -119,13 +131,17 @@ pub fn build(plan: &Plan, cache: &Cache, outcomes: &[Outcome], results: &Path) -
             Ok(())
         };
         match node.kind() {
-            StageKind::Schedule => copy("schedule.png", node.name(), 2)?,
-            StageKind::Train => copy("loss.png", node.name(), 1)?,
+            StageKind::Schedule => copy("schedule.png", node.name(), schedules)?,
+            StageKind::Train => copy("loss.png", node.name(), losses)?,
             StageKind::Evaluate => {
-                for out in manifest.outputs.iter().filter(|o| o.path.starts_with("scatter_") && o.path.ends_with(".png")) {
-                    let sample = out.path.trim_start_matches("scatter_").trim_end_matches(".png");
-                    let title = if node.label.is_empty() { sample.to_string() } else { format!("{sample} [{}]", node.label) };
-                    copy(&out.path, title, 0)?;
+                for (gallery, (prefix, _)) in EVALUATE_FIGURES.iter().enumerate() {
+                    for out in manifest.outputs.iter().filter(|o| o.path.starts_with(prefix) && o.path.ends_with(".png")) {
+                        // `scatter_<stage>.png` is titled by its stage, others by the evaluate stage.
+                        let subject = out.path.trim_start_matches(prefix).trim_end_matches(".png");
+                        let subject = if subject.is_empty() { node.id.as_str() } else { subject };
+                        let title = if node.label.is_empty() { subject.to_string() } else { format!("{subject} [{}]", node.label) };
+                        copy(&out.path, title, gallery)?;
+                    }
                 }
                 evaluated.insert(ix, read_metrics(&entry.join("metrics.csv"))?);
             }

@@ -12,26 +12,36 @@ use plotters::style::{FontStyle, register_font};
 use crate::error::{StageError, StageResult};
 use crate::metrics::Points;
 
-const FONT: &[u8] = include_bytes!("fonts/DejaVuSans.ttf");
+const FONT_BYTES: &[u8] = include_bytes!("fonts/DejaVuSans.ttf");
 const SIZE: (u32, u32) = (640, 480);
-const PALETTE: [RGBColor; 6] =
-    [RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(44, 160, 44), RGBColor(214, 39, 40), RGBColor(148, 103, 189), RGBColor(140, 86, 75)];
+pub(super) const PALETTE: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
 
-fn ensure_font() {
+pub(super) fn ensure_font() {
     static REGISTER: Once = Once::new();
     REGISTER.call_once(|| {
-        if register_font("sans-serif", FontStyle::Normal, FONT).is_err() {
+        if register_font("sans-serif", FontStyle::Normal, FONT_BYTES).is_err() {
             eprintln!("warning: the embedded plot font could not be loaded; figures will have no text");
         }
     });
 }
 
-fn plot_error(path: &Path) -> impl Fn(String) -> StageError + '_ {
+pub(super) fn plot_error(path: &Path) -> impl Fn(String) -> StageError + '_ {
     move |e| StageError::Failed(format!("drawing {}: {e}", path.display()))
 }
 
 /// Padded bounds of the first two coordinates of some point sets.
-fn bounds(sets: &[Points]) -> ((f64, f64), (f64, f64)) {
+pub(super) fn bounds(sets: &[Points]) -> ((f64, f64), (f64, f64)) {
     let (mut lo, mut hi) = ([f64::INFINITY; 2], [f64::NEG_INFINITY; 2]);
     for set in sets {
         for i in 0..set.len() {

@@ -31,13 +31,14 @@ pub fn load_tensors(path: &Path, device: &Device) -> StageResult<HashMap<String,
         .map_err(|e| StageError::BadInput { path: path.to_path_buf(), message: e.to_string() })
 }
 
-/// One named tensor from a safetensors file, as a flat f32 buffer and its shape.
+/// One named tensor from a safetensors file, as a flat f32 buffer (converted from
+/// its stored dtype) and its shape.
 pub fn load_f32(path: &Path, name: &str) -> StageResult<(Vec<f32>, Vec<usize>)> {
     let tensors = load_tensors(path, &Device::Cpu)?;
     let t = tensors
         .get(name)
         .ok_or_else(|| StageError::BadInput { path: path.to_path_buf(), message: format!("no tensor `{name}`") })?;
-    Ok((t.flatten_all()?.to_vec1::<f32>()?, t.dims().to_vec()))
+    Ok((t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?, t.dims().to_vec()))
 }
 
 pub fn write_csv(path: &Path, df: &mut DataFrame) -> StageResult<()> {

@@ -88,7 +88,7 @@ pub fn validate<'s>(
         StageSpec::Model { params } => params.validate(),
         StageSpec::Train { params, .. } => params.validate(inputs("schedule").first().copied()),
         StageSpec::Sample { params, needs } => params.validate(lookup(&needs.train), lookup),
-        StageSpec::Evaluate { params, .. } => params.validate(inputs("reference").first().copied()),
+        StageSpec::Evaluate { params, .. } => params.validate(inputs("reference").first().copied(), &inputs("samples"), &inputs("models")),
     }
 }
 

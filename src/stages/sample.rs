@@ -7,15 +7,12 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::StageContext;
-use super::artifacts::{load_tensors, read_json, save_tensors, write_json};
-use super::train::TrainedModel;
+use super::artifacts::{save_tensors, write_json};
+use super::train::{TrainedModel, WeightsKind};
 use crate::diffusion::sample::{SampleRequest, SamplerParams, run as run_sampler};
-use crate::diffusion::score::{MixtureScore, NetworkScore, ScoreFn};
-use crate::error::{StageError, StageResult};
-use crate::nn::mlp::Mlp;
+use crate::error::StageResult;
 use crate::pipeline::spec::StageSpec;
 use crate::rng::stream;
-use crate::stages::model::ModelParams;
 
 pub const VERSION: u32 = 2;
 
@@ -50,14 +47,6 @@ fn snapshot_particles() -> usize {
     1000
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WeightsKind {
-    #[default]
-    Ema,
-    Raw,
-}
-
 /// `sampling.json`: cost of the run, for the report.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SamplingRecord {
@@ -68,6 +57,11 @@ pub struct SamplingRecord {
 }
 
 impl SampleParams {
+    /// What the key hashes: settings the sampler ignores are reset.
+    pub fn canonical(&self) -> SampleParams {
+        SampleParams { sampler: self.sampler.canonical(), ..self.clone() }
+    }
+
     pub fn validate<'s>(&self, train: Option<&StageSpec>, lookup: &dyn Fn(&str) -> Option<&'s StageSpec>) -> Result<(), String> {
         if self.n == 0 {
             return Err("`n` must be at least 1".into());
@@ -83,29 +77,9 @@ impl SampleParams {
 
 pub fn run(params: &SampleParams, ctx: &StageContext) -> StageResult<()> {
     let train = ctx.input("train")?;
-    let trained: TrainedModel = read_json(&train.dir.join("model.json"))?;
-    let file = match params.weights {
-        WeightsKind::Ema => "ema.safetensors",
-        WeightsKind::Raw => "weights.safetensors",
-    };
+    let trained = TrainedModel::load(train)?;
     let process = trained.schedule.build();
-    let score: Box<dyn ScoreFn> = match &trained.model {
-        ModelParams::Mlp(config) => {
-            let weights = load_tensors(&train.dir.join(file), ctx.device)?;
-            Box::new(NetworkScore {
-                net: Mlp::new(config, trained.dim, &weights)?,
-                prediction: trained.objective.prediction(),
-                process: &process,
-            })
-        }
-        ModelParams::Exact {} => {
-            let mixture = trained.mixture.clone().ok_or_else(|| StageError::BadInput {
-                path: train.dir.join("model.json"),
-                message: "an exact model without its mixture".into(),
-            })?;
-            Box::new(MixtureScore { mixture, process: &process })
-        }
-    };
+    let score = trained.score(train, params.weights, &process, ctx.device)?;
     let request = SampleRequest {
         n: params.n,
         dim: trained.dim,

@@ -3,18 +3,20 @@
 
 use std::collections::HashMap;
 
-use candle_core::{Tensor, Var};
+use candle_core::{Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use polars::prelude::*;
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
 
-use super::artifacts::{load_f32, read_json, save_tensors, write_csv, write_json};
+use super::InputEntry;
+use super::artifacts::{load_f32, load_tensors, read_json, save_tensors, write_csv, write_json};
 use super::model::ModelParams;
 use super::{StageContext, dataset::DatasetMeta};
 use crate::data::toy::Mixture;
 use crate::diffusion::loss::Objective;
-use crate::diffusion::process::noise_batch;
+use crate::diffusion::process::{Process, noise_batch};
+use crate::diffusion::score::{MixtureScore, NetworkScore, ScoreFn};
 use crate::diffusion::schedule::ScheduleParams;
 use crate::error::{StageError, StageResult};
 use crate::nn::mlp::Mlp;
@@ -118,6 +120,45 @@ pub struct TrainedModel {
     /// The dataset's mixture, for `arch: exact`.
     #[serde(default)]
     pub mixture: Option<Mixture>,
+}
+
+/// Which weights a trained network is read with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightsKind {
+    /// The exponential moving average, as DDPM samples with.
+    #[default]
+    Ema,
+    Raw,
+}
+
+impl TrainedModel {
+    /// Reads a train stage's `model.json` (the model, process and objective it fitted).
+    pub fn load(train: &InputEntry) -> StageResult<TrainedModel> {
+        read_json(&train.dir.join("model.json"))
+    }
+
+    /// The fitted score function under `process` (the model's own, built once by the
+    /// caller so the score can borrow it).
+    pub fn score<'p>(&self, train: &InputEntry, weights: WeightsKind, process: &'p Process, device: &Device) -> StageResult<Box<dyn ScoreFn + 'p>> {
+        Ok(match &self.model {
+            ModelParams::Mlp(config) => {
+                let file = match weights {
+                    WeightsKind::Ema => "ema.safetensors",
+                    WeightsKind::Raw => "weights.safetensors",
+                };
+                let tensors = load_tensors(&train.dir.join(file), device)?;
+                Box::new(NetworkScore { net: Mlp::new(config, self.dim, &tensors)?, prediction: self.objective.prediction(), process })
+            }
+            ModelParams::Exact {} => {
+                let mixture = self.mixture.clone().ok_or_else(|| StageError::BadInput {
+                    path: train.dir.join("model.json"),
+                    message: "an exact model without its mixture".into(),
+                })?;
+                Box::new(MixtureScore { mixture, process })
+            }
+        })
+    }
 }
 
 pub fn run(params: &TrainParams, ctx: &StageContext) -> StageResult<()> {

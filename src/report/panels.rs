@@ -1,0 +1,135 @@
+//! Figures made of several 2D panels side by side: a sampling timeline (particles at
+//! evenly spaced steps) and score vector fields (learned against exact, per time).
+
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use super::plots::{PALETTE, bounds, ensure_font, plot_error};
+use crate::error::StageResult;
+use crate::metrics::Points;
+
+const PANEL: (u32, u32) = (300, 300);
+const GREY: RGBColor = RGBColor(170, 170, 170);
+
+/// One panel of a timeline: a caption and the particles at that moment.
+pub struct Frame<'a> {
+    pub caption: String,
+    pub points: Points<'a>,
+}
+
+/// Particles moving from the prior to the data: one panel per frame (at most five per
+/// row), all on the reference's axes so motion is comparable across panels.
+pub fn timeline(path: &Path, title: &str, reference: Points, frames: &[Frame]) -> StageResult<()> {
+    ensure_font();
+    let fail = plot_error(path);
+    let columns = frames.len().clamp(1, 5);
+    let rows = frames.len().div_ceil(columns).max(1);
+    let root = BitMapBackend::new(path, (PANEL.0 * columns as u32, PANEL.1 * rows as u32 + 40)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
+    let root = root.titled(title, ("sans-serif", 22)).map_err(|e| fail(e.to_string()))?;
+    let ((x0, x1), (y0, y1)) = bounds(&[reference]);
+    let (w, h) = ((x1 - x0) * 0.5, (y1 - y0) * 0.5);
+    for (area, frame) in root.split_evenly((rows, columns)).iter().zip(frames) {
+        let mut chart = ChartBuilder::on(area)
+            .caption(&frame.caption, ("sans-serif", 15))
+            .margin(6)
+            .build_cartesian_2d((x0 - w)..(x1 + w), (y0 - h)..(y1 + h))
+            .map_err(|e| fail(e.to_string()))?;
+        chart.configure_mesh().disable_mesh().x_labels(0).y_labels(0).draw().map_err(|e| fail(e.to_string()))?;
+        let inside = |p: &[f32]| {
+            let (x, y) = (p[0] as f64, *p.get(1).unwrap_or(&0.0) as f64);
+            ((x0 - w..x1 + w).contains(&x) && (y0 - h..y1 + h).contains(&y)).then_some((x, y))
+        };
+        for (set, color) in [(reference, GREY), (frame.points, PALETTE[0])] {
+            let step = (set.len() / 2000).max(1);
+            chart
+                .draw_series((0..set.len()).step_by(step).filter_map(|i| inside(set.row(i))).map(|p| Circle::new(p, 1, color.mix(0.6).filled())))
+                .map_err(|e| fail(e.to_string()))?;
+        }
+    }
+    root.present().map_err(|e| fail(e.to_string()))
+}
+
+/// One panel of a vector field: arrows from each grid point, the model's (blue) and,
+/// when known, the exact one (grey), both at the same scale.
+pub struct Field {
+    pub caption: String,
+    /// Grid points, row-major [n, 2].
+    pub at: Vec<f32>,
+    pub learned: Vec<f32>,
+    pub exact: Option<Vec<f32>>,
+}
+
+/// Score fields at several times, one panel each; arrows are rescaled per panel (the
+/// score grows like 1/std) so the longest typical arrow spans about one grid cell.
+pub fn vector_fields(path: &Path, title: &str, reference: Points, cell: f64, fields: &[Field]) -> StageResult<()> {
+    ensure_font();
+    let fail = plot_error(path);
+    let columns = fields.len().max(1);
+    let root = BitMapBackend::new(path, (360 * columns as u32, 400)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
+    let root = root.titled(title, ("sans-serif", 20)).map_err(|e| fail(e.to_string()))?;
+    let ((x0, x1), (y0, y1)) = bounds(&[reference]);
+    for (area, field) in root.split_evenly((1, columns)).iter().zip(fields) {
+        let mut chart = ChartBuilder::on(area)
+            .caption(&field.caption, ("sans-serif", 15))
+            .margin(6)
+            .build_cartesian_2d(x0..x1, y0..y1)
+            .map_err(|e| fail(e.to_string()))?;
+        chart.configure_mesh().disable_mesh().x_labels(0).y_labels(0).draw().map_err(|e| fail(e.to_string()))?;
+        let step = (reference.len() / 1000).max(1);
+        chart
+            .draw_series((0..reference.len()).step_by(step).map(|i| {
+                let p = reference.row(i);
+                Circle::new((p[0] as f64, p[1] as f64), 1, GREY.mix(0.4).filled())
+            }))
+            .map_err(|e| fail(e.to_string()))?;
+        let scale = cell / typical_length(field.exact.as_deref().unwrap_or(&field.learned));
+        let mut layers = Vec::new();
+        if let Some(exact) = &field.exact {
+            layers.push((exact.as_slice(), RGBColor(110, 110, 110), "exact"));
+        }
+        layers.push((field.learned.as_slice(), PALETTE[0], "model"));
+        for (vectors, color, label) in layers {
+            chart
+                .draw_series(field.at.chunks(2).zip(vectors.chunks(2)).map(|(p, v)| arrow(p, v, scale, 1.5 * cell, color)))
+                .map_err(|e| fail(e.to_string()))?
+                .label(label)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], color.stroke_width(2)));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| fail(e.to_string()))?;
+    }
+    root.present().map_err(|e| fail(e.to_string()))
+}
+
+/// The 90th percentile of arrow lengths: robust to the few huge scores near modes.
+fn typical_length(vectors: &[f32]) -> f64 {
+    let mut lengths: Vec<f64> = vectors.chunks(2).map(|v| (v[0] as f64).hypot(v[1] as f64)).filter(|l| l.is_finite()).collect();
+    if lengths.is_empty() {
+        return 1.0;
+    }
+    lengths.sort_by(f64::total_cmp);
+    lengths[(lengths.len() * 9 / 10).min(lengths.len() - 1)].max(1e-12)
+}
+
+/// A shaft and a two-stroke head; arrows longer than 1.5 cells are clipped to it.
+fn arrow(p: &[f32], v: &[f32], scale: f64, limit: f64, color: RGBColor) -> PathElement<(f64, f64)> {
+    let (x, y) = (p[0] as f64, p[1] as f64);
+    let (mut dx, mut dy) = (v[0] as f64 * scale, v[1] as f64 * scale);
+    let length = dx.hypot(dy);
+    if length > limit {
+        (dx, dy) = (dx * limit / length, dy * limit / length);
+    }
+    let (tx, ty) = (x + dx, y + dy);
+    let (hx, hy) = (-dx * 0.3, -dy * 0.3);
+    let (c, s) = (0.5f64.cos(), 0.5f64.sin());
+    let left = (tx + hx * c - hy * s, ty + hx * s + hy * c);
+    let right = (tx + hx * c + hy * s, ty - hx * s + hy * c);
+    PathElement::new(vec![(x, y), (tx, ty), left, (tx, ty), right], color.stroke_width(1))
+}
