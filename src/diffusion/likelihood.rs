@@ -269,3 +269,47 @@ mod tests {
         assert!(est.iter().any(|&v| (v as f64 - want).abs() > 1.0), "single estimates should vary");
     }
 }
+
+#[cfg(test)]
+mod mixture_tests {
+    use super::*;
+    use crate::data::toy::{Distribution, Mixture};
+    use crate::diffusion::score::MixtureScore;
+    use crate::rng::stream;
+
+    /// log of the mixture's marginal density at t, per row.
+    fn log_density(mixture: &Mixture, process: &Process, t: f64, x: &[f32]) -> Vec<f64> {
+        let a = process.mean_coef(t);
+        let var = a * a * mixture.std * mixture.std + process.std(t).powi(2);
+        let dim = mixture.means[0].len();
+        x.chunks(dim)
+            .map(|row| {
+                let terms: Vec<f64> = mixture
+                    .means
+                    .iter()
+                    .zip(&mixture.weights)
+                    .map(|(m, w)| {
+                        let sq: f64 = row.iter().zip(m).map(|(&v, &m)| (v as f64 - a * m).powi(2)).sum();
+                        w.ln() - 0.5 * dim as f64 * (2.0 * std::f64::consts::PI * var).ln() - sq / (2.0 * var)
+                    })
+                    .collect();
+                let max = terms.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                max + terms.iter().map(|v| (v - max).exp()).sum::<f64>().ln()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn mixture_nll_matches_its_density() {
+        let dist = Distribution::Gmm { means: vec![vec![1.0, 1.0], vec![-1.0, -1.0]], weights: vec![0.1, 0.9], std: 0.2 };
+        let mixture = dist.mixture().unwrap();
+        let data = dist.sample(300, &mut stream(5, "t"));
+        for process in [Process::Vp { beta_min: 0.1, beta_max: 20.0 }, Process::Ve { sigma_min: 0.01, sigma_max: 50.0 }] {
+            let want = -log_density(&mixture, &process, process.t_min(), &data).iter().sum::<f64>() / 300.0;
+            let score = MixtureScore { mixture: mixture.clone(), process: &process };
+            let x = Tensor::from_slice(&data, (300, 2), &Device::Cpu).unwrap();
+            let got = negative_log_likelihood(&score, &process, &x, Divergence::Exact, Tolerance { rtol: 1e-5, atol: 1e-5 }, &mut stream(0, "t")).unwrap();
+            assert!((got.mean_nats() - want).abs() < 0.02, "{}: {} vs {want}", process.name(), got.mean_nats());
+        }
+    }
+}

@@ -285,8 +285,10 @@ impl<'de> Visitor<'de> for StageVisitor {
         }
         let params = match (params, kind) {
             (Some(p), _) => p,
-            (None, StageKind::Evaluate) => AnyParams::Evaluate(EvaluateParams::default()),
-            (None, _) => return Err(A::Error::missing_field("params")),
+            // Left out: every parameter takes its default, if each has one.
+            (None, _) => ParamsSeed(kind)
+                .deserialize(serde_norway::Value::Mapping(Default::default()))
+                .map_err(|e| A::Error::custom(format!("missing `params` ({e})")))?,
         };
         Ok(match (params, needs.unwrap_or(AnyNeeds::None)) {
             (AnyParams::Dataset(params), _) => StageSpec::Dataset { params },

@@ -132,7 +132,8 @@ pub fn build(plan: &Plan, cache: &Cache, outcomes: &[Outcome], results: &Path) -
         };
         match node.kind() {
             StageKind::Schedule => copy("schedule.png", node.name(), schedules)?,
-            StageKind::Train => copy("loss.png", node.name(), losses)?,
+            // An exact model trains nothing and has no loss curve.
+            StageKind::Train if manifest.outputs.iter().any(|o| o.path == "loss.png") => copy("loss.png", node.name(), losses)?,
             StageKind::Evaluate => {
                 for (gallery, (prefix, _)) in EVALUATE_FIGURES.iter().enumerate() {
                     for out in manifest.outputs.iter().filter(|o| o.path.starts_with(prefix) && o.path.ends_with(".png")) {

@@ -51,8 +51,8 @@ pub fn timeline(path: &Path, title: &str, reference: Points, frames: &[Frame]) -
     root.present().map_err(|e| fail(e.to_string()))
 }
 
-/// One panel of a vector field: arrows from each grid point, the model's (blue) and,
-/// when known, the exact one (grey), both at the same scale.
+/// One panel of a vector field: arrows from each grid point, the model's (blue, thin)
+/// over the exact one (orange, wide) when it is known, both at the same scale.
 pub struct Field {
     pub caption: String,
     /// Grid points, row-major [n, 2].
@@ -63,14 +63,14 @@ pub struct Field {
 
 /// Score fields at several times, one panel each; arrows are rescaled per panel (the
 /// score grows like 1/std) so the longest typical arrow spans about one grid cell.
-pub fn vector_fields(path: &Path, title: &str, reference: Points, cell: f64, fields: &[Field]) -> StageResult<()> {
+pub fn vector_fields(path: &Path, title: &str, reference: Points, (x0, x1): (f64, f64), (y0, y1): (f64, f64), cell: f64, fields: &[Field]) -> StageResult<()> {
     ensure_font();
     let fail = plot_error(path);
     let columns = fields.len().max(1);
     let root = BitMapBackend::new(path, (360 * columns as u32, 400)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
     let root = root.titled(title, ("sans-serif", 20)).map_err(|e| fail(e.to_string()))?;
-    let ((x0, x1), (y0, y1)) = bounds(&[reference]);
+    let (x0, x1, y0, y1) = (x0 - cell, x1 + cell, y0 - cell, y1 + cell);
     for (area, field) in root.split_evenly((1, columns)).iter().zip(fields) {
         let mut chart = ChartBuilder::on(area)
             .caption(&field.caption, ("sans-serif", 15))
@@ -88,22 +88,14 @@ pub fn vector_fields(path: &Path, title: &str, reference: Points, cell: f64, fie
         let scale = cell / typical_length(field.exact.as_deref().unwrap_or(&field.learned));
         let mut layers = Vec::new();
         if let Some(exact) = &field.exact {
-            layers.push((exact.as_slice(), RGBColor(110, 110, 110), "exact"));
+            layers.push((exact.as_slice(), PALETTE[1].stroke_width(3)));
         }
-        layers.push((field.learned.as_slice(), PALETTE[0], "model"));
-        for (vectors, color, label) in layers {
+        layers.push((field.learned.as_slice(), PALETTE[0].stroke_width(1)));
+        for (vectors, style) in layers {
             chart
-                .draw_series(field.at.chunks(2).zip(vectors.chunks(2)).map(|(p, v)| arrow(p, v, scale, 1.5 * cell, color)))
-                .map_err(|e| fail(e.to_string()))?
-                .label(label)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], color.stroke_width(2)));
+                .draw_series(field.at.chunks(2).zip(vectors.chunks(2)).map(|(p, v)| arrow(p, v, scale, 1.5 * cell, style)))
+                .map_err(|e| fail(e.to_string()))?;
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| fail(e.to_string()))?;
     }
     root.present().map_err(|e| fail(e.to_string()))
 }
@@ -119,7 +111,7 @@ fn typical_length(vectors: &[f32]) -> f64 {
 }
 
 /// A shaft and a two-stroke head; arrows longer than 1.5 cells are clipped to it.
-fn arrow(p: &[f32], v: &[f32], scale: f64, limit: f64, color: RGBColor) -> PathElement<(f64, f64)> {
+fn arrow(p: &[f32], v: &[f32], scale: f64, limit: f64, style: ShapeStyle) -> PathElement<(f64, f64)> {
     let (x, y) = (p[0] as f64, p[1] as f64);
     let (mut dx, mut dy) = (v[0] as f64 * scale, v[1] as f64 * scale);
     let length = dx.hypot(dy);
@@ -131,5 +123,5 @@ fn arrow(p: &[f32], v: &[f32], scale: f64, limit: f64, color: RGBColor) -> PathE
     let (c, s) = (0.5f64.cos(), 0.5f64.sin());
     let left = (tx + hx * c - hy * s, ty + hx * s + hy * c);
     let right = (tx + hx * c + hy * s, ty - hx * s + hy * c);
-    PathElement::new(vec![(x, y), (tx, ty), left, (tx, ty), right], color.stroke_width(1))
+    PathElement::new(vec![(x, y), (tx, ty), left, (tx, ty), right], style)
 }

@@ -324,10 +324,12 @@ fn evaluate_models(params: &EvaluateParams, ctx: &StageContext, reference: &Refe
         let score = trained.score(input, WeightsKind::Ema, &process, ctx.device)?;
         if metrics.contains(&Metric::ScoreError) {
             let exact = MixtureScore { mixture: reference.mixture("score_error")?.clone(), process: &process };
+            let mut times: Vec<f64> = params.score_times.iter().map(|&t| snap(&process, t)).collect();
+            times.sort_by(f64::total_cmp);
+            times.dedup();
             let mut curve = Vec::new();
             let mut weighted = 0.0;
-            for &t in &params.score_times {
-                let t = snap(&process, t);
+            for &t in &times {
                 let mse = score_error(params, ctx, reference, score.as_ref(), &exact, &process, t)?;
                 rows.push(&input.id, format!("score_mse_t{t:.3}"), mse);
                 weighted += process.std(t).powi(2) * mse;
@@ -335,7 +337,7 @@ fn evaluate_models(params: &EvaluateParams, ctx: &StageContext, reference: &Refe
             }
             // std^2 |s - s*|^2 is the noise-prediction error: comparable across times
             // and processes, so it summarises the curve.
-            rows.push(&input.id, "eps_mse", weighted / params.score_times.len() as f64);
+            rows.push(&input.id, "eps_mse", weighted / times.len() as f64);
             error_curves.push((input.id.clone(), curve));
         }
         if metrics.contains(&Metric::Nll) {
@@ -402,6 +404,7 @@ fn draw_field(params: &EvaluateParams, ctx: &StageContext, reference: &Reference
     let axis = |j: usize, i: usize| lo[j] - pad(j) + (hi[j] - lo[j] + 2.0 * pad(j)) * i as f32 / (SIDE - 1) as f32;
     let at: Vec<f32> = (0..SIDE * SIDE).flat_map(|k| [axis(0, k % SIDE), axis(1, k / SIDE)]).collect();
     let cell = ((hi[0] - lo[0] + 2.0 * pad(0)) / (SIDE - 1) as f32) as f64;
+    let range = |j: usize| (axis(j, 0) as f64, axis(j, SIDE - 1) as f64);
     let mut fields = Vec::new();
     for &t in &params.field_times {
         let t = snap(process, t);
@@ -414,8 +417,8 @@ fn draw_field(params: &EvaluateParams, ctx: &StageContext, reference: &Reference
             exact: exact.map(|e| e.rows(&at, 2, t).0),
         });
     }
-    let title = format!("score of `{}`{}", input.id, if exact.is_some() { " against the exact score" } else { "" });
-    panels::vector_fields(&ctx.path(&format!("score_field_{}.png", input.id)), &title, reference.points(), cell, &fields)
+    let title = format!("score of `{}` (blue){}", input.id, if exact.is_some() { " over the exact score (orange)" } else { "" });
+    panels::vector_fields(&ctx.path(&format!("score_field_{}.png", input.id)), &title, reference.points(), range(0), range(1), cell, &fields)
 }
 
 /// The first `m` rows (sets are already i.i.d. draws in random order).

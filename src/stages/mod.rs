@@ -86,7 +86,7 @@ pub fn validate<'s>(
         StageSpec::Dataset { params } => params.validate(),
         StageSpec::Schedule { params } => params.validate(),
         StageSpec::Model { params } => params.validate(),
-        StageSpec::Train { params, .. } => params.validate(inputs("schedule").first().copied()),
+        StageSpec::Train { params, .. } => params.validate(inputs("schedule").first().copied(), inputs("model").first().copied()),
         StageSpec::Sample { params, needs } => params.validate(lookup(&needs.train), lookup),
         StageSpec::Evaluate { params, .. } => params.validate(inputs("reference").first().copied(), &inputs("samples"), &inputs("models")),
     }

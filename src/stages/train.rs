@@ -31,8 +31,9 @@ pub const VERSION: u32 = 2;
 #[serde(deny_unknown_fields)]
 pub struct TrainParams {
     /// `eps` (DDPM's L_simple) or `dsm` (denoising score matching); both work with
-    /// every schedule.
-    pub objective: Objective,
+    /// every schedule. Required for networks; an exact model fits nothing.
+    #[serde(default)]
+    pub objective: Option<Objective>,
     /// Weighting of `dsm` across noise levels: `sigma2` (lambda = sigma^2, NCSN and
     /// score_sde) or `likelihood` (lambda = g^2, Song et al. 2021b).
     #[serde(default)]
@@ -85,7 +86,7 @@ pub enum OptimizerKind {
 }
 
 impl TrainParams {
-    pub fn validate(&self, schedule: Option<&StageSpec>) -> Result<(), String> {
+    pub fn validate(&self, schedule: Option<&StageSpec>, model: Option<&StageSpec>) -> Result<(), String> {
         if self.steps == 0 || self.batch == 0 {
             return Err("`steps` and `batch` must be at least 1".into());
         }
@@ -98,7 +99,11 @@ impl TrainParams {
         if self.optimizer == OptimizerKind::Adam && self.weight_decay != 0.0 {
             return Err("`adam` has no weight decay; use `optimizer: adamw` to set `weight_decay`".into());
         }
-        if self.objective == Objective::Eps && self.weighting != Weighting::Sigma2 {
+        let exact = matches!(model, Some(StageSpec::Model { params: ModelParams::Exact {} }));
+        if self.objective.is_none() && !exact {
+            return Err("`objective` is required: `eps` (DDPM's L_simple) or `dsm` (denoising score matching)".into());
+        }
+        if self.objective == Some(Objective::Eps) && self.weighting != Weighting::Sigma2 {
             return Err("`weighting` applies to `objective: dsm`; `eps` is DDPM's unweighted L_simple".into());
         }
         if let Some(StageSpec::Schedule { params }) = schedule
@@ -175,10 +180,11 @@ pub fn run(params: &TrainParams, ctx: &StageContext) -> StageResult<()> {
             let mixture = meta.mixture.clone().ok_or_else(|| {
                 StageError::Failed("`arch: exact` needs a dataset with a known density (gmm or two_gaussians)".into())
             })?;
-            let trained = TrainedModel { model: model.clone(), schedule, objective: params.objective, dim, mixture: Some(mixture) };
+            let trained = TrainedModel { model: model.clone(), schedule, objective: params.objective.unwrap_or(Objective::Dsm), dim, mixture: Some(mixture) };
             return write_json(&ctx.path("model.json"), &trained);
         }
     };
+    let objective = params.objective.ok_or_else(|| StageError::Failed("a network needs an `objective`".into()))?;
     let process = schedule.build();
     let n = train.len() / dim;
 
@@ -226,7 +232,7 @@ pub fn run(params: &TrainParams, ctx: &StageContext) -> StageResult<()> {
             }
         };
         let out = net.forward(&xt, &cond)?;
-        let loss = params.objective.loss(&out, &params.objective.target(&eps)?, weights.as_ref())?;
+        let loss = objective.loss(&out, &objective.target(&eps)?, weights.as_ref())?;
         let value = loss.to_scalar::<f32>()?;
         if !value.is_finite() {
             return Err(StageError::Failed(format!(
@@ -246,7 +252,7 @@ pub fn run(params: &TrainParams, ctx: &StageContext) -> StageResult<()> {
     save_tensors(&ctx.path("weights.safetensors"), &raw)?;
     let averaged: Vec<(&str, Tensor)> = vars.iter().zip(&ema).map(|((n, _), t)| (n.as_str(), t.clone())).collect();
     save_tensors(&ctx.path("ema.safetensors"), &averaged)?;
-    write_json(&ctx.path("model.json"), &TrainedModel { model: model.clone(), schedule, objective: params.objective, dim, mixture: None })?;
+    write_json(&ctx.path("model.json"), &TrainedModel { model: model.clone(), schedule, objective, dim, mixture: None })?;
 
     let mut df = DataFrame::new_infer_height(vec![
         Column::new("step".into(), (1..=losses.len() as u64).collect::<Vec<u64>>()),
