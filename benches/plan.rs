@@ -8,7 +8,8 @@ use std::time::Instant;
 /// smld_vs_ddpm with a 10 x 10 x 10 sweep over the learning rate, the sample count and
 /// the sampling seed: 1,000 points.
 fn thousand_point_sweep() -> String {
-    let base = std::fs::read_to_string("pipelines/smld_vs_ddpm.yaml").expect("run from the repository root");
+    let base = std::fs::read_to_string("pipelines/smld_vs_ddpm.yaml")
+        .expect("run from the repository root");
     let list = |f: &dyn Fn(usize) -> String| (0..10).map(f).collect::<Vec<_>>().join(", ");
     format!(
         "{base}sweep:\n  ddpm.params.lr: [{}]\n  ddpm_samples.params.n: [{}]\n  ddpm_samples.params.seed: [{}]\n",
@@ -42,7 +43,12 @@ fn main() {
     let sweep = dir.path().join("sweep.yaml");
     std::fs::write(&sweep, thousand_point_sweep()).expect("write the sweep");
     let plain = Path::new("pipelines/smld_vs_ddpm.yaml");
-    measure("plan smld_vs_ddpm.yaml", reps, &|| runner::pipeline::load(plain, &[], &[]).expect("plans").order.len());
+    measure("plan smld_vs_ddpm.yaml", reps, &|| {
+        runner::pipeline::load(plain, &[], &[])
+            .expect("plans")
+            .order
+            .len()
+    });
     measure("plan a 1,000-point sweep", reps, &|| {
         let plan = runner::pipeline::load(&sweep, &[], &[]).expect("plans");
         assert_eq!(plan.points.len(), 1000);

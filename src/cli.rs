@@ -117,18 +117,37 @@ pub fn main() -> ExitCode {
 
 fn dispatch(cli: &Cli) -> Result<(), RunnerError> {
     match &cli.command {
-        Command::Run { pipeline, jobs, force, dry_run } => {
+        Command::Run {
+            pipeline,
+            jobs,
+            force,
+            dry_run,
+        } => {
             let plan = pipeline.load()?;
             for id in force {
                 if !plan.has_stage(id) {
-                    return Err(RunnerError::Usage(format!("--force {id}: no such stage; stages are: {}", plan.stages.join(", "))));
+                    return Err(RunnerError::Usage(format!(
+                        "--force {id}: no such stage; stages are: {}",
+                        plan.stages.join(", ")
+                    )));
                 }
             }
             if *dry_run {
                 return print_plan(&plan, &cli.results);
             }
-            let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-            run(&plan, &cli.results, &RunOptions { jobs, force: force.clone() })
+            let jobs = jobs.unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+            });
+            run(
+                &plan,
+                &cli.results,
+                &RunOptions {
+                    jobs,
+                    force: force.clone(),
+                },
+            )
         }
         Command::Plan { pipeline } => print_plan(&pipeline.load()?, &cli.results),
         Command::Graph { pipeline } => {
@@ -146,13 +165,21 @@ fn dispatch(cli: &Cli) -> Result<(), RunnerError> {
 }
 
 /// Writes history and report under the pipeline's report lock.
-fn write_report(plan: &Plan, cache: &Cache, outcomes: &[Outcome], results: &Path, save_history: bool) -> Result<PathBuf, RunnerError> {
+fn write_report(
+    plan: &Plan,
+    cache: &Cache,
+    outcomes: &[Outcome],
+    results: &Path,
+    save_history: bool,
+) -> Result<PathBuf, RunnerError> {
     let dir = results.join(&plan.name);
-    std::fs::create_dir_all(&dir).map_err(|e| RunnerError::Report(format!("creating {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| RunnerError::Report(format!("creating {}: {e}", dir.display())))?;
     // Two runs of one pipeline may finish together: one writes the folder at a time.
     let _report_lock = crate::cache::lock::KeyLock::acquire(&dir.join(".report.lock"))?;
     if save_history {
-        history::save(&dir, plan).map_err(|e| RunnerError::Report(format!("writing {}: {e}", dir.display())))?;
+        history::save(&dir, plan)
+            .map_err(|e| RunnerError::Report(format!("writing {}: {e}", dir.display())))?;
     }
     report::build(plan, cache, outcomes, results)
 }
@@ -160,16 +187,31 @@ fn write_report(plan: &Plan, cache: &Cache, outcomes: &[Outcome], results: &Path
 fn run(plan: &Plan, results: &Path, options: &RunOptions) -> Result<(), RunnerError> {
     let cache = Cache::open(results)?;
     let progress = Progress::detect();
-    let points = if plan.sweep.is_empty() { String::new() } else { format!("{} sweep points, ", plan.points.len()) };
-    eprintln!("pipeline {} ({points}{} stages, {} jobs)", plan.name, plan.order.len(), options.jobs);
+    let points = if plan.sweep.is_empty() {
+        String::new()
+    } else {
+        format!("{} sweep points, ", plan.points.len())
+    };
+    eprintln!(
+        "pipeline {} ({points}{} stages, {} jobs)",
+        plan.name,
+        plan.order.len(),
+        options.jobs
+    );
     let outcomes = execute(plan, &cache, options, &progress);
     let count = |f: &dyn Fn(&Status) -> bool| outcomes.iter().filter(|o| f(&o.status)).count();
-    let (computed, cached) = (count(&|s| *s == Status::Computed), count(&|s| *s == Status::Cached));
+    let (computed, cached) = (
+        count(&|s| *s == Status::Computed),
+        count(&|s| *s == Status::Cached),
+    );
     let failed = count(&|s| matches!(s, Status::Failed(_)));
     let skipped = count(&|s| matches!(s, Status::Skipped(_)));
     let report = write_report(plan, &cache, &outcomes, results, true)?;
     if cached == outcomes.len() {
-        eprintln!("all {} stages cached: nothing to compute; report rebuilt", outcomes.len());
+        eprintln!(
+            "all {} stages cached: nothing to compute; report rebuilt",
+            outcomes.len()
+        );
     } else {
         eprintln!("{computed} computed, {cached} cached, {failed} failed, {skipped} skipped");
     }
@@ -178,11 +220,16 @@ fn run(plan: &Plan, results: &Path, options: &RunOptions) -> Result<(), RunnerEr
         for o in &outcomes {
             match &o.status {
                 Status::Failed(m) => eprintln!("  failed  {}: {m}", o.name),
-                Status::Skipped(input) => eprintln!("  skipped {}: input `{input}` did not complete", o.name),
+                Status::Skipped(input) => {
+                    eprintln!("  skipped {}: input `{input}` did not complete", o.name)
+                }
                 _ => {}
             }
         }
-        return Err(RunnerError::StagesFailed { failed: failed + skipped, total: outcomes.len() });
+        return Err(RunnerError::StagesFailed {
+            failed: failed + skipped,
+            total: outcomes.len(),
+        });
     }
     Ok(())
 }
@@ -190,10 +237,16 @@ fn run(plan: &Plan, results: &Path, options: &RunOptions) -> Result<(), RunnerEr
 fn rebuild_report(plan: &Plan, results: &Path) -> Result<(), RunnerError> {
     let cache = Cache::open(results)?;
     let outcomes = from_cache(plan, &cache);
-    let missing = outcomes.iter().filter(|o| o.status == Status::Missing).count();
+    let missing = outcomes
+        .iter()
+        .filter(|o| o.status == Status::Missing)
+        .count();
     let report = write_report(plan, &cache, &outcomes, results, false)?;
     if missing > 0 {
-        eprintln!("{missing} of {} stages are not computed; the report shows the rest (run the pipeline to fill it in)", outcomes.len());
+        eprintln!(
+            "{missing} of {} stages are not computed; the report shows the rest (run the pipeline to fill it in)",
+            outcomes.len()
+        );
     } else {
         eprintln!("all {} stages cached", outcomes.len());
     }
@@ -207,7 +260,12 @@ fn print_plan(plan: &Plan, results: &Path) -> Result<(), RunnerError> {
     if plan.sweep.is_empty() {
         println!("pipeline {} ({} stages)", plan.name, plan.order.len());
     } else {
-        let axes: Vec<String> = plan.sweep.axes.iter().map(|a| format!("{} ({})", a.name, a.values.len())).collect();
+        let axes: Vec<String> = plan
+            .sweep
+            .axes
+            .iter()
+            .map(|a| format!("{} ({})", a.name, a.values.len()))
+            .collect();
         println!(
             "pipeline {}: {} sweep points over {}; {} distinct stages",
             plan.name,
@@ -222,15 +280,28 @@ fn print_plan(plan: &Plan, results: &Path) -> Result<(), RunnerError> {
         if reason != "cached" {
             *to_run.entry(node.kind().name()).or_default() += 1;
         }
-        println!("  {:<20} {:<9} {}  {}", node.name(), node.kind().name(), &node.key[..12], reason);
+        println!(
+            "  {:<20} {:<9} {}  {}",
+            node.name(),
+            node.kind().name(),
+            &node.key[..12],
+            reason
+        );
     }
     let total: usize = to_run.values().sum();
     let by_kind: Vec<String> = StageKind::ALL
         .iter()
         .filter_map(|k| to_run.get(k.name()).map(|n| format!("{n} {}", k.name())))
         .collect();
-    let by_kind = if by_kind.is_empty() { String::new() } else { format!(" (work left: {})", by_kind.join(", ")) };
-    println!("{total} to run, {} cached{by_kind}", plan.order.len() - total);
+    let by_kind = if by_kind.is_empty() {
+        String::new()
+    } else {
+        format!(" (work left: {})", by_kind.join(", "))
+    };
+    println!(
+        "{total} to run, {} cached{by_kind}",
+        plan.order.len() - total
+    );
     Ok(())
 }
 
@@ -265,13 +336,23 @@ fn gc(files: &[PathBuf], results: &Path, dry_run: bool) -> Result<(), RunnerErro
     let report = maintenance::gc(&cache, &reachable, dry_run)?;
     let verb = if dry_run { "would free" } else { "freed" };
     for f in &report.freed {
-        println!("{verb} {:>10}  {}  {}", human_bytes(f.bytes), &f.name[..f.name.len().min(16)], f.what);
+        println!(
+            "{verb} {:>10}  {}  {}",
+            human_bytes(f.bytes),
+            &f.name[..f.name.len().min(16)],
+            f.what
+        );
     }
     for key in &report.busy {
         println!("busy          {}  (being computed; left alone)", &key[..16]);
     }
     let total: u64 = report.freed.iter().map(|f| f.bytes).sum();
-    println!("{verb} {} in {} entries; kept {}", human_bytes(total), report.freed.len(), report.kept);
+    println!(
+        "{verb} {} in {} entries; kept {}",
+        human_bytes(total),
+        report.freed.len(),
+        report.kept
+    );
     Ok(())
 }
 
@@ -279,7 +360,11 @@ fn verify(results: &Path, remove: bool) -> Result<(), RunnerError> {
     let cache = Cache::open(results)?;
     let (damaged, checked) = maintenance::verify(&cache)?;
     for d in &damaged {
-        println!("damaged {} ({})", &d.key[..16], d.stage.as_deref().unwrap_or("unknown stage"));
+        println!(
+            "damaged {} ({})",
+            &d.key[..16],
+            d.stage.as_deref().unwrap_or("unknown stage")
+        );
         for p in &d.problems {
             println!("  {p}");
         }
@@ -307,5 +392,9 @@ fn human_bytes(bytes: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", units[unit]) }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", units[unit])
+    }
 }

@@ -20,23 +20,38 @@ impl std::fmt::Display for Location {
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}{}: {message}", fmt_loc(.location))]
-    Invalid { path: PathBuf, location: Option<Location>, message: String },
+    Invalid {
+        path: PathBuf,
+        location: Option<Location>,
+        message: String,
+    },
     #[error("--set {assignment}: {message}")]
     Override { assignment: String, message: String },
 }
 
 fn fmt_loc(location: &Option<Location>) -> String {
-    location.as_ref().map(|l| format!(":{}:{}", l.line, l.column)).unwrap_or_default()
+    location
+        .as_ref()
+        .map(|l| format!(":{}:{}", l.line, l.column))
+        .unwrap_or_default()
 }
 
 /// Failures of the content-addressed cache (I/O on the results directory).
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     #[error("cache I/O on {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("cache entry {path} has a malformed manifest: {message}; delete the directory to recompute it")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "cache entry {path} has a malformed manifest: {message}; delete the directory to recompute it"
+    )]
     Manifest { path: PathBuf, message: String },
 }
 
@@ -55,7 +70,10 @@ pub enum StageError {
     #[error("tensor error: {0}")]
     Tensor(#[from] candle_core::Error),
     #[error("I/O error on {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Cache(#[from] CacheError),
     #[error("input {path} is not valid: {message}")]

@@ -20,17 +20,23 @@ pub fn stream(seed: u64, purpose: &str) -> ChaCha8Rng {
 
 /// `n` standard normal draws as f32.
 pub fn normals(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
-    (0..n).map(|_| rng.sample::<f64, _>(StandardNormal) as f32).collect()
+    (0..n)
+        .map(|_| rng.sample::<f64, _>(StandardNormal) as f32)
+        .collect()
 }
 
 /// `n` uniform draws from [lo, hi) as f32.
 pub fn uniforms(rng: &mut ChaCha8Rng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-    (0..n).map(|_| lo + (hi - lo) * rng.random::<f32>()).collect()
+    (0..n)
+        .map(|_| lo + (hi - lo) * rng.random::<f32>())
+        .collect()
 }
 
 /// `n` random signs (+1 or -1), the probes of Hutchinson's trace estimator.
 pub fn rademacher(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
-    (0..n).map(|_| if rng.random::<bool>() { 1.0 } else { -1.0 }).collect()
+    (0..n)
+        .map(|_| if rng.random::<bool>() { 1.0 } else { -1.0 })
+        .collect()
 }
 
 #[cfg(test)]

@@ -6,7 +6,9 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use common::{computed, run_twice_concurrently, runner, stderr, stdout, tiny_pipeline, write_pipeline};
+use common::{
+    computed, run_twice_concurrently, runner, stderr, stdout, tiny_pipeline, write_pipeline,
+};
 
 #[test]
 fn first_run_computes_second_is_cached_and_set_reruns_only_downstream() {
@@ -19,7 +21,20 @@ fn first_run_computes_second_is_cached_and_set_reruns_only_downstream() {
     assert!(first.status.success(), "{}", stderr(&first));
     let mut ran = computed(&first);
     ran.sort();
-    assert_eq!(ran, ["compare", "data", "ddpm", "ddpm_samples", "linear", "mlp", "sigmas", "smld", "smld_samples"]);
+    assert_eq!(
+        ran,
+        [
+            "compare",
+            "data",
+            "ddpm",
+            "ddpm_samples",
+            "linear",
+            "mlp",
+            "sigmas",
+            "smld",
+            "smld_samples"
+        ]
+    );
 
     // Every artifact the design promises is there, reachable by stage name.
     let out = results.join("tiny");
@@ -45,15 +60,26 @@ fn first_run_computes_second_is_cached_and_set_reruns_only_downstream() {
         assert!(out.join(file).is_file(), "missing {file}");
     }
     let metrics = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
-    assert!(metrics.starts_with("evaluate,stage,metric,value"), "{metrics}");
-    for row in ["compare,ddpm_samples,sliced_wasserstein,", "compare,smld_samples,mmd2,", "compare,ddpm_samples,mode_weight_0,", "compare,smld_samples,nfe,16"] {
+    assert!(
+        metrics.starts_with("evaluate,stage,metric,value"),
+        "{metrics}"
+    );
+    for row in [
+        "compare,ddpm_samples,sliced_wasserstein,",
+        "compare,smld_samples,mmd2,",
+        "compare,ddpm_samples,mode_weight_0,",
+        "compare,smld_samples,nfe,16",
+    ] {
         assert!(metrics.contains(row), "no {row} in {metrics}");
     }
     // The manifest records the keys of the inputs (the entries the links point at).
     let manifest = std::fs::read_to_string(out.join("stages/ddpm/manifest.json")).unwrap();
     let data_key = std::fs::read_link(out.join("stages/data")).unwrap();
     let data_key = data_key.file_name().unwrap().to_str().unwrap();
-    assert!(manifest.contains(&format!("\"data\": [\n      \"{data_key}\"")), "{manifest}");
+    assert!(
+        manifest.contains(&format!("\"data\": [\n      \"{data_key}\"")),
+        "{manifest}"
+    );
     // The EMA weights are a separate average, not a copy of the final weights.
     let raw = std::fs::read(out.join("stages/ddpm/weights.safetensors")).unwrap();
     let ema = std::fs::read(out.join("stages/ddpm/ema.safetensors")).unwrap();
@@ -62,14 +88,24 @@ fn first_run_computes_second_is_cached_and_set_reruns_only_downstream() {
     let loss = std::fs::read_to_string(out.join("stages/ddpm/loss.csv")).unwrap();
     assert_eq!(loss.lines().count(), 31, "header + one row per step");
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
-    for needle in ["compare-scatter_ddpm_samples.png", "ddpm-loss.png", "sliced_wasserstein", "computed", "tiny test pipeline"] {
+    for needle in [
+        "compare-scatter_ddpm_samples.png",
+        "ddpm-loss.png",
+        "sliced_wasserstein",
+        "computed",
+        "tiny test pipeline",
+    ] {
         assert!(html.contains(needle), "report lacks {needle}");
     }
 
     let second = runner(&results, &["run", file]);
     assert!(second.status.success(), "{}", stderr(&second));
     assert!(computed(&second).is_empty(), "{}", stderr(&second));
-    assert!(stderr(&second).contains("all 9 stages cached: nothing to compute; report rebuilt"), "{}", stderr(&second));
+    assert!(
+        stderr(&second).contains("all 9 stages cached: nothing to compute; report rebuilt"),
+        "{}",
+        stderr(&second)
+    );
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(html.contains("cached"));
 
@@ -87,7 +123,11 @@ fn first_run_computes_second_is_cached_and_set_reruns_only_downstream() {
 
     let forced = runner(&results, &["run", file, "--force", "data"]);
     assert!(forced.status.success(), "{}", stderr(&forced));
-    assert_eq!(computed(&forced), ["data"], "forcing recomputes only that stage");
+    assert_eq!(
+        computed(&forced),
+        ["data"],
+        "forcing recomputes only that stage"
+    );
 }
 
 #[test]
@@ -98,13 +138,28 @@ fn dry_run_and_graph_run_nothing() {
     let file = path.to_str().unwrap();
     let dry = runner(&results, &["run", file, "--dry-run"]);
     assert!(dry.status.success());
-    assert!(stdout(&dry).contains("9 to run, 0 cached"), "{}", stdout(&dry));
+    assert!(
+        stdout(&dry).contains("9 to run, 0 cached"),
+        "{}",
+        stdout(&dry)
+    );
     assert!(stdout(&dry).contains("not computed"));
     let graph = runner(&results, &["graph", file]);
     let dot = stdout(&graph);
     assert!(dot.starts_with("digraph \"tiny\""), "{dot}");
-    assert!(dot.contains("\"ddpm\" -> \"ddpm_samples\" [label=\"train\"]"), "{dot}");
-    assert!(!results.join(".cache").read_dir().map(|d| d.filter_map(Result::ok).any(|e| e.path().join("manifest.json").exists())).unwrap_or(false));
+    assert!(
+        dot.contains("\"ddpm\" -> \"ddpm_samples\" [label=\"train\"]"),
+        "{dot}"
+    );
+    assert!(
+        !results
+            .join(".cache")
+            .read_dir()
+            .map(|d| d
+                .filter_map(Result::ok)
+                .any(|e| e.path().join("manifest.json").exists()))
+            .unwrap_or(false)
+    );
     let list = runner(&results, &["list"]);
     assert!(stdout(&list).contains("annealed_langevin") && stdout(&list).contains("two_gaussians"));
 }
@@ -113,16 +168,28 @@ fn dry_run_and_graph_run_nothing() {
 fn a_failing_stage_fails_only_itself_and_its_dependents() {
     let dir = tempfile::tempdir().unwrap();
     let results = dir.path().join("results");
-    let text = tiny_pipeline("fails", 20).replace("params: { objective: eps, steps: 20, batch: 64 }", "params: { objective: eps, steps: 20, batch: 64, lr: 1.0e30 }");
+    let text = tiny_pipeline("fails", 20).replace(
+        "params: { objective: eps, steps: 20, batch: 64 }",
+        "params: { objective: eps, steps: 20, batch: 64, lr: 1.0e30 }",
+    );
     let path = write_pipeline(dir.path(), "fails", &text);
     let out = runner(&results, &["run", path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);
-    assert!(err.contains("ddpm") && err.contains("loss became") && err.contains("at step"), "{err}");
-    assert!(err.contains("skipped ddpm_samples") && err.contains("skipped compare"), "{err}");
+    assert!(
+        err.contains("ddpm") && err.contains("loss became") && err.contains("at step"),
+        "{err}"
+    );
+    assert!(
+        err.contains("skipped ddpm_samples") && err.contains("skipped compare"),
+        "{err}"
+    );
     let mut ran = computed(&out);
     ran.sort();
-    assert_eq!(ran, ["data", "linear", "mlp", "sigmas", "smld", "smld_samples"]);
+    assert_eq!(
+        ran,
+        ["data", "linear", "mlp", "sigmas", "smld", "smld_samples"]
+    );
     // The stages that succeeded are cached: planning again runs only the failed branch.
     let plan = stdout(&runner(&results, &["plan", path.to_str().unwrap()]));
     assert!(plan.contains("3 to run, 6 cached"), "{plan}");
@@ -174,11 +241,29 @@ fn concurrent_runs_compute_each_stage_once() {
     let results = dir.path().join("results");
     let path = write_pipeline(dir.path(), "both", &tiny_pipeline("both", 200));
     let (a, b) = run_twice_concurrently(&results, &path, "1");
-    assert!(a.status.success() && b.status.success(), "{}\n{}", stderr(&a), stderr(&b));
+    assert!(
+        a.status.success() && b.status.success(),
+        "{}\n{}",
+        stderr(&a),
+        stderr(&b)
+    );
     let mut all = computed(&a);
     all.extend(computed(&b));
     all.sort();
-    assert_eq!(all, ["compare", "data", "ddpm", "ddpm_samples", "linear", "mlp", "sigmas", "smld", "smld_samples"]);
+    assert_eq!(
+        all,
+        [
+            "compare",
+            "data",
+            "ddpm",
+            "ddpm_samples",
+            "linear",
+            "mlp",
+            "sigmas",
+            "smld",
+            "smld_samples"
+        ]
+    );
     let metrics = std::fs::read_to_string(results.join("both/metrics.csv")).unwrap();
     assert!(metrics.contains("compare,ddpm_samples,mmd2,"));
 }

@@ -5,11 +5,16 @@ mod common;
 
 use std::path::Path;
 
-use common::{computed, run_twice_concurrently, runner, stderr, stdout, tiny_pipeline, write_pipeline};
+use common::{
+    computed, run_twice_concurrently, runner, stderr, stdout, tiny_pipeline, write_pipeline,
+};
 
 /// The tiny pipeline with a 2 x 2 sweep: DDPM's learning rate and its sample count.
 fn swept(name: &str) -> String {
-    format!("{}sweep:\n  ddpm.params.lr: [0.001, 0.002]\n  ddpm_samples.params.n: [200, 300]\n", tiny_pipeline(name, 20))
+    format!(
+        "{}sweep:\n  ddpm.params.lr: [0.001, 0.002]\n  ddpm_samples.params.n: [200, 300]\n",
+        tiny_pipeline(name, 20)
+    )
 }
 
 fn sorted(mut v: Vec<String>) -> Vec<String> {
@@ -18,7 +23,10 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
 }
 
 fn count_prefix(names: &[String], id: &str) -> usize {
-    names.iter().filter(|n| *n == id || n.starts_with(&format!("{id}["))).count()
+    names
+        .iter()
+        .filter(|n| *n == id || n.starts_with(&format!("{id}[")))
+        .count()
 }
 
 fn cache_keys(results: &Path) -> Vec<String> {
@@ -39,7 +47,10 @@ fn a_sweep_computes_every_distinct_stage_once_and_labels_its_results() {
     let file = path.to_str().unwrap();
 
     let plan = stdout(&runner(&results, &["plan", file]));
-    assert!(plan.contains("4 sweep points over lr (2) x n (2); 16 distinct stages"), "{plan}");
+    assert!(
+        plan.contains("4 sweep points over lr (2) x n (2); 16 distinct stages"),
+        "{plan}"
+    );
     assert!(plan.contains("16 to run, 0 cached (work left: 1 dataset, 2 schedule, 1 model, 3 train, 5 sample, 4 evaluate)"), "{plan}");
 
     let run = runner(&results, &["run", file, "--jobs", "2"]);
@@ -47,12 +58,19 @@ fn a_sweep_computes_every_distinct_stage_once_and_labels_its_results() {
     let ran = sorted(computed(&run));
     assert_eq!(ran.len(), 16, "{ran:?}");
     assert_eq!(count_prefix(&ran, "data"), 1);
-    assert_eq!(count_prefix(&ran, "ddpm"), 2, "one training per learning rate: {ran:?}");
+    assert_eq!(
+        count_prefix(&ran, "ddpm"),
+        2,
+        "one training per learning rate: {ran:?}"
+    );
     assert_eq!(count_prefix(&ran, "smld"), 1, "no swept value reaches smld");
     assert_eq!(count_prefix(&ran, "ddpm_samples"), 4);
     assert_eq!(count_prefix(&ran, "smld_samples"), 1);
     assert_eq!(count_prefix(&ran, "compare"), 4);
-    assert!(ran.contains(&"ddpm_samples[lr=0.002,n=300]".to_string()), "{ran:?}");
+    assert!(
+        ran.contains(&"ddpm_samples[lr=0.002,n=300]".to_string()),
+        "{ran:?}"
+    );
     assert_eq!(cache_keys(&results).len(), 16);
 
     // One row per (point, evaluated stage, metric), a column per axis.
@@ -60,7 +78,10 @@ fn a_sweep_computes_every_distinct_stage_once_and_labels_its_results() {
     let metrics = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
     let mut lines = metrics.lines();
     assert_eq!(lines.next(), Some("point,lr,n,evaluate,stage,metric,value"));
-    for row in ["\"lr=0.001,n=200\",0.001,200,compare,ddpm_samples,mmd2,", "\"lr=0.002,n=300\",0.002,300,compare,smld_samples,nfe,16"] {
+    for row in [
+        "\"lr=0.001,n=200\",0.001,200,compare,ddpm_samples,mmd2,",
+        "\"lr=0.002,n=300\",0.002,300,compare,smld_samples,nfe,16",
+    ] {
         assert!(metrics.contains(row), "no {row} in\n{metrics}");
     }
     let rows_per_point = 2 * 7; // two sample stages x (sw, mmd2, 2 mode weights, tv, nfe, seconds)
@@ -77,18 +98,38 @@ fn a_sweep_computes_every_distinct_stage_once_and_labels_its_results() {
         assert!(out.join(file).is_file(), "missing {file}");
     }
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
-    for needle in ["<h2>Sweep</h2>", "4 points, 16 distinct stages", "ddpm_samples.params.n", "class=\"sortable\"", "stages&#x2f;ddpm_samples&#x2f;lr=0.002,n=300", "figures&#x2f;sweep-"] {
+    for needle in [
+        "<h2>Sweep</h2>",
+        "4 points, 16 distinct stages",
+        "ddpm_samples.params.n",
+        "class=\"sortable\"",
+        "stages&#x2f;ddpm_samples&#x2f;lr=0.002,n=300",
+        "figures&#x2f;sweep-",
+    ] {
         assert!(html.contains(needle), "report lacks {needle}");
     }
     let compare_plots = std::fs::read_dir(out.join("figures"))
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("sweep-"))
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("sweep-")
+        })
         .count();
-    assert_eq!(compare_plots, 3, "sliced_wasserstein, mmd2 and mode_weight_tv against lr");
+    assert_eq!(
+        compare_plots, 3,
+        "sliced_wasserstein, mmd2 and mode_weight_tv against lr"
+    );
 
     // Nothing changed: nothing runs.
     let again = runner(&results, &["run", file]);
-    assert!(stderr(&again).contains("all 16 stages cached"), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("all 16 stages cached"),
+        "{}",
+        stderr(&again)
+    );
 }
 
 #[test]
@@ -113,9 +154,18 @@ fn set_fixes_a_swept_value_and_sweep_adds_an_axis() {
     assert_eq!(count_prefix(&ran, "smld"), 0);
 
     // A command-line axis on top of the file's.
-    let plan = stdout(&runner(&results, &["plan", file, "--sweep", "smld_samples.params.seed=1,5,9"]));
-    assert!(plan.contains("12 sweep points over lr (2) x n (2) x seed (3)"), "{plan}");
-    assert!(plan.contains("(work left: 3 sample, 12 evaluate)"), "{plan}");
+    let plan = stdout(&runner(
+        &results,
+        &["plan", file, "--sweep", "smld_samples.params.seed=1,5,9"],
+    ));
+    assert!(
+        plan.contains("12 sweep points over lr (2) x n (2) x seed (3)"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("(work left: 3 sample, 12 evaluate)"),
+        "{plan}"
+    );
     let bad = runner(&results, &["plan", file, "--sweep", "nope.params.x=1,2"]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(stderr(&bad).contains("no stage `nope`"), "{}", stderr(&bad));
@@ -135,7 +185,10 @@ fn zipped_axes_and_named_plots() {
     let ran = computed(&run);
     assert_eq!(count_prefix(&ran, "linear"), 2);
     assert_eq!(count_prefix(&ran, "ddpm"), 2, "{ran:?}");
-    assert!(ran.contains(&"ddpm[steps=20,seed=4]".to_string()), "{ran:?}");
+    assert!(
+        ran.contains(&"ddpm[steps=20,seed=4]".to_string()),
+        "{ran:?}"
+    );
     let figures: Vec<String> = std::fs::read_dir(results.join("zipped/figures"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -154,7 +207,11 @@ fn report_rebuilds_from_the_cache_without_running() {
     // Before any run: a report of what is missing, and nothing computed.
     let empty = runner(&results, &["report", file]);
     assert!(empty.status.success(), "{}", stderr(&empty));
-    assert!(stderr(&empty).contains("16 of 16 stages are not computed"), "{}", stderr(&empty));
+    assert!(
+        stderr(&empty).contains("16 of 16 stages are not computed"),
+        "{}",
+        stderr(&empty)
+    );
     assert!(cache_keys(&results).is_empty());
 
     assert!(runner(&results, &["run", file]).status.success());
@@ -167,7 +224,10 @@ fn report_rebuilds_from_the_cache_without_running() {
     assert!(rebuilt.status.success(), "{}", stderr(&rebuilt));
     assert!(computed(&rebuilt).is_empty());
     assert!(stderr(&rebuilt).contains("all 16 stages cached"));
-    assert_eq!(std::fs::read_to_string(out.join("metrics.csv")).unwrap(), before);
+    assert_eq!(
+        std::fs::read_to_string(out.join("metrics.csv")).unwrap(),
+        before
+    );
     assert!(out.join("report.html").is_file());
     assert!(out.join("stages/ddpm/lr=0.002/ema.safetensors").is_file());
 }
@@ -177,9 +237,17 @@ fn gc_removes_only_unreachable_entries() {
     let dir = tempfile::tempdir().unwrap();
     let results = dir.path().join("results");
     let keep = write_pipeline(dir.path(), "keep", &tiny_pipeline("keep", 20));
-    let gone = write_pipeline(dir.path(), "gone", &tiny_pipeline("gone", 20).replace("n: 2000", "n: 1000"));
+    let gone = write_pipeline(
+        dir.path(),
+        "gone",
+        &tiny_pipeline("gone", 20).replace("n: 2000", "n: 1000"),
+    );
     for file in [&keep, &gone] {
-        assert!(runner(&results, &["run", file.to_str().unwrap()]).status.success());
+        assert!(
+            runner(&results, &["run", file.to_str().unwrap()])
+                .status
+                .success()
+        );
     }
     // `gone` shares mlp, linear and sigmas with `keep`; its data and everything
     // downstream differ (6 entries).
@@ -194,7 +262,10 @@ fn gc_removes_only_unreachable_entries() {
     assert!(gc.status.success(), "{}", stderr(&gc));
     let report = stdout(&gc);
     assert!(report.contains("in 6 entries; kept 9"), "{report}");
-    assert!(report.contains("dataset data") && report.contains("train ddpm"), "{report}");
+    assert!(
+        report.contains("dataset data") && report.contains("train ddpm"),
+        "{report}"
+    );
     assert_eq!(cache_keys(&results).len(), 9);
     // Everything `keep` needs is still cached.
     let plan = stdout(&runner(&results, &["plan", keep.to_str().unwrap()]));
@@ -215,7 +286,11 @@ fn verify_detects_a_corrupted_file_and_remove_lets_the_next_run_repair_it() {
     assert!(runner(&results, &["run", file]).status.success());
     let clean = runner(&results, &["verify"]);
     assert!(clean.status.success(), "{}", stdout(&clean));
-    assert!(stdout(&clean).contains("checked 9 entries: 0 damaged"), "{}", stdout(&clean));
+    assert!(
+        stdout(&clean).contains("checked 9 entries: 0 damaged"),
+        "{}",
+        stdout(&clean)
+    );
 
     // Flip one byte of the DDPM samples (same size: only the hash can tell).
     let samples = results.join("ver/stages/ddpm_samples/samples.safetensors");
@@ -226,7 +301,11 @@ fn verify_detects_a_corrupted_file_and_remove_lets_the_next_run_repair_it() {
     let bad = runner(&results, &["verify"]);
     assert_eq!(bad.status.code(), Some(1));
     let out = stdout(&bad);
-    assert!(out.contains("(ddpm_samples)") && out.contains("samples.safetensors does not match its sha256"), "{out}");
+    assert!(
+        out.contains("(ddpm_samples)")
+            && out.contains("samples.safetensors does not match its sha256"),
+        "{out}"
+    );
     assert!(out.contains("checked 9 entries: 1 damaged"), "{out}");
 
     let removed = runner(&results, &["verify", "--remove"]);
@@ -244,7 +323,12 @@ fn two_concurrent_runs_of_a_sweep_compute_each_stage_once() {
     let results = dir.path().join("results");
     let path = write_pipeline(dir.path(), "conc", &swept("conc"));
     let (a, b) = run_twice_concurrently(&results, &path, "2");
-    assert!(a.status.success() && b.status.success(), "{}\n{}", stderr(&a), stderr(&b));
+    assert!(
+        a.status.success() && b.status.success(),
+        "{}\n{}",
+        stderr(&a),
+        stderr(&b)
+    );
     let mut all = computed(&a);
     all.extend(computed(&b));
     let all = sorted(all);
@@ -256,7 +340,10 @@ fn two_concurrent_runs_of_a_sweep_compute_each_stage_once() {
     let metrics = std::fs::read_to_string(results.join("conc/metrics.csv")).unwrap();
     let again = runner(&results, &["run", path.to_str().unwrap()]);
     assert!(stderr(&again).contains("all 16 stages cached"));
-    assert_eq!(std::fs::read_to_string(results.join("conc/metrics.csv")).unwrap(), metrics);
+    assert_eq!(
+        std::fs::read_to_string(results.join("conc/metrics.csv")).unwrap(),
+        metrics
+    );
 }
 
 #[test]
@@ -269,11 +356,15 @@ fn stages_that_use_every_core_never_overlap() {
     assert!(run.status.success(), "{}", stderr(&run));
     let mut spans: Vec<(u64, u64, String)> = Vec::new();
     for key in cache_keys(&results) {
-        let text = std::fs::read_to_string(results.join(".cache").join(&key).join("manifest.json")).unwrap();
+        let text = std::fs::read_to_string(results.join(".cache").join(&key).join("manifest.json"))
+            .unwrap();
         let manifest: serde_json::Value = serde_json::from_str(&text).unwrap();
         let kind = manifest["kind"].as_str().unwrap();
         if kind == "train" || kind == "sample" {
-            let (start, end) = (manifest["started_unix_ms"].as_u64().unwrap(), manifest["finished_unix_ms"].as_u64().unwrap());
+            let (start, end) = (
+                manifest["started_unix_ms"].as_u64().unwrap(),
+                manifest["finished_unix_ms"].as_u64().unwrap(),
+            );
             assert!(start > 0 && end >= start);
             spans.push((start, end, manifest["stage"].as_str().unwrap().to_string()));
         }
@@ -281,6 +372,11 @@ fn stages_that_use_every_core_never_overlap() {
     assert_eq!(spans.len(), 3 + 5);
     spans.sort();
     for pair in spans.windows(2) {
-        assert!(pair[1].0 >= pair[0].1, "{} started before {} ended: {spans:?}", pair[1].2, pair[0].2);
+        assert!(
+            pair[1].0 >= pair[0].1,
+            "{} started before {} ended: {spans:?}",
+            pair[1].2,
+            pair[0].2
+        );
     }
 }

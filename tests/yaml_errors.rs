@@ -16,77 +16,129 @@ stages:
 fn plan_error(extra: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let path = write_pipeline(dir.path(), "p", &format!("{BASE}{extra}"));
-    let out = runner(&dir.path().join("results"), &["plan", path.to_str().unwrap()]);
+    let out = runner(
+        &dir.path().join("results"),
+        &["plan", path.to_str().unwrap()],
+    );
     assert_eq!(out.status.code(), Some(2), "stderr: {}", stderr(&out));
     let err = stderr(&out);
     assert!(err.starts_with("error: "), "{err}");
-    assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err}"
+    );
     assert!(err.contains("p.yaml:"), "no file in {err}");
     err
 }
 
 #[test]
 fn unknown_param_key_names_line_stage_and_choices() {
-    let err = plan_error("  tr:\n    kind: train\n    needs: { data: data, schedule: lin, model: mlp }\n    params: { objective: eps, stpes: 10 }\n");
+    let err = plan_error(
+        "  tr:\n    kind: train\n    needs: { data: data, schedule: lin, model: mlp }\n    params: { objective: eps, stpes: 10 }\n",
+    );
     assert!(err.contains("p.yaml:9:"), "{err}");
     assert!(err.contains("stages.tr.params"), "{err}");
-    assert!(err.contains("unknown field `stpes`") && err.contains("`steps`"), "{err}");
+    assert!(
+        err.contains("unknown field `stpes`") && err.contains("`steps`"),
+        "{err}"
+    );
 }
 
 #[test]
 fn wrong_type_names_the_key() {
-    let err = plan_error("  tr:\n    kind: train\n    needs: { data: data, schedule: lin, model: mlp }\n    params: { objective: eps, steps: ten }\n");
+    let err = plan_error(
+        "  tr:\n    kind: train\n    needs: { data: data, schedule: lin, model: mlp }\n    params: { objective: eps, steps: ten }\n",
+    );
     assert!(err.contains("p.yaml:9:38"), "{err}");
-    assert!(err.contains("stages.tr.params.steps") && err.contains("expected usize"), "{err}");
+    assert!(
+        err.contains("stages.tr.params.steps") && err.contains("expected usize"),
+        "{err}"
+    );
 }
 
 #[test]
 fn unknown_stage_kind_lists_kinds() {
     let err = plan_error("  tr:\n    kind: trian\n");
-    assert!(err.contains("p.yaml:7:11") && err.contains("stages.tr.kind"), "{err}");
-    assert!(err.contains("unknown variant `trian`") && err.contains("`evaluate`"), "{err}");
+    assert!(
+        err.contains("p.yaml:7:11") && err.contains("stages.tr.kind"),
+        "{err}"
+    );
+    assert!(
+        err.contains("unknown variant `trian`") && err.contains("`evaluate`"),
+        "{err}"
+    );
 }
 
 #[test]
 fn unknown_dataset_lists_datasets() {
     let err = plan_error("  d2: { kind: dataset, params: { name: gmmm } }\n");
-    assert!(err.contains("p.yaml:6:") && err.contains("stages.d2.params"), "{err}");
+    assert!(
+        err.contains("p.yaml:6:") && err.contains("stages.d2.params"),
+        "{err}"
+    );
     assert!(err.contains("`circle`") && err.contains("`moons`"), "{err}");
 }
 
 #[test]
 fn missing_input_is_named() {
-    let err = plan_error("  tr:\n    kind: train\n    needs: { data: data, schedule: lin }\n    params: { objective: eps }\n");
-    assert!(err.contains("p.yaml:8:") && err.contains("stages.tr.needs"), "{err}");
+    let err = plan_error(
+        "  tr:\n    kind: train\n    needs: { data: data, schedule: lin }\n    params: { objective: eps }\n",
+    );
+    assert!(
+        err.contains("p.yaml:8:") && err.contains("stages.tr.needs"),
+        "{err}"
+    );
     assert!(err.contains("missing field `model`"), "{err}");
 }
 
 #[test]
 fn wrong_input_role_lists_roles() {
-    let err = plan_error("  tr:\n    kind: train\n    needs: { data: data, schedule: lin, model: mlp, sampler: x }\n    params: { objective: eps }\n");
-    assert!(err.contains("p.yaml:8:") && err.contains("unknown field `sampler`"), "{err}");
+    let err = plan_error(
+        "  tr:\n    kind: train\n    needs: { data: data, schedule: lin, model: mlp, sampler: x }\n    params: { objective: eps }\n",
+    );
+    assert!(
+        err.contains("p.yaml:8:") && err.contains("unknown field `sampler`"),
+        "{err}"
+    );
     assert!(err.contains("`data`, `schedule`, `model`"), "{err}");
 }
 
 #[test]
 fn input_of_the_wrong_kind_lists_stages_of_the_right_kind() {
-    let err = plan_error("  tr:\n    kind: train\n    needs: { data: data, schedule: mlp, model: mlp }\n    params: { objective: eps }\n");
+    let err = plan_error(
+        "  tr:\n    kind: train\n    needs: { data: data, schedule: mlp, model: mlp }\n    params: { objective: eps }\n",
+    );
     assert!(err.contains("p.yaml:8:26"), "{err}");
-    assert!(err.contains("stage `tr`") && err.contains("must be a schedule stage") && err.contains("schedule stages: lin"), "{err}");
+    assert!(
+        err.contains("stage `tr`")
+            && err.contains("must be a schedule stage")
+            && err.contains("schedule stages: lin"),
+        "{err}"
+    );
 }
 
 #[test]
 fn unknown_input_stage_lists_candidates() {
-    let err = plan_error("  tr:\n    kind: train\n    needs: { data: dta, schedule: lin, model: mlp }\n    params: { objective: eps }\n");
+    let err = plan_error(
+        "  tr:\n    kind: train\n    needs: { data: dta, schedule: lin, model: mlp }\n    params: { objective: eps }\n",
+    );
     assert!(err.contains("p.yaml:8:14"), "{err}");
-    assert!(err.contains("`dta`, which is not a stage") && err.contains("dataset stages: data"), "{err}");
+    assert!(
+        err.contains("`dta`, which is not a stage") && err.contains("dataset stages: data"),
+        "{err}"
+    );
 }
 
 #[test]
 fn a_stage_cannot_depend_on_itself() {
     // Input roles only accept upstream kinds, so a cycle is caught as a wrong input.
-    let err = plan_error("  s:\n    kind: sample\n    needs: { train: s }\n    params: { sampler: ancestral }\n");
-    assert!(err.contains("stage `s`") && err.contains("must be a train stage"), "{err}");
+    let err = plan_error(
+        "  s:\n    kind: sample\n    needs: { train: s }\n    params: { sampler: ancestral }\n",
+    );
+    assert!(
+        err.contains("stage `s`") && err.contains("must be a train stage"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -94,10 +146,22 @@ fn a_sampler_that_does_not_fit_the_process_is_explained() {
     let err = plan_error(
         "  tr:\n    kind: train\n    needs: { data: data, schedule: lin, model: mlp }\n    params: { objective: eps }\n  s:\n    kind: sample\n    needs: { train: tr }\n    params: { sampler: annealed_langevin }\n",
     );
-    assert!(err.contains("p.yaml:13:5") && err.contains("stage `s`"), "{err}");
-    assert!(err.contains("needs a VE process") && err.contains("use `ancestral`, `ddim`, `pc` or `ode`"), "{err}");
-    let err = plan_error("  tr:\n    kind: train\n    needs: { data: data, schedule: lin, model: mlp }\n    params: { objective: eps, weighting: likelihood }\n");
-    assert!(err.contains("p.yaml:9:5") && err.contains("`weighting` applies to `objective: dsm`"), "{err}");
+    assert!(
+        err.contains("p.yaml:13:5") && err.contains("stage `s`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("needs a VE process")
+            && err.contains("use `ancestral`, `ddim`, `pc` or `ode`"),
+        "{err}"
+    );
+    let err = plan_error(
+        "  tr:\n    kind: train\n    needs: { data: data, schedule: lin, model: mlp }\n    params: { objective: eps, weighting: likelihood }\n",
+    );
+    assert!(
+        err.contains("p.yaml:9:5") && err.contains("`weighting` applies to `objective: dsm`"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -106,15 +170,38 @@ fn unknown_top_level_key_and_bad_set_are_errors() {
     let path = write_pipeline(dir.path(), "p", &format!("{BASE}stagse: {{}}\n"));
     let out = runner(dir.path(), &["plan", path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("unknown field `stagse`"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("unknown field `stagse`"),
+        "{}",
+        stderr(&out)
+    );
 
     let path = write_pipeline(dir.path(), "q", BASE);
-    let out = runner(dir.path(), &["plan", path.to_str().unwrap(), "--set", "nope.params.n=3"]);
+    let out = runner(
+        dir.path(),
+        &["plan", path.to_str().unwrap(), "--set", "nope.params.n=3"],
+    );
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("no stage `nope`") && stderr(&out).contains("data, lin, mlp"), "{}", stderr(&out));
-    let out = runner(dir.path(), &["plan", path.to_str().unwrap(), "--set", "data.params.n=lots"]);
+    assert!(
+        stderr(&out).contains("no stage `nope`") && stderr(&out).contains("data, lin, mlp"),
+        "{}",
+        stderr(&out)
+    );
+    let out = runner(
+        dir.path(),
+        &[
+            "plan",
+            path.to_str().unwrap(),
+            "--set",
+            "data.params.n=lots",
+        ],
+    );
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("--set data.params.n=lots"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--set data.params.n=lots"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -122,5 +209,9 @@ fn missing_file_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     let out = runner(dir.path(), &["run", "does/not/exist.yaml"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("cannot read does/not/exist.yaml"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot read does/not/exist.yaml"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -28,12 +28,20 @@ impl KeyLock {
         match file.try_lock() {
             Ok(()) => Ok(Some(KeyLock { _file: file })),
             Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-            Err(std::fs::TryLockError::Error(e)) => Err(CacheError::Io { path: path.to_path_buf(), source: e }),
+            Err(std::fs::TryLockError::Error(e)) => Err(CacheError::Io {
+                path: path.to_path_buf(),
+                source: e,
+            }),
         }
     }
 }
 
 /// The lock file, created on first use and never truncated.
 fn open(path: &Path) -> Result<File, CacheError> {
-    OpenOptions::new().create(true).truncate(false).write(true).open(path).map_err(CacheError::io(path))
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(CacheError::io(path))
 }

@@ -36,11 +36,17 @@ pub fn verify(cache: &Cache) -> Result<(Vec<Damage>, usize), CacheError> {
 }
 
 fn check_entry(cache: &Cache, key: &str) -> Result<Damage, CacheError> {
-    let mut damage = Damage { key: key.to_string(), stage: None, problems: Vec::new() };
+    let mut damage = Damage {
+        key: key.to_string(),
+        stage: None,
+        problems: Vec::new(),
+    };
     let manifest = match cache.manifest(key) {
         Ok(Some(m)) => m,
         Ok(None) => {
-            damage.problems.push("no manifest.json: an incomplete entry that is never read".into());
+            damage
+                .problems
+                .push("no manifest.json: an incomplete entry that is never read".into());
             return Ok(damage);
         }
         Err(e) => {
@@ -50,7 +56,9 @@ fn check_entry(cache: &Cache, key: &str) -> Result<Damage, CacheError> {
     };
     damage.stage = Some(manifest.stage.clone());
     if manifest.key != key {
-        damage.problems.push(format!("manifest names key {}", manifest.key));
+        damage
+            .problems
+            .push(format!("manifest names key {}", manifest.key));
     }
     let dir = cache.entry_dir(key);
     for out in &manifest.outputs {
@@ -60,11 +68,18 @@ fn check_entry(cache: &Cache, key: &str) -> Result<Damage, CacheError> {
             continue;
         };
         if meta.len() != out.size {
-            damage.problems.push(format!("{} has {} bytes, the manifest says {}", out.path, meta.len(), out.size));
+            damage.problems.push(format!(
+                "{} has {} bytes, the manifest says {}",
+                out.path,
+                meta.len(),
+                out.size
+            ));
             continue;
         }
         if sha256_file(&path)? != out.sha256 {
-            damage.problems.push(format!("{} does not match its sha256", out.path));
+            damage
+                .problems
+                .push(format!("{} does not match its sha256", out.path));
         }
     }
     Ok(damage)
@@ -93,7 +108,11 @@ const STALE_TMP: Duration = Duration::from_secs(3600);
 
 /// Deletes every entry whose key is not in `reachable`, and abandoned staging
 /// directories (a killed stage's). Entries being computed are left alone.
-pub fn gc(cache: &Cache, reachable: &HashSet<String>, dry_run: bool) -> Result<GcReport, CacheError> {
+pub fn gc(
+    cache: &Cache,
+    reachable: &HashSet<String>,
+    dry_run: bool,
+) -> Result<GcReport, CacheError> {
     let mut report = GcReport::default();
     for key in cache.keys()? {
         if reachable.contains(&key) {
@@ -112,7 +131,11 @@ pub fn gc(cache: &Cache, reachable: &HashSet<String>, dry_run: bool) -> Result<G
         if !dry_run {
             cache.remove(&key)?;
         }
-        report.freed.push(Freed { name: key, what, bytes });
+        report.freed.push(Freed {
+            name: key,
+            what,
+            bytes,
+        });
     }
     let tmp = cache.root().join(".tmp");
     for entry in fs::read_dir(&tmp).map_err(CacheError::io(&tmp))?.flatten() {
@@ -124,7 +147,11 @@ pub fn gc(cache: &Cache, reachable: &HashSet<String>, dry_run: bool) -> Result<G
                 None => continue,
             },
             None => {
-                let age = entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| SystemTime::now().duration_since(t).ok());
+                let age = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| SystemTime::now().duration_since(t).ok());
                 if age.is_none_or(|a| a < STALE_TMP) {
                     continue;
                 }
@@ -138,7 +165,11 @@ pub fn gc(cache: &Cache, reachable: &HashSet<String>, dry_run: bool) -> Result<G
         if !dry_run {
             fs::remove_dir_all(entry.path()).map_err(CacheError::io(entry.path()))?;
         }
-        report.freed.push(Freed { name: format!(".tmp/{name}"), what: "abandoned staging directory".into(), bytes });
+        report.freed.push(Freed {
+            name: format!(".tmp/{name}"),
+            what: "abandoned staging directory".into(),
+            bytes,
+        });
     }
     Ok(report)
 }

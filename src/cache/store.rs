@@ -78,9 +78,14 @@ impl Cache {
     pub fn manifest(&self, key: &str) -> Result<Option<Manifest>, CacheError> {
         let path = self.entry_dir(key).join(MANIFEST);
         match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| CacheError::Manifest { path, message: e.to_string() }),
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| CacheError::Manifest {
+                        path,
+                        message: e.to_string(),
+                    })
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(CacheError::Io { path, source: e }),
         }
@@ -109,7 +114,10 @@ impl Cache {
     /// abandoned one (its key unlocked) from one in use.
     pub fn staging_for(&self, key: &str) -> Result<tempfile::TempDir, CacheError> {
         let tmp = self.root.join(".tmp");
-        tempfile::Builder::new().prefix(&format!("{key}-")).tempdir_in(&tmp).map_err(CacheError::io(&tmp))
+        tempfile::Builder::new()
+            .prefix(&format!("{key}-"))
+            .tempdir_in(&tmp)
+            .map_err(CacheError::io(&tmp))
     }
 
     /// Keys of every directory in the cache that looks like an entry (complete or not).
@@ -137,7 +145,12 @@ impl Cache {
 
     /// Writes the manifest (with digests of every output) and renames the staging
     /// directory into place. With `replace`, an existing entry is swapped out.
-    pub fn commit(&self, staging: tempfile::TempDir, mut manifest: Manifest, replace: bool) -> Result<(), CacheError> {
+    pub fn commit(
+        &self,
+        staging: tempfile::TempDir,
+        mut manifest: Manifest,
+        replace: bool,
+    ) -> Result<(), CacheError> {
         let dir = staging.path().to_path_buf();
         manifest.outputs = describe_outputs(&dir)?;
         let json = serde_json::to_vec_pretty(&manifest).expect("manifests serialize");
@@ -173,7 +186,11 @@ pub fn describe_outputs(dir: &Path) -> Result<Vec<OutputFile>, CacheError> {
         .map(|rel| {
             let path = dir.join(&rel);
             let size = fs::metadata(&path).map_err(CacheError::io(&path))?.len();
-            Ok(OutputFile { sha256: sha256_file(&path)?, path: rel, size })
+            Ok(OutputFile {
+                sha256: sha256_file(&path)?,
+                path: rel,
+                size,
+            })
         })
         .collect()
 }
@@ -185,7 +202,11 @@ fn collect_files(base: &Path, dir: &Path, out: &mut Vec<String>) -> Result<(), C
         if path.is_dir() {
             collect_files(base, &path, out)?;
         } else {
-            let rel = path.strip_prefix(base).expect("inside base").to_string_lossy().replace('\\', "/");
+            let rel = path
+                .strip_prefix(base)
+                .expect("inside base")
+                .to_string_lossy()
+                .replace('\\', "/");
             out.push(rel);
         }
     }
@@ -209,16 +230,23 @@ pub fn sha256_file(path: &Path) -> Result<String, CacheError> {
 
 /// A cache key: 64 lower-case hex digits.
 pub fn is_key(name: &str) -> bool {
-    name.len() == 64 && name.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    name.len() == 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Total size of the files under `path`.
 pub fn disk_size(path: &Path) -> u64 {
-    let Ok(meta) = fs::symlink_metadata(path) else { return 0 };
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return 0;
+    };
     if !meta.is_dir() {
         return meta.len();
     }
-    fs::read_dir(path).map(|rd| rd.flatten().map(|e| disk_size(&e.path())).sum()).unwrap_or(0)
+    fs::read_dir(path)
+        .map(|rd| rd.flatten().map(|e| disk_size(&e.path())).sum())
+        .unwrap_or(0)
 }
 
 /// Lower-case hex of a digest.
@@ -260,7 +288,10 @@ mod tests {
         let m = cache.manifest("k1").unwrap().unwrap();
         assert_eq!(m.outputs.len(), 1);
         assert_eq!(m.outputs[0].size, 3);
-        assert_eq!(m.outputs[0].sha256, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            m.outputs[0].sha256,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         // Nothing is left in the staging area.
         assert_eq!(fs::read_dir(cache.root().join(".tmp")).unwrap().count(), 0);
     }

@@ -87,7 +87,11 @@ impl Mixture {
         let var = self.std * self.std;
         let mut best = (f64::NEG_INFINITY, 0);
         for (k, (mean, w)) in self.means.iter().zip(&self.weights).enumerate() {
-            let d2: f64 = mean.iter().zip(x).map(|(m, &v)| (v as f64 - m).powi(2)).sum();
+            let d2: f64 = mean
+                .iter()
+                .zip(x)
+                .map(|(m, &v)| (v as f64 - m).powi(2))
+                .sum();
             let logp = w.ln() - d2 / (2.0 * var);
             if logp > best.0 {
                 best = (logp, k);
@@ -101,24 +105,38 @@ impl Distribution {
     /// Checks parameters a user could get wrong; the message says what is expected.
     pub fn validate(&self) -> Result<(), String> {
         let positive = |name: &str, v: f64| {
-            if v > 0.0 && v.is_finite() { Ok(()) } else { Err(format!("`{name}` must be positive, got {v}")) }
+            if v > 0.0 && v.is_finite() {
+                Ok(())
+            } else {
+                Err(format!("`{name}` must be positive, got {v}"))
+            }
         };
         match self {
             Distribution::Circle { radius, width } => {
                 positive("radius", *radius)?;
                 positive("width", *width)
             }
-            Distribution::Gmm { means, weights, std } => {
+            Distribution::Gmm {
+                means,
+                weights,
+                std,
+            } => {
                 positive("std", *std)?;
                 if means.is_empty() {
                     return Err("`means` needs at least one component".into());
                 }
                 if means.len() != weights.len() {
-                    return Err(format!("{} means but {} weights: give one weight per mean", means.len(), weights.len()));
+                    return Err(format!(
+                        "{} means but {} weights: give one weight per mean",
+                        means.len(),
+                        weights.len()
+                    ));
                 }
                 let dim = means[0].len();
                 if dim == 0 || means.iter().any(|m| m.len() != dim) {
-                    return Err("every mean must have the same, non-zero number of coordinates".into());
+                    return Err(
+                        "every mean must have the same, non-zero number of coordinates".into(),
+                    );
                 }
                 if weights.iter().any(|w| !(*w > 0.0)) {
                     return Err("every weight must be positive".into());
@@ -151,9 +169,15 @@ impl Distribution {
     /// The analytic mixture form, for distributions that are Gaussian mixtures.
     pub fn mixture(&self) -> Option<Mixture> {
         match self {
-            Distribution::Gmm { means, weights, std } => {
-                Some(Mixture { means: means.clone(), weights: weights.clone(), std: *std })
-            }
+            Distribution::Gmm {
+                means,
+                weights,
+                std,
+            } => Some(Mixture {
+                means: means.clone(),
+                weights: weights.clone(),
+                std: *std,
+            }),
             Distribution::TwoGaussians { offset, std } => Some(Mixture {
                 means: vec![vec![-offset, 0.0], vec![*offset, 0.0]],
                 weights: vec![0.5, 0.5],
@@ -175,7 +199,9 @@ impl Distribution {
                     out.extend([(r * angle.cos()) as f32, (r * angle.sin()) as f32]);
                 }
                 Distribution::Gmm { .. } | Distribution::TwoGaussians { .. } => {
-                    let mix = self.mixture().expect("mixture distributions have a mixture form");
+                    let mix = self
+                        .mixture()
+                        .expect("mixture distributions have a mixture form");
                     let u: f64 = rng.random();
                     let mut acc = 0.0;
                     let mut k = mix.weights.len() - 1;
@@ -223,7 +249,11 @@ mod tests {
 
     #[test]
     fn gmm_samples_follow_the_weights() {
-        let d = Distribution::Gmm { means: gmm_means(), weights: gmm_weights(), std: 0.2 };
+        let d = Distribution::Gmm {
+            means: gmm_means(),
+            weights: gmm_weights(),
+            std: 0.2,
+        };
         let xs = d.sample(20_000, &mut stream(1, "t"));
         let mix = d.mixture().unwrap();
         let first = xs.chunks(2).filter(|p| mix.assign(p) == 0).count() as f64 / 20_000.0;
@@ -232,7 +262,10 @@ mod tests {
 
     #[test]
     fn circle_points_lie_on_the_ring() {
-        let d = Distribution::Circle { radius: 2.0, width: 0.01 };
+        let d = Distribution::Circle {
+            radius: 2.0,
+            width: 0.01,
+        };
         let xs = d.sample(1000, &mut stream(1, "t"));
         for p in xs.chunks(2) {
             let r = ((p[0] * p[0] + p[1] * p[1]) as f64).sqrt();
@@ -242,9 +275,17 @@ mod tests {
 
     #[test]
     fn validation_names_the_problem() {
-        let bad = Distribution::Gmm { means: gmm_means(), weights: vec![0.5], std: 0.1 };
+        let bad = Distribution::Gmm {
+            means: gmm_means(),
+            weights: vec![0.5],
+            std: 0.1,
+        };
         assert!(bad.validate().unwrap_err().contains("1 weights"));
-        let bad = Distribution::Gmm { means: gmm_means(), weights: vec![0.5, 0.6], std: 0.1 };
+        let bad = Distribution::Gmm {
+            means: gmm_means(),
+            weights: vec![0.5, 0.6],
+            std: 0.1,
+        };
         assert!(bad.validate().unwrap_err().contains("sum to 1"));
     }
 }
@@ -262,7 +303,11 @@ mod every_distribution {
             let xs = d.sample(500, &mut stream(4, name));
             assert_eq!(xs.len(), 500 * d.dim(), "{name}");
             assert!(xs.iter().all(|v| v.is_finite() && v.abs() < 10.0), "{name}");
-            assert_eq!(xs, d.sample(500, &mut stream(4, name)), "{name} is reproducible");
+            assert_eq!(
+                xs,
+                d.sample(500, &mut stream(4, name)),
+                "{name} is reproducible"
+            );
             let spread = xs.iter().map(|v| v.abs()).sum::<f32>() / xs.len() as f32;
             assert!(spread > 0.1, "{name} is not degenerate");
         }

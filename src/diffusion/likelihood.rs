@@ -64,7 +64,11 @@ impl Likelihood {
 /// Divergence of a function of a batch by reverse-mode autodiff: `f` maps [n, d] rows
 /// independently to [n, d]; returns (f(x), div f per row). With a probe v the
 /// divergence is Hutchinson's v^T (df/dx) v.
-pub fn autograd_divergence(f: &dyn Fn(&Tensor) -> Result<Tensor>, x: &Tensor, probe: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+pub fn autograd_divergence(
+    f: &dyn Fn(&Tensor) -> Result<Tensor>,
+    x: &Tensor,
+    probe: Option<&Tensor>,
+) -> Result<(Tensor, Tensor)> {
     let var = candle_core::Var::from_tensor(&x.detach())?;
     let out = f(var.as_tensor())?;
     let (n, dim) = out.dims2()?;
@@ -93,9 +97,16 @@ pub fn autograd_divergence(f: &dyn Fn(&Tensor) -> Result<Tensor>, x: &Tensor, pr
 /// log N(x; 0, s^2 I) per row.
 fn log_prior(x: &Tensor, std: f64) -> Result<Vec<f64>> {
     let dim = x.dim(1)? as f64;
-    let sq = x.sqr()?.sum(D::Minus1)?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+    let sq = x
+        .sqr()?
+        .sum(D::Minus1)?
+        .to_dtype(DType::F64)?
+        .to_vec1::<f64>()?;
     let norm = -0.5 * dim * (2.0 * std::f64::consts::PI * std * std).ln();
-    Ok(sq.into_iter().map(|s| norm - s / (2.0 * std * std)).collect())
+    Ok(sq
+        .into_iter()
+        .map(|s| norm - s / (2.0 * std * std))
+        .collect())
 }
 
 /// NLL of the rows of `data` ([n, dim]) at t_min, integrating the augmented ODE
@@ -111,7 +122,11 @@ pub fn negative_log_likelihood(
     let (n, dim) = data.dims2()?;
     let device = data.device();
     let probe = if divergence.is_estimated(dim) {
-        Some(Tensor::from_vec(rademacher(rng, n * dim), (n, dim), device)?)
+        Some(Tensor::from_vec(
+            rademacher(rng, n * dim),
+            (n, dim),
+            device,
+        )?)
     } else {
         None
     };
@@ -125,12 +140,25 @@ pub fn negative_log_likelihood(
         Tensor::cat(&[dx, div_f], 1)
     };
     let mut rhs = Rhs::new(&mut drift);
-    let start = Tensor::cat(&[data.clone(), Tensor::zeros((n, 1), data.dtype(), device)?], 1)?;
+    let start = Tensor::cat(
+        &[data.clone(), Tensor::zeros((n, 1), data.dtype(), device)?],
+        1,
+    )?;
     let mut none = |_: usize, _: f64, _: &Tensor| Ok(());
-    let end = ode::rk45(&mut rhs, start, (process.t_min(), 1.0), tolerance, &mut none)?;
+    let end = ode::rk45(
+        &mut rhs,
+        start,
+        (process.t_min(), 1.0),
+        tolerance,
+        &mut none,
+    )?;
     let nfe = rhs.nfe;
     let prior = log_prior(&end.narrow(1, 0, dim)?, process.prior_std())?;
-    let change = end.narrow(1, dim, 1)?.squeeze(1)?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+    let change = end
+        .narrow(1, dim, 1)?
+        .squeeze(1)?
+        .to_dtype(DType::F64)?
+        .to_vec1::<f64>()?;
     let nll = prior.iter().zip(&change).map(|(p, c)| -(p + c)).collect();
     Ok(Likelihood { nll, nfe })
 }
@@ -147,7 +175,10 @@ pub fn negative_log_likelihood_batched(
     device: &Device,
     rng: &mut ChaCha8Rng,
 ) -> Result<Likelihood> {
-    let mut all = Likelihood { nll: Vec::new(), nfe: 0 };
+    let mut all = Likelihood {
+        nll: Vec::new(),
+        nfe: 0,
+    };
     for chunk in data.chunks(batch.max(1) * dim) {
         let x = Tensor::from_slice(chunk, (chunk.len() / dim, dim), device)?;
         let part = negative_log_likelihood(score, process, &x, divergence, tolerance, rng)?;
@@ -177,7 +208,9 @@ mod tests {
             let a = self.process.mean_coef(t);
             let var = a * a * self.std * self.std + self.process.std(t).powi(2);
             let mean = Tensor::new(self.mean.as_slice(), x.device())?.unsqueeze(0)?;
-            mean.affine(a, 0.0)?.broadcast_sub(x)?.affine(1.0 / var, 0.0)
+            mean.affine(a, 0.0)?
+                .broadcast_sub(x)?
+                .affine(1.0 / var, 0.0)
         }
         fn eps(&self, x: &Tensor, t: f64) -> Result<Tensor> {
             self.score(x, t)?.affine(-self.process.std(t), 0.0)
@@ -196,12 +229,22 @@ mod tests {
         let ((a0, v0), (a1, v1)) = (marginal(process.t_min()), marginal(1.0));
         let prior = process.prior_std().powi(2);
         let dim = mean.len();
-        let log_normal = |sq: f64, var: f64| -0.5 * dim as f64 * (2.0 * std::f64::consts::PI * var).ln() - sq / (2.0 * var);
+        let log_normal = |sq: f64, var: f64| {
+            -0.5 * dim as f64 * (2.0 * std::f64::consts::PI * var).ln() - sq / (2.0 * var)
+        };
         let (mut truth, mut flow) = (0.0, 0.0);
         for row in x.chunks(dim) {
-            let centred: Vec<f64> = row.iter().zip(mean).map(|(&v, &m)| v as f64 - a0 * m as f64).collect();
+            let centred: Vec<f64> = row
+                .iter()
+                .zip(mean)
+                .map(|(&v, &m)| v as f64 - a0 * m as f64)
+                .collect();
             truth -= log_normal(centred.iter().map(|c| c * c).sum(), v0);
-            let end: f64 = centred.iter().zip(mean).map(|(c, &m)| (a1 * m as f64 + (v1 / v0).sqrt() * c).powi(2)).sum();
+            let end: f64 = centred
+                .iter()
+                .zip(mean)
+                .map(|(c, &m)| (a1 * m as f64 + (v1 / v0).sqrt() * c).powi(2))
+                .sum();
             flow -= log_normal(end, prior) + 0.5 * dim as f64 * (v1 / v0).ln();
         }
         let rows = (x.len() / dim) as f64;
@@ -210,10 +253,20 @@ mod tests {
 
     fn gaussian_data(mean: &[f32], s: f32, n: usize) -> Vec<f32> {
         let z = normals(&mut stream(3, "test/nll"), n * mean.len());
-        z.chunks(mean.len()).flat_map(|r| r.iter().zip(mean).map(|(z, m)| m + s * z).collect::<Vec<_>>()).collect()
+        z.chunks(mean.len())
+            .flat_map(|r| {
+                r.iter()
+                    .zip(mean)
+                    .map(|(z, m)| m + s * z)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 
-    const TOL: Tolerance = Tolerance { rtol: 1e-5, atol: 1e-5 };
+    const TOL: Tolerance = Tolerance {
+        rtol: 1e-5,
+        atol: 1e-5,
+    };
 
     #[test]
     fn gaussian_nll_matches_the_closed_form_under_ve_and_vp() {
@@ -222,23 +275,82 @@ mod tests {
         // The prior is p_1 only approximately (VE: mean mu instead of 0 against std 50;
         // VP: mean 0.0066 mu), so the true NLL is met within a few thousandths of a nat
         // and the flow's own closed form to solver accuracy.
-        for process in [Process::Ve { sigma_min: 0.01, sigma_max: 50.0 }, Process::Vp { beta_min: 0.1, beta_max: 20.0 }] {
+        for process in [
+            Process::Ve {
+                sigma_min: 0.01,
+                sigma_max: 50.0,
+            },
+            Process::Vp {
+                beta_min: 0.1,
+                beta_max: 20.0,
+            },
+        ] {
             let (truth, flow) = closed_forms(&data, &mean, 0.5, &process);
-            assert!((truth - flow).abs() < 0.02, "{}: prior mismatch {truth} vs {flow}", process.name());
+            assert!(
+                (truth - flow).abs() < 0.02,
+                "{}: prior mismatch {truth} vs {flow}",
+                process.name()
+            );
             let x = Tensor::from_slice(&data, (200, 2), &Device::Cpu).unwrap();
             let check = |what: &str, got: &Likelihood| {
-                assert!((got.mean_nats() - flow).abs() < 1e-3, "{} {what}: {} vs {flow}", process.name(), got.mean_nats());
+                assert!(
+                    (got.mean_nats() - flow).abs() < 1e-3,
+                    "{} {what}: {} vs {flow}",
+                    process.name(),
+                    got.mean_nats()
+                );
                 assert!(got.nfe > 10 && got.nfe < 2000, "nfe {}", got.nfe);
             };
-            let score = GaussianScore { mean: mean.to_vec(), std: 0.5, process: &process };
-            let exact = negative_log_likelihood(&score, &process, &x, Divergence::Exact, TOL, &mut stream(0, "t")).unwrap();
+            let score = GaussianScore {
+                mean: mean.to_vec(),
+                std: 0.5,
+                process: &process,
+            };
+            let exact = negative_log_likelihood(
+                &score,
+                &process,
+                &x,
+                Divergence::Exact,
+                TOL,
+                &mut stream(0, "t"),
+            )
+            .unwrap();
             check("autograd", &exact);
             // The analytic divergence of the mixture score agrees.
-            let mixture = MixtureScore { mixture: Mixture { means: vec![vec![1.0, -1.0]], weights: vec![1.0], std: 0.5 }, process: &process };
-            check("analytic", &negative_log_likelihood(&mixture, &process, &x, Divergence::Exact, TOL, &mut stream(0, "t")).unwrap());
+            let mixture = MixtureScore {
+                mixture: Mixture {
+                    means: vec![vec![1.0, -1.0]],
+                    weights: vec![1.0],
+                    std: 0.5,
+                },
+                process: &process,
+            };
+            check(
+                "analytic",
+                &negative_log_likelihood(
+                    &mixture,
+                    &process,
+                    &x,
+                    Divergence::Exact,
+                    TOL,
+                    &mut stream(0, "t"),
+                )
+                .unwrap(),
+            );
             // A Gaussian score has an isotropic Jacobian c I, where v^T J v = c d for
             // every Rademacher v: the estimator is exact here (its noise is tested below).
-            check("hutchinson", &negative_log_likelihood(&score, &process, &x, Divergence::Hutchinson, TOL, &mut stream(0, "t")).unwrap());
+            check(
+                "hutchinson",
+                &negative_log_likelihood(
+                    &score,
+                    &process,
+                    &x,
+                    Divergence::Hutchinson,
+                    TOL,
+                    &mut stream(0, "t"),
+                )
+                .unwrap(),
+            );
             let bpd = exact.bits_per_dim(2);
             assert!((bpd - exact.mean_nats() / (2.0 * std::f64::consts::LN_2)).abs() < 1e-12);
         }
@@ -259,14 +371,22 @@ mod tests {
         let (_, div) = autograd_divergence(&f, &x, None).unwrap();
         let div = div.to_vec1::<f32>().unwrap();
         assert!((div[0] as f64 - want).abs() < 1e-5, "{} vs {want}", div[0]);
-        let probe = Tensor::from_vec(rademacher(&mut stream(1, "test/probe"), 2 * n), (n, 2), &Device::Cpu).unwrap();
+        let probe = Tensor::from_vec(
+            rademacher(&mut stream(1, "test/probe"), 2 * n),
+            (n, 2),
+            &Device::Cpu,
+        )
+        .unwrap();
         let (_, est) = autograd_divergence(&f, &x, Some(&probe)).unwrap();
         let est = est.to_vec1::<f32>().unwrap();
         let mean = est.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
         // Each estimate is want +- (J01 + J10) = want +- 1.49; the mean of 4000 has
         // standard error 1.49 / sqrt(4000) = 0.024.
         assert!((mean - want).abs() < 0.1, "{mean} vs {want}");
-        assert!(est.iter().any(|&v| (v as f64 - want).abs() > 1.0), "single estimates should vary");
+        assert!(
+            est.iter().any(|&v| (v as f64 - want).abs() > 1.0),
+            "single estimates should vary"
+        );
     }
 }
 
@@ -289,8 +409,14 @@ mod mixture_tests {
                     .iter()
                     .zip(&mixture.weights)
                     .map(|(m, w)| {
-                        let sq: f64 = row.iter().zip(m).map(|(&v, &m)| (v as f64 - a * m).powi(2)).sum();
-                        w.ln() - 0.5 * dim as f64 * (2.0 * std::f64::consts::PI * var).ln() - sq / (2.0 * var)
+                        let sq: f64 = row
+                            .iter()
+                            .zip(m)
+                            .map(|(&v, &m)| (v as f64 - a * m).powi(2))
+                            .sum();
+                        w.ln()
+                            - 0.5 * dim as f64 * (2.0 * std::f64::consts::PI * var).ln()
+                            - sq / (2.0 * var)
                     })
                     .collect();
                 let max = terms.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -301,15 +427,50 @@ mod mixture_tests {
 
     #[test]
     fn mixture_nll_matches_its_density() {
-        let dist = Distribution::Gmm { means: vec![vec![1.0, 1.0], vec![-1.0, -1.0]], weights: vec![0.1, 0.9], std: 0.2 };
+        let dist = Distribution::Gmm {
+            means: vec![vec![1.0, 1.0], vec![-1.0, -1.0]],
+            weights: vec![0.1, 0.9],
+            std: 0.2,
+        };
         let mixture = dist.mixture().unwrap();
         let data = dist.sample(300, &mut stream(5, "t"));
-        for process in [Process::Vp { beta_min: 0.1, beta_max: 20.0 }, Process::Ve { sigma_min: 0.01, sigma_max: 50.0 }] {
-            let want = -log_density(&mixture, &process, process.t_min(), &data).iter().sum::<f64>() / 300.0;
-            let score = MixtureScore { mixture: mixture.clone(), process: &process };
+        for process in [
+            Process::Vp {
+                beta_min: 0.1,
+                beta_max: 20.0,
+            },
+            Process::Ve {
+                sigma_min: 0.01,
+                sigma_max: 50.0,
+            },
+        ] {
+            let want = -log_density(&mixture, &process, process.t_min(), &data)
+                .iter()
+                .sum::<f64>()
+                / 300.0;
+            let score = MixtureScore {
+                mixture: mixture.clone(),
+                process: &process,
+            };
             let x = Tensor::from_slice(&data, (300, 2), &Device::Cpu).unwrap();
-            let got = negative_log_likelihood(&score, &process, &x, Divergence::Exact, Tolerance { rtol: 1e-5, atol: 1e-5 }, &mut stream(0, "t")).unwrap();
-            assert!((got.mean_nats() - want).abs() < 0.02, "{}: {} vs {want}", process.name(), got.mean_nats());
+            let got = negative_log_likelihood(
+                &score,
+                &process,
+                &x,
+                Divergence::Exact,
+                Tolerance {
+                    rtol: 1e-5,
+                    atol: 1e-5,
+                },
+                &mut stream(0, "t"),
+            )
+            .unwrap();
+            assert!(
+                (got.mean_nats() - want).abs() < 0.02,
+                "{}: {} vs {want}",
+                process.name(),
+                got.mean_nats()
+            );
         }
     }
 }

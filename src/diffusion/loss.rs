@@ -36,7 +36,12 @@ impl Objective {
 
     /// Scalar loss of the network output against the target; `weights` ([batch])
     /// reweight each sample's `dsm` term (lambda(t) / sigma(t)^2).
-    pub fn loss(self, output: &Tensor, target: &Tensor, weights: Option<&Tensor>) -> Result<Tensor> {
+    pub fn loss(
+        self,
+        output: &Tensor,
+        target: &Tensor,
+        weights: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let sq = (output - target)?.sqr()?;
         match self {
             // Mean over every element, as the reference implementation's mean_flat.
@@ -64,14 +69,20 @@ mod tests {
         let dev = Device::Cpu;
         let out = Tensor::new(&[[1f32, 2.0], [0.0, 0.0]], &dev).unwrap();
         let eps = Tensor::new(&[[0f32, 0.0], [1.0, 1.0]], &dev).unwrap();
-        let l = Objective::Eps.loss(&out, &Objective::Eps.target(&eps).unwrap(), None).unwrap();
+        let l = Objective::Eps
+            .loss(&out, &Objective::Eps.target(&eps).unwrap(), None)
+            .unwrap();
         assert!((l.to_scalar::<f32>().unwrap() - 1.75).abs() < 1e-6);
         // DSM target is -eps: rows (1,2) vs (0,0) -> 5; (0,0) vs (-1,-1) -> 2; 0.5 * mean = 1.75.
-        let l = Objective::Dsm.loss(&out, &Objective::Dsm.target(&eps).unwrap(), None).unwrap();
+        let l = Objective::Dsm
+            .loss(&out, &Objective::Dsm.target(&eps).unwrap(), None)
+            .unwrap();
         assert!((l.to_scalar::<f32>().unwrap() - 1.75).abs() < 1e-6);
         // Weights 2 and 0: 0.5 * (2 * 5 + 0 * 2) / 2 = 2.5.
         let w = Tensor::new(&[2f32, 0.0], &dev).unwrap();
-        let l = Objective::Dsm.loss(&out, &Objective::Dsm.target(&eps).unwrap(), Some(&w)).unwrap();
+        let l = Objective::Dsm
+            .loss(&out, &Objective::Dsm.target(&eps).unwrap(), Some(&w))
+            .unwrap();
         assert!((l.to_scalar::<f32>().unwrap() - 2.5).abs() < 1e-6);
     }
 }

@@ -48,7 +48,11 @@ pub fn fixed(
     let mut x = x;
     for i in 0..steps {
         let t = t0 + i as f64 * h;
-        x = if heun { heun_step(rhs, &x, t, h)? } else { euler_step(rhs, &x, t, h)? };
+        x = if heun {
+            heun_step(rhs, &x, t, h)?
+        } else {
+            euler_step(rhs, &x, t, h)?
+        };
         observe(i + 1, t + h, &x)?;
     }
     Ok(x)
@@ -61,9 +65,27 @@ const A: [&[f64]; 7] = [
     &[1.0 / 5.0],
     &[3.0 / 40.0, 9.0 / 40.0],
     &[44.0 / 45.0, -56.0 / 15.0, 32.0 / 9.0],
-    &[19372.0 / 6561.0, -25360.0 / 2187.0, 64448.0 / 6561.0, -212.0 / 729.0],
-    &[9017.0 / 3168.0, -355.0 / 33.0, 46732.0 / 5247.0, 49.0 / 176.0, -5103.0 / 18656.0],
-    &[35.0 / 384.0, 0.0, 500.0 / 1113.0, 125.0 / 192.0, -2187.0 / 6784.0, 11.0 / 84.0],
+    &[
+        19372.0 / 6561.0,
+        -25360.0 / 2187.0,
+        64448.0 / 6561.0,
+        -212.0 / 729.0,
+    ],
+    &[
+        9017.0 / 3168.0,
+        -355.0 / 33.0,
+        46732.0 / 5247.0,
+        49.0 / 176.0,
+        -5103.0 / 18656.0,
+    ],
+    &[
+        35.0 / 384.0,
+        0.0,
+        500.0 / 1113.0,
+        125.0 / 192.0,
+        -2187.0 / 6784.0,
+        11.0 / 84.0,
+    ],
 ];
 /// Fifth-order weights minus the embedded fourth-order ones: the error estimate.
 const E: [f64; 7] = [
@@ -135,10 +157,16 @@ pub fn rk45(
             accepted += 1;
             observe(accepted, t, &x)?;
         }
-        let factor = if norm == 0.0 { 10.0 } else { (0.9 * norm.powf(-0.2)).clamp(0.2, 10.0) };
+        let factor = if norm == 0.0 {
+            10.0
+        } else {
+            (0.9 * norm.powf(-0.2)).clamp(0.2, 10.0)
+        };
         h *= if norm <= 1.0 { factor } else { factor.min(1.0) };
         if h.abs() < 1e-12 * span.max(1.0) {
-            return Err(candle_core::Error::Msg(format!("rk45: step size underflow at t = {t}; loosen rtol/atol")));
+            return Err(candle_core::Error::Msg(format!(
+                "rk45: step size underflow at t = {t}; loosen rtol/atol"
+            )));
         }
     }
     Ok(x)
@@ -158,7 +186,16 @@ mod tests {
         let x = match method {
             "euler" => fixed(&mut rhs, x0, (0.0, 1.0), steps, false, &mut none),
             "heun" => fixed(&mut rhs, x0, (0.0, 1.0), steps, true, &mut none),
-            _ => rk45(&mut rhs, x0, (0.0, 1.0), Tolerance { rtol: 1e-6, atol: 1e-6 }, &mut none),
+            _ => rk45(
+                &mut rhs,
+                x0,
+                (0.0, 1.0),
+                Tolerance {
+                    rtol: 1e-6,
+                    atol: 1e-6,
+                },
+                &mut none,
+            ),
         }
         .unwrap();
         let got = x.to_vec1::<f32>().unwrap()[0] as f64;

@@ -39,7 +39,10 @@ impl Process {
                 total
             })
             .collect();
-        Process::DiscreteVp { betas, log_alpha_bars }
+        Process::DiscreteVp {
+            betas,
+            log_alpha_bars,
+        }
     }
 
     pub fn name(&self) -> &'static str {
@@ -65,7 +68,9 @@ impl Process {
     pub fn level_time(&self, i: usize) -> f64 {
         match self {
             Process::DiscreteVp { betas, .. } => i as f64 / betas.len() as f64,
-            Process::SigmaLevels { sigmas } if sigmas.len() > 1 => (i - 1) as f64 / (sigmas.len() - 1) as f64,
+            Process::SigmaLevels { sigmas } if sigmas.len() > 1 => {
+                (i - 1) as f64 / (sigmas.len() - 1) as f64
+            }
             _ => 1.0,
         }
     }
@@ -115,7 +120,9 @@ impl Process {
                 let (k, _) = Self::segment(t, betas.len());
                 -(betas.len() as f64) * (1.0 - betas[k]).ln()
             }
-            Process::Vp { beta_min, beta_max } | Process::SubVp { beta_min, beta_max } => beta_min + t * (beta_max - beta_min),
+            Process::Vp { beta_min, beta_max } | Process::SubVp { beta_min, beta_max } => {
+                beta_min + t * (beta_max - beta_min)
+            }
             _ => 0.0,
         }
     }
@@ -129,7 +136,10 @@ impl Process {
                 (a + frac * (b - a), (b - a) * (sigmas.len() - 1) as f64)
             }
             Process::SigmaLevels { sigmas } => (sigmas[0].ln(), 0.0),
-            Process::Ve { sigma_min, sigma_max } => {
+            Process::Ve {
+                sigma_min,
+                sigma_max,
+            } => {
                 let rate = (sigma_max / sigma_min).ln();
                 (sigma_min.ln() + t * rate, rate)
             }
@@ -139,7 +149,11 @@ impl Process {
 
     /// Mean coefficient of the marginal: sqrt(alpha_bar(t)) for VP, 1 for VE.
     pub fn mean_coef(&self, t: f64) -> f64 {
-        if self.is_vp_family() { (0.5 * self.log_alpha_bar(t)).exp() } else { 1.0 }
+        if self.is_vp_family() {
+            (0.5 * self.log_alpha_bar(t)).exp()
+        } else {
+            1.0
+        }
     }
 
     /// Standard deviation of the marginal.
@@ -153,7 +167,11 @@ impl Process {
 
     /// f(t) of the forward SDE's linear drift f(t) x.
     pub fn drift_coef(&self, t: f64) -> f64 {
-        if self.is_vp_family() { -0.5 * self.beta(t) } else { 0.0 }
+        if self.is_vp_family() {
+            -0.5 * self.beta(t)
+        } else {
+            0.0
+        }
     }
 
     /// g(t) of the forward SDE.
@@ -173,12 +191,22 @@ impl Process {
 
     /// Standard deviation of the Gaussian prior at t = 1.
     pub fn prior_std(&self) -> f64 {
-        if self.is_vp_family() { 1.0 } else { self.std(1.0) }
+        if self.is_vp_family() {
+            1.0
+        } else {
+            self.std(1.0)
+        }
     }
 }
 
 /// Noises a batch: x_t = mean_coef(t) x0 + std(t) eps, row-major with `dim` columns.
-pub fn noise_batch(process: &Process, x0: &[f32], times: &[f64], eps: &[f32], dim: usize) -> Vec<f32> {
+pub fn noise_batch(
+    process: &Process,
+    x0: &[f32],
+    times: &[f64],
+    eps: &[f32],
+    dim: usize,
+) -> Vec<f32> {
     let mut out = Vec::with_capacity(x0.len());
     for (row, &t) in times.iter().enumerate() {
         let (a, s) = (process.mean_coef(t) as f32, process.std(t) as f32);
@@ -196,14 +224,27 @@ mod tests {
     use crate::rng::{normals, stream};
 
     fn all() -> Vec<Process> {
-        let linear: Vec<f64> = (0..100).map(|i| 1e-3 + (0.2 - 1e-3) * i as f64 / 99.0).collect();
-        let sigmas: Vec<f64> = (0..8).map(|i| 0.05 * (20f64).powf(i as f64 / 7.0)).collect();
+        let linear: Vec<f64> = (0..100)
+            .map(|i| 1e-3 + (0.2 - 1e-3) * i as f64 / 99.0)
+            .collect();
+        let sigmas: Vec<f64> = (0..8)
+            .map(|i| 0.05 * (20f64).powf(i as f64 / 7.0))
+            .collect();
         vec![
             Process::from_betas(linear),
             Process::SigmaLevels { sigmas },
-            Process::Vp { beta_min: 0.1, beta_max: 20.0 },
-            Process::SubVp { beta_min: 0.1, beta_max: 20.0 },
-            Process::Ve { sigma_min: 0.05, sigma_max: 3.0 },
+            Process::Vp {
+                beta_min: 0.1,
+                beta_max: 20.0,
+            },
+            Process::SubVp {
+                beta_min: 0.1,
+                beta_max: 20.0,
+            },
+            Process::Ve {
+                sigma_min: 0.05,
+                sigma_max: 3.0,
+            },
         ]
     }
 
@@ -219,7 +260,9 @@ mod tests {
             assert!((p.std(t) - (1.0 - abar).sqrt()).abs() < 1e-12);
         }
         assert_eq!(p.mean_coef(0.0), 1.0);
-        let s = Process::SigmaLevels { sigmas: vec![0.01, 0.1, 1.0] };
+        let s = Process::SigmaLevels {
+            sigmas: vec![0.01, 0.1, 1.0],
+        };
         for (i, sigma) in [0.01, 0.1, 1.0].iter().enumerate() {
             assert!((s.std(s.level_time(i + 1)) - sigma).abs() < 1e-12);
         }
@@ -229,14 +272,23 @@ mod tests {
 
     #[test]
     fn vp_and_ve_sdes_match_score_sde_closed_forms() {
-        let vp = Process::Vp { beta_min: 0.1, beta_max: 20.0 };
+        let vp = Process::Vp {
+            beta_min: 0.1,
+            beta_max: 20.0,
+        };
         let log_mean = -0.25 * 0.25 * 19.9 - 0.5 * 0.5 * 0.1;
         assert!((vp.mean_coef(0.5) - f64::exp(log_mean)).abs() < 1e-12);
         assert!((vp.std(0.5) - (1.0 - f64::exp(2.0 * log_mean)).sqrt()).abs() < 1e-12);
         assert!((vp.diffusion(0.5) - (0.1f64 + 0.5 * 19.9).sqrt()).abs() < 1e-12);
-        let sub = Process::SubVp { beta_min: 0.1, beta_max: 20.0 };
+        let sub = Process::SubVp {
+            beta_min: 0.1,
+            beta_max: 20.0,
+        };
         assert!((sub.std(0.5) - (1.0 - f64::exp(2.0 * log_mean))).abs() < 1e-12);
-        let ve = Process::Ve { sigma_min: 0.01, sigma_max: 50.0 };
+        let ve = Process::Ve {
+            sigma_min: 0.01,
+            sigma_max: 50.0,
+        };
         assert!((ve.std(1.0) - 50.0).abs() < 1e-9 && (ve.std(0.0) - 0.01).abs() < 1e-12);
         assert!((ve.diffusion(0.3) - ve.std(0.3) * (2.0 * (5000f64).ln()).sqrt()).abs() < 1e-9);
         assert_eq!(ve.prior_std(), ve.std(1.0));
@@ -250,7 +302,10 @@ mod tests {
         for process in all() {
             let mut rng = stream(7, "forward sde");
             let start = process.std(0.0);
-            let mut x: Vec<f64> = normals(&mut rng, n).iter().map(|&z| x0 + start * z as f64).collect();
+            let mut x: Vec<f64> = normals(&mut rng, n)
+                .iter()
+                .map(|&z| x0 + start * z as f64)
+                .collect();
             let dt = 1.0 / steps as f64;
             for step in 0..steps {
                 let t = (step as f64 + 0.5) * dt;
@@ -265,8 +320,17 @@ mod tests {
                     let var = x.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n as f64;
                     let (m, s) = (process.mean_coef(t) * x0, process.std(t));
                     let tol = 4.0 * s / (n as f64).sqrt() + 0.01 * s;
-                    assert!((mean - m).abs() < tol, "{} t={t}: mean {mean} vs {m}", process.name());
-                    assert!((var / (s * s) - 1.0).abs() < 0.05, "{} t={t}: var {var} vs {}", process.name(), s * s);
+                    assert!(
+                        (mean - m).abs() < tol,
+                        "{} t={t}: mean {mean} vs {m}",
+                        process.name()
+                    );
+                    assert!(
+                        (var / (s * s) - 1.0).abs() < 0.05,
+                        "{} t={t}: var {var} vs {}",
+                        process.name(),
+                        s * s
+                    );
                 }
             }
         }
@@ -274,7 +338,10 @@ mod tests {
 
     #[test]
     fn noise_batch_applies_the_marginal() {
-        let p = Process::Ve { sigma_min: 0.1, sigma_max: 1.0 };
+        let p = Process::Ve {
+            sigma_min: 0.1,
+            sigma_max: 1.0,
+        };
         let out = noise_batch(&p, &[1.0, 2.0], &[1.0], &[1.0, -1.0], 2);
         assert!((out[0] - 2.0).abs() < 1e-6 && (out[1] - 1.0).abs() < 1e-6);
     }

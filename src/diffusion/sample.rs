@@ -199,12 +199,31 @@ impl SamplerParams {
     /// sweep over e.g. `steps` does not recompute an adaptive solver that ignores it.
     pub fn canonical(&self) -> SamplerParams {
         match self {
-            SamplerParams::Ode { solver: Solver::Rk45, rtol, atol, denoise, .. } => {
-                SamplerParams::Ode { solver: Solver::Rk45, steps: ode_steps(), rtol: *rtol, atol: *atol, denoise: *denoise }
-            }
-            SamplerParams::Ode { solver, steps, denoise, .. } => {
-                SamplerParams::Ode { solver: *solver, steps: *steps, rtol: tolerance(), atol: tolerance(), denoise: *denoise }
-            }
+            SamplerParams::Ode {
+                solver: Solver::Rk45,
+                rtol,
+                atol,
+                denoise,
+                ..
+            } => SamplerParams::Ode {
+                solver: Solver::Rk45,
+                steps: ode_steps(),
+                rtol: *rtol,
+                atol: *atol,
+                denoise: *denoise,
+            },
+            SamplerParams::Ode {
+                solver,
+                steps,
+                denoise,
+                ..
+            } => SamplerParams::Ode {
+                solver: *solver,
+                steps: *steps,
+                rtol: tolerance(),
+                atol: tolerance(),
+                denoise: *denoise,
+            },
             other => other.clone(),
         }
     }
@@ -222,10 +241,24 @@ impl SamplerParams {
 
     /// Whether this sampler is defined for `process`, and settings a user could get wrong.
     pub fn check(&self, process: &Process) -> std::result::Result<(), String> {
-        let positive = |name: &str, v: f64| if v > 0.0 && v.is_finite() { Ok(()) } else { Err(format!("`{name}` must be positive, got {v}")) };
-        let at_least_one = |name: &str, v: usize| if v >= 1 { Ok(()) } else { Err(format!("`{name}` must be at least 1")) };
+        let positive = |name: &str, v: f64| {
+            if v > 0.0 && v.is_finite() {
+                Ok(())
+            } else {
+                Err(format!("`{name}` must be positive, got {v}"))
+            }
+        };
+        let at_least_one = |name: &str, v: usize| {
+            if v >= 1 {
+                Ok(())
+            } else {
+                Err(format!("`{name}` must be at least 1"))
+            }
+        };
         match self {
-            SamplerParams::Ancestral { steps, .. } => steps.map_or(Ok(()), |s| at_least_one("steps", s)),
+            SamplerParams::Ancestral { steps, .. } => {
+                steps.map_or(Ok(()), |s| at_least_one("steps", s))
+            }
             SamplerParams::Ddim { eta, steps } => {
                 at_least_one("steps", *steps)?;
                 if !(0.0..=1.0).contains(eta) {
@@ -233,11 +266,18 @@ impl SamplerParams {
                 }
                 Ok(())
             }
-            SamplerParams::Langevin { step_size, n_steps, .. } => {
+            SamplerParams::Langevin {
+                step_size, n_steps, ..
+            } => {
                 positive("step_size", *step_size)?;
                 at_least_one("n_steps", *n_steps)
             }
-            SamplerParams::AnnealedLangevin { step_lr, n_steps_each, levels, .. } => {
+            SamplerParams::AnnealedLangevin {
+                step_lr,
+                n_steps_each,
+                levels,
+                ..
+            } => {
                 if process.is_vp_family() {
                     return Err(format!(
                         "sampler `annealed_langevin` needs a VE process (geometric sigmas or ve_sde), not a {}; \
@@ -249,7 +289,14 @@ impl SamplerParams {
                 at_least_one("n_steps_each", *n_steps_each)?;
                 at_least_one("levels", *levels)
             }
-            SamplerParams::Pc { snr, corrector_steps, steps, predictor, corrector, .. } => {
+            SamplerParams::Pc {
+                snr,
+                corrector_steps,
+                steps,
+                predictor,
+                corrector,
+                ..
+            } => {
                 if *predictor == Predictor::None && *corrector == Corrector::None {
                     return Err("`pc` needs a predictor or a corrector; both are `none`".into());
                 }
@@ -257,9 +304,13 @@ impl SamplerParams {
                 at_least_one("corrector_steps", *corrector_steps)?;
                 steps.map_or(Ok(()), |s| at_least_one("steps", s))
             }
-            SamplerParams::Ode { steps, rtol, atol, .. } => {
+            SamplerParams::Ode {
+                steps, rtol, atol, ..
+            } => {
                 if process.levels() == Some(1) {
-                    return Err("the probability-flow ODE needs a process with more than one level".into());
+                    return Err(
+                        "the probability-flow ODE needs a process with more than one level".into(),
+                    );
                 }
                 at_least_one("steps", *steps)?;
                 positive("rtol", *rtol)?;
@@ -290,10 +341,15 @@ impl Snapshots {
     /// `progress` in [0, 1]; keeps x when it passes the next of `count` marks (and at 1).
     fn observe(&mut self, step: usize, progress: f64, x: &Tensor) -> Result<()> {
         let marks = self.count.max(1);
-        let next = if marks == 1 { 1.0 } else { self.taken.len() as f64 / (marks - 1) as f64 };
+        let next = if marks == 1 {
+            1.0
+        } else {
+            self.taken.len() as f64 / (marks - 1) as f64
+        };
         if self.taken.len() < marks && progress + 1e-9 >= next {
             let rows = x.narrow(0, 0, self.keep.min(x.dim(0)?))?;
-            self.taken.push((step, rows.flatten_all()?.to_vec1::<f32>()?));
+            self.taken
+                .push((step, rows.flatten_all()?.to_vec1::<f32>()?));
         }
         Ok(())
     }
@@ -318,9 +374,17 @@ pub struct State {
 
 impl State {
     fn at(process: &Process, t: f64) -> State {
-        State { t, a: process.mean_coef(t), s: process.std(t) }
+        State {
+            t,
+            a: process.mean_coef(t),
+            s: process.std(t),
+        }
     }
-    const CLEAN: State = State { t: 0.0, a: 1.0, s: 0.0 };
+    const CLEAN: State = State {
+        t: 0.0,
+        a: 1.0,
+        s: 0.0,
+    };
 }
 
 /// From t = 1 down to the clean state: the levels of a discrete process (an evenly
@@ -331,16 +395,34 @@ pub fn grid(process: &Process, steps: Option<usize>) -> Vec<State> {
         Some(n) => {
             let k = steps.unwrap_or(n).clamp(1, n);
             let mut levels: Vec<usize> = (0..k)
-                .map(|i| if k == 1 { n } else { (n as f64 - (n - 1) as f64 * i as f64 / (k - 1) as f64).round() as usize })
+                .map(|i| {
+                    if k == 1 {
+                        n
+                    } else {
+                        (n as f64 - (n - 1) as f64 * i as f64 / (k - 1) as f64).round() as usize
+                    }
+                })
                 .collect();
             levels.dedup();
-            levels.into_iter().map(|i| State::at(process, process.level_time(i))).collect()
+            levels
+                .into_iter()
+                .map(|i| State::at(process, process.level_time(i)))
+                .collect()
         }
         None => {
             let k = steps.unwrap_or(1000).max(1);
             let t_min = process.t_min();
             (0..k)
-                .map(|i| State::at(process, if k == 1 { 1.0 } else { 1.0 - (1.0 - t_min) * i as f64 / (k - 1) as f64 }))
+                .map(|i| {
+                    State::at(
+                        process,
+                        if k == 1 {
+                            1.0
+                        } else {
+                            1.0 - (1.0 - t_min) * i as f64 / (k - 1) as f64
+                        },
+                    )
+                })
                 .collect()
         }
     };
@@ -357,7 +439,9 @@ fn transition(cur: State, prev: State) -> (f64, f64) {
 /// score_sde's Langevin corrector step size: 2 alpha (snr |z| / |grad|)^2 with the
 /// norms per sample averaged over the batch.
 pub fn langevin_step_size(snr: f64, alpha: f64, grad: &Tensor, noise: &Tensor) -> Result<f64> {
-    let norm = |x: &Tensor| -> Result<f64> { Ok(x.sqr()?.sum(1)?.sqrt()?.mean_all()?.to_scalar::<f32>()? as f64) };
+    let norm = |x: &Tensor| -> Result<f64> {
+        Ok(x.sqr()?.sum(1)?.sqrt()?.mean_all()?.to_scalar::<f32>()? as f64)
+    };
     let ratio = snr * norm(noise)? / norm(grad)?;
     Ok(2.0 * alpha * ratio * ratio)
 }
@@ -372,12 +456,19 @@ pub fn run(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<SampleOutcome> {
     let (n, dim) = (request.n, request.dim);
-    let mut snaps = Snapshots { count: request.snapshots, keep: request.snapshot_particles, taken: Vec::new() };
-    let noise = |rng: &mut ChaCha8Rng| Tensor::from_vec(normals(rng, n * dim), (n, dim), request.device);
+    let mut snaps = Snapshots {
+        count: request.snapshots,
+        keep: request.snapshot_particles,
+        taken: Vec::new(),
+    };
+    let noise =
+        |rng: &mut ChaCha8Rng| Tensor::from_vec(normals(rng, n * dim), (n, dim), request.device);
     let prior = |rng: &mut ChaCha8Rng| noise(rng)?.affine(process.prior_std(), 0.0);
     // Langevin samplers start uniform on [-1, 1]^d (the paper) or from the prior.
     let start = |init: LangevinInit, rng: &mut ChaCha8Rng| match init {
-        LangevinInit::Uniform => Tensor::from_vec(uniforms(rng, n * dim, -1.0, 1.0), (n, dim), request.device),
+        LangevinInit::Uniform => {
+            Tensor::from_vec(uniforms(rng, n * dim, -1.0, 1.0), (n, dim), request.device)
+        }
         LangevinInit::Gaussian => prior(rng),
     };
     let tweedie = |x: &Tensor, state: State| -> Result<Tensor> {
@@ -387,26 +478,46 @@ pub fn run(
     let x = match params {
         SamplerParams::Ancestral { variance, steps } => {
             let x = prior(rng)?;
-            walk(&grid(process, *steps), x, &mut snaps, progress, &mut |x, cur, prev, _| {
-                nfe += 1;
-                ancestral_step(score, &x, cur, prev, *variance, &noise, rng)
-            })?
+            walk(
+                &grid(process, *steps),
+                x,
+                &mut snaps,
+                progress,
+                &mut |x, cur, prev, _| {
+                    nfe += 1;
+                    ancestral_step(score, &x, cur, prev, *variance, &noise, rng)
+                },
+            )?
         }
         SamplerParams::Ddim { eta, steps } => {
             let x = prior(rng)?;
-            walk(&grid(process, Some(*steps)), x, &mut snaps, progress, &mut |x, cur, prev, _| {
-                let (_, q) = transition(cur, prev);
-                let eps = score.eps(&x, cur.t)?;
-                let x0 = (&x - eps.affine(cur.s, 0.0)?)?.affine(1.0 / cur.a, 0.0)?;
-                // Song et al. (2021a) eq. 12 with sigma = eta * posterior std.
-                let c = eta * (prev.s * prev.s * q).sqrt() / cur.s;
-                let direction = (prev.s * prev.s - c * c).max(0.0).sqrt();
-                nfe += 1;
-                let x = (x0.affine(prev.a, 0.0)? + eps.affine(direction, 0.0)?)?;
-                if c > 0.0 { x + noise(rng)?.affine(c, 0.0)? } else { Ok(x) }
-            })?
+            walk(
+                &grid(process, Some(*steps)),
+                x,
+                &mut snaps,
+                progress,
+                &mut |x, cur, prev, _| {
+                    let (_, q) = transition(cur, prev);
+                    let eps = score.eps(&x, cur.t)?;
+                    let x0 = (&x - eps.affine(cur.s, 0.0)?)?.affine(1.0 / cur.a, 0.0)?;
+                    // Song et al. (2021a) eq. 12 with sigma = eta * posterior std.
+                    let c = eta * (prev.s * prev.s * q).sqrt() / cur.s;
+                    let direction = (prev.s * prev.s - c * c).max(0.0).sqrt();
+                    nfe += 1;
+                    let x = (x0.affine(prev.a, 0.0)? + eps.affine(direction, 0.0)?)?;
+                    if c > 0.0 {
+                        x + noise(rng)?.affine(c, 0.0)?
+                    } else {
+                        Ok(x)
+                    }
+                },
+            )?
         }
-        SamplerParams::Langevin { step_size, n_steps, init } => {
+        SamplerParams::Langevin {
+            step_size,
+            n_steps,
+            init,
+        } => {
             let mut x = start(*init, rng)?;
             snaps.observe(0, 0.0, &x)?;
             let t = process.t_min();
@@ -419,8 +530,17 @@ pub fn run(
             }
             x
         }
-        SamplerParams::AnnealedLangevin { step_lr, n_steps_each, levels, denoise, init } => {
-            let states: Vec<State> = grid(process, Some(*levels)).into_iter().filter(|s| *s != State::CLEAN).collect();
+        SamplerParams::AnnealedLangevin {
+            step_lr,
+            n_steps_each,
+            levels,
+            denoise,
+            init,
+        } => {
+            let states: Vec<State> = grid(process, Some(*levels))
+                .into_iter()
+                .filter(|s| *s != State::CLEAN)
+                .collect();
             let sigma_min = states.last().map(|s| s.s).unwrap_or(1.0);
             let total = states.len() * n_steps_each + *denoise as usize;
             let mut x = start(*init, rng)?;
@@ -444,58 +564,91 @@ pub fn run(
             }
             x
         }
-        SamplerParams::Pc { predictor, corrector, snr, corrector_steps, steps, denoise } => {
+        SamplerParams::Pc {
+            predictor,
+            corrector,
+            snr,
+            corrector_steps,
+            steps,
+            denoise,
+        } => {
             let states = grid(process, *steps);
             let moves = states.len() - 1;
             let x = prior(rng)?;
-            walk(&states, x, &mut snaps, progress, &mut |mut x, cur, prev, k| {
-                if prev == State::CLEAN {
-                    // The last move: Tweedie's denoising, or the predictor's mean.
-                    if *denoise {
+            walk(
+                &states,
+                x,
+                &mut snaps,
+                progress,
+                &mut |mut x, cur, prev, k| {
+                    if prev == State::CLEAN {
+                        // The last move: Tweedie's denoising, or the predictor's mean.
+                        if *denoise {
+                            nfe += 1;
+                            return tweedie(&x, cur);
+                        }
+                        return Ok(x);
+                    }
+                    let (r, q) = transition(cur, prev);
+                    if *corrector == Corrector::Langevin {
+                        // score_sde uses alpha = 1 - beta_i on VP chains, 1 on VE.
+                        let alpha = if process.is_vp_family() { r * r } else { 1.0 };
+                        for _ in 0..*corrector_steps {
+                            let grad = score.score(&x, cur.t)?;
+                            let z = noise(rng)?;
+                            let step = langevin_step_size(*snr, alpha, &grad, &z)?;
+                            x = ((&x + grad.affine(step, 0.0)?)?
+                                + z.affine((2.0 * step).sqrt(), 0.0)?)?;
+                            nfe += 1;
+                        }
+                    }
+                    // Without the denoising move, the move before it keeps its mean.
+                    let last_move = !*denoise && k + 2 == moves;
+                    if *predictor != Predictor::None {
                         nfe += 1;
-                        return tweedie(&x, cur);
                     }
-                    return Ok(x);
-                }
-                let (r, q) = transition(cur, prev);
-                if *corrector == Corrector::Langevin {
-                    // score_sde uses alpha = 1 - beta_i on VP chains, 1 on VE.
-                    let alpha = if process.is_vp_family() { r * r } else { 1.0 };
-                    for _ in 0..*corrector_steps {
-                        let grad = score.score(&x, cur.t)?;
-                        let z = noise(rng)?;
-                        let step = langevin_step_size(*snr, alpha, &grad, &z)?;
-                        x = ((&x + grad.affine(step, 0.0)?)? + z.affine((2.0 * step).sqrt(), 0.0)?)?;
-                        nfe += 1;
+                    match predictor {
+                        Predictor::None => Ok(x),
+                        Predictor::Ancestral => {
+                            ancestral_step(score, &x, cur, prev, Variance::Beta, &noise, rng)
+                        }
+                        Predictor::ReverseDiffusion => {
+                            let mean = (x.affine(2.0 - r, 0.0)?
+                                + score.score(&x, cur.t)?.affine(q, 0.0)?)?;
+                            if last_move {
+                                Ok(mean)
+                            } else {
+                                mean + noise(rng)?.affine(q.sqrt(), 0.0)?
+                            }
+                        }
+                        Predictor::EulerMaruyama => {
+                            let dt = prev.t - cur.t;
+                            let (f, g) = (process.drift_coef(cur.t), process.diffusion(cur.t));
+                            let drift = (x.affine(f, 0.0)?
+                                - score.score(&x, cur.t)?.affine(g * g, 0.0)?)?;
+                            let mean = (&x + drift.affine(dt, 0.0)?)?;
+                            if last_move {
+                                Ok(mean)
+                            } else {
+                                mean + noise(rng)?.affine(g * (-dt).sqrt(), 0.0)?
+                            }
+                        }
                     }
-                }
-                // Without the denoising move, the move before it keeps its mean.
-                let last_move = !*denoise && k + 2 == moves;
-                if *predictor != Predictor::None {
-                    nfe += 1;
-                }
-                match predictor {
-                    Predictor::None => Ok(x),
-                    Predictor::Ancestral => ancestral_step(score, &x, cur, prev, Variance::Beta, &noise, rng),
-                    Predictor::ReverseDiffusion => {
-                        let mean = (x.affine(2.0 - r, 0.0)? + score.score(&x, cur.t)?.affine(q, 0.0)?)?;
-                        if last_move { Ok(mean) } else { mean + noise(rng)?.affine(q.sqrt(), 0.0)? }
-                    }
-                    Predictor::EulerMaruyama => {
-                        let dt = prev.t - cur.t;
-                        let (f, g) = (process.drift_coef(cur.t), process.diffusion(cur.t));
-                        let drift = (x.affine(f, 0.0)? - score.score(&x, cur.t)?.affine(g * g, 0.0)?)?;
-                        let mean = (&x + drift.affine(dt, 0.0)?)?;
-                        if last_move { Ok(mean) } else { mean + noise(rng)?.affine(g * (-dt).sqrt(), 0.0)? }
-                    }
-                }
-            })?
+                },
+            )?
         }
-        SamplerParams::Ode { solver, steps, rtol, atol, denoise } => {
+        SamplerParams::Ode {
+            solver,
+            steps,
+            rtol,
+            atol,
+            denoise,
+        } => {
             let t_end = process.t_min();
             let mut drift = |x: &Tensor, t: f64| -> Result<Tensor> {
                 let g = process.diffusion(t);
-                x.affine(process.drift_coef(t), 0.0)? - score.score(x, t)?.affine(0.5 * g * g, 0.0)?
+                x.affine(process.drift_coef(t), 0.0)?
+                    - score.score(x, t)?.affine(0.5 * g * g, 0.0)?
             };
             let mut rhs = Rhs::new(&mut drift);
             let x0 = prior(rng)?;
@@ -506,9 +659,20 @@ pub fn run(
                 snaps.observe(step, if *denoise { done * 0.999 } else { done }, x)
             };
             let x = match solver {
-                Solver::Euler => ode::fixed(&mut rhs, x0, (1.0, t_end), *steps, false, &mut observe)?,
+                Solver::Euler => {
+                    ode::fixed(&mut rhs, x0, (1.0, t_end), *steps, false, &mut observe)?
+                }
                 Solver::Heun => ode::fixed(&mut rhs, x0, (1.0, t_end), *steps, true, &mut observe)?,
-                Solver::Rk45 => ode::rk45(&mut rhs, x0, (1.0, t_end), Tolerance { rtol: *rtol, atol: *atol }, &mut observe)?,
+                Solver::Rk45 => ode::rk45(
+                    &mut rhs,
+                    x0,
+                    (1.0, t_end),
+                    Tolerance {
+                        rtol: *rtol,
+                        atol: *atol,
+                    },
+                    &mut observe,
+                )?,
             };
             nfe = rhs.nfe;
             if *denoise {
@@ -521,7 +685,11 @@ pub fn run(
             }
         }
     };
-    Ok(SampleOutcome { samples: x.flatten_all()?.to_vec1::<f32>()?, trajectory: snaps.taken, nfe })
+    Ok(SampleOutcome {
+        samples: x.flatten_all()?.to_vec1::<f32>()?,
+        trajectory: snaps.taken,
+        nfe,
+    })
 }
 
 /// Walks a grid from the prior down to the clean state; `step(x, cur, prev, k)` makes
@@ -576,7 +744,11 @@ mod tests {
     use crate::rng::stream;
 
     fn mixture() -> Mixture {
-        Mixture { means: vec![vec![1.0, 1.0], vec![-1.0, -1.0]], weights: vec![0.3, 0.7], std: 0.2 }
+        Mixture {
+            means: vec![vec![1.0, 1.0], vec![-1.0, -1.0]],
+            weights: vec![0.3, 0.7],
+            std: 0.2,
+        }
     }
 
     /// Mode weights within 4 binomial standard errors, per-mode means and standard
@@ -586,38 +758,103 @@ mod tests {
         let w0 = mix.weights[0];
         let first = samples.chunks(2).filter(|p| mix.assign(p) == 0).count() as f64 / n as f64;
         let se = (w0 * (1.0 - w0) / n as f64).sqrt();
-        assert!((first - w0).abs() < 4.0 * se + slack, "{what}: mode 0 weight {first}");
+        assert!(
+            (first - w0).abs() < 4.0 * se + slack,
+            "{what}: mode 0 weight {first}"
+        );
         for k in 0..2 {
             let members: Vec<&[f32]> = samples.chunks(2).filter(|p| mix.assign(p) == k).collect();
             let m = members.len() as f64;
             for j in 0..2 {
                 let mean = members.iter().map(|p| p[j] as f64).sum::<f64>() / m;
-                let var = members.iter().map(|p| (p[j] as f64 - mean).powi(2)).sum::<f64>() / m;
+                let var = members
+                    .iter()
+                    .map(|p| (p[j] as f64 - mean).powi(2))
+                    .sum::<f64>()
+                    / m;
                 let se_mean = mix.std / m.sqrt();
-                assert!((mean - mix.means[k][j]).abs() < 4.0 * se_mean + slack, "{what}: mode {k} mean {mean}");
+                assert!(
+                    (mean - mix.means[k][j]).abs() < 4.0 * se_mean + slack,
+                    "{what}: mode {k} mean {mean}"
+                );
                 // sd of the sample std is about std / sqrt(2m).
-                assert!((var.sqrt() - mix.std).abs() < 4.0 * mix.std / (2.0 * m).sqrt() + slack, "{what}: mode {k} std {}", var.sqrt());
+                assert!(
+                    (var.sqrt() - mix.std).abs() < 4.0 * mix.std / (2.0 * m).sqrt() + slack,
+                    "{what}: mode {k} std {}",
+                    var.sqrt()
+                );
             }
         }
     }
 
     fn request(n: usize, dev: &Device) -> SampleRequest<'_> {
-        SampleRequest { n, dim: 2, snapshots: 5, snapshot_particles: 10, device: dev }
+        SampleRequest {
+            n,
+            dim: 2,
+            snapshots: 5,
+            snapshot_particles: 10,
+            device: dev,
+        }
     }
 
     fn sample(params: &SamplerParams, process: &Process, n: usize, seed: u64) -> SampleOutcome {
         let dev = Device::Cpu;
-        let score = MixtureScore { mixture: mixture(), process };
-        run(params, &score, process, &request(n, &dev), &mut stream(seed, "s"), &mut |_, _| {}).unwrap()
+        let score = MixtureScore {
+            mixture: mixture(),
+            process,
+        };
+        run(
+            params,
+            &score,
+            process,
+            &request(n, &dev),
+            &mut stream(seed, "s"),
+            &mut |_, _| {},
+        )
+        .unwrap()
     }
 
     fn processes() -> Vec<(&'static str, Process)> {
         vec![
-            ("ddpm", ScheduleParams::Linear { beta_start: 1e-4, beta_end: 0.02, steps: 1000 }.build()),
-            ("smld", ScheduleParams::Geometric { sigma_max: 3.0, sigma_min: 0.01, levels: 200 }.build()),
-            ("vp", Process::Vp { beta_min: 0.1, beta_max: 20.0 }),
-            ("subvp", Process::SubVp { beta_min: 0.1, beta_max: 20.0 }),
-            ("ve", Process::Ve { sigma_min: 0.01, sigma_max: 3.0 }),
+            (
+                "ddpm",
+                ScheduleParams::Linear {
+                    beta_start: 1e-4,
+                    beta_end: 0.02,
+                    steps: 1000,
+                }
+                .build(),
+            ),
+            (
+                "smld",
+                ScheduleParams::Geometric {
+                    sigma_max: 3.0,
+                    sigma_min: 0.01,
+                    levels: 200,
+                }
+                .build(),
+            ),
+            (
+                "vp",
+                Process::Vp {
+                    beta_min: 0.1,
+                    beta_max: 20.0,
+                },
+            ),
+            (
+                "subvp",
+                Process::SubVp {
+                    beta_min: 0.1,
+                    beta_max: 20.0,
+                },
+            ),
+            (
+                "ve",
+                Process::Ve {
+                    sigma_min: 0.01,
+                    sigma_max: 3.0,
+                },
+            ),
         ]
     }
 
@@ -626,12 +863,36 @@ mod tests {
         let n = 4000;
         for (name, process) in processes() {
             let mut samplers = vec![
-                SamplerParams::Ancestral { variance: Variance::Beta, steps: Some(500) },
-                SamplerParams::Ancestral { variance: Variance::Posterior, steps: Some(500) },
-                SamplerParams::Ddim { eta: 0.0, steps: 100 },
-                SamplerParams::Ddim { eta: 1.0, steps: 200 },
-                SamplerParams::Ode { solver: Solver::Heun, steps: 100, rtol: 1e-5, atol: 1e-5, denoise: true },
-                SamplerParams::Ode { solver: Solver::Rk45, steps: 100, rtol: 1e-4, atol: 1e-4, denoise: true },
+                SamplerParams::Ancestral {
+                    variance: Variance::Beta,
+                    steps: Some(500),
+                },
+                SamplerParams::Ancestral {
+                    variance: Variance::Posterior,
+                    steps: Some(500),
+                },
+                SamplerParams::Ddim {
+                    eta: 0.0,
+                    steps: 100,
+                },
+                SamplerParams::Ddim {
+                    eta: 1.0,
+                    steps: 200,
+                },
+                SamplerParams::Ode {
+                    solver: Solver::Heun,
+                    steps: 100,
+                    rtol: 1e-5,
+                    atol: 1e-5,
+                    denoise: true,
+                },
+                SamplerParams::Ode {
+                    solver: Solver::Rk45,
+                    steps: 100,
+                    rtol: 1e-4,
+                    atol: 1e-4,
+                    denoise: true,
+                },
                 SamplerParams::Pc {
                     predictor: Predictor::ReverseDiffusion,
                     corrector: Corrector::Langevin,
@@ -661,7 +922,12 @@ mod tests {
             for params in samplers {
                 params.check(&process).unwrap();
                 let out = sample(&params, &process, n, 0);
-                check_matches_mixture(&out.samples, &mixture(), 0.02, &format!("{name} {params:?}"));
+                check_matches_mixture(
+                    &out.samples,
+                    &mixture(),
+                    0.02,
+                    &format!("{name} {params:?}"),
+                );
                 assert!(out.nfe > 0);
             }
         }
@@ -669,15 +935,30 @@ mod tests {
 
     #[test]
     fn ddim_with_eta_zero_is_deterministic_given_the_initial_noise() {
-        let process = Process::Vp { beta_min: 0.1, beta_max: 20.0 };
-        let params = SamplerParams::Ddim { eta: 0.0, steps: 20 };
-        let (a, b) = (sample(&params, &process, 50, 3), sample(&params, &process, 50, 3));
+        let process = Process::Vp {
+            beta_min: 0.1,
+            beta_max: 20.0,
+        };
+        let params = SamplerParams::Ddim {
+            eta: 0.0,
+            steps: 20,
+        };
+        let (a, b) = (
+            sample(&params, &process, 50, 3),
+            sample(&params, &process, 50, 3),
+        );
         assert_eq!(a.samples, b.samples);
         assert_eq!(a.nfe, 20, "20 steps, the last into the clean state");
         // eta = 0 draws nothing after the prior: the same seed with a different
         // stream position would differ only through the prior.
-        let stochastic = SamplerParams::Ddim { eta: 1.0, steps: 20 };
-        let (c, d) = (sample(&stochastic, &process, 50, 3), sample(&params, &process, 50, 3));
+        let stochastic = SamplerParams::Ddim {
+            eta: 1.0,
+            steps: 20,
+        };
+        let (c, d) = (
+            sample(&stochastic, &process, 50, 3),
+            sample(&params, &process, 50, 3),
+        );
         assert_ne!(c.samples, d.samples);
     }
 
@@ -694,25 +975,51 @@ mod tests {
 
     #[test]
     fn grids_use_levels_or_subsets_and_end_clean() {
-        let ddpm = ScheduleParams::Linear { beta_start: 1e-4, beta_end: 0.02, steps: 1000 }.build();
+        let ddpm = ScheduleParams::Linear {
+            beta_start: 1e-4,
+            beta_end: 0.02,
+            steps: 1000,
+        }
+        .build();
         let full = grid(&ddpm, None);
         assert_eq!(full.len(), 1001);
         assert_eq!(full[0].t, 1.0);
         assert_eq!(*full.last().unwrap(), State::CLEAN);
         let sub = grid(&ddpm, Some(10));
         assert_eq!(sub.len(), 11);
-        assert!((sub[9].t - 1e-3).abs() < 1e-12, "the subset ends at level 1");
+        assert!(
+            (sub[9].t - 1e-3).abs() < 1e-12,
+            "the subset ends at level 1"
+        );
         // On a DDPM chain the transition is DDPM's (r, q) = (sqrt(alpha_t), beta_t).
-        let Process::DiscreteVp { betas, .. } = &ddpm else { unreachable!() };
+        let Process::DiscreteVp { betas, .. } = &ddpm else {
+            unreachable!()
+        };
         let (r, q) = transition(full[0], full[1]);
         assert!((r - (1.0 - betas[999]).sqrt()).abs() < 1e-9 && (q - betas[999]).abs() < 1e-9);
     }
 
     #[test]
     fn samplers_refuse_processes_they_do_not_fit() {
-        let annealed = SamplerParams::AnnealedLangevin { step_lr: 2e-5, n_steps_each: 1, levels: 10, denoise: true, init: LangevinInit::Uniform };
-        let vp = Process::Vp { beta_min: 0.1, beta_max: 20.0 };
+        let annealed = SamplerParams::AnnealedLangevin {
+            step_lr: 2e-5,
+            n_steps_each: 1,
+            levels: 10,
+            denoise: true,
+            init: LangevinInit::Uniform,
+        };
+        let vp = Process::Vp {
+            beta_min: 0.1,
+            beta_max: 20.0,
+        };
         assert!(annealed.check(&vp).unwrap_err().contains("VE process"));
-        assert!(SamplerParams::Ddim { eta: 2.0, steps: 10 }.check(&vp).is_err());
+        assert!(
+            SamplerParams::Ddim {
+                eta: 2.0,
+                steps: 10
+            }
+            .check(&vp)
+            .is_err()
+        );
     }
 }

@@ -25,7 +25,12 @@ pub trait ScoreFn: Send + Sync {
     fn eps(&self, x: &Tensor, t: f64) -> Result<Tensor>;
     /// The score and its divergence per row (the likelihood needs both): exact, or
     /// Hutchinson's v^T J v for a probe v. By default through autograd.
-    fn score_and_divergence(&self, x: &Tensor, t: f64, probe: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+    fn score_and_divergence(
+        &self,
+        x: &Tensor,
+        t: f64,
+        probe: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor)> {
         super::likelihood::autograd_divergence(&|x| self.score(x, t), x, probe)
     }
 }
@@ -84,7 +89,13 @@ impl MixtureScore<'_> {
         let mut logits = vec![0.0; k_count];
         let mut u = vec![0.0; k_count * dim];
         for row in x.chunks(dim) {
-            for (k, (mean, w)) in self.mixture.means.iter().zip(&self.mixture.weights).enumerate() {
+            for (k, (mean, w)) in self
+                .mixture
+                .means
+                .iter()
+                .zip(&self.mixture.weights)
+                .enumerate()
+            {
                 let mut d2 = 0.0;
                 for j in 0..dim {
                     let diff = a * mean[j] - row[j] as f64;
@@ -124,7 +135,12 @@ impl ScoreFn for MixtureScore<'_> {
     }
 
     /// The analytic divergence, whatever the probe: exact is never worse.
-    fn score_and_divergence(&self, x: &Tensor, t: f64, _probe: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+    fn score_and_divergence(
+        &self,
+        x: &Tensor,
+        t: f64,
+        _probe: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor)> {
         let (n, dim) = x.dims2()?;
         let (score, divergence) = self.rows(&x.flatten_all()?.to_vec1::<f32>()?, dim, t);
         let divergence: Vec<f32> = divergence.into_iter().map(|d| d as f32).collect();
@@ -143,22 +159,36 @@ mod tests {
     fn mixture_score_of_a_single_gaussian_is_linear() {
         let process = Process::SigmaLevels { sigmas: vec![0.5] };
         let s = MixtureScore {
-            mixture: Mixture { means: vec![vec![1.0, -1.0]], weights: vec![1.0], std: 0.5 },
+            mixture: Mixture {
+                means: vec![vec![1.0, -1.0]],
+                weights: vec![1.0],
+                std: 0.5,
+            },
             process: &process,
         };
         let x = Tensor::new(&[[2.0f32, 0.0]], &Device::Cpu).unwrap();
         let got = s.score(&x, 0.0).unwrap().to_vec2::<f32>().unwrap();
         // var = 0.25 + 0.25 = 0.5; score = (mu - x) / var; divergence = -d / var.
-        assert!((got[0][0] + 2.0).abs() < 1e-6 && (got[0][1] + 2.0).abs() < 1e-6, "{got:?}");
+        assert!(
+            (got[0][0] + 2.0).abs() < 1e-6 && (got[0][1] + 2.0).abs() < 1e-6,
+            "{got:?}"
+        );
         let (_, div) = s.rows(&[2.0, 0.0], 2, 0.0);
         assert!((div[0] + 4.0).abs() < 1e-9);
     }
 
     #[test]
     fn mixture_divergence_matches_finite_differences() {
-        let process = Process::Vp { beta_min: 0.1, beta_max: 20.0 };
+        let process = Process::Vp {
+            beta_min: 0.1,
+            beta_max: 20.0,
+        };
         let s = MixtureScore {
-            mixture: Mixture { means: vec![vec![1.0, 1.0], vec![-1.0, -0.5]], weights: vec![0.3, 0.7], std: 0.3 },
+            mixture: Mixture {
+                means: vec![vec![1.0, 1.0], vec![-1.0, -0.5]],
+                weights: vec![0.3, 0.7],
+                std: 0.3,
+            },
             process: &process,
         };
         let (x, t, h) = ([0.1f32, 0.2], 0.2, 1e-3f32);
@@ -172,6 +202,10 @@ mod tests {
             let (sd, _) = s.rows(&down, 2, t);
             fd += (su[j] - sd[j]) as f64 / (2.0 * h as f64);
         }
-        assert!((div[0] - fd).abs() < 1e-2 * fd.abs().max(1.0), "{} vs {fd}", div[0]);
+        assert!(
+            (div[0] - fd).abs() < 1e-2 * fd.abs().max(1.0),
+            "{} vs {fd}",
+            div[0]
+        );
     }
 }

@@ -39,14 +39,20 @@ impl Progress {
         let bar = self.multi.as_ref().map(|m| {
             let bar = m.add(ProgressBar::new(1));
             bar.set_style(
-                ProgressStyle::with_template("{prefix:>20} [{bar:30}] {pos}/{len} {msg} ({elapsed})")
-                    .expect("valid template")
-                    .progress_chars("=> "),
+                ProgressStyle::with_template(
+                    "{prefix:>20} [{bar:30}] {pos}/{len} {msg} ({elapsed})",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
             );
             bar.set_prefix(label.to_string());
             bar
         });
-        StageProgress { label: label.to_string(), bar, last_line: Mutex::new(None) }
+        StageProgress {
+            label: label.to_string(),
+            bar,
+            last_line: Mutex::new(None),
+        }
     }
 }
 
@@ -60,7 +66,11 @@ pub struct StageProgress {
 impl StageProgress {
     /// Reports nothing: for library use and tests.
     pub fn hidden() -> StageProgress {
-        StageProgress { label: String::new(), bar: Some(ProgressBar::hidden()), last_line: Mutex::new(None) }
+        StageProgress {
+            label: String::new(),
+            bar: Some(ProgressBar::hidden()),
+            last_line: Mutex::new(None),
+        }
     }
 
     pub fn update(&self, done: usize, total: usize, message: &str) {

@@ -70,8 +70,17 @@ pub fn from_cache(plan: &Plan, cache: &Cache) -> Vec<Outcome> {
         .iter()
         .map(|&ix| {
             let node = &plan.graph[ix];
-            let status = if cache.is_cached(&node.key) { Status::Cached } else { Status::Missing };
-            Outcome { node: ix, name: node.name(), status, seconds: 0.0 }
+            let status = if cache.is_cached(&node.key) {
+                Status::Cached
+            } else {
+                Status::Missing
+            };
+            Outcome {
+                node: ix,
+                name: node.name(),
+                status,
+                seconds: 0.0,
+            }
         })
         .collect()
 }
@@ -84,18 +93,41 @@ pub fn from_cache(plan: &Plan, cache: &Cache) -> Vec<Outcome> {
 /// that way while another holds a cache lock can deadlock two processes.) Stages that
 /// use every core ([`crate::pipeline::spec::StageKind::uses_all_cores`]) run one at a
 /// time; lighter ones fill the other slots.
-pub fn execute(plan: &Plan, cache: &Cache, options: &RunOptions, progress: &Progress) -> Vec<Outcome> {
+pub fn execute(
+    plan: &Plan,
+    cache: &Cache,
+    options: &RunOptions,
+    progress: &Progress,
+) -> Vec<Outcome> {
     let jobs = options.jobs.max(1);
     let graph = &plan.graph;
-    let position: HashMap<NodeIndex, usize> = plan.order.iter().enumerate().map(|(i, &ix)| (ix, i)).collect();
-    let mut waiting: HashMap<NodeIndex, usize> =
-        plan.order.iter().map(|&ix| (ix, graph.neighbors_directed(ix, Direction::Incoming).count())).collect();
+    let position: HashMap<NodeIndex, usize> = plan
+        .order
+        .iter()
+        .enumerate()
+        .map(|(i, &ix)| (ix, i))
+        .collect();
+    let mut waiting: HashMap<NodeIndex, usize> = plan
+        .order
+        .iter()
+        .map(|&ix| {
+            (
+                ix,
+                graph.neighbors_directed(ix, Direction::Incoming).count(),
+            )
+        })
+        .collect();
     let mut results: HashMap<NodeIndex, Outcome> = HashMap::new();
     let (tx, rx) = mpsc::channel::<(NodeIndex, Outcome)>();
 
     std::thread::scope(|scope| {
         // Ready stages in plan order.
-        let mut ready: Vec<NodeIndex> = plan.order.iter().copied().filter(|ix| waiting[ix] == 0).collect();
+        let mut ready: Vec<NodeIndex> = plan
+            .order
+            .iter()
+            .copied()
+            .filter(|ix| waiting[ix] == 0)
+            .collect();
         let mut running = 0usize;
         let mut heavy_running: Option<NodeIndex> = None;
         // Whether a ready stage needs the whole machine, decided once (held stages are
@@ -111,16 +143,26 @@ pub fn execute(plan: &Plan, cache: &Cache, options: &RunOptions, progress: &Prog
                     .find(|i| !results[i].status.ok())
                     .map(|i| graph[i].name());
                 if let Some(input) = blocked {
-                    progress.println(&format!("- {:<20} skipped: input `{input}` did not complete", node.name()));
-                    let outcome = Outcome { node: ix, name: node.name(), status: Status::Skipped(input), seconds: 0.0 };
+                    progress.println(&format!(
+                        "- {:<20} skipped: input `{input}` did not complete",
+                        node.name()
+                    ));
+                    let outcome = Outcome {
+                        node: ix,
+                        name: node.name(),
+                        status: Status::Skipped(input),
+                        seconds: 0.0,
+                    };
                     results.insert(ix, outcome);
                     release(plan, ix, &mut waiting, &mut held);
                     continue;
                 }
                 let force = options.force.contains(&node.id);
-                let heavy = *heavy_of
-                    .entry(ix)
-                    .or_insert_with(|| jobs > 1 && node.kind().uses_all_cores() && (force || !cache.is_cached(&node.key)));
+                let heavy = *heavy_of.entry(ix).or_insert_with(|| {
+                    jobs > 1
+                        && node.kind().uses_all_cores()
+                        && (force || !cache.is_cached(&node.key))
+                });
                 if running >= jobs || (heavy && heavy_running.is_some()) {
                     held.push(ix);
                     continue;
@@ -135,13 +177,29 @@ pub fn execute(plan: &Plan, cache: &Cache, options: &RunOptions, progress: &Prog
                     .name(format!("stage {}", node.id))
                     .spawn_scoped(scope, move || {
                         let started = Instant::now();
-                        let status = match catch_unwind(AssertUnwindSafe(|| run_one(node, inputs, cache, force, progress))) {
+                        let status = match catch_unwind(AssertUnwindSafe(|| {
+                            run_one(node, inputs, cache, force, progress)
+                        })) {
                             Ok(Ok(status)) => status,
                             Ok(Err(e)) => Status::Failed(e.to_string()),
-                            Err(panic) => Status::Failed(format!("internal error: {}", panic_message(&panic))),
+                            Err(panic) => {
+                                Status::Failed(format!("internal error: {}", panic_message(&panic)))
+                            }
                         };
-                        let seconds = if status == Status::Computed { started.elapsed().as_secs_f64() } else { 0.0 };
-                        let _ = tx.send((ix, Outcome { node: ix, name: node.name(), status, seconds }));
+                        let seconds = if status == Status::Computed {
+                            started.elapsed().as_secs_f64()
+                        } else {
+                            0.0
+                        };
+                        let _ = tx.send((
+                            ix,
+                            Outcome {
+                                node: ix,
+                                name: node.name(),
+                                status,
+                                seconds,
+                            },
+                        ));
                     })
                     .expect("the OS starts a thread");
             }
@@ -160,11 +218,20 @@ pub fn execute(plan: &Plan, cache: &Cache, options: &RunOptions, progress: &Prog
             }
             let node = &graph[ix];
             match &outcome.status {
-                Status::Cached => progress.println(&format!("  {:<20} cached ({})", outcome.name, &node.key[..12])),
-                Status::Computed => {
-                    progress.println(&format!("  {:<20} computed in {:.1}s ({})", outcome.name, outcome.seconds, &node.key[..12]))
+                Status::Cached => progress.println(&format!(
+                    "  {:<20} cached ({})",
+                    outcome.name,
+                    &node.key[..12]
+                )),
+                Status::Computed => progress.println(&format!(
+                    "  {:<20} computed in {:.1}s ({})",
+                    outcome.name,
+                    outcome.seconds,
+                    &node.key[..12]
+                )),
+                Status::Failed(message) => {
+                    progress.println(&format!("x {:<20} FAILED: {message}", outcome.name))
                 }
-                Status::Failed(message) => progress.println(&format!("x {:<20} FAILED: {message}", outcome.name)),
                 Status::Skipped(_) | Status::Missing => {}
             }
             results.insert(ix, outcome);
@@ -172,11 +239,19 @@ pub fn execute(plan: &Plan, cache: &Cache, options: &RunOptions, progress: &Prog
             ready.sort_by_key(|ix| position[ix]);
         }
     });
-    plan.order.iter().map(|ix| results.remove(ix).expect("every stage has an outcome")).collect()
+    plan.order
+        .iter()
+        .map(|ix| results.remove(ix).expect("every stage has an outcome"))
+        .collect()
 }
 
 /// Marks `ix` done for its dependents and queues the ones with no inputs left.
-fn release(plan: &Plan, ix: NodeIndex, waiting: &mut HashMap<NodeIndex, usize>, ready: &mut Vec<NodeIndex>) {
+fn release(
+    plan: &Plan,
+    ix: NodeIndex,
+    waiting: &mut HashMap<NodeIndex, usize>,
+    ready: &mut Vec<NodeIndex>,
+) {
     for next in plan.graph.neighbors_directed(ix, Direction::Outgoing) {
         let left = waiting.get_mut(&next).expect("every node is counted");
         *left -= 1;
@@ -194,7 +269,11 @@ fn input_entries(plan: &Plan, cache: &Cache, node: &StageNode) -> Vec<(String, V
                 .iter()
                 .map(|&ix| {
                     let input = &plan.graph[ix];
-                    InputEntry { id: input.id.clone(), dir: cache.entry_dir(&input.key), key: input.key.clone() }
+                    InputEntry {
+                        id: input.id.clone(),
+                        dir: cache.entry_dir(&input.key),
+                        key: input.key.clone(),
+                    }
                 })
                 .collect();
             (role.clone(), entries)
@@ -222,8 +301,22 @@ fn run_one(
     let device = Device::Cpu;
     let started = Instant::now();
     let started_at = SystemTime::now();
-    let input_keys = inputs.iter().map(|(role, entries)| (role.clone(), entries.iter().map(|e| e.key.clone()).collect())).collect();
-    let ctx = StageContext { id: &node.id, out: staging.path(), inputs, progress: &bar, device: &device };
+    let input_keys = inputs
+        .iter()
+        .map(|(role, entries)| {
+            (
+                role.clone(),
+                entries.iter().map(|e| e.key.clone()).collect(),
+            )
+        })
+        .collect();
+    let ctx = StageContext {
+        id: &node.id,
+        out: staging.path(),
+        inputs,
+        progress: &bar,
+        device: &device,
+    };
     let result = stages::run(&node.spec, &ctx);
     bar.finish();
     result?;
@@ -239,16 +332,23 @@ fn run_one(
         runner_version: env!("CARGO_PKG_VERSION").into(),
         stage_version: stages::version(node.kind()),
         cache_format: crate::cache::store::CACHE_FORMAT,
-        created_unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        created_unix: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
         started_unix_ms: unix_ms(started_at),
         finished_unix_ms: unix_ms(SystemTime::now()),
     };
-    cache.commit(staging, manifest, force).map_err(StageError::from)?;
+    cache
+        .commit(staging, manifest, force)
+        .map_err(StageError::from)?;
     Ok(Status::Computed)
 }
 
 fn unix_ms(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {

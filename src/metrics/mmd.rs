@@ -6,12 +6,18 @@ use rayon::prelude::*;
 use super::Points;
 
 fn sq_dist(a: &[f32], b: &[f32]) -> f64 {
-    a.iter().zip(b).map(|(&x, &y)| (x as f64 - y as f64).powi(2)).sum()
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
+        .sum()
 }
 
 /// The median heuristic: h = median pairwise distance of the pooled sample.
 pub fn median_bandwidth(a: Points, b: Points) -> f64 {
-    let pooled: Vec<&[f32]> = (0..a.len()).map(|i| a.row(i)).chain((0..b.len()).map(|i| b.row(i))).collect();
+    let pooled: Vec<&[f32]> = (0..a.len())
+        .map(|i| a.row(i))
+        .chain((0..b.len()).map(|i| b.row(i)))
+        .collect();
     let mut d: Vec<f64> = (0..pooled.len())
         .into_par_iter()
         .flat_map_iter(|i| {
@@ -40,7 +46,11 @@ pub fn mmd2_unbiased(a: Points, b: Points, h: f64) -> f64 {
                     .sum::<f64>()
             })
             .sum();
-        let pairs = if same { p.len() * (p.len() - 1) } else { p.len() * q.len() };
+        let pairs = if same {
+            p.len() * (p.len() - 1)
+        } else {
+            p.len() * q.len()
+        };
         sum / pairs as f64
     };
     mean_k(a, a, true) + mean_k(b, b, true) - 2.0 * mean_k(a, b, false)
@@ -59,7 +69,10 @@ mod tests {
         let (n, h, s2) = (3000, 1.0f64, 1.0f64);
         let mut rng = stream(5, "mmd");
         let a = normals(&mut rng, n * 2);
-        let b: Vec<f32> = normals(&mut rng, n * 2).chunks(2).flat_map(|p| [p[0] + 1.0, p[1]]).collect();
+        let b: Vec<f32> = normals(&mut rng, n * 2)
+            .chunks(2)
+            .flat_map(|p| [p[0] + 1.0, p[1]])
+            .collect();
         let got = mmd2_unbiased(Points::new(&a, 2), Points::new(&b, 2), h);
         let c = h * h / (h * h + 2.0 * s2);
         let expected = 2.0 * c * (1.0 - (-1.0 / (2.0 * (h * h + 2.0 * s2))).exp());
@@ -72,6 +85,9 @@ mod tests {
     fn median_bandwidth_of_two_points() {
         let a = [0f32, 0.0];
         let b = [3f32, 4.0];
-        assert_eq!(median_bandwidth(Points::new(&a, 2), Points::new(&b, 2)), 5.0);
+        assert_eq!(
+            median_bandwidth(Points::new(&a, 2), Points::new(&b, 2)),
+            5.0
+        );
     }
 }

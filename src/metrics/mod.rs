@@ -25,7 +25,13 @@ pub enum Metric {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 5] = [Metric::SlicedWasserstein, Metric::Mmd, Metric::ModeWeights, Metric::ScoreError, Metric::Nll];
+    pub const ALL: [Metric; 5] = [
+        Metric::SlicedWasserstein,
+        Metric::Mmd,
+        Metric::ModeWeights,
+        Metric::ScoreError,
+        Metric::Nll,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {

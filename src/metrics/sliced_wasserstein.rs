@@ -21,14 +21,19 @@ pub fn sliced_wasserstein(a: Points, b: Points, projections: usize, rng: &mut Ch
         let norm = dir.iter().map(|v| v * v).sum::<f64>().sqrt();
         dir.iter_mut().for_each(|v| *v /= norm);
         let project = |p: Points| {
-            let mut v: Vec<f64> =
-                (0..p.len()).map(|i| p.row(i).iter().zip(&dir).map(|(&x, d)| x as f64 * d).sum()).collect();
+            let mut v: Vec<f64> = (0..p.len())
+                .map(|i| p.row(i).iter().zip(&dir).map(|(&x, d)| x as f64 * d).sum())
+                .collect();
             v.sort_by(f64::total_cmp);
             v
         };
         let (pa, pb) = (project(a), project(b));
-        let quantile = |v: &[f64], k: usize| v[((k as f64 + 0.5) * v.len() as f64 / m as f64) as usize];
-        total += (0..m).map(|k| (quantile(&pa, k) - quantile(&pb, k)).powi(2)).sum::<f64>() / m as f64;
+        let quantile =
+            |v: &[f64], k: usize| v[((k as f64 + 0.5) * v.len() as f64 / m as f64) as usize];
+        total += (0..m)
+            .map(|k| (quantile(&pa, k) - quantile(&pb, k)).powi(2))
+            .sum::<f64>()
+            / m as f64;
     }
     (total / projections as f64).sqrt()
 }
@@ -45,10 +50,21 @@ mod tests {
         let n = 20_000;
         let mut rng = stream(1, "sw");
         let a = normals(&mut rng, n * 2);
-        let b: Vec<f32> = normals(&mut rng, n * 2).chunks(2).flat_map(|p| [p[0] + 3.0, p[1] + 4.0]).collect();
-        let sw = sliced_wasserstein(Points::new(&a, 2), Points::new(&b, 2), 500, &mut stream(2, "p"));
+        let b: Vec<f32> = normals(&mut rng, n * 2)
+            .chunks(2)
+            .flat_map(|p| [p[0] + 3.0, p[1] + 4.0])
+            .collect();
+        let sw = sliced_wasserstein(
+            Points::new(&a, 2),
+            Points::new(&b, 2),
+            500,
+            &mut stream(2, "p"),
+        );
         let expected = (25.0f64 / 2.0).sqrt();
-        assert!((sw - expected).abs() < 0.05 * expected, "sw {sw} vs {expected}");
+        assert!(
+            (sw - expected).abs() < 0.05 * expected,
+            "sw {sw} vs {expected}"
+        );
     }
 
     #[test]
@@ -56,7 +72,12 @@ mod tests {
         let mut rng = stream(1, "sw");
         let a = normals(&mut rng, 20_000);
         let b = normals(&mut rng, 16_000);
-        let sw = sliced_wasserstein(Points::new(&a, 2), Points::new(&b, 2), 100, &mut stream(2, "p"));
+        let sw = sliced_wasserstein(
+            Points::new(&a, 2),
+            Points::new(&b, 2),
+            100,
+            &mut stream(2, "p"),
+        );
         assert!(sw < 0.05, "sw {sw}");
     }
 }

@@ -17,7 +17,10 @@ pub fn sinusoidal(cond: &Tensor, dim: usize) -> Result<Tensor> {
 /// Gaussian Fourier features (Tancik et al. 2020; score_sde's time embedding):
 /// [sin(2 pi w_k c), cos(2 pi w_k c)] with fixed w_k ~ N(0, scale^2).
 pub fn fourier(cond: &Tensor, frequencies: &Tensor) -> Result<Tensor> {
-    let args = cond.unsqueeze(1)?.broadcast_mul(&frequencies.unsqueeze(0)?)?.affine(2.0 * std::f64::consts::PI, 0.0)?;
+    let args = cond
+        .unsqueeze(1)?
+        .broadcast_mul(&frequencies.unsqueeze(0)?)?
+        .affine(2.0 * std::f64::consts::PI, 0.0)?;
     Tensor::cat(&[args.sin()?, args.cos()?], D::Minus1)
 }
 

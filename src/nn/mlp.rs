@@ -52,7 +52,12 @@ fn embedding_dim() -> usize {
 
 impl Default for MlpConfig {
     fn default() -> Self {
-        MlpConfig { hidden: hidden(), embedding_dim: embedding_dim(), embedding: Embedding::Sinusoidal, fourier_scale: fourier_scale() }
+        MlpConfig {
+            hidden: hidden(),
+            embedding_dim: embedding_dim(),
+            embedding: Embedding::Sinusoidal,
+            fourier_scale: fourier_scale(),
+        }
     }
 }
 
@@ -62,10 +67,16 @@ impl MlpConfig {
             return Err("`hidden` needs at least one layer and no zero widths".into());
         }
         if !(self.fourier_scale > 0.0) {
-            return Err(format!("`fourier_scale` must be positive, got {}", self.fourier_scale));
+            return Err(format!(
+                "`fourier_scale` must be positive, got {}",
+                self.fourier_scale
+            ));
         }
         if self.embedding_dim < 2 || !self.embedding_dim.is_multiple_of(2) {
-            return Err(format!("`embedding_dim` must be even and at least 2, got {}", self.embedding_dim));
+            return Err(format!(
+                "`embedding_dim` must be even and at least 2, got {}",
+                self.embedding_dim
+            ));
         }
         Ok(())
     }
@@ -80,11 +91,20 @@ impl MlpConfig {
 
     /// Freshly initialised weights, as PyTorch's nn.Linear does
     /// (uniform in +-1/sqrt(fan_in)), drawn from the project's seeded RNG.
-    pub fn init_weights(&self, dim: usize, rng: &mut ChaCha8Rng, device: &Device) -> Result<Vec<(String, Tensor)>> {
+    pub fn init_weights(
+        &self,
+        dim: usize,
+        rng: &mut ChaCha8Rng,
+        device: &Device,
+    ) -> Result<Vec<(String, Tensor)>> {
         let mut out = Vec::new();
         for (i, (fan_in, fan_out)) in self.layer_shapes(dim).into_iter().enumerate() {
             let bound = 1.0 / (fan_in as f32).sqrt();
-            let w = Tensor::from_vec(uniforms(rng, fan_in * fan_out, -bound, bound), (fan_out, fan_in), device)?;
+            let w = Tensor::from_vec(
+                uniforms(rng, fan_in * fan_out, -bound, bound),
+                (fan_out, fan_in),
+                device,
+            )?;
             let b = Tensor::from_vec(uniforms(rng, fan_out, -bound, bound), fan_out, device)?;
             out.push((format!("layers.{i}.weight"), w));
             out.push((format!("layers.{i}.bias"), b));
@@ -108,10 +128,9 @@ impl Mlp {
         let mut layers = Vec::new();
         for (i, (fan_in, fan_out)) in config.layer_shapes(dim).into_iter().enumerate() {
             let get = |name: String| {
-                weights
-                    .get(&name)
-                    .cloned()
-                    .ok_or_else(|| candle_core::Error::Msg(format!("weights have no tensor `{name}`")))
+                weights.get(&name).cloned().ok_or_else(|| {
+                    candle_core::Error::Msg(format!("weights have no tensor `{name}`"))
+                })
             };
             let w = get(format!("layers.{i}.weight"))?;
             if w.dims() != [fan_out, fan_in] {
@@ -126,12 +145,23 @@ impl Mlp {
             Embedding::Sinusoidal => None,
             Embedding::Fourier => {
                 let half = config.embedding_dim / 2;
-                let w: Vec<f32> = normals(&mut stream(0, "mlp/fourier"), half).iter().map(|z| z * config.fourier_scale as f32).collect();
-                let device = weights.values().next().map(|t| t.device().clone()).unwrap_or(Device::Cpu);
+                let w: Vec<f32> = normals(&mut stream(0, "mlp/fourier"), half)
+                    .iter()
+                    .map(|z| z * config.fourier_scale as f32)
+                    .collect();
+                let device = weights
+                    .values()
+                    .next()
+                    .map(|t| t.device().clone())
+                    .unwrap_or(Device::Cpu);
                 Some(Tensor::from_vec(w, half, &device)?)
             }
         };
-        Ok(Mlp { layers, embedding_dim: config.embedding_dim, frequencies })
+        Ok(Mlp {
+            layers,
+            embedding_dim: config.embedding_dim,
+            frequencies,
+        })
     }
 
     /// `x`: [batch, dim]; `t`: [batch] times in [0, 1]. Returns [batch, dim].
@@ -159,30 +189,59 @@ mod tests {
 
     #[test]
     fn every_parameter_gets_a_gradient() {
-      for embedding in [Embedding::Sinusoidal, Embedding::Fourier] {
-        let cfg = MlpConfig { hidden: vec![16, 16], embedding_dim: 8, embedding, fourier_scale: 16.0 };
-        let dev = Device::Cpu;
-        let init = cfg.init_weights(2, &mut stream(0, "init"), &dev).unwrap();
-        let vars: Vec<(String, Var)> = init.into_iter().map(|(n, t)| (n, Var::from_tensor(&t).unwrap())).collect();
-        let map = vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
-        let mlp = Mlp::new(&cfg, 2, &map).unwrap();
-        let x = Tensor::new(&[[0.5f32, -0.3], [1.0, 2.0]], &dev).unwrap();
-        let c = Tensor::new(&[0.3f32, 0.7], &dev).unwrap();
-        let loss = mlp.forward(&x, &c).unwrap().sqr().unwrap().sum_all().unwrap();
-        let grads = loss.backward().unwrap();
-        for (name, var) in &vars {
-            let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name} has no gradient"));
-            let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
-            assert!(norm > 0.0, "{name} has a zero gradient ({embedding:?})");
+        for embedding in [Embedding::Sinusoidal, Embedding::Fourier] {
+            let cfg = MlpConfig {
+                hidden: vec![16, 16],
+                embedding_dim: 8,
+                embedding,
+                fourier_scale: 16.0,
+            };
+            let dev = Device::Cpu;
+            let init = cfg.init_weights(2, &mut stream(0, "init"), &dev).unwrap();
+            let vars: Vec<(String, Var)> = init
+                .into_iter()
+                .map(|(n, t)| (n, Var::from_tensor(&t).unwrap()))
+                .collect();
+            let map = vars
+                .iter()
+                .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+                .collect();
+            let mlp = Mlp::new(&cfg, 2, &map).unwrap();
+            let x = Tensor::new(&[[0.5f32, -0.3], [1.0, 2.0]], &dev).unwrap();
+            let c = Tensor::new(&[0.3f32, 0.7], &dev).unwrap();
+            let loss = mlp
+                .forward(&x, &c)
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap();
+            let grads = loss.backward().unwrap();
+            for (name, var) in &vars {
+                let g = grads
+                    .get(var.as_tensor())
+                    .unwrap_or_else(|| panic!("{name} has no gradient"));
+                let norm = g
+                    .sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert!(norm > 0.0, "{name} has a zero gradient ({embedding:?})");
+            }
         }
-      }
     }
 
     #[test]
     fn wrong_shapes_are_reported() {
         let cfg = MlpConfig::default();
         let dev = Device::Cpu;
-        let init: HashMap<_, _> = cfg.init_weights(2, &mut stream(0, "init"), &dev).unwrap().into_iter().collect();
+        let init: HashMap<_, _> = cfg
+            .init_weights(2, &mut stream(0, "init"), &dev)
+            .unwrap()
+            .into_iter()
+            .collect();
         let err = Mlp::new(&cfg, 3, &init).err().unwrap().to_string();
         assert!(err.contains("layer 0 weight has shape"), "{err}");
     }

@@ -38,7 +38,11 @@ impl StageNode {
 
     /// `id`, or `id[label]` for a forked stage: how logs and tables name it.
     pub fn name(&self) -> String {
-        if self.label.is_empty() { self.id.clone() } else { format!("{}[{}]", self.id, self.label) }
+        if self.label.is_empty() {
+            self.id.clone()
+        } else {
+            format!("{}[{}]", self.id, self.label)
+        }
     }
 }
 
@@ -93,7 +97,11 @@ impl Plan {
     /// Where the report links a node: `stages/<id>`, or `stages/<id>/<label>` when forked.
     pub fn link(&self, node: &StageNode) -> String {
         if self.is_forked(&node.id) {
-            let label = if node.label.is_empty() { "base".to_string() } else { folder_name(&node.label) };
+            let label = if node.label.is_empty() {
+                "base".to_string()
+            } else {
+                folder_name(&node.label)
+            };
             format!("stages/{}/{label}", node.id)
         } else {
             format!("stages/{}", node.id)
@@ -128,26 +136,55 @@ pub fn build(path: &Path, loaded: Loaded) -> Result<Plan, SpecError> {
         message,
     };
     if !is_safe_name(&spec.name) {
-        return Err(err(None, None, format!("pipeline name `{}` must use only letters, digits, `_` and `-`", spec.name)));
+        return Err(err(
+            None,
+            None,
+            format!(
+                "pipeline name `{}` must use only letters, digits, `_` and `-`",
+                spec.name
+            ),
+        ));
     }
     if spec.stages.is_empty() {
         return Err(err(None, None, "the pipeline has no stages".into()));
     }
     for (id, stage) in &spec.stages {
         if !is_safe_name(id) {
-            return Err(err(Some(id), None, format!("stage id `{id}` must use only letters, digits, `_` and `-`")));
+            return Err(err(
+                Some(id),
+                None,
+                format!("stage id `{id}` must use only letters, digits, `_` and `-`"),
+            ));
         }
         check_needs(id, stage, &spec.stages).map_err(|(role, m)| err(Some(id), Some(role), m))?;
     }
-    let sweep = Sweep::resolve(&spec.sweep, &spec.stages).map_err(|(axis, m)| sweep_err(&axis, m))?;
-    spec.report.validate(&sweep).map_err(|m| SpecError::Invalid { path: path.to_path_buf(), location: None, message: m })?;
+    let sweep =
+        Sweep::resolve(&spec.sweep, &spec.stages).map_err(|(axis, m)| sweep_err(&axis, m))?;
+    spec.report
+        .validate(&sweep)
+        .map_err(|m| SpecError::Invalid {
+            path: path.to_path_buf(),
+            location: None,
+            message: m,
+        })?;
 
     // Stage ids in dependency order, counting inputs a sweep may swap in.
     let ids: Vec<&String> = spec.stages.keys().collect();
-    let position: HashMap<&str, usize> = ids.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
+    let position: HashMap<&str, usize> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.as_str(), i))
+        .collect();
     let mut possible: Vec<Vec<usize>> = ids
         .iter()
-        .map(|id| spec.stages[*id].needs().into_iter().flat_map(|(_, v)| v).map(|n| position[n.as_str()]).collect())
+        .map(|id| {
+            spec.stages[*id]
+                .needs()
+                .into_iter()
+                .flat_map(|(_, v)| v)
+                .map(|n| position[n.as_str()])
+                .collect()
+        })
         .collect();
     for axis in sweep.axes.iter().filter(|a| a.field[0] == "needs") {
         for value in &axis.values {
@@ -156,7 +193,12 @@ pub fn build(path: &Path, loaded: Loaded) -> Result<Plan, SpecError> {
                 let names: Vec<&str> = ids.iter().map(|s| s.as_str()).collect();
                 return Err(sweep_err(
                     &axis.path,
-                    format!("sweep `{}`: `{}` is not a stage; stages are: {}", axis.path, super::sweep::show(value), names.join(", ")),
+                    format!(
+                        "sweep `{}`: `{}` is not a stage; stages are: {}",
+                        axis.path,
+                        super::sweep::show(value),
+                        names.join(", ")
+                    ),
                 ));
             };
             possible[position[axis.stage.as_str()]].push(input);
@@ -178,7 +220,11 @@ pub fn build(path: &Path, loaded: Loaded) -> Result<Plan, SpecError> {
         .map(|n| id_graph[n])
         .collect();
     let stage_ids: Vec<String> = id_order.iter().map(|&i| ids[i].clone()).collect();
-    let pos: HashMap<&str, usize> = stage_ids.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
+    let pos: HashMap<&str, usize> = stage_ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.as_str(), i))
+        .collect();
     // Per stage (in order): its possible inputs, the axes and groups that touch it.
     let possible: Vec<Vec<usize>> = id_order
         .iter()
@@ -189,8 +235,14 @@ pub fn build(path: &Path, loaded: Loaded) -> Result<Plan, SpecError> {
             v
         })
         .collect();
-    let touching: Vec<Vec<usize>> =
-        stage_ids.iter().map(|id| (0..sweep.axes.len()).filter(|&a| &sweep.axes[a].stage == id).collect()).collect();
+    let touching: Vec<Vec<usize>> = stage_ids
+        .iter()
+        .map(|id| {
+            (0..sweep.axes.len())
+                .filter(|&a| &sweep.axes[a].stage == id)
+                .collect()
+        })
+        .collect();
     let groups_touching: Vec<Vec<usize>> = touching
         .iter()
         .map(|axes| {
@@ -217,37 +269,73 @@ pub fn build(path: &Path, loaded: Loaded) -> Result<Plan, SpecError> {
                 chosen.push(ix);
                 continue;
             }
-            let own_coords: Vec<(usize, usize)> = touching[s].iter().map(|&a| (a, groups[sweep.axes[a].group])).collect();
+            let own_coords: Vec<(usize, usize)> = touching[s]
+                .iter()
+                .map(|&a| (a, groups[sweep.axes[a].group]))
+                .collect();
             let at = || format!("at sweep point `{}`", sweep.label(&own_coords));
             let stage = if own_coords.is_empty() {
                 spec.stages[id].clone()
             } else {
-                let base = stage_values.and_then(|m| m.get(id.as_str())).cloned().unwrap_or_default();
+                let base = stage_values
+                    .and_then(|m| m.get(id.as_str()))
+                    .cloned()
+                    .unwrap_or_default();
                 let value = sweep.apply(&base, &own_coords);
                 let first = &sweep.axes[own_coords[0].0].path;
-                let stage = StageSpec::deserialize(value).map_err(|e| sweep_err(first, format!("stage `{id}` {}: {e}", at())))?;
-                check_needs(id, &stage, &spec.stages).map_err(|(_, m)| sweep_err(first, format!("{} {m}", at())))?;
+                let stage = StageSpec::deserialize(value)
+                    .map_err(|e| sweep_err(first, format!("stage `{id}` {}: {e}", at())))?;
+                check_needs(id, &stage, &spec.stages)
+                    .map_err(|(_, m)| sweep_err(first, format!("{} {m}", at())))?;
                 stage
             };
             let needs: Vec<(String, Vec<NodeIndex>)> = stage
                 .needs()
                 .into_iter()
-                .map(|(role, inputs)| (role.to_string(), inputs.iter().map(|i| chosen[pos[i.as_str()]]).collect()))
+                .map(|(role, inputs)| {
+                    (
+                        role.to_string(),
+                        inputs.iter().map(|i| chosen[pos[i.as_str()]]).collect(),
+                    )
+                })
                 .collect();
-            let lookup = |other: &str| pos.get(other).and_then(|&q| chosen.get(q)).map(|&ix| &graph[ix].spec);
+            let lookup = |other: &str| {
+                pos.get(other)
+                    .and_then(|&q| chosen.get(q))
+                    .map(|&ix| &graph[ix].spec)
+            };
             let inputs_of = |role: &str| -> Vec<&StageSpec> {
-                needs.iter().filter(|(r, _)| r == role).flat_map(|(_, v)| v.iter()).map(|&ix| &graph[ix].spec).collect()
+                needs
+                    .iter()
+                    .filter(|(r, _)| r == role)
+                    .flat_map(|(_, v)| v.iter())
+                    .map(|&ix| &graph[ix].spec)
+                    .collect()
             };
             stages::validate(&stage, &inputs_of, &lookup).map_err(|m| {
-                let message = if own_coords.is_empty() { format!("stage `{id}`: {m}") } else { format!("stage `{id}` {}: {m}", at()) };
+                let message = if own_coords.is_empty() {
+                    format!("stage `{id}`: {m}")
+                } else {
+                    format!("stage `{id}` {}: {m}", at())
+                };
                 err(Some(id), Some("params"), message)
             })?;
             let params = stage.resolved_params();
             let input_keys: Vec<(String, Vec<String>)> = needs
                 .iter()
-                .map(|(role, ixs)| (role.clone(), ixs.iter().map(|&ix| graph[ix].key.clone()).collect()))
+                .map(|(role, ixs)| {
+                    (
+                        role.clone(),
+                        ixs.iter().map(|&ix| graph[ix].key.clone()).collect(),
+                    )
+                })
                 .collect();
-            let key = stage_key(&KeyInput { kind: stage.kind().name(), stage_version: stages::version(stage.kind()), params: &params, inputs: &input_keys });
+            let key = stage_key(&KeyInput {
+                kind: stage.kind().name(),
+                stage_version: stages::version(stage.kind()),
+                params: &params,
+                inputs: &input_keys,
+            });
             if let Some(&ix) = by_key.get(&(s, key.clone())) {
                 memo.insert(memo_key, ix);
                 chosen.push(ix);
@@ -261,7 +349,15 @@ pub fn build(path: &Path, loaded: Loaded) -> Result<Plan, SpecError> {
             }
             coords.sort_unstable();
             coords.dedup();
-            let node = StageNode { id: id.clone(), label: sweep.label(&coords), coords, spec: stage, params, needs: needs.clone(), key: key.clone() };
+            let node = StageNode {
+                id: id.clone(),
+                label: sweep.label(&coords),
+                coords,
+                spec: stage,
+                params,
+                needs: needs.clone(),
+                key: key.clone(),
+            };
             let ix = graph.add_node(node);
             for (role, ixs) in &needs {
                 for &from in ixs {
@@ -273,7 +369,10 @@ pub fn build(path: &Path, loaded: Loaded) -> Result<Plan, SpecError> {
             memo.insert(memo_key, ix);
             chosen.push(ix);
         }
-        points.push(Point { groups, nodes: chosen });
+        points.push(Point {
+            groups,
+            nodes: chosen,
+        });
     }
     let mut forks = HashMap::new();
     for node in graph.node_weights() {
@@ -295,23 +394,52 @@ pub fn build(path: &Path, loaded: Loaded) -> Result<Plan, SpecError> {
 }
 
 /// Inputs must name stages of the right kind. Errors are (role, message).
-fn check_needs(id: &str, stage: &StageSpec, all: &BTreeMap<String, StageSpec>) -> Result<(), (&'static str, String)> {
+fn check_needs(
+    id: &str,
+    stage: &StageSpec,
+    all: &BTreeMap<String, StageSpec>,
+) -> Result<(), (&'static str, String)> {
     let kind = stage.kind();
     for (role, inputs) in stage.needs() {
-        let want = kind.roles().iter().find(|(r, _)| *r == role).map(|(_, k)| *k).expect("roles match needs");
+        let want = kind
+            .roles()
+            .iter()
+            .find(|(r, _)| *r == role)
+            .map(|(_, k)| *k)
+            .expect("roles match needs");
         if inputs.is_empty() {
             return Err((role, format!("stage `{id}`: input `{role}` names no stage")));
         }
         let choices = || {
-            let names: Vec<&str> = all.iter().filter(|(_, s)| s.kind() == want).map(|(n, _)| n.as_str()).collect();
-            if names.is_empty() { format!("no {want} stage is defined") } else { format!("{want} stages: {}", names.join(", ")) }
+            let names: Vec<&str> = all
+                .iter()
+                .filter(|(_, s)| s.kind() == want)
+                .map(|(n, _)| n.as_str())
+                .collect();
+            if names.is_empty() {
+                format!("no {want} stage is defined")
+            } else {
+                format!("{want} stages: {}", names.join(", "))
+            }
         };
         for input in inputs {
             let Some(got) = all.get(&input).map(StageSpec::kind) else {
-                return Err((role, format!("stage `{id}`: input `{role}` names `{input}`, which is not a stage of this pipeline; {}", choices())));
+                return Err((
+                    role,
+                    format!(
+                        "stage `{id}`: input `{role}` names `{input}`, which is not a stage of this pipeline; {}",
+                        choices()
+                    ),
+                ));
             };
             if got != want {
-                return Err((role, format!("stage `{id}`: input `{role}` must be a {want} stage, but `{input}` is a {got} stage; {}", choices())));
+                return Err((
+                    role,
+                    format!(
+                        "stage `{id}`: input `{role}` must be a {want} stage, but `{input}` is a {got} stage; {}",
+                        choices()
+                    ),
+                ));
             }
         }
     }
@@ -319,20 +447,37 @@ fn check_needs(id: &str, stage: &StageSpec, all: &BTreeMap<String, StageSpec>) -
 }
 
 fn is_safe_name(name: &str) -> bool {
-    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 /// The graph in Graphviz DOT, nodes labelled with kind and key prefix.
 pub fn to_dot(plan: &Plan) -> String {
-    let mut out = format!("digraph \"{}\" {{\n  rankdir=LR;\n  node [shape=box, fontname=\"Helvetica\"];\n", plan.name);
+    let mut out = format!(
+        "digraph \"{}\" {{\n  rankdir=LR;\n  node [shape=box, fontname=\"Helvetica\"];\n",
+        plan.name
+    );
     let escaped = |node: &StageNode| node.name().replace('\\', "\\\\").replace('"', "\\\"");
     let quoted = |node: &StageNode| format!("\"{}\"", escaped(node));
     for node in plan.nodes() {
-        out.push_str(&format!("  {} [label=\"{}\\n{} {}\"];\n", quoted(node), escaped(node), node.kind(), &node.key[..8]));
+        out.push_str(&format!(
+            "  {} [label=\"{}\\n{} {}\"];\n",
+            quoted(node),
+            escaped(node),
+            node.kind(),
+            &node.key[..8]
+        ));
     }
     for edge in plan.graph.edge_indices() {
         let (a, b) = plan.graph.edge_endpoints(edge).expect("edge exists");
-        out.push_str(&format!("  {} -> {} [label=\"{}\"];\n", quoted(&plan.graph[a]), quoted(&plan.graph[b]), plan.graph[edge]));
+        out.push_str(&format!(
+            "  {} -> {} [label=\"{}\"];\n",
+            quoted(&plan.graph[a]),
+            quoted(&plan.graph[b]),
+            plan.graph[edge]
+        ));
     }
     out.push_str("}\n");
     out
@@ -353,21 +498,36 @@ stages:
 
     fn plan(text: &str) -> Plan {
         let path = Path::new("k.yaml");
-        let loaded = Loaded { spec: parse(path, text).unwrap(), tree: serde_norway::from_str(text).unwrap(), source: text.into() };
+        let loaded = Loaded {
+            spec: parse(path, text).unwrap(),
+            tree: serde_norway::from_str(text).unwrap(),
+            source: text.into(),
+        };
         build(path, loaded).unwrap()
     }
 
     fn keys(text: &str) -> HashMap<String, String> {
         let plan = plan(text);
-        plan.nodes().map(|n| (n.id.clone(), n.key.clone())).collect()
+        plan.nodes()
+            .map(|n| (n.id.clone(), n.key.clone()))
+            .collect()
     }
 
     #[test]
     fn spelling_out_defaults_keeps_every_key() {
         let explicit = PIPELINE
-            .replace("{ name: gmm }", "{ name: gmm, weights: [0.1, 0.9], std: 0.2, n: 50000, seed: 0 }")
-            .replace("{ type: linear }", "{ type: linear, beta_start: 0.0001, beta_end: 2.0e-2, steps: 1000 }")
-            .replace("{ objective: eps }", "{ lr: 1.0e-3, objective: eps, steps: 4000 }");
+            .replace(
+                "{ name: gmm }",
+                "{ name: gmm, weights: [0.1, 0.9], std: 0.2, n: 50000, seed: 0 }",
+            )
+            .replace(
+                "{ type: linear }",
+                "{ type: linear, beta_start: 0.0001, beta_end: 2.0e-2, steps: 1000 }",
+            )
+            .replace(
+                "{ objective: eps }",
+                "{ lr: 1.0e-3, objective: eps, steps: 4000 }",
+            );
         assert_eq!(keys(PIPELINE), keys(&explicit));
     }
 
@@ -379,7 +539,10 @@ stages:
         assert_ne!(base["tr"], changed["tr"], "downstream of the change");
         assert_eq!(base["data"], changed["data"]);
         assert_eq!(base["mlp"], changed["mlp"]);
-        for (from, to) in [("{ name: gmm }", "{ name: gmm, seed: 1 }"), ("{ arch: mlp }", "{ arch: mlp, embedding_dim: 16 }")] {
+        for (from, to) in [
+            ("{ name: gmm }", "{ name: gmm, seed: 1 }"),
+            ("{ arch: mlp }", "{ arch: mlp, embedding_dim: 16 }"),
+        ] {
             let other = keys(&PIPELINE.replace(from, to));
             assert_ne!(base["tr"], other["tr"], "{to}");
         }
@@ -387,7 +550,11 @@ stages:
 
     #[test]
     fn renaming_a_stage_keeps_its_key() {
-        let renamed = keys(&PIPELINE.replace("lin:", "betas:").replace("schedule: lin", "schedule: betas"));
+        let renamed = keys(
+            &PIPELINE
+                .replace("lin:", "betas:")
+                .replace("schedule: lin", "schedule: betas"),
+        );
         assert_eq!(keys(PIPELINE)["lin"], renamed["betas"]);
         assert_eq!(keys(PIPELINE)["tr"], renamed["tr"]);
     }
@@ -399,7 +566,11 @@ stages:
 
     fn try_plan(text: &str) -> Result<Plan, SpecError> {
         let path = Path::new("k.yaml");
-        let loaded = Loaded { spec: parse(path, text)?, tree: serde_norway::from_str(text).unwrap(), source: text.into() };
+        let loaded = Loaded {
+            spec: parse(path, text)?,
+            tree: serde_norway::from_str(text).unwrap(),
+            source: text.into(),
+        };
         build(path, loaded)
     }
 
@@ -409,12 +580,25 @@ stages:
 
     #[test]
     fn a_cartesian_sweep_forks_only_downstream_of_swept_values() {
-        let text = format!("{PIPELINE}{SAMPLED}sweep:\n  s.params.n: [10, 20, 30]\n  tr.params.lr: [0.001, 0.002]\n");
+        let text = format!(
+            "{PIPELINE}{SAMPLED}sweep:\n  s.params.n: [10, 20, 30]\n  tr.params.lr: [0.001, 0.002]\n"
+        );
         let plan = plan(&text);
         assert_eq!(plan.points.len(), 6);
-        assert_eq!((count(&plan, "data"), count(&plan, "lin"), count(&plan, "mlp")), (1, 1, 1));
+        assert_eq!(
+            (
+                count(&plan, "data"),
+                count(&plan, "lin"),
+                count(&plan, "mlp")
+            ),
+            (1, 1, 1)
+        );
         assert_eq!(count(&plan, "tr"), 2, "train forks on lr only");
-        assert_eq!(count(&plan, "tr2"), 1, "a train no swept value reaches is shared");
+        assert_eq!(
+            count(&plan, "tr2"),
+            1,
+            "a train no swept value reaches is shared"
+        );
         assert_eq!(count(&plan, "s"), 6);
         assert_eq!(count(&plan, "ev"), 6);
         let labels: Vec<String> = plan.nodes_of("tr").map(|n| n.label.clone()).collect();
@@ -422,14 +606,25 @@ stages:
         assert_eq!(plan.nodes_of("data").next().unwrap().label, "");
         let point = &plan.points[3];
         assert_eq!(plan.point_label(point), "n=20,lr=0.002");
-        assert_eq!(plan.node_at(point, "ev").unwrap().name(), "ev[n=20,lr=0.002]");
-        assert_eq!(plan.link(plan.node_at(point, "s").unwrap()), "stages/s/n=20,lr=0.002");
-        assert_eq!(plan.link(plan.node_at(point, "data").unwrap()), "stages/data");
+        assert_eq!(
+            plan.node_at(point, "ev").unwrap().name(),
+            "ev[n=20,lr=0.002]"
+        );
+        assert_eq!(
+            plan.link(plan.node_at(point, "s").unwrap()),
+            "stages/s/n=20,lr=0.002"
+        );
+        assert_eq!(
+            plan.link(plan.node_at(point, "data").unwrap()),
+            "stages/data"
+        );
     }
 
     #[test]
     fn zipped_axes_vary_together() {
-        let text = format!("{PIPELINE}{SAMPLED}sweep:\n  zip:\n    lin.params.steps: [10, 20]\n    tr.params.steps: [5, 6]\n");
+        let text = format!(
+            "{PIPELINE}{SAMPLED}sweep:\n  zip:\n    lin.params.steps: [10, 20]\n    tr.params.steps: [5, 6]\n"
+        );
         let plan = plan(&text);
         assert_eq!(plan.points.len(), 2);
         assert_eq!(count(&plan, "lin"), 2);
@@ -437,23 +632,33 @@ stages:
         assert_eq!(count(&plan, "data"), 1);
         // Both `steps` axes are qualified with their stage.
         assert_eq!(plan.point_label(&plan.points[1]), "lin.steps=20,tr.steps=6");
-        assert_eq!(plan.nodes_of("s").last().unwrap().label, "lin.steps=20,tr.steps=6");
+        assert_eq!(
+            plan.nodes_of("s").last().unwrap().label,
+            "lin.steps=20,tr.steps=6"
+        );
     }
 
     #[test]
     fn equal_stages_across_points_are_one_node_with_the_key_of_a_plain_run() {
-        let text = format!("{PIPELINE}{SAMPLED}sweep:\n  tr.params.lr: [0.002, 2.0e-3]\n  s.params.seed: [1, 2]\n");
+        let text = format!(
+            "{PIPELINE}{SAMPLED}sweep:\n  tr.params.lr: [0.002, 2.0e-3]\n  s.params.seed: [1, 2]\n"
+        );
         let plan = plan(&text);
         assert_eq!(plan.points.len(), 4);
         assert_eq!(count(&plan, "tr"), 1, "0.002 and 2.0e-3 are one value");
         assert_eq!(count(&plan, "s"), 2);
-        let plain = keys(&format!("{}{SAMPLED}", PIPELINE.replace("{ objective: eps }", "{ objective: eps, lr: 0.002 }")));
+        let plain = keys(&format!(
+            "{}{SAMPLED}",
+            PIPELINE.replace("{ objective: eps }", "{ objective: eps, lr: 0.002 }")
+        ));
         assert_eq!(plan.nodes_of("tr").next().unwrap().key, plain["tr"]);
     }
 
     #[test]
     fn sweeping_an_input_swaps_stages_without_retraining() {
-        let text = format!("{PIPELINE}{SAMPLED}sweep:\n  s.needs.train: [tr, tr2]\n  s.params.n: [10, 20]\n");
+        let text = format!(
+            "{PIPELINE}{SAMPLED}sweep:\n  s.needs.train: [tr, tr2]\n  s.params.n: [10, 20]\n"
+        );
         let plan = plan(&text);
         assert_eq!(plan.points.len(), 4);
         assert_eq!((count(&plan, "tr"), count(&plan, "tr2")), (1, 1));
@@ -467,21 +672,44 @@ stages:
         let cases = [
             ("sweep:\n  nope.params.x: [1]\n", "no stage `nope`"),
             ("sweep:\n  tr.lr: [1]\n", "must look like `tr.params.KEY`"),
-            ("sweep:\n  tr.params.lr: [fast]\n", "at sweep point `lr=fast`"),
+            (
+                "sweep:\n  tr.params.lr: [fast]\n",
+                "at sweep point `lr=fast`",
+            ),
             ("sweep:\n  s.needs.train: [data]\n", "must be a train stage"),
-            ("sweep:\n  s.needs.train: [ghost]\n", "`ghost` is not a stage"),
+            (
+                "sweep:\n  s.needs.train: [ghost]\n",
+                "`ghost` is not a stage",
+            ),
         ];
         for (sweep, needle) in cases {
-            let e = try_plan(&format!("{base}{sweep}")).err().unwrap().to_string();
+            let e = try_plan(&format!("{base}{sweep}"))
+                .err()
+                .unwrap()
+                .to_string();
             assert!(e.contains(needle), "{sweep}: {e}");
             assert!(e.starts_with("k.yaml:"), "{e}");
             let line = base.lines().count() + 2;
-            assert!(e.contains(&format!(":{line}:")), "{sweep}: expected line {line} in {e}");
+            assert!(
+                e.contains(&format!(":{line}:")),
+                "{sweep}: expected line {line} in {e}"
+            );
         }
-        let e = try_plan(&format!("{base}report:\n  plots: [{{ metric: mmd2, x: nope }}]\nsweep:\n  s.params.n: [1, 2]\n")).err().unwrap();
-        assert!(e.to_string().contains("x `nope` is neither a sweep axis (n) nor a metric (sliced_wasserstein"), "{e}");
+        let e = try_plan(&format!(
+            "{base}report:\n  plots: [{{ metric: mmd2, x: nope }}]\nsweep:\n  s.params.n: [1, 2]\n"
+        ))
+        .err()
+        .unwrap();
+        assert!(
+            e.to_string()
+                .contains("x `nope` is neither a sweep axis (n) nor a metric (sliced_wasserstein"),
+            "{e}"
+        );
         // A metric along x is fine.
-        try_plan(&format!("{base}report:\n  plots: [{{ metric: mmd2, x: nfe }}]\nsweep:\n  s.params.n: [1, 2]\n")).unwrap();
+        try_plan(&format!(
+            "{base}report:\n  plots: [{{ metric: mmd2, x: nfe }}]\nsweep:\n  s.params.n: [1, 2]\n"
+        ))
+        .unwrap();
     }
 
     #[test]
@@ -493,10 +721,21 @@ stages:
         assert_eq!(plan.points.len(), 12);
         let labels: Vec<String> = plan.nodes_of("s").map(|n| n.label.clone()).collect();
         assert_eq!(labels.len(), 10, "{labels:?}");
-        assert!(labels.contains(&"sampler=ancestral,steps=5".to_string()), "{labels:?}");
-        assert!(labels.contains(&"sampler=ddim,eta=0.5,steps=5".to_string()), "{labels:?}");
-        let rk45: Vec<_> = plan.nodes_of("s").filter(|n| n.label.contains("rk45")).collect();
+        assert!(
+            labels.contains(&"sampler=ancestral,steps=5".to_string()),
+            "{labels:?}"
+        );
+        assert!(
+            labels.contains(&"sampler=ddim,eta=0.5,steps=5".to_string()),
+            "{labels:?}"
+        );
+        let rk45: Vec<_> = plan
+            .nodes_of("s")
+            .filter(|n| n.label.contains("rk45"))
+            .collect();
         assert_eq!(rk45.len(), 1, "{labels:?}");
-        assert!(matches!(&plan.nodes_of("s").next().unwrap().spec, StageSpec::Sample { params, .. } if params.sampler.name() == "ancestral"));
+        assert!(
+            matches!(&plan.nodes_of("s").next().unwrap().spec, StageSpec::Sample { params, .. } if params.sampler.name() == "ancestral")
+        );
     }
 }

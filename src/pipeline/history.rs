@@ -24,7 +24,10 @@ pub struct StageRecord {
 pub type History = BTreeMap<String, StageRecord>;
 
 pub fn load(pipeline_dir: &Path) -> History {
-    std::fs::read(pipeline_dir.join(FILE)).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+    std::fs::read(pipeline_dir.join(FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
 }
 
 pub fn save(pipeline_dir: &Path, plan: &Plan) -> std::io::Result<()> {
@@ -41,11 +44,18 @@ fn record(plan: &Plan, node: &StageNode) -> StageRecord {
         .needs
         .iter()
         .map(|(role, inputs)| {
-            let pairs = inputs.iter().map(|&ix| (plan.graph[ix].name(), plan.graph[ix].key.clone())).collect();
+            let pairs = inputs
+                .iter()
+                .map(|&ix| (plan.graph[ix].name(), plan.graph[ix].key.clone()))
+                .collect();
             (role.clone(), pairs)
         })
         .collect();
-    StageRecord { key: node.key.clone(), params: node.params.clone(), inputs }
+    StageRecord {
+        key: node.key.clone(),
+        params: node.params.clone(),
+        inputs,
+    }
 }
 
 /// All keys a last run used: `runner gc` keeps them so the report stays whole.
@@ -66,7 +76,11 @@ pub fn reason(plan: &Plan, node: &StageNode, cache: &Cache, history: &History) -
     }
     let changed = changed_params(&previous.params, &node.params);
     if !changed.is_empty() {
-        let noun = if changed.len() == 1 { "param" } else { "params" };
+        let noun = if changed.len() == 1 {
+            "param"
+        } else {
+            "params"
+        };
         return format!("{noun} {} changed", changed.join(", "));
     }
     let current = record(plan, node);
@@ -75,7 +89,9 @@ pub fn reason(plan: &Plan, node: &StageNode, cache: &Cache, history: &History) -
         .iter()
         .flat_map(|(role, now)| {
             let before = previous.inputs.get(role);
-            now.iter().filter(move |pair| before.is_none_or(|b| !b.contains(pair))).map(|(id, _)| id.clone())
+            now.iter()
+                .filter(move |pair| before.is_none_or(|b| !b.contains(pair)))
+                .map(|(id, _)| id.clone())
         })
         .collect();
     if !inputs.is_empty() {
@@ -87,12 +103,19 @@ pub fn reason(plan: &Plan, node: &StageNode, cache: &Cache, history: &History) -
 
 fn changed_params(before: &serde_json::Value, after: &serde_json::Value) -> Vec<String> {
     let (Some(b), Some(a)) = (before.as_object(), after.as_object()) else {
-        return if before != after { vec!["(all)".into()] } else { vec![] };
+        return if before != after {
+            vec!["(all)".into()]
+        } else {
+            vec![]
+        };
     };
     let mut keys: Vec<&String> = b.keys().chain(a.keys()).collect();
     keys.sort();
     keys.dedup();
-    keys.into_iter().filter(|k| b.get(*k) != a.get(*k)).cloned().collect()
+    keys.into_iter()
+        .filter(|k| b.get(*k) != a.get(*k))
+        .cloned()
+        .collect()
 }
 
 #[cfg(test)]
@@ -102,7 +125,10 @@ mod tests {
 
     #[test]
     fn changed_params_lists_differing_keys() {
-        let c = changed_params(&json!({"lr": 1e-3, "steps": 10, "seed": 0}), &json!({"lr": 3e-4, "steps": 10, "batch": 4, "seed": 0}));
+        let c = changed_params(
+            &json!({"lr": 1e-3, "steps": 10, "seed": 0}),
+            &json!({"lr": 3e-4, "steps": 10, "batch": 4, "seed": 0}),
+        );
         assert_eq!(c, vec!["batch".to_string(), "lr".to_string()]);
     }
 }

@@ -72,7 +72,12 @@ mod tests {
     use serde_json::json;
 
     fn key(params: Value, inputs: &[(String, Vec<String>)], version: u32) -> String {
-        stage_key(&KeyInput { kind: "train", stage_version: version, params: &params, inputs })
+        stage_key(&KeyInput {
+            kind: "train",
+            stage_version: version,
+            params: &params,
+            inputs,
+        })
     }
 
     #[test]

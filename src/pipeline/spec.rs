@@ -38,12 +38,27 @@ pub struct PipelineSpec {
 /// keep the exact line, column and path.
 #[derive(Debug, Clone)]
 pub enum StageSpec {
-    Dataset { params: DatasetParams },
-    Schedule { params: ScheduleParams },
-    Model { params: ModelParams },
-    Train { needs: TrainNeeds, params: TrainParams },
-    Sample { needs: SampleNeeds, params: SampleParams },
-    Evaluate { needs: EvaluateNeeds, params: EvaluateParams },
+    Dataset {
+        params: DatasetParams,
+    },
+    Schedule {
+        params: ScheduleParams,
+    },
+    Model {
+        params: ModelParams,
+    },
+    Train {
+        needs: TrainNeeds,
+        params: TrainParams,
+    },
+    Sample {
+        needs: SampleNeeds,
+        params: SampleParams,
+    },
+    Evaluate {
+        needs: EvaluateNeeds,
+        params: EvaluateParams,
+    },
 }
 
 /// Inputs of a train stage, by role.
@@ -141,7 +156,11 @@ impl StageKind {
                 ("model", StageKind::Model),
             ],
             StageKind::Sample => &[("train", StageKind::Train)],
-            StageKind::Evaluate => &[("reference", StageKind::Dataset), ("samples", StageKind::Sample), ("models", StageKind::Train)],
+            StageKind::Evaluate => &[
+                ("reference", StageKind::Dataset),
+                ("samples", StageKind::Sample),
+                ("models", StageKind::Train),
+            ],
         }
     }
 }
@@ -167,7 +186,9 @@ impl StageSpec {
     /// Inputs as (role, stage ids), in the kind's role order.
     pub fn needs(&self) -> Vec<(&'static str, Vec<String>)> {
         match self {
-            StageSpec::Dataset { .. } | StageSpec::Schedule { .. } | StageSpec::Model { .. } => vec![],
+            StageSpec::Dataset { .. } | StageSpec::Schedule { .. } | StageSpec::Model { .. } => {
+                vec![]
+            }
             StageSpec::Train { needs, .. } => vec![
                 ("data", vec![needs.data.clone()]),
                 ("schedule", vec![needs.schedule.clone()]),
@@ -225,7 +246,11 @@ impl<'de> DeserializeSeed<'de> for NeedsSeed {
             StageKind::Train => AnyNeeds::Train(TrainNeeds::deserialize(d)?),
             StageKind::Sample => AnyNeeds::Sample(SampleNeeds::deserialize(d)?),
             StageKind::Evaluate => AnyNeeds::Evaluate(EvaluateNeeds::deserialize(d)?),
-            kind => return Err(D::Error::custom(format!("a {kind} stage takes no inputs; remove `needs`"))),
+            kind => {
+                return Err(D::Error::custom(format!(
+                    "a {kind} stage takes no inputs; remove `needs`"
+                )));
+            }
         })
     }
 }
@@ -262,7 +287,10 @@ impl<'de> Visitor<'de> for StageVisitor {
         let mut kind: Option<StageKind> = None;
         let (mut needs, mut params) = (None, None);
         // `needs`/`params` written before `kind` are buffered and typed afterwards.
-        let (mut early_needs, mut early_params): (Option<serde_norway::Value>, Option<serde_norway::Value>) = (None, None);
+        let (mut early_needs, mut early_params): (
+            Option<serde_norway::Value>,
+            Option<serde_norway::Value>,
+        ) = (None, None);
         while let Some(key) = map.next_key::<String>()? {
             match (key.as_str(), kind) {
                 ("kind", _) => kind = Some(map.next_value()?),
@@ -275,10 +303,18 @@ impl<'de> Visitor<'de> for StageVisitor {
         }
         let kind = kind.ok_or_else(|| A::Error::missing_field("kind"))?;
         if let Some(value) = early_needs {
-            needs = Some(NeedsSeed(kind).deserialize(value).map_err(A::Error::custom)?);
+            needs = Some(
+                NeedsSeed(kind)
+                    .deserialize(value)
+                    .map_err(A::Error::custom)?,
+            );
         }
         if let Some(value) = early_params {
-            params = Some(ParamsSeed(kind).deserialize(value).map_err(A::Error::custom)?);
+            params = Some(
+                ParamsSeed(kind)
+                    .deserialize(value)
+                    .map_err(A::Error::custom)?,
+            );
         }
         if !kind.roles().is_empty() && needs.is_none() {
             return Err(A::Error::missing_field("needs"));
@@ -294,9 +330,15 @@ impl<'de> Visitor<'de> for StageVisitor {
             (AnyParams::Dataset(params), _) => StageSpec::Dataset { params },
             (AnyParams::Schedule(params), _) => StageSpec::Schedule { params },
             (AnyParams::Model(params), _) => StageSpec::Model { params },
-            (AnyParams::Train(params), AnyNeeds::Train(needs)) => StageSpec::Train { needs, params },
-            (AnyParams::Sample(params), AnyNeeds::Sample(needs)) => StageSpec::Sample { needs, params },
-            (AnyParams::Evaluate(params), AnyNeeds::Evaluate(needs)) => StageSpec::Evaluate { needs, params },
+            (AnyParams::Train(params), AnyNeeds::Train(needs)) => {
+                StageSpec::Train { needs, params }
+            }
+            (AnyParams::Sample(params), AnyNeeds::Sample(needs)) => {
+                StageSpec::Sample { needs, params }
+            }
+            (AnyParams::Evaluate(params), AnyNeeds::Evaluate(needs)) => {
+                StageSpec::Evaluate { needs, params }
+            }
             _ => unreachable!("needs and params are both typed by the same kind"),
         })
     }
@@ -320,10 +362,13 @@ pub struct Loaded {
 /// Reads and parses a pipeline file, applying `--set path=value` overrides (a swept
 /// path set this way leaves the sweep) and `--sweep path=v1,v2` axes.
 pub fn load(path: &Path, overrides: &[String], sweeps: &[String]) -> Result<Loaded, SpecError> {
-    let source = std::fs::read_to_string(path)
-        .map_err(|source| SpecError::Read { path: path.to_path_buf(), source })?;
+    let source = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let mut spec = parse(path, &source)?;
-    let mut tree: serde_norway::Value = serde_norway::from_str(&source).map_err(|e| yaml_error(path, e))?;
+    let mut tree: serde_norway::Value =
+        serde_norway::from_str(&source).map_err(|e| yaml_error(path, e))?;
     if !overrides.is_empty() {
         for assignment in overrides {
             apply_override(&mut tree, assignment)?;
@@ -333,18 +378,32 @@ pub fn load(path: &Path, overrides: &[String], sweeps: &[String]) -> Result<Load
             message: e.to_string(),
         })?;
         for assignment in overrides {
-            let Some((key, _)) = assignment.split_once('=') else { continue };
+            let Some((key, _)) = assignment.split_once('=') else {
+                continue;
+            };
             let path = normalize(key);
             if spec.sweep.remove(&path) {
                 // Plots along a fixed axis have nothing left to compare.
                 let parts: Vec<&str> = path.split('.').collect();
-                let names = [parts[parts.len() - 1].to_string(), format!("{}.{}", parts[0], parts[parts.len() - 1])];
-                spec.report.plots.retain(|p| !std::iter::once(&p.x).chain(p.series.iter().flatten()).any(|a| names.contains(a)));
+                let names = [
+                    parts[parts.len() - 1].to_string(),
+                    format!("{}.{}", parts[0], parts[parts.len() - 1]),
+                ];
+                spec.report.plots.retain(|p| {
+                    !std::iter::once(&p.x)
+                        .chain(p.series.iter().flatten())
+                        .any(|a| names.contains(a))
+                });
             }
         }
     }
     for axis in sweeps {
-        spec.sweep.add_axis(axis).map_err(|message| SpecError::Override { assignment: format!("--sweep {axis}"), message })?;
+        spec.sweep
+            .add_axis(axis)
+            .map_err(|message| SpecError::Override {
+                assignment: format!("--sweep {axis}"),
+                message,
+            })?;
     }
     Ok(Loaded { spec, tree, source })
 }
@@ -355,25 +414,38 @@ pub fn parse(path: &Path, source: &str) -> Result<PipelineSpec, SpecError> {
 }
 
 fn yaml_error(path: &Path, error: serde_norway::Error) -> SpecError {
-    let location = error.location().map(|l| Location { line: l.line(), column: l.column() });
+    let location = error.location().map(|l| Location {
+        line: l.line(),
+        column: l.column(),
+    });
     // serde_norway appends "at line X column Y" itself; we print the location up front.
     let mut message = error.to_string();
     if let Some(cut) = message.find(" at line ") {
         message.truncate(cut);
     }
-    SpecError::Invalid { path: path.to_path_buf(), location, message }
+    SpecError::Invalid {
+        path: path.to_path_buf(),
+        location,
+        message,
+    }
 }
 
 /// `stages.ddpm.params.lr=3e-4` or the short form `ddpm.params.lr=3e-4`.
 fn apply_override(tree: &mut serde_norway::Value, assignment: &str) -> Result<(), SpecError> {
-    let fail = |message: String| SpecError::Override { assignment: assignment.to_string(), message };
+    let fail = |message: String| SpecError::Override {
+        assignment: assignment.to_string(),
+        message,
+    };
     let (path, raw) = assignment
         .split_once('=')
         .ok_or_else(|| fail("expected PATH=VALUE, e.g. ddpm.params.lr=3e-4".into()))?;
     let value: serde_norway::Value =
         serde_norway::from_str(raw).map_err(|e| fail(format!("value is not valid YAML: {e}")))?;
     let mut parts: Vec<&str> = path.split('.').collect();
-    if !matches!(parts.first(), Some(&"stages" | &"name" | &"description" | &"sweep" | &"report")) {
+    if !matches!(
+        parts.first(),
+        Some(&"stages" | &"name" | &"description" | &"sweep" | &"report")
+    ) {
         parts.insert(0, "stages");
     }
     if parts.len() >= 2 && parts[0] == "stages" {
@@ -381,12 +453,22 @@ fn apply_override(tree: &mut serde_norway::Value, assignment: &str) -> Result<()
         let known = stages.map(|m| m.contains_key(parts[1])).unwrap_or(false);
         if !known {
             let choices: Vec<String> = stages
-                .map(|m| m.keys().filter_map(|k| k.as_str().map(String::from)).collect())
+                .map(|m| {
+                    m.keys()
+                        .filter_map(|k| k.as_str().map(String::from))
+                        .collect()
+                })
                 .unwrap_or_default();
-            return Err(fail(format!("no stage `{}`; stages are: {}", parts[1], choices.join(", "))));
+            return Err(fail(format!(
+                "no stage `{}`; stages are: {}",
+                parts[1],
+                choices.join(", ")
+            )));
         }
     }
-    let (last, parents) = parts.split_last().ok_or_else(|| fail("empty path".into()))?;
+    let (last, parents) = parts
+        .split_last()
+        .ok_or_else(|| fail("empty path".into()))?;
     let mut node = tree;
     for part in parents {
         let map = node
@@ -424,13 +506,23 @@ pub fn locate(source: &str, stage: &str, key: Option<&str>) -> Option<Location> 
         match stage_indent {
             None => {
                 let name = trimmed.trim_start_matches(['"', '\'']);
-                if name.starts_with(stage) && name[stage.len()..].trim_start_matches(['"', '\'']).starts_with(':') {
+                if name.starts_with(stage)
+                    && name[stage.len()..]
+                        .trim_start_matches(['"', '\''])
+                        .starts_with(':')
+                {
                     let Some(key) = key else {
-                        return Some(Location { line: n + 1, column: indent + 1 });
+                        return Some(Location {
+                            line: n + 1,
+                            column: indent + 1,
+                        });
                     };
                     stage_indent = Some(indent);
                     if let Some(col) = find_key(line, key) {
-                        return Some(Location { line: n + 1, column: col + 1 });
+                        return Some(Location {
+                            line: n + 1,
+                            column: col + 1,
+                        });
                     }
                 }
             }
@@ -439,7 +531,10 @@ pub fn locate(source: &str, stage: &str, key: Option<&str>) -> Option<Location> 
                     break;
                 }
                 if let Some(col) = find_key(line, key?) {
-                    return Some(Location { line: n + 1, column: col + 1 });
+                    return Some(Location {
+                        line: n + 1,
+                        column: col + 1,
+                    });
                 }
             }
         }
@@ -459,7 +554,10 @@ pub fn locate_sweep(source: &str, path: &str) -> Option<Location> {
         if in_sweep {
             for candidate in [path.to_string(), format!("stages.{path}")] {
                 if let Some(col) = find_key(line, &candidate) {
-                    return Some(Location { line: n + 1, column: col + 1 });
+                    return Some(Location {
+                        line: n + 1,
+                        column: col + 1,
+                    });
                 }
             }
         }
@@ -471,7 +569,8 @@ fn find_key(line: &str, key: &str) -> Option<usize> {
     let mut from = 0;
     while let Some(pos) = line[from..].find(key) {
         let at = from + pos;
-        let before_ok = at == 0 || !line.as_bytes()[at - 1].is_ascii_alphanumeric() && line.as_bytes()[at - 1] != b'_';
+        let before_ok = at == 0
+            || !line.as_bytes()[at - 1].is_ascii_alphanumeric() && line.as_bytes()[at - 1] != b'_';
         let after = line[at + key.len()..].trim_start();
         if before_ok && after.starts_with(':') {
             return Some(at);
@@ -488,17 +587,35 @@ mod tests {
     #[test]
     fn locate_finds_stage_and_nested_key() {
         let src = "name: x\nstages:\n  data: { kind: dataset, params: { name: gmm } }\n  t:\n    kind: train\n    needs: { data: nope }\n";
-        assert_eq!(locate(src, "data", None), Some(Location { line: 3, column: 3 }));
-        assert_eq!(locate(src, "t", Some("needs")), Some(Location { line: 6, column: 5 }));
-        assert_eq!(locate(src, "data", Some("params")), Some(Location { line: 3, column: 26 }));
+        assert_eq!(
+            locate(src, "data", None),
+            Some(Location { line: 3, column: 3 })
+        );
+        assert_eq!(
+            locate(src, "t", Some("needs")),
+            Some(Location { line: 6, column: 5 })
+        );
+        assert_eq!(
+            locate(src, "data", Some("params")),
+            Some(Location {
+                line: 3,
+                column: 26
+            })
+        );
         assert_eq!(locate(src, "missing", None), None);
     }
 
     #[test]
     fn locate_sweep_finds_axes_and_zipped_axes() {
         let src = "name: x\nstages: {}\nsweep:\n  a.params.x: [1]\n  zip:\n    b.params.y: [1]\n";
-        assert_eq!(locate_sweep(src, "a.params.x"), Some(Location { line: 4, column: 3 }));
-        assert_eq!(locate_sweep(src, "b.params.y"), Some(Location { line: 6, column: 5 }));
+        assert_eq!(
+            locate_sweep(src, "a.params.x"),
+            Some(Location { line: 4, column: 3 })
+        );
+        assert_eq!(
+            locate_sweep(src, "b.params.y"),
+            Some(Location { line: 6, column: 5 })
+        );
         assert_eq!(locate_sweep(src, "c.params.z"), None);
     }
 }

@@ -13,8 +13,8 @@
 
 use std::collections::BTreeMap;
 
-use serde::de::{Deserializer, Error as _, MapAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{Deserializer, Error as _, MapAccess, Visitor};
 use serde_norway::Value;
 
 use super::spec::StageSpec;
@@ -61,16 +61,19 @@ impl SweepSpec {
     /// `--sweep path=v1,v2`: a new axis (replacing one on the same path). Each value is
     /// read as YAML, so `hidden=[64,64],[128,128]` gives two lists.
     pub fn add_axis(&mut self, assignment: &str) -> Result<(), String> {
-        let (path, raw) = assignment
-            .split_once('=')
-            .ok_or("expected PATH=V1,V2,..., e.g. samples.params.sampler=ancestral,annealed_langevin")?;
-        let values: Vec<Value> =
-            serde_norway::from_str(&format!("[{raw}]")).map_err(|e| format!("values are not valid YAML: {e}"))?;
+        let (path, raw) = assignment.split_once('=').ok_or(
+            "expected PATH=V1,V2,..., e.g. samples.params.sampler=ancestral,annealed_langevin",
+        )?;
+        let values: Vec<Value> = serde_norway::from_str(&format!("[{raw}]"))
+            .map_err(|e| format!("values are not valid YAML: {e}"))?;
         if values.is_empty() {
             return Err("give at least one value".into());
         }
         self.remove(path);
-        self.groups.push(vec![AxisSpec { path: normalize(path), values }]);
+        self.groups.push(vec![AxisSpec {
+            path: normalize(path),
+            values,
+        }]);
         Ok(())
     }
 }
@@ -115,7 +118,10 @@ fn axis(path: &str, values: Vec<Value>) -> Result<AxisSpec, String> {
     if values.is_empty() {
         return Err(format!("sweep axis `{path}` has no values"));
     }
-    Ok(AxisSpec { path: normalize(path), values })
+    Ok(AxisSpec {
+        path: normalize(path),
+        values,
+    })
 }
 
 fn zip_group(value: Value) -> Result<Vec<AxisSpec>, String> {
@@ -124,7 +130,10 @@ fn zip_group(value: Value) -> Result<Vec<AxisSpec>, String> {
     };
     let mut group = Vec::new();
     for (k, v) in map {
-        let path = k.as_str().ok_or("zip keys must be paths like `stage.params.key`")?.to_string();
+        let path = k
+            .as_str()
+            .ok_or("zip keys must be paths like `stage.params.key`")?
+            .to_string();
         let Value::Sequence(values) = v else {
             return Err(format!("zip axis `{path}` must be a list of values"));
         };
@@ -185,7 +194,10 @@ pub struct Sweep {
 
 impl Sweep {
     /// Checks every path against the stages. Errors are (path, message).
-    pub fn resolve(spec: &SweepSpec, stages: &BTreeMap<String, StageSpec>) -> Result<Sweep, (String, String)> {
+    pub fn resolve(
+        spec: &SweepSpec,
+        stages: &BTreeMap<String, StageSpec>,
+    ) -> Result<Sweep, (String, String)> {
         let mut axes = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for (group, members) in spec.groups.iter().enumerate() {
@@ -198,9 +210,16 @@ impl Sweep {
                 let stage = parts[0];
                 if !stages.contains_key(stage) {
                     let names: Vec<&str> = stages.keys().map(String::as_str).collect();
-                    return Err(fail(format!("sweep path `{}`: no stage `{stage}`; stages are: {}", a.path, names.join(", "))));
+                    return Err(fail(format!(
+                        "sweep path `{}`: no stage `{stage}`; stages are: {}",
+                        a.path,
+                        names.join(", ")
+                    )));
                 }
-                if parts.len() < 3 || !matches!(parts[1], "params" | "needs") || parts.iter().any(|p| p.is_empty()) {
+                if parts.len() < 3
+                    || !matches!(parts[1], "params" | "needs")
+                    || parts.iter().any(|p| p.is_empty())
+                {
                     return Err(fail(format!(
                         "sweep path `{}` must look like `{stage}.params.KEY` (or `{stage}.needs.ROLE` to swap an input)",
                         a.path
@@ -224,11 +243,26 @@ impl Sweep {
                 a.name = format!("{}.{}", a.stage, a.name);
             }
         }
-        let sweep = Sweep { axes, group_sizes: spec.groups.iter().map(|g| g[0].values.len()).collect() };
-        let points = sweep.group_sizes.iter().try_fold(1usize, |acc, &n| acc.checked_mul(n));
+        let sweep = Sweep {
+            axes,
+            group_sizes: spec.groups.iter().map(|g| g[0].values.len()).collect(),
+        };
+        let points = sweep
+            .group_sizes
+            .iter()
+            .try_fold(1usize, |acc, &n| acc.checked_mul(n));
         if points.is_none_or(|n| n > MAX_POINTS) {
-            let path = spec.groups.last().map(|g| g[0].path.clone()).unwrap_or_default();
-            return Err((path, format!("the sweep has more than {MAX_POINTS} points; split it into smaller sweeps")));
+            let path = spec
+                .groups
+                .last()
+                .map(|g| g[0].path.clone())
+                .unwrap_or_default();
+            return Err((
+                path,
+                format!(
+                    "the sweep has more than {MAX_POINTS} points; split it into smaller sweeps"
+                ),
+            ));
         }
         Ok(sweep)
     }
@@ -255,7 +289,11 @@ impl Sweep {
 
     /// Every axis at point `groups` as (axis, value index).
     pub fn coords(&self, groups: &[usize]) -> Vec<(usize, usize)> {
-        self.axes.iter().enumerate().map(|(i, a)| (i, groups[a.group])).collect()
+        self.axes
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (i, groups[a.group]))
+            .collect()
     }
 
     /// `sampler=ancestral,steps=50`.
@@ -289,7 +327,9 @@ impl Sweep {
                     };
                     break;
                 }
-                node = map.entry(key).or_insert_with(|| Value::Mapping(Default::default()));
+                node = map
+                    .entry(key)
+                    .or_insert_with(|| Value::Mapping(Default::default()));
             }
         }
         value
@@ -311,7 +351,13 @@ pub fn show(value: &Value) -> String {
 pub fn folder_name(label: &str) -> String {
     label
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "._=,+-".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._=,+-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -325,7 +371,9 @@ mod tests {
 
     #[test]
     fn axes_and_zip_groups_are_read_in_file_order() {
-        let s = spec("b.params.x: [1, 2]\nzip:\n  a.params.y: [3, 4, 5]\n  a.params.z: [a, b, c]\n").unwrap();
+        let s =
+            spec("b.params.x: [1, 2]\nzip:\n  a.params.y: [3, 4, 5]\n  a.params.z: [a, b, c]\n")
+                .unwrap();
         assert_eq!(s.groups.len(), 2);
         assert_eq!(s.groups[0][0].path, "b.params.x");
         assert_eq!(s.groups[1].len(), 2);
@@ -335,7 +383,9 @@ mod tests {
 
     #[test]
     fn bad_sweeps_say_what_is_wrong() {
-        let e = spec("zip:\n  a.params.y: [1, 2]\n  a.params.z: [1]\n").unwrap_err().to_string();
+        let e = spec("zip:\n  a.params.y: [1, 2]\n  a.params.z: [1]\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("equal lengths"), "{e}");
         let e = spec("a.params.y: []\n").unwrap_err().to_string();
         assert!(e.contains("no values"), "{e}");
@@ -345,10 +395,23 @@ mod tests {
 
     #[test]
     fn points_walk_the_product_last_group_fastest() {
-        let sweep = Sweep { axes: vec![], group_sizes: vec![2, 3] };
+        let sweep = Sweep {
+            axes: vec![],
+            group_sizes: vec![2, 3],
+        };
         assert_eq!(sweep.len(), 6);
         let all: Vec<Vec<usize>> = (0..6).map(|p| sweep.point(p)).collect();
-        assert_eq!(all, vec![vec![0, 0], vec![0, 1], vec![0, 2], vec![1, 0], vec![1, 1], vec![1, 2]]);
+        assert_eq!(
+            all,
+            vec![
+                vec![0, 0],
+                vec![0, 1],
+                vec![0, 2],
+                vec![1, 0],
+                vec![1, 1],
+                vec![1, 2]
+            ]
+        );
     }
 
     #[test]
@@ -367,7 +430,10 @@ mod tests {
 
     #[test]
     fn folder_names_are_safe() {
-        assert_eq!(folder_name("hidden=[64,64],lr=0.001"), "hidden=_64,64_,lr=0.001");
+        assert_eq!(
+            folder_name("hidden=[64,64],lr=0.001"),
+            "hidden=_64,64_,lr=0.001"
+        );
         assert_eq!(folder_name("x=a/b"), "x=a_b");
     }
 }

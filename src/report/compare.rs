@@ -76,17 +76,33 @@ impl ReportSpec {
 }
 
 /// Columns evaluate stages write (besides `mode_weight_<k>` and `score_mse_t<t>`).
-const METRIC_NAMES: [&str; 9] = ["sliced_wasserstein", "mmd2", "mode_weight_tv", "nfe", "sample_seconds", "eps_mse", "nll", "bits_per_dim", "nll_nfe"];
+const METRIC_NAMES: [&str; 9] = [
+    "sliced_wasserstein",
+    "mmd2",
+    "mode_weight_tv",
+    "nfe",
+    "sample_seconds",
+    "eps_mse",
+    "nll",
+    "bits_per_dim",
+    "nll_nfe",
+];
 
 fn is_metric_name(name: &str) -> bool {
-    METRIC_NAMES.contains(&name) || name.starts_with("mode_weight_") || name.starts_with("score_mse_t")
+    METRIC_NAMES.contains(&name)
+        || name.starts_with("mode_weight_")
+        || name.starts_with("score_mse_t")
 }
 
 /// Counters, timings and per-mode or per-time parts are not worth a comparison plot
 /// of their own by default.
 fn plotted_by_default(metric: &str) -> bool {
-    let per_mode = metric.strip_prefix("mode_weight_").is_some_and(|k| k.chars().all(|c| c.is_ascii_digit()));
-    !per_mode && !metric.starts_with("score_mse_t") && !matches!(metric, "nfe" | "sample_seconds" | "nll_nfe")
+    let per_mode = metric
+        .strip_prefix("mode_weight_")
+        .is_some_and(|k| k.chars().all(|c| c.is_ascii_digit()));
+    !per_mode
+        && !metric.starts_with("score_mse_t")
+        && !matches!(metric, "nfe" | "sample_seconds" | "nll_nfe")
 }
 
 /// The pipeline's own plots, or one per metric against the first axis that varies
@@ -95,23 +111,47 @@ pub fn chosen(plan: &Plan, table: &MetricsTable) -> Vec<ComparePlot> {
     if !plan.report.plots.is_empty() {
         return plan.report.plots.clone();
     }
-    let varying: Vec<_> = plan.sweep.axes.iter().filter(|a| a.values.len() > 1).collect();
-    let Some(x) = varying.iter().find(|a| a.is_numeric()).or_else(|| varying.first()) else {
+    let varying: Vec<_> = plan
+        .sweep
+        .axes
+        .iter()
+        .filter(|a| a.values.len() > 1)
+        .collect();
+    let Some(x) = varying
+        .iter()
+        .find(|a| a.is_numeric())
+        .or_else(|| varying.first())
+    else {
         return Vec::new();
     };
     table
         .metrics()
         .into_iter()
         .filter(|m| plotted_by_default(m))
-        .map(|metric| ComparePlot { metric, x: x.name.clone(), series: None, log_x: None, log_y: false })
+        .map(|metric| ComparePlot {
+            metric,
+            x: x.name.clone(),
+            series: None,
+            log_x: None,
+            log_y: false,
+        })
         .collect()
 }
 
 /// Draws one comparison plot into `path`; returns its caption, or None when the table
 /// has no value of its metric.
-pub fn draw(plan: &Plan, table: &MetricsTable, plot: &ComparePlot, path: &Path) -> StageResult<Option<String>> {
+pub fn draw(
+    plan: &Plan,
+    table: &MetricsTable,
+    plot: &ComparePlot,
+    path: &Path,
+) -> StageResult<Option<String>> {
     let sweep = &plan.sweep;
-    let rows: Vec<&MetricRow> = table.rows.iter().filter(|r| r.metric == plot.metric).collect();
+    let rows: Vec<&MetricRow> = table
+        .rows
+        .iter()
+        .filter(|r| r.metric == plot.metric)
+        .collect();
     if rows.is_empty() {
         return Ok(None);
     }
@@ -119,14 +159,23 @@ pub fn draw(plan: &Plan, table: &MetricsTable, plot: &ComparePlot, path: &Path) 
         return against_metric(plan, table, plot, &rows, path);
     };
     let series_axes: Vec<usize> = match &plot.series {
-        Some(names) => names.iter().filter_map(|n| sweep.axes.iter().position(|a| &a.name == n)).collect(),
-        None => (0..sweep.axes.len()).filter(|&a| a != x && sweep.axes[a].values.len() > 1).collect(),
+        Some(names) => names
+            .iter()
+            .filter_map(|n| sweep.axes.iter().position(|a| &a.name == n))
+            .collect(),
+        None => (0..sweep.axes.len())
+            .filter(|&a| a != x && sweep.axes[a].values.len() > 1)
+            .collect(),
     };
     let series_name = series_namer(sweep, &rows, &series_axes, &plot.metric);
     // Mean over whatever is neither x nor a series (an axis the plot leaves out).
     let mut cells: BTreeMap<String, BTreeMap<usize, (f64, usize)>> = BTreeMap::new();
     for r in &rows {
-        let cell = cells.entry(series_name(r)).or_default().entry(r.coords[x]).or_insert((0.0, 0));
+        let cell = cells
+            .entry(series_name(r))
+            .or_default()
+            .entry(r.coords[x])
+            .or_insert((0.0, 0));
         cell.0 += r.value;
         cell.1 += 1;
     }
@@ -143,25 +192,45 @@ pub fn draw(plan: &Plan, table: &MetricsTable, plot: &ComparePlot, path: &Path) 
         let series: Vec<(String, Vec<(f64, f64)>)> = cells
             .into_iter()
             .map(|(name, cells)| {
-                let mut points: Vec<(f64, f64)> =
-                    cells.into_iter().map(|(v, (sum, n))| (axis.number(v).unwrap_or(f64::NAN), sum / n as f64)).collect();
+                let mut points: Vec<(f64, f64)> = cells
+                    .into_iter()
+                    .map(|(v, (sum, n))| (axis.number(v).unwrap_or(f64::NAN), sum / n as f64))
+                    .collect();
                 points.sort_by(|a, b| a.0.total_cmp(&b.0));
                 (name, points)
             })
             .collect();
-        let numbers: Vec<f64> = (0..axis.values.len()).filter_map(|v| axis.number(v)).collect();
-        let (lo, hi) = numbers.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &v| (l.min(v), h.max(v)));
+        let numbers: Vec<f64> = (0..axis.values.len())
+            .filter_map(|v| axis.number(v))
+            .collect();
+        let (lo, hi) = numbers
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &v| {
+                (l.min(v), h.max(v))
+            });
         let log_x = plot.log_x.unwrap_or(lo > 0.0 && hi / lo >= 20.0);
-        let named: Vec<(&str, Vec<(f64, f64)>)> = series.iter().map(|(n, p)| (n.as_str(), p.clone())).collect();
+        let named: Vec<(&str, Vec<(f64, f64)>)> = series
+            .iter()
+            .map(|(n, p)| (n.as_str(), p.clone()))
+            .collect();
         plots::line_chart(
             path,
-            &LineChart { title: &title, x_label: &plot.x, y_label: &plot.metric, series: &named, log_x, log_y: plot.log_y },
+            &LineChart {
+                title: &title,
+                x_label: &plot.x,
+                y_label: &plot.metric,
+                series: &named,
+                log_x,
+                log_y: plot.log_y,
+            },
         )?;
     } else {
         let series: Vec<(String, Vec<Option<f64>>)> = cells
             .into_iter()
             .map(|(name, cells)| {
-                let values = (0..axis.values.len()).map(|v| cells.get(&v).map(|(sum, n)| sum / *n as f64)).collect();
+                let values = (0..axis.values.len())
+                    .map(|v| cells.get(&v).map(|(sum, n)| sum / *n as f64))
+                    .collect();
                 (name, values)
             })
             .collect();
@@ -172,7 +241,12 @@ pub fn draw(plan: &Plan, table: &MetricsTable, plot: &ComparePlot, path: &Path) 
 
 /// Names a row's series from the series axes' values (unset ones left out), plus the
 /// evaluate and evaluated stage when the rows have several.
-fn series_namer<'a>(sweep: &'a Sweep, rows: &[&MetricRow], series_axes: &'a [usize], fallback: &'a str) -> impl Fn(&MetricRow) -> String + 'a {
+fn series_namer<'a>(
+    sweep: &'a Sweep,
+    rows: &[&MetricRow],
+    series_axes: &'a [usize],
+    fallback: &'a str,
+) -> impl Fn(&MetricRow) -> String + 'a {
     let several = |f: &dyn Fn(&MetricRow) -> &str| {
         let mut seen: Vec<&str> = rows.iter().map(|r| f(r)).collect();
         seen.sort_unstable();
@@ -184,20 +258,35 @@ fn series_namer<'a>(sweep: &'a Sweep, rows: &[&MetricRow], series_axes: &'a [usi
         let mut parts: Vec<String> = series_axes
             .iter()
             .filter(|&&a| !sweep.axes[a].values[r.coords[a]].is_null())
-            .map(|&a| format!("{}={}", sweep.axes[a].name, sweep.axes[a].shown[r.coords[a]]))
+            .map(|&a| {
+                format!(
+                    "{}={}",
+                    sweep.axes[a].name, sweep.axes[a].shown[r.coords[a]]
+                )
+            })
             .collect();
         match (by_evaluate, by_stage) {
             (true, _) => parts.push(format!("{}/{}", r.evaluate, r.stage)),
             (false, true) => parts.push(r.stage.clone()),
             _ => {}
         }
-        if parts.is_empty() { fallback.to_string() } else { parts.join(", ") }
+        if parts.is_empty() {
+            fallback.to_string()
+        } else {
+            parts.join(", ")
+        }
     }
 }
 
 /// `metric` against another metric `x` of the same (point, evaluate, stage): lines
 /// per series through the points, ordered by x.
-fn against_metric(plan: &Plan, table: &MetricsTable, plot: &ComparePlot, rows: &[&MetricRow], path: &Path) -> StageResult<Option<String>> {
+fn against_metric(
+    plan: &Plan,
+    table: &MetricsTable,
+    plot: &ComparePlot,
+    rows: &[&MetricRow],
+    path: &Path,
+) -> StageResult<Option<String>> {
     let sweep = &plan.sweep;
     let xs: BTreeMap<(usize, &str, &str), f64> = table
         .rows
@@ -209,8 +298,13 @@ fn against_metric(plan: &Plan, table: &MetricsTable, plot: &ComparePlot, rows: &
         return Ok(None);
     }
     let series_axes: Vec<usize> = match &plot.series {
-        Some(names) => names.iter().filter_map(|n| sweep.axes.iter().position(|a| &a.name == n)).collect(),
-        None => (0..sweep.axes.len()).filter(|&a| sweep.axes[a].values.len() > 1 && !sweep.axes[a].is_numeric()).collect(),
+        Some(names) => names
+            .iter()
+            .filter_map(|n| sweep.axes.iter().position(|a| &a.name == n))
+            .collect(),
+        None => (0..sweep.axes.len())
+            .filter(|&a| sweep.axes[a].values.len() > 1 && !sweep.axes[a].is_numeric())
+            .collect(),
     };
     let series_name = series_namer(sweep, rows, &series_axes, &plot.metric);
     let mut lines: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
@@ -227,9 +321,24 @@ fn against_metric(plan: &Plan, table: &MetricsTable, plot: &ComparePlot, rows: &
             (name.as_str(), points.clone())
         })
         .collect();
-    let (lo, hi) = series.iter().flat_map(|(_, p)| p.iter()).fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), p| (l.min(p.0), h.max(p.0)));
+    let (lo, hi) = series
+        .iter()
+        .flat_map(|(_, p)| p.iter())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), p| {
+            (l.min(p.0), h.max(p.0))
+        });
     let log_x = plot.log_x.unwrap_or(lo > 0.0 && hi / lo >= 20.0);
     let title = format!("{} against {}", plot.metric, plot.x);
-    plots::line_chart(path, &LineChart { title: &title, x_label: &plot.x, y_label: &plot.metric, series: &series, log_x, log_y: plot.log_y })?;
+    plots::line_chart(
+        path,
+        &LineChart {
+            title: &title,
+            x_label: &plot.x,
+            y_label: &plot.metric,
+            series: &series,
+            log_x,
+            log_y: plot.log_y,
+        },
+    )?;
     Ok(Some(title))
 }

@@ -69,12 +69,18 @@ struct SweepView {
 }
 
 /// Builds `results/<pipeline>/` from the cache; returns the report's path.
-pub fn build(plan: &Plan, cache: &Cache, outcomes: &[Outcome], results: &Path) -> Result<PathBuf, RunnerError> {
+pub fn build(
+    plan: &Plan,
+    cache: &Cache,
+    outcomes: &[Outcome],
+    results: &Path,
+) -> Result<PathBuf, RunnerError> {
     let fail = |what: &str, e: &dyn std::fmt::Display| RunnerError::Report(format!("{what}: {e}"));
     let dir = results.join(&plan.name);
     let figures_dir = dir.join("figures");
     let _ = fs::remove_dir_all(&figures_dir);
-    fs::create_dir_all(&figures_dir).map_err(|e| fail(&format!("creating {}", figures_dir.display()), &e))?;
+    fs::create_dir_all(&figures_dir)
+        .map_err(|e| fail(&format!("creating {}", figures_dir.display()), &e))?;
     link_stages(plan, cache, &dir).map_err(|e| fail("linking stage outputs", &e))?;
 
     let mut stages = Vec::new();
@@ -92,7 +98,11 @@ pub fn build(plan: &Plan, cache: &Cache, outcomes: &[Outcome], results: &Path) -
         .iter()
         .map(|(_, title)| *title)
         .chain(["Training losses", "Noise schedules"])
-        .map(|t| Gallery { title: t.to_string(), figures: Vec::new(), more: 0 })
+        .map(|t| Gallery {
+            title: t.to_string(),
+            figures: Vec::new(),
+            more: 0,
+        })
         .collect();
     for (&ix, outcome) in plan.order.iter().zip(outcomes) {
         let node = &plan.graph[ix];
@@ -118,7 +128,11 @@ pub fn build(plan: &Plan, cache: &Cache, outcomes: &[Outcome], results: &Path) -
         });
         let Some(manifest) = manifest else { continue };
         let entry = cache.entry_dir(&node.key);
-        let prefix = if node.label.is_empty() { node.id.clone() } else { format!("{}-{}", node.id, folder_name(&node.label)) };
+        let prefix = if node.label.is_empty() {
+            node.id.clone()
+        } else {
+            format!("{}-{}", node.id, folder_name(&node.label))
+        };
         let mut copy = |file: &str, title: String, gallery: usize| -> Result<(), RunnerError> {
             let gallery = &mut galleries[gallery];
             if gallery.figures.len() >= GALLERY_LIMIT {
@@ -126,21 +140,39 @@ pub fn build(plan: &Plan, cache: &Cache, outcomes: &[Outcome], results: &Path) -
                 return Ok(());
             }
             let name = format!("{prefix}-{file}");
-            fs::copy(entry.join(file), figures_dir.join(&name)).map_err(|e| fail(&format!("copying {file}"), &e))?;
-            gallery.figures.push(Figure { title, src: format!("figures/{name}") });
+            fs::copy(entry.join(file), figures_dir.join(&name))
+                .map_err(|e| fail(&format!("copying {file}"), &e))?;
+            gallery.figures.push(Figure {
+                title,
+                src: format!("figures/{name}"),
+            });
             Ok(())
         };
         match node.kind() {
             StageKind::Schedule => copy("schedule.png", node.name(), schedules)?,
             // An exact model trains nothing and has no loss curve.
-            StageKind::Train if manifest.outputs.iter().any(|o| o.path == "loss.png") => copy("loss.png", node.name(), losses)?,
+            StageKind::Train if manifest.outputs.iter().any(|o| o.path == "loss.png") => {
+                copy("loss.png", node.name(), losses)?
+            }
             StageKind::Evaluate => {
                 for (gallery, (prefix, _)) in EVALUATE_FIGURES.iter().enumerate() {
-                    for out in manifest.outputs.iter().filter(|o| o.path.starts_with(prefix) && o.path.ends_with(".png")) {
+                    for out in manifest
+                        .outputs
+                        .iter()
+                        .filter(|o| o.path.starts_with(prefix) && o.path.ends_with(".png"))
+                    {
                         // `scatter_<stage>.png` is titled by its stage, others by the evaluate stage.
                         let subject = out.path.trim_start_matches(prefix).trim_end_matches(".png");
-                        let subject = if subject.is_empty() { node.id.as_str() } else { subject };
-                        let title = if node.label.is_empty() { subject.to_string() } else { format!("{subject} [{}]", node.label) };
+                        let subject = if subject.is_empty() {
+                            node.id.as_str()
+                        } else {
+                            subject
+                        };
+                        let title = if node.label.is_empty() {
+                            subject.to_string()
+                        } else {
+                            format!("{subject} [{}]", node.label)
+                        };
                         copy(&out.path, title, gallery)?;
                     }
                 }
@@ -155,10 +187,18 @@ pub fn build(plan: &Plan, cache: &Cache, outcomes: &[Outcome], results: &Path) -
     let mut compare_figures = Vec::new();
     if !plan.sweep.is_empty() {
         for (i, plot) in compare::chosen(plan, &table).iter().enumerate() {
-            let name = format!("sweep-{i}-{}-by-{}.png", folder_name(&plot.metric), folder_name(&plot.x));
-            let drawn = compare::draw(plan, &table, plot, &figures_dir.join(&name)).map_err(|e| fail("drawing a comparison plot", &e))?;
+            let name = format!(
+                "sweep-{i}-{}-by-{}.png",
+                folder_name(&plot.metric),
+                folder_name(&plot.x)
+            );
+            let drawn = compare::draw(plan, &table, plot, &figures_dir.join(&name))
+                .map_err(|e| fail("drawing a comparison plot", &e))?;
             if let Some(title) = drawn {
-                compare_figures.push(Figure { title, src: format!("figures/{name}") });
+                compare_figures.push(Figure {
+                    title,
+                    src: format!("figures/{name}"),
+                });
             }
         }
     }
@@ -169,12 +209,17 @@ pub fn build(plan: &Plan, cache: &Cache, outcomes: &[Outcome], results: &Path) -
             .sweep
             .axes
             .iter()
-            .map(|a| AxisView { name: a.name.clone(), path: a.path.clone(), values: a.shown.clone() })
+            .map(|a| AxisView {
+                name: a.name.clone(),
+                path: a.path.clone(),
+                values: a.shown.clone(),
+            })
             .collect(),
     });
 
     let mut env = minijinja::Environment::new();
-    env.add_template("report.html", TEMPLATE).map_err(|e| fail("report template", &e))?;
+    env.add_template("report.html", TEMPLATE)
+        .map_err(|e| fail("report template", &e))?;
     let html = env
         .get_template("report.html")
         .and_then(|t| {
@@ -193,28 +238,43 @@ pub fn build(plan: &Plan, cache: &Cache, outcomes: &[Outcome], results: &Path) -
         })
         .map_err(|e| fail("rendering the report", &e))?;
     let path = dir.join("report.html");
-    write_atomically(&path, html.as_bytes()).map_err(|e| fail(&format!("writing {}", path.display()), &e))?;
+    write_atomically(&path, html.as_bytes())
+        .map_err(|e| fail(&format!("writing {}", path.display()), &e))?;
     Ok(path)
 }
 
 /// One row per (sweep point, evaluate stage at that point, evaluated stage, metric).
-fn metrics_table(plan: &Plan, evaluated: &HashMap<NodeIndex, Vec<(String, String, f64)>>) -> MetricsTable {
+fn metrics_table(
+    plan: &Plan,
+    evaluated: &HashMap<NodeIndex, Vec<(String, String, f64)>>,
+) -> MetricsTable {
     let evaluate_positions: Vec<usize> = plan
         .stages
         .iter()
         .enumerate()
-        .filter(|(_, id)| plan.nodes_of(id).next().is_some_and(|n| n.kind() == StageKind::Evaluate))
+        .filter(|(_, id)| {
+            plan.nodes_of(id)
+                .next()
+                .is_some_and(|n| n.kind() == StageKind::Evaluate)
+        })
         .map(|(i, _)| i)
         .collect();
     let mut rows = Vec::new();
     for (p, point) in plan.points.iter().enumerate() {
         for &s in &evaluate_positions {
-            let Some(values) = evaluated.get(&point.nodes[s]) else { continue };
+            let Some(values) = evaluated.get(&point.nodes[s]) else {
+                continue;
+            };
             for (stage, metric, value) in values {
                 rows.push(MetricRow {
                     point: p,
                     // Zipped axes share their group's index.
-                    coords: plan.sweep.axes.iter().map(|a| point.groups[a.group]).collect(),
+                    coords: plan
+                        .sweep
+                        .axes
+                        .iter()
+                        .map(|a| point.groups[a.group])
+                        .collect(),
                     evaluate: plan.stages[s].clone(),
                     stage: stage.clone(),
                     metric: metric.clone(),
@@ -228,16 +288,36 @@ fn metrics_table(plan: &Plan, evaluated: &HashMap<NodeIndex, Vec<(String, String
 
 /// An evaluate stage's `metrics.csv`: (evaluated stage, metric, value).
 fn read_metrics(path: &Path) -> Result<Vec<(String, String, f64)>, RunnerError> {
-    let fail = |e: &dyn std::fmt::Display| RunnerError::Report(format!("reading {}: {e}", path.display()));
+    let fail =
+        |e: &dyn std::fmt::Display| RunnerError::Report(format!("reading {}: {e}", path.display()));
     let df = read_csv(path).map_err(|e| fail(&e))?;
     let text = |name: &str| -> Result<Vec<String>, RunnerError> {
         let col = df.column(name).map_err(|e| fail(&e))?;
         let col = col.cast(&DataType::String).map_err(|e| fail(&e))?;
-        Ok(col.str().map_err(|e| fail(&e))?.iter().map(|s| s.unwrap_or_default().to_string()).collect())
+        Ok(col
+            .str()
+            .map_err(|e| fail(&e))?
+            .iter()
+            .map(|s| s.unwrap_or_default().to_string())
+            .collect())
     };
-    let values = df.column("value").map_err(|e| fail(&e))?.cast(&DataType::Float64).map_err(|e| fail(&e))?;
-    let values: Vec<f64> = values.f64().map_err(|e| fail(&e))?.iter().map(|v| v.unwrap_or(f64::NAN)).collect();
-    Ok(text("stage")?.into_iter().zip(text("metric")?).zip(values).map(|((s, m), v)| (s, m, v)).collect())
+    let values = df
+        .column("value")
+        .map_err(|e| fail(&e))?
+        .cast(&DataType::Float64)
+        .map_err(|e| fail(&e))?;
+    let values: Vec<f64> = values
+        .f64()
+        .map_err(|e| fail(&e))?
+        .iter()
+        .map(|v| v.unwrap_or(f64::NAN))
+        .collect();
+    Ok(text("stage")?
+        .into_iter()
+        .zip(text("metric")?)
+        .zip(values)
+        .map(|((s, m), v)| (s, m, v))
+        .collect())
 }
 
 /// `results/<pipeline>/stages/<id>` (or `<id>/<label>` when forked) -> the cache entry.
@@ -247,7 +327,10 @@ fn link_stages(plan: &Plan, cache: &Cache, dir: &Path) -> std::io::Result<()> {
     fs::create_dir_all(&stages)?;
     for node in plan.nodes().filter(|n| cache.is_cached(&n.key)) {
         let link = dir.join(plan.link(node));
-        let depth = link.strip_prefix(dir).map(|p| p.components().count()).unwrap_or(2);
+        let depth = link
+            .strip_prefix(dir)
+            .map(|p| p.components().count())
+            .unwrap_or(2);
         let mut target = PathBuf::new();
         for _ in 0..depth {
             target.push("..");

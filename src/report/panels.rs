@@ -25,9 +25,12 @@ pub fn timeline(path: &Path, title: &str, reference: Points, frames: &[Frame]) -
     let fail = plot_error(path);
     let columns = frames.len().clamp(1, 5);
     let rows = frames.len().div_ceil(columns).max(1);
-    let root = BitMapBackend::new(path, (PANEL.0 * columns as u32, PANEL.1 * rows as u32 + 40)).into_drawing_area();
+    let root = BitMapBackend::new(path, (PANEL.0 * columns as u32, PANEL.1 * rows as u32 + 40))
+        .into_drawing_area();
     root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
-    let root = root.titled(title, ("sans-serif", 22)).map_err(|e| fail(e.to_string()))?;
+    let root = root
+        .titled(title, ("sans-serif", 22))
+        .map_err(|e| fail(e.to_string()))?;
     let ((x0, x1), (y0, y1)) = bounds(&[reference]);
     let (w, h) = ((x1 - x0) * 0.5, (y1 - y0) * 0.5);
     for (area, frame) in root.split_evenly((rows, columns)).iter().zip(frames) {
@@ -36,7 +39,13 @@ pub fn timeline(path: &Path, title: &str, reference: Points, frames: &[Frame]) -
             .margin(6)
             .build_cartesian_2d((x0 - w)..(x1 + w), (y0 - h)..(y1 + h))
             .map_err(|e| fail(e.to_string()))?;
-        chart.configure_mesh().disable_mesh().x_labels(0).y_labels(0).draw().map_err(|e| fail(e.to_string()))?;
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_labels(0)
+            .y_labels(0)
+            .draw()
+            .map_err(|e| fail(e.to_string()))?;
         let inside = |p: &[f32]| {
             let (x, y) = (p[0] as f64, *p.get(1).unwrap_or(&0.0) as f64);
             ((x0 - w..x1 + w).contains(&x) && (y0 - h..y1 + h).contains(&y)).then_some((x, y))
@@ -44,7 +53,12 @@ pub fn timeline(path: &Path, title: &str, reference: Points, frames: &[Frame]) -
         for (set, color) in [(reference, GREY), (frame.points, PALETTE[0])] {
             let step = (set.len() / 2000).max(1);
             chart
-                .draw_series((0..set.len()).step_by(step).filter_map(|i| inside(set.row(i))).map(|p| Circle::new(p, 1, color.mix(0.6).filled())))
+                .draw_series(
+                    (0..set.len())
+                        .step_by(step)
+                        .filter_map(|i| inside(set.row(i)))
+                        .map(|p| Circle::new(p, 1, color.mix(0.6).filled())),
+                )
                 .map_err(|e| fail(e.to_string()))?;
         }
     }
@@ -63,13 +77,23 @@ pub struct Field {
 
 /// Score fields at several times, one panel each; arrows are rescaled per panel (the
 /// score grows like 1/std) so the longest typical arrow spans about one grid cell.
-pub fn vector_fields(path: &Path, title: &str, reference: Points, (x0, x1): (f64, f64), (y0, y1): (f64, f64), cell: f64, fields: &[Field]) -> StageResult<()> {
+pub fn vector_fields(
+    path: &Path,
+    title: &str,
+    reference: Points,
+    (x0, x1): (f64, f64),
+    (y0, y1): (f64, f64),
+    cell: f64,
+    fields: &[Field],
+) -> StageResult<()> {
     ensure_font();
     let fail = plot_error(path);
     let columns = fields.len().max(1);
     let root = BitMapBackend::new(path, (360 * columns as u32, 400)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
-    let root = root.titled(title, ("sans-serif", 20)).map_err(|e| fail(e.to_string()))?;
+    let root = root
+        .titled(title, ("sans-serif", 20))
+        .map_err(|e| fail(e.to_string()))?;
     let (x0, x1, y0, y1) = (x0 - cell, x1 + cell, y0 - cell, y1 + cell);
     for (area, field) in root.split_evenly((1, columns)).iter().zip(fields) {
         let mut chart = ChartBuilder::on(area)
@@ -77,7 +101,13 @@ pub fn vector_fields(path: &Path, title: &str, reference: Points, (x0, x1): (f64
             .margin(6)
             .build_cartesian_2d(x0..x1, y0..y1)
             .map_err(|e| fail(e.to_string()))?;
-        chart.configure_mesh().disable_mesh().x_labels(0).y_labels(0).draw().map_err(|e| fail(e.to_string()))?;
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_labels(0)
+            .y_labels(0)
+            .draw()
+            .map_err(|e| fail(e.to_string()))?;
         let step = (reference.len() / 1000).max(1);
         chart
             .draw_series((0..reference.len()).step_by(step).map(|i| {
@@ -93,7 +123,13 @@ pub fn vector_fields(path: &Path, title: &str, reference: Points, (x0, x1): (f64
         layers.push((field.learned.as_slice(), PALETTE[0].stroke_width(1)));
         for (vectors, style) in layers {
             chart
-                .draw_series(field.at.chunks(2).zip(vectors.chunks(2)).map(|(p, v)| arrow(p, v, scale, 1.5 * cell, style)))
+                .draw_series(
+                    field
+                        .at
+                        .chunks(2)
+                        .zip(vectors.chunks(2))
+                        .map(|(p, v)| arrow(p, v, scale, 1.5 * cell, style)),
+                )
                 .map_err(|e| fail(e.to_string()))?;
         }
     }
@@ -102,7 +138,11 @@ pub fn vector_fields(path: &Path, title: &str, reference: Points, (x0, x1): (f64
 
 /// The 90th percentile of arrow lengths: robust to the few huge scores near modes.
 fn typical_length(vectors: &[f32]) -> f64 {
-    let mut lengths: Vec<f64> = vectors.chunks(2).map(|v| (v[0] as f64).hypot(v[1] as f64)).filter(|l| l.is_finite()).collect();
+    let mut lengths: Vec<f64> = vectors
+        .chunks(2)
+        .map(|v| (v[0] as f64).hypot(v[1] as f64))
+        .filter(|l| l.is_finite())
+        .collect();
     if lengths.is_empty() {
         return 1.0;
     }
@@ -111,7 +151,13 @@ fn typical_length(vectors: &[f32]) -> f64 {
 }
 
 /// A shaft and a two-stroke head; arrows longer than 1.5 cells are clipped to it.
-fn arrow(p: &[f32], v: &[f32], scale: f64, limit: f64, style: ShapeStyle) -> PathElement<(f64, f64)> {
+fn arrow(
+    p: &[f32],
+    v: &[f32],
+    scale: f64,
+    limit: f64,
+    style: ShapeStyle,
+) -> PathElement<(f64, f64)> {
     let (x, y) = (p[0] as f64, p[1] as f64);
     let (mut dx, mut dy) = (v[0] as f64 * scale, v[1] as f64 * scale);
     let length = dx.hypot(dy);

@@ -31,7 +31,9 @@ pub(super) fn ensure_font() {
     static REGISTER: Once = Once::new();
     REGISTER.call_once(|| {
         if register_font("sans-serif", FontStyle::Normal, FONT_BYTES).is_err() {
-            eprintln!("warning: the embedded plot font could not be loaded; figures will have no text");
+            eprintln!(
+                "warning: the embedded plot font could not be loaded; figures will have no text"
+            );
         }
     });
 }
@@ -79,14 +81,25 @@ pub fn scatter(path: &Path, title: &str, reference: Points, samples: Points) -> 
         .y_label_area_size(40)
         .build_cartesian_2d((x0 - w)..(x1 + w), (y0 - h)..(y1 + h))
         .map_err(|e| fail(e.to_string()))?;
-    chart.configure_mesh().light_line_style(WHITE).draw().map_err(|e| fail(e.to_string()))?;
+    chart
+        .configure_mesh()
+        .light_line_style(WHITE)
+        .draw()
+        .map_err(|e| fail(e.to_string()))?;
     let limit = 5000;
-    for (set, color, label) in [(reference, RGBColor(170, 170, 170), "held-out data"), (samples, PALETTE[0], "samples")] {
+    for (set, color, label) in [
+        (reference, RGBColor(170, 170, 170), "held-out data"),
+        (samples, PALETTE[0], "samples"),
+    ] {
         let step = (set.len() / limit).max(1);
         chart
             .draw_series((0..set.len()).step_by(step).map(|i| {
                 let p = set.row(i);
-                Circle::new((p[0] as f64, *p.get(1).unwrap_or(&0.0) as f64), 1, color.mix(0.6).filled())
+                Circle::new(
+                    (p[0] as f64, *p.get(1).unwrap_or(&0.0) as f64),
+                    1,
+                    color.mix(0.6).filled(),
+                )
             }))
             .map_err(|e| fail(e.to_string()))?
             .label(label)
@@ -97,8 +110,24 @@ pub fn scatter(path: &Path, title: &str, reference: Points, samples: Points) -> 
 }
 
 /// Line plot of named (x, y) series on linear axes.
-pub fn lines(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[(&str, Vec<(f64, f64)>)]) -> StageResult<()> {
-    line_chart(path, &LineChart { title, x_label, y_label, series, log_x: false, log_y: false })
+pub fn lines(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[(&str, Vec<(f64, f64)>)],
+) -> StageResult<()> {
+    line_chart(
+        path,
+        &LineChart {
+            title,
+            x_label,
+            y_label,
+            series,
+            log_x: false,
+            log_y: false,
+        },
+    )
 }
 
 /// A line chart; log axes need positive values (others are dropped).
@@ -112,17 +141,37 @@ pub struct LineChart<'a> {
 }
 
 pub fn line_chart(path: &Path, spec: &LineChart) -> StageResult<()> {
-    let usable = |&(x, y): &(f64, f64)| x.is_finite() && y.is_finite() && (!spec.log_x || x > 0.0) && (!spec.log_y || y > 0.0);
-    let (mut x0, mut x1, mut y0, mut y1) = (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
-    for &(x, y) in spec.series.iter().flat_map(|(_, s)| s.iter()).filter(|p| usable(p)) {
+    let usable = |&(x, y): &(f64, f64)| {
+        x.is_finite() && y.is_finite() && (!spec.log_x || x > 0.0) && (!spec.log_y || y > 0.0)
+    };
+    let (mut x0, mut x1, mut y0, mut y1) = (
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+    );
+    for &(x, y) in spec
+        .series
+        .iter()
+        .flat_map(|(_, s)| s.iter())
+        .filter(|p| usable(p))
+    {
         (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
     }
     if !x0.is_finite() {
         (x0, x1, y0, y1) = (1.0, 10.0, 1.0, 10.0);
     }
-    let x1 = if x1 > x0 { x1 } else { x0 + x0.abs().max(1.0) * 1e-3 };
+    let x1 = if x1 > x0 {
+        x1
+    } else {
+        x0 + x0.abs().max(1.0) * 1e-3
+    };
     // A little room at both ends, so end points and their tick labels are not clipped.
-    let (x0, x1) = if spec.log_x { (x0 / 1.15, x1 * 1.15) } else { (x0 - (x1 - x0) * 0.03, x1 + (x1 - x0) * 0.03) };
+    let (x0, x1) = if spec.log_x {
+        (x0 / 1.15, x1 * 1.15)
+    } else {
+        (x0 - (x1 - x0) * 0.03, x1 + (x1 - x0) * 0.03)
+    };
     let (y0, y1) = if spec.log_y {
         (y0 / 1.2, y1 * 1.2)
     } else {
@@ -133,11 +182,23 @@ pub fn line_chart(path: &Path, spec: &LineChart) -> StageResult<()> {
         (false, false) => draw_lines(path, spec, x0..x1, y0..y1, &usable),
         (true, false) => draw_lines(path, spec, (x0..x1).log_scale(), y0..y1, &usable),
         (false, true) => draw_lines(path, spec, x0..x1, (y0..y1).log_scale(), &usable),
-        (true, true) => draw_lines(path, spec, (x0..x1).log_scale(), (y0..y1).log_scale(), &usable),
+        (true, true) => draw_lines(
+            path,
+            spec,
+            (x0..x1).log_scale(),
+            (y0..y1).log_scale(),
+            &usable,
+        ),
     }
 }
 
-fn draw_lines<X, Y>(path: &Path, spec: &LineChart, x: X, y: Y, usable: &dyn Fn(&(f64, f64)) -> bool) -> StageResult<()>
+fn draw_lines<X, Y>(
+    path: &Path,
+    spec: &LineChart,
+    x: X,
+    y: Y,
+    usable: &dyn Fn(&(f64, f64)) -> bool,
+) -> StageResult<()>
 where
     X: AsRangedCoord<Value = f64>,
     Y: AsRangedCoord<Value = f64>,
@@ -168,10 +229,15 @@ where
         let color = PALETTE[i % PALETTE.len()];
         let points: Vec<(f64, f64)> = points.iter().copied().filter(|p| usable(p)).collect();
         chart
-            .draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(2)))
+            .draw_series(LineSeries::new(
+                points.iter().copied(),
+                color.stroke_width(2),
+            ))
             .map_err(|e| fail(e.to_string()))?
             .label(*name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 15, y)], color.stroke_width(2))
+            });
         if points.len() < 30 {
             chart
                 .draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))
@@ -183,7 +249,9 @@ where
 }
 
 /// The series legend, boxed, in the same style on every chart.
-fn draw_legend<'a, DB, X, Y>(chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>) -> Result<(), String>
+fn draw_legend<'a, DB, X, Y>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
+) -> Result<(), String>
 where
     DB: DrawingBackend + 'a,
     X: Ranged,
@@ -202,19 +270,32 @@ fn tick(v: f64) -> String {
     if v == v.round() && v.abs() < 1e7 {
         format!("{v:.0}")
     } else if v.abs() >= 1e-3 && v.abs() < 1e5 {
-        format!("{v:.4}").trim_end_matches('0').trim_end_matches('.').to_string()
+        format!("{v:.4}")
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_string()
     } else {
         format!("{v:.1e}")
     }
 }
 
 /// Grouped bars: one group per category, one bar per series (None: no value).
-pub fn bars(path: &Path, title: &str, y_label: &str, categories: &[String], series: &[(String, Vec<Option<f64>>)]) -> StageResult<()> {
+pub fn bars(
+    path: &Path,
+    title: &str,
+    y_label: &str,
+    categories: &[String],
+    series: &[(String, Vec<Option<f64>>)],
+) -> StageResult<()> {
     ensure_font();
     let fail = plot_error(path);
     let root = BitMapBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
-    let values = series.iter().flat_map(|(_, v)| v.iter().flatten()).copied().filter(|v| v.is_finite());
+    let values = series
+        .iter()
+        .flat_map(|(_, v)| v.iter().flatten())
+        .copied()
+        .filter(|v| v.is_finite());
     let (lo, hi) = values.fold((0.0f64, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
     let hi = if hi > lo { hi } else { lo + 1.0 };
     let pad = (hi - lo) * 0.08;
@@ -240,7 +321,10 @@ pub fn bars(path: &Path, title: &str, y_label: &str, categories: &[String], seri
         let rects = values.iter().enumerate().filter_map(|(c, v)| {
             let v = (*v).filter(|v| v.is_finite())?;
             let left = c as f64 + 0.1 + s as f64 * width;
-            Some(Rectangle::new([(left, 0.0), (left + width * 0.95, v)], color.filled()))
+            Some(Rectangle::new(
+                [(left, 0.0), (left + width * 0.95, v)],
+                color.filled(),
+            ))
         });
         chart
             .draw_series(rects)
@@ -252,7 +336,8 @@ pub fn bars(path: &Path, title: &str, y_label: &str, categories: &[String], seri
     let style = TextStyle::from(("sans-serif", 14)).pos(Pos::new(HPos::Center, VPos::Top));
     for (c, name) in categories.iter().enumerate() {
         let (px, py) = chart.backend_coord(&(c as f64 + 0.5, lo.min(0.0)));
-        root.draw(&Text::new(name.clone(), (px, py + 6), style.clone())).map_err(|e| fail(e.to_string()))?;
+        root.draw(&Text::new(name.clone(), (px, py + 6), style.clone()))
+            .map_err(|e| fail(e.to_string()))?;
     }
     root.present().map_err(|e| fail(e.to_string()))
 }

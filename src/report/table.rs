@@ -50,31 +50,63 @@ impl MetricsTable {
         let sweep = &plan.sweep;
         let mut columns = Vec::new();
         if !sweep.is_empty() {
-            let labels: Vec<String> = self.rows.iter().map(|r| plan.point_label(&plan.points[r.point])).collect();
+            let labels: Vec<String> = self
+                .rows
+                .iter()
+                .map(|r| plan.point_label(&plan.points[r.point]))
+                .collect();
             columns.push(Column::new("point".into(), labels));
             for (a, axis) in sweep.axes.iter().enumerate() {
                 let name: PlSmallStr = axis.name.as_str().into();
                 let column = if axis.values.iter().all(|v| v.is_i64() || v.is_u64()) {
-                    Column::new(name, self.rows.iter().map(|r| axis.values[r.coords[a]].as_i64()).collect::<Vec<_>>())
+                    Column::new(
+                        name,
+                        self.rows
+                            .iter()
+                            .map(|r| axis.values[r.coords[a]].as_i64())
+                            .collect::<Vec<_>>(),
+                    )
                 } else if axis.is_numeric() {
-                    Column::new(name, self.rows.iter().map(|r| axis.number(r.coords[a])).collect::<Vec<_>>())
+                    Column::new(
+                        name,
+                        self.rows
+                            .iter()
+                            .map(|r| axis.number(r.coords[a]))
+                            .collect::<Vec<_>>(),
+                    )
                 } else {
-                    Column::new(name, self.rows.iter().map(|r| axis.shown[r.coords[a]].clone()).collect::<Vec<_>>())
+                    Column::new(
+                        name,
+                        self.rows
+                            .iter()
+                            .map(|r| axis.shown[r.coords[a]].clone())
+                            .collect::<Vec<_>>(),
+                    )
                 };
                 columns.push(column);
             }
         }
-        let text = |name: &str, f: &dyn Fn(&MetricRow) -> String| Column::new(name.into(), self.rows.iter().map(f).collect::<Vec<String>>());
+        let text = |name: &str, f: &dyn Fn(&MetricRow) -> String| {
+            Column::new(
+                name.into(),
+                self.rows.iter().map(f).collect::<Vec<String>>(),
+            )
+        };
         columns.push(text("evaluate", &|r| r.evaluate.clone()));
         columns.push(text("stage", &|r| r.stage.clone()));
         columns.push(text("metric", &|r| r.metric.clone()));
-        columns.push(Column::new("value".into(), self.rows.iter().map(|r| r.value).collect::<Vec<f64>>()));
+        columns.push(Column::new(
+            "value".into(),
+            self.rows.iter().map(|r| r.value).collect::<Vec<f64>>(),
+        ));
         DataFrame::new_infer_height(columns)
     }
 
     /// Writes `metrics.csv` atomically.
     pub fn write_csv(&self, plan: &Plan, path: &Path) -> Result<(), RunnerError> {
-        let fail = |e: &dyn std::fmt::Display| RunnerError::Report(format!("writing {}: {e}", path.display()));
+        let fail = |e: &dyn std::fmt::Display| {
+            RunnerError::Report(format!("writing {}: {e}", path.display()))
+        };
         let mut df = self.frame(plan).map_err(|e| fail(&e))?;
         let tmp = path.with_extension("csv.tmp");
         write_csv(&tmp, &mut df).map_err(|e| fail(&e))?;
@@ -87,8 +119,13 @@ impl MetricsTable {
         let metrics = self.metrics();
         let mut rows: BTreeMap<(usize, String, String), Vec<Option<f64>>> = BTreeMap::new();
         for r in &self.rows {
-            let slot = rows.entry((r.point, r.evaluate.clone(), r.stage.clone())).or_insert_with(|| vec![None; metrics.len()]);
-            let m = metrics.iter().position(|n| *n == r.metric).expect("listed above");
+            let slot = rows
+                .entry((r.point, r.evaluate.clone(), r.stage.clone()))
+                .or_insert_with(|| vec![None; metrics.len()]);
+            let m = metrics
+                .iter()
+                .position(|n| *n == r.metric)
+                .expect("listed above");
             slot[m] = Some(r.value);
         }
         let rows = rows
@@ -97,17 +134,29 @@ impl MetricsTable {
                 let point = &plan.points[p];
                 let link = |id: &str| plan.node_at(point, id).map(|n| plan.link(n));
                 PivotRow {
-                    coords: plan.sweep.coords(&point.groups).iter().map(|&(a, v)| plan.sweep.axes[a].shown[v].clone()).collect(),
+                    coords: plan
+                        .sweep
+                        .coords(&point.groups)
+                        .iter()
+                        .map(|&(a, v)| plan.sweep.axes[a].shown[v].clone())
+                        .collect(),
                     sort_keys: sort_keys(&plan.sweep, &point.groups),
                     evaluate_link: link(&evaluate),
                     stage_link: link(&stage),
                     evaluate,
                     stage,
-                    values: values.iter().map(|v| v.map(format_value).unwrap_or_default()).collect(),
+                    values: values
+                        .iter()
+                        .map(|v| v.map(format_value).unwrap_or_default())
+                        .collect(),
                 }
             })
             .collect();
-        PivotTable { axes: plan.sweep.axes.iter().map(|a| a.name.clone()).collect(), metrics, rows }
+        PivotTable {
+            axes: plan.sweep.axes.iter().map(|a| a.name.clone()).collect(),
+            metrics,
+            rows,
+        }
     }
 }
 
@@ -116,7 +165,12 @@ fn sort_keys(sweep: &Sweep, groups: &[usize]) -> Vec<String> {
     sweep
         .coords(groups)
         .iter()
-        .map(|&(a, v)| sweep.axes[a].number(v).map(|x| x.to_string()).unwrap_or_else(|| sweep.axes[a].shown[v].clone()))
+        .map(|&(a, v)| {
+            sweep.axes[a]
+                .number(v)
+                .map(|x| x.to_string())
+                .unwrap_or_else(|| sweep.axes[a].shown[v].clone())
+        })
         .collect()
 }
 

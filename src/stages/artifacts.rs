@@ -12,33 +12,49 @@ use serde::de::DeserializeOwned;
 use crate::error::{StageError, StageResult};
 
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> StageResult<()> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| StageError::Failed(e.to_string()))?;
+    let text =
+        serde_json::to_string_pretty(value).map_err(|e| StageError::Failed(e.to_string()))?;
     std::fs::write(path, text).map_err(StageError::io(path))
 }
 
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> StageResult<T> {
     let bytes = std::fs::read(path).map_err(StageError::io(path))?;
-    serde_json::from_slice(&bytes).map_err(|e| StageError::BadInput { path: path.to_path_buf(), message: e.to_string() })
+    serde_json::from_slice(&bytes).map_err(|e| StageError::BadInput {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
 }
 
 pub fn save_tensors(path: &Path, tensors: &[(&str, Tensor)]) -> StageResult<()> {
-    let map: HashMap<String, Tensor> = tensors.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
-    candle_core::safetensors::save(&map, path).map_err(|e| StageError::Failed(format!("writing {}: {e}", path.display())))
+    let map: HashMap<String, Tensor> = tensors
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    candle_core::safetensors::save(&map, path)
+        .map_err(|e| StageError::Failed(format!("writing {}: {e}", path.display())))
 }
 
 pub fn load_tensors(path: &Path, device: &Device) -> StageResult<HashMap<String, Tensor>> {
-    candle_core::safetensors::load(path, device)
-        .map_err(|e| StageError::BadInput { path: path.to_path_buf(), message: e.to_string() })
+    candle_core::safetensors::load(path, device).map_err(|e| StageError::BadInput {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
 }
 
 /// One named tensor from a safetensors file, as a flat f32 buffer (converted from
 /// its stored dtype) and its shape.
 pub fn load_f32(path: &Path, name: &str) -> StageResult<(Vec<f32>, Vec<usize>)> {
     let tensors = load_tensors(path, &Device::Cpu)?;
-    let t = tensors
-        .get(name)
-        .ok_or_else(|| StageError::BadInput { path: path.to_path_buf(), message: format!("no tensor `{name}`") })?;
-    Ok((t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?, t.dims().to_vec()))
+    let t = tensors.get(name).ok_or_else(|| StageError::BadInput {
+        path: path.to_path_buf(),
+        message: format!("no tensor `{name}`"),
+    })?;
+    Ok((
+        t.flatten_all()?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1::<f32>()?,
+        t.dims().to_vec(),
+    ))
 }
 
 pub fn write_csv(path: &Path, df: &mut DataFrame) -> StageResult<()> {
@@ -53,5 +69,8 @@ pub fn read_csv(path: &Path) -> StageResult<DataFrame> {
         .with_has_header(true)
         .try_into_reader_with_file_path(Some(path.to_path_buf()))
         .and_then(|r| r.finish())
-        .map_err(|e| StageError::BadInput { path: path.to_path_buf(), message: e.to_string() })
+        .map_err(|e| StageError::BadInput {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
 }

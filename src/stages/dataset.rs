@@ -73,8 +73,14 @@ pub fn run(params: &DatasetParams, ctx: &StageContext) -> StageResult<()> {
     save_tensors(
         &ctx.path("data.safetensors"),
         &[
-            ("train", Tensor::from_vec(train, (params.n, dim), &Device::Cpu)?),
-            ("test", Tensor::from_vec(test, (params.holdout, dim), &Device::Cpu)?),
+            (
+                "train",
+                Tensor::from_vec(train, (params.n, dim), &Device::Cpu)?,
+            ),
+            (
+                "test",
+                Tensor::from_vec(test, (params.holdout, dim), &Device::Cpu)?,
+            ),
         ],
     )?;
     let meta = DatasetMeta {

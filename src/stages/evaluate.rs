@@ -131,7 +131,12 @@ impl EvaluateParams {
     pub fn metrics(&self, with_models: bool) -> Vec<Metric> {
         match &self.metrics {
             Some(m) => m.clone(),
-            None if with_models => vec![Metric::SlicedWasserstein, Metric::Mmd, Metric::ScoreError, Metric::Nll],
+            None if with_models => vec![
+                Metric::SlicedWasserstein,
+                Metric::Mmd,
+                Metric::ScoreError,
+                Metric::Nll,
+            ],
             None => vec![Metric::SlicedWasserstein, Metric::Mmd],
         }
     }
@@ -145,15 +150,33 @@ impl EvaluateParams {
         }
     }
 
-    pub fn validate(&self, reference: Option<&StageSpec>, samples: &[&StageSpec], models: &[&StageSpec]) -> Result<(), String> {
-        if self.projections == 0 || self.mmd_points < 2 || self.score_points == 0 || self.nll_points == 0 {
-            return Err("need projections >= 1, mmd_points >= 2, score_points >= 1 and nll_points >= 1".into());
+    pub fn validate(
+        &self,
+        reference: Option<&StageSpec>,
+        samples: &[&StageSpec],
+        models: &[&StageSpec],
+    ) -> Result<(), String> {
+        if self.projections == 0
+            || self.mmd_points < 2
+            || self.score_points == 0
+            || self.nll_points == 0
+        {
+            return Err(
+                "need projections >= 1, mmd_points >= 2, score_points >= 1 and nll_points >= 1"
+                    .into(),
+            );
         }
         if samples.is_empty() && models.is_empty() {
             return Err("nothing to evaluate: give `needs.samples` (sample stages) and/or `needs.models` (train stages)".into());
         }
         let bad_time = |t: &f64| !(*t > 0.0 && *t <= 1.0);
-        if self.score_times.iter().chain(&self.field_times).any(bad_time) || self.score_times.is_empty() {
+        if self
+            .score_times
+            .iter()
+            .chain(&self.field_times)
+            .any(bad_time)
+            || self.score_times.is_empty()
+        {
             return Err("`score_times` and `field_times` must be times in (0, 1]; `score_times` must not be empty".into());
         }
         if !(self.nll_rtol > 0.0 && self.nll_atol > 0.0) {
@@ -163,23 +186,45 @@ impl EvaluateParams {
         let is_mixture = |spec: Option<&StageSpec>| matches!(spec, Some(StageSpec::Dataset { params }) if params.distribution.mixture().is_some());
         for metric in &metrics {
             if metric.of_models() && models.is_empty() {
-                return Err(format!("metric `{}` judges models: list train stages under `needs.models`", metric.name()));
+                return Err(format!(
+                    "metric `{}` judges models: list train stages under `needs.models`",
+                    metric.name()
+                ));
             }
             if !metric.of_models() && samples.is_empty() && self.metrics.is_some() {
-                return Err(format!("metric `{}` judges samples: list sample stages under `needs.samples`", metric.name()));
+                return Err(format!(
+                    "metric `{}` judges samples: list sample stages under `needs.samples`",
+                    metric.name()
+                ));
             }
-            if matches!(metric, Metric::ModeWeights | Metric::ScoreError) && reference.is_some() && !is_mixture(reference) {
-                return Err(format!("metric `{}` needs a Gaussian-mixture reference (gmm or two_gaussians)", metric.name()));
+            if matches!(metric, Metric::ModeWeights | Metric::ScoreError)
+                && reference.is_some()
+                && !is_mixture(reference)
+            {
+                return Err(format!(
+                    "metric `{}` needs a Gaussian-mixture reference (gmm or two_gaussians)",
+                    metric.name()
+                ));
             }
         }
         let plots = self.plots.clone().unwrap_or_default();
         if plots.contains(&Plot::ScoreField) && models.is_empty() {
-            return Err("plot `score_field` draws models: list train stages under `needs.models`".into());
+            return Err(
+                "plot `score_field` draws models: list train stages under `needs.models`".into(),
+            );
         }
-        if plots.iter().any(|p| matches!(p, Plot::Scatter | Plot::Timeline)) && samples.is_empty() {
+        if plots
+            .iter()
+            .any(|p| matches!(p, Plot::Scatter | Plot::Timeline))
+            && samples.is_empty()
+        {
             return Err("plots `scatter` and `timeline` draw samples: list sample stages under `needs.samples`".into());
         }
-        if !models.is_empty() && !metrics.iter().any(|m| m.of_models()) && !plots.contains(&Plot::ScoreField) && self.plots.is_some() {
+        if !models.is_empty()
+            && !metrics.iter().any(|m| m.of_models())
+            && !plots.contains(&Plot::ScoreField)
+            && self.plots.is_some()
+        {
             return Err("`needs.models` lists train stages but no metric or plot uses them; add `score_error`, `nll` or plot `score_field`".into());
         }
         Ok(())
@@ -215,10 +260,13 @@ impl Reference<'_> {
     }
 
     fn mixture(&self, metric: &str) -> StageResult<&Mixture> {
-        self.meta.mixture.as_ref().ok_or_else(|| StageError::BadInput {
-            path: self.entry.dir.join("meta.json"),
-            message: format!("{metric} needs a Gaussian-mixture reference"),
-        })
+        self.meta
+            .mixture
+            .as_ref()
+            .ok_or_else(|| StageError::BadInput {
+                path: self.entry.dir.join("meta.json"),
+                message: format!("{metric} needs a Gaussian-mixture reference"),
+            })
     }
 }
 
@@ -241,7 +289,14 @@ pub fn run(params: &EvaluateParams, ctx: &StageContext) -> StageResult<()> {
     write_csv(&ctx.path("metrics.csv"), &mut df)
 }
 
-fn evaluate_samples(params: &EvaluateParams, ctx: &StageContext, reference: &Reference, metrics: &[Metric], plots: &[Plot], rows: &mut Rows) -> StageResult<()> {
+fn evaluate_samples(
+    params: &EvaluateParams,
+    ctx: &StageContext,
+    reference: &Reference,
+    metrics: &[Metric],
+    plots: &[Plot],
+    rows: &mut Rows,
+) -> StageResult<()> {
     let dim = reference.meta.dim;
     let sample_inputs = ctx.inputs("samples");
     for (done, input) in sample_inputs.iter().enumerate() {
@@ -250,7 +305,10 @@ fn evaluate_samples(params: &EvaluateParams, ctx: &StageContext, reference: &Ref
         if shape.get(1) != Some(&dim) {
             return Err(StageError::BadInput {
                 path,
-                message: format!("samples of `{}` have shape {shape:?} but the reference has dimension {dim}", input.id),
+                message: format!(
+                    "samples of `{}` have shape {shape:?} but the reference has dimension {dim}",
+                    input.id
+                ),
             });
         }
         let (a, b) = (Points::new(&samples, dim), reference.points());
@@ -258,11 +316,18 @@ fn evaluate_samples(params: &EvaluateParams, ctx: &StageContext, reference: &Ref
             match metric {
                 Metric::SlicedWasserstein => {
                     let mut rng = stream(params.seed, "evaluate/sliced_wasserstein");
-                    rows.push(&input.id, metric.name(), sliced_wasserstein::sliced_wasserstein(a, b, params.projections, &mut rng));
+                    rows.push(
+                        &input.id,
+                        metric.name(),
+                        sliced_wasserstein::sliced_wasserstein(a, b, params.projections, &mut rng),
+                    );
                 }
                 Metric::Mmd => {
                     let m = params.mmd_points;
-                    let (sa, sb) = (subsample(&samples, dim, m), subsample(&reference.test, dim, m));
+                    let (sa, sb) = (
+                        subsample(&samples, dim, m),
+                        subsample(&reference.test, dim, m),
+                    );
                     let (pa, pb) = (Points::new(&sa, dim), Points::new(&sb, dim));
                     let h = mmd::median_bandwidth(pa, pb);
                     rows.push(&input.id, "mmd2", mmd::mmd2_unbiased(pa, pb, h));
@@ -273,7 +338,11 @@ fn evaluate_samples(params: &EvaluateParams, ctx: &StageContext, reference: &Ref
                     for (k, w) in weights.iter().enumerate() {
                         rows.push(&input.id, format!("mode_weight_{k}"), *w);
                     }
-                    rows.push(&input.id, "mode_weight_tv", modes::weight_error(&weights, &mixture.weights));
+                    rows.push(
+                        &input.id,
+                        "mode_weight_tv",
+                        modes::weight_error(&weights, &mixture.weights),
+                    );
                 }
                 Metric::ScoreError | Metric::Nll => unreachable!("model metrics are filtered out"),
             }
@@ -282,33 +351,67 @@ fn evaluate_samples(params: &EvaluateParams, ctx: &StageContext, reference: &Ref
         rows.push(&input.id, "nfe", record.nfe as f64);
         rows.push(&input.id, "sample_seconds", record.seconds);
         if plots.contains(&Plot::Scatter) {
-            plots::scatter(&ctx.path(&format!("scatter_{}.png", input.id)), &format!("{} ({})", input.id, record.sampler), b, a)?;
+            plots::scatter(
+                &ctx.path(&format!("scatter_{}.png", input.id)),
+                &format!("{} ({})", input.id, record.sampler),
+                b,
+                a,
+            )?;
         }
         if plots.contains(&Plot::Timeline) {
             draw_timeline(ctx, input, &record, reference)?;
         }
-        ctx.progress.update(done + 1, sample_inputs.len(), "evaluating samples");
+        ctx.progress
+            .update(done + 1, sample_inputs.len(), "evaluating samples");
     }
     Ok(())
 }
 
 /// `timeline_<stage>.png` from the sample stage's `trajectory.safetensors`.
-fn draw_timeline(ctx: &StageContext, input: &InputEntry, record: &SamplingRecord, reference: &Reference) -> StageResult<()> {
+fn draw_timeline(
+    ctx: &StageContext,
+    input: &InputEntry,
+    record: &SamplingRecord,
+    reference: &Reference,
+) -> StageResult<()> {
     let path = input.dir.join("trajectory.safetensors");
     let (frames, shape) = load_f32(&path, "trajectory")?;
     let (steps, _) = load_f32(&path, "steps")?;
     let [count, keep, dim] = shape[..] else {
-        return Err(StageError::BadInput { path, message: format!("trajectory has shape {shape:?}, expected [snapshots, particles, dim]") });
+        return Err(StageError::BadInput {
+            path,
+            message: format!(
+                "trajectory has shape {shape:?}, expected [snapshots, particles, dim]"
+            ),
+        });
     };
     let per_frame = keep * dim;
     let frames: Vec<Frame> = (0..count)
-        .map(|i| Frame { caption: format!("step {}", steps.get(i).copied().unwrap_or(i as f32)), points: Points::new(&frames[i * per_frame..(i + 1) * per_frame], dim) })
+        .map(|i| Frame {
+            caption: format!("step {}", steps.get(i).copied().unwrap_or(i as f32)),
+            points: Points::new(&frames[i * per_frame..(i + 1) * per_frame], dim),
+        })
         .collect();
-    let title = format!("{} ({}): from the prior to the data", input.id, record.sampler);
-    panels::timeline(&ctx.path(&format!("timeline_{}.png", input.id)), &title, reference.points(), &frames)
+    let title = format!(
+        "{} ({}): from the prior to the data",
+        input.id, record.sampler
+    );
+    panels::timeline(
+        &ctx.path(&format!("timeline_{}.png", input.id)),
+        &title,
+        reference.points(),
+        &frames,
+    )
 }
 
-fn evaluate_models(params: &EvaluateParams, ctx: &StageContext, reference: &Reference, metrics: &[Metric], plots: &[Plot], rows: &mut Rows) -> StageResult<()> {
+fn evaluate_models(
+    params: &EvaluateParams,
+    ctx: &StageContext,
+    reference: &Reference,
+    metrics: &[Metric],
+    plots: &[Plot],
+    rows: &mut Rows,
+) -> StageResult<()> {
     let dim = reference.meta.dim;
     let models = ctx.inputs("models");
     let mut error_curves: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
@@ -317,14 +420,24 @@ fn evaluate_models(params: &EvaluateParams, ctx: &StageContext, reference: &Refe
         if trained.dim != dim {
             return Err(StageError::BadInput {
                 path: input.dir.join("model.json"),
-                message: format!("model `{}` was trained on {}-dimensional data but the reference has dimension {dim}", input.id, trained.dim),
+                message: format!(
+                    "model `{}` was trained on {}-dimensional data but the reference has dimension {dim}",
+                    input.id, trained.dim
+                ),
             });
         }
         let process = trained.schedule.build();
         let score = trained.score(input, WeightsKind::Ema, &process, ctx.device)?;
         if metrics.contains(&Metric::ScoreError) {
-            let exact = MixtureScore { mixture: reference.mixture("score_error")?.clone(), process: &process };
-            let mut times: Vec<f64> = params.score_times.iter().map(|&t| snap(&process, t)).collect();
+            let exact = MixtureScore {
+                mixture: reference.mixture("score_error")?.clone(),
+                process: &process,
+            };
+            let mut times: Vec<f64> = params
+                .score_times
+                .iter()
+                .map(|&t| snap(&process, t))
+                .collect();
             times.sort_by(f64::total_cmp);
             times.dedup();
             let mut curve = Vec::new();
@@ -343,7 +456,10 @@ fn evaluate_models(params: &EvaluateParams, ctx: &StageContext, reference: &Refe
         if metrics.contains(&Metric::Nll) {
             let n = params.nll_points.min(reference.test.len() / dim);
             let mut rng = stream(params.seed, "evaluate/nll");
-            let tolerance = Tolerance { rtol: params.nll_rtol, atol: params.nll_atol };
+            let tolerance = Tolerance {
+                rtol: params.nll_rtol,
+                atol: params.nll_atol,
+            };
             let likelihood = negative_log_likelihood_batched(
                 score.as_ref(),
                 &process,
@@ -360,16 +476,38 @@ fn evaluate_models(params: &EvaluateParams, ctx: &StageContext, reference: &Refe
             rows.push(&input.id, "nll_nfe", likelihood.nfe as f64);
         }
         if plots.contains(&Plot::ScoreField) && dim == 2 {
-            let exact = reference.meta.mixture.clone().map(|mixture| MixtureScore { mixture, process: &process });
-            draw_field(params, ctx, reference, input, score.as_ref(), exact.as_ref(), &process)?;
+            let exact = reference.meta.mixture.clone().map(|mixture| MixtureScore {
+                mixture,
+                process: &process,
+            });
+            draw_field(
+                params,
+                ctx,
+                reference,
+                input,
+                score.as_ref(),
+                exact.as_ref(),
+                &process,
+            )?;
         }
-        ctx.progress.update(done + 1, models.len(), "evaluating models");
+        ctx.progress
+            .update(done + 1, models.len(), "evaluating models");
     }
     if !error_curves.is_empty() {
-        let series: Vec<(&str, Vec<(f64, f64)>)> = error_curves.iter().map(|(n, c)| (n.as_str(), c.clone())).collect();
+        let series: Vec<(&str, Vec<(f64, f64)>)> = error_curves
+            .iter()
+            .map(|(n, c)| (n.as_str(), c.clone()))
+            .collect();
         plots::line_chart(
             &ctx.path("score_error.png"),
-            &LineChart { title: "score error against the exact score", x_label: "noise std(t)", y_label: "mean squared error", series: &series, log_x: true, log_y: true },
+            &LineChart {
+                title: "score error against the exact score",
+                x_label: "noise std(t)",
+                y_label: "mean squared error",
+                series: &series,
+                log_x: true,
+                log_y: true,
+            },
         )?;
     }
     Ok(())
@@ -378,31 +516,62 @@ fn evaluate_models(params: &EvaluateParams, ctx: &StageContext, reference: &Refe
 /// The nearest level's time for a discrete process (its network only saw those).
 fn snap(process: &Process, t: f64) -> f64 {
     match process.levels() {
-        Some(n) => (1..=n).map(|i| process.level_time(i)).min_by(|a, b| (a - t).abs().total_cmp(&(b - t).abs())).unwrap_or(t),
+        Some(n) => (1..=n)
+            .map(|i| process.level_time(i))
+            .min_by(|a, b| (a - t).abs().total_cmp(&(b - t).abs()))
+            .unwrap_or(t),
         None => t.max(process.t_min()),
     }
 }
 
 /// Mean squared error per coordinate between the model's and the exact score, on
 /// held-out points noised to time t.
-fn score_error(params: &EvaluateParams, ctx: &StageContext, reference: &Reference, score: &dyn ScoreFn, exact: &MixtureScore, process: &Process, t: f64) -> StageResult<f64> {
+fn score_error(
+    params: &EvaluateParams,
+    ctx: &StageContext,
+    reference: &Reference,
+    score: &dyn ScoreFn,
+    exact: &MixtureScore,
+    process: &Process,
+    t: f64,
+) -> StageResult<f64> {
     let dim = reference.meta.dim;
     let n = params.score_points.min(reference.test.len() / dim);
     let x0 = &reference.test[..n * dim];
     let eps = normals(&mut stream(params.seed, "evaluate/score_error"), n * dim);
     let xt = noise_batch(process, x0, &vec![t; n], &eps, dim);
     let (want, _) = exact.rows(&xt, dim, t);
-    let got = score.score(&Tensor::from_vec(xt, (n, dim), ctx.device)?, t)?.flatten_all()?.to_vec1::<f32>()?;
-    Ok(got.iter().zip(&want).map(|(g, w)| ((g - w) as f64).powi(2)).sum::<f64>() / (n * dim) as f64)
+    let got = score
+        .score(&Tensor::from_vec(xt, (n, dim), ctx.device)?, t)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    Ok(got
+        .iter()
+        .zip(&want)
+        .map(|(g, w)| ((g - w) as f64).powi(2))
+        .sum::<f64>()
+        / (n * dim) as f64)
 }
 
 /// `score_field_<model>.png`: a 21 x 21 grid over the data's range at each field time.
-fn draw_field(params: &EvaluateParams, ctx: &StageContext, reference: &Reference, input: &InputEntry, score: &dyn ScoreFn, exact: Option<&MixtureScore>, process: &Process) -> StageResult<()> {
+fn draw_field(
+    params: &EvaluateParams,
+    ctx: &StageContext,
+    reference: &Reference,
+    input: &InputEntry,
+    score: &dyn ScoreFn,
+    exact: Option<&MixtureScore>,
+    process: &Process,
+) -> StageResult<()> {
     const SIDE: usize = 21;
     let (lo, hi) = (&reference.meta.min, &reference.meta.max);
     let pad = |j: usize| (hi[j] - lo[j]) * 0.1;
-    let axis = |j: usize, i: usize| lo[j] - pad(j) + (hi[j] - lo[j] + 2.0 * pad(j)) * i as f32 / (SIDE - 1) as f32;
-    let at: Vec<f32> = (0..SIDE * SIDE).flat_map(|k| [axis(0, k % SIDE), axis(1, k / SIDE)]).collect();
+    let axis = |j: usize, i: usize| {
+        lo[j] - pad(j) + (hi[j] - lo[j] + 2.0 * pad(j)) * i as f32 / (SIDE - 1) as f32
+    };
+    let at: Vec<f32> = (0..SIDE * SIDE)
+        .flat_map(|k| [axis(0, k % SIDE), axis(1, k / SIDE)])
+        .collect();
     let cell = ((hi[0] - lo[0] + 2.0 * pad(0)) / (SIDE - 1) as f32) as f64;
     let range = |j: usize| (axis(j, 0) as f64, axis(j, SIDE - 1) as f64);
     let mut fields = Vec::new();
@@ -417,8 +586,24 @@ fn draw_field(params: &EvaluateParams, ctx: &StageContext, reference: &Reference
             exact: exact.map(|e| e.rows(&at, 2, t).0),
         });
     }
-    let title = format!("score of `{}` (blue){}", input.id, if exact.is_some() { " over the exact score (orange)" } else { "" });
-    panels::vector_fields(&ctx.path(&format!("score_field_{}.png", input.id)), &title, reference.points(), range(0), range(1), cell, &fields)
+    let title = format!(
+        "score of `{}` (blue){}",
+        input.id,
+        if exact.is_some() {
+            " over the exact score (orange)"
+        } else {
+            ""
+        }
+    );
+    panels::vector_fields(
+        &ctx.path(&format!("score_field_{}.png", input.id)),
+        &title,
+        reference.points(),
+        range(0),
+        range(1),
+        cell,
+        &fields,
+    )
 }
 
 /// The first `m` rows (sets are already i.i.d. draws in random order).

@@ -29,10 +29,14 @@ pub struct InputEntry {
 impl InputEntry {
     /// The resolved parameters the input was computed with (from its manifest).
     pub fn params<T: DeserializeOwned>(&self) -> StageResult<T> {
-        let manifest: crate::cache::Manifest = artifacts::read_json(&self.dir.join("manifest.json"))?;
+        let manifest: crate::cache::Manifest =
+            artifacts::read_json(&self.dir.join("manifest.json"))?;
         serde_json::from_value(manifest.params).map_err(|e| StageError::BadInput {
             path: self.dir.join("manifest.json"),
-            message: format!("parameters of `{}` do not match this runner version: {e}", self.id),
+            message: format!(
+                "parameters of `{}` do not match this runner version: {e}",
+                self.id
+            ),
         })
     }
 }
@@ -49,12 +53,18 @@ pub struct StageContext<'a> {
 impl StageContext<'_> {
     /// All inputs of a role.
     pub fn inputs(&self, role: &str) -> &[InputEntry] {
-        self.inputs.iter().find(|(r, _)| r == role).map(|(_, v)| v.as_slice()).unwrap_or(&[])
+        self.inputs
+            .iter()
+            .find(|(r, _)| r == role)
+            .map(|(_, v)| v.as_slice())
+            .unwrap_or(&[])
     }
 
     /// The single input of a role (roles are checked when the graph is built).
     pub fn input(&self, role: &str) -> StageResult<&InputEntry> {
-        self.inputs(role).first().ok_or_else(|| StageError::Failed(format!("missing input `{role}`")))
+        self.inputs(role)
+            .first()
+            .ok_or_else(|| StageError::Failed(format!("missing input `{role}`")))
     }
 
     pub fn path(&self, file: &str) -> PathBuf {
@@ -86,9 +96,16 @@ pub fn validate<'s>(
         StageSpec::Dataset { params } => params.validate(),
         StageSpec::Schedule { params } => params.validate(),
         StageSpec::Model { params } => params.validate(),
-        StageSpec::Train { params, .. } => params.validate(inputs("schedule").first().copied(), inputs("model").first().copied()),
+        StageSpec::Train { params, .. } => params.validate(
+            inputs("schedule").first().copied(),
+            inputs("model").first().copied(),
+        ),
         StageSpec::Sample { params, needs } => params.validate(lookup(&needs.train), lookup),
-        StageSpec::Evaluate { params, .. } => params.validate(inputs("reference").first().copied(), &inputs("samples"), &inputs("models")),
+        StageSpec::Evaluate { params, .. } => params.validate(
+            inputs("reference").first().copied(),
+            &inputs("samples"),
+            &inputs("models"),
+        ),
     }
 }
 

@@ -59,10 +59,17 @@ pub struct SamplingRecord {
 impl SampleParams {
     /// What the key hashes: settings the sampler ignores are reset.
     pub fn canonical(&self) -> SampleParams {
-        SampleParams { sampler: self.sampler.canonical(), ..self.clone() }
+        SampleParams {
+            sampler: self.sampler.canonical(),
+            ..self.clone()
+        }
     }
 
-    pub fn validate<'s>(&self, train: Option<&StageSpec>, lookup: &dyn Fn(&str) -> Option<&'s StageSpec>) -> Result<(), String> {
+    pub fn validate<'s>(
+        &self,
+        train: Option<&StageSpec>,
+        lookup: &dyn Fn(&str) -> Option<&'s StageSpec>,
+    ) -> Result<(), String> {
         if self.n == 0 {
             return Err("`n` must be at least 1".into());
         }
@@ -89,9 +96,14 @@ pub fn run(params: &SampleParams, ctx: &StageContext) -> StageResult<()> {
     };
     let started = Instant::now();
     let mut rng = stream(params.seed, "sample");
-    let out = run_sampler(&params.sampler, score.as_ref(), &process, &request, &mut rng, &mut |done, total| {
-        ctx.progress.update(done, total, "sampling")
-    })?;
+    let out = run_sampler(
+        &params.sampler,
+        score.as_ref(),
+        &process,
+        &request,
+        &mut rng,
+        &mut |done, total| ctx.progress.update(done, total, "sampling"),
+    )?;
     let seconds = started.elapsed().as_secs_f64();
 
     let dim = trained.dim;
@@ -104,12 +116,20 @@ pub fn run(params: &SampleParams, ctx: &StageContext) -> StageResult<()> {
     save_tensors(
         &ctx.path("trajectory.safetensors"),
         &[
-            ("trajectory", Tensor::from_vec(frames, (count, keep, dim), ctx.device)?),
+            (
+                "trajectory",
+                Tensor::from_vec(frames, (count, keep, dim), ctx.device)?,
+            ),
             ("steps", Tensor::from_vec(steps, count, ctx.device)?),
         ],
     )?;
     write_json(
         &ctx.path("sampling.json"),
-        &SamplingRecord { sampler: params.sampler.name().into(), n: params.n, nfe: out.nfe, seconds },
+        &SamplingRecord {
+            sampler: params.sampler.name().into(),
+            n: params.n,
+            nfe: out.nfe,
+            seconds,
+        },
     )
 }

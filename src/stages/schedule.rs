@@ -18,9 +18,17 @@ pub fn run(params: &ScheduleParams, ctx: &StageContext) -> StageResult<()> {
         Column::new(name.into(), rows.iter().map(f).collect::<Vec<f64>>())
     };
     let mut df = DataFrame::new_infer_height(vec![
-        Column::new("level".into(), rows.iter().map(|r| r.0.map(|l| l as u64)).collect::<Vec<Option<u64>>>()),
+        Column::new(
+            "level".into(),
+            rows.iter()
+                .map(|r| r.0.map(|l| l as u64))
+                .collect::<Vec<Option<u64>>>(),
+        ),
         column("t", &|r| r.1),
-        Column::new("beta".into(), rows.iter().map(|r| r.2).collect::<Vec<Option<f64>>>()),
+        Column::new(
+            "beta".into(),
+            rows.iter().map(|r| r.2).collect::<Vec<Option<f64>>>(),
+        ),
         column("alpha_bar", &|r| r.3),
         column("sigma", &|r| r.4),
         column("snr", &|r| r.5),

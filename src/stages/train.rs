@@ -16,8 +16,8 @@ use super::{StageContext, dataset::DatasetMeta};
 use crate::data::toy::Mixture;
 use crate::diffusion::loss::Objective;
 use crate::diffusion::process::{Process, noise_batch};
-use crate::diffusion::score::{MixtureScore, NetworkScore, ScoreFn};
 use crate::diffusion::schedule::ScheduleParams;
+use crate::diffusion::score::{MixtureScore, NetworkScore, ScoreFn};
 use crate::error::{StageError, StageResult};
 use crate::nn::mlp::Mlp;
 use crate::pipeline::spec::StageSpec;
@@ -86,7 +86,11 @@ pub enum OptimizerKind {
 }
 
 impl TrainParams {
-    pub fn validate(&self, schedule: Option<&StageSpec>, model: Option<&StageSpec>) -> Result<(), String> {
+    pub fn validate(
+        &self,
+        schedule: Option<&StageSpec>,
+        model: Option<&StageSpec>,
+    ) -> Result<(), String> {
         if self.steps == 0 || self.batch == 0 {
             return Err("`steps` and `batch` must be at least 1".into());
         }
@@ -94,17 +98,30 @@ impl TrainParams {
             return Err(format!("`lr` must be a positive number, got {}", self.lr));
         }
         if !(0.0..1.0).contains(&self.ema_decay) {
-            return Err(format!("`ema_decay` must be in [0, 1), got {}", self.ema_decay));
+            return Err(format!(
+                "`ema_decay` must be in [0, 1), got {}",
+                self.ema_decay
+            ));
         }
         if self.optimizer == OptimizerKind::Adam && self.weight_decay != 0.0 {
-            return Err("`adam` has no weight decay; use `optimizer: adamw` to set `weight_decay`".into());
+            return Err(
+                "`adam` has no weight decay; use `optimizer: adamw` to set `weight_decay`".into(),
+            );
         }
-        let exact = matches!(model, Some(StageSpec::Model { params: ModelParams::Exact {} }));
+        let exact = matches!(
+            model,
+            Some(StageSpec::Model {
+                params: ModelParams::Exact {}
+            })
+        );
         if self.objective.is_none() && !exact {
             return Err("`objective` is required: `eps` (DDPM's L_simple) or `dsm` (denoising score matching)".into());
         }
         if self.objective == Some(Objective::Eps) && self.weighting != Weighting::Sigma2 {
-            return Err("`weighting` applies to `objective: dsm`; `eps` is DDPM's unweighted L_simple".into());
+            return Err(
+                "`weighting` applies to `objective: dsm`; `eps` is DDPM's unweighted L_simple"
+                    .into(),
+            );
         }
         if let Some(StageSpec::Schedule { params }) = schedule
             && params.build().levels() == Some(1)
@@ -145,7 +162,13 @@ impl TrainedModel {
 
     /// The fitted score function under `process` (the model's own, built once by the
     /// caller so the score can borrow it).
-    pub fn score<'p>(&self, train: &InputEntry, weights: WeightsKind, process: &'p Process, device: &Device) -> StageResult<Box<dyn ScoreFn + 'p>> {
+    pub fn score<'p>(
+        &self,
+        train: &InputEntry,
+        weights: WeightsKind,
+        process: &'p Process,
+        device: &Device,
+    ) -> StageResult<Box<dyn ScoreFn + 'p>> {
         Ok(match &self.model {
             ModelParams::Mlp(config) => {
                 let file = match weights {
@@ -153,7 +176,11 @@ impl TrainedModel {
                     WeightsKind::Raw => "weights.safetensors",
                 };
                 let tensors = load_tensors(&train.dir.join(file), device)?;
-                Box::new(NetworkScore { net: Mlp::new(config, self.dim, &tensors)?, prediction: self.objective.prediction(), process })
+                Box::new(NetworkScore {
+                    net: Mlp::new(config, self.dim, &tensors)?,
+                    prediction: self.objective.prediction(),
+                    process,
+                })
             }
             ModelParams::Exact {} => {
                 let mixture = self.mixture.clone().ok_or_else(|| StageError::BadInput {
@@ -178,29 +205,52 @@ pub fn run(params: &TrainParams, ctx: &StageContext) -> StageResult<()> {
         ModelParams::Exact {} => {
             // Nothing to fit: record what the exact score needs.
             let mixture = meta.mixture.clone().ok_or_else(|| {
-                StageError::Failed("`arch: exact` needs a dataset with a known density (gmm or two_gaussians)".into())
+                StageError::Failed(
+                    "`arch: exact` needs a dataset with a known density (gmm or two_gaussians)"
+                        .into(),
+                )
             })?;
-            let trained = TrainedModel { model: model.clone(), schedule, objective: params.objective.unwrap_or(Objective::Dsm), dim, mixture: Some(mixture) };
+            let trained = TrainedModel {
+                model: model.clone(),
+                schedule,
+                objective: params.objective.unwrap_or(Objective::Dsm),
+                dim,
+                mixture: Some(mixture),
+            };
             return write_json(&ctx.path("model.json"), &trained);
         }
     };
-    let objective = params.objective.ok_or_else(|| StageError::Failed("a network needs an `objective`".into()))?;
+    let objective = params
+        .objective
+        .ok_or_else(|| StageError::Failed("a network needs an `objective`".into()))?;
     let process = schedule.build();
     let n = train.len() / dim;
 
     let init = config.init_weights(dim, &mut stream(params.seed, "train/init"), ctx.device)?;
-    let vars: Vec<(String, Var)> =
-        init.into_iter().map(|(name, t)| Ok((name, Var::from_tensor(&t)?))).collect::<candle_core::Result<_>>()?;
-    let net_weights: HashMap<String, Tensor> = vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
+    let vars: Vec<(String, Var)> = init
+        .into_iter()
+        .map(|(name, t)| Ok((name, Var::from_tensor(&t)?)))
+        .collect::<candle_core::Result<_>>()?;
+    let net_weights: HashMap<String, Tensor> = vars
+        .iter()
+        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+        .collect();
     let net = Mlp::new(config, dim, &net_weights)?;
-    let mut ema: Vec<Tensor> = vars.iter().map(|(_, v)| v.as_tensor().copy()).collect::<candle_core::Result<_>>()?;
+    let mut ema: Vec<Tensor> = vars
+        .iter()
+        .map(|(_, v)| v.as_tensor().copy())
+        .collect::<candle_core::Result<_>>()?;
     let weight_decay = match params.optimizer {
         OptimizerKind::Adam => 0.0,
         OptimizerKind::Adamw => params.weight_decay,
     };
     let mut opt = AdamW::new(
         vars.iter().map(|(_, v)| v.clone()).collect(),
-        ParamsAdamW { lr: params.lr, weight_decay, ..Default::default() },
+        ParamsAdamW {
+            lr: params.lr,
+            weight_decay,
+            ..Default::default()
+        },
     )?;
 
     let mut rng = stream(params.seed, "train/batches");
@@ -222,12 +272,19 @@ pub fn run(params: &TrainParams, ctx: &StageContext) -> StageResult<()> {
         let eps = normals(&mut rng, batch * dim);
         let xt = noise_batch(&process, &x0, &t, &eps, dim);
         let xt = Tensor::from_vec(xt, (batch, dim), ctx.device)?;
-        let cond = Tensor::from_vec(t.iter().map(|&t| t as f32).collect::<Vec<f32>>(), batch, ctx.device)?;
+        let cond = Tensor::from_vec(
+            t.iter().map(|&t| t as f32).collect::<Vec<f32>>(),
+            batch,
+            ctx.device,
+        )?;
         let eps = Tensor::from_vec(eps, (batch, dim), ctx.device)?;
         let weights = match params.weighting {
             Weighting::Sigma2 => None,
             Weighting::Likelihood => {
-                let w: Vec<f32> = t.iter().map(|&t| (process.diffusion(t) / process.std(t)).powi(2) as f32).collect();
+                let w: Vec<f32> = t
+                    .iter()
+                    .map(|&t| (process.diffusion(t) / process.std(t)).powi(2) as f32)
+                    .collect();
                 Some(Tensor::from_vec(w, batch, ctx.device)?)
             }
         };
@@ -245,17 +302,37 @@ pub fn run(params: &TrainParams, ctx: &StageContext) -> StageResult<()> {
             *avg = ((&*avg * params.ema_decay)? + (var.as_tensor() * (1.0 - params.ema_decay))?)?;
         }
         losses.push(value);
-        ctx.progress.update(step, params.steps, &format!("loss {value:.4}"));
+        ctx.progress
+            .update(step, params.steps, &format!("loss {value:.4}"));
     }
 
-    let raw: Vec<(&str, Tensor)> = vars.iter().map(|(n, v)| (n.as_str(), v.as_tensor().clone())).collect();
+    let raw: Vec<(&str, Tensor)> = vars
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_tensor().clone()))
+        .collect();
     save_tensors(&ctx.path("weights.safetensors"), &raw)?;
-    let averaged: Vec<(&str, Tensor)> = vars.iter().zip(&ema).map(|((n, _), t)| (n.as_str(), t.clone())).collect();
+    let averaged: Vec<(&str, Tensor)> = vars
+        .iter()
+        .zip(&ema)
+        .map(|((n, _), t)| (n.as_str(), t.clone()))
+        .collect();
     save_tensors(&ctx.path("ema.safetensors"), &averaged)?;
-    write_json(&ctx.path("model.json"), &TrainedModel { model: model.clone(), schedule, objective, dim, mixture: None })?;
+    write_json(
+        &ctx.path("model.json"),
+        &TrainedModel {
+            model: model.clone(),
+            schedule,
+            objective,
+            dim,
+            mixture: None,
+        },
+    )?;
 
     let mut df = DataFrame::new_infer_height(vec![
-        Column::new("step".into(), (1..=losses.len() as u64).collect::<Vec<u64>>()),
+        Column::new(
+            "step".into(),
+            (1..=losses.len() as u64).collect::<Vec<u64>>(),
+        ),
         Column::new("loss".into(), losses.clone()),
     ])
     .map_err(|e| StageError::Failed(e.to_string()))?;
