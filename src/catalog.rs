@@ -60,7 +60,9 @@ pub fn describe() -> String {
         };
         out.push_str(&format!("  {:<18} {roles}\n", kind.name()));
     }
-    out.push_str("  (evaluate's `samples` takes one sample stage or a list)\n");
+    out.push_str(
+        "  (evaluate's `samples` and `models` take one stage or a list; at least one of them)\n",
+    );
     section::<Distribution>(
         &mut out,
         "datasets",
@@ -120,13 +122,17 @@ pub fn describe() -> String {
     ));
     let metrics: Vec<&str> = Metric::ALL.iter().map(|m| m.name()).collect();
     out.push_str(&format!("\nmetrics: {}\n", metrics.join(", ")));
+    out.push_str("  of samples: sliced_wasserstein, mmd, mode_weights; of models: score_error (needs a mixture), nll\n");
+    out.push_str("plots: scatter, timeline (samples); score_field (models, 2D)\n");
     out.push_str(&format!(
         "evaluate params: {}\n",
         defaults::<EvaluateParams>("{}")
     ));
     out.push_str("\nsweep: STAGE.params.KEY: [values] (axes multiply); zip: {PATH: [values], ...} (vary together);\n");
-    out.push_str("  STAGE.needs.ROLE: [stages] swaps an input\n");
-    out.push_str("report: plots: [{ metric, x: AXIS, series: [AXIS, ...], log_x, log_y }]\n");
+    out.push_str(
+        "  STAGE.needs.ROLE: [stages] swaps an input; a value ~ (null) leaves the key out\n",
+    );
+    out.push_str("report: plots: [{ metric, x: AXIS or METRIC (e.g. nfe), series: [AXIS, ...], where: {AXIS: value}, log_x, log_y }]\n");
     out
 }
 
@@ -161,6 +167,11 @@ mod tests {
             "rk45",
             "snr: 0.16",
             "exact",
+            "score_field",
+            "nll",
+            "where:",
+            "init_range: 1.0",
+            "divergence: \"auto\"",
         ] {
             assert!(text.contains(needle), "missing {needle} in:\n{text}");
         }

@@ -1,5 +1,18 @@
 //! The command line: a thin layer over the library.
 
+/// `println!` that ends the process quietly when stdout is closed (`runner plan | head`),
+/// as command-line tools do, instead of panicking on the broken pipe.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -258,15 +271,25 @@ fn print_plan(plan: &Plan, results: &Path) -> Result<(), RunnerError> {
     let cache = Cache::open(results)?;
     let history = history::load(&results.join(&plan.name));
     if plan.sweep.is_empty() {
-        println!("pipeline {} ({} stages)", plan.name, plan.order.len());
+        out!("pipeline {} ({} stages)", plan.name, plan.order.len());
     } else {
-        let axes: Vec<String> = plan
-            .sweep
-            .axes
-            .iter()
-            .map(|a| format!("{} ({})", a.name, a.values.len()))
-            .collect();
-        println!(
+        // Zipped axes vary together: one factor of the product.
+        let mut axes: Vec<String> = Vec::new();
+        for (g, &size) in plan.sweep.group_sizes.iter().enumerate() {
+            let names: Vec<&str> = plan
+                .sweep
+                .axes
+                .iter()
+                .filter(|a| a.group == g)
+                .map(|a| a.name.as_str())
+                .collect();
+            axes.push(if names.len() == 1 {
+                format!("{} ({size})", names[0])
+            } else {
+                format!("zip({}) ({size})", names.join(", "))
+            });
+        }
+        out!(
             "pipeline {}: {} sweep points over {}; {} distinct stages",
             plan.name,
             plan.points.len(),
@@ -280,7 +303,7 @@ fn print_plan(plan: &Plan, results: &Path) -> Result<(), RunnerError> {
         if reason != "cached" {
             *to_run.entry(node.kind().name()).or_default() += 1;
         }
-        println!(
+        out!(
             "  {:<20} {:<9} {}  {}",
             node.name(),
             node.kind().name(),
@@ -298,7 +321,7 @@ fn print_plan(plan: &Plan, results: &Path) -> Result<(), RunnerError> {
     } else {
         format!(" (work left: {})", by_kind.join(", "))
     };
-    println!(
+    out!(
         "{total} to run, {} cached{by_kind}",
         plan.order.len() - total
     );
@@ -336,7 +359,7 @@ fn gc(files: &[PathBuf], results: &Path, dry_run: bool) -> Result<(), RunnerErro
     let report = maintenance::gc(&cache, &reachable, dry_run)?;
     let verb = if dry_run { "would free" } else { "freed" };
     for f in &report.freed {
-        println!(
+        out!(
             "{verb} {:>10}  {}  {}",
             human_bytes(f.bytes),
             &f.name[..f.name.len().min(16)],
@@ -344,10 +367,10 @@ fn gc(files: &[PathBuf], results: &Path, dry_run: bool) -> Result<(), RunnerErro
         );
     }
     for key in &report.busy {
-        println!("busy          {}  (being computed; left alone)", &key[..16]);
+        out!("busy          {}  (being computed; left alone)", &key[..16]);
     }
     let total: u64 = report.freed.iter().map(|f| f.bytes).sum();
-    println!(
+    out!(
         "{verb} {} in {} entries; kept {}",
         human_bytes(total),
         report.freed.len(),
@@ -360,20 +383,20 @@ fn verify(results: &Path, remove: bool) -> Result<(), RunnerError> {
     let cache = Cache::open(results)?;
     let (damaged, checked) = maintenance::verify(&cache)?;
     for d in &damaged {
-        println!(
+        out!(
             "damaged {} ({})",
             &d.key[..16],
             d.stage.as_deref().unwrap_or("unknown stage")
         );
         for p in &d.problems {
-            println!("  {p}");
+            out!("  {p}");
         }
         if remove {
             cache.remove(&d.key)?;
-            println!("  removed: the next run recomputes it");
+            out!("  removed: the next run recomputes it");
         }
     }
-    println!("checked {checked} entries: {} damaged", damaged.len());
+    out!("checked {checked} entries: {} damaged", damaged.len());
     if damaged.is_empty() || remove {
         Ok(())
     } else {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{runner, stderr, write_pipeline};
+use common::{runner, stderr, stdout, write_pipeline};
 
 const BASE: &str = "name: t
 stages:
@@ -213,5 +213,49 @@ fn missing_file_is_reported() {
         stderr(&out).contains("cannot read does/not/exist.yaml"),
         "{}",
         stderr(&out)
+    );
+}
+
+/// Every pipeline shipped in `pipelines/` loads and plans, with the sweep sizes the
+/// README promises (a pipeline that stops parsing would otherwise go unnoticed).
+#[test]
+fn every_shipped_pipeline_plans() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipelines = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+    let mut seen = Vec::new();
+    for entry in std::fs::read_dir(&pipelines).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let out = runner(dir.path(), &["plan", path.to_str().unwrap()]);
+        assert!(out.status.success(), "{}: {}", path.display(), stderr(&out));
+        seen.push((
+            path.file_stem().unwrap().to_string_lossy().into_owned(),
+            stdout(&out),
+        ));
+    }
+    let plan = |name: &str| {
+        &seen
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no pipelines/{name}.yaml"))
+            .1
+    };
+    for name in [
+        "smld_vs_ddpm",
+        "schedules",
+        "langevin_mixing",
+        "stochastic_vs_deterministic",
+    ] {
+        plan(name);
+    }
+    // 3 models x 7 sampler settings x 5 step counts.
+    assert!(
+        plan("samplers").contains(
+            "105 sweep points over train (3) x zip(sampler, eta, solver) (7) x steps (5)"
+        ),
+        "{}",
+        plan("samplers")
     );
 }

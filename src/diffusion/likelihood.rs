@@ -41,6 +41,15 @@ impl Divergence {
     }
 }
 
+/// How a likelihood is computed.
+#[derive(Debug, Clone, Copy)]
+pub struct NllOptions {
+    pub divergence: Divergence,
+    pub tolerance: Tolerance,
+    /// Points integrated together (memory grows with it).
+    pub batch: usize,
+}
+
 /// Per-point negative log-likelihoods and the cost of computing them.
 #[derive(Debug, Clone)]
 pub struct Likelihood {
@@ -115,10 +124,14 @@ pub fn negative_log_likelihood(
     score: &dyn ScoreFn,
     process: &Process,
     data: &Tensor,
-    divergence: Divergence,
-    tolerance: Tolerance,
+    options: NllOptions,
     rng: &mut ChaCha8Rng,
 ) -> Result<Likelihood> {
+    let NllOptions {
+        divergence,
+        tolerance,
+        ..
+    } = options;
     let (n, dim) = data.dims2()?;
     let device = data.device();
     let probe = if divergence.is_estimated(dim) {
@@ -169,9 +182,7 @@ pub fn negative_log_likelihood_batched(
     process: &Process,
     data: &[f32],
     dim: usize,
-    batch: usize,
-    divergence: Divergence,
-    tolerance: Tolerance,
+    options: NllOptions,
     device: &Device,
     rng: &mut ChaCha8Rng,
 ) -> Result<Likelihood> {
@@ -179,9 +190,9 @@ pub fn negative_log_likelihood_batched(
         nll: Vec::new(),
         nfe: 0,
     };
-    for chunk in data.chunks(batch.max(1) * dim) {
+    for chunk in data.chunks(options.batch.max(1) * dim) {
         let x = Tensor::from_slice(chunk, (chunk.len() / dim, dim), device)?;
-        let part = negative_log_likelihood(score, process, &x, divergence, tolerance, rng)?;
+        let part = negative_log_likelihood(score, process, &x, options, rng)?;
         all.nll.extend(part.nll);
         all.nfe += part.nfe;
     }
@@ -310,8 +321,11 @@ mod tests {
                 &score,
                 &process,
                 &x,
-                Divergence::Exact,
-                TOL,
+                NllOptions {
+                    divergence: Divergence::Exact,
+                    tolerance: TOL,
+                    batch: 1000,
+                },
                 &mut stream(0, "t"),
             )
             .unwrap();
@@ -331,8 +345,11 @@ mod tests {
                     &mixture,
                     &process,
                     &x,
-                    Divergence::Exact,
-                    TOL,
+                    NllOptions {
+                        divergence: Divergence::Exact,
+                        tolerance: TOL,
+                        batch: 1000,
+                    },
                     &mut stream(0, "t"),
                 )
                 .unwrap(),
@@ -345,8 +362,11 @@ mod tests {
                     &score,
                     &process,
                     &x,
-                    Divergence::Hutchinson,
-                    TOL,
+                    NllOptions {
+                        divergence: Divergence::Hutchinson,
+                        tolerance: TOL,
+                        batch: 1000,
+                    },
                     &mut stream(0, "t"),
                 )
                 .unwrap(),
@@ -457,10 +477,13 @@ mod mixture_tests {
                 &score,
                 &process,
                 &x,
-                Divergence::Exact,
-                Tolerance {
-                    rtol: 1e-5,
-                    atol: 1e-5,
+                NllOptions {
+                    divergence: Divergence::Exact,
+                    tolerance: Tolerance {
+                        rtol: 1e-5,
+                        atol: 1e-5,
+                    },
+                    batch: 1000,
                 },
                 &mut stream(0, "t"),
             )

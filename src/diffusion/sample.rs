@@ -47,8 +47,12 @@ pub enum SamplerParams {
         step_size: f64,
         #[serde(default = "langevin_n")]
         n_steps: usize,
+        /// Initial distribution: `uniform` on [-init_range, init_range]^d, or
+        /// `gaussian` N(0, prior_std^2 I).
         #[serde(default)]
         init: LangevinInit,
+        #[serde(default = "unit")]
+        init_range: f64,
     },
     /// Annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1) on a VE process.
     AnnealedLangevin {
@@ -65,10 +69,12 @@ pub enum SamplerParams {
         /// (Jolicoeur-Martineau et al. 2021; Song & Ermon 2020).
         #[serde(default = "yes")]
         denoise: bool,
-        /// Initial distribution: `uniform` on [-1, 1]^d as in the paper, or `gaussian`
-        /// N(0, sigma_max^2 I).
+        /// Initial distribution: `uniform` on [-init_range, init_range]^d (the paper:
+        /// [-1, 1]), or `gaussian` N(0, sigma_max^2 I).
         #[serde(default)]
         init: LangevinInit,
+        #[serde(default = "unit")]
+        init_range: f64,
     },
     /// Predictor-corrector sampling (Song et al. 2021, Algorithm 1 and score_sde).
     Pc {
@@ -125,6 +131,9 @@ fn n_steps_each() -> usize {
 }
 fn annealed_levels() -> usize {
     10
+}
+fn unit() -> f64 {
+    1.0
 }
 fn yes() -> bool {
     true
@@ -267,8 +276,12 @@ impl SamplerParams {
                 Ok(())
             }
             SamplerParams::Langevin {
-                step_size, n_steps, ..
+                step_size,
+                n_steps,
+                init_range,
+                ..
             } => {
+                positive("init_range", *init_range)?;
                 positive("step_size", *step_size)?;
                 at_least_one("n_steps", *n_steps)
             }
@@ -276,6 +289,7 @@ impl SamplerParams {
                 step_lr,
                 n_steps_each,
                 levels,
+                init_range,
                 ..
             } => {
                 if process.is_vp_family() {
@@ -285,6 +299,7 @@ impl SamplerParams {
                         process.name()
                     ));
                 }
+                positive("init_range", *init_range)?;
                 positive("step_lr", *step_lr)?;
                 at_least_one("n_steps_each", *n_steps_each)?;
                 at_least_one("levels", *levels)
@@ -465,10 +480,12 @@ pub fn run(
         |rng: &mut ChaCha8Rng| Tensor::from_vec(normals(rng, n * dim), (n, dim), request.device);
     let prior = |rng: &mut ChaCha8Rng| noise(rng)?.affine(process.prior_std(), 0.0);
     // Langevin samplers start uniform on [-1, 1]^d (the paper) or from the prior.
-    let start = |init: LangevinInit, rng: &mut ChaCha8Rng| match init {
-        LangevinInit::Uniform => {
-            Tensor::from_vec(uniforms(rng, n * dim, -1.0, 1.0), (n, dim), request.device)
-        }
+    let start = |init: LangevinInit, range: f64, rng: &mut ChaCha8Rng| match init {
+        LangevinInit::Uniform => Tensor::from_vec(
+            uniforms(rng, n * dim, -range as f32, range as f32),
+            (n, dim),
+            request.device,
+        ),
         LangevinInit::Gaussian => prior(rng),
     };
     let tweedie = |x: &Tensor, state: State| -> Result<Tensor> {
@@ -517,8 +534,9 @@ pub fn run(
             step_size,
             n_steps,
             init,
+            init_range,
         } => {
-            let mut x = start(*init, rng)?;
+            let mut x = start(*init, *init_range, rng)?;
             snaps.observe(0, 0.0, &x)?;
             let t = process.t_min();
             for k in 0..*n_steps {
@@ -536,6 +554,7 @@ pub fn run(
             levels,
             denoise,
             init,
+            init_range,
         } => {
             let states: Vec<State> = grid(process, Some(*levels))
                 .into_iter()
@@ -543,7 +562,7 @@ pub fn run(
                 .collect();
             let sigma_min = states.last().map(|s| s.s).unwrap_or(1.0);
             let total = states.len() * n_steps_each + *denoise as usize;
-            let mut x = start(*init, rng)?;
+            let mut x = start(*init, *init_range, rng)?;
             snaps.observe(0, 0.0, &x)?;
             for state in &states {
                 let alpha = step_lr * (state.s / sigma_min).powi(2);
@@ -917,6 +936,7 @@ mod tests {
                     levels: 10,
                     denoise: true,
                     init: LangevinInit::Gaussian,
+                    init_range: 1.0,
                 });
             }
             for params in samplers {
@@ -1007,6 +1027,7 @@ mod tests {
             levels: 10,
             denoise: true,
             init: LangevinInit::Uniform,
+            init_range: 1.0,
         };
         let vp = Process::Vp {
             beta_min: 0.1,

@@ -42,6 +42,9 @@ pub struct ComparePlot {
     pub log_x: Option<bool>,
     #[serde(default)]
     pub log_y: bool,
+    /// Only the points where these axes take these values, e.g. `{ train: ddpm }`.
+    #[serde(default, rename = "where")]
+    pub filter: BTreeMap<String, String>,
 }
 
 impl ReportSpec {
@@ -61,7 +64,7 @@ impl ReportSpec {
                     METRIC_NAMES.join(", ")
                 ));
             }
-            for axis in plot.series.iter().flatten() {
+            for axis in plot.series.iter().flatten().chain(plot.filter.keys()) {
                 if !names.contains(&axis.as_str()) {
                     return Err(format!(
                         "report plot of `{}`: `{axis}` is not a sweep axis; axes are: {}",
@@ -134,6 +137,7 @@ pub fn chosen(plan: &Plan, table: &MetricsTable) -> Vec<ComparePlot> {
             series: None,
             log_x: None,
             log_y: false,
+            filter: BTreeMap::new(),
         })
         .collect()
 }
@@ -147,16 +151,37 @@ pub fn draw(
     path: &Path,
 ) -> StageResult<Option<String>> {
     let sweep = &plan.sweep;
+    let kept = |r: &MetricRow| {
+        plot.filter.iter().all(|(name, value)| {
+            sweep
+                .axes
+                .iter()
+                .position(|a| &a.name == name)
+                .is_some_and(|a| &sweep.axes[a].shown[r.coords[a]] == value)
+        })
+    };
     let rows: Vec<&MetricRow> = table
         .rows
         .iter()
-        .filter(|r| r.metric == plot.metric)
+        .filter(|r| r.metric == plot.metric && kept(r))
         .collect();
     if rows.is_empty() {
         return Ok(None);
     }
+    let scope = || {
+        let parts: Vec<String> = plot
+            .filter
+            .iter()
+            .map(|(n, v)| format!("{n}={v}"))
+            .collect();
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", parts.join(", "))
+        }
+    };
     let Some(x) = sweep.axes.iter().position(|a| a.name == plot.x) else {
-        return against_metric(plan, table, plot, &rows, path);
+        return against_metric(plan, table, plot, &rows, &scope(), path);
     };
     let series_axes: Vec<usize> = match &plot.series {
         Some(names) => names
@@ -164,7 +189,11 @@ pub fn draw(
             .filter_map(|n| sweep.axes.iter().position(|a| &a.name == n))
             .collect(),
         None => (0..sweep.axes.len())
-            .filter(|&a| a != x && sweep.axes[a].values.len() > 1)
+            .filter(|&a| {
+                a != x
+                    && sweep.axes[a].values.len() > 1
+                    && !plot.filter.contains_key(&sweep.axes[a].name)
+            })
             .collect(),
     };
     let series_name = series_namer(sweep, &rows, &series_axes, &plot.metric);
@@ -180,10 +209,15 @@ pub fn draw(
         cell.1 += 1;
     }
     let averaged: Vec<&str> = (0..sweep.axes.len())
-        .filter(|&a| a != x && !series_axes.contains(&a) && sweep.axes[a].values.len() > 1)
+        .filter(|&a| {
+            a != x
+                && !series_axes.contains(&a)
+                && sweep.axes[a].values.len() > 1
+                && !plot.filter.contains_key(&sweep.axes[a].name)
+        })
         .map(|a| sweep.axes[a].name.as_str())
         .collect();
-    let mut title = format!("{} by {}", plot.metric, plot.x);
+    let mut title = format!("{} by {}{}", plot.metric, plot.x, scope());
     if !averaged.is_empty() {
         title.push_str(&format!(" (mean over {})", averaged.join(", ")));
     }
@@ -285,6 +319,7 @@ fn against_metric(
     table: &MetricsTable,
     plot: &ComparePlot,
     rows: &[&MetricRow],
+    scope: &str,
     path: &Path,
 ) -> StageResult<Option<String>> {
     let sweep = &plan.sweep;
@@ -303,7 +338,11 @@ fn against_metric(
             .filter_map(|n| sweep.axes.iter().position(|a| &a.name == n))
             .collect(),
         None => (0..sweep.axes.len())
-            .filter(|&a| sweep.axes[a].values.len() > 1 && !sweep.axes[a].is_numeric())
+            .filter(|&a| {
+                sweep.axes[a].values.len() > 1
+                    && !sweep.axes[a].is_numeric()
+                    && !plot.filter.contains_key(&sweep.axes[a].name)
+            })
             .collect(),
     };
     let series_name = series_namer(sweep, rows, &series_axes, &plot.metric);
@@ -328,7 +367,7 @@ fn against_metric(
             (l.min(p.0), h.max(p.0))
         });
     let log_x = plot.log_x.unwrap_or(lo > 0.0 && hi / lo >= 20.0);
-    let title = format!("{} against {}", plot.metric, plot.x);
+    let title = format!("{} against {}{scope}", plot.metric, plot.x);
     plots::line_chart(
         path,
         &LineChart {

@@ -222,6 +222,7 @@ where
         .y_desc(spec.y_label)
         .x_labels(6)
         .x_label_formatter(&|v| tick(*v))
+        .y_label_formatter(&|v| tick(*v))
         .light_line_style(WHITE)
         .draw()
         .map_err(|e| fail(e.to_string()))?;

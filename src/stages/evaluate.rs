@@ -12,7 +12,7 @@ use super::sample::SamplingRecord;
 use super::train::{TrainedModel, WeightsKind};
 use super::{InputEntry, StageContext};
 use crate::data::toy::Mixture;
-use crate::diffusion::likelihood::{Divergence, negative_log_likelihood_batched};
+use crate::diffusion::likelihood::{Divergence, NllOptions, negative_log_likelihood_batched};
 use crate::diffusion::ode::Tolerance;
 use crate::diffusion::process::{Process, noise_batch};
 use crate::diffusion::score::{MixtureScore, ScoreFn};
@@ -456,18 +456,20 @@ fn evaluate_models(
         if metrics.contains(&Metric::Nll) {
             let n = params.nll_points.min(reference.test.len() / dim);
             let mut rng = stream(params.seed, "evaluate/nll");
-            let tolerance = Tolerance {
-                rtol: params.nll_rtol,
-                atol: params.nll_atol,
+            let options = NllOptions {
+                divergence: params.divergence,
+                tolerance: Tolerance {
+                    rtol: params.nll_rtol,
+                    atol: params.nll_atol,
+                },
+                batch: 1000,
             };
             let likelihood = negative_log_likelihood_batched(
                 score.as_ref(),
                 &process,
                 &reference.test[..n * dim],
                 dim,
-                1000,
-                params.divergence,
-                tolerance,
+                options,
                 ctx.device,
                 &mut rng,
             )?;
