@@ -183,19 +183,7 @@ pub fn draw(
     let Some(x) = sweep.axes.iter().position(|a| a.name == plot.x) else {
         return against_metric(plan, table, plot, &rows, &scope(), path);
     };
-    let series_axes: Vec<usize> = match &plot.series {
-        Some(names) => names
-            .iter()
-            .filter_map(|n| sweep.axes.iter().position(|a| &a.name == n))
-            .collect(),
-        None => (0..sweep.axes.len())
-            .filter(|&a| {
-                a != x
-                    && sweep.axes[a].values.len() > 1
-                    && !plot.filter.contains_key(&sweep.axes[a].name)
-            })
-            .collect(),
-    };
+    let series_axes = series_axes(sweep, plot, |a| a != x);
     let series_name = series_namer(sweep, &rows, &series_axes, &plot.metric);
     // Mean over whatever is neither x nor a series (an axis the plot leaves out).
     let mut cells: BTreeMap<String, BTreeMap<usize, (f64, usize)>> = BTreeMap::new();
@@ -273,6 +261,24 @@ pub fn draw(
     Ok(Some(title))
 }
 
+/// The plot's `series` axes, or by default every axis that varies, is not filtered
+/// to one value by `where`, and passes `eligible`.
+fn series_axes(sweep: &Sweep, plot: &ComparePlot, eligible: impl Fn(usize) -> bool) -> Vec<usize> {
+    match &plot.series {
+        Some(names) => names
+            .iter()
+            .filter_map(|n| sweep.axes.iter().position(|a| &a.name == n))
+            .collect(),
+        None => (0..sweep.axes.len())
+            .filter(|&a| {
+                sweep.axes[a].values.len() > 1
+                    && !plot.filter.contains_key(&sweep.axes[a].name)
+                    && eligible(a)
+            })
+            .collect(),
+    }
+}
+
 /// Names a row's series from the series axes' values (unset ones left out), plus the
 /// evaluate and evaluated stage when the rows have several.
 fn series_namer<'a>(
@@ -332,19 +338,7 @@ fn against_metric(
     if xs.is_empty() {
         return Ok(None);
     }
-    let series_axes: Vec<usize> = match &plot.series {
-        Some(names) => names
-            .iter()
-            .filter_map(|n| sweep.axes.iter().position(|a| &a.name == n))
-            .collect(),
-        None => (0..sweep.axes.len())
-            .filter(|&a| {
-                sweep.axes[a].values.len() > 1
-                    && !sweep.axes[a].is_numeric()
-                    && !plot.filter.contains_key(&sweep.axes[a].name)
-            })
-            .collect(),
-    };
+    let series_axes = series_axes(sweep, plot, |a| !sweep.axes[a].is_numeric());
     let series_name = series_namer(sweep, rows, &series_axes, &plot.metric);
     let mut lines: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
     for r in rows {
