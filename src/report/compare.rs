@@ -230,7 +230,7 @@ pub fn draw(
             .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &v| {
                 (l.min(v), h.max(v))
             });
-        let log_x = plot.log_x.unwrap_or(lo > 0.0 && hi / lo >= 20.0);
+        let log_x = plot.log_x.unwrap_or_else(|| spans_decades(lo, hi));
         let named: Vec<(&str, Vec<(f64, f64)>)> = series
             .iter()
             .map(|(n, p)| (n.as_str(), p.clone()))
@@ -259,6 +259,11 @@ pub fn draw(
         plots::bars(path, &title, &plot.metric, &axis.shown, &series)?;
     }
     Ok(Some(title))
+}
+
+/// The default for `log_x`: positive values spanning a factor of 20 or more.
+fn spans_decades(lo: f64, hi: f64) -> bool {
+    lo > 0.0 && hi / lo >= 20.0
 }
 
 /// The plot's `series` axes, or by default every axis that varies, is not filtered
@@ -360,7 +365,7 @@ fn against_metric(
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), p| {
             (l.min(p.0), h.max(p.0))
         });
-    let log_x = plot.log_x.unwrap_or(lo > 0.0 && hi / lo >= 20.0);
+    let log_x = plot.log_x.unwrap_or_else(|| spans_decades(lo, hi));
     let title = format!("{} against {}{scope}", plot.metric, plot.x);
     plots::line_chart(
         path,

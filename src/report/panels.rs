@@ -1,8 +1,11 @@
 //! Figures made of several 2D panels side by side: a sampling timeline (particles at
 //! evenly spaced steps) and score vector fields (learned against exact, per time).
 
+use std::ops::Range;
 use std::path::Path;
 
+use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use super::plots::{PALETTE, bounds, ensure_font, plot_error};
@@ -11,6 +14,31 @@ use crate::metrics::Points;
 
 const PANEL: (u32, u32) = (300, 300);
 const GREY: RGBColor = RGBColor(170, 170, 170);
+
+type Panel<'a> = ChartContext<'a, BitMapBackend<'a>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// A captioned panel with a frame and no ticks: the panels share their axes, so
+/// numbers on each would only repeat.
+fn panel<'a>(
+    area: &DrawingArea<BitMapBackend<'a>, Shift>,
+    caption: &str,
+    x: Range<f64>,
+    y: Range<f64>,
+) -> Result<Panel<'a>, String> {
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 15))
+        .margin(6)
+        .build_cartesian_2d(x, y)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .disable_mesh()
+        .x_labels(0)
+        .y_labels(0)
+        .draw()
+        .map_err(|e| e.to_string())?;
+    Ok(chart)
+}
 
 /// One panel of a timeline: a caption and the particles at that moment.
 pub struct Frame<'a> {
@@ -34,18 +62,8 @@ pub fn timeline(path: &Path, title: &str, reference: Points, frames: &[Frame]) -
     let ((x0, x1), (y0, y1)) = bounds(&[reference]);
     let (w, h) = ((x1 - x0) * 0.5, (y1 - y0) * 0.5);
     for (area, frame) in root.split_evenly((rows, columns)).iter().zip(frames) {
-        let mut chart = ChartBuilder::on(area)
-            .caption(&frame.caption, ("sans-serif", 15))
-            .margin(6)
-            .build_cartesian_2d((x0 - w)..(x1 + w), (y0 - h)..(y1 + h))
-            .map_err(|e| fail(e.to_string()))?;
-        chart
-            .configure_mesh()
-            .disable_mesh()
-            .x_labels(0)
-            .y_labels(0)
-            .draw()
-            .map_err(|e| fail(e.to_string()))?;
+        let mut chart =
+            panel(area, &frame.caption, (x0 - w)..(x1 + w), (y0 - h)..(y1 + h)).map_err(&fail)?;
         let inside = |p: &[f32]| {
             let (x, y) = (p[0] as f64, *p.get(1).unwrap_or(&0.0) as f64);
             ((x0 - w..x1 + w).contains(&x) && (y0 - h..y1 + h).contains(&y)).then_some((x, y))
@@ -96,18 +114,7 @@ pub fn vector_fields(
         .map_err(|e| fail(e.to_string()))?;
     let (x0, x1, y0, y1) = (x0 - cell, x1 + cell, y0 - cell, y1 + cell);
     for (area, field) in root.split_evenly((1, columns)).iter().zip(fields) {
-        let mut chart = ChartBuilder::on(area)
-            .caption(&field.caption, ("sans-serif", 15))
-            .margin(6)
-            .build_cartesian_2d(x0..x1, y0..y1)
-            .map_err(|e| fail(e.to_string()))?;
-        chart
-            .configure_mesh()
-            .disable_mesh()
-            .x_labels(0)
-            .y_labels(0)
-            .draw()
-            .map_err(|e| fail(e.to_string()))?;
+        let mut chart = panel(area, &field.caption, x0..x1, y0..y1).map_err(&fail)?;
         let step = (reference.len() / 1000).max(1);
         chart
             .draw_series((0..reference.len()).step_by(step).map(|i| {
