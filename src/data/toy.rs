@@ -102,6 +102,9 @@ impl Mixture {
 }
 
 impl Distribution {
+    /// Every name this enum accepts, for error messages.
+    pub const NAMES: [&'static str; 5] = ["circle", "gmm", "spiral", "moons", "two_gaussians"];
+
     /// Checks parameters a user could get wrong; the message says what is expected.
     pub fn validate(&self) -> Result<(), String> {
         let positive = |name: &str, v: f64| {

@@ -88,6 +88,15 @@ impl StageProgress {
         }
     }
 
+    /// A message the user should see (e.g. a skipped file), above the bars.
+    pub fn warn(&self, message: &str) {
+        let line = format!("[{}] warning: {message}", self.label);
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+
     pub fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();

@@ -320,7 +320,16 @@ pub fn build(path: &Path, loaded: Loaded) -> Result<Plan, SpecError> {
                 };
                 err(Some(id), Some("params"), message)
             })?;
-            let params = stage.resolved_params();
+            let mut params = stage.resolved_params();
+            // Files read from the user enter the key by their contents.
+            if let StageSpec::Dataset { params: data } = &stage {
+                let digest = data
+                    .content_digest()
+                    .map_err(|m| err(Some(id), Some("params"), format!("stage `{id}`: {m}")))?;
+                if let (Some(digest), Some(map)) = (digest, params.as_object_mut()) {
+                    map.insert("content".into(), digest.into());
+                }
+            }
             let input_keys: Vec<(String, Vec<String>)> = needs
                 .iter()
                 .map(|(role, ixs)| {

@@ -207,7 +207,7 @@ impl StageSpec {
     /// Parameters with every default filled in: what the key hashes.
     pub fn resolved_params(&self) -> serde_json::Value {
         let value = match self {
-            StageSpec::Dataset { params } => serde_json::to_value(params),
+            StageSpec::Dataset { params } => serde_json::to_value(params.canonical()),
             StageSpec::Schedule { params } => serde_json::to_value(params),
             StageSpec::Model { params } => serde_json::to_value(params),
             StageSpec::Train { params, .. } => serde_json::to_value(params),

@@ -1,45 +1,123 @@
-//! `dataset`: draws a seeded training set and a held-out set.
+//! `dataset`: a seeded toy distribution, or an image set read from the user's files,
+//! written as a training set and a held-out set.
 
 use candle_core::{Device, Tensor};
-use serde::{Deserialize, Serialize};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize};
 
 use super::StageContext;
 use super::artifacts::{save_tensors, write_json};
+use crate::data::images::{ImageShape, ImageSource, Subset};
 use crate::data::toy::{Distribution, Mixture};
-use crate::error::StageResult;
+use crate::error::{StageError, StageResult};
 use crate::rng::stream;
 
 pub const VERSION: u32 = 1;
 
-/// Parameters of a dataset stage: the distribution (`name` and its shape
-/// parameters) plus sizes and seed.
+/// Parameters of a dataset stage: the source (`name` and its parameters) plus sizes
+/// and seed.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct DatasetParams {
     #[serde(flatten)]
-    pub distribution: Distribution,
-    /// Training points.
-    #[serde(default = "n")]
-    pub n: usize,
-    /// Held-out points, drawn independently, used as the evaluation reference.
-    #[serde(default = "holdout")]
-    pub holdout: usize,
+    pub source: Source,
+    /// Training points (toys: 50,000 by default; images: all, or a subset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<usize>,
+    /// Held-out points, the evaluation reference (toys: 10,000 drawn independently;
+    /// MNIST: the test split; image folders: a tenth of the images).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holdout: Option<usize>,
     #[serde(default)]
     pub seed: u64,
 }
 
-fn n() -> usize {
-    50_000
+/// Where the data comes from: a generated distribution or image files.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Source {
+    Toy(Distribution),
+    Images(ImageSource),
 }
-fn holdout() -> usize {
-    10_000
+
+/// Chooses the variant by `name`, so errors speak of the one the user meant and list
+/// every dataset when the name is unknown.
+impl<'de> Deserialize<'de> for Source {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Source, D::Error> {
+        let value = serde_norway::Value::deserialize(d)?;
+        let name = value
+            .get("name")
+            .ok_or_else(|| D::Error::missing_field("name"))?
+            .as_str()
+            .ok_or_else(|| D::Error::custom("`name` must be a dataset name"))?
+            .to_string();
+        if ImageSource::NAMES.contains(&name.as_str()) {
+            return ImageSource::deserialize(value)
+                .map(Source::Images)
+                .map_err(D::Error::custom);
+        }
+        if Distribution::NAMES.contains(&name.as_str()) {
+            return Distribution::deserialize(value)
+                .map(Source::Toy)
+                .map_err(D::Error::custom);
+        }
+        let all: Vec<String> = Distribution::NAMES
+            .iter()
+            .chain(&ImageSource::NAMES)
+            .map(|n| format!("`{n}`"))
+            .collect();
+        Err(D::Error::custom(format!(
+            "unknown variant `{name}`, expected one of {}",
+            all.join(", ")
+        )))
+    }
 }
 
 impl DatasetParams {
+    /// Defaults filled in, for the key.
+    pub fn canonical(&self) -> DatasetParams {
+        let mut out = self.clone();
+        if let Source::Toy(_) = self.source {
+            out.n.get_or_insert(50_000);
+            out.holdout.get_or_insert(10_000);
+        }
+        out
+    }
+
     pub fn validate(&self) -> Result<(), String> {
-        if self.n == 0 || self.holdout == 0 {
+        if self.n == Some(0) || self.holdout == Some(0) {
             return Err("`n` and `holdout` must be at least 1".into());
         }
-        self.distribution.validate()
+        match &self.source {
+            Source::Toy(d) => d.validate(),
+            Source::Images(s) => s.validate(),
+        }
+    }
+
+    /// The analytic mixture, when the data has one.
+    pub fn mixture(&self) -> Option<Mixture> {
+        match &self.source {
+            Source::Toy(d) => d.mixture(),
+            Source::Images(_) => None,
+        }
+    }
+
+    /// Digest of the files the data is read from (`None` for generated data): it
+    /// enters the stage's key.
+    pub fn content_digest(&self) -> Result<Option<String>, String> {
+        let Source::Images(source) = &self.source else {
+            return Ok(None);
+        };
+        let files = source.files()?;
+        let root = files
+            .first()
+            .and_then(|f| f.parent())
+            .map(|p| p.to_path_buf())
+            .unwrap_or_default();
+        let root = match source {
+            ImageSource::ImageFolder { path: Some(p), .. } => p.clone(),
+            _ => root,
+        };
+        crate::cache::digests::digest_files(&root, &files).map(Some)
     }
 }
 
@@ -54,14 +132,57 @@ pub struct DatasetMeta {
     pub max: Vec<f32>,
     /// The analytic density when the distribution is a Gaussian mixture.
     pub mixture: Option<Mixture>,
-    pub distribution: Distribution,
+    pub source: Source,
+    /// Channels, height and width, for image data (rows are flattened images).
+    #[serde(default)]
+    pub image: Option<ImageShape>,
+    /// Label names by label number; `train_labels`/`test_labels` are stored when set.
+    #[serde(default)]
+    pub classes: Vec<String>,
+}
+
+impl DatasetMeta {
+    /// Whether rows are images (and should be drawn as such).
+    pub fn is_image(&self) -> bool {
+        self.image.is_some()
+    }
 }
 
 pub fn run(params: &DatasetParams, ctx: &StageContext) -> StageResult<()> {
-    let dist = &params.distribution;
-    let dim = dist.dim();
-    let train = dist.sample(params.n, &mut stream(params.seed, "dataset/train"));
-    let test = dist.sample(params.holdout, &mut stream(params.seed, "dataset/test"));
+    let params = params.canonical();
+    let (dim, train, test, image, classes, labels) = match &params.source {
+        Source::Toy(dist) => {
+            let (n, holdout) = (params.n.unwrap_or(50_000), params.holdout.unwrap_or(10_000));
+            let train = dist.sample(n, &mut stream(params.seed, "dataset/train"));
+            let test = dist.sample(holdout, &mut stream(params.seed, "dataset/test"));
+            (dist.dim(), train, test, None, Vec::new(), None)
+        }
+        Source::Images(source) => {
+            let set = source
+                .load(Subset {
+                    n: params.n,
+                    holdout: params.holdout,
+                    seed: params.seed,
+                })
+                .map_err(StageError::Failed)?;
+            for skipped in &set.skipped {
+                ctx.progress.warn(&format!(
+                    "skipped {} (not a PNG or JPEG)",
+                    skipped.display()
+                ));
+            }
+            let labels = (!set.classes.is_empty()).then_some((set.train_labels, set.test_labels));
+            (
+                set.shape.dim(),
+                set.train,
+                set.test,
+                Some(set.shape),
+                set.classes,
+                labels,
+            )
+        }
+    };
+    let (n_train, n_test) = (train.len() / dim, test.len() / dim);
     let mut min = vec![f32::INFINITY; dim];
     let mut max = vec![f32::NEG_INFINITY; dim];
     for row in train.chunks(dim) {
@@ -70,27 +191,69 @@ pub fn run(params: &DatasetParams, ctx: &StageContext) -> StageResult<()> {
             max[j] = max[j].max(row[j]);
         }
     }
-    save_tensors(
-        &ctx.path("data.safetensors"),
-        &[
-            (
-                "train",
-                Tensor::from_vec(train, (params.n, dim), &Device::Cpu)?,
-            ),
-            (
-                "test",
-                Tensor::from_vec(test, (params.holdout, dim), &Device::Cpu)?,
-            ),
-        ],
-    )?;
+    let mut tensors = vec![
+        (
+            "train",
+            Tensor::from_vec(train, (n_train, dim), &Device::Cpu)?,
+        ),
+        ("test", Tensor::from_vec(test, (n_test, dim), &Device::Cpu)?),
+    ];
+    if let Some((train_labels, test_labels)) = labels {
+        tensors.push(("train_labels", Tensor::new(train_labels, &Device::Cpu)?));
+        tensors.push(("test_labels", Tensor::new(test_labels, &Device::Cpu)?));
+    }
+    save_tensors(&ctx.path("data.safetensors"), &tensors)?;
     let meta = DatasetMeta {
         dim,
-        n_train: params.n,
-        n_test: params.holdout,
+        n_train,
+        n_test,
         min,
         max,
-        mixture: dist.mixture(),
-        distribution: dist.clone(),
+        mixture: params.mixture(),
+        source: params.source.clone(),
+        image,
+        classes,
     };
     write_json(&ctx.path("meta.json"), &meta)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_choose_the_source_and_unknown_names_list_all() {
+        let toy: DatasetParams = serde_norway::from_str("name: moons\nn: 10").unwrap();
+        assert!(matches!(
+            toy.source,
+            Source::Toy(Distribution::Moons { .. })
+        ));
+        assert_eq!(toy.canonical().holdout, Some(10_000));
+        let mnist: DatasetParams =
+            serde_norway::from_str("name: mnist\nn: 100\nclasses: [0, 1]").unwrap();
+        assert!(matches!(
+            mnist.source,
+            Source::Images(ImageSource::Mnist { .. })
+        ));
+        assert_eq!(mnist.canonical().holdout, None);
+        let err = serde_norway::from_str::<DatasetParams>("name: mnits")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`gmm`") && err.contains("`image_folder`"),
+            "{err}"
+        );
+        let err = serde_norway::from_str::<DatasetParams>("name: mnist\nsize: 3")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `size`"), "{err}");
+    }
+
+    #[test]
+    fn toy_keys_are_unchanged_by_the_image_variants() {
+        let toy: DatasetParams = serde_norway::from_str("name: moons").unwrap();
+        let json = serde_json::to_value(toy.canonical()).unwrap();
+        assert_eq!(json["n"], 50_000);
+        assert_eq!(json["name"], "moons");
+    }
 }

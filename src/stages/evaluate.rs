@@ -183,7 +183,7 @@ impl EvaluateParams {
             return Err("`nll_rtol` and `nll_atol` must be positive".into());
         }
         let metrics = self.metrics(!models.is_empty());
-        let is_mixture = |spec: Option<&StageSpec>| matches!(spec, Some(StageSpec::Dataset { params }) if params.distribution.mixture().is_some());
+        let is_mixture = |spec: Option<&StageSpec>| matches!(spec, Some(StageSpec::Dataset { params }) if params.mixture().is_some());
         for metric in &metrics {
             if metric.of_models() && models.is_empty() {
                 return Err(format!(
