@@ -120,6 +120,13 @@ impl Cache {
             .map_err(CacheError::io(&tmp))
     }
 
+    /// Where the stage computing `key` keeps checkpoints across interrupted runs; the
+    /// name starts with the key so `gc` treats an abandoned one like any staging
+    /// directory.
+    pub fn checkpoints_for(&self, key: &str) -> PathBuf {
+        self.root.join(".tmp").join(format!("{key}-checkpoints"))
+    }
+
     /// Keys of every directory in the cache that looks like an entry (complete or not).
     pub fn keys(&self) -> Result<Vec<String>, CacheError> {
         let mut keys = Vec::new();

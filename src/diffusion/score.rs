@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::process::Process;
 use crate::data::toy::Mixture;
-use crate::nn::mlp::Mlp;
+use crate::nn::network::Network;
 
 /// What a network's output means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,16 +37,27 @@ pub trait ScoreFn: Send + Sync {
 
 /// A trained network, conditioned on time, read through its parameterisation.
 pub struct NetworkScore<'a> {
-    pub net: Mlp,
+    pub net: Network,
     pub prediction: Prediction,
     pub process: &'a Process,
 }
 
 impl NetworkScore<'_> {
+    /// The network's output, in chunks of `CHUNK` rows so that thousands of images
+    /// do not go through a U-Net at once.
     fn output(&self, x: &Tensor, t: f64) -> Result<Tensor> {
+        const CHUNK: usize = 256;
         let batch = x.dim(0)?;
-        let cond = Tensor::full(t as f32, batch, x.device())?;
-        self.net.forward(x, &cond)
+        let mut parts = Vec::with_capacity(batch.div_ceil(CHUNK));
+        for start in (0..batch).step_by(CHUNK) {
+            let len = CHUNK.min(batch - start);
+            let cond = Tensor::full(t as f32, len, x.device())?;
+            parts.push(self.net.forward(&x.narrow(0, start, len)?, &cond)?);
+        }
+        if parts.len() == 1 {
+            return Ok(parts.pop().expect("one part"));
+        }
+        Tensor::cat(&parts, 0)
     }
 }
 

@@ -316,6 +316,7 @@ fn run_one(
         inputs,
         progress: &bar,
         device: &device,
+        checkpoints: cache.checkpoints_for(&node.key),
     };
     let result = stages::run(&node.spec, &ctx);
     bar.finish();
@@ -342,6 +343,8 @@ fn run_one(
     cache
         .commit(staging, manifest, force)
         .map_err(StageError::from)?;
+    // Committed: an interrupted run's checkpoints are no longer needed.
+    let _ = std::fs::remove_dir_all(cache.checkpoints_for(&node.key));
     Ok(Status::Computed)
 }
 

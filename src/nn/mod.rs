@@ -1,4 +1,8 @@
 //! Score networks: small candle modules with a `Config` and a `forward`.
 
+pub mod adamw;
 pub mod embedding;
+pub mod init;
 pub mod mlp;
+pub mod network;
+pub mod unet;

@@ -210,7 +210,7 @@ impl StageSpec {
             StageSpec::Dataset { params } => serde_json::to_value(params.canonical()),
             StageSpec::Schedule { params } => serde_json::to_value(params),
             StageSpec::Model { params } => serde_json::to_value(params),
-            StageSpec::Train { params, .. } => serde_json::to_value(params),
+            StageSpec::Train { params, .. } => serde_json::to_value(params.canonical()),
             StageSpec::Sample { params, .. } => serde_json::to_value(params.canonical()),
             StageSpec::Evaluate { params, .. } => serde_json::to_value(params),
         };

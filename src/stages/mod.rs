@@ -1,6 +1,7 @@
 //! One module per stage kind: its parameters, its checks and its `run`.
 
 pub mod artifacts;
+pub mod checkpoint;
 pub mod dataset;
 pub mod evaluate;
 pub mod model;
@@ -48,6 +49,9 @@ pub struct StageContext<'a> {
     pub inputs: Vec<(String, Vec<InputEntry>)>,
     pub progress: &'a StageProgress,
     pub device: &'a Device,
+    /// A directory that survives an interrupted run of this key (and is removed once
+    /// the stage is committed): long stages keep checkpoints there to resume from.
+    pub checkpoints: PathBuf,
 }
 
 impl StageContext<'_> {

@@ -5,7 +5,9 @@ use serde::{Deserialize, Serialize};
 use super::StageContext;
 use super::artifacts::write_json;
 use crate::error::StageResult;
-use crate::nn::mlp::MlpConfig;
+use crate::nn::mlp::{Embedding, MlpConfig};
+use crate::nn::network::NetworkConfig;
+use crate::nn::unet::{Condition, UNetConfig};
 
 pub const VERSION: u32 = 1;
 
@@ -15,6 +17,8 @@ pub const VERSION: u32 = 1;
 pub enum ModelParams {
     /// MLP on [x, embedding(t)] with SiLU activations.
     Mlp(MlpConfig),
+    /// DDPM's U-Net for images (residual blocks, GroupNorm, self-attention).
+    Unet(UNetConfig),
     /// No network: the dataset's exact score under the schedule's process (Gaussian
     /// mixtures only). Training it is free; samplers can be validated against it.
     Exact {},
@@ -24,7 +28,23 @@ impl ModelParams {
     pub fn validate(&self) -> Result<(), String> {
         match self {
             ModelParams::Mlp(cfg) => cfg.validate(),
+            ModelParams::Unet(cfg) => {
+                cfg.validate()?;
+                if cfg.condition == Condition::LogStd && cfg.embedding != Embedding::Fourier {
+                    return Err("`condition: log_std` needs `embedding: fourier` (sinusoidal features assume t in [0, 1])".into());
+                }
+                Ok(())
+            }
             ModelParams::Exact {} => Ok(()),
+        }
+    }
+
+    /// The network to build, or `None` for the exact score.
+    pub fn network(&self) -> Option<NetworkConfig> {
+        match self {
+            ModelParams::Mlp(cfg) => Some(NetworkConfig::Mlp(cfg.clone())),
+            ModelParams::Unet(cfg) => Some(NetworkConfig::UNet(cfg.clone())),
+            ModelParams::Exact {} => None,
         }
     }
 }

@@ -1,30 +1,32 @@
 //! `train`: fits a score network with the objective its schedule calls for, keeping
 //! an exponential moving average of the weights.
 
-use std::collections::HashMap;
+use std::time::Instant;
 
 use candle_core::{Device, Tensor, Var};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use polars::prelude::*;
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
 
 use super::InputEntry;
 use super::artifacts::{load_f32, load_tensors, read_json, save_tensors, write_csv, write_json};
+use super::checkpoint::{TrainState, restore, save};
 use super::model::ModelParams;
 use super::{StageContext, dataset::DatasetMeta};
+use crate::data::images::ImageShape;
 use crate::data::toy::Mixture;
 use crate::diffusion::loss::Objective;
 use crate::diffusion::process::{Process, noise_batch};
 use crate::diffusion::schedule::ScheduleParams;
 use crate::diffusion::score::{MixtureScore, NetworkScore, ScoreFn};
 use crate::error::{StageError, StageResult};
-use crate::nn::mlp::Mlp;
+use crate::nn::adamw::{AdamW, AdamWConfig};
+use crate::nn::network::{DataShape, Network};
 use crate::pipeline::spec::StageSpec;
 use crate::report::plots;
 use crate::rng::{normals, stream};
 
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// Optimisation settings of a train stage.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -38,8 +40,13 @@ pub struct TrainParams {
     /// score_sde) or `likelihood` (lambda = g^2, Song et al. 2021b).
     #[serde(default)]
     pub weighting: Weighting,
-    #[serde(default = "steps")]
-    pub steps: usize,
+    /// Optimiser steps (4,000 unless `epochs` is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<usize>,
+    /// Passes over the training set instead of `steps`: epochs x n / batch steps, the
+    /// batches drawn at random.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epochs: Option<f64>,
     #[serde(default = "batch")]
     pub batch: usize,
     #[serde(default = "lr")]
@@ -49,6 +56,15 @@ pub struct TrainParams {
     /// Decoupled weight decay; only `adamw` has it.
     #[serde(default)]
     pub weight_decay: f64,
+    /// Steps of linear learning-rate warm-up from 0 (DDPM: 5,000).
+    #[serde(default)]
+    pub warmup: usize,
+    /// Largest global gradient norm; larger gradients are scaled down (DDPM: 1).
+    #[serde(default)]
+    pub grad_clip: Option<f64>,
+    /// Steps between checkpoints, from which an interrupted run resumes (0: none).
+    #[serde(default = "checkpoint_every")]
+    pub checkpoint_every: usize,
     /// EMA of the weights, as in DDPM (0.9999 there, for much longer runs).
     #[serde(default = "ema_decay")]
     pub ema_decay: f64,
@@ -56,8 +72,10 @@ pub struct TrainParams {
     pub seed: u64,
 }
 
-fn steps() -> usize {
-    4000
+const DEFAULT_STEPS: usize = 4000;
+
+fn checkpoint_every() -> usize {
+    500
 }
 fn batch() -> usize {
     512
@@ -86,13 +104,42 @@ pub enum OptimizerKind {
 }
 
 impl TrainParams {
+    /// Defaults filled in, for the key.
+    pub fn canonical(&self) -> TrainParams {
+        let mut out = self.clone();
+        if out.epochs.is_none() {
+            out.steps.get_or_insert(DEFAULT_STEPS);
+        }
+        out
+    }
+
+    /// Optimiser steps for a training set of `n` rows.
+    pub fn total_steps(&self, n: usize) -> usize {
+        match (self.steps, self.epochs) {
+            (Some(steps), _) => steps,
+            (None, Some(epochs)) => {
+                ((epochs * n as f64 / self.batch as f64).ceil() as usize).max(1)
+            }
+            (None, None) => DEFAULT_STEPS,
+        }
+    }
+
     pub fn validate(
         &self,
         schedule: Option<&StageSpec>,
         model: Option<&StageSpec>,
     ) -> Result<(), String> {
-        if self.steps == 0 || self.batch == 0 {
+        if self.steps == Some(0) || self.batch == 0 {
             return Err("`steps` and `batch` must be at least 1".into());
+        }
+        if self.steps.is_some() && self.epochs.is_some() {
+            return Err("set `steps` or `epochs`, not both".into());
+        }
+        if self.epochs.is_some_and(|e| !(e > 0.0 && e.is_finite())) {
+            return Err("`epochs` must be a positive number".into());
+        }
+        if self.grad_clip.is_some_and(|c| !(c > 0.0)) {
+            return Err("`grad_clip` must be positive".into());
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return Err(format!("`lr` must be a positive number, got {}", self.lr));
@@ -139,6 +186,9 @@ pub struct TrainedModel {
     pub schedule: ScheduleParams,
     pub objective: Objective,
     pub dim: usize,
+    /// The image shape, when rows are images.
+    #[serde(default)]
+    pub image: Option<ImageShape>,
     /// The dataset's mixture, for `arch: exact`.
     #[serde(default)]
     pub mixture: Option<Mixture>,
@@ -160,6 +210,13 @@ impl TrainedModel {
         read_json(&train.dir.join("model.json"))
     }
 
+    pub fn shape(&self) -> DataShape {
+        DataShape {
+            dim: self.dim,
+            image: self.image,
+        }
+    }
+
     /// The fitted score function under `process` (the model's own, built once by the
     /// caller so the score can borrow it).
     pub fn score<'p>(
@@ -169,27 +226,27 @@ impl TrainedModel {
         process: &'p Process,
         device: &Device,
     ) -> StageResult<Box<dyn ScoreFn + 'p>> {
-        Ok(match &self.model {
-            ModelParams::Mlp(config) => {
+        match self.model.network() {
+            Some(config) => {
                 let file = match weights {
                     WeightsKind::Ema => "ema.safetensors",
                     WeightsKind::Raw => "weights.safetensors",
                 };
                 let tensors = load_tensors(&train.dir.join(file), device)?;
-                Box::new(NetworkScore {
-                    net: Mlp::new(config, self.dim, &tensors)?,
+                Ok(Box::new(NetworkScore {
+                    net: Network::load(&config, self.shape(), process, tensors, device)?,
                     prediction: self.objective.prediction(),
                     process,
-                })
+                }))
             }
-            ModelParams::Exact {} => {
+            None => {
                 let mixture = self.mixture.clone().ok_or_else(|| StageError::BadInput {
                     path: train.dir.join("model.json"),
                     message: "an exact model without its mixture".into(),
                 })?;
-                Box::new(MixtureScore { mixture, process })
+                Ok(Box::new(MixtureScore { mixture, process }))
             }
-        })
+        }
     }
 }
 
@@ -200,64 +257,70 @@ pub fn run(params: &TrainParams, ctx: &StageContext) -> StageResult<()> {
     let schedule: ScheduleParams = ctx.input("schedule")?.params()?;
     let model: ModelParams = read_json(&ctx.input("model")?.dir.join("config.json"))?;
     let dim = meta.dim;
-    let config = match &model {
-        ModelParams::Mlp(config) => config,
-        ModelParams::Exact {} => {
-            // Nothing to fit: record what the exact score needs.
-            let mixture = meta.mixture.clone().ok_or_else(|| {
-                StageError::Failed(
-                    "`arch: exact` needs a dataset with a known density (gmm or two_gaussians)"
-                        .into(),
-                )
-            })?;
-            let trained = TrainedModel {
-                model: model.clone(),
-                schedule,
-                objective: params.objective.unwrap_or(Objective::Dsm),
-                dim,
-                mixture: Some(mixture),
-            };
-            return write_json(&ctx.path("model.json"), &trained);
-        }
+    let mut trained = TrainedModel {
+        model: model.clone(),
+        schedule: schedule.clone(),
+        objective: params.objective.unwrap_or(Objective::Dsm),
+        dim,
+        image: meta.image,
+        mixture: None,
+    };
+    let Some(config) = model.network() else {
+        // Nothing to fit: record what the exact score needs.
+        trained.mixture = Some(meta.mixture.clone().ok_or_else(|| {
+            StageError::Failed(
+                "`arch: exact` needs a dataset with a known density (gmm or two_gaussians)".into(),
+            )
+        })?);
+        return write_json(&ctx.path("model.json"), &trained);
     };
     let objective = params
         .objective
         .ok_or_else(|| StageError::Failed("a network needs an `objective`".into()))?;
     let process = schedule.build();
     let n = train.len() / dim;
+    let total = params.total_steps(n);
 
-    let init = config.init_weights(dim, &mut stream(params.seed, "train/init"), ctx.device)?;
-    let vars: Vec<(String, Var)> = init
-        .into_iter()
-        .map(|(name, t)| Ok((name, Var::from_tensor(&t)?)))
-        .collect::<candle_core::Result<_>>()?;
-    let net_weights: HashMap<String, Tensor> = vars
-        .iter()
-        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-        .collect();
-    let net = Mlp::new(config, dim, &net_weights)?;
+    let (net, named) = Network::fresh(
+        &config,
+        trained.shape(),
+        &process,
+        &mut stream(params.seed, "train/init"),
+        ctx.device,
+    )?;
+    let (names, vars): (Vec<String>, Vec<Var>) = named.into_iter().unzip();
     let mut ema: Vec<Tensor> = vars
         .iter()
-        .map(|(_, v)| v.as_tensor().copy())
+        .map(|v| v.as_tensor().copy())
         .collect::<candle_core::Result<_>>()?;
     let weight_decay = match params.optimizer {
         OptimizerKind::Adam => 0.0,
         OptimizerKind::Adamw => params.weight_decay,
     };
-    let mut opt = AdamW::new(
-        vars.iter().map(|(_, v)| v.clone()).collect(),
-        ParamsAdamW {
-            lr: params.lr,
-            weight_decay,
-            ..Default::default()
-        },
-    )?;
-
+    let mut opt = AdamW::new(vars.clone(), AdamWConfig::new(params.lr, weight_decay))?;
     let mut rng = stream(params.seed, "train/batches");
+    let mut losses = Vec::with_capacity(total);
+    let start = restore(
+        &ctx.checkpoints,
+        &mut TrainState {
+            names: &names,
+            opt: &mut opt,
+            ema: &mut ema,
+            losses: &mut losses,
+            rng: &mut rng,
+        },
+        ctx.device,
+    )?;
+    if start > 0 {
+        ctx.progress.warn(&format!(
+            "resuming from the checkpoint at step {start} of {total}"
+        ));
+    }
+
     let batch = params.batch;
-    let mut losses = Vec::with_capacity(params.steps);
     let mut x0 = vec![0f32; batch * dim];
-    for step in 1..=params.steps {
+    let started = Instant::now();
+    for step in start + 1..=total {
         for row in 0..batch {
             let i = rng.random_range(0..n);
             x0[row * dim..(row + 1) * dim].copy_from_slice(&train[i * dim..(i + 1) * dim]);
@@ -293,40 +356,51 @@ pub fn run(params: &TrainParams, ctx: &StageContext) -> StageResult<()> {
         let value = loss.to_scalar::<f32>()?;
         if !value.is_finite() {
             return Err(StageError::Failed(format!(
-                "loss became {value} at step {step} of {}; lower the learning rate (lr = {})",
-                params.steps, params.lr
+                "loss became {value} at step {step} of {total}; lower the learning rate (lr = {}) or set `grad_clip`",
+                params.lr
             )));
         }
-        opt.backward_step(&loss)?;
-        for (avg, (_, var)) in ema.iter_mut().zip(&vars) {
+        let grads = loss.backward()?;
+        let scale = match params.grad_clip {
+            Some(clip) => (clip / (opt.grad_norm(&grads)? + 1e-6)).min(1.0),
+            None => 1.0,
+        };
+        let lr = params.lr * (step as f64 / params.warmup.max(1) as f64).min(1.0);
+        opt.step(&grads, lr, scale)?;
+        for (avg, var) in ema.iter_mut().zip(&vars) {
             *avg = ((&*avg * params.ema_decay)? + (var.as_tensor() * (1.0 - params.ema_decay))?)?;
         }
         losses.push(value);
+        if params.checkpoint_every > 0 && step % params.checkpoint_every == 0 && step < total {
+            let state = TrainState {
+                names: &names,
+                opt: &mut opt,
+                ema: &mut ema,
+                losses: &mut losses,
+                rng: &mut rng,
+            };
+            save(&ctx.checkpoints, step, &state)?;
+        }
+        let rate = ((step - start) * batch) as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        let unit = if meta.is_image() { "img/s" } else { "pts/s" };
         ctx.progress
-            .update(step, params.steps, &format!("loss {value:.4}"));
+            .update(step, total, &format!("loss {value:.4}, {rate:.0} {unit}"));
     }
 
-    let raw: Vec<(&str, Tensor)> = vars
+    let raw: Vec<(&str, Tensor)> = names
         .iter()
+        .zip(&vars)
         .map(|(n, v)| (n.as_str(), v.as_tensor().clone()))
         .collect();
     save_tensors(&ctx.path("weights.safetensors"), &raw)?;
-    let averaged: Vec<(&str, Tensor)> = vars
+    let averaged: Vec<(&str, Tensor)> = names
         .iter()
         .zip(&ema)
-        .map(|((n, _), t)| (n.as_str(), t.clone()))
+        .map(|(n, t)| (n.as_str(), t.clone()))
         .collect();
     save_tensors(&ctx.path("ema.safetensors"), &averaged)?;
-    write_json(
-        &ctx.path("model.json"),
-        &TrainedModel {
-            model: model.clone(),
-            schedule,
-            objective,
-            dim,
-            mixture: None,
-        },
-    )?;
+    trained.objective = objective;
+    write_json(&ctx.path("model.json"), &trained)?;
 
     let mut df = DataFrame::new_infer_height(vec![
         Column::new(

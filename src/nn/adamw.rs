@@ -1,0 +1,148 @@
+//! AdamW (Loshchilov & Hutter 2019) with its state in the open: candle's optimiser
+//! keeps its moments private, and a training that resumes from a checkpoint must
+//! restore them to continue exactly where it stopped.
+
+use candle_core::backprop::GradStore;
+use candle_core::{Result, Tensor, Var};
+
+/// Hyper-parameters, with PyTorch's defaults for betas and eps.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamWConfig {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl AdamWConfig {
+    pub fn new(lr: f64, weight_decay: f64) -> AdamWConfig {
+        AdamWConfig {
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay,
+        }
+    }
+}
+
+/// The optimiser: the variables it updates and their first and second moments.
+pub struct AdamW {
+    pub config: AdamWConfig,
+    pub vars: Vec<Var>,
+    pub first: Vec<Tensor>,
+    pub second: Vec<Tensor>,
+    /// Updates done so far (for the bias correction).
+    pub step: usize,
+}
+
+impl AdamW {
+    pub fn new(vars: Vec<Var>, config: AdamWConfig) -> Result<AdamW> {
+        let first = vars
+            .iter()
+            .map(|v| v.as_tensor().zeros_like())
+            .collect::<Result<Vec<_>>>()?;
+        let second = first.clone();
+        Ok(AdamW {
+            config,
+            vars,
+            first,
+            second,
+            step: 0,
+        })
+    }
+
+    /// The global L2 norm of the gradients, as clipping measures it.
+    pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
+        let mut total = 0.0;
+        for var in &self.vars {
+            if let Some(g) = grads.get(var.as_tensor()) {
+                total += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+            }
+        }
+        Ok(total.sqrt())
+    }
+
+    /// One update with learning rate `lr`, the gradients scaled by `grad_scale` (for
+    /// clipping). Variables without a gradient are left alone.
+    pub fn step(&mut self, grads: &GradStore, lr: f64, grad_scale: f64) -> Result<()> {
+        self.step += 1;
+        let c = self.config;
+        let bias1 = 1.0 - c.beta1.powi(self.step as i32);
+        let bias2 = 1.0 - c.beta2.powi(self.step as i32);
+        for ((var, m), v) in self.vars.iter().zip(&mut self.first).zip(&mut self.second) {
+            let Some(g) = grads.get(var.as_tensor()) else {
+                continue;
+            };
+            let g = if grad_scale != 1.0 {
+                g.affine(grad_scale, 0.0)?
+            } else {
+                g.clone()
+            };
+            *m = ((&*m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
+            *v = ((&*v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+            let update = ((&*m / bias1)? / ((&*v / bias2)?.sqrt()? + c.eps)?)?;
+            let decayed = (var.as_tensor() * (1.0 - lr * c.weight_decay))?;
+            var.set(&(decayed - (update * lr)?)?)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use candle_nn::Optimizer;
+
+    #[test]
+    fn matches_candles_adamw() {
+        let dev = Device::Cpu;
+        let start = Tensor::new(&[[0.5f32, -1.5], [2.0, 0.25]], &dev).unwrap();
+        let ours = Var::from_tensor(&start).unwrap();
+        let theirs = Var::from_tensor(&start).unwrap();
+        let mut a = AdamW::new(vec![ours.clone()], AdamWConfig::new(0.05, 0.01)).unwrap();
+        let mut b = candle_nn::AdamW::new(
+            vec![theirs.clone()],
+            candle_nn::ParamsAdamW {
+                lr: 0.05,
+                weight_decay: 0.01,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        for _ in 0..20 {
+            let loss = |v: &Var| v.as_tensor().powf(3.0).unwrap().sum_all().unwrap();
+            a.step(&loss(&ours).backward().unwrap(), 0.05, 1.0).unwrap();
+            b.backward_step(&loss(&theirs)).unwrap();
+        }
+        let diff = (ours.as_tensor() - theirs.as_tensor())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-5, "{diff}");
+        assert_eq!(a.step, 20);
+    }
+
+    #[test]
+    fn clipping_scales_the_gradient() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::new(&[3f32, 4.0], &dev).unwrap()).unwrap();
+        let opt = AdamW::new(vec![x.clone()], AdamWConfig::new(0.1, 0.0)).unwrap();
+        let grads = x
+            .as_tensor()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        // grad = 2x = (6, 8): norm 10.
+        assert!((opt.grad_norm(&grads).unwrap() - 10.0).abs() < 1e-5);
+    }
+}
