@@ -1,5 +1,6 @@
 //! Distances between sample sets, each validated against a closed form in its tests.
 
+pub mod features;
 pub mod mmd;
 pub mod modes;
 pub mod sliced_wasserstein;
