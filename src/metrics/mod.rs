@@ -23,15 +23,27 @@ pub enum Metric {
     /// Of a model: negative log-likelihood of held-out data through the
     /// probability-flow ODE, in nats and bits per dimension.
     Nll,
+    /// Frechet distance in the classifier's feature space (needs a classifier).
+    Fid,
+    /// Kernel distance (cubic polynomial kernel) in the classifier's feature space.
+    Kid,
+    /// exp(E KL(p(y|x) || p(y))) with the classifier's class probabilities.
+    InceptionScore,
+    /// k-NN manifold precision and recall in the classifier's feature space.
+    PrecisionRecall,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 5] = [
+    pub const ALL: [Metric; 9] = [
         Metric::SlicedWasserstein,
         Metric::Mmd,
         Metric::ModeWeights,
         Metric::ScoreError,
         Metric::Nll,
+        Metric::Fid,
+        Metric::Kid,
+        Metric::InceptionScore,
+        Metric::PrecisionRecall,
     ];
 
     pub fn name(self) -> &'static str {
@@ -41,7 +53,19 @@ impl Metric {
             Metric::ModeWeights => "mode_weights",
             Metric::ScoreError => "score_error",
             Metric::Nll => "nll",
+            Metric::Fid => "fid",
+            Metric::Kid => "kid",
+            Metric::InceptionScore => "inception_score",
+            Metric::PrecisionRecall => "precision_recall",
         }
+    }
+
+    /// Whether the metric works in a classifier's feature space.
+    pub fn needs_classifier(self) -> bool {
+        matches!(
+            self,
+            Metric::Fid | Metric::Kid | Metric::InceptionScore | Metric::PrecisionRecall
+        )
     }
 
     /// Whether the metric judges a model (its score) rather than a sample set.

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::sweep::{SweepSpec, normalize};
 use crate::error::{Location, SpecError};
 use crate::report::compare::ReportSpec;
+use crate::stages::classifier::ClassifierParams;
 use crate::stages::{
     dataset::DatasetParams, evaluate::EvaluateParams, model::ModelParams, sample::SampleParams,
     schedule::ScheduleParams, train::TrainParams,
@@ -55,10 +56,21 @@ pub enum StageSpec {
         needs: SampleNeeds,
         params: SampleParams,
     },
+    Classifier {
+        needs: ClassifierNeeds,
+        params: ClassifierParams,
+    },
     Evaluate {
         needs: EvaluateNeeds,
         params: EvaluateParams,
     },
+}
+
+/// Inputs of a classifier stage: the labelled dataset it learns.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassifierNeeds {
+    pub data: String,
 }
 
 /// Inputs of a train stage, by role.
@@ -88,6 +100,10 @@ pub struct EvaluateNeeds {
     /// Train stages whose scores are evaluated directly (score error, likelihood).
     #[serde(default)]
     pub models: Option<OneOrMany>,
+    /// A classifier stage, whose features the image metrics (FID, KID, IS,
+    /// precision/recall) are computed in.
+    #[serde(default)]
+    pub classifier: Option<String>,
 }
 
 /// A role may name one stage or a list of stages.
@@ -116,16 +132,18 @@ pub enum StageKind {
     Model,
     Train,
     Sample,
+    Classifier,
     Evaluate,
 }
 
 impl StageKind {
-    pub const ALL: [StageKind; 6] = [
+    pub const ALL: [StageKind; 7] = [
         StageKind::Dataset,
         StageKind::Schedule,
         StageKind::Model,
         StageKind::Train,
         StageKind::Sample,
+        StageKind::Classifier,
         StageKind::Evaluate,
     ];
 
@@ -136,6 +154,7 @@ impl StageKind {
             StageKind::Model => "model",
             StageKind::Train => "train",
             StageKind::Sample => "sample",
+            StageKind::Classifier => "classifier",
             StageKind::Evaluate => "evaluate",
         }
     }
@@ -156,10 +175,12 @@ impl StageKind {
                 ("model", StageKind::Model),
             ],
             StageKind::Sample => &[("train", StageKind::Train)],
+            StageKind::Classifier => &[("data", StageKind::Dataset)],
             StageKind::Evaluate => &[
                 ("reference", StageKind::Dataset),
                 ("samples", StageKind::Sample),
                 ("models", StageKind::Train),
+                ("classifier", StageKind::Classifier),
             ],
         }
     }
@@ -179,6 +200,7 @@ impl StageSpec {
             StageSpec::Model { .. } => StageKind::Model,
             StageSpec::Train { .. } => StageKind::Train,
             StageSpec::Sample { .. } => StageKind::Sample,
+            StageSpec::Classifier { .. } => StageKind::Classifier,
             StageSpec::Evaluate { .. } => StageKind::Evaluate,
         }
     }
@@ -195,10 +217,17 @@ impl StageSpec {
                 ("model", vec![needs.model.clone()]),
             ],
             StageSpec::Sample { needs, .. } => vec![("train", vec![needs.train.clone()])],
+            StageSpec::Classifier { needs, .. } => vec![("data", vec![needs.data.clone()])],
             StageSpec::Evaluate { needs, .. } => {
                 let mut roles = vec![("reference", vec![needs.reference.clone()])];
                 roles.extend(needs.samples.as_ref().map(|s| ("samples", s.ids())));
                 roles.extend(needs.models.as_ref().map(|m| ("models", m.ids())));
+                roles.extend(
+                    needs
+                        .classifier
+                        .as_ref()
+                        .map(|c| ("classifier", vec![c.clone()])),
+                );
                 roles
             }
         }
@@ -212,6 +241,7 @@ impl StageSpec {
             StageSpec::Model { params } => serde_json::to_value(params),
             StageSpec::Train { params, .. } => serde_json::to_value(params.canonical()),
             StageSpec::Sample { params, .. } => serde_json::to_value(params.canonical()),
+            StageSpec::Classifier { params, .. } => serde_json::to_value(params),
             StageSpec::Evaluate { params, .. } => serde_json::to_value(params),
         };
         value.expect("stage parameters always serialize to JSON")
@@ -223,6 +253,7 @@ enum AnyNeeds {
     None,
     Train(TrainNeeds),
     Sample(SampleNeeds),
+    Classifier(ClassifierNeeds),
     Evaluate(EvaluateNeeds),
 }
 
@@ -233,6 +264,7 @@ enum AnyParams {
     Model(ModelParams),
     Train(TrainParams),
     Sample(SampleParams),
+    Classifier(ClassifierParams),
     Evaluate(EvaluateParams),
 }
 
@@ -245,6 +277,7 @@ impl<'de> DeserializeSeed<'de> for NeedsSeed {
         Ok(match self.0 {
             StageKind::Train => AnyNeeds::Train(TrainNeeds::deserialize(d)?),
             StageKind::Sample => AnyNeeds::Sample(SampleNeeds::deserialize(d)?),
+            StageKind::Classifier => AnyNeeds::Classifier(ClassifierNeeds::deserialize(d)?),
             StageKind::Evaluate => AnyNeeds::Evaluate(EvaluateNeeds::deserialize(d)?),
             kind => {
                 return Err(D::Error::custom(format!(
@@ -267,6 +300,7 @@ impl<'de> DeserializeSeed<'de> for ParamsSeed {
             StageKind::Model => AnyParams::Model(ModelParams::deserialize(d)?),
             StageKind::Train => AnyParams::Train(TrainParams::deserialize(d)?),
             StageKind::Sample => AnyParams::Sample(SampleParams::deserialize(d)?),
+            StageKind::Classifier => AnyParams::Classifier(ClassifierParams::deserialize(d)?),
             StageKind::Evaluate => AnyParams::Evaluate(EvaluateParams::deserialize(d)?),
         })
     }
@@ -335,6 +369,9 @@ impl<'de> Visitor<'de> for StageVisitor {
             }
             (AnyParams::Sample(params), AnyNeeds::Sample(needs)) => {
                 StageSpec::Sample { needs, params }
+            }
+            (AnyParams::Classifier(params), AnyNeeds::Classifier(needs)) => {
+                StageSpec::Classifier { needs, params }
             }
             (AnyParams::Evaluate(params), AnyNeeds::Evaluate(needs)) => {
                 StageSpec::Evaluate { needs, params }

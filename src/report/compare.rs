@@ -79,7 +79,7 @@ impl ReportSpec {
 }
 
 /// Columns evaluate stages write (besides `mode_weight_<k>` and `score_mse_t<t>`).
-const METRIC_NAMES: [&str; 9] = [
+const METRIC_NAMES: [&str; 16] = [
     "sliced_wasserstein",
     "mmd2",
     "mode_weight_tv",
@@ -89,6 +89,13 @@ const METRIC_NAMES: [&str; 9] = [
     "nll",
     "bits_per_dim",
     "nll_nfe",
+    "fid",
+    "kid",
+    "kid_std",
+    "inception_score",
+    "precision",
+    "recall",
+    "classifier_accuracy",
 ];
 
 fn is_metric_name(name: &str) -> bool {

@@ -2,6 +2,7 @@
 //! links to every stage's cache entry, and `report.html` rendered from templates/.
 
 pub mod compare;
+pub mod images;
 pub mod panels;
 pub mod plots;
 pub mod table;
@@ -87,8 +88,10 @@ pub fn build(
     let mut evaluated: HashMap<NodeIndex, Vec<(String, String, f64)>> = HashMap::new();
     // Evaluate figures go by file-name prefix; the last two galleries are the train
     // and schedule stages' own figures.
-    const EVALUATE_FIGURES: [(&str, &str); 4] = [
+    const EVALUATE_FIGURES: [(&str, &str); 6] = [
         ("scatter_", "Samples over held-out data"),
+        ("grid_", "Image samples"),
+        ("forward_", "Forward noising of held-out images"),
         ("timeline_", "Sampling timelines"),
         ("score_field_", "Score fields, learned against exact"),
         ("score_error", "Score error per noise level"),

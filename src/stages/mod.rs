@@ -2,6 +2,7 @@
 
 pub mod artifacts;
 pub mod checkpoint;
+pub mod classifier;
 pub mod dataset;
 pub mod evaluate;
 pub mod model;
@@ -85,6 +86,7 @@ pub fn version(kind: StageKind) -> u32 {
         StageKind::Model => model::VERSION,
         StageKind::Train => train::VERSION,
         StageKind::Sample => sample::VERSION,
+        StageKind::Classifier => classifier::VERSION,
         StageKind::Evaluate => evaluate::VERSION,
     }
 }
@@ -105,10 +107,12 @@ pub fn validate<'s>(
             inputs("model").first().copied(),
         ),
         StageSpec::Sample { params, needs } => params.validate(lookup(&needs.train), lookup),
+        StageSpec::Classifier { params, .. } => params.validate(),
         StageSpec::Evaluate { params, .. } => params.validate(
             inputs("reference").first().copied(),
             &inputs("samples"),
             &inputs("models"),
+            inputs("classifier").first().copied(),
         ),
     }
 }
@@ -121,6 +125,7 @@ pub fn run(spec: &StageSpec, ctx: &StageContext) -> StageResult<()> {
         StageSpec::Model { params } => model::run(params, ctx),
         StageSpec::Train { params, .. } => train::run(params, ctx),
         StageSpec::Sample { params, .. } => sample::run(params, ctx),
+        StageSpec::Classifier { params, .. } => classifier::run(params, ctx),
         StageSpec::Evaluate { params, .. } => evaluate::run(params, ctx),
     }
 }

@@ -29,7 +29,7 @@ pub struct SampleParams {
     /// Number of evenly spaced snapshots kept in `trajectory.safetensors`.
     #[serde(default = "snapshots")]
     pub snapshots: usize,
-    /// Particles kept per snapshot.
+    /// Particles kept per snapshot (for images at most 8: a timeline shows a few).
     #[serde(default = "snapshot_particles")]
     pub snapshot_particles: usize,
     /// `ema` (the averaged weights, as DDPM samples with) or `raw`.
@@ -87,11 +87,15 @@ pub fn run(params: &SampleParams, ctx: &StageContext) -> StageResult<()> {
     let trained = TrainedModel::load(train)?;
     let process = trained.schedule.build();
     let score = trained.score(train, params.weights, &process, ctx.device)?;
+    let mut keep = params.snapshot_particles.min(params.n);
+    if trained.image.is_some() {
+        keep = keep.min(8);
+    }
     let request = SampleRequest {
         n: params.n,
         dim: trained.dim,
         snapshots: params.snapshots,
-        snapshot_particles: params.snapshot_particles,
+        snapshot_particles: keep,
         device: ctx.device,
     };
     let started = Instant::now();
@@ -109,7 +113,6 @@ pub fn run(params: &SampleParams, ctx: &StageContext) -> StageResult<()> {
     let dim = trained.dim;
     let samples = Tensor::from_vec(out.samples, (params.n, dim), ctx.device)?;
     save_tensors(&ctx.path("samples.safetensors"), &[("samples", samples)])?;
-    let keep = params.snapshot_particles.min(params.n);
     let steps: Vec<i64> = out.trajectory.iter().map(|(s, _)| *s as i64).collect();
     let frames: Vec<f32> = out.trajectory.into_iter().flat_map(|(_, x)| x).collect();
     let count = steps.len();

@@ -2,6 +2,8 @@
 //! directly (error against the exact score, likelihood through the probability-flow
 //! ODE), and draws the figures that go with them.
 
+mod images;
+
 use candle_core::Tensor;
 use polars::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -22,8 +24,9 @@ use crate::pipeline::spec::StageSpec;
 use crate::report::panels::{self, Field, Frame};
 use crate::report::plots::{self, LineChart};
 use crate::rng::{normals, stream};
+use crate::stages::dataset::Source;
 
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// Which metrics and figures, and how much work to spend on them.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -65,6 +68,12 @@ pub struct EvaluateParams {
     pub nll_rtol: f64,
     #[serde(default = "tolerance")]
     pub nll_atol: f64,
+    /// Images per set embedded for the feature-space metrics (FID, KID, IS, P/R).
+    #[serde(default = "feature_points")]
+    pub feature_points: usize,
+    /// Images per KID subset (10 subsets are averaged).
+    #[serde(default = "kid_subset")]
+    pub kid_subset: usize,
     #[serde(default)]
     pub seed: u64,
 }
@@ -80,6 +89,22 @@ pub enum Plot {
     /// A model's score as arrows at `field_times`, beside the exact score when the
     /// reference is a mixture (2D data).
     ScoreField,
+    /// Image samples, 8 by 8 (image data).
+    Grid,
+    /// Held-out images noised by a model's process from t = 0 to 1 (image data).
+    ForwardNoising,
+}
+
+impl Plot {
+    pub fn name(self) -> &'static str {
+        match self {
+            Plot::Scatter => "scatter",
+            Plot::Timeline => "timeline",
+            Plot::ScoreField => "score_field",
+            Plot::Grid => "grid",
+            Plot::ForwardNoising => "forward_noising",
+        }
+    }
 }
 
 fn projections() -> usize {
@@ -106,6 +131,20 @@ fn divergence() -> Divergence {
 fn tolerance() -> f64 {
     1e-5
 }
+fn feature_points() -> usize {
+    2000
+}
+fn kid_subset() -> usize {
+    500
+}
+
+/// What an evaluate stage is given, which decides its default metrics and figures.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Given {
+    pub models: bool,
+    pub classifier: bool,
+    pub images: bool,
+}
 
 impl Default for EvaluateParams {
     fn default() -> Self {
@@ -121,30 +160,50 @@ impl Default for EvaluateParams {
             divergence: divergence(),
             nll_rtol: tolerance(),
             nll_atol: tolerance(),
+            feature_points: feature_points(),
+            kid_subset: kid_subset(),
             seed: 0,
         }
     }
 }
 
 impl EvaluateParams {
-    /// The metrics to compute, given whether models are evaluated.
-    pub fn metrics(&self, with_models: bool) -> Vec<Metric> {
-        match &self.metrics {
-            Some(m) => m.clone(),
-            None if with_models => vec![
-                Metric::SlicedWasserstein,
-                Metric::Mmd,
-                Metric::ScoreError,
-                Metric::Nll,
-            ],
-            None => vec![Metric::SlicedWasserstein, Metric::Mmd],
+    /// The metrics to compute, given the inputs.
+    pub fn metrics(&self, given: Given) -> Vec<Metric> {
+        if let Some(m) = &self.metrics {
+            return m.clone();
         }
+        let mut out = if given.images {
+            if given.classifier {
+                vec![
+                    Metric::Fid,
+                    Metric::Kid,
+                    Metric::InceptionScore,
+                    Metric::PrecisionRecall,
+                ]
+            } else {
+                vec![]
+            }
+        } else {
+            vec![Metric::SlicedWasserstein, Metric::Mmd]
+        };
+        if given.models {
+            if !given.images {
+                out.push(Metric::ScoreError);
+            }
+            out.push(Metric::Nll);
+        }
+        out
     }
 
-    /// The figures to draw, given the data's dimension.
-    pub fn plots(&self, dim: usize) -> Vec<Plot> {
+    /// The figures to draw, given the inputs and the data's dimension.
+    pub fn plots(&self, given: Given, dim: usize) -> Vec<Plot> {
         match &self.plots {
             Some(p) => p.clone(),
+            None if given.images && given.models => {
+                vec![Plot::Grid, Plot::Timeline, Plot::ForwardNoising]
+            }
+            None if given.images => vec![Plot::Grid, Plot::Timeline],
             None if dim == 2 => vec![Plot::Scatter, Plot::ScoreField],
             None => vec![Plot::Scatter],
         }
@@ -155,7 +214,17 @@ impl EvaluateParams {
         reference: Option<&StageSpec>,
         samples: &[&StageSpec],
         models: &[&StageSpec],
+        classifier: Option<&StageSpec>,
     ) -> Result<(), String> {
+        let images = matches!(reference, Some(StageSpec::Dataset { params }) if matches!(params.source, Source::Images(_)));
+        let given = Given {
+            models: !models.is_empty(),
+            classifier: classifier.is_some(),
+            images,
+        };
+        if self.feature_points < 2 || self.kid_subset < 2 {
+            return Err("`feature_points` and `kid_subset` must be at least 2".into());
+        }
         if self.projections == 0
             || self.mmd_points < 2
             || self.score_points == 0
@@ -182,7 +251,15 @@ impl EvaluateParams {
         if !(self.nll_rtol > 0.0 && self.nll_atol > 0.0) {
             return Err("`nll_rtol` and `nll_atol` must be positive".into());
         }
-        let metrics = self.metrics(!models.is_empty());
+        let metrics = self.metrics(given);
+        if let Some(m) = metrics.iter().find(|m| m.needs_classifier())
+            && classifier.is_none()
+        {
+            return Err(format!(
+                "metric `{}` works in a classifier's feature space: add a `kind: classifier` stage and name it in `needs.classifier`",
+                m.name()
+            ));
+        }
         let is_mixture = |spec: Option<&StageSpec>| matches!(spec, Some(StageSpec::Dataset { params }) if params.mixture().is_some());
         for metric in &metrics {
             if metric.of_models() && models.is_empty() {
@@ -208,6 +285,25 @@ impl EvaluateParams {
             }
         }
         let plots = self.plots.clone().unwrap_or_default();
+        for plot in &plots {
+            let for_images = matches!(plot, Plot::Grid | Plot::ForwardNoising);
+            if for_images != images && !matches!(plot, Plot::Timeline) {
+                return Err(if images {
+                    format!(
+                        "plot `{}` draws points; for images use `grid`, `timeline` or `forward_noising`",
+                        plot.name()
+                    )
+                } else {
+                    format!(
+                        "plot `{}` draws images; the reference is not an image dataset",
+                        plot.name()
+                    )
+                });
+            }
+        }
+        if plots.contains(&Plot::ForwardNoising) && models.is_empty() {
+            return Err("plot `forward_noising` uses a model's process: list train stages under `needs.models`".into());
+        }
         if plots.contains(&Plot::ScoreField) && models.is_empty() {
             return Err(
                 "plot `score_field` draws models: list train stages under `needs.models`".into(),
@@ -215,14 +311,15 @@ impl EvaluateParams {
         }
         if plots
             .iter()
-            .any(|p| matches!(p, Plot::Scatter | Plot::Timeline))
+            .any(|p| matches!(p, Plot::Scatter | Plot::Timeline | Plot::Grid))
             && samples.is_empty()
         {
-            return Err("plots `scatter` and `timeline` draw samples: list sample stages under `needs.samples`".into());
+            return Err("plots `scatter`, `grid` and `timeline` draw samples: list sample stages under `needs.samples`".into());
         }
         if !models.is_empty()
             && !metrics.iter().any(|m| m.of_models())
             && !plots.contains(&Plot::ScoreField)
+            && !plots.contains(&Plot::ForwardNoising)
             && self.plots.is_some()
         {
             return Err("`needs.models` lists train stages but no metric or plot uses them; add `score_error`, `nll` or plot `score_field`".into());
@@ -275,10 +372,29 @@ pub fn run(params: &EvaluateParams, ctx: &StageContext) -> StageResult<()> {
     let meta: DatasetMeta = read_json(&entry.dir.join("meta.json"))?;
     let (test, _) = load_f32(&entry.dir.join("data.safetensors"), "test")?;
     let reference = Reference { entry, meta, test };
-    let metrics = params.metrics(!ctx.inputs("models").is_empty());
-    let plots = params.plots(reference.meta.dim);
+    let given = Given {
+        models: !ctx.inputs("models").is_empty(),
+        classifier: !ctx.inputs("classifier").is_empty(),
+        images: reference.meta.is_image(),
+    };
+    let metrics = params.metrics(given);
+    let plots = params.plots(given, reference.meta.dim);
     let mut rows = Rows::default();
-    evaluate_samples(params, ctx, &reference, &metrics, &plots, &mut rows)?;
+    let features = match ctx.inputs("classifier").first() {
+        Some(entry) if metrics.iter().any(|m| m.needs_classifier()) => Some(
+            images::FeatureSpace::new(params, ctx, entry, &reference, &mut rows)?,
+        ),
+        _ => None,
+    };
+    evaluate_samples(
+        params,
+        ctx,
+        &reference,
+        &metrics,
+        &plots,
+        features.as_ref(),
+        &mut rows,
+    )?;
     evaluate_models(params, ctx, &reference, &metrics, &plots, &mut rows)?;
     let mut df = DataFrame::new_infer_height(vec![
         Column::new("stage".into(), rows.stages),
@@ -295,6 +411,7 @@ fn evaluate_samples(
     reference: &Reference,
     metrics: &[Metric],
     plots: &[Plot],
+    features: Option<&images::FeatureSpace>,
     rows: &mut Rows,
 ) -> StageResult<()> {
     let dim = reference.meta.dim;
@@ -345,12 +462,19 @@ fn evaluate_samples(
                     );
                 }
                 Metric::ScoreError | Metric::Nll => unreachable!("model metrics are filtered out"),
+                Metric::Fid | Metric::Kid | Metric::InceptionScore | Metric::PrecisionRecall => {}
             }
+        }
+        if let Some(space) = features {
+            space.judge(params, ctx, &input.id, &samples, dim, metrics, rows)?;
         }
         let record: SamplingRecord = read_json(&input.dir.join("sampling.json"))?;
         rows.push(&input.id, "nfe", record.nfe as f64);
         rows.push(&input.id, "sample_seconds", record.seconds);
-        if plots.contains(&Plot::Scatter) {
+        if let (true, Some(shape)) = (plots.contains(&Plot::Grid), reference.meta.image) {
+            images::draw_grid(ctx, &input.id, &samples, shape)?;
+        }
+        if plots.contains(&Plot::Scatter) && !reference.meta.is_image() {
             plots::scatter(
                 &ctx.path(&format!("scatter_{}.png", input.id)),
                 &format!("{} ({})", input.id, record.sampler),
@@ -359,7 +483,10 @@ fn evaluate_samples(
             )?;
         }
         if plots.contains(&Plot::Timeline) {
-            draw_timeline(ctx, input, &record, reference)?;
+            match reference.meta.image {
+                Some(shape) => images::draw_timeline(ctx, input, shape)?,
+                None => draw_timeline(ctx, input, &record, reference)?,
+            }
         }
         ctx.progress
             .update(done + 1, sample_inputs.len(), "evaluating samples");
@@ -464,18 +591,33 @@ fn evaluate_models(
                 },
                 batch: 1000,
             };
+            // 8-bit images are dequantised as in score_sde: pixel p becomes
+            // (p + u) / 128 - 1 with u ~ U(0, 1), and the density is reported per
+            // 8-bit value, which adds log2(128) = 7 bits per dimension.
+            let (data, offset) = if reference.meta.is_image() {
+                (dequantize(&reference.test[..n * dim], &mut rng), 7.0)
+            } else {
+                (reference.test[..n * dim].to_vec(), 0.0)
+            };
             let likelihood = negative_log_likelihood_batched(
                 score.as_ref(),
                 &process,
-                &reference.test[..n * dim],
+                &data,
                 dim,
                 options,
                 ctx.device,
                 &mut rng,
             )?;
             rows.push(&input.id, "nll", likelihood.mean_nats());
-            rows.push(&input.id, "bits_per_dim", likelihood.bits_per_dim(dim));
+            rows.push(
+                &input.id,
+                "bits_per_dim",
+                likelihood.bits_per_dim(dim) + offset,
+            );
             rows.push(&input.id, "nll_nfe", likelihood.nfe as f64);
+        }
+        if let (true, Some(shape)) = (plots.contains(&Plot::ForwardNoising), reference.meta.image) {
+            images::draw_forward_noising(ctx, &input.id, &process, reference, shape, params.seed)?;
         }
         if plots.contains(&Plot::ScoreField) && dim == 2 {
             let exact = reference.meta.mixture.clone().map(|mixture| MixtureScore {
@@ -606,6 +748,15 @@ fn draw_field(
         cell,
         &fields,
     )
+}
+
+/// Uniform dequantisation of pixels stored as p / 127.5 - 1.
+fn dequantize(x: &[f32], rng: &mut rand_chacha::ChaCha8Rng) -> Vec<f32> {
+    let u = crate::rng::uniforms(rng, x.len(), 0.0, 1.0);
+    x.iter()
+        .zip(u)
+        .map(|(v, u)| (((v + 1.0) * 127.5).round() + u) / 128.0 - 1.0)
+        .collect()
 }
 
 /// The first `m` rows (sets are already i.i.d. draws in random order).

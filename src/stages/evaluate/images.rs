@@ -1,0 +1,195 @@
+//! The image side of evaluation: metrics in a classifier's feature space, and the
+//! figures of image samples (grids, denoising timelines, forward noising).
+
+use candle_core::Tensor;
+use rand::seq::index::sample as pick_indices;
+
+use super::{EvaluateParams, Reference, Rows};
+use crate::data::images::ImageShape;
+use crate::diffusion::process::{Process, noise_batch};
+use crate::error::{StageError, StageResult};
+use crate::metrics::{Metric, Points, features};
+use crate::nn::classifier::Classifier;
+use crate::report::images::write_grid;
+use crate::rng::{normals, stream};
+use crate::stages::artifacts::load_f32;
+use crate::stages::classifier::TrainedClassifier;
+use crate::stages::{InputEntry, StageContext};
+
+/// The classifier and the held-out set's features, computed once per evaluation.
+pub struct FeatureSpace {
+    net: Classifier,
+    reference_features: Vec<f32>,
+    width: usize,
+}
+
+impl FeatureSpace {
+    /// Loads the classifier of `entry` and embeds up to `params.feature_points` held-out
+    /// images; records the classifier's accuracy.
+    pub fn new(
+        params: &EvaluateParams,
+        ctx: &StageContext,
+        entry: &InputEntry,
+        reference: &Reference,
+        rows: &mut Rows,
+    ) -> StageResult<FeatureSpace> {
+        let (info, net): (TrainedClassifier, Classifier) =
+            TrainedClassifier::load(entry, ctx.device)?;
+        if Some(info.shape) != reference.meta.image {
+            return Err(StageError::BadInput {
+                path: entry.dir.join("classifier.json"),
+                message: format!(
+                    "classifier `{}` was trained on images of shape {:?}, the reference has {:?}",
+                    entry.id, info.shape, reference.meta.image
+                ),
+            });
+        }
+        rows.push(&entry.id, "classifier_accuracy", info.accuracy);
+        let dim = reference.meta.dim;
+        let n = params.feature_points.min(reference.test.len() / dim);
+        let (feats, _) = embed(&net, &reference.test[..n * dim], dim, ctx)?;
+        let width = feats.len() / n.max(1);
+        Ok(FeatureSpace {
+            net,
+            reference_features: feats,
+            width,
+        })
+    }
+
+    /// FID, KID, IS and precision/recall of one sample set, as the metrics ask.
+    pub fn judge(
+        &self,
+        params: &EvaluateParams,
+        ctx: &StageContext,
+        stage: &str,
+        samples: &[f32],
+        dim: usize,
+        metrics: &[Metric],
+        rows: &mut Rows,
+    ) -> StageResult<()> {
+        let n = params.feature_points.min(samples.len() / dim);
+        let (feats, probs) = embed(&self.net, &samples[..n * dim], dim, ctx)?;
+        let (a, b) = (
+            Points::new(&feats, self.width),
+            Points::new(&self.reference_features, self.width),
+        );
+        for metric in metrics.iter().filter(|m| m.needs_classifier()) {
+            match metric {
+                Metric::Fid => rows.push(stage, "fid", features::frechet_distance(a, b)),
+                Metric::Kid => {
+                    let mut rng = stream(params.seed, "evaluate/kid");
+                    let mut pick = |len: usize, m: usize| pick_indices(&mut rng, len, m).into_vec();
+                    let (kid, std) =
+                        features::kernel_inception_distance(a, b, 10, params.kid_subset, &mut pick);
+                    rows.push(stage, "kid", kid);
+                    rows.push(stage, "kid_std", std);
+                }
+                Metric::InceptionScore => {
+                    let classes = probs.len() / n.max(1);
+                    rows.push(
+                        stage,
+                        "inception_score",
+                        features::inception_score(Points::new(&probs, classes)),
+                    );
+                }
+                Metric::PrecisionRecall => {
+                    let (p, r) = features::precision_recall(a, b, 3);
+                    rows.push(stage, "precision", p);
+                    rows.push(stage, "recall", r);
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// (features, class probabilities) of flattened images, as flat rows.
+fn embed(
+    net: &Classifier,
+    images: &[f32],
+    dim: usize,
+    ctx: &StageContext,
+) -> StageResult<(Vec<f32>, Vec<f32>)> {
+    let x = Tensor::from_slice(images, (images.len() / dim, dim), ctx.device)?;
+    let (f, p) = net.embed(&x, 256)?;
+    Ok((
+        f.flatten_all()?.to_vec1::<f32>()?,
+        p.flatten_all()?.to_vec1::<f32>()?,
+    ))
+}
+
+/// `grid_<stage>.png`: the first 64 samples, 8 by 8.
+pub fn draw_grid(
+    ctx: &StageContext,
+    stage: &str,
+    samples: &[f32],
+    shape: ImageShape,
+) -> StageResult<()> {
+    let tiles: Vec<&[f32]> = samples.chunks(shape.dim()).take(64).collect();
+    write_grid(&ctx.path(&format!("grid_{stage}.png")), &tiles, shape, 8)
+}
+
+/// `timeline_<stage>.png`: each kept particle's path from the prior to an image, one
+/// row per particle (at most 4), one column per snapshot.
+pub fn draw_timeline(ctx: &StageContext, input: &InputEntry, shape: ImageShape) -> StageResult<()> {
+    let path = input.dir.join("trajectory.safetensors");
+    let (frames, dims) = load_f32(&path, "trajectory")?;
+    let [count, keep, dim] = dims[..] else {
+        return Err(StageError::BadInput {
+            path,
+            message: format!("trajectory has shape {dims:?}, expected [snapshots, particles, dim]"),
+        });
+    };
+    let rows = keep.min(4);
+    let mut tiles: Vec<&[f32]> = Vec::with_capacity(rows * count);
+    for particle in 0..rows {
+        for frame in 0..count {
+            let at = (frame * keep + particle) * dim;
+            tiles.push(&frames[at..at + dim]);
+        }
+    }
+    write_grid(
+        &ctx.path(&format!("timeline_{}.png", input.id)),
+        &tiles,
+        shape,
+        count,
+    )
+}
+
+/// `forward_<model>.png`: held-out images noised by the model's process at ten evenly
+/// spaced times from 0 to 1, one row per image.
+pub fn draw_forward_noising(
+    ctx: &StageContext,
+    model: &str,
+    process: &Process,
+    reference: &Reference,
+    shape: ImageShape,
+    seed: u64,
+) -> StageResult<()> {
+    const COLUMNS: usize = 10;
+    let dim = shape.dim();
+    let images = (reference.test.len() / dim).min(4);
+    let mut rows = Vec::with_capacity(images * COLUMNS);
+    let mut rng = stream(seed, "evaluate/forward");
+    for i in 0..images {
+        let x0 = &reference.test[i * dim..(i + 1) * dim];
+        let eps = normals(&mut rng, dim);
+        for c in 0..COLUMNS {
+            let t = c as f64 / (COLUMNS - 1) as f64;
+            let t = t.max(if c == 0 { 0.0 } else { process.t_min() });
+            rows.push(if c == 0 {
+                x0.to_vec()
+            } else {
+                noise_batch(process, x0, &[t], &eps, dim)
+            });
+        }
+    }
+    let tiles: Vec<&[f32]> = rows.iter().map(|r| r.as_slice()).collect();
+    write_grid(
+        &ctx.path(&format!("forward_{model}.png")),
+        &tiles,
+        shape,
+        COLUMNS,
+    )
+}
