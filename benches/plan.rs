@@ -44,13 +44,13 @@ fn main() {
     std::fs::write(&sweep, thousand_point_sweep()).expect("write the sweep");
     let plain = Path::new("pipelines/smld_vs_ddpm.yaml");
     measure("plan smld_vs_ddpm.yaml", reps, &|| {
-        runner::pipeline::load(plain, &[], &[])
+        runner::pipeline::load(plain, None, &[], &[])
             .expect("plans")
             .order
             .len()
     });
     measure("plan a 1,000-point sweep", reps, &|| {
-        let plan = runner::pipeline::load(&sweep, &[], &[]).expect("plans");
+        let plan = runner::pipeline::load(&sweep, None, &[], &[]).expect("plans");
         assert_eq!(plan.points.len(), 1000);
         plan.order.len()
     });

@@ -50,11 +50,19 @@ pub struct PipelineArgs {
     /// Sweep a value: STAGE.params.KEY=V1,V2,... (repeatable; adds an axis).
     #[arg(long = "sweep", value_name = "PATH=V1,V2")]
     pub sweep: Vec<String>,
+    /// Apply a profile the pipeline file defines under `profiles:` (e.g. `cpu`).
+    #[arg(long)]
+    pub profile: Option<String>,
 }
 
 impl PipelineArgs {
     fn load(&self) -> Result<Plan, RunnerError> {
-        Ok(pipeline::load(&self.file, &self.set, &self.sweep)?)
+        Ok(pipeline::load(
+            &self.file,
+            self.profile.as_deref(),
+            &self.set,
+            &self.sweep,
+        )?)
     }
 }
 
@@ -352,7 +360,7 @@ fn gc(files: &[PathBuf], results: &Path, dry_run: bool) -> Result<(), RunnerErro
     let mut reachable = HashSet::new();
     for file in gc_roots(files)? {
         // A pipeline that does not load would keep nothing: stop rather than delete.
-        let plan = pipeline::load(&file, &[], &[])?;
+        let plan = pipeline::load(&file, None, &[], &[])?;
         reachable.extend(plan.nodes().map(|n| n.key.clone()));
         let last = history::load(&results.join(&plan.name));
         reachable.extend(history::keys(&last).map(String::from));

@@ -221,6 +221,28 @@ fn missing_file_is_reported() {
 #[test]
 fn every_shipped_pipeline_plans() {
     let dir = tempfile::tempdir().unwrap();
+    let idx_dir = dir.path().join("idx");
+    std::fs::create_dir_all(&idx_dir).unwrap();
+    for (prefix, n) in [("train", 20usize), ("t10k", 10)] {
+        let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
+        std::fs::write(
+            idx_dir.join(format!("{prefix}-images-idx3-ubyte")),
+            runner::data::idx::encode(&[n, 28, 28], &vec![128; n * 784]),
+        )
+        .unwrap();
+        std::fs::write(
+            idx_dir.join(format!("{prefix}-labels-idx1-ubyte")),
+            runner::data::idx::encode(&[n], &labels),
+        )
+        .unwrap();
+    }
+    let folder = dir.path().join("flowers");
+    std::fs::create_dir_all(&folder).unwrap();
+    for i in 0..3u8 {
+        image::RgbImage::from_pixel(8, 8, image::Rgb([i, 0, 0]))
+            .save(folder.join(format!("{i}.png")))
+            .unwrap();
+    }
     let pipelines = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
     let mut seen = Vec::new();
     for entry in std::fs::read_dir(&pipelines).unwrap() {
@@ -228,8 +250,27 @@ fn every_shipped_pipeline_plans() {
         if path.extension().is_none_or(|e| e != "yaml") {
             continue;
         }
-        let out = runner(dir.path(), &["plan", path.to_str().unwrap()]);
+        let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
+        // Image pipelines read user files: point them at small generated ones.
+        let data = match stem.as_str() {
+            "mnist_smld_ddpm_sde" | "fashion_mnist_samplers" => Some(&idx_dir),
+            "flowers64" => Some(&folder),
+            _ => None,
+        };
+        let mut args = vec!["plan".to_string(), path.to_str().unwrap().to_string()];
+        if let Some(data) = data {
+            args.push("--set".into());
+            args.push(format!("data.params.path={}", data.display()));
+        }
+        let args: Vec<&str> = args.iter().map(|a| a.as_str()).collect();
+        let out = runner(dir.path(), &args);
         assert!(out.status.success(), "{}: {}", path.display(), stderr(&out));
+        if stem == "mnist_smld_ddpm_sde" {
+            let mut cpu = args.clone();
+            cpu.extend(["--profile", "cpu"]);
+            let out = runner(dir.path(), &cpu);
+            assert!(out.status.success(), "--profile cpu: {}", stderr(&out));
+        }
         seen.push((
             path.file_stem().unwrap().to_string_lossy().into_owned(),
             stdout(&out),
@@ -247,6 +288,9 @@ fn every_shipped_pipeline_plans() {
         "schedules",
         "langevin_mixing",
         "stochastic_vs_deterministic",
+        "mnist_smld_ddpm_sde",
+        "flowers64",
+        "fashion_mnist_samplers",
     ] {
         plan(name);
     }
@@ -257,5 +301,37 @@ fn every_shipped_pipeline_plans() {
         ),
         "{}",
         plan("samplers")
+    );
+}
+
+#[test]
+fn profiles_apply_their_overrides_and_unknown_ones_are_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{BASE}profiles:\n  small:\n    description: fewer points\n    set:\n      data.params.n: 50\n"
+    );
+    let path = write_pipeline(dir.path(), "p", &text);
+    let plain = stdout(&runner(dir.path(), &["plan", path.to_str().unwrap()]));
+    let small = runner(
+        dir.path(),
+        &["plan", path.to_str().unwrap(), "--profile", "small"],
+    );
+    assert!(small.status.success(), "{}", stderr(&small));
+    let key = |text: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with("data "))
+            .map(|l| l.to_string())
+            .unwrap()
+    };
+    assert_ne!(key(&plain), key(&stdout(&small)));
+    let out = runner(
+        dir.path(),
+        &["plan", path.to_str().unwrap(), "--profile", "big"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no such profile") && stderr(&out).contains("small"),
+        "{}",
+        stderr(&out)
     );
 }

@@ -14,6 +14,11 @@ use crate::error::SpecError;
 
 /// Reads, parses, overrides, expands and validates a pipeline file: `overrides` are
 /// `--set PATH=VALUE`, `sweeps` are `--sweep PATH=V1,V2`.
-pub fn load(path: &Path, overrides: &[String], sweeps: &[String]) -> Result<Plan, SpecError> {
-    graph::build(path, spec::load(path, overrides, sweeps)?)
+pub fn load(
+    path: &Path,
+    profile: Option<&str>,
+    overrides: &[String],
+    sweeps: &[String],
+) -> Result<Plan, SpecError> {
+    graph::build(path, spec::load(path, profile, overrides, sweeps)?)
 }

@@ -30,6 +30,20 @@ pub struct PipelineSpec {
     /// What the report compares across the sweep.
     #[serde(default)]
     pub report: ReportSpec,
+    /// Named sets of overrides (`--profile NAME`), e.g. a smaller CPU version of a
+    /// GPU-sized experiment.
+    #[serde(default)]
+    pub profiles: BTreeMap<String, Profile>,
+}
+
+/// A named set of `--set` overrides, with a sentence the report shows.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    /// What the profile changes and why, stated in the report.
+    pub description: String,
+    /// PATH: VALUE pairs, as `--set PATH=VALUE`.
+    pub set: BTreeMap<String, serde_norway::Value>,
 }
 
 /// One stage: its kind decides which inputs (`needs`) and `params` it takes.
@@ -398,12 +412,41 @@ pub struct Loaded {
 
 /// Reads and parses a pipeline file, applying `--set path=value` overrides (a swept
 /// path set this way leaves the sweep) and `--sweep path=v1,v2` axes.
-pub fn load(path: &Path, overrides: &[String], sweeps: &[String]) -> Result<Loaded, SpecError> {
+pub fn load(
+    path: &Path,
+    profile: Option<&str>,
+    overrides: &[String],
+    sweeps: &[String],
+) -> Result<Loaded, SpecError> {
     let source = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
         path: path.to_path_buf(),
         source,
     })?;
     let mut spec = parse(path, &source)?;
+    // A profile's overrides come first, so `--set` can still change them.
+    let mut all = Vec::new();
+    let mut stated = None;
+    if let Some(name) = profile {
+        let chosen = spec.profiles.get(name).ok_or_else(|| SpecError::Override {
+            assignment: format!("--profile {name}"),
+            message: if spec.profiles.is_empty() {
+                format!("{} defines no profiles", path.display())
+            } else {
+                format!(
+                    "no such profile; {} defines: {}",
+                    path.display(),
+                    spec.profiles.keys().cloned().collect::<Vec<_>>().join(", ")
+                )
+            },
+        })?;
+        for (key, value) in &chosen.set {
+            let text = serde_json::to_string(value).expect("YAML values serialize as JSON");
+            all.push(format!("{key}={text}"));
+        }
+        stated = Some(format!("Profile `{name}`: {}", chosen.description));
+    }
+    all.extend(overrides.iter().cloned());
+    let overrides = all.as_slice();
     let mut tree: serde_norway::Value =
         serde_norway::from_str(&source).map_err(|e| yaml_error(path, e))?;
     if !overrides.is_empty() {
@@ -441,6 +484,9 @@ pub fn load(path: &Path, overrides: &[String], sweeps: &[String]) -> Result<Load
                 assignment: format!("--sweep {axis}"),
                 message,
             })?;
+    }
+    if let Some(stated) = stated {
+        spec.description = format!("{} {stated}", spec.description.trim_end());
     }
     Ok(Loaded { spec, tree, source })
 }
@@ -481,7 +527,7 @@ fn apply_override(tree: &mut serde_norway::Value, assignment: &str) -> Result<()
     let mut parts: Vec<&str> = path.split('.').collect();
     if !matches!(
         parts.first(),
-        Some(&"stages" | &"name" | &"description" | &"sweep" | &"report")
+        Some(&"stages" | &"name" | &"description" | &"sweep" | &"report" | &"profiles")
     ) {
         parts.insert(0, "stages");
     }
