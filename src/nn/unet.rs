@@ -499,19 +499,7 @@ mod tests {
         let grads = loss.backward().unwrap();
         let data = map.data().lock().unwrap();
         assert!(data.len() > 30, "{} parameters", data.len());
-        for (name, var) in data.iter() {
-            let g = grads
-                .get(var.as_tensor())
-                .unwrap_or_else(|| panic!("{name} has no gradient"));
-            let norm = g
-                .sqr()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            assert!(norm > 0.0, "{name} has a zero gradient");
-        }
+        crate::nn::assert_every_parameter_learns(&grads, data.iter());
     }
 
     #[test]
