@@ -80,8 +80,10 @@ impl AdamW {
             } else {
                 g.clone()
             };
-            *m = ((&*m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
-            *v = ((&*v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+            // Detached: the moments must not keep this step's graph (and with it every
+            // activation of the forward pass) alive into the next step.
+            *m = ((&*m * c.beta1)? + (&g * (1.0 - c.beta1))?)?.detach();
+            *v = ((&*v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?.detach();
             let update = ((&*m / bias1)? / ((&*v / bias2)?.sqrt()? + c.eps)?)?;
             let decayed = (var.as_tensor() * (1.0 - lr * c.weight_decay))?;
             var.set(&(decayed - (update * lr)?)?)?;

@@ -368,7 +368,9 @@ pub fn run(params: &TrainParams, ctx: &StageContext) -> StageResult<()> {
         let lr = params.lr * (step as f64 / params.warmup.max(1) as f64).min(1.0);
         opt.step(&grads, lr, scale)?;
         for (avg, var) in ema.iter_mut().zip(&vars) {
-            *avg = ((&*avg * params.ema_decay)? + (var.as_tensor() * (1.0 - params.ema_decay))?)?;
+            // Detached, or each average would hold the previous one through the graph.
+            *avg = ((&*avg * params.ema_decay)? + (var.as_tensor() * (1.0 - params.ema_decay))?)?
+                .detach();
         }
         losses.push(value);
         if params.checkpoint_every > 0 && step % params.checkpoint_every == 0 && step < total {
