@@ -144,6 +144,15 @@ impl ImageSource {
         }
     }
 
+    /// The directory the files are read from (`None` for an image folder without
+    /// `path`, which `validate` refuses).
+    pub fn dir(&self) -> Option<&Path> {
+        match self {
+            ImageSource::Mnist { path, .. } | ImageSource::FashionMnist { path, .. } => Some(path),
+            ImageSource::ImageFolder { path, .. } => path.as_deref(),
+        }
+    }
+
     /// The files the data is read from: their contents enter the stage's key.
     pub fn files(&self) -> Result<Vec<PathBuf>, String> {
         match self {
@@ -156,8 +165,8 @@ impl ImageSource {
                 }
                 Ok(files)
             }
-            ImageSource::ImageFolder { path, .. } => {
-                let dir = path.as_ref().ok_or("`image_folder` needs `path`")?;
+            ImageSource::ImageFolder { .. } => {
+                let dir = self.dir().ok_or("`image_folder` needs `path`")?;
                 Ok(image_folder::list(dir)?.images)
             }
         }
@@ -187,12 +196,8 @@ impl ImageSource {
                 let names = FASHION_CLASSES.iter().map(|s| s.to_string()).collect();
                 load_idx(path, classes.as_deref(), names, subset)
             }
-            ImageSource::ImageFolder {
-                path,
-                size,
-                classes,
-            } => {
-                let dir = path.as_ref().ok_or("`image_folder` needs `path`")?;
+            ImageSource::ImageFolder { size, classes, .. } => {
+                let dir = self.dir().ok_or("`image_folder` needs `path`")?;
                 load_folder(dir, *size, classes.as_deref(), subset)
             }
         }

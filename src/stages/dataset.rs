@@ -1,6 +1,8 @@
 //! `dataset`: a seeded toy distribution, or an image set read from the user's files,
 //! written as a training set and a held-out set.
 
+use std::path::Path;
+
 use candle_core::{Device, Tensor};
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -108,16 +110,8 @@ impl DatasetParams {
             return Ok(None);
         };
         let files = source.files()?;
-        let root = files
-            .first()
-            .and_then(|f| f.parent())
-            .map(|p| p.to_path_buf())
-            .unwrap_or_default();
-        let root = match source {
-            ImageSource::ImageFolder { path: Some(p), .. } => p.clone(),
-            _ => root,
-        };
-        crate::cache::digests::digest_files(&root, &files).map(Some)
+        let root = source.dir().unwrap_or(Path::new(""));
+        crate::cache::digests::digest_files(root, &files).map(Some)
     }
 }
 

@@ -176,11 +176,10 @@ pub fn draw_forward_noising(
         let x0 = &reference.test[i * dim..(i + 1) * dim];
         let eps = normals(&mut rng, dim);
         for c in 0..COLUMNS {
-            let t = c as f64 / (COLUMNS - 1) as f64;
-            let t = t.max(if c == 0 { 0.0 } else { process.t_min() });
             rows.push(if c == 0 {
                 x0.to_vec()
             } else {
+                let t = (c as f64 / (COLUMNS - 1) as f64).max(process.t_min());
                 noise_batch(process, x0, &[t], &eps, dim)
             });
         }
