@@ -47,7 +47,9 @@ stages:
   judge:
     kind: evaluate
     needs: {{ reference: data, samples: [stoch, determ], models: ddpm, classifier: cnn }}
-    params: {{ feature_points: 16, kid_subset: 6, nll_points: 2, nll_rtol: 1.0e-3, nll_atol: 1.0e-3 }}
+    params:
+      {{ feature_points: 16, kid_subset: 6, nll_points: 2, nll_rtol: 1.0e-3, nll_atol: 1.0e-3,
+        interpolation_sampler: {{ sampler: ddim, steps: 5 }}, mix_steps: 5 }}
 "#,
         folder = folder.display()
     )
@@ -96,6 +98,8 @@ fn image_folder_pipeline_trains_samples_and_measures() {
         "grid_determ.png",
         "timeline_determ.png",
         "forward_ddpm.png",
+        "interpolation_ddpm.png",
+        "mix_ddpm.png",
     ] {
         assert!(
             figures.iter().any(|f| f.ends_with(want)),
@@ -109,6 +113,14 @@ fn image_folder_pipeline_trains_samples_and_measures() {
         .unwrap();
     let img = image::open(report.join("figures").join(grid)).unwrap();
     assert_eq!((img.width(), img.height()), (8 * 34 + 2, 2 * 34 + 2));
+    // Interpolations: 4 pairs x 8 fractions; the mix: 5 noise levels x (8 + 2 sources).
+    let size = |suffix: &str| {
+        let name = figures.iter().find(|f| f.ends_with(suffix)).unwrap();
+        let img = image::open(report.join("figures").join(name)).unwrap();
+        (img.width(), img.height())
+    };
+    assert_eq!(size("interpolation_ddpm.png"), (8 * 34 + 2, 4 * 34 + 2));
+    assert_eq!(size("mix_ddpm.png"), (10 * 34 + 2, 5 * 34 + 2));
 
     // A changed image changes the dataset's key: everything downstream reruns.
     image::RgbImage::from_pixel(10, 8, image::Rgb([1, 2, 3]))

@@ -165,6 +165,29 @@ fn a_sampler_that_does_not_fit_the_process_is_explained() {
 }
 
 #[test]
+fn interpolations_need_a_deterministic_sampler_and_image_data() {
+    let evaluate = |params: &str| {
+        format!(
+            "  tr:\n    kind: train\n    needs: {{ data: data, schedule: lin, model: mlp }}\n    params: {{ objective: eps }}\n  e:\n    kind: evaluate\n    needs: {{ reference: data, models: tr }}\n    params: {params}\n"
+        )
+    };
+    let err = plan_error(&evaluate(
+        "{ plots: [interpolation], interpolation_sampler: { sampler: ddim, eta: 1.0 } }",
+    ));
+    assert!(
+        err.contains("stage `e`")
+            && err.contains("`interpolation_sampler` must be deterministic")
+            && err.contains("`ode`"),
+        "{err}"
+    );
+    let err = plan_error(&evaluate("{ plots: [mix] }"));
+    assert!(
+        err.contains("plot `mix` draws images; the reference is not an image dataset"),
+        "{err}"
+    );
+}
+
+#[test]
 fn unknown_top_level_key_and_bad_set_are_errors() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_pipeline(dir.path(), "p", &format!("{BASE}stagse: {{}}\n"));

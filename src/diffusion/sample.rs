@@ -377,6 +377,9 @@ pub struct SampleRequest<'a> {
     pub snapshots: usize,
     pub snapshot_particles: usize,
     pub device: &'a Device,
+    /// Initial points [n, dim] to use instead of draws from the sampler's initial
+    /// distribution (spherical interpolation decodes chosen noises).
+    pub start: Option<&'a Tensor>,
 }
 
 /// One point of a sampling grid.
@@ -478,15 +481,18 @@ pub fn run(
     };
     let noise =
         |rng: &mut ChaCha8Rng| Tensor::from_vec(normals(rng, n * dim), (n, dim), request.device);
-    let prior = |rng: &mut ChaCha8Rng| noise(rng)?.affine(process.prior_std(), 0.0);
+    let prior = |rng: &mut ChaCha8Rng| match request.start {
+        Some(x) => Ok(x.clone()),
+        None => noise(rng)?.affine(process.prior_std(), 0.0),
+    };
     // Langevin samplers start uniform on [-1, 1]^d (the paper) or from the prior.
     let start = |init: LangevinInit, range: f64, rng: &mut ChaCha8Rng| match init {
-        LangevinInit::Uniform => Tensor::from_vec(
+        LangevinInit::Uniform if request.start.is_none() => Tensor::from_vec(
             uniforms(rng, n * dim, -range as f32, range as f32),
             (n, dim),
             request.device,
         ),
-        LangevinInit::Gaussian => prior(rng),
+        _ => prior(rng),
     };
     let tweedie = |x: &Tensor, state: State| -> Result<Tensor> {
         (x + score.score(x, state.t)?.affine(state.s * state.s, 0.0)?)?.affine(1.0 / state.a, 0.0)
@@ -730,6 +736,35 @@ fn walk(
     Ok(x)
 }
 
+/// Ancestral sampling from points already at time `from` (noised data, as in Ho et al.
+/// 2020's interpolation) down to the clean state, on the grid of `steps` (see [`grid`])
+/// below `from`. `noise` draws each step's noise, so a caller can share it across rows.
+/// Returns the clean points and the number of score evaluations.
+pub fn ancestral_from(
+    score: &dyn ScoreFn,
+    process: &Process,
+    x: Tensor,
+    from: f64,
+    steps: Option<usize>,
+    noise: &dyn Fn(&mut ChaCha8Rng) -> Result<Tensor>,
+    rng: &mut ChaCha8Rng,
+) -> Result<(Tensor, usize)> {
+    if from <= 0.0 {
+        return Ok((x, 0));
+    }
+    let mut states = vec![State::at(process, from)];
+    states.extend(
+        grid(process, steps)
+            .into_iter()
+            .filter(|s| s.t < from - 1e-12),
+    );
+    let mut x = x;
+    for pair in states.windows(2) {
+        x = ancestral_step(score, &x, pair[0], pair[1], Variance::Beta, noise, rng)?;
+    }
+    Ok((x, states.len() - 1))
+}
+
 /// One ancestral step from `cur` to `prev`: mean (x - q/s eps) / r plus noise (none
 /// into the clean state).
 fn ancestral_step(
@@ -813,6 +848,7 @@ mod tests {
             snapshots: 5,
             snapshot_particles: 10,
             device: dev,
+            start: None,
         }
     }
 

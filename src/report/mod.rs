@@ -88,10 +88,18 @@ pub fn build(
     let mut evaluated: HashMap<NodeIndex, Vec<(String, String, f64)>> = HashMap::new();
     // Evaluate figures go by file-name prefix; the last two galleries are the train
     // and schedule stages' own figures.
-    const EVALUATE_FIGURES: [(&str, &str); 6] = [
+    const EVALUATE_FIGURES: [(&str, &str); 8] = [
         ("scatter_", "Samples over held-out data"),
         ("grid_", "Image samples"),
         ("forward_", "Forward noising of held-out images"),
+        (
+            "interpolation_",
+            "Spherical interpolation of initial noises (deterministic sampler)",
+        ),
+        (
+            "mix_",
+            "Two held-out images noised, mixed and decoded (one row per noise level)",
+        ),
         ("timeline_", "Sampling timelines"),
         ("score_field_", "Score fields, learned against exact"),
         ("score_error", "Score error per noise level"),

@@ -97,6 +97,7 @@ pub fn run(params: &SampleParams, ctx: &StageContext) -> StageResult<()> {
         snapshots: params.snapshots,
         snapshot_particles: keep,
         device: ctx.device,
+        start: None,
     };
     let started = Instant::now();
     let mut rng = stream(params.seed, "sample");

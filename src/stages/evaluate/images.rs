@@ -1,12 +1,15 @@
 //! The image side of evaluation: metrics in a classifier's feature space, and the
-//! figures of image samples (grids, denoising timelines, forward noising).
+//! figures of image samples and models (grids, denoising timelines, forward noising,
+//! interpolations).
 
 use candle_core::Tensor;
 use rand::seq::index::sample as pick_indices;
 
-use super::{EvaluateParams, Reference, Rows};
+use super::{EvaluateParams, Reference, Rows, snap};
 use crate::data::images::ImageShape;
+use crate::diffusion::interpolate;
 use crate::diffusion::process::{Process, noise_batch};
+use crate::diffusion::score::ScoreFn;
 use crate::error::{StageError, StageResult};
 use crate::metrics::{Metric, Points, features};
 use crate::nn::classifier::Classifier;
@@ -190,5 +193,89 @@ pub fn draw_forward_noising(
         &tiles,
         shape,
         COLUMNS,
+    )
+}
+
+/// Columns of the interpolation figures: fractions 0, 1/7, ..., 1.
+const INTERPOLATION_COLUMNS: usize = 8;
+
+/// `interpolation_<model>.png`: four rows, each a spherical interpolation between two
+/// prior draws decoded by the deterministic `interpolation_sampler`.
+pub fn draw_interpolation(
+    params: &EvaluateParams,
+    ctx: &StageContext,
+    model: &str,
+    score: &dyn ScoreFn,
+    process: &Process,
+    shape: ImageShape,
+) -> StageResult<()> {
+    params
+        .interpolation_sampler
+        .check(process)
+        .map_err(|e| StageError::Failed(format!("interpolation_sampler: {e}")))?;
+    let mut rng = stream(params.seed, "evaluate/interpolation");
+    let images = interpolate::spherical(
+        &params.interpolation_sampler,
+        score,
+        process,
+        4,
+        INTERPOLATION_COLUMNS,
+        shape.dim(),
+        ctx.device,
+        &mut rng,
+    )?;
+    let tiles: Vec<&[f32]> = images.chunks(shape.dim()).collect();
+    write_grid(
+        &ctx.path(&format!("interpolation_{model}.png")),
+        &tiles,
+        shape,
+        INTERPOLATION_COLUMNS,
+    )
+}
+
+/// `mix_<model>.png`: the first two held-out images at the ends of each row, and
+/// between them their mix after noising to each of `mix_times` (snapped to the
+/// process's levels), decoded by ancestral sampling.
+pub fn draw_mix(
+    params: &EvaluateParams,
+    ctx: &StageContext,
+    model: &str,
+    score: &dyn ScoreFn,
+    process: &Process,
+    reference: &Reference,
+    shape: ImageShape,
+) -> StageResult<()> {
+    let dim = shape.dim();
+    if reference.test.len() < 2 * dim {
+        return Err(StageError::Failed(
+            "plot `mix` needs at least two held-out images".into(),
+        ));
+    }
+    let (x, y) = (&reference.test[..dim], &reference.test[dim..2 * dim]);
+    let mut rows: Vec<Vec<f32>> = Vec::with_capacity(params.mix_times.len());
+    for (i, &t) in params.mix_times.iter().enumerate() {
+        let t = if t > 0.0 { snap(process, t) } else { 0.0 };
+        let mut rng = stream(params.seed, &format!("evaluate/mix/{i}"));
+        let mut row = x.to_vec();
+        row.extend(interpolate::noised_mix(
+            score,
+            process,
+            x,
+            y,
+            t,
+            INTERPOLATION_COLUMNS,
+            params.mix_steps,
+            ctx.device,
+            &mut rng,
+        )?);
+        row.extend_from_slice(y);
+        rows.push(row);
+    }
+    let tiles: Vec<&[f32]> = rows.iter().flat_map(|r| r.chunks(dim)).collect();
+    write_grid(
+        &ctx.path(&format!("mix_{model}.png")),
+        &tiles,
+        shape,
+        INTERPOLATION_COLUMNS + 2,
     )
 }

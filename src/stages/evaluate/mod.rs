@@ -17,6 +17,7 @@ use crate::data::toy::Mixture;
 use crate::diffusion::likelihood::{Divergence, NllOptions, negative_log_likelihood_batched};
 use crate::diffusion::ode::Tolerance;
 use crate::diffusion::process::{Process, noise_batch};
+use crate::diffusion::sample::SamplerParams;
 use crate::diffusion::score::{MixtureScore, ScoreFn};
 use crate::error::{StageError, StageResult};
 use crate::metrics::{Metric, Points, mmd, modes, sliced_wasserstein};
@@ -26,7 +27,7 @@ use crate::report::plots::{self, LineChart};
 use crate::rng::{normals, stream};
 use crate::stages::dataset::Source;
 
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 
 /// Which metrics and figures, and how much work to spend on them.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -74,6 +75,18 @@ pub struct EvaluateParams {
     /// Images per KID subset (10 subsets are averaged).
     #[serde(default = "kid_subset")]
     pub kid_subset: usize,
+    /// The deterministic sampler (`ddim` with eta 0, or `ode`) that decodes the
+    /// spherical interpolations.
+    #[serde(default = "interpolation_sampler")]
+    pub interpolation_sampler: SamplerParams,
+    /// Times to which the two images of `mix` are noised, one row each (0: the plain
+    /// mix; Ho et al. show 0 to 1000 of 1000 steps).
+    #[serde(default = "mix_times")]
+    pub mix_times: Vec<f64>,
+    /// Ancestral steps of the `mix` decoding from t = 1 (default: every level of a
+    /// discrete process, 1000 for an SDE); a row starts at its own time.
+    #[serde(default)]
+    pub mix_steps: Option<usize>,
     #[serde(default)]
     pub seed: u64,
 }
@@ -93,6 +106,12 @@ pub enum Plot {
     Grid,
     /// Held-out images noised by a model's process from t = 0 to 1 (image data).
     ForwardNoising,
+    /// Spherical interpolations between prior draws, decoded by
+    /// `interpolation_sampler` (image data, models).
+    Interpolation,
+    /// Ho et al.'s interpolation: two held-out images noised to each of `mix_times`,
+    /// mixed linearly and decoded by ancestral sampling (image data, models).
+    Mix,
 }
 
 impl Plot {
@@ -103,7 +122,25 @@ impl Plot {
             Plot::ScoreField => "score_field",
             Plot::Grid => "grid",
             Plot::ForwardNoising => "forward_noising",
+            Plot::Interpolation => "interpolation",
+            Plot::Mix => "mix",
         }
+    }
+
+    /// Whether the figure shows images (the others draw points).
+    fn of_images(self) -> bool {
+        matches!(
+            self,
+            Plot::Grid | Plot::ForwardNoising | Plot::Interpolation | Plot::Mix
+        )
+    }
+
+    /// Whether the figure is drawn from `needs.models`.
+    fn of_models(self) -> bool {
+        matches!(
+            self,
+            Plot::ScoreField | Plot::ForwardNoising | Plot::Interpolation | Plot::Mix
+        )
     }
 }
 
@@ -137,6 +174,15 @@ fn feature_points() -> usize {
 fn kid_subset() -> usize {
     500
 }
+fn interpolation_sampler() -> SamplerParams {
+    SamplerParams::Ddim {
+        eta: 0.0,
+        steps: 50,
+    }
+}
+fn mix_times() -> Vec<f64> {
+    vec![0.0, 0.25, 0.5, 0.75, 1.0]
+}
 
 /// What an evaluate stage is given, which decides its default metrics and figures.
 #[derive(Debug, Clone, Copy, Default)]
@@ -162,6 +208,9 @@ impl Default for EvaluateParams {
             nll_atol: tolerance(),
             feature_points: feature_points(),
             kid_subset: kid_subset(),
+            interpolation_sampler: interpolation_sampler(),
+            mix_times: mix_times(),
+            mix_steps: None,
             seed: 0,
         }
     }
@@ -200,9 +249,13 @@ impl EvaluateParams {
     pub fn plots(&self, given: Given, dim: usize) -> Vec<Plot> {
         match &self.plots {
             Some(p) => p.clone(),
-            None if given.images && given.models => {
-                vec![Plot::Grid, Plot::Timeline, Plot::ForwardNoising]
-            }
+            None if given.images && given.models => vec![
+                Plot::Grid,
+                Plot::Timeline,
+                Plot::ForwardNoising,
+                Plot::Interpolation,
+                Plot::Mix,
+            ],
             None if given.images => vec![Plot::Grid, Plot::Timeline],
             None if dim == 2 => vec![Plot::Scatter, Plot::ScoreField],
             None => vec![Plot::Scatter],
@@ -251,6 +304,19 @@ impl EvaluateParams {
         if !(self.nll_rtol > 0.0 && self.nll_atol > 0.0) {
             return Err("`nll_rtol` and `nll_atol` must be positive".into());
         }
+        match &self.interpolation_sampler {
+            SamplerParams::Ddim { eta, .. } if *eta == 0.0 => {}
+            SamplerParams::Ode { .. } => {}
+            other => {
+                return Err(format!(
+                    "`interpolation_sampler` must be deterministic (`ddim` with eta 0, or `ode`), not `{}`",
+                    other.name()
+                ));
+            }
+        }
+        if self.mix_times.iter().any(|t| !(0.0..=1.0).contains(t)) || self.mix_steps == Some(0) {
+            return Err("`mix_times` must be times in [0, 1] and `mix_steps` at least 1".into());
+        }
         let metrics = self.metrics(given);
         if let Some(m) = metrics.iter().find(|m| m.needs_classifier())
             && classifier.is_none()
@@ -286,11 +352,10 @@ impl EvaluateParams {
         }
         let plots = self.plots.clone().unwrap_or_default();
         for plot in &plots {
-            let for_images = matches!(plot, Plot::Grid | Plot::ForwardNoising);
-            if for_images != images && !matches!(plot, Plot::Timeline) {
+            if plot.of_images() != images && !matches!(plot, Plot::Timeline) {
                 return Err(if images {
                     format!(
-                        "plot `{}` draws points; for images use `grid`, `timeline` or `forward_noising`",
+                        "plot `{}` draws points; for images use `grid`, `timeline`, `forward_noising`, `interpolation` or `mix`",
                         plot.name()
                     )
                 } else {
@@ -301,13 +366,13 @@ impl EvaluateParams {
                 });
             }
         }
-        if plots.contains(&Plot::ForwardNoising) && models.is_empty() {
-            return Err("plot `forward_noising` uses a model's process: list train stages under `needs.models`".into());
-        }
-        if plots.contains(&Plot::ScoreField) && models.is_empty() {
-            return Err(
-                "plot `score_field` draws models: list train stages under `needs.models`".into(),
-            );
+        if let Some(plot) = plots.iter().find(|p| p.of_models())
+            && models.is_empty()
+        {
+            return Err(format!(
+                "plot `{}` is drawn from a model: list train stages under `needs.models`",
+                plot.name()
+            ));
         }
         if plots
             .iter()
@@ -318,11 +383,10 @@ impl EvaluateParams {
         }
         if !models.is_empty()
             && !metrics.iter().any(|m| m.of_models())
-            && !plots.contains(&Plot::ScoreField)
-            && !plots.contains(&Plot::ForwardNoising)
+            && !plots.iter().any(|p| p.of_models())
             && self.plots.is_some()
         {
-            return Err("`needs.models` lists train stages but no metric or plot uses them; add `score_error`, `nll` or plot `score_field`".into());
+            return Err("`needs.models` lists train stages but no metric or plot uses them; add `score_error`, `nll` or a plot drawn from models (`score_field`, `forward_noising`, `interpolation`, `mix`)".into());
         }
         Ok(())
     }
@@ -616,8 +680,38 @@ fn evaluate_models(
             );
             rows.push(&input.id, "nll_nfe", likelihood.nfe as f64);
         }
-        if let (true, Some(shape)) = (plots.contains(&Plot::ForwardNoising), reference.meta.image) {
-            images::draw_forward_noising(ctx, &input.id, &process, reference, shape, params.seed)?;
+        if let Some(shape) = reference.meta.image {
+            if plots.contains(&Plot::ForwardNoising) {
+                images::draw_forward_noising(
+                    ctx,
+                    &input.id,
+                    &process,
+                    reference,
+                    shape,
+                    params.seed,
+                )?;
+            }
+            if plots.contains(&Plot::Interpolation) {
+                images::draw_interpolation(
+                    params,
+                    ctx,
+                    &input.id,
+                    score.as_ref(),
+                    &process,
+                    shape,
+                )?;
+            }
+            if plots.contains(&Plot::Mix) {
+                images::draw_mix(
+                    params,
+                    ctx,
+                    &input.id,
+                    score.as_ref(),
+                    &process,
+                    reference,
+                    shape,
+                )?;
+            }
         }
         if plots.contains(&Plot::ScoreField) && dim == 2 {
             let exact = reference.meta.mixture.clone().map(|mixture| MixtureScore {
