@@ -31,6 +31,14 @@ sweep *args="":
 bench *args="":
     cargo bench --bench plan -- {{args}}
 
+# runner's training/sampling benchmark against the PyTorch reference, alternating, 3 rounds.
+bench-compare device="cpu" *args="":
+    python3 bench/compare.py --device {{device}} {{args}}
+
+# Build the `cuda` feature from kernels and library symbols made on a GPU machine (README: GPU).
+cuda kernels symbols:
+    bash scripts/cuda/build.sh {{kernels}} {{symbols}}
+
 # Run the test suite (the same command CI runs).
 test:
     cargo test --release

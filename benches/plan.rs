@@ -37,7 +37,12 @@ fn measure(name: &str, reps: usize, f: &dyn Fn() -> usize) {
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    run(&std::env::args().collect::<Vec<_>>());
+}
+
+/// The benchmark, given its command line (tests/benches.rs runs it with `--quick`).
+pub fn run(args: &[String]) {
+    let quick = args.iter().any(|a| a == "--quick");
     let reps = if quick { 1 } else { 20 };
     let dir = tempfile::tempdir().expect("a temporary directory");
     let sweep = dir.path().join("sweep.yaml");

@@ -21,6 +21,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::cache::{Cache, maintenance};
 use crate::error::RunnerError;
+use crate::exec::device::DeviceChoice;
 use crate::exec::progress::Progress;
 use crate::exec::scheduler::{Outcome, RunOptions, Status, execute, from_cache};
 use crate::pipeline::spec::StageKind;
@@ -81,6 +82,9 @@ pub enum Command {
         /// Show what would run, run nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Where stages compute: `cuda` needs a build with `--features cuda`.
+        #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+        device: DeviceChoice,
     },
     /// Show every stage with its key and whether it is cached or why it must run.
     Plan {
@@ -144,6 +148,7 @@ fn dispatch(cli: &Cli) -> Result<(), RunnerError> {
             jobs,
             force,
             dry_run,
+            device,
         } => {
             let plan = pipeline.load()?;
             for id in force {
@@ -162,12 +167,14 @@ fn dispatch(cli: &Cli) -> Result<(), RunnerError> {
                     .map(|n| n.get())
                     .unwrap_or(1)
             });
+            let device = crate::exec::device::open(*device).map_err(RunnerError::Usage)?;
             run(
                 &plan,
                 &cli.results,
                 &RunOptions {
                     jobs,
                     force: force.clone(),
+                    device,
                 },
             )
         }
@@ -215,10 +222,11 @@ fn run(plan: &Plan, results: &Path, options: &RunOptions) -> Result<(), RunnerEr
         format!("{} sweep points, ", plan.points.len())
     };
     eprintln!(
-        "pipeline {} ({points}{} stages, {} jobs)",
+        "pipeline {} ({points}{} stages, {} jobs, {})",
         plan.name,
         plan.order.len(),
-        options.jobs
+        options.jobs,
+        crate::exec::device::name(&options.device)
     );
     let outcomes = execute(plan, &cache, options, &progress);
     let count = |f: &dyn Fn(&Status) -> bool| outcomes.iter().filter(|o| f(&o.status)).count();

@@ -43,14 +43,17 @@ pub struct NetworkScore<'a> {
 }
 
 impl NetworkScore<'_> {
-    /// The network's output, in chunks of `CHUNK` rows so that thousands of images
-    /// do not go through a U-Net at once.
+    /// The network's output, in chunks of 256 rows so that thousands of images do
+    /// not go through a U-Net at once (an MLP takes every row in one pass).
     fn output(&self, x: &Tensor, t: f64) -> Result<Tensor> {
-        const CHUNK: usize = 256;
         let batch = x.dim(0)?;
-        let mut parts = Vec::with_capacity(batch.div_ceil(CHUNK));
-        for start in (0..batch).step_by(CHUNK) {
-            let len = CHUNK.min(batch - start);
+        let chunk = match self.net {
+            Network::Mlp(_) => batch.max(1),
+            Network::UNet { .. } => 256,
+        };
+        let mut parts = Vec::with_capacity(batch.div_ceil(chunk));
+        for start in (0..batch).step_by(chunk) {
+            let len = chunk.min(batch - start);
             let cond = Tensor::full(t as f32, len, x.device())?;
             parts.push(self.net.forward(&x.narrow(0, start, len)?, &cond)?);
         }

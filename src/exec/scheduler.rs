@@ -17,12 +17,14 @@ use crate::pipeline::graph::{Plan, StageNode};
 use crate::stages::{self, InputEntry, StageContext};
 
 /// How to run.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RunOptions {
     /// Concurrent stages at most.
     pub jobs: usize,
     /// Stage ids to recompute even when cached.
     pub force: Vec<String>,
+    /// Where stages compute (see [`super::device`]).
+    pub device: Device,
 }
 
 /// What happened to a stage.
@@ -178,7 +180,7 @@ pub fn execute(
                     .spawn_scoped(scope, move || {
                         let started = Instant::now();
                         let status = match catch_unwind(AssertUnwindSafe(|| {
-                            run_one(node, inputs, cache, force, progress)
+                            run_one(node, inputs, cache, force, progress, &options.device)
                         })) {
                             Ok(Ok(status)) => status,
                             Ok(Err(e)) => Status::Failed(e.to_string()),
@@ -288,6 +290,7 @@ fn run_one(
     cache: &Cache,
     force: bool,
     progress: &Progress,
+    device: &Device,
 ) -> StageResult<Status> {
     if !force && cache.is_cached(&node.key) {
         return Ok(Status::Cached);
@@ -298,7 +301,6 @@ fn run_one(
     }
     let staging = cache.staging_for(&node.key)?;
     let bar = progress.stage(&node.name());
-    let device = Device::Cpu;
     let started = Instant::now();
     let started_at = SystemTime::now();
     let input_keys = inputs
@@ -315,7 +317,7 @@ fn run_one(
         out: staging.path(),
         inputs,
         progress: &bar,
-        device: &device,
+        device,
         checkpoints: cache.checkpoints_for(&node.key),
     };
     let result = stages::run(&node.spec, &ctx);
@@ -329,7 +331,7 @@ fn run_one(
         inputs: input_keys,
         outputs: Vec::new(),
         seconds: started.elapsed().as_secs_f64(),
-        device: "cpu".into(),
+        device: super::device::name(device),
         runner_version: env!("CARGO_PKG_VERSION").into(),
         stage_version: stages::version(node.kind()),
         cache_format: crate::cache::store::CACHE_FORMAT,
