@@ -80,6 +80,7 @@ fn first_run_computes_second_is_cached_and_set_reruns_only_downstream() {
         manifest.contains(&format!("\"data\": [\n      \"{data_key}\"")),
         "{manifest}"
     );
+    assert!(manifest.contains("\"device\": \"cpu\""), "{manifest}");
     // The EMA weights are a separate average, not a copy of the final weights.
     let raw = std::fs::read(out.join("stages/ddpm/weights.safetensors")).unwrap();
     let ema = std::fs::read(out.join("stages/ddpm/ema.safetensors")).unwrap();
@@ -160,6 +161,17 @@ fn dry_run_and_graph_run_nothing() {
                 .any(|e| e.path().join("manifest.json").exists()))
             .unwrap_or(false)
     );
+    // A CPU-only build refuses --device cuda before running anything, saying why.
+    if !cfg!(feature = "cuda") {
+        let cuda = runner(&results, &["run", file, "--device", "cuda"]);
+        assert_eq!(cuda.status.code(), Some(2), "{}", stderr(&cuda));
+        assert!(
+            stderr(&cuda).contains("built without CUDA"),
+            "{}",
+            stderr(&cuda)
+        );
+        assert!(!results.join("tiny").exists());
+    }
     let list = runner(&results, &["list"]);
     assert!(stdout(&list).contains("annealed_langevin") && stdout(&list).contains("two_gaussians"));
 }
