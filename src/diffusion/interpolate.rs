@@ -6,7 +6,7 @@
 use candle_core::{Device, Result, Tensor};
 use rand_chacha::ChaCha8Rng;
 
-use super::process::Process;
+use super::process::{Process, noise_batch};
 use super::sample::{self, SampleRequest, SamplerParams};
 use super::score::ScoreFn;
 use crate::rng::normals;
@@ -95,27 +95,27 @@ pub fn noised_mix(
     rng: &mut ChaCha8Rng,
 ) -> Result<Vec<f32>> {
     let dim = x.len();
-    let (a, s) = if t > 0.0 {
-        (process.mean_coef(t) as f32, process.std(t) as f32)
-    } else {
-        (1.0, 0.0)
-    };
     let (ex, ey) = (normals(rng, dim), normals(rng, dim));
+    let noised = |v: &[f32], eps: &[f32]| {
+        if t > 0.0 {
+            noise_batch(process, v, &[t], eps, dim)
+        } else {
+            v.to_vec()
+        }
+    };
+    let (xt, yt) = (noised(x, &ex), noised(y, &ey));
     let mut mixed = Vec::with_capacity(columns * dim);
     for lambda in fractions(columns) {
         let l = lambda as f32;
-        for j in 0..dim {
-            let xt = a * x[j] + s * ex[j];
-            let yt = a * y[j] + s * ey[j];
-            mixed.push((1.0 - l) * xt + l * yt);
-        }
+        mixed.extend(xt.iter().zip(&yt).map(|(a, b)| (1.0 - l) * a + l * b));
     }
     let xt = Tensor::from_vec(mixed, (columns, dim), device)?;
     let shared = |rng: &mut ChaCha8Rng| {
         Tensor::from_vec(normals(rng, dim), (1, dim), device)?.broadcast_as((columns, dim))
     };
-    let (out, _) = sample::ancestral_from(score, process, xt, t, steps, &shared, rng)?;
-    out.flatten_all()?.to_vec1::<f32>()
+    sample::ancestral_from(score, process, xt, t, steps, &shared, rng)?
+        .flatten_all()?
+        .to_vec1::<f32>()
 }
 
 #[cfg(test)]

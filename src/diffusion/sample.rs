@@ -739,7 +739,6 @@ fn walk(
 /// Ancestral sampling from points already at time `from` (noised data, as in Ho et al.
 /// 2020's interpolation) down to the clean state, on the grid of `steps` (see [`grid`])
 /// below `from`. `noise` draws each step's noise, so a caller can share it across rows.
-/// Returns the clean points and the number of score evaluations.
 pub fn ancestral_from(
     score: &dyn ScoreFn,
     process: &Process,
@@ -748,9 +747,9 @@ pub fn ancestral_from(
     steps: Option<usize>,
     noise: &dyn Fn(&mut ChaCha8Rng) -> Result<Tensor>,
     rng: &mut ChaCha8Rng,
-) -> Result<(Tensor, usize)> {
+) -> Result<Tensor> {
     if from <= 0.0 {
-        return Ok((x, 0));
+        return Ok(x);
     }
     let mut states = vec![State::at(process, from)];
     states.extend(
@@ -762,7 +761,7 @@ pub fn ancestral_from(
     for pair in states.windows(2) {
         x = ancestral_step(score, &x, pair[0], pair[1], Variance::Beta, noise, rng)?;
     }
-    Ok((x, states.len() - 1))
+    Ok(x)
 }
 
 /// One ancestral step from `cur` to `prev`: mean (x - q/s eps) / r plus noise (none
