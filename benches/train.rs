@@ -158,6 +158,25 @@ fn step_case(
     })
 }
 
+/// A freshly initialised network whose weights are plain tensors, as the sample stage
+/// loads them: built from `Var`s, every output would record the autograd graph, and a
+/// sampling loop would keep all of its steps alive.
+fn frozen(config: &NetworkConfig, shape: DataShape, device: &Device) -> Result<Network> {
+    let process = ddpm();
+    let (_, named) = Network::fresh(
+        config,
+        shape,
+        &process,
+        &mut stream(0, "bench/init"),
+        device,
+    )?;
+    let weights = named
+        .into_iter()
+        .map(|(name, var)| (name, var.as_tensor().detach()))
+        .collect();
+    Ok(Network::load(config, shape, &process, weights, device)?)
+}
+
 /// Forward FLOPs of an MLP on `dim`-dimensional data (multiply-adds count two).
 fn mlp_flops(config: &MlpConfig, dim: usize, batch: usize) -> f64 {
     let mut fan_in = dim + config.embedding_dim;
@@ -273,8 +292,7 @@ pub fn run(args: &[String]) -> Result<()> {
             dim: 2,
             image: None,
         };
-        let (net, _) =
-            Network::fresh(&cfg, shape, &process, &mut stream(0, "bench/init"), &device)?;
+        let net = frozen(&cfg, shape, &device)?;
         let score = NetworkScore {
             net,
             prediction: Prediction::Epsilon,
@@ -334,14 +352,7 @@ pub fn run(args: &[String]) -> Result<()> {
         }
         let name = format!("unet_sample_step/b{batch}");
         if wanted(&name) {
-            let process = ddpm();
-            let (net, _) = Network::fresh(
-                &NetworkConfig::UNet(mnist_unet()),
-                image,
-                &process,
-                &mut stream(0, "bench/init"),
-                &device,
-            )?;
+            let net = frozen(&NetworkConfig::UNet(mnist_unet()), image, &device)?;
             let x = Tensor::from_vec(
                 normals(&mut stream(1, "bench/x"), batch * image.dim),
                 (batch, image.dim),

@@ -2,6 +2,9 @@
 //! cannot rot between the times someone measures with them.
 
 #[allow(dead_code)]
+#[path = "../benches/cache.rs"]
+mod cache;
+#[allow(dead_code)]
 #[path = "../benches/plan.rs"]
 mod plan;
 #[allow(dead_code)]
@@ -11,6 +14,11 @@ mod train;
 #[test]
 fn the_planning_benchmark_runs() {
     plan::run(&["plan".into(), "--quick".into()]);
+}
+
+#[test]
+fn the_cache_benchmark_hashes_and_reruns() {
+    cache::run(&["cache".into(), "--quick".into()]);
 }
 
 #[test]

@@ -4,9 +4,10 @@
 //! a hidden layer (the features) and the class logits.
 
 use candle_core::{D, Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder, conv2d, linear};
+use candle_nn::{Conv2dConfig, Linear, VarBuilder, linear};
 use serde::{Deserialize, Serialize};
 
+use super::conv::{Conv2d, conv2d};
 use crate::data::images::ImageShape;
 
 /// Sizes of the classifier.

@@ -2,7 +2,10 @@
 
 pub mod adamw;
 pub mod classifier;
+pub mod conv;
 pub mod embedding;
+pub mod gemm;
+pub mod group_norm;
 pub mod init;
 pub mod mlp;
 pub mod network;

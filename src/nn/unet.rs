@@ -4,10 +4,12 @@
 //! connections, and single-head self-attention at chosen resolutions.
 
 use candle_core::{D, Device, Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder, conv2d, group_norm, linear};
+use candle_nn::{Conv2dConfig, Linear, VarBuilder, linear};
 use serde::{Deserialize, Serialize};
 
+use super::conv::{Conv2d, conv2d};
 use super::embedding::{fourier, sinusoidal};
+use super::group_norm::{GroupNorm, group_norm};
 use super::mlp::Embedding;
 use crate::data::images::ImageShape;
 use crate::rng::{normals, stream};
@@ -171,10 +173,11 @@ impl ResBlock {
     }
 
     fn forward(&self, x: &Tensor, temb: &Tensor) -> Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
-        let t = self.time.forward(temb)?.unsqueeze(2)?.unsqueeze(3)?;
-        let h = h.broadcast_add(&t)?;
-        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
+        let t = self.time.forward(temb)?;
+        let h = self
+            .conv1
+            .forward_shifted(&self.norm1.forward_silu(x)?, &t)?;
+        let h = self.conv2.forward(&self.norm2.forward_silu(&h)?)?;
         let skip = match &self.skip {
             Some(conv) => conv.forward(x)?,
             None => x.clone(),
@@ -401,7 +404,7 @@ impl UNet {
                 Layer::Down(_) => unreachable!("no down-sampling on the way up"),
             };
         }
-        let out = self.conv_out.forward(&self.norm_out.forward(&h)?.silu()?)?;
+        let out = self.conv_out.forward(&self.norm_out.forward_silu(&h)?)?;
         out.reshape((batch, s.dim()))
     }
 }

@@ -14,7 +14,9 @@ use crate::data::toy::{Distribution, Mixture};
 use crate::error::{StageError, StageResult};
 use crate::rng::stream;
 
-pub const VERSION: u32 = 1;
+/// Bumped whenever `meta.json` or the data layout changes, so that entries written by
+/// an older runner are recomputed instead of failing to parse (2: `source` in meta).
+pub const VERSION: u32 = 2;
 
 /// Parameters of a dataset stage: the source (`name` and its parameters) plus sizes
 /// and seed.
