@@ -9,6 +9,10 @@
 
 use std::time::Instant;
 
+/// The allocator the runner binary uses (src/main.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use candle_core::{Device, Tensor};
 use runner::data::images::ImageShape;
 use runner::diffusion::process::Process;

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use candle_core::{D, Device, Result, Tensor};
-use candle_nn::{Linear, Module};
+use candle_nn::Linear;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
@@ -173,10 +173,7 @@ impl Mlp {
         let mut h = Tensor::cat(&[x, &emb], D::Minus1)?;
         let last = self.layers.len() - 1;
         for (i, layer) in self.layers.iter().enumerate() {
-            h = layer.forward(&h)?;
-            if i < last {
-                h = h.silu()?;
-            }
+            h = super::linear::forward(layer, &h, i < last)?;
         }
         Ok(h)
     }

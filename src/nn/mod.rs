@@ -7,6 +7,7 @@ pub mod embedding;
 pub mod gemm;
 pub mod group_norm;
 pub mod init;
+pub mod linear;
 pub mod mlp;
 pub mod network;
 pub mod unet;
