@@ -27,9 +27,10 @@ sweep *args="":
     echo "reports:"
     for f in $files; do echo "  results/$(sed -n 's/^name: *//p' "$f")/report.html"; done
 
-# Planning speed (1,000-point sweep); `just bench --quick` runs each case once.
+# Planning (1,000-point sweep), hashing (1 GiB) and no-op re-run speed; `just bench --quick` runs each once.
 bench *args="":
     cargo bench --bench plan -- {{args}}
+    cargo bench --bench cache -- {{args}}
 
 # runner's training/sampling benchmark against the PyTorch reference, alternating, 3 rounds.
 bench-compare device="cpu" *args="":
