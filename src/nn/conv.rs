@@ -10,7 +10,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Module, Resul
 use candle_nn::{Conv2dConfig, VarBuilder};
 use rayon::prelude::*;
 
-use super::gemm::{View, matmul};
+use super::gemm::{View, contiguous_f32 as slice, matmul};
 
 /// A convolution layer: candle_nn's parameters and initialisation (so weights keep their
 /// names and seeded values), with the CPU forward and backward passes of this module.
@@ -238,17 +238,6 @@ impl Geometry {
         } else {
             vec![0.0; self.patch() * self.pixels()]
         }
-    }
-}
-
-/// The f32 numbers of a contiguous CPU tensor.
-fn slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else {
-        candle_core::bail!("{op}: only f32 tensors are supported on the CPU")
-    };
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("{op}: the tensor must be contiguous"),
     }
 }
 

@@ -3,6 +3,22 @@
 //! buffers without allocating a tensor for each. The `gemm` crate is the one candle's
 //! CPU matmul uses, so this adds no code to the build.
 
+/// The f32 numbers of a contiguous CPU tensor, as a custom op's `cpu_fwd` receives it
+/// (every CPU kernel of this crate makes its inputs contiguous before the op).
+pub fn contiguous_f32<'a>(
+    storage: &'a candle_core::CpuStorage,
+    layout: &candle_core::Layout,
+    op: &str,
+) -> candle_core::Result<&'a [f32]> {
+    let candle_core::CpuStorage::F32(data) = storage else {
+        candle_core::bail!("{op}: only f32 tensors are supported on the CPU")
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{op}: the tensor must be contiguous"),
+    }
+}
+
 /// A read-only matrix over a slice: element (i, j) is `data[i * row_stride + j * col_stride]`.
 #[derive(Clone, Copy)]
 pub struct View<'a> {

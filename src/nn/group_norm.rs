@@ -9,6 +9,8 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Result, Shape, T
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
+use super::gemm::contiguous_f32 as slice;
+
 /// A GroupNorm layer with candle_nn's parameters (`weight`, `bias`) and epsilon.
 #[derive(Debug, Clone)]
 pub struct GroupNorm {
@@ -123,17 +125,6 @@ impl Norm {
     }
 }
 
-/// The f32 numbers of a contiguous CPU tensor.
-fn slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else {
-        candle_core::bail!("group norm: only f32 tensors are supported on the CPU")
-    };
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("group norm: the tensor must be contiguous"),
-    }
-}
-
 impl CustomOp3 for Norm {
     fn name(&self) -> &'static str {
         "group-norm"
@@ -149,9 +140,9 @@ impl CustomOp3 for Norm {
         bias_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (x, weight, bias) = (
-            slice(x, x_layout)?,
-            slice(weight, weight_layout)?,
-            slice(bias, bias_layout)?,
+            slice(x, x_layout, "group norm")?,
+            slice(weight, weight_layout, "group norm")?,
+            slice(bias, bias_layout, "group norm")?,
         );
         let p = self.pixels;
         let mut out = vec![0f32; x.len()];
@@ -212,9 +203,9 @@ impl CustomOp3 for NormGrad {
     ) -> Result<(CpuStorage, Shape)> {
         let norm = self.0;
         let (x, grad, params) = (
-            slice(x, x_layout)?,
-            slice(grad, grad_layout)?,
-            slice(params, params_layout)?,
+            slice(x, x_layout, "group norm")?,
+            slice(grad, grad_layout, "group norm")?,
+            slice(params, params_layout, "group norm")?,
         );
         let (weight, bias) = params.split_at(norm.channels);
         let (p, c) = (norm.pixels, norm.channels);

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Result, Shape, Tensor};
 use candle_nn::Linear;
 
-use super::gemm::{View, matmul};
+use super::gemm::{View, contiguous_f32 as slice, matmul};
 
 /// `x · weightᵀ + bias`, then SiLU when `silu`.
 pub fn forward(layer: &Linear, x: &Tensor, silu: bool) -> Result<Tensor> {
@@ -78,16 +78,6 @@ struct LinearAct {
     pre_activation: Mutex<Option<Tensor>>,
 }
 
-fn slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else {
-        candle_core::bail!("linear: only f32 tensors are supported on the CPU")
-    };
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("linear: the tensor must be contiguous"),
-    }
-}
-
 impl CustomOp3 for LinearAct {
     fn name(&self) -> &'static str {
         "linear-silu"
@@ -114,9 +104,9 @@ impl CustomOp3 for LinearAct {
             )
         }
         let (x, weight, bias) = (
-            slice(x, x_layout)?,
-            slice(weight, weight_layout)?,
-            slice(bias, bias_layout)?,
+            slice(x, x_layout, "linear")?,
+            slice(weight, weight_layout, "linear")?,
+            slice(bias, bias_layout, "linear")?,
         );
         let mut out: Vec<f32> = Vec::with_capacity(batch * fan_out);
         for _ in 0..batch {
