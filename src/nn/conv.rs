@@ -415,23 +415,10 @@ mod tests {
     use candle_core::{Device, Var};
 
     fn random(shape: &[usize], seed: u64) -> Tensor {
-        let n = shape.iter().product();
-        let data = crate::rng::normals(&mut crate::rng::stream(seed, "conv"), n);
-        Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
+        crate::nn::random_tensor(shape, seed, "conv")
     }
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
+    use crate::nn::max_abs_diff as max_diff;
 
     /// Output and both gradients of candle's direct convolution and of im2col agree,
     /// for every kind of convolution the U-Net has, on odd sizes and one or several

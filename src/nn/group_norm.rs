@@ -10,6 +10,7 @@ use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
 use super::gemm::contiguous_f32 as slice;
+use super::linear::{silu, silu_grad};
 
 /// A GroupNorm layer with candle_nn's parameters (`weight`, `bias`) and epsilon.
 #[derive(Debug, Clone)]
@@ -91,10 +92,6 @@ struct Norm {
     silu: bool,
 }
 
-fn sigmoid(v: f32) -> f32 {
-    1.0 / (1.0 + (-v).exp())
-}
-
 impl Norm {
     /// Numbers in one group of one image.
     fn group_len(&self) -> usize {
@@ -154,7 +151,7 @@ impl CustomOp3 for Norm {
                     let (src, dst) = (&image[c * p..(c + 1) * p], &mut y[c * p..(c + 1) * p]);
                     for (d, &v) in dst.iter_mut().zip(src) {
                         let a = v * scale + shift;
-                        *d = if self.silu { a * sigmoid(a) } else { a };
+                        *d = if self.silu { silu(a) } else { a };
                     }
                 });
             });
@@ -228,8 +225,7 @@ impl CustomOp3 for NormGrad {
                         let xhat = (image[i] - mean) * rstd;
                         let a = xhat * weight[ch] + bias[ch];
                         let da = if norm.silu {
-                            let s = sigmoid(a);
-                            gy[i] * s * (1.0 + a * (1.0 - s))
+                            gy[i] * silu_grad(a)
                         } else {
                             gy[i]
                         };
@@ -271,16 +267,11 @@ mod tests {
     use candle_core::{Device, Var};
 
     fn random(shape: &[usize], seed: u64, scale: f32) -> Tensor {
-        let n = shape.iter().product();
-        let data = crate::rng::normals(&mut crate::rng::stream(seed, "group_norm"), n);
-        let data = data.into_iter().map(|v| v * scale + 0.3).collect();
-        Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
+        let t = crate::nn::random_tensor(shape, seed, "group_norm");
+        t.affine(scale as f64, 0.3).unwrap()
     }
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap();
-        d.max(0).unwrap().to_scalar::<f32>().unwrap()
-    }
+    use crate::nn::max_abs_diff as max_diff;
 
     /// The fused kernel against candle_nn's chain of ops (then SiLU), forward and all
     /// three gradients, with trained-looking (not 1 and 0) weight and bias.

@@ -63,8 +63,8 @@ pub fn silu(v: f32) -> f32 {
     v / (1.0 + exp(-v))
 }
 
-/// d silu / dx = s (1 + x (1 - s)) with s = sigmoid(x).
-fn silu_grad(v: f32) -> f32 {
+/// d silu / dx = s (1 + x (1 - s)) with s = sigmoid(x) (GroupNorm+SiLU uses it too).
+pub fn silu_grad(v: f32) -> f32 {
     let s = 1.0 / (1.0 + exp(-v));
     s * (1.0 + v * (1.0 - s))
 }
@@ -159,7 +159,7 @@ impl CustomOp3 for LinearAct {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
+    use candle_core::Var;
 
     #[test]
     fn the_fast_exp_and_silu_are_accurate() {
@@ -181,11 +181,8 @@ mod tests {
     /// gradients of the input, weight and bias, on one row and on many.
     #[test]
     fn the_fused_layer_matches_candles_ops() {
-        let dev = Device::Cpu;
-        let random = |shape: (usize, usize), seed: u64| {
-            let n = shape.0 * shape.1;
-            let v = crate::rng::normals(&mut crate::rng::stream(seed, "linear"), n);
-            Tensor::from_vec(v, shape, &dev).unwrap()
+        let random = |(rows, cols): (usize, usize), seed: u64| {
+            crate::nn::random_tensor(&[rows, cols], seed, "linear")
         };
         for (batch, fan_in, fan_out) in [(1, 3, 5), (37, 34, 64), (600, 128, 128)] {
             for silu in [true, false] {
@@ -196,10 +193,7 @@ mod tests {
                 let ours = forward(&layer, &x, silu).unwrap();
                 let theirs = layer.forward(&x).unwrap();
                 let theirs = if silu { theirs.silu().unwrap() } else { theirs };
-                let diff = |a: &Tensor, b: &Tensor| {
-                    let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap();
-                    d.max(0).unwrap().to_scalar::<f32>().unwrap()
-                };
+                let diff = crate::nn::max_abs_diff;
                 assert!(diff(&ours, &theirs) < 1e-4);
                 let weights = random((batch, fan_out), 4);
                 let ga = (&ours * &weights)

@@ -33,3 +33,19 @@ pub(crate) fn assert_every_parameter_learns<'a>(
         assert!(norm > 0.0, "{name} has a zero gradient");
     }
 }
+
+/// Test support for the CPU kernels: a seeded normal tensor (`label` names the stream).
+#[cfg(test)]
+pub(crate) fn random_tensor(shape: &[usize], seed: u64, label: &str) -> candle_core::Tensor {
+    let n = shape.iter().product();
+    let data = crate::rng::normals(&mut crate::rng::stream(seed, label), n);
+    candle_core::Tensor::from_vec(data, shape, &candle_core::Device::Cpu).unwrap()
+}
+
+/// Test support for the CPU kernels: the largest absolute difference of two tensors,
+/// how each kernel is compared with the candle ops it replaces.
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap();
+    d.max(0).unwrap().to_scalar::<f32>().unwrap()
+}
