@@ -6,12 +6,16 @@ use candle_core::{D, Result, Tensor};
 /// embedding): [sin(c w_k), cos(c w_k)] with w_k = 10000^(-k/half).
 pub fn sinusoidal(cond: &Tensor, dim: usize) -> Result<Tensor> {
     let half = dim / 2;
-    let freqs: Vec<f32> = (0..half)
-        .map(|k| (-(10000f64.ln()) * k as f64 / half.max(1) as f64).exp() as f32)
-        .collect();
-    let freqs = Tensor::from_vec(freqs, (1, half), cond.device())?;
+    let freqs = Tensor::from_vec(sinusoidal_frequencies(half), (1, half), cond.device())?;
     let args = cond.unsqueeze(1)?.broadcast_mul(&freqs)?;
     Tensor::cat(&[args.sin()?, args.cos()?], D::Minus1)
+}
+
+/// w_k = 10000^(-k/half), k < half: the sinusoidal embedding's frequencies.
+pub fn sinusoidal_frequencies(half: usize) -> Vec<f32> {
+    (0..half)
+        .map(|k| (-(10000f64.ln()) * k as f64 / half.max(1) as f64).exp() as f32)
+        .collect()
 }
 
 /// Gaussian Fourier features (Tancik et al. 2020; score_sde's time embedding):

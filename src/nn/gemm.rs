@@ -1,7 +1,11 @@
 //! Matrix products on plain f32 slices, for the CPU kernels that bypass candle's tensor
 //! ops (convolutions, the fused MLP): they need products of strided views of their own
 //! buffers without allocating a tensor for each. The `gemm` crate is the one candle's
-//! CPU matmul uses, so this adds no code to the build.
+//! CPU matmul uses, so this adds no code to the build; on CPUs with AVX-512 the
+//! crate's own kernel (`avx512`) runs instead, at twice the vector width.
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 
 /// The f32 numbers of a contiguous CPU tensor, as a custom op's `cpu_fwd` receives it
 /// (every CPU kernel of this crate makes its inputs contiguous before the op).
@@ -65,6 +69,37 @@ impl<'a> View<'a> {
 /// `lhs.rows` x `rhs.cols`. `threads > 1` splits the product over rayon's pool; kernels
 /// that already run one product per thread pass 1.
 pub fn matmul(out: &mut [f32], lhs: View, rhs: View, accumulate: bool, threads: usize) {
+    matmul_with(Kernel::best(), out, lhs, rhs, accumulate, threads)
+}
+
+/// Which code computes the products.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kernel {
+    /// This crate's AVX-512 kernel, where the CPU has AVX-512.
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    /// The `gemm` crate (AVX2, NEON or scalar, picked at run time).
+    Portable,
+}
+
+impl Kernel {
+    fn best() -> Kernel {
+        #[cfg(target_arch = "x86_64")]
+        if avx512::available() {
+            return Kernel::Avx512;
+        }
+        Kernel::Portable
+    }
+}
+
+fn matmul_with(
+    kernel: Kernel,
+    out: &mut [f32],
+    lhs: View,
+    rhs: View,
+    accumulate: bool,
+    threads: usize,
+) {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     assert_eq!(k, rhs.rows, "inner dimensions of a product");
     assert!(out.len() >= m * n && lhs.in_bounds() && rhs.in_bounds());
@@ -77,12 +112,70 @@ pub fn matmul(out: &mut [f32], lhs: View, rhs: View, accumulate: bool, threads: 
         }
         return;
     }
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => split_avx512(out, lhs, rhs, accumulate, threads),
+        Kernel::Portable => portable(out, lhs, rhs, accumulate, threads),
+    }
+}
+
+/// Runs the AVX-512 kernel on `threads` disjoint blocks of the output: bands of rows
+/// when there are enough of them, else bands of columns.
+#[cfg(target_arch = "x86_64")]
+fn split_avx512(out: &mut [f32], lhs: View, rhs: View, accumulate: bool, threads: usize) {
+    use rayon::prelude::*;
+    let (m, n) = (lhs.rows, rhs.cols);
+    let threads = threads.max(1);
+    /// The output pointer, shared by threads that write disjoint blocks of it.
+    #[derive(Clone, Copy)]
+    struct Out(*mut f32);
+    // SAFETY: each thread writes only its own band (see below).
+    unsafe impl Send for Out {}
+    unsafe impl Sync for Out {}
+    let out_ptr = Out(out.as_mut_ptr());
+    if threads == 1 || m * n < 1 << 12 {
+        // SAFETY: `out` holds m x n numbers and the views were checked in bounds.
+        unsafe { avx512::matmul(out_ptr.0, n, lhs, rhs, accumulate) };
+    } else if m >= threads * 2 * avx512::MR || m >= n {
+        let band = m.div_ceil(threads).next_multiple_of(avx512::MR);
+        out[..m * n]
+            .par_chunks_mut(band * n)
+            .enumerate()
+            .for_each(|(t, block)| {
+                let rows = block.len() / n;
+                let lhs = View {
+                    data: &lhs.data[t * band * lhs.row_stride..],
+                    rows,
+                    ..lhs
+                };
+                // SAFETY: `block` is this band's rows x n numbers.
+                unsafe { avx512::matmul(block.as_mut_ptr(), n, lhs, rhs, accumulate) };
+            });
+    } else {
+        let band = n.div_ceil(threads).next_multiple_of(avx512::NR);
+        (0..n.div_ceil(band)).into_par_iter().for_each(|t| {
+            let j0 = t * band;
+            let rhs = View {
+                data: &rhs.data[j0 * rhs.col_stride..],
+                cols: band.min(n - j0),
+                ..rhs
+            };
+            let out = out_ptr;
+            // SAFETY: columns j0..j0 + band of every row belong to this thread alone,
+            // and lie inside the m x n output.
+            unsafe { avx512::matmul(out.0.add(j0), n, lhs, rhs, accumulate) };
+        });
+    }
+}
+
+fn portable(out: &mut [f32], lhs: View, rhs: View, accumulate: bool, threads: usize) {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     let parallelism = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: the asserts above keep every index gemm computes from the shapes and
+    // SAFETY: the caller's asserts keep every index gemm computes from the shapes and
     // strides inside the three slices, and `out` is borrowed mutably, so it aliases
     // neither input.
     unsafe {
@@ -153,6 +246,63 @@ mod tests {
         for i in 0..9 {
             for j in 0..5 {
                 assert!((out[i * 5 + j] - ab[j * 9 + i]).abs() < 1e-5);
+            }
+        }
+    }
+
+    /// Every kernel against the triple loop, on shapes that leave partial register
+    /// blocks in both directions, span several depth and row blocks, read transposed
+    /// views, and split over threads by rows and by columns.
+    #[test]
+    fn every_kernel_matches_the_triple_loop_on_ragged_shapes() {
+        let mut kernels = vec![Kernel::Portable];
+        #[cfg(target_arch = "x86_64")]
+        if avx512::available() {
+            kernels.push(Kernel::Avx512);
+        }
+        let shapes = [
+            (1, 1, 1),
+            (3, 5, 2),
+            (14, 32, 7),
+            (15, 33, 300),
+            (200, 64, 64),
+            (64, 64, 700),
+            (29, 200, 513),
+            (2, 300, 40),
+        ];
+        for kernel in kernels {
+            for (i, &(m, n, k)) in shapes.iter().enumerate() {
+                let a = crate::nn::random_tensor(&[m * k], i as u64, "gemm/a");
+                let b = crate::nn::random_tensor(&[k * n], i as u64, "gemm/b");
+                let (a, b) = (a.to_vec1::<f32>().unwrap(), b.to_vec1::<f32>().unwrap());
+                for transposed in [false, true] {
+                    let lhs = if transposed {
+                        View::rows(&a, k, m).t()
+                    } else {
+                        View::rows(&a, m, k)
+                    };
+                    let rhs = if transposed {
+                        View::rows(&b, n, k).t()
+                    } else {
+                        View::rows(&b, k, n)
+                    };
+                    let want = naive(lhs, rhs);
+                    for threads in [1, 2, 3] {
+                        let mut out = vec![1.0; m * n];
+                        matmul_with(kernel, &mut out, lhs, rhs, true, threads);
+                        for (x, y) in out.iter().zip(&want) {
+                            let tol = 1e-4 * (k as f32).sqrt();
+                            assert!(
+                                (x - 1.0 - y).abs() < tol,
+                                "{kernel:?} {m}x{n}x{k} t{transposed} {threads}: {x} vs 1 + {y}"
+                            );
+                        }
+                        matmul_with(kernel, &mut out, lhs, rhs, false, threads);
+                        for (x, y) in out.iter().zip(&want) {
+                            assert!((x - y).abs() < 1e-4 * (k as f32).sqrt());
+                        }
+                    }
+                }
             }
         }
     }

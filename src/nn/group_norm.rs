@@ -10,7 +10,7 @@ use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
 use super::gemm::contiguous_f32 as slice;
-use super::linear::{silu, silu_grad};
+use super::vmath::{silu, silu_grad};
 
 /// A GroupNorm layer with candle_nn's parameters (`weight`, `bias`) and epsilon.
 #[derive(Debug, Clone)]

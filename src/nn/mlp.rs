@@ -3,12 +3,13 @@
 
 use std::collections::HashMap;
 
-use candle_core::{D, Device, Result, Tensor};
-use candle_nn::Linear;
+use candle_core::{D, DType, Device, Result, Tensor};
+use candle_nn::{Linear, Module};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::embedding::{fourier, sinusoidal};
+use super::embedding::{fourier, sinusoidal, sinusoidal_frequencies};
+use super::vmath::sin_cos;
 use crate::rng::{normals, stream, uniforms};
 
 /// Architecture of the MLP; the data dimension comes from the dataset at train time.
@@ -116,6 +117,11 @@ impl MlpConfig {
 /// The network itself.
 pub struct Mlp {
     layers: Vec<Linear>,
+    /// (fan_in, fan_out) of each layer.
+    shapes: Vec<(usize, usize)>,
+    /// Every weight and bias in one tensor, for the fused CPU op; kept when the
+    /// weights are plain tensors (sampling), rebuilt per call from trainable ones.
+    flat: Option<Tensor>,
     embedding_dim: usize,
     /// Fixed Fourier frequencies (drawn from a fixed stream: part of the architecture,
     /// not trained), when the embedding is `fourier`.
@@ -126,7 +132,8 @@ impl Mlp {
     /// Builds the network from named weights (fresh, trainable or loaded from disk).
     pub fn new(config: &MlpConfig, dim: usize, weights: &HashMap<String, Tensor>) -> Result<Mlp> {
         let mut layers = Vec::new();
-        for (i, (fan_in, fan_out)) in config.layer_shapes(dim).into_iter().enumerate() {
+        let shapes = config.layer_shapes(dim);
+        for (i, &(fan_in, fan_out)) in shapes.iter().enumerate() {
             let get = |name: String| {
                 weights.get(&name).cloned().ok_or_else(|| {
                     candle_core::Error::Msg(format!("weights have no tensor `{name}`"))
@@ -157,15 +164,41 @@ impl Mlp {
                 Some(Tensor::from_vec(w, half, &device)?)
             }
         };
-        Ok(Mlp {
+        let mut mlp = Mlp {
             layers,
+            shapes,
+            flat: None,
             embedding_dim: config.embedding_dim,
             frequencies,
-        })
+        };
+        if !mlp.layers.iter().any(|l| l.weight().track_op()) {
+            mlp.flat = Some(mlp.flat_parameters()?);
+        }
+        Ok(mlp)
+    }
+
+    /// Weight 0, bias 0, weight 1, ... concatenated, the fused op's parameter layout.
+    fn flat_parameters(&self) -> Result<Tensor> {
+        let mut parts = Vec::with_capacity(2 * self.layers.len());
+        for layer in &self.layers {
+            parts.push(layer.weight().flatten_all()?);
+            if let Some(bias) = layer.bias() {
+                parts.push(bias.clone());
+            }
+        }
+        Tensor::cat(&parts, 0)
     }
 
     /// `x`: [batch, dim]; `t`: [batch] times in [0, 1]. Returns [batch, dim].
     pub fn forward(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        if x.device().is_cpu() && x.dtype() == DType::F32 && x.rank() == 2 {
+            return self.forward_fused(x, t);
+        }
+        self.forward_ops(x, t)
+    }
+
+    /// The same network as candle tensor ops (any device).
+    fn forward_ops(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
         let emb = match &self.frequencies {
             Some(w) => fourier(t, w)?,
             None => sinusoidal(&t.affine(1000.0, 0.0)?, self.embedding_dim)?,
@@ -173,9 +206,59 @@ impl Mlp {
         let mut h = Tensor::cat(&[x, &emb], D::Minus1)?;
         let last = self.layers.len() - 1;
         for (i, layer) in self.layers.iter().enumerate() {
-            h = super::linear::forward(layer, &h, i < last)?;
+            h = layer.forward(&h)?;
+            if i < last {
+                h = h.silu()?;
+            }
         }
         Ok(h)
+    }
+
+    /// The CPU path: the input rows [x, embedding(t)] are built here (the embedding
+    /// with the vectorised sin and cos), and the layers run as one fused op.
+    fn forward_fused(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        let (batch, dim) = x.dims2()?;
+        let times = t.to_vec1::<f32>()?;
+        if times.len() != batch {
+            candle_core::bail!("mlp: {batch} points but {} times", times.len());
+        }
+        let half = self.embedding_dim / 2;
+        let frequencies: Vec<f32> = match &self.frequencies {
+            Some(w) => w.to_vec1::<f32>()?,
+            None => sinusoidal_frequencies(half),
+        };
+        let scale = match self.frequencies {
+            Some(_) => 2.0 * std::f32::consts::PI,
+            None => 1000.0,
+        };
+        let width = if x.track_op() { 0 } else { dim } + self.embedding_dim;
+        let mut rows = vec![0f32; batch * width];
+        let xs = if x.track_op() {
+            Vec::new()
+        } else {
+            x.flatten_all()?.to_vec1::<f32>()?
+        };
+        for (i, (row, &t)) in rows.chunks_exact_mut(width).zip(&times).enumerate() {
+            let (point, emb) = row.split_at_mut(width - self.embedding_dim);
+            point.copy_from_slice(&xs[i * point.len()..(i + 1) * point.len()]);
+            let (sin, cos) = emb.split_at_mut(half);
+            for ((s, c), w) in sin.iter_mut().zip(cos.iter_mut()).zip(&frequencies) {
+                (*s, *c) = sin_cos(scale * t * w);
+            }
+        }
+        let rows = Tensor::from_vec(rows, (batch, width), x.device())?;
+        // A tracked x (a gradient with respect to the input is wanted) joins as a
+        // tensor op, so that the gradient flows back to it.
+        let input = if x.track_op() {
+            Tensor::cat(&[x, &rows], D::Minus1)?
+        } else {
+            rows
+        };
+        let flat = match &self.flat {
+            Some(flat) => flat.clone(),
+            None => self.flat_parameters()?,
+        };
+        super::fused_mlp::forward(&input, &flat, &self.shapes)
     }
 }
 
@@ -215,6 +298,68 @@ mod tests {
                 .unwrap();
             let grads = loss.backward().unwrap();
             crate::nn::assert_every_parameter_learns(&grads, vars.iter().map(|(n, v)| (n, v)));
+        }
+    }
+
+    /// The fused CPU path against the same network as candle ops: outputs, the
+    /// gradient of every weight and bias, and the input's gradient when the input is
+    /// tracked; for both embeddings, a one-point batch, and batches large enough to
+    /// split the products over threads.
+    #[test]
+    fn the_fused_path_matches_candles_ops() {
+        let diff = crate::nn::max_abs_diff;
+        let dev = Device::Cpu;
+        for (embedding, hidden, batch) in [
+            (Embedding::Sinusoidal, vec![16, 16], 1),
+            (Embedding::Fourier, vec![64, 64, 64, 64], 37),
+            (Embedding::Sinusoidal, vec![128, 128, 128], 600),
+        ] {
+            let cfg = MlpConfig {
+                hidden,
+                embedding_dim: 32,
+                embedding,
+                fourier_scale: 16.0,
+            };
+            let vars: Vec<(String, Var)> = cfg
+                .init_weights(2, &mut stream(0, "init"), &dev)
+                .unwrap()
+                .into_iter()
+                .map(|(n, t)| (n, Var::from_tensor(&t).unwrap()))
+                .collect();
+            let map = vars
+                .iter()
+                .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+                .collect();
+            let mlp = Mlp::new(&cfg, 2, &map).unwrap();
+            let x = Var::from_tensor(&crate::nn::random_tensor(&[batch, 2], 1, "mlp/x")).unwrap();
+            let t = crate::nn::random_tensor(&[batch], 2, "mlp/t")
+                .abs()
+                .unwrap();
+            let weights = crate::nn::random_tensor(&[batch, 2], 3, "mlp/w");
+            let ours = mlp.forward_fused(&x, &t).unwrap();
+            let theirs = mlp.forward_ops(&x, &t).unwrap();
+            assert!(diff(&ours, &theirs) < 1e-4, "{embedding:?} batch {batch}");
+            // The untracked input takes the other way of building the rows.
+            let plain = mlp
+                .forward_fused(x.as_tensor().detach().as_ref(), &t)
+                .unwrap();
+            assert!(diff(&plain, &theirs) < 1e-4);
+            let loss = |out: &Tensor| (out * &weights).unwrap().sum_all().unwrap();
+            let (ga, gb) = (
+                loss(&ours).backward().unwrap(),
+                loss(&theirs).backward().unwrap(),
+            );
+            for (name, var) in vars
+                .iter()
+                .map(|(n, v)| (n, v))
+                .chain([(&"x".to_string(), &x)])
+            {
+                let (a, b) = (ga.get(var).unwrap(), gb.get(var).unwrap());
+                assert!(
+                    diff(a, b) < 1e-4,
+                    "{embedding:?} batch {batch}: gradient of {name}"
+                );
+            }
         }
     }
 

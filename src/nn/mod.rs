@@ -4,13 +4,14 @@ pub mod adamw;
 pub mod classifier;
 pub mod conv;
 pub mod embedding;
+pub mod fused_mlp;
 pub mod gemm;
 pub mod group_norm;
 pub mod init;
-pub mod linear;
 pub mod mlp;
 pub mod network;
 pub mod unet;
+pub mod vmath;
 
 /// Test support: the DESIGN's candle pitfall (fused ops without a backward pass make
 /// gradients vanish silently) is checked the same way for every network.

@@ -1,0 +1,278 @@
+//! The MLP's stack of linear layers (SiLU between them) as one CPU op with its own
+//! backward pass. Run as candle ops, a 4-layer MLP step is about forty small tensors,
+//! each with an allocation, a pass over memory and a node in the autograd graph; at
+//! the sizes of 2D experiments those fixed costs outweighed the matrix products. Here
+//! a forward pass is one product per layer (the bias is the product's starting value)
+//! and a vectorised SiLU, and the backward pass two products per layer, all through
+//! `gemm::matmul`. The parameters enter as one flat tensor, the concatenation of every
+//! layer's weight and bias, so that one op carries the gradient of all of them.
+
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::gemm::{View, contiguous_f32 as slice, matmul};
+use super::vmath::{mul_silu_grad, silu_in_place};
+
+/// `input` [batch, in] through layers of (fan_in, fan_out) with SiLU after every layer
+/// but the last; `flat` holds weight 0 ([fan_out, fan_in], row-major), bias 0, weight
+/// 1, ... Returns [batch, last fan_out]. The input's gradient is computed only when it
+/// is tracked.
+pub fn forward(input: &Tensor, flat: &Tensor, shapes: &[(usize, usize)]) -> Result<Tensor> {
+    let op = FusedMlp {
+        shapes: shapes.to_vec(),
+        keep: input.track_op() || flat.track_op(),
+        input_grad: input.track_op(),
+        saved: Mutex::new(Vec::new()),
+    };
+    let (input, flat) = (input.contiguous()?, flat.contiguous()?);
+    if op.keep {
+        input.apply_op2(&flat, op)
+    } else {
+        input.apply_op2_no_bwd(&flat, &op)
+    }
+}
+
+/// Number of parameters of the stack, the length `flat` must have.
+pub fn parameter_count(shapes: &[(usize, usize)]) -> usize {
+    shapes.iter().map(|(i, o)| i * o + o).sum()
+}
+
+struct FusedMlp {
+    shapes: Vec<(usize, usize)>,
+    /// Whether a backward pass can follow (else nothing is saved).
+    keep: bool,
+    /// Whether the backward pass returns the input's gradient.
+    input_grad: bool,
+    /// What the forward pass saved for the backward one, per band of rows.
+    saved: Mutex<Vec<Band>>,
+}
+
+/// A band of rows that one thread carries through every layer, forward and backward:
+/// threads meet once per pass instead of once per layer and operation.
+struct Band {
+    /// First row and number of rows.
+    start: usize,
+    rows: usize,
+    /// Per SiLU layer, when a backward pass can follow.
+    layers: Vec<Saved>,
+}
+
+struct Saved {
+    /// The layer's output after SiLU (the next layer's input).
+    output: Vec<f32>,
+    /// Before SiLU, for its derivative.
+    pre_activation: Vec<f32>,
+}
+
+/// Splits `batch` rows into one band per rayon thread, or a single band when the work
+/// is too small to repay waking threads.
+fn bands(batch: usize, shapes: &[(usize, usize)]) -> Vec<(usize, usize)> {
+    let work: usize = shapes.iter().map(|(i, o)| batch * i * o).sum();
+    let count = if work >= 1 << 19 {
+        rayon::current_num_threads().min(batch.div_ceil(64)).max(1)
+    } else {
+        1
+    };
+    let size = batch.div_ceil(count);
+    (0..batch)
+        .step_by(size.max(1))
+        .map(|start| (start, size.min(batch - start)))
+        .collect()
+}
+
+/// Offsets of each layer's weight and bias in the flat parameters.
+fn offsets(shapes: &[(usize, usize)]) -> Vec<(usize, usize)> {
+    let mut at = 0;
+    shapes
+        .iter()
+        .map(|&(fan_in, fan_out)| {
+            let weight = at;
+            at += fan_in * fan_out + fan_out;
+            (weight, weight + fan_in * fan_out)
+        })
+        .collect()
+}
+
+impl FusedMlp {
+    /// The forward pass of `rows` rows of `input`: (output, what backward needs).
+    fn forward_band(&self, input: &[f32], rows: usize, flat: &[f32]) -> (Vec<f32>, Vec<Saved>) {
+        let last = self.shapes.len() - 1;
+        let mut saved = Vec::new();
+        let mut h: Vec<f32> = Vec::new();
+        for (i, (&(fan_in, fan_out), (w, b))) in
+            self.shapes.iter().zip(offsets(&self.shapes)).enumerate()
+        {
+            let x = if i == 0 { input } else { &h[..] };
+            let mut out: Vec<f32> = Vec::with_capacity(rows * fan_out);
+            for _ in 0..rows {
+                out.extend_from_slice(&flat[b..b + fan_out]);
+            }
+            let weight = View::rows(&flat[w..b], fan_out, fan_in);
+            matmul(&mut out, View::rows(x, rows, fan_in), weight.t(), true, 1);
+            if i < last {
+                let pre_activation = if self.keep { out.clone() } else { Vec::new() };
+                silu_in_place(&mut out);
+                if self.keep {
+                    saved.push(Saved {
+                        output: out.clone(),
+                        pre_activation,
+                    });
+                }
+            }
+            h = out;
+        }
+        (h, saved)
+    }
+
+    /// The backward pass of one band: `grad` is the gradient of its output rows.
+    /// Returns its share of the parameters' gradient and its rows of the input's.
+    fn backward_band(
+        &self,
+        band: &Band,
+        input: &[f32],
+        flat: &[f32],
+        grad: &[f32],
+    ) -> (Vec<f32>, Vec<f32>) {
+        let rows = band.rows;
+        let mut g = grad.to_vec();
+        let mut grad_flat = vec![0f32; flat.len()];
+        for (i, (&(fan_in, fan_out), (w, b))) in self
+            .shapes
+            .iter()
+            .zip(offsets(&self.shapes))
+            .enumerate()
+            .rev()
+        {
+            if let Some(layer) = band.layers.get(i) {
+                mul_silu_grad(&mut g, &layer.pre_activation);
+            }
+            let x = if i == 0 {
+                input
+            } else {
+                &band.layers[i - 1].output[..]
+            };
+            let g_view = View::rows(&g, rows, fan_out);
+            let (grad_weight, grad_bias) = grad_flat[w..b + fan_out].split_at_mut(b - w);
+            matmul(
+                grad_weight,
+                g_view.t(),
+                View::rows(x, rows, fan_in),
+                false,
+                1,
+            );
+            for row in g.chunks_exact(fan_out) {
+                grad_bias.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+            }
+            if i > 0 || self.input_grad {
+                let mut previous = vec![0f32; rows * fan_in];
+                let weight = View::rows(&flat[w..b], fan_out, fan_in);
+                matmul(&mut previous, g_view, weight, false, 1);
+                g = previous;
+            }
+        }
+        (grad_flat, g)
+    }
+}
+
+impl CustomOp2 for FusedMlp {
+    fn name(&self) -> &'static str {
+        "fused-mlp"
+    }
+
+    fn cpu_fwd(
+        &self,
+        input: &CpuStorage,
+        input_layout: &Layout,
+        flat: &CpuStorage,
+        flat_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let &[batch, width] = input_layout.dims() else {
+            candle_core::bail!("fused mlp: the input must be [batch, features]")
+        };
+        let (input, flat) = (
+            slice(input, input_layout, "fused mlp")?,
+            slice(flat, flat_layout, "fused mlp")?,
+        );
+        if self.shapes.first().map(|s| s.0) != Some(width)
+            || flat.len() != parameter_count(&self.shapes)
+        {
+            candle_core::bail!(
+                "fused mlp: input {:?} and {} parameters do not fit layers {:?}",
+                input_layout.dims(),
+                flat.len(),
+                self.shapes
+            )
+        }
+        let results: Vec<(Band, Vec<f32>)> = bands(batch, &self.shapes)
+            .into_par_iter()
+            .map(|(start, rows)| {
+                let rows_in = &input[start * width..(start + rows) * width];
+                let (out, layers) = self.forward_band(rows_in, rows, flat);
+                (
+                    Band {
+                        start,
+                        rows,
+                        layers,
+                    },
+                    out,
+                )
+            })
+            .collect();
+        let out_width = self.shapes[self.shapes.len() - 1].1;
+        let mut out = Vec::with_capacity(batch * out_width);
+        let mut saved = Vec::with_capacity(results.len());
+        for (band, rows) in results {
+            out.extend_from_slice(&rows);
+            saved.push(band);
+        }
+        *self.saved.lock().expect("saved activations") = saved;
+        Ok((CpuStorage::F32(out), Shape::from((batch, out_width))))
+    }
+
+    fn bwd(
+        &self,
+        input: &Tensor,
+        flat: &Tensor,
+        _out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let saved = self.saved.lock().expect("saved activations");
+        let (batch, width) = input.dims2()?;
+        let out_width = self.shapes[self.shapes.len() - 1].1;
+        let input = input.flatten_all()?.to_vec1::<f32>()?;
+        let flat = flat.to_vec1::<f32>()?;
+        let grad_out = grad.flatten_all()?.to_vec1::<f32>()?;
+        let results: Vec<(Vec<f32>, Vec<f32>)> = saved
+            .par_iter()
+            .map(|band| {
+                let (start, end) = (band.start, band.start + band.rows);
+                self.backward_band(
+                    band,
+                    &input[start * width..end * width],
+                    &flat,
+                    &grad_out[start * out_width..end * out_width],
+                )
+            })
+            .collect();
+        let mut grad_flat = vec![0f32; flat.len()];
+        let mut grad_input = Vec::with_capacity(if self.input_grad { batch * width } else { 0 });
+        for (partial, rows) in results {
+            grad_flat
+                .iter_mut()
+                .zip(&partial)
+                .for_each(|(s, v)| *s += v);
+            if self.input_grad {
+                grad_input.extend_from_slice(&rows);
+            }
+        }
+        let grad_input = if self.input_grad {
+            Some(Tensor::from_vec(grad_input, (batch, width), grad.device())?)
+        } else {
+            None
+        };
+        let grad_flat = Tensor::from_vec(grad_flat, flat.len(), grad.device())?;
+        Ok((grad_input, Some(grad_flat)))
+    }
+}
