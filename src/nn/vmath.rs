@@ -2,21 +2,27 @@
 //! library `expf`, `sinf` and `cosf` are a call per element, which made SiLU and the
 //! time embeddings cost more than the matrix products around them.
 
+/// 1.5 * 2^23: adding it rounds an f32 of magnitude below 2^22 to an integer, which
+/// then sits in the low bits of the sum.
+const SHIFTER: f32 = 12_582_912.0;
+
 /// exp(v) to about 2 ulp for the range SiLU needs: 2^n · e^r with |r| <= ln2/2 and a
 /// degree-6 polynomial for e^r.
 pub fn exp(v: f32) -> f32 {
     let v = v.clamp(-87.0, 88.0);
     // Round to nearest by the 1.5 * 2^23 trick: `round()` is a library call unless
     // the target has SSE4.1, and would stop the vectorisation.
-    const SHIFTER: f32 = 12_582_912.0;
-    let n = (v * std::f32::consts::LOG2_E + SHIFTER) - SHIFTER;
+    // The low bits of `shifted` hold n itself, in two's complement: 2^n is built from
+    // them, as `n as i32` (a saturating conversion) would not vectorise.
+    let shifted = v * std::f32::consts::LOG2_E + SHIFTER;
+    let n = shifted - SHIFTER;
     // ln 2 in two parts (Cody and Waite), so that n ln 2 is subtracted exactly.
     let r = (v - n * 0.693_145_75) - n * 1.428_606_8e-6;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    p * f32::from_bits(shifted.to_bits().wrapping_add(127) << 23)
 }
 
 /// SiLU, x · sigmoid(x).
@@ -35,8 +41,8 @@ pub fn silu_grad(v: f32) -> f32 {
 /// parts (Cody and Waite), then Taylor polynomials of degree 9 and 8 (error below
 /// 2e-9 there) and the quadrant n mod 4 give both values.
 pub fn sin_cos(v: f32) -> (f32, f32) {
-    const SHIFTER: f32 = 12_582_912.0;
-    let n = (v * std::f32::consts::FRAC_2_PI + SHIFTER) - SHIFTER;
+    let shifted = v * std::f32::consts::FRAC_2_PI + SHIFTER;
+    let n = shifted - SHIFTER;
     let r = ((v - n * 1.570_312_5) - n * 4.837_513e-4) - n * 7.549_79e-8;
     let r2 = r * r;
     let s = r
@@ -44,7 +50,7 @@ pub fn sin_cos(v: f32) -> (f32, f32) {
             + r2 * (-1.0 / 6.0
                 + r2 * (1.0 / 120.0 + r2 * (-1.0 / 5040.0 + r2 * (1.0 / 362_880.0)))));
     let c = 1.0 + r2 * (-0.5 + r2 * (1.0 / 24.0 + r2 * (-1.0 / 720.0 + r2 * (1.0 / 40_320.0))));
-    let quadrant = (n as i32) & 3;
+    let quadrant = shifted.to_bits() & 3;
     // Quadrants 1 and 3 swap the two; sin is negative in 2 and 3, cos in 1 and 2.
     let (s, c) = if quadrant & 1 == 1 { (c, s) } else { (s, c) };
     let sin = if quadrant & 2 == 2 { -s } else { s };

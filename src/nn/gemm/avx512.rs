@@ -126,10 +126,18 @@ fn pack_a(buffer: &mut Vec<f32>, lhs: View, ic: usize, mc: usize, pc: usize, kc:
     for (ip, panel) in buffer.chunks_exact_mut(kc * MR).enumerate() {
         let i0 = ic + ip * MR;
         let rows = MR.min(ic + mc - i0);
-        for r in 0..rows {
-            let start = (i0 + r) * lhs.row_stride + pc * lhs.col_stride;
-            for p in 0..kc {
-                panel[p * MR + r] = lhs.data[start + p * lhs.col_stride];
+        if lhs.row_stride == 1 {
+            // A transposed matrix: each column of the panel is contiguous.
+            for (p, column) in panel.chunks_exact_mut(MR).enumerate() {
+                let start = i0 + (pc + p) * lhs.col_stride;
+                column[..rows].copy_from_slice(&lhs.data[start..start + rows]);
+            }
+        } else {
+            for r in 0..rows {
+                let start = (i0 + r) * lhs.row_stride + pc * lhs.col_stride;
+                for p in 0..kc {
+                    panel[p * MR + r] = lhs.data[start + p * lhs.col_stride];
+                }
             }
         }
     }
