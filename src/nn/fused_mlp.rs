@@ -13,7 +13,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::gemm::{View, contiguous_f32 as slice, matmul};
-use super::vmath::{mul_silu_grad, silu_in_place};
+use super::vmath::{mul_silu_grad, silu_slice};
 
 /// `input` [batch, in] through layers of (fan_in, fan_out) with SiLU after every layer
 /// but the last; `flat` holds weight 0 ([fan_out, fan_in], row-major), bias 0, weight
@@ -99,27 +99,33 @@ impl FusedMlp {
     /// The forward pass of `rows` rows of `input`: (output, what backward needs).
     fn forward_band(&self, input: &[f32], rows: usize, flat: &[f32]) -> (Vec<f32>, Vec<Saved>) {
         let last = self.shapes.len() - 1;
-        let mut saved = Vec::new();
+        let mut saved: Vec<Saved> = Vec::new();
         let mut h: Vec<f32> = Vec::new();
         for (i, (&(fan_in, fan_out), (w, b))) in
             self.shapes.iter().zip(offsets(&self.shapes)).enumerate()
         {
-            let x = if i == 0 { input } else { &h[..] };
+            let x = match (i, saved.last()) {
+                (0, _) => input,
+                (_, Some(previous)) => &previous.output[..],
+                (_, None) => &h[..],
+            };
             let mut out: Vec<f32> = Vec::with_capacity(rows * fan_out);
             for _ in 0..rows {
                 out.extend_from_slice(&flat[b..b + fan_out]);
             }
             let weight = View::rows(&flat[w..b], fan_out, fan_in);
             matmul(&mut out, View::rows(x, rows, fan_in), weight.t(), true, 1);
+            if i < last && self.keep {
+                let mut output = vec![0f32; out.len()];
+                silu_slice(&mut out, &mut output);
+                saved.push(Saved {
+                    output,
+                    pre_activation: out,
+                });
+                continue;
+            }
             if i < last {
-                let pre_activation = if self.keep { out.clone() } else { Vec::new() };
-                silu_in_place(&mut out);
-                if self.keep {
-                    saved.push(Saved {
-                        output: out.clone(),
-                        pre_activation,
-                    });
-                }
+                silu_slice(&mut out, &mut []);
             }
             h = out;
         }

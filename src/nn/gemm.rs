@@ -69,7 +69,14 @@ impl<'a> View<'a> {
 /// `lhs.rows` x `rhs.cols`. `threads > 1` splits the product over rayon's pool; kernels
 /// that already run one product per thread pass 1.
 pub fn matmul(out: &mut [f32], lhs: View, rhs: View, accumulate: bool, threads: usize) {
-    matmul_with(Kernel::best(), out, lhs, rhs, accumulate, threads)
+    // Products with one or two rows or columns (an MLP's input and output layers)
+    // would fill a sliver of the AVX-512 kernel's register block.
+    let kernel = if lhs.rows < 4 || rhs.cols < 4 {
+        Kernel::Portable
+    } else {
+        Kernel::best()
+    };
+    matmul_with(kernel, out, lhs, rhs, accumulate, threads)
 }
 
 /// Which code computes the products.
@@ -319,5 +326,51 @@ mod tests {
             false,
             1,
         );
+    }
+}
+#[cfg(test)]
+mod scratch_bench {
+    use super::*;
+    #[test]
+    #[ignore]
+    fn scratch_speed() {
+        for &(m, n, k, th) in &[
+            (1024usize, 2usize, 128usize, 1usize),
+            (2, 128, 1024, 1),
+            (1024, 128, 2, 1),
+            (1024, 128, 34, 1),
+            (1024, 128, 128, 1),
+        ] {
+            let a = vec![0.5f32; m * k];
+            let b = vec![0.25f32; k * n];
+            let mut out = vec![0f32; m * n];
+            for kernel in [Kernel::Portable, Kernel::Avx512] {
+                let reps = (2e9 / (2.0 * (m * n * k) as f64)).max(3.0) as usize;
+                matmul_with(
+                    kernel,
+                    &mut out,
+                    View::rows(&a, m, k),
+                    View::rows(&b, k, n),
+                    false,
+                    th,
+                );
+                let t = std::time::Instant::now();
+                for _ in 0..reps {
+                    matmul_with(
+                        kernel,
+                        &mut out,
+                        View::rows(&a, m, k),
+                        View::rows(&b, k, n),
+                        false,
+                        th,
+                    );
+                }
+                let s = t.elapsed().as_secs_f64() / reps as f64;
+                println!(
+                    "{m}x{n}x{k} th{th} {kernel:?}: {:.1} GFLOP/s",
+                    2.0 * (m * n * k) as f64 / s / 1e9
+                );
+            }
+        }
     }
 }

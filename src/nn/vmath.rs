@@ -58,23 +58,28 @@ pub fn sin_cos(v: f32) -> (f32, f32) {
     (sin, cos)
 }
 
-/// Applies SiLU to every element, with AVX-512 where the CPU has it (the loop is
-/// compiled twice: baseline x86-64 vectorises it four lanes wide only).
-pub fn silu_in_place(values: &mut [f32]) {
+/// `out[i] = silu(values[i])` (or in place, with `out` empty), with AVX-512 where the
+/// CPU has it: the loop is compiled twice, as baseline x86-64 vectorises it only four
+/// lanes wide.
+pub fn silu_slice(values: &mut [f32], out: &mut [f32]) {
     #[inline(always)]
-    fn body(values: &mut [f32]) {
-        values.iter_mut().for_each(|v| *v = silu(*v));
+    fn body(values: &mut [f32], out: &mut [f32]) {
+        if out.is_empty() {
+            values.iter_mut().for_each(|v| *v = silu(*v));
+        } else {
+            out.iter_mut().zip(values).for_each(|(o, v)| *o = silu(*v));
+        }
     }
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx512f") {
         #[target_feature(enable = "avx512f")]
-        fn wide(values: &mut [f32]) {
-            body(values)
+        fn wide(values: &mut [f32], out: &mut [f32]) {
+            body(values, out)
         }
         // SAFETY: the CPU has AVX-512F (checked above).
-        return unsafe { wide(values) };
+        return unsafe { wide(values, out) };
     }
-    body(values)
+    body(values, out)
 }
 
 /// `grads[i] *= silu'(pre_activations[i])`: the backward pass through SiLU.
@@ -120,7 +125,10 @@ mod tests {
         // The slice versions (AVX-512 here) give the scalar functions' numbers.
         let values: Vec<f32> = (-2000..=2000).map(|i| i as f32 * 0.02).collect();
         let mut activated = values.clone();
-        silu_in_place(&mut activated);
+        silu_slice(&mut activated, &mut []);
+        let mut copied = vec![0.0; values.len()];
+        silu_slice(&mut values.clone(), &mut copied);
+        assert_eq!(copied, activated);
         let mut grads = vec![2.0; values.len()];
         mul_silu_grad(&mut grads, &values);
         for ((v, a), g) in values.iter().zip(&activated).zip(&grads) {
