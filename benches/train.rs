@@ -263,6 +263,33 @@ pub fn run(args: &[String]) -> Result<()> {
         });
     }
 
+    // The GEMM of runner's own CPU kernels (AVX-512 where the CPU has it), on both
+    // cores: the ceiling for the MLP and convolution kernels.
+    if wanted("gemm") && device.is_cpu() {
+        use runner::nn::gemm::{View, matmul};
+        let a = normals(&mut stream(0, "bench/gemm"), n * n);
+        let mut out = vec![0f32; n * n];
+        let threads = rayon::current_num_threads();
+        let times = time(&device, reps.0, reps.1, &mut || {
+            matmul(
+                &mut out,
+                View::rows(&a, n, n),
+                View::rows(&a, n, n),
+                false,
+                threads,
+            );
+            Ok(())
+        })?;
+        cases.push(Case {
+            name: format!("gemm_f32/{n}"),
+            times,
+            items: 1.0,
+            unit: "matmul",
+            flops: Some(2.0 * (n as f64).powi(3)),
+            params: 0,
+        });
+    }
+
     for (label, hidden) in [("4x64", vec![64; 4]), ("3x128", vec![128; 3])] {
         for batch in if quick { vec![16] } else { vec![512, 2048] } {
             let name = format!("mlp_step/{label}/b{batch}");

@@ -169,12 +169,14 @@ unsafe fn kernel<const DIRECT_A: bool, const DIRECT_B: bool>(
     };
     let (m0, m1) = (mask(0), mask(16));
     let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-    // Rows past `rows` re-read the last valid one: their sums are never stored.
-    let row_starts: [*const f32; MR] = std::array::from_fn(|i| {
-        a.wrapping_add(i.min(rows - 1) * if DIRECT_A { a_stride } else { 1 })
-    });
+    // Read in place, rows past `rows` re-read the last valid one (their sums are never
+    // stored); a packed panel has zeros there instead.
+    let row_starts: [*const f32; MR] =
+        std::array::from_fn(|i| a.wrapping_add(i.min(rows - 1) * a_stride));
     for p in 0..kc {
-        // SAFETY (here and below): the caller's panels hold kc x MR and kc x NR.
+        // SAFETY (here and below): packed panels hold kc x MR and kc x NR numbers; in
+        // place, rows < `rows` of A and columns < `cols` of B (the masks) are read,
+        // which the caller's views contain.
         let (b0, b1) = unsafe {
             if DIRECT_B {
                 let row = b.add(p * b_stride);
