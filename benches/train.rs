@@ -181,6 +181,18 @@ fn frozen(config: &NetworkConfig, shape: DataShape, device: &Device) -> Result<N
     Ok(Network::load(config, shape, &process, weights, device)?)
 }
 
+/// A case timing one n x n by n x n product.
+fn square_product(name: String, n: usize, times: Vec<f64>) -> Case {
+    Case {
+        name,
+        times,
+        items: 1.0,
+        unit: "matmul",
+        flops: Some(2.0 * (n as f64).powi(3)),
+        params: 0,
+    }
+}
+
 /// Forward FLOPs of an MLP on `dim`-dimensional data (multiply-adds count two).
 fn mlp_flops(config: &MlpConfig, dim: usize, batch: usize) -> f64 {
     let mut fan_in = dim + config.embedding_dim;
@@ -253,14 +265,7 @@ pub fn run(args: &[String]) -> Result<()> {
             a.matmul(&b)?;
             Ok(())
         })?;
-        cases.push(Case {
-            name: format!("matmul_f32/{n}"),
-            times,
-            items: 1.0,
-            unit: "matmul",
-            flops: Some(2.0 * (n as f64).powi(3)),
-            params: 0,
-        });
+        cases.push(square_product(format!("matmul_f32/{n}"), n, times));
     }
 
     // The GEMM of runner's own CPU kernels (AVX-512 where the CPU has it), on both
@@ -280,14 +285,7 @@ pub fn run(args: &[String]) -> Result<()> {
             );
             Ok(())
         })?;
-        cases.push(Case {
-            name: format!("gemm_f32/{n}"),
-            times,
-            items: 1.0,
-            unit: "matmul",
-            flops: Some(2.0 * (n as f64).powi(3)),
-            params: 0,
-        });
+        cases.push(square_product(format!("gemm_f32/{n}"), n, times));
     }
 
     for (label, hidden) in [("4x64", vec![64; 4]), ("3x128", vec![128; 3])] {

@@ -267,6 +267,21 @@ mod tests {
     use super::*;
     use candle_core::Var;
 
+    /// A 2D MLP built from freshly initialised trainable variables.
+    fn trainable(cfg: &MlpConfig) -> (Mlp, Vec<(String, Var)>) {
+        let vars: Vec<(String, Var)> = cfg
+            .init_weights(2, &mut stream(0, "init"), &Device::Cpu)
+            .unwrap()
+            .into_iter()
+            .map(|(n, t)| (n, Var::from_tensor(&t).unwrap()))
+            .collect();
+        let map = vars
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .collect();
+        (Mlp::new(cfg, 2, &map).unwrap(), vars)
+    }
+
     #[test]
     fn every_parameter_gets_a_gradient() {
         for embedding in [Embedding::Sinusoidal, Embedding::Fourier] {
@@ -277,16 +292,7 @@ mod tests {
                 fourier_scale: 16.0,
             };
             let dev = Device::Cpu;
-            let init = cfg.init_weights(2, &mut stream(0, "init"), &dev).unwrap();
-            let vars: Vec<(String, Var)> = init
-                .into_iter()
-                .map(|(n, t)| (n, Var::from_tensor(&t).unwrap()))
-                .collect();
-            let map = vars
-                .iter()
-                .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-                .collect();
-            let mlp = Mlp::new(&cfg, 2, &map).unwrap();
+            let (mlp, vars) = trainable(&cfg);
             let x = Tensor::new(&[[0.5f32, -0.3], [1.0, 2.0]], &dev).unwrap();
             let c = Tensor::new(&[0.3f32, 0.7], &dev).unwrap();
             let loss = mlp
@@ -308,7 +314,6 @@ mod tests {
     #[test]
     fn the_fused_path_matches_candles_ops() {
         let diff = crate::nn::max_abs_diff;
-        let dev = Device::Cpu;
         for (embedding, hidden, batch) in [
             (Embedding::Sinusoidal, vec![16, 16], 1),
             (Embedding::Fourier, vec![64, 64, 64, 64], 37),
@@ -320,17 +325,7 @@ mod tests {
                 embedding,
                 fourier_scale: 16.0,
             };
-            let vars: Vec<(String, Var)> = cfg
-                .init_weights(2, &mut stream(0, "init"), &dev)
-                .unwrap()
-                .into_iter()
-                .map(|(n, t)| (n, Var::from_tensor(&t).unwrap()))
-                .collect();
-            let map = vars
-                .iter()
-                .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-                .collect();
-            let mlp = Mlp::new(&cfg, 2, &map).unwrap();
+            let (mlp, vars) = trainable(&cfg);
             let x = Var::from_tensor(&crate::nn::random_tensor(&[batch, 2], 1, "mlp/x")).unwrap();
             let t = crate::nn::random_tensor(&[batch], 2, "mlp/t")
                 .abs()
