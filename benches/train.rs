@@ -112,6 +112,22 @@ fn ddpm() -> Process {
     .build()
 }
 
+/// The network both kinds of case start from: seeded, for the DDPM process, with its
+/// trainable variables by name.
+fn fresh(
+    config: &NetworkConfig,
+    shape: DataShape,
+    device: &Device,
+) -> Result<(Network, Vec<(String, candle_core::Var)>)> {
+    Ok(Network::fresh(
+        config,
+        shape,
+        &ddpm(),
+        &mut stream(0, "bench/init"),
+        device,
+    )?)
+}
+
 /// A fresh network, its optimiser, and one training step (forward, MSE against the
 /// noise, backward, AdamW) on a fixed batch, as the train stage takes it.
 fn step_case(
@@ -123,14 +139,7 @@ fn step_case(
     (warmup, reps): (usize, usize),
     flops: Option<f64>,
 ) -> Result<Case> {
-    let process = ddpm();
-    let (net, named) = Network::fresh(
-        config,
-        shape,
-        &process,
-        &mut stream(0, "bench/init"),
-        device,
-    )?;
+    let (net, named) = fresh(config, shape, device)?;
     let params = named.iter().map(|(_, v)| v.elem_count()).sum();
     let vars = named.into_iter().map(|(_, v)| v).collect();
     let mut opt = AdamW::new(vars, AdamWConfig::new(1e-4, 0.0))?;
@@ -166,19 +175,12 @@ fn step_case(
 /// loads them: built from `Var`s, every output would record the autograd graph, and a
 /// sampling loop would keep all of its steps alive.
 fn frozen(config: &NetworkConfig, shape: DataShape, device: &Device) -> Result<Network> {
-    let process = ddpm();
-    let (_, named) = Network::fresh(
-        config,
-        shape,
-        &process,
-        &mut stream(0, "bench/init"),
-        device,
-    )?;
+    let (_, named) = fresh(config, shape, device)?;
     let weights = named
         .into_iter()
         .map(|(name, var)| (name, var.as_tensor().detach()))
         .collect();
-    Ok(Network::load(config, shape, &process, weights, device)?)
+    Ok(Network::load(config, shape, &ddpm(), weights, device)?)
 }
 
 /// A case timing one n x n by n x n product.
