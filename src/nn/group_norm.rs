@@ -10,7 +10,7 @@ use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
 use super::gemm::contiguous_f32 as slice;
-use super::vmath::{silu, silu_grad};
+use super::vmath::{silu, silu_grad, with_avx512};
 
 /// A GroupNorm layer with candle_nn's parameters (`weight`, `bias`) and epsilon.
 #[derive(Debug, Clone)]
@@ -98,28 +98,117 @@ impl Norm {
         self.channels / self.groups * self.pixels
     }
 
-    /// Mean and 1/std of one group (two passes in f64: activations can be large).
+    /// Mean and 1/std of one group (two passes, in 16 f32 lanes totalled in f64).
+    #[inline(always)]
     fn stats(&self, group: &[f32]) -> (f32, f32) {
         let n = group.len() as f64;
-        let mean = group.iter().map(|&v| v as f64).sum::<f64>() / n;
-        let var = group
-            .iter()
-            .map(|&v| (v as f64 - mean).powi(2))
-            .sum::<f64>()
-            / n;
-        (mean as f32, (1.0 / (var + self.eps).sqrt()) as f32)
+        let mean = (lane_sum(group, |v| v) / n) as f32;
+        let var = lane_sum(group, |v| (v - mean) * (v - mean)) / n;
+        (mean, (1.0 / (var + self.eps).sqrt()) as f32)
     }
 
-    /// Calls `f(channel, x, …)` for the channels of one image, with its group's stats.
-    fn per_channel(&self, image: &[f32], mut f: impl FnMut(usize, usize, f32, f32)) {
-        let per_group = self.channels / self.groups;
+    /// Normalises (and activates) one image [channels, pixels] into `y`.
+    #[inline(always)]
+    fn forward_image(&self, image: &[f32], weight: &[f32], bias: &[f32], y: &mut [f32]) {
+        let (p, per_group) = (self.pixels, self.channels / self.groups);
         for (g, group) in image.chunks(self.group_len()).enumerate() {
             let (mean, rstd) = self.stats(group);
             for c in g * per_group..(g + 1) * per_group {
-                f(g, c, mean, rstd);
+                let (scale, shift) = (weight[c] * rstd, bias[c] - weight[c] * rstd * mean);
+                let (src, dst) = (&image[c * p..(c + 1) * p], &mut y[c * p..(c + 1) * p]);
+                if self.silu {
+                    dst.iter_mut()
+                        .zip(src)
+                        .for_each(|(d, &v)| *d = silu(v * scale + shift));
+                } else {
+                    dst.iter_mut()
+                        .zip(src)
+                        .for_each(|(d, &v)| *d = v * scale + shift);
+                }
             }
         }
     }
+
+    /// One image's gradient with respect to its input (into `gx`), and its sums for
+    /// the weight's and the bias's gradients (into `sums`, [weight; bias]).
+    ///
+    /// With a = w x̂ + b and da the gradient reaching a (through SiLU if applied), the
+    /// closed form per group of n numbers is dx = rstd (w da - mean(w da) - x̂ mean(w da x̂)).
+    #[inline(always)]
+    fn backward_image(
+        &self,
+        image: &[f32],
+        gy: &[f32],
+        weight: &[f32],
+        bias: &[f32],
+        gx: &mut [f32],
+        sums: &mut [f32],
+    ) {
+        let (p, c_all, per_group) = (self.pixels, self.channels, self.channels / self.groups);
+        let n = self.group_len() as f64;
+        for (g, group) in image.chunks(self.group_len()).enumerate() {
+            let (mean, rstd) = self.stats(group);
+            let (mut s1, mut s2) = (0f64, 0f64);
+            // First pass: da into gx, and per channel the sums of da and da x̂.
+            for c in g * per_group..(g + 1) * per_group {
+                let range = c * p..(c + 1) * p;
+                let (x, dy, da) = (&image[range.clone()], &gy[range.clone()], &mut gx[range]);
+                let (w, b) = (weight[c], bias[c]);
+                for ((d, &v), &g) in da.iter_mut().zip(x).zip(dy) {
+                    *d = if self.silu {
+                        g * silu_grad((v - mean) * rstd * w + b)
+                    } else {
+                        g
+                    };
+                }
+                let (sum_da, sum_da_xhat) = lane_sum2(da, x, |d, v| (d, d * (v - mean) * rstd));
+                sums[c] = sum_da_xhat as f32;
+                sums[c_all + c] = sum_da as f32;
+                s1 += w as f64 * sum_da;
+                s2 += w as f64 * sum_da_xhat;
+            }
+            let (m1, m2) = ((s1 / n) as f32, (s2 / n) as f32);
+            // Second pass: the closed form, in place.
+            for c in g * per_group..(g + 1) * per_group {
+                let range = c * p..(c + 1) * p;
+                let w = weight[c];
+                for (d, &v) in gx[range.clone()].iter_mut().zip(&image[range]) {
+                    let xhat = (v - mean) * rstd;
+                    *d = rstd * (w * *d - m1 - xhat * m2);
+                }
+            }
+        }
+    }
+}
+
+/// Σ f(v) over `values`, in 16 f32 lanes (so the loop vectorises) totalled in f64.
+#[inline(always)]
+fn lane_sum(values: &[f32], f: impl Fn(f32) -> f32) -> f64 {
+    lane_sum2(values, values, |v, _| (f(v), 0.0)).0
+}
+
+/// Σ f(a, b).0 and Σ f(a, b).1 over the pairs of `a` and `b`, as `lane_sum` does.
+#[inline(always)]
+fn lane_sum2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> (f32, f32)) -> (f64, f64) {
+    const LANES: usize = 16;
+    let (mut first, mut second) = ([0f32; LANES], [0f32; LANES]);
+    let (chunks_a, chunks_b) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (tail_a, tail_b) = (chunks_a.remainder(), chunks_b.remainder());
+    for (ca, cb) in chunks_a.zip(chunks_b) {
+        for l in 0..LANES {
+            let (x, y) = f(ca[l], cb[l]);
+            first[l] += x;
+            second[l] += y;
+        }
+    }
+    let total = |lanes: [f32; LANES]| lanes.iter().map(|&v| v as f64).sum::<f64>();
+    let (mut s1, mut s2) = (total(first), total(second));
+    for (&x, &y) in tail_a.iter().zip(tail_b) {
+        let (x, y) = f(x, y);
+        s1 += x as f64;
+        s2 += y as f64;
+    }
+    (s1, s2)
 }
 
 impl CustomOp3 for Norm {
@@ -141,19 +230,15 @@ impl CustomOp3 for Norm {
             slice(weight, weight_layout, "group norm")?,
             slice(bias, bias_layout, "group norm")?,
         );
-        let p = self.pixels;
+        let image_len = self.channels * self.pixels;
         let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(self.channels * p)
-            .zip(x.par_chunks(self.channels * p))
+        out.par_chunks_mut(image_len)
+            .zip(x.par_chunks(image_len))
             .for_each(|(y, image)| {
-                self.per_channel(image, |_, c, mean, rstd| {
-                    let (scale, shift) = (weight[c] * rstd, bias[c] - weight[c] * rstd * mean);
-                    let (src, dst) = (&image[c * p..(c + 1) * p], &mut y[c * p..(c + 1) * p]);
-                    for (d, &v) in dst.iter_mut().zip(src) {
-                        let a = v * scale + shift;
-                        *d = if self.silu { silu(a) } else { a };
-                    }
-                });
+                with_avx512(
+                    #[inline(always)]
+                    || self.forward_image(image, weight, bias, y),
+                )
             });
         Ok((CpuStorage::F32(out), x_layout.shape().clone()))
     }
@@ -205,51 +290,19 @@ impl CustomOp3 for NormGrad {
             slice(params, params_layout, "group norm")?,
         );
         let (weight, bias) = params.split_at(norm.channels);
-        let (p, c) = (norm.pixels, norm.channels);
+        let (image_len, c) = (norm.channels * norm.pixels, norm.channels);
         let mut out = vec![0f32; x.len() + 2 * c];
         let (grad_x, _) = out.split_at_mut(x.len());
         // Per image: its part of grad x, and its sums for grad weight and grad bias.
         let partial: Vec<Vec<f32>> = grad_x
-            .par_chunks_mut(c * p)
-            .zip(x.par_chunks(c * p).zip(grad.par_chunks(c * p)))
+            .par_chunks_mut(image_len)
+            .zip(x.par_chunks(image_len).zip(grad.par_chunks(image_len)))
             .map(|(gx, (image, gy))| {
                 let mut sums = vec![0f32; 2 * c];
-                // d loss / d (normalised x) per channel, and the group sums the closed
-                // form needs: mean of it, and mean of it times the normalised x.
-                let mut dxhat = vec![0f32; c * p];
-                let mut group_sums = vec![(0f64, 0f64); norm.groups];
-                norm.per_channel(image, |g, ch, mean, rstd| {
-                    let (mut gw, mut gb) = (0f64, 0f64);
-                    let (mut s1, mut s2) = (0f64, 0f64);
-                    for i in ch * p..(ch + 1) * p {
-                        let xhat = (image[i] - mean) * rstd;
-                        let a = xhat * weight[ch] + bias[ch];
-                        let da = if norm.silu {
-                            gy[i] * silu_grad(a)
-                        } else {
-                            gy[i]
-                        };
-                        gw += (da * xhat) as f64;
-                        gb += da as f64;
-                        let d = da * weight[ch];
-                        dxhat[i] = d;
-                        s1 += d as f64;
-                        s2 += (d * xhat) as f64;
-                    }
-                    sums[ch] = gw as f32;
-                    sums[c + ch] = gb as f32;
-                    group_sums[g].0 += s1;
-                    group_sums[g].1 += s2;
-                });
-                let n = norm.group_len() as f64;
-                norm.per_channel(image, |g, ch, mean, rstd| {
-                    let m1 = (group_sums[g].0 / n) as f32;
-                    let m2 = (group_sums[g].1 / n) as f32;
-                    for i in ch * p..(ch + 1) * p {
-                        let xhat = (image[i] - mean) * rstd;
-                        gx[i] = rstd * (dxhat[i] - m1 - xhat * m2);
-                    }
-                });
+                with_avx512(
+                    #[inline(always)]
+                    || norm.backward_image(image, gy, weight, bias, gx, &mut sums),
+                );
                 sums
             })
             .collect();

@@ -8,6 +8,7 @@ const SHIFTER: f32 = 12_582_912.0;
 
 /// exp(v) to about 2 ulp for the range SiLU needs: 2^n · e^r with |r| <= ln2/2 and a
 /// degree-6 polynomial for e^r.
+#[inline(always)]
 pub fn exp(v: f32) -> f32 {
     let v = v.clamp(-87.0, 88.0);
     // Round to nearest by the 1.5 * 2^23 trick: `round()` is a library call unless
@@ -26,11 +27,13 @@ pub fn exp(v: f32) -> f32 {
 }
 
 /// SiLU, x · sigmoid(x).
+#[inline(always)]
 pub fn silu(v: f32) -> f32 {
     v / (1.0 + exp(-v))
 }
 
 /// d silu / dx = s (1 + x (1 - s)) with s = sigmoid(x).
+#[inline(always)]
 pub fn silu_grad(v: f32) -> f32 {
     let s = 1.0 / (1.0 + exp(-v));
     s * (1.0 + v * (1.0 - s))
@@ -58,49 +61,48 @@ pub fn sin_cos(v: f32) -> (f32, f32) {
     (sin, cos)
 }
 
-/// `out[i] = silu(values[i])` (or in place, with `out` empty), with AVX-512 where the
-/// CPU has it: the loop is compiled twice, as baseline x86-64 vectorises it only four
-/// lanes wide.
-pub fn silu_slice(values: &mut [f32], out: &mut [f32]) {
-    #[inline(always)]
-    fn body(values: &mut [f32], out: &mut [f32]) {
-        if out.is_empty() {
-            values.iter_mut().for_each(|v| *v = silu(*v));
-        } else {
-            out.iter_mut().zip(values).for_each(|(o, v)| *o = silu(*v));
-        }
-    }
+/// Runs `body` compiled for AVX-512 where the CPU has it: baseline x86-64 vectorises
+/// loops only four lanes wide. `body` and what it calls must be `#[inline(always)]`
+/// (closures included), or they keep the baseline instructions.
+#[inline(always)]
+pub fn with_avx512<R>(body: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx512f") {
         #[target_feature(enable = "avx512f")]
-        fn wide(values: &mut [f32], out: &mut [f32]) {
-            body(values, out)
+        fn wide<R>(body: impl FnOnce() -> R) -> R {
+            body()
         }
         // SAFETY: the CPU has AVX-512F (checked above).
-        return unsafe { wide(values, out) };
+        return unsafe { wide(body) };
     }
-    body(values, out)
+    body()
+}
+
+/// `out[i] = silu(values[i])` (or in place, with `out` empty).
+pub fn silu_slice(values: &mut [f32], out: &mut [f32]) {
+    with_avx512(
+        #[inline(always)]
+        || {
+            if out.is_empty() {
+                values.iter_mut().for_each(|v| *v = silu(*v));
+            } else {
+                out.iter_mut().zip(values).for_each(|(o, v)| *o = silu(*v));
+            }
+        },
+    )
 }
 
 /// `grads[i] *= silu'(pre_activations[i])`: the backward pass through SiLU.
 pub fn mul_silu_grad(grads: &mut [f32], pre_activations: &[f32]) {
-    #[inline(always)]
-    fn body(grads: &mut [f32], pre: &[f32]) {
-        grads
-            .iter_mut()
-            .zip(pre)
-            .for_each(|(g, a)| *g *= silu_grad(*a));
-    }
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx512f") {
-        #[target_feature(enable = "avx512f")]
-        fn wide(grads: &mut [f32], pre: &[f32]) {
-            body(grads, pre)
-        }
-        // SAFETY: the CPU has AVX-512F (checked above).
-        return unsafe { wide(grads, pre_activations) };
-    }
-    body(grads, pre_activations)
+    with_avx512(
+        #[inline(always)]
+        || {
+            grads
+                .iter_mut()
+                .zip(pre_activations)
+                .for_each(|(g, a)| *g *= silu_grad(*a))
+        },
+    )
 }
 
 #[cfg(test)]
