@@ -171,12 +171,67 @@ impl Geometry {
         (lo.min(hi), hi)
     }
 
+    /// Stride 1 with "same" padding: every row of the column matrix is the image
+    /// plane shifted by one offset, with the padding's rows and columns zeroed.
+    fn keeps_size(&self) -> bool {
+        self.stride == 1 && self.ho == self.h && self.wo == self.w
+    }
+
+    /// Kernel offset (i, j) of column-matrix row `row`, and the plane it reads.
+    fn row_source(&self, row: usize) -> (usize, usize, std::ops::Range<usize>) {
+        let k = self.kernel;
+        let (c, i, j) = (row / (k * k), row / k % k, row % k);
+        (i, j, c * self.h * self.w..(c + 1) * self.h * self.w)
+    }
+
+    /// For `keeps_size`: how far kernel offset (i, j) shifts the plane, as (amount,
+    /// whether forwards): output pixel q reads input pixel q + shift.
+    fn shift(&self, i: usize, j: usize) -> (usize, bool) {
+        let (to, from) = (i * self.w + j, self.padding * self.w + self.padding);
+        if to >= from {
+            (to - from, true)
+        } else {
+            (from - to, false)
+        }
+    }
+
+    /// Zeroes the entries of column-matrix row `line` [ho * wo] at kernel offset
+    /// (i, j) that read the padding.
+    fn zero_padding(&self, line: &mut [f32], i: usize, j: usize) {
+        let (y_lo, y_hi) = self.inside(i, self.h, self.ho);
+        let (x_lo, x_hi) = self.inside(j, self.w, self.wo);
+        for (oy, row) in line.chunks_mut(self.wo).enumerate() {
+            if oy < y_lo || oy >= y_hi {
+                row.fill(0.0);
+            } else {
+                row[..x_lo].fill(0.0);
+                row[x_hi..].fill(0.0);
+            }
+        }
+    }
+
     /// Writes image `x` [cin, h, w] as its column matrix [patch, pixels].
     fn im2col(&self, x: &[f32], cols: &mut [f32]) {
-        let (k, n) = (self.kernel, self.pixels());
+        let n = self.pixels();
         for (row, dst) in cols.chunks_mut(n).enumerate() {
-            let (c, i, j) = (row / (k * k), row / k % k, row % k);
-            let channel = &x[c * self.h * self.w..(c + 1) * self.h * self.w];
+            let (i, j, plane) = self.row_source(row);
+            let channel = &x[plane];
+            if self.keeps_size() {
+                // One copy of the whole shifted plane; what it wraps across the
+                // borders is then zeroed.
+                match self.shift(i, j) {
+                    (d, true) => {
+                        dst[..n - d].copy_from_slice(&channel[d..]);
+                        dst[n - d..].fill(0.0);
+                    }
+                    (d, false) => {
+                        dst[d..].copy_from_slice(&channel[..n - d]);
+                        dst[..d].fill(0.0);
+                    }
+                }
+                self.zero_padding(dst, i, j);
+                continue;
+            }
             for oy in 0..self.ho {
                 let line = &mut dst[oy * self.wo..(oy + 1) * self.wo];
                 let Some(iy) = self.source(oy, i, self.h) else {
@@ -188,27 +243,35 @@ impl Geometry {
                 line[..lo].fill(0.0);
                 line[hi..].fill(0.0);
                 let first = lo * self.stride + j - self.padding;
-                if self.stride == 1 {
-                    line[lo..hi].copy_from_slice(&src[first..first + hi - lo]);
-                } else {
-                    for (v, x) in line[lo..hi]
-                        .iter_mut()
-                        .zip(src[first..].iter().step_by(self.stride))
-                    {
-                        *v = *x;
-                    }
+                for (v, x) in line[lo..hi]
+                    .iter_mut()
+                    .zip(src[first..].iter().step_by(self.stride))
+                {
+                    *v = *x;
                 }
             }
         }
     }
 
     /// Adds the column matrix `cols` [patch, pixels] back onto image `x` [cin, h, w]
-    /// (the transpose of `im2col`), which must start zeroed.
-    fn col2im(&self, cols: &[f32], x: &mut [f32]) {
-        let (k, n) = (self.kernel, self.pixels());
-        for (row, src) in cols.chunks(n).enumerate() {
-            let (c, i, j) = (row / (k * k), row / k % k, row % k);
-            let channel = &mut x[c * self.h * self.w..(c + 1) * self.h * self.w];
+    /// (the transpose of `im2col`), which must start zeroed. `cols` is scratch: its
+    /// entries that belong to the padding may be zeroed on the way.
+    fn col2im(&self, cols: &mut [f32], x: &mut [f32]) {
+        let n = self.pixels();
+        for (row, src) in cols.chunks_mut(n).enumerate() {
+            let (i, j, plane) = self.row_source(row);
+            let channel = &mut x[plane];
+            if self.keeps_size() {
+                // With the padding's entries zeroed, the row adds onto the shifted
+                // plane in one vectorised pass.
+                self.zero_padding(src, i, j);
+                let (dst, src) = match self.shift(i, j) {
+                    (d, true) => (&mut channel[d..], &src[..n - d]),
+                    (d, false) => (&mut channel[..n - d], &src[d..]),
+                };
+                dst.iter_mut().zip(src).for_each(|(x, v)| *x += v);
+                continue;
+            }
             for oy in 0..self.ho {
                 let Some(iy) = self.source(oy, i, self.h) else {
                     continue;
@@ -373,11 +436,13 @@ impl CustomOp2 for KernelGrad {
         let (x, grad) = (slice(x, x_layout, op)?, slice(grad, grad_layout, op)?);
         let (k, n) = (g.patch(), g.pixels());
         let threads = g.gemm_threads();
-        let sum = x
+        // Summed as its transpose, columns(x) · grad y^T [patch, cout]: the GEMM then
+        // reads the large column matrix in place and packs only grad y.
+        let sum_t = x
             .par_chunks(g.cin * g.h * g.w)
             .zip(grad.par_chunks(g.cout * n))
             .fold(
-                || (vec![0f32; g.cout * k], g.scratch()),
+                || (vec![0f32; k * g.cout], g.scratch()),
                 |(mut acc, mut cols), (image, grad_y)| {
                     let columns: &[f32] = if g.pointwise() {
                         image
@@ -385,25 +450,25 @@ impl CustomOp2 for KernelGrad {
                         g.im2col(image, &mut cols);
                         &cols
                     };
-                    let grad_y = View::rows(grad_y, g.cout, n);
-                    matmul(
-                        &mut acc,
-                        grad_y,
-                        View::rows(columns, k, n).t(),
-                        true,
-                        threads,
-                    );
+                    let grad_y_t = View::rows(grad_y, g.cout, n).t();
+                    matmul(&mut acc, View::rows(columns, k, n), grad_y_t, true, threads);
                     (acc, cols)
                 },
             )
             .map(|(acc, _)| acc)
             .reduce(
-                || vec![0f32; g.cout * k],
+                || vec![0f32; k * g.cout],
                 |mut a, b| {
                     a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
                     a
                 },
             );
+        let mut sum = vec![0f32; g.cout * k];
+        for (p, row) in sum_t.chunks(g.cout).enumerate() {
+            for (o, v) in row.iter().enumerate() {
+                sum[o * k + p] = *v;
+            }
+        }
         let shape = (g.cout, g.cin, g.kernel, g.kernel);
         Ok((CpuStorage::F32(sum), Shape::from(shape)))
     }
