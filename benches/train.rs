@@ -9,10 +9,6 @@
 
 use std::time::Instant;
 
-/// The allocator the runner binary uses (src/main.rs).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use candle_core::{Device, Tensor};
 use runner::data::images::ImageShape;
 use runner::diffusion::process::Process;
@@ -231,6 +227,7 @@ const MNIST: ImageShape = ImageShape {
 };
 
 fn main() -> Result<()> {
+    runner::alloc::keep_freed_memory();
     run(&std::env::args().collect::<Vec<_>>())
 }
 

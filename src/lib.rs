@@ -7,6 +7,7 @@
 //! networks ([`nn`]), data ([`data`]) and metrics ([`metrics`]); [`report`] writes
 //! the results folder.
 
+pub mod alloc;
 pub mod cache;
 pub mod catalog;
 pub mod cli;
