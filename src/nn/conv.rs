@@ -363,9 +363,15 @@ impl CustomOp3 for Forward {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let grad_x = grad.apply_op2_no_bwd(kernel, &InputGrad(self.0))?;
-        let grad_kernel = x.apply_op2_no_bwd(&grad, &KernelGrad(self.0))?;
-        // A sum over each contiguous image plane: candle's fast reduction.
-        let grad_bias = grad.flatten_from(2)?.sum(2)?;
+        let g = self.0;
+        let params = x.apply_op2_no_bwd(&grad, &ParamGrads(g))?;
+        let kernel_len = g.cout * g.patch();
+        let grad_kernel = params
+            .narrow(0, 0, kernel_len)?
+            .reshape((g.cout, g.cin, g.kernel, g.kernel))?;
+        let grad_bias = params
+            .narrow(0, kernel_len, g.batch * g.cout)?
+            .reshape((g.batch, g.cout))?;
         Ok((Some(grad_x), Some(grad_kernel), Some(grad_bias)))
     }
 }
@@ -416,12 +422,15 @@ impl CustomOp2 for InputGrad {
     }
 }
 
-/// (x, grad y) -> grad kernel: the sum over images of grad y · columns(x)^T.
-struct KernelGrad(Geometry);
+/// (x, grad y) -> [grad kernel; grad bias], flattened: the kernel's gradient is the sum
+/// over images of grad y · columns(x)^T, the bias's (one per image and channel) the
+/// sum of each plane of grad y. Both are computed on the images' threads: candle's
+/// reduction of the planes ran on one.
+struct ParamGrads(Geometry);
 
-impl CustomOp2 for KernelGrad {
+impl CustomOp2 for ParamGrads {
     fn name(&self) -> &'static str {
-        "conv2d-im2col-kernel-grad"
+        "conv2d-im2col-param-grads"
     }
 
     fn cpu_fwd(
@@ -435,15 +444,22 @@ impl CustomOp2 for KernelGrad {
         let op = "conv2d backward";
         let (x, grad) = (slice(x, x_layout, op)?, slice(grad, grad_layout, op)?);
         let (k, n) = (g.patch(), g.pixels());
+        let kernel_len = g.cout * k;
+        let mut out = vec![0f32; kernel_len + g.batch * g.cout];
+        let (grad_kernel, grad_bias) = out.split_at_mut(kernel_len);
         let threads = g.gemm_threads();
         // Summed as its transpose, columns(x) · grad y^T [patch, cout]: the GEMM then
         // reads the large column matrix in place and packs only grad y.
         let sum_t = x
             .par_chunks(g.cin * g.h * g.w)
             .zip(grad.par_chunks(g.cout * n))
+            .zip(grad_bias.par_chunks_mut(g.cout))
             .fold(
                 || (vec![0f32; k * g.cout], g.scratch()),
-                |(mut acc, mut cols), (image, grad_y)| {
+                |(mut acc, mut cols), ((image, grad_y), bias)| {
+                    for (b, plane) in bias.iter_mut().zip(grad_y.chunks(n)) {
+                        *b = plane.iter().sum();
+                    }
                     let columns: &[f32] = if g.pointwise() {
                         image
                     } else {
@@ -463,14 +479,13 @@ impl CustomOp2 for KernelGrad {
                     a
                 },
             );
-        let mut sum = vec![0f32; g.cout * k];
         for (p, row) in sum_t.chunks(g.cout).enumerate() {
             for (o, v) in row.iter().enumerate() {
-                sum[o * k + p] = *v;
+                grad_kernel[o * k + p] = *v;
             }
         }
-        let shape = (g.cout, g.cin, g.kernel, g.kernel);
-        Ok((CpuStorage::F32(sum), Shape::from(shape)))
+        let len = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(len)))
     }
 }
 
