@@ -10,6 +10,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Module, Resul
 use candle_nn::{Conv2dConfig, VarBuilder};
 use rayon::prelude::*;
 
+use super::buffers::zeroed;
 use super::gemm::{View, contiguous_f32 as slice, matmul};
 
 /// A convolution layer: candle_nn's parameters and initialisation (so weights keep their
@@ -53,7 +54,19 @@ impl Conv2d {
         conv2d_cpu(x, self.inner.weight(), &shift, cfg.stride, cfg.padding)
     }
 
-    fn runs_on_cpu(&self, x: &Tensor) -> bool {
+    /// The kernel [cout, cin, k, k] and the bias [cout], for ops that fuse the layer.
+    pub(super) fn params(&self) -> (&Tensor, Option<&Tensor>) {
+        (self.inner.weight(), self.inner.bias())
+    }
+
+    /// The sizes of this layer applied to an input of `dims` [batch, cin, h, w].
+    pub(super) fn geometry(&self, dims: &[usize]) -> Result<Geometry> {
+        let cfg = self.inner.config();
+        Geometry::new(dims, self.inner.weight().dims(), cfg.stride, cfg.padding)
+    }
+
+    /// Whether this module's CPU kernels run for input `x` (else candle's own ops).
+    pub(super) fn runs_on_cpu(&self, x: &Tensor) -> bool {
         let cfg = self.inner.config();
         x.device().is_cpu() && x.dtype() == DType::F32 && cfg.dilation == 1 && cfg.groups == 1
     }
@@ -97,7 +110,7 @@ pub fn conv2d_cpu(
 
 /// Sizes of one convolution; the kernel is square, stride and padding the same both ways.
 #[derive(Debug, Clone, Copy)]
-struct Geometry {
+pub(super) struct Geometry {
     batch: usize,
     cin: usize,
     cout: usize,
@@ -111,7 +124,12 @@ struct Geometry {
 }
 
 impl Geometry {
-    fn new(x: &[usize], kernel: &[usize], stride: usize, padding: usize) -> Result<Geometry> {
+    pub(super) fn new(
+        x: &[usize],
+        kernel: &[usize],
+        stride: usize,
+        padding: usize,
+    ) -> Result<Geometry> {
         let (&[batch, cin, h, w], &[cout, kcin, kh, kw]) = (x, kernel) else {
             candle_core::bail!(
                 "conv2d takes [b, c, h, w] and [cout, cin, k, k], got {x:?} and {kernel:?}"
@@ -136,8 +154,13 @@ impl Geometry {
         })
     }
 
+    /// The output's shape, [batch, cout, ho, wo].
+    pub(super) fn output_dims(&self) -> [usize; 4] {
+        [self.batch, self.cout, self.ho, self.wo]
+    }
+
     /// Rows of an image's column matrix: one per (input channel, kernel row, kernel column).
-    fn patch(&self) -> usize {
+    pub(super) fn patch(&self) -> usize {
         self.cin * self.kernel * self.kernel
     }
 
@@ -287,6 +310,106 @@ impl Geometry {
         }
     }
 
+    /// The convolution of `x` [batch, cin, h, w] with `kernel` [cout, patch], plus
+    /// `bias` [batch, cout]: y [batch, cout, ho, wo].
+    pub(super) fn forward(&self, x: &[f32], kernel: &[f32], bias: &[f32]) -> Vec<f32> {
+        let (k, n) = (self.patch(), self.pixels());
+        let mut out = zeroed(self.batch * self.cout * n);
+        let threads = self.gemm_threads();
+        out.par_chunks_mut(self.cout * n)
+            .zip(x.par_chunks(self.cin * self.h * self.w))
+            .zip(bias.par_chunks(self.cout))
+            .for_each_init(
+                || self.scratch(),
+                |cols, ((y, image), bias)| {
+                    for (channel, b) in y.chunks_mut(n).zip(bias) {
+                        channel.fill(*b);
+                    }
+                    let cols: &[f32] = if self.pointwise() {
+                        image
+                    } else {
+                        self.im2col(image, cols);
+                        cols
+                    };
+                    let w = View::rows(kernel, self.cout, k);
+                    matmul(y, w, View::rows(cols, k, n), true, threads);
+                },
+            );
+        out
+    }
+
+    /// The gradient with respect to the input, given `grad` with respect to the output:
+    /// per image, kernel^T · grad y, folded back by col2im.
+    pub(super) fn input_grad(&self, grad: &[f32], kernel: &[f32]) -> Vec<f32> {
+        let (k, n) = (self.patch(), self.pixels());
+        let mut out = zeroed(self.batch * self.cin * self.h * self.w);
+        let threads = self.gemm_threads();
+        out.par_chunks_mut(self.cin * self.h * self.w)
+            .zip(grad.par_chunks(self.cout * n))
+            .for_each_init(
+                || self.scratch(),
+                |cols, (image, grad_y)| {
+                    let w_t = View::rows(kernel, self.cout, k).t();
+                    let grad_y = View::rows(grad_y, self.cout, n);
+                    if self.pointwise() {
+                        matmul(image, w_t, grad_y, false, threads);
+                    } else {
+                        matmul(cols, w_t, grad_y, false, threads);
+                        self.col2im(cols, image);
+                    }
+                },
+            );
+        out
+    }
+
+    /// [grad kernel; grad bias], flattened: the kernel's gradient is the sum over
+    /// images of grad y · columns(x)^T, the bias's (one per image and channel) the sum
+    /// of each plane of grad y.
+    pub(super) fn param_grads(&self, x: &[f32], grad: &[f32]) -> Vec<f32> {
+        let (k, n) = (self.patch(), self.pixels());
+        let kernel_len = self.cout * k;
+        let mut out = vec![0f32; kernel_len + self.batch * self.cout];
+        let (grad_kernel, grad_bias) = out.split_at_mut(kernel_len);
+        let threads = self.gemm_threads();
+        // Summed as its transpose, columns(x) · grad y^T [patch, cout]: the GEMM then
+        // reads the large column matrix in place and packs only grad y.
+        let sum_t = x
+            .par_chunks(self.cin * self.h * self.w)
+            .zip(grad.par_chunks(self.cout * n))
+            .zip(grad_bias.par_chunks_mut(self.cout))
+            .fold(
+                || (vec![0f32; k * self.cout], self.scratch()),
+                |(mut acc, mut cols), ((image, grad_y), bias)| {
+                    for (b, plane) in bias.iter_mut().zip(grad_y.chunks(n)) {
+                        *b = plane.iter().sum();
+                    }
+                    let columns: &[f32] = if self.pointwise() {
+                        image
+                    } else {
+                        self.im2col(image, &mut cols);
+                        &cols
+                    };
+                    let grad_y_t = View::rows(grad_y, self.cout, n).t();
+                    matmul(&mut acc, View::rows(columns, k, n), grad_y_t, true, threads);
+                    (acc, cols)
+                },
+            )
+            .map(|(acc, _)| acc)
+            .reduce(
+                || vec![0f32; k * self.cout],
+                |mut a, b| {
+                    a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                    a
+                },
+            );
+        for (p, row) in sum_t.chunks(self.cout).enumerate() {
+            for (o, v) in row.iter().enumerate() {
+                grad_kernel[o * k + p] = *v;
+            }
+        }
+        out
+    }
+
     /// Threads each image's GEMM may use: all of them when there are fewer images
     /// than threads, else one (the images themselves are spread over the threads).
     fn gemm_threads(&self) -> usize {
@@ -325,30 +448,8 @@ impl CustomOp3 for Forward {
         let x = slice(x, x_layout, "conv2d")?;
         let kernel = slice(kernel, kernel_layout, "conv2d")?;
         let bias = slice(bias, bias_layout, "conv2d")?;
-        let (k, n) = (g.patch(), g.pixels());
-        let mut out = vec![0f32; g.batch * g.cout * n];
-        let threads = g.gemm_threads();
-        out.par_chunks_mut(g.cout * n)
-            .zip(x.par_chunks(g.cin * g.h * g.w))
-            .zip(bias.par_chunks(g.cout))
-            .for_each_init(
-                || g.scratch(),
-                |cols, ((y, image), bias)| {
-                    for (channel, b) in y.chunks_mut(n).zip(bias) {
-                        channel.fill(*b);
-                    }
-                    let cols: &[f32] = if g.pointwise() {
-                        image
-                    } else {
-                        g.im2col(image, cols);
-                        cols
-                    };
-                    let w = View::rows(kernel, g.cout, k);
-                    matmul(y, w, View::rows(cols, k, n), true, threads);
-                },
-            );
         Ok((
-            CpuStorage::F32(out),
+            CpuStorage::F32(g.forward(x, kernel, bias)),
             Shape::from((g.batch, g.cout, g.ho, g.wo)),
         ))
     }
@@ -397,26 +498,8 @@ impl CustomOp2 for InputGrad {
             slice(grad, grad_layout, op)?,
             slice(kernel, kernel_layout, op)?,
         );
-        let (k, n) = (g.patch(), g.pixels());
-        let mut out = vec![0f32; g.batch * g.cin * g.h * g.w];
-        let threads = g.gemm_threads();
-        out.par_chunks_mut(g.cin * g.h * g.w)
-            .zip(grad.par_chunks(g.cout * n))
-            .for_each_init(
-                || g.scratch(),
-                |cols, (image, grad_y)| {
-                    let w_t = View::rows(kernel, g.cout, k).t();
-                    let grad_y = View::rows(grad_y, g.cout, n);
-                    if g.pointwise() {
-                        matmul(image, w_t, grad_y, false, threads);
-                    } else {
-                        matmul(cols, w_t, grad_y, false, threads);
-                        g.col2im(cols, image);
-                    }
-                },
-            );
         Ok((
-            CpuStorage::F32(out),
+            CpuStorage::F32(g.input_grad(grad, kernel)),
             Shape::from((g.batch, g.cin, g.h, g.w)),
         ))
     }
@@ -443,47 +526,7 @@ impl CustomOp2 for ParamGrads {
         let g = self.0;
         let op = "conv2d backward";
         let (x, grad) = (slice(x, x_layout, op)?, slice(grad, grad_layout, op)?);
-        let (k, n) = (g.patch(), g.pixels());
-        let kernel_len = g.cout * k;
-        let mut out = vec![0f32; kernel_len + g.batch * g.cout];
-        let (grad_kernel, grad_bias) = out.split_at_mut(kernel_len);
-        let threads = g.gemm_threads();
-        // Summed as its transpose, columns(x) · grad y^T [patch, cout]: the GEMM then
-        // reads the large column matrix in place and packs only grad y.
-        let sum_t = x
-            .par_chunks(g.cin * g.h * g.w)
-            .zip(grad.par_chunks(g.cout * n))
-            .zip(grad_bias.par_chunks_mut(g.cout))
-            .fold(
-                || (vec![0f32; k * g.cout], g.scratch()),
-                |(mut acc, mut cols), ((image, grad_y), bias)| {
-                    for (b, plane) in bias.iter_mut().zip(grad_y.chunks(n)) {
-                        *b = plane.iter().sum();
-                    }
-                    let columns: &[f32] = if g.pointwise() {
-                        image
-                    } else {
-                        g.im2col(image, &mut cols);
-                        &cols
-                    };
-                    let grad_y_t = View::rows(grad_y, g.cout, n).t();
-                    matmul(&mut acc, View::rows(columns, k, n), grad_y_t, true, threads);
-                    (acc, cols)
-                },
-            )
-            .map(|(acc, _)| acc)
-            .reduce(
-                || vec![0f32; k * g.cout],
-                |mut a, b| {
-                    a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
-                    a
-                },
-            );
-        for (p, row) in sum_t.chunks(g.cout).enumerate() {
-            for (o, v) in row.iter().enumerate() {
-                grad_kernel[o * k + p] = *v;
-            }
-        }
+        let out = g.param_grads(x, grad);
         let len = out.len();
         Ok((CpuStorage::F32(out), Shape::from(len)))
     }

@@ -9,6 +9,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Result, Shape, T
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
+use super::buffers::zeroed;
 use super::gemm::contiguous_f32 as slice;
 use super::vmath::{silu, silu_grad, with_avx512};
 
@@ -44,6 +45,22 @@ impl GroupNorm {
         }
     }
 
+    /// The CPU kernel for images of `channels` x `pixels`, for ops that fuse it.
+    pub(super) fn kernel(&self, channels: usize, pixels: usize, silu: bool) -> Norm {
+        Norm {
+            channels,
+            pixels,
+            groups: self.groups,
+            eps: self.eps,
+            silu,
+        }
+    }
+
+    /// The learnt per-channel scale and shift.
+    pub(super) fn params(&self) -> [&Tensor; 2] {
+        [&self.weight, &self.bias]
+    }
+
     /// The CPU kernel, where it applies (f32 on the CPU).
     fn fused(&self, x: &Tensor, silu: bool) -> Result<Option<Tensor>> {
         if !x.device().is_cpu() || x.dtype() != DType::F32 || x.rank() < 2 {
@@ -58,13 +75,7 @@ impl GroupNorm {
                 x.dims()
             )
         }
-        let op = Norm {
-            channels,
-            pixels: x.elem_count() / (batch * channels).max(1),
-            groups: self.groups,
-            eps: self.eps,
-            silu,
-        };
+        let op = self.kernel(channels, x.elem_count() / (batch * channels).max(1), silu);
         Ok(Some(x.contiguous()?.apply_op3(
             &self.weight.contiguous()?,
             &self.bias.contiguous()?,
@@ -84,7 +95,7 @@ impl Module for GroupNorm {
 
 /// Sizes of one normalisation: images of `channels` x `pixels`, channels in `groups`.
 #[derive(Debug, Clone, Copy)]
-struct Norm {
+pub(super) struct Norm {
     channels: usize,
     pixels: usize,
     groups: usize,
@@ -93,9 +104,61 @@ struct Norm {
 }
 
 impl Norm {
+    /// Channels of each image.
+    pub(super) fn channels(&self) -> usize {
+        self.channels
+    }
+
     /// Numbers in one group of one image.
     fn group_len(&self) -> usize {
         self.channels / self.groups * self.pixels
+    }
+
+    /// The normalised (and activated) images `x`, each [channels, pixels].
+    pub(super) fn forward(&self, x: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
+        let image_len = self.channels * self.pixels;
+        let mut out = zeroed(x.len());
+        out.par_chunks_mut(image_len)
+            .zip(x.par_chunks(image_len))
+            .for_each(|(y, image)| {
+                with_avx512(
+                    #[inline(always)]
+                    || self.forward_image(image, weight, bias, y),
+                )
+            });
+        out
+    }
+
+    /// [grad x; grad weight; grad bias], flattened, given `grad` with respect to the
+    /// output.
+    pub(super) fn backward(
+        &self,
+        x: &[f32],
+        grad: &[f32],
+        weight: &[f32],
+        bias: &[f32],
+    ) -> Vec<f32> {
+        let (image_len, c) = (self.channels * self.pixels, self.channels);
+        let mut out = zeroed(x.len() + 2 * c);
+        let (grad_x, _) = out.split_at_mut(x.len());
+        // Per image: its part of grad x, and its sums for grad weight and grad bias.
+        let partial: Vec<Vec<f32>> = grad_x
+            .par_chunks_mut(image_len)
+            .zip(x.par_chunks(image_len).zip(grad.par_chunks(image_len)))
+            .map(|(gx, (image, gy))| {
+                let mut sums = vec![0f32; 2 * c];
+                with_avx512(
+                    #[inline(always)]
+                    || self.backward_image(image, gy, weight, bias, gx, &mut sums),
+                );
+                sums
+            })
+            .collect();
+        let tail = &mut out[x.len()..];
+        for sums in partial {
+            tail.iter_mut().zip(sums).for_each(|(t, s)| *t += s);
+        }
+        out
     }
 
     /// Mean and 1/std of one group (two passes, in 16 f32 lanes totalled in f64).
@@ -230,16 +293,7 @@ impl CustomOp3 for Norm {
             slice(weight, weight_layout, "group norm")?,
             slice(bias, bias_layout, "group norm")?,
         );
-        let image_len = self.channels * self.pixels;
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(image_len)
-            .zip(x.par_chunks(image_len))
-            .for_each(|(y, image)| {
-                with_avx512(
-                    #[inline(always)]
-                    || self.forward_image(image, weight, bias, y),
-                )
-            });
+        let out = self.forward(x, weight, bias);
         Ok((CpuStorage::F32(out), x_layout.shape().clone()))
     }
 
@@ -290,27 +344,9 @@ impl CustomOp3 for NormGrad {
             slice(params, params_layout, "group norm")?,
         );
         let (weight, bias) = params.split_at(norm.channels);
-        let (image_len, c) = (norm.channels * norm.pixels, norm.channels);
-        let mut out = vec![0f32; x.len() + 2 * c];
-        let (grad_x, _) = out.split_at_mut(x.len());
-        // Per image: its part of grad x, and its sums for grad weight and grad bias.
-        let partial: Vec<Vec<f32>> = grad_x
-            .par_chunks_mut(image_len)
-            .zip(x.par_chunks(image_len).zip(grad.par_chunks(image_len)))
-            .map(|(gx, (image, gy))| {
-                let mut sums = vec![0f32; 2 * c];
-                with_avx512(
-                    #[inline(always)]
-                    || norm.backward_image(image, gy, weight, bias, gx, &mut sums),
-                );
-                sums
-            })
-            .collect();
-        let tail = &mut out[x.len()..];
-        for sums in partial {
-            tail.iter_mut().zip(sums).for_each(|(t, s)| *t += s);
-        }
-        Ok((CpuStorage::F32(out), Shape::from(x.len() + 2 * c)))
+        let out = norm.backward(x, grad, weight, bias);
+        let len = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(len)))
     }
 }
 

@@ -1,10 +1,12 @@
 //! Score networks: small candle modules with a `Config` and a `forward`.
 
 pub mod adamw;
+pub mod buffers;
 pub mod classifier;
 pub mod conv;
 pub mod embedding;
 pub mod fused_mlp;
+pub mod fused_res_block;
 pub mod gemm;
 pub mod group_norm;
 pub mod init;
