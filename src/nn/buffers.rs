@@ -50,7 +50,10 @@ mod tests {
                 inner.fill(2.0);
                 inner.as_ptr()
             });
-            assert!(outer.iter().all(|&v| v == 1.0), "the nested call wrote elsewhere");
+            assert!(
+                outer.iter().all(|&v| v == 1.0),
+                "the nested call wrote elsewhere"
+            );
             assert_ne!(inner, outer.as_ptr());
             outer.as_ptr()
         });

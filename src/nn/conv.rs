@@ -259,7 +259,9 @@ impl Geometry {
                         dst[..d].fill(0.0);
                     }
                 }
-                padding.0[i * self.kernel + j].iter().for_each(|&q| dst[q] = 0.0);
+                padding.0[i * self.kernel + j]
+                    .iter()
+                    .for_each(|&q| dst[q] = 0.0);
                 continue;
             }
             for oy in 0..self.ho {
@@ -294,7 +296,9 @@ impl Geometry {
             if self.keeps_size() {
                 // With the padding's entries zeroed, the row adds onto the shifted
                 // plane in one vectorised pass.
-                padding.0[i * self.kernel + j].iter().for_each(|&q| src[q] = 0.0);
+                padding.0[i * self.kernel + j]
+                    .iter()
+                    .for_each(|&q| src[q] = 0.0);
                 let (dst, src) = match self.shift(i, j) {
                     (d, true) => (&mut channel[d..], &src[..n - d]),
                     (d, false) => (&mut channel[..n - d], &src[d..]),
@@ -415,6 +419,18 @@ impl Geometry {
             }
         }
         out
+    }
+
+    /// Appends `param_grads`' result to `out` with the bias gradient summed over the
+    /// images: [grad kernel; grad bias], as the flat parameters of a fused op hold them.
+    pub(super) fn push_summed_param_grads(&self, grads: &[f32], out: &mut Vec<f32>) {
+        let (kernel, per_image) = grads.split_at(self.cout * self.patch());
+        out.extend_from_slice(kernel);
+        let mut bias = vec![0f32; self.cout];
+        for image in per_image.chunks(self.cout) {
+            bias.iter_mut().zip(image).for_each(|(b, v)| *b += v);
+        }
+        out.extend_from_slice(&bias);
     }
 
     /// Threads each image's GEMM may use: all of them when there are fewer images

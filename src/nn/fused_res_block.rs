@@ -259,18 +259,8 @@ impl CustomOp3 for BlockGrad {
             candle_core::bail!("residual block: backward pass without a forward pass")
         };
         let (batch, cout) = (block.batch(), p.conv1[1].len());
-        // Each parameter gradient in `Block::split`'s order; convolutions' biases
-        // are summed over the images.
+        // Each parameter gradient in `Block::split`'s order.
         let mut grad_params = Vec::with_capacity(params_layout.shape().elem_count());
-        let push_conv = |grads: &[f32], kernel_len: usize, out: &mut Vec<f32>| {
-            let (kernel, bias) = grads.split_at(kernel_len);
-            out.extend_from_slice(kernel);
-            let mut sum = vec![0f32; cout];
-            for image in bias.chunks(cout) {
-                sum.iter_mut().zip(image).for_each(|(s, v)| *s += v);
-            }
-            out.extend_from_slice(&sum);
-        };
         let g_b2 = block.conv2.input_grad(gy, p.conv2[0]);
         let conv2 = block.conv2.param_grads(b2, gy);
         let norm2 = block.norm2.backward(h1, &g_b2, p.norm2[0], p.norm2[1]);
@@ -280,12 +270,16 @@ impl CustomOp3 for BlockGrad {
         let conv1 = block.conv1.param_grads(a, g_h1);
         let norm1 = block.norm1.backward(x, &g_a, p.norm1[0], p.norm1[1]);
         grad_params.extend_from_slice(&norm1[x.len()..]);
-        push_conv(&conv1, p.conv1[0].len(), &mut grad_params);
+        block
+            .conv1
+            .push_summed_param_grads(&conv1, &mut grad_params);
         grad_params.extend_from_slice(&norm2[h1.len()..]);
-        push_conv(&conv2, p.conv2[0].len(), &mut grad_params);
+        block
+            .conv2
+            .push_summed_param_grads(&conv2, &mut grad_params);
         let skip_grad_x = match (block.skip, p.skip) {
             (Some(skip), Some([kernel, _])) => {
-                push_conv(&skip.param_grads(x, gy), kernel.len(), &mut grad_params);
+                skip.push_summed_param_grads(&skip.param_grads(x, gy), &mut grad_params);
                 Some(skip.input_grad(gy, kernel))
             }
             _ => None,

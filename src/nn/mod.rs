@@ -5,6 +5,7 @@ pub mod buffers;
 pub mod classifier;
 pub mod conv;
 pub mod embedding;
+pub mod fused_attention;
 pub mod fused_mlp;
 pub mod fused_res_block;
 pub mod gemm;

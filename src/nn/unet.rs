@@ -9,9 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use super::conv::{Conv2d, conv2d};
 use super::embedding::{fourier, sinusoidal};
-use super::fused_res_block;
 use super::group_norm::{GroupNorm, group_norm};
 use super::mlp::Embedding;
+use super::{fused_attention, fused_res_block};
 use crate::data::images::ImageShape;
 use crate::rng::{normals, stream};
 
@@ -202,8 +202,9 @@ impl ResBlock {
     }
 }
 
-/// Single-head self-attention over positions, with a residual connection. Uses the
-/// differentiable softmax (the fused one has no backward pass).
+/// Single-head self-attention over positions, with a residual connection. On the CPU
+/// one fused op; elsewhere candle's ops, with the differentiable softmax (candle_nn's
+/// fused one has no backward pass).
 struct Attention {
     norm: GroupNorm,
     qkv: Conv2d,
@@ -220,6 +221,19 @@ impl Attention {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let layers = fused_attention::Layers {
+            norm: &self.norm,
+            qkv: &self.qkv,
+            proj: &self.proj,
+        };
+        match fused_attention::forward(&layers, x)? {
+            Some(y) => Ok(y),
+            None => self.forward_layers(x),
+        }
+    }
+
+    /// The block op by op (off the CPU).
+    fn forward_layers(&self, x: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
         let qkv = self.qkv.forward(&self.norm.forward(x)?)?;
         let qkv = qkv.reshape((b, 3, c, h * w))?;
@@ -568,6 +582,43 @@ mod tests {
                 let diff = crate::nn::max_abs_diff(a, b);
                 assert!(diff < 1e-3, "grad {name}, case {case}: {diff}");
             }
+        }
+    }
+
+    /// The fused CPU attention block against the same layers op by op: output and the
+    /// gradients of the input and every parameter, on perturbed parameters (a fresh
+    /// projection is zero-free but the norm's identity scale would hide mistakes).
+    #[test]
+    fn the_fused_attention_block_matches_its_layers() {
+        let (attention, map) = seeded_varmap(&Device::Cpu, &mut stream(3, "init"), |vb| {
+            Attention::new(8, 2, vb)
+        })
+        .unwrap();
+        for (i, var) in map.all_vars().iter().enumerate() {
+            let noise = crate::nn::random_tensor(var.dims(), 60 + i as u64, "perturb");
+            var.set(&(var.as_tensor() + noise.affine(0.3, 0.1).unwrap()).unwrap())
+                .unwrap();
+        }
+        let x = candle_core::Var::from_tensor(&crate::nn::random_tensor(&[3, 8, 4, 5], 7, "x"))
+            .unwrap();
+        let fused = attention.forward(&x).unwrap();
+        let layers = attention.forward_layers(&x).unwrap();
+        assert!(crate::nn::max_abs_diff(&fused, &layers) < 1e-4);
+        let weights = crate::nn::random_tensor(fused.dims(), 9, "loss");
+        let loss = |y: &Tensor| (y * &weights).unwrap().sum_all().unwrap();
+        let (ga, gb) = (
+            loss(&fused).backward().unwrap(),
+            loss(&layers).backward().unwrap(),
+        );
+        let data = map.data().lock().unwrap();
+        let tensors = data
+            .iter()
+            .map(|(name, v)| (name.clone(), v.as_tensor().clone()))
+            .chain([("x".to_string(), x.as_tensor().clone())]);
+        for (name, tensor) in tensors {
+            let (a, b) = (ga.get(&tensor).unwrap(), gb.get(&tensor).unwrap());
+            let diff = crate::nn::max_abs_diff(a, b);
+            assert!(diff < 1e-3, "grad {name}: {diff}");
         }
     }
 
