@@ -14,6 +14,7 @@ pub mod init;
 pub mod mlp;
 pub mod network;
 pub mod unet;
+pub mod upsample;
 pub mod vmath;
 
 /// Test support: the DESIGN's candle pitfall (fused ops without a backward pass make

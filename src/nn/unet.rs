@@ -11,6 +11,7 @@ use super::conv::{Conv2d, conv2d};
 use super::embedding::{fourier, sinusoidal};
 use super::group_norm::{GroupNorm, group_norm};
 use super::mlp::Embedding;
+use super::upsample::upsample2;
 use super::{fused_attention, fused_res_block};
 use crate::data::images::ImageShape;
 use crate::rng::{normals, stream};
@@ -437,15 +438,6 @@ impl UNet {
         let out = self.conv_out.forward(&self.norm_out.forward_silu(&h)?)?;
         out.reshape((batch, s.dim()))
     }
-}
-
-/// Nearest-neighbour up-sampling by 2 through broadcasting, whose backward pass is
-/// a plain sum.
-fn upsample2(x: &Tensor) -> Result<Tensor> {
-    let (b, c, h, w) = x.dims4()?;
-    x.reshape((b, c, h, 1, w, 1))?
-        .broadcast_as((b, c, h, 2, w, 2))?
-        .reshape((b, c, 2 * h, 2 * w))
 }
 
 /// A device-agnostic check used by tests and the model stage: the parameter count.
