@@ -174,7 +174,9 @@ impl ResBlock {
         })
     }
 
-    fn forward(&self, x: &Tensor, temb: &Tensor) -> Result<Tensor> {
+    /// The block on `inputs` concatenated along the channels (on the way up, the
+    /// previous output and a skip).
+    fn forward(&self, inputs: &[&Tensor], temb: &Tensor) -> Result<Tensor> {
         let t = self.time.forward(temb)?;
         let layers = fused_res_block::Layers {
             norm1: &self.norm1,
@@ -183,9 +185,9 @@ impl ResBlock {
             conv2: &self.conv2,
             skip: self.skip.as_ref(),
         };
-        match fused_res_block::forward(&layers, x, &t)? {
+        match fused_res_block::forward(&layers, inputs, &t)? {
             Some(y) => Ok(y),
-            None => self.forward_layers(x, &t),
+            None => self.forward_layers(&Tensor::cat(inputs, 1)?, &t),
         }
     }
 
@@ -407,7 +409,7 @@ impl UNet {
         let mut skips = vec![h.clone()];
         for layer in &self.down {
             h = match layer {
-                Layer::Res(block) => block.forward(&h, &temb)?,
+                Layer::Res(block) => block.forward(&[&h], &temb)?,
                 Layer::Attn(attn) => {
                     skips.pop();
                     attn.forward(&h)?
@@ -419,7 +421,7 @@ impl UNet {
         }
         for layer in &self.middle {
             h = match layer {
-                Layer::Res(block) => block.forward(&h, &temb)?,
+                Layer::Res(block) => block.forward(&[&h], &temb)?,
                 Layer::Attn(attn) => attn.forward(&h)?,
                 _ => unreachable!("the middle has residual blocks and attention"),
             };
@@ -428,7 +430,7 @@ impl UNet {
             h = match layer {
                 Layer::Res(block) => {
                     let skip = skips.pop().expect("one skip per up block");
-                    block.forward(&Tensor::cat(&[&h, &skip], 1)?, &temb)?
+                    block.forward(&[&h, &skip], &temb)?
                 }
                 Layer::Attn(attn) => attn.forward(&h)?,
                 Layer::Up(conv) => conv.forward(&upsample2(&h)?)?,
@@ -532,7 +534,9 @@ mod tests {
     /// without a projected skip, on trained-looking (perturbed) parameters.
     #[test]
     fn the_fused_residual_block_matches_its_layers() {
-        for (case, (cin, cout)) in [(4, 4), (4, 8)].into_iter().enumerate() {
+        // (input channels, output channels, whether the input comes in two parts).
+        let cases = [(4, 4, false), (4, 8, false), (6, 4, true)];
+        for (case, (cin, cout, two_parts)) in cases.into_iter().enumerate() {
             let (block, map) =
                 seeded_varmap(&Device::Cpu, &mut stream(case as u64, "init"), |vb| {
                     ResBlock::new(cin, cout, 6, 2, vb)
@@ -548,7 +552,18 @@ mod tests {
                     .unwrap();
             let temb = candle_core::Var::from_tensor(&crate::nn::random_tensor(&[3, 6], 8, "temb"))
                 .unwrap();
-            let fused = block.forward(&x, &temb).unwrap();
+            // Two parts: the first two channels and the rest, as separate tensors.
+            let parts = if two_parts {
+                vec![
+                    x.narrow(1, 0, 2).unwrap().contiguous().unwrap(),
+                    x.narrow(1, 2, cin - 2).unwrap().contiguous().unwrap(),
+                ]
+            } else {
+                vec![x.as_tensor().clone()]
+            };
+            let fused = block
+                .forward(&parts.iter().collect::<Vec<_>>(), &temb)
+                .unwrap();
             let t = block.time.forward(&temb).unwrap();
             let layers = block.forward_layers(&x, &t).unwrap();
             assert!(
