@@ -529,6 +529,49 @@ mod tests {
         crate::nn::assert_every_parameter_learns(&grads, data.iter());
     }
 
+    /// Moves every variable off its initial value, so that identity scales and zero
+    /// biases cannot hide a mistake in a fused op.
+    fn perturb(map: &candle_nn::VarMap, seed: u64) {
+        for (i, var) in map.all_vars().iter().enumerate() {
+            let noise = crate::nn::random_tensor(var.dims(), seed + i as u64, "perturb");
+            var.set(&(var.as_tensor() + noise.affine(0.3, 0.1).unwrap()).unwrap())
+                .unwrap();
+        }
+    }
+
+    /// `fused` and `layers` agree, and so do the gradients of a random weighting of
+    /// them with respect to every variable of `map` and every tensor of `inputs`.
+    fn assert_same_outputs_and_grads(
+        fused: &Tensor,
+        layers: &Tensor,
+        map: &candle_nn::VarMap,
+        inputs: &[(&str, &Tensor)],
+        case: &str,
+    ) {
+        let diff = crate::nn::max_abs_diff(fused, layers);
+        assert!(diff < 1e-4, "output, {case}: {diff}");
+        let weights = crate::nn::random_tensor(fused.dims(), 9, "loss");
+        let loss = |y: &Tensor| (y * &weights).unwrap().sum_all().unwrap();
+        let (ga, gb) = (
+            loss(fused).backward().unwrap(),
+            loss(layers).backward().unwrap(),
+        );
+        let data = map.data().lock().unwrap();
+        let tensors = data
+            .iter()
+            .map(|(name, v)| (name.clone(), v.as_tensor().clone()))
+            .chain(
+                inputs
+                    .iter()
+                    .map(|(name, t)| (name.to_string(), (*t).clone())),
+            );
+        for (name, tensor) in tensors {
+            let (a, b) = (ga.get(&tensor).unwrap(), gb.get(&tensor).unwrap());
+            let diff = crate::nn::max_abs_diff(a, b);
+            assert!(diff < 1e-3, "grad {name}, {case}: {diff}");
+        }
+    }
+
     /// The fused CPU block against the same layers one by one: output and the
     /// gradients of the input, the time embedding and every parameter, with and
     /// without a projected skip, on trained-looking (perturbed) parameters.
@@ -542,11 +585,7 @@ mod tests {
                     ResBlock::new(cin, cout, 6, 2, vb)
                 })
                 .unwrap();
-            for (i, var) in map.all_vars().iter().enumerate() {
-                let noise = crate::nn::random_tensor(var.dims(), 40 + i as u64, "perturb");
-                var.set(&(var.as_tensor() + noise.affine(0.3, 0.1).unwrap()).unwrap())
-                    .unwrap();
-            }
+            perturb(&map, 40);
             let x =
                 candle_core::Var::from_tensor(&crate::nn::random_tensor(&[3, cin, 5, 6], 7, "x"))
                     .unwrap();
@@ -566,67 +605,27 @@ mod tests {
                 .unwrap();
             let t = block.time.forward(&temb).unwrap();
             let layers = block.forward_layers(&x, &t).unwrap();
-            assert!(
-                crate::nn::max_abs_diff(&fused, &layers) < 1e-4,
-                "case {case}"
-            );
-            let weights = crate::nn::random_tensor(fused.dims(), 9, "loss");
-            let loss = |y: &Tensor| (y * &weights).unwrap().sum_all().unwrap();
-            let (ga, gb) = (
-                loss(&fused).backward().unwrap(),
-                loss(&layers).backward().unwrap(),
-            );
-            let data = map.data().lock().unwrap();
-            let tensors = data
-                .iter()
-                .map(|(name, v)| (name.clone(), v.as_tensor().clone()))
-                .chain([
-                    ("x".to_string(), x.as_tensor().clone()),
-                    ("temb".to_string(), temb.as_tensor().clone()),
-                ]);
-            for (name, tensor) in tensors {
-                let (a, b) = (ga.get(&tensor).unwrap(), gb.get(&tensor).unwrap());
-                let diff = crate::nn::max_abs_diff(a, b);
-                assert!(diff < 1e-3, "grad {name}, case {case}: {diff}");
-            }
+            let inputs = [("x", x.as_tensor()), ("temb", temb.as_tensor())];
+            let case = format!("case {case}");
+            assert_same_outputs_and_grads(&fused, &layers, &map, &inputs, &case);
         }
     }
 
     /// The fused CPU attention block against the same layers op by op: output and the
-    /// gradients of the input and every parameter, on perturbed parameters (a fresh
-    /// projection is zero-free but the norm's identity scale would hide mistakes).
+    /// gradients of the input and every parameter, on perturbed parameters.
     #[test]
     fn the_fused_attention_block_matches_its_layers() {
         let (attention, map) = seeded_varmap(&Device::Cpu, &mut stream(3, "init"), |vb| {
             Attention::new(8, 2, vb)
         })
         .unwrap();
-        for (i, var) in map.all_vars().iter().enumerate() {
-            let noise = crate::nn::random_tensor(var.dims(), 60 + i as u64, "perturb");
-            var.set(&(var.as_tensor() + noise.affine(0.3, 0.1).unwrap()).unwrap())
-                .unwrap();
-        }
+        perturb(&map, 60);
         let x = candle_core::Var::from_tensor(&crate::nn::random_tensor(&[3, 8, 4, 5], 7, "x"))
             .unwrap();
         let fused = attention.forward(&x).unwrap();
         let layers = attention.forward_layers(&x).unwrap();
-        assert!(crate::nn::max_abs_diff(&fused, &layers) < 1e-4);
-        let weights = crate::nn::random_tensor(fused.dims(), 9, "loss");
-        let loss = |y: &Tensor| (y * &weights).unwrap().sum_all().unwrap();
-        let (ga, gb) = (
-            loss(&fused).backward().unwrap(),
-            loss(&layers).backward().unwrap(),
-        );
-        let data = map.data().lock().unwrap();
-        let tensors = data
-            .iter()
-            .map(|(name, v)| (name.clone(), v.as_tensor().clone()))
-            .chain([("x".to_string(), x.as_tensor().clone())]);
-        for (name, tensor) in tensors {
-            let (a, b) = (ga.get(&tensor).unwrap(), gb.get(&tensor).unwrap());
-            let diff = crate::nn::max_abs_diff(a, b);
-            assert!(diff < 1e-3, "grad {name}: {diff}");
-        }
+        let inputs = [("x", x.as_tensor())];
+        assert_same_outputs_and_grads(&fused, &layers, &map, &inputs, "attention");
     }
 
     #[test]
