@@ -1,5 +1,5 @@
-//! A U-Net residual block (GroupNorm, SiLU, conv, + time shift, GroupNorm, SiLU, conv,
-//! + skip) as one CPU op with its own backward pass. As separate candle ops, every
+//! A U-Net residual block (GroupNorm, SiLU, conv, time shift, GroupNorm, SiLU, conv,
+//! skip) as one CPU op with its own backward pass. As separate candle ops, every
 //! activation-sized gradient between them went through candle's gradient store: a
 //! zeroed tensor allocated and added to, on the main thread, six times per block,
 //! while the worker threads waited. Here the block's inner gradients stay in this
