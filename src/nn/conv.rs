@@ -421,6 +421,11 @@ impl Geometry {
         out
     }
 
+    /// A per-channel bias as the per-image bias [batch, cout] `forward` takes.
+    pub(super) fn per_image(&self, bias: &[f32]) -> Vec<f32> {
+        bias.repeat(self.batch)
+    }
+
     /// Appends `param_grads`' result to `out` with the bias gradient summed over the
     /// images: [grad kernel; grad bias], as the flat parameters of a fused op hold them.
     pub(super) fn push_summed_param_grads(&self, grads: &[f32], out: &mut Vec<f32>) {

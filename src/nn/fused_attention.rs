@@ -16,6 +16,7 @@ use super::buffers::zeroed;
 use super::conv::{Conv2d, Geometry};
 use super::gemm::{View, contiguous_f32 as slice, matmul};
 use super::group_norm::{GroupNorm, Norm};
+use super::packed::{pack, unpack};
 
 /// The layers of one attention block, as the U-Net holds them.
 pub struct Layers<'a> {
@@ -38,19 +39,14 @@ pub fn forward(layers: &Layers, x: &Tensor) -> Result<Option<Tensor>> {
     }
     let op = Block::new(layers, x.dims())?;
     // In `Block::split`'s order: norm, qkv, proj.
-    let mut params: Vec<&Tensor> = layers.norm.params().to_vec();
+    let mut tensors = layers.norm.params().to_vec();
     for conv in convs {
         let (kernel, bias) = conv.params();
-        params.push(kernel);
-        params.extend(bias);
+        tensors.push(kernel);
+        tensors.extend(bias);
     }
-    let flat: Vec<Tensor> = params
-        .into_iter()
-        .map(|t| t.flatten_all())
-        .collect::<Result<_>>()?;
-    Ok(Some(
-        x.contiguous()?.apply_op2(&Tensor::cat(&flat, 0)?, op)?,
-    ))
+    let packed = pack(tensors)?;
+    Ok(Some(x.contiguous()?.apply_op2(&packed, op)?))
 }
 
 /// The block's sizes, and what its forward pass keeps for the backward pass.
@@ -106,16 +102,7 @@ impl Block {
     fn split<'a>(&self, params: &'a [f32]) -> Result<Params<'a>> {
         let c = self.channels;
         let sizes = [c, c, 3 * c * c, 3 * c, c * c, c];
-        if params.len() != sizes.iter().sum::<usize>() {
-            candle_core::bail!("attention: {} parameters, expected {sizes:?}", params.len())
-        }
-        let mut parts = Vec::with_capacity(sizes.len());
-        let mut rest = params;
-        for size in sizes {
-            let (part, tail) = rest.split_at(size);
-            parts.push(part);
-            rest = tail;
-        }
+        let parts = unpack(params, &sizes, "attention")?;
         Ok(Params {
             norm: [parts[0], parts[1]],
             qkv: [parts[2], parts[3]],
@@ -173,11 +160,6 @@ impl Block {
         matmul(gq, View::rows(k, c, n), g_scores_view.t(), false, 1);
         matmul(gk, View::rows(q, c, n), g_scores_view, false, 1);
     }
-
-    /// A per-channel bias as the per-image bias the convolution kernel takes.
-    fn per_image(&self, bias: &[f32]) -> Vec<f32> {
-        bias.repeat(self.batch)
-    }
 }
 
 /// `row = softmax(scale * row)`, shifted by the maximum so that exp cannot overflow.
@@ -210,7 +192,7 @@ impl CustomOp2 for Block {
         let normed = self.norm.forward(x, p.norm[0], p.norm[1]);
         let qkv = self
             .qkv
-            .forward(&normed, p.qkv[0], &self.per_image(p.qkv[1]));
+            .forward(&normed, p.qkv[0], &self.qkv.per_image(p.qkv[1]));
         let mut weights = zeroed(self.batch * n * n);
         let mut attended = zeroed(self.batch * c * n);
         weights
@@ -220,7 +202,7 @@ impl CustomOp2 for Block {
             .for_each(|((weights, attended), qkv)| self.attend(qkv, weights, attended));
         let mut y = self
             .proj
-            .forward(&attended, p.proj[0], &self.per_image(p.proj[1]));
+            .forward(&attended, p.proj[0], &self.proj.per_image(p.proj[1]));
         y.par_iter_mut().zip(x).for_each(|(y, x)| *y += x);
         *self.saved.lock().expect("saved activations") = Some(Saved {
             normed,

@@ -22,6 +22,7 @@ use super::buffers::zeroed;
 use super::conv::{Conv2d, Geometry};
 use super::gemm::contiguous_f32 as slice;
 use super::group_norm::{GroupNorm, Norm};
+use super::packed::{pack, unpack};
 
 /// The layers of one block, as the U-Net holds them.
 pub struct Layers<'a> {
@@ -69,28 +70,13 @@ pub fn forward(layers: &Layers, inputs: &[&Tensor], shift: &Tensor) -> Result<Op
         )
     }
     // In `Block::split`'s order: the shift, then norm1, conv1, norm2, conv2, skip.
-    let mut packed = vec![shift.flatten_all()?];
+    let mut tensors = vec![shift];
     for (norm, conv) in [(layers.norm1, layers.conv1), (layers.norm2, layers.conv2)] {
-        packed.extend(
-            norm.params()
-                .map(Tensor::flatten_all)
-                .into_iter()
-                .collect::<Result<Vec<_>>>()?,
-        );
-        packed.extend(
-            conv_params(conv)
-                .map(Tensor::flatten_all)
-                .collect::<Result<Vec<_>>>()?,
-        );
+        tensors.extend(norm.params());
+        tensors.extend(conv_params(conv));
     }
-    if let Some(skip) = layers.skip {
-        packed.extend(
-            conv_params(skip)
-                .map(Tensor::flatten_all)
-                .collect::<Result<Vec<_>>>()?,
-        );
-    }
-    let packed = Tensor::cat(&packed, 0)?;
+    tensors.extend(layers.skip.into_iter().flat_map(conv_params));
+    let packed = pack(tensors)?;
     match inputs {
         [x] => x.contiguous()?.apply_op2(&packed, op),
         [h, skip] => h.contiguous()?.apply_op3(&skip.contiguous()?, &packed, op),
@@ -176,20 +162,7 @@ impl Block {
     }
 
     fn split<'a>(&self, packed: &'a [f32]) -> Result<Params<'a>> {
-        let sizes = self.sizes();
-        if packed.len() != sizes.iter().sum::<usize>() {
-            candle_core::bail!(
-                "residual block: {} shift and parameter numbers, expected {sizes:?}",
-                packed.len()
-            )
-        }
-        let mut parts = Vec::new();
-        let mut rest = packed;
-        for size in sizes {
-            let (part, tail) = rest.split_at(size);
-            parts.push(part);
-            rest = tail;
-        }
+        let parts = unpack(packed, &self.sizes(), "residual block")?;
         let pair = |i: usize| [parts[i], parts[i + 1]];
         Ok(Params {
             shift: parts[0],
@@ -208,11 +181,6 @@ impl Block {
     /// Numbers of one image of input part `i`.
     fn part_len(&self, i: usize) -> usize {
         self.parts[i] * self.conv1.output_dims()[2] * self.conv1.output_dims()[3]
-    }
-
-    /// A per-channel bias as the per-image bias the convolution kernel takes.
-    fn per_image(&self, bias: &[f32]) -> Vec<f32> {
-        bias.repeat(self.batch())
     }
 
     /// The inputs concatenated along the channels, image by image.
@@ -246,10 +214,10 @@ impl Block {
         let b2 = self.norm2.forward(&h1, p.norm2[0], p.norm2[1]);
         let mut y = self
             .conv2
-            .forward(&b2, p.conv2[0], &self.per_image(p.conv2[1]));
+            .forward(&b2, p.conv2[0], &self.conv2.per_image(p.conv2[1]));
         let residual = match (self.skip, p.skip) {
             (Some(skip), Some([kernel, bias])) => {
-                Some(skip.forward(&x, kernel, &self.per_image(bias)))
+                Some(skip.forward(&x, kernel, &skip.per_image(bias)))
             }
             _ => None,
         };

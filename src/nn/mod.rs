@@ -13,6 +13,7 @@ pub mod group_norm;
 pub mod init;
 pub mod mlp;
 pub mod network;
+pub mod packed;
 pub mod unet;
 pub mod upsample;
 pub mod vmath;
