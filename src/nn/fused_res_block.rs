@@ -62,7 +62,7 @@ pub fn forward(layers: &Layers, inputs: &[&Tensor], shift: &Tensor) -> Result<Op
             )
         }
     }
-    let op = Block::new(layers, parts, &[batch, 0, h, w])?;
+    let op = Block::new(layers, parts, [batch, h, w])?;
     if shift.dims() != [batch, op.conv1.output_dims()[1]] {
         candle_core::bail!(
             "residual block: time shift {:?} should be [batch, cout]",
@@ -124,9 +124,8 @@ struct Params<'a> {
 }
 
 impl Block {
-    /// `dims`: [batch, any, h, w] of the inputs, whose channels are `parts`.
-    fn new(layers: &Layers, parts: Vec<usize>, dims: &[usize; 4]) -> Result<Block> {
-        let [batch, _, h, w] = *dims;
+    /// Inputs of `parts` channels each, [batch, h, w] in common.
+    fn new(layers: &Layers, parts: Vec<usize>, [batch, h, w]: [usize; 3]) -> Result<Block> {
         let dims = [batch, parts.iter().sum(), h, w];
         let conv1 = layers.conv1.geometry(&dims)?;
         let [batch, cout, h, w] = conv1.output_dims();
