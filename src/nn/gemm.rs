@@ -23,7 +23,10 @@ pub fn contiguous_f32<'a>(
     }
 }
 
-/// A read-only matrix over a slice: element (i, j) is `data[i * row_stride + j * col_stride]`.
+/// A read-only matrix over a slice: element (i, j) is `data[row(i) + col(j)]`, where
+/// `row(i)` is `i * row_stride` or, for a gathered view, `row_offsets[i]` (and the same
+/// for columns). Gathered views let a convolution multiply its image as if it were the
+/// column matrix, without writing that matrix out (see `conv`).
 #[derive(Clone, Copy)]
 pub struct View<'a> {
     pub data: &'a [f32],
@@ -31,6 +34,8 @@ pub struct View<'a> {
     pub cols: usize,
     pub row_stride: usize,
     pub col_stride: usize,
+    pub row_offsets: Option<&'a [usize]>,
+    pub col_offsets: Option<&'a [usize]>,
 }
 
 impl<'a> View<'a> {
@@ -42,6 +47,17 @@ impl<'a> View<'a> {
             cols,
             row_stride: cols,
             col_stride: 1,
+            row_offsets: None,
+            col_offsets: None,
+        }
+    }
+
+    /// A matrix whose row `i` is the `cols` numbers from `data[offsets[i]]` on.
+    pub fn gathered(data: &'a [f32], offsets: &'a [usize], cols: usize) -> View<'a> {
+        View {
+            rows: offsets.len(),
+            row_offsets: Some(offsets),
+            ..View::rows(data, 0, cols)
         }
     }
 
@@ -52,16 +68,81 @@ impl<'a> View<'a> {
             cols: self.rows,
             row_stride: self.col_stride,
             col_stride: self.row_stride,
+            row_offsets: self.col_offsets,
+            col_offsets: self.row_offsets,
             ..self
         }
     }
 
+    /// Where row `i` starts in `data`.
+    #[inline(always)]
+    pub fn row_offset(&self, i: usize) -> usize {
+        match self.row_offsets {
+            Some(offsets) => offsets[i],
+            None => i * self.row_stride,
+        }
+    }
+
+    /// How far column `j` lies from the start of a row.
+    #[inline(always)]
+    pub fn col_offset(&self, j: usize) -> usize {
+        match self.col_offsets {
+            Some(offsets) => offsets[j],
+            None => j * self.col_stride,
+        }
+    }
+
+    /// Element (i, j).
+    #[inline(always)]
+    pub fn at(&self, i: usize, j: usize) -> f32 {
+        self.data[self.row_offset(i) + self.col_offset(j)]
+    }
+
+    /// Rows `first..first + count`.
+    pub fn row_range(self, first: usize, count: usize) -> View<'a> {
+        match self.row_offsets {
+            Some(offsets) => View {
+                rows: count,
+                row_offsets: Some(&offsets[first..first + count]),
+                ..self
+            },
+            None => View {
+                data: &self.data[first * self.row_stride..],
+                rows: count,
+                ..self
+            },
+        }
+    }
+
+    /// Columns `first..first + count`.
+    pub fn col_range(self, first: usize, count: usize) -> View<'a> {
+        self.t().row_range(first, count).t()
+    }
+
     /// Whether every element lies inside `data` (what makes the product safe).
     fn in_bounds(&self) -> bool {
-        self.rows == 0
-            || self.cols == 0
-            || (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride
-                < self.data.len()
+        // The largest offset along one dimension of `n` (at least 1) elements.
+        fn last(offsets: Option<&[usize]>, n: usize, stride: usize) -> Option<usize> {
+            match offsets {
+                Some(offsets) => (offsets.len() == n).then(|| offsets.iter().copied().max())?,
+                None => (n - 1).checked_mul(stride),
+            }
+        }
+        if self.rows == 0 || self.cols == 0 {
+            return true;
+        }
+        let row = last(self.row_offsets, self.rows, self.row_stride);
+        let col = last(self.col_offsets, self.cols, self.col_stride);
+        row.zip(col)
+            .and_then(|(r, c)| r.checked_add(c))
+            .is_some_and(|end| end < self.data.len())
+    }
+
+    /// The matrix as a row-major copy, for code that only takes strided matrices.
+    fn dense(&self) -> Vec<f32> {
+        (0..self.rows)
+            .flat_map(|i| (0..self.cols).map(move |j| self.at(i, j)))
+            .collect()
     }
 }
 
@@ -149,12 +230,7 @@ fn split_avx512(out: &mut [f32], lhs: View, rhs: View, accumulate: bool, threads
             .par_chunks_mut(band * n)
             .enumerate()
             .for_each(|(t, block)| {
-                let rows = block.len() / n;
-                let lhs = View {
-                    data: &lhs.data[t * band * lhs.row_stride..],
-                    rows,
-                    ..lhs
-                };
+                let lhs = lhs.row_range(t * band, block.len() / n);
                 // SAFETY: `block` is this band's rows x n numbers.
                 unsafe { avx512::matmul(block.as_mut_ptr(), n, lhs, rhs, accumulate) };
             });
@@ -162,11 +238,7 @@ fn split_avx512(out: &mut [f32], lhs: View, rhs: View, accumulate: bool, threads
         let band = n.div_ceil(threads).next_multiple_of(avx512::NR);
         (0..n.div_ceil(band)).into_par_iter().for_each(|t| {
             let j0 = t * band;
-            let rhs = View {
-                data: &rhs.data[j0 * rhs.col_stride..],
-                cols: band.min(n - j0),
-                ..rhs
-            };
+            let rhs = rhs.col_range(j0, band.min(n - j0));
             let out = out_ptr;
             // SAFETY: columns j0..j0 + band of every row belong to this thread alone,
             // and lie inside the m x n output.
@@ -177,6 +249,21 @@ fn split_avx512(out: &mut [f32], lhs: View, rhs: View, accumulate: bool, threads
 
 fn portable(out: &mut [f32], lhs: View, rhs: View, accumulate: bool, threads: usize) {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    // The `gemm` crate takes strided matrices only: gathered views are copied out.
+    let gathered = |view: &View| view.row_offsets.is_some() || view.col_offsets.is_some();
+    let (lhs_copy, rhs_copy);
+    let lhs = if gathered(&lhs) {
+        lhs_copy = lhs.dense();
+        View::rows(&lhs_copy, m, k)
+    } else {
+        lhs
+    };
+    let rhs = if gathered(&rhs) {
+        rhs_copy = rhs.dense();
+        View::rows(&rhs_copy, k, n)
+    } else {
+        rhs
+    };
     let parallelism = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
@@ -307,6 +394,57 @@ mod tests {
                         matmul_with(kernel, &mut out, lhs, rhs, false, threads);
                         for (x, y) in out.iter().zip(&want) {
                             assert!((x - y).abs() < 1e-4 * (k as f32).sqrt());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Gathered views (rows at arbitrary offsets, or their transposes: a convolution's
+    /// image read as its column matrix) multiply like row-major copies of themselves,
+    /// on every kernel, on both sides of the product, split over threads, with the
+    /// partial last row panel that the in-place column reader must not overrun.
+    #[test]
+    fn gathered_views_multiply_like_their_dense_copies() {
+        let mut kernels = vec![Kernel::Portable];
+        #[cfg(target_arch = "x86_64")]
+        if avx512::available() {
+            kernels.push(Kernel::Avx512);
+        }
+        let data: Vec<f32> = (0..40_000).map(|i| (i as f32 * 0.013).sin()).collect();
+        for &(m, k, n) in &[(30, 300, 40), (100, 20, 33), (5, 7, 3), (200, 600, 64)] {
+            // Overlapping, unordered rows, as a convolution's shifted planes are.
+            let offsets_k: Vec<usize> = (0..k).map(|p| (p * 37) % (40_000 - 2 * m)).collect();
+            let offsets_m: Vec<usize> = (0..m).map(|i| (i * 53) % (40_000 - k)).collect();
+            let offsets_n: Vec<usize> = (0..n).map(|j| (j * 71) % (40_000 - k)).collect();
+            let dense = |v: View| (v.dense(), v.rows, v.cols);
+            let lhs_cases = [
+                // A(i, p) = data[offsets_k[p] + i]: the forward product's operand.
+                View::gathered(&data, &offsets_k, m).t(),
+                // A(i, p) = data[offsets_m[i] + p]: the kernel gradient's operand.
+                View::gathered(&data, &offsets_m, k),
+            ];
+            let rhs_cases = [
+                View::rows(&data[..k * n], k, n),
+                View::gathered(&data, &offsets_n, k).t(),
+            ];
+            for (a, b) in lhs_cases
+                .iter()
+                .flat_map(|a| rhs_cases.iter().map(move |b| (a, b)))
+            {
+                let (a_copy, _, _) = dense(*a);
+                let (b_copy, _, _) = dense(*b);
+                let want = naive(View::rows(&a_copy, m, k), View::rows(&b_copy, k, n));
+                for &kernel in &kernels {
+                    for threads in [1, 2, 3] {
+                        let mut out = vec![0.0; m * n];
+                        matmul_with(kernel, &mut out, *a, *b, false, threads);
+                        for (x, y) in out.iter().zip(&want) {
+                            assert!(
+                                (x - y).abs() < 1e-4 * (k as f32).sqrt(),
+                                "{kernel:?} {m}x{n}x{k} {threads}: {x} vs {y}"
+                            );
                         }
                     }
                 }

@@ -28,6 +28,26 @@ thread_local! {
     static BUFFERS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
+/// How the micro-kernel reads its MR rows of A.
+#[derive(Clone, Copy, PartialEq)]
+enum Source {
+    /// A packed panel: A(i, p) is `a[p * MR + i]`.
+    Packed,
+    /// In place, rows contiguous: A(i, p) is `rows[i][p]`.
+    Rows,
+    /// In place, a gathered column per depth step: A(i, p) is `base[offsets[p] + i]`
+    /// (a convolution's image read as its transposed column matrix).
+    Columns,
+}
+
+/// Where the micro-kernel finds A; which fields it reads depends on the `Source`.
+struct Operand {
+    packed: *const f32,
+    rows: [*const f32; MR],
+    base: *const f32,
+    offsets: *const usize,
+}
+
 /// `out = lhs · rhs` (or `+=` when `accumulate`) on one thread; `out` is `lhs.rows` x
 /// `rhs.cols` with row stride `ldc`.
 ///
@@ -36,15 +56,18 @@ thread_local! {
 /// output element, and the views must be in bounds (checked by the caller).
 pub unsafe fn matmul(out: *mut f32, ldc: usize, lhs: View, rhs: View, accumulate: bool) {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
-    // Row-major A is read in place. Row-major B is too when few row panels share
-    // each of its panels: packing it would cost more than it saves.
-    let (direct_a, direct_b) = (lhs.col_stride == 1, rhs.col_stride == 1 && m <= MC);
-    let kernel = match (direct_a, direct_b) {
-        (true, true) => kernel::<true, true>,
-        (true, false) => kernel::<true, false>,
-        (false, true) => kernel::<false, true>,
-        (false, false) => kernel::<false, false>,
+    // Row-major A is read in place, and so is a gathered transposed one. Row-major B
+    // is too when few row panels share each of its panels: packing it would cost more
+    // than it saves.
+    let source = if lhs.col_stride == 1 && lhs.col_offsets.is_none() {
+        Source::Rows
+    } else if lhs.row_stride == 1 && lhs.row_offsets.is_none() && lhs.col_offsets.is_some() {
+        Source::Columns
+    } else {
+        Source::Packed
     };
+    let direct_b =
+        rhs.col_stride == 1 && rhs.row_offsets.is_none() && rhs.col_offsets.is_none() && m <= MC;
     BUFFERS.with(|buffers| {
         let (packed_a, packed_b) = &mut *buffers.borrow_mut();
         for pc in (0..k).step_by(KC) {
@@ -56,14 +79,14 @@ pub unsafe fn matmul(out: *mut f32, ldc: usize, lhs: View, rhs: View, accumulate
             }
             for ic in (0..m).step_by(MC) {
                 let mc = MC.min(m - ic);
-                if !direct_a {
+                if source == Source::Packed {
                     pack_a(packed_a, lhs, ic, mc, pc, kc);
                 }
                 for jp in 0..n.div_ceil(NR) {
                     let cols = NR.min(n - jp * NR);
                     let (b, b_stride) = if direct_b {
                         (
-                            rhs.data[pc * rhs.row_stride + jp * NR..].as_ptr(),
+                            rhs.data[rhs.row_offset(pc) + jp * NR..].as_ptr(),
                             rhs.row_stride,
                         )
                     } else {
@@ -72,13 +95,43 @@ pub unsafe fn matmul(out: *mut f32, ldc: usize, lhs: View, rhs: View, accumulate
                     for ip in 0..mc.div_ceil(MR) {
                         let rows = MR.min(mc - ip * MR);
                         let i0 = ic + ip * MR;
-                        let (a, a_stride) = if direct_a {
-                            (
-                                lhs.data[i0 * lhs.row_stride + pc..].as_ptr(),
-                                lhs.row_stride,
-                            )
-                        } else {
-                            (packed_a[ip * kc * MR..].as_ptr(), MR)
+                        let mut a = Operand {
+                            packed: packed_a.as_ptr(),
+                            rows: [std::ptr::null(); MR],
+                            base: std::ptr::null(),
+                            offsets: std::ptr::null(),
+                        };
+                        let mut source = source;
+                        match source {
+                            Source::Packed => a.packed = packed_a[ip * kc * MR..].as_ptr(),
+                            Source::Rows => {
+                                // Rows past `rows` re-read the last valid one (their
+                                // sums are never stored).
+                                a.rows = std::array::from_fn(|i| {
+                                    let row = lhs.row_offset(i0 + i.min(rows - 1));
+                                    lhs.data[row + pc..].as_ptr()
+                                })
+                            }
+                            Source::Columns if rows == MR => {
+                                let offsets = lhs.col_offsets.expect("a gathered view");
+                                a.base = lhs.data[i0..].as_ptr();
+                                a.offsets = offsets[pc..].as_ptr();
+                            }
+                            Source::Columns => {
+                                // The last, partial panel: reading MR numbers per
+                                // column could pass the end of the data.
+                                pack_a(packed_a, lhs, i0, rows, pc, kc);
+                                a.packed = packed_a.as_ptr();
+                                source = Source::Packed;
+                            }
+                        }
+                        let kernel = match (source, direct_b) {
+                            (Source::Packed, false) => kernel::<0, false>,
+                            (Source::Packed, true) => kernel::<0, true>,
+                            (Source::Rows, false) => kernel::<1, false>,
+                            (Source::Rows, true) => kernel::<1, true>,
+                            (Source::Columns, false) => kernel::<2, false>,
+                            (Source::Columns, true) => kernel::<2, true>,
                         };
                         // SAFETY: A and B are the caller's in-bounds views or the packed
                         // panels (kc x MR and kc x NR numbers), read only at the valid
@@ -86,7 +139,7 @@ pub unsafe fn matmul(out: *mut f32, ldc: usize, lhs: View, rhs: View, accumulate
                         // inside `out` (the caller's contract).
                         unsafe {
                             let c = out.add(i0 * ldc + jp * NR);
-                            kernel(kc, a, a_stride, b, b_stride, c, ldc, rows, cols, add);
+                            kernel(kc, &a, b, b_stride, c, ldc, rows, cols, add);
                         }
                     }
                 }
@@ -101,16 +154,17 @@ fn pack_b(buffer: &mut Vec<f32>, rhs: View, pc: usize, kc: usize) {
     let n_panels = rhs.cols.div_ceil(NR);
     buffer.clear();
     buffer.resize(n_panels * kc * NR, 0.0);
+    let contiguous = rhs.col_stride == 1 && rhs.col_offsets.is_none();
     for (jp, panel) in buffer.chunks_exact_mut(kc * NR).enumerate() {
         let j0 = jp * NR;
         let cols = NR.min(rhs.cols - j0);
         for (p, row) in panel.chunks_exact_mut(NR).enumerate() {
-            let start = (pc + p) * rhs.row_stride + j0 * rhs.col_stride;
-            if rhs.col_stride == 1 {
+            if contiguous {
+                let start = rhs.row_offset(pc + p) + j0;
                 row[..cols].copy_from_slice(&rhs.data[start..start + cols]);
             } else {
                 for (j, v) in row[..cols].iter_mut().enumerate() {
-                    *v = rhs.data[start + j * rhs.col_stride];
+                    *v = rhs.at(pc + p, j0 + j);
                 }
             }
         }
@@ -126,17 +180,16 @@ fn pack_a(buffer: &mut Vec<f32>, lhs: View, ic: usize, mc: usize, pc: usize, kc:
     for (ip, panel) in buffer.chunks_exact_mut(kc * MR).enumerate() {
         let i0 = ic + ip * MR;
         let rows = MR.min(ic + mc - i0);
-        if lhs.row_stride == 1 {
+        if lhs.row_stride == 1 && lhs.row_offsets.is_none() {
             // A transposed matrix: each column of the panel is contiguous.
             for (p, column) in panel.chunks_exact_mut(MR).enumerate() {
-                let start = i0 + (pc + p) * lhs.col_stride;
+                let start = i0 + lhs.col_offset(pc + p);
                 column[..rows].copy_from_slice(&lhs.data[start..start + rows]);
             }
         } else {
             for r in 0..rows {
-                let start = (i0 + r) * lhs.row_stride + pc * lhs.col_stride;
                 for p in 0..kc {
-                    panel[p * MR + r] = lhs.data[start + p * lhs.col_stride];
+                    panel[p * MR + r] = lhs.at(i0 + r, pc + p);
                 }
             }
         }
@@ -144,16 +197,14 @@ fn pack_a(buffer: &mut Vec<f32>, lhs: View, ic: usize, mc: usize, pc: usize, kc:
 }
 
 /// The MR x NR block: `c[i, j] (+)= sum_p A[i, p] b[p, j]` for `i < rows`, `j < cols`.
-/// When `DIRECT_A`, A(i, p) is `a[i * a_stride + p]` (a row-major matrix), else
-/// `a[p * MR + i]` (a packed panel); when `DIRECT_B`, B(p, j) is `b[p * b_stride + j]`
-/// (row-major, only the valid columns are read), else `b[p * NR + j]` (a packed
-/// panel); the caller passes the matching strides.
+/// `SOURCE` is a `Source` as a number (0 packed, 1 rows, 2 columns), saying how A is
+/// read from `a`; when `DIRECT_B`, B(p, j) is `b[p * b_stride + j]` (row-major, only
+/// the valid columns are read), else `b[p * NR + j]` (a packed panel).
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn kernel<const DIRECT_A: bool, const DIRECT_B: bool>(
+unsafe fn kernel<const SOURCE: u8, const DIRECT_B: bool>(
     kc: usize,
-    a: *const f32,
-    a_stride: usize,
+    a: &Operand,
     b: *const f32,
     b_stride: usize,
     c: *mut f32,
@@ -169,10 +220,7 @@ unsafe fn kernel<const DIRECT_A: bool, const DIRECT_B: bool>(
     };
     let (m0, m1) = (mask(0), mask(16));
     let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-    // Read in place, rows past `rows` re-read the last valid one (their sums are never
-    // stored); a packed panel has zeros there instead.
-    let row_starts: [*const f32; MR] =
-        std::array::from_fn(|i| a.wrapping_add(i.min(rows - 1) * a_stride));
+    let row_starts = a.rows;
     for p in 0..kc {
         // SAFETY (here and below): packed panels hold kc x MR and kc x NR numbers; in
         // place, rows < `rows` of A and columns < `cols` of B (the masks) are read,
@@ -191,12 +239,17 @@ unsafe fn kernel<const DIRECT_A: bool, const DIRECT_B: bool>(
                 )
             }
         };
+        let column = if SOURCE == 2 {
+            unsafe { a.base.add(*a.offsets.add(p)) }
+        } else {
+            a.packed
+        };
         for (i, acc) in acc.iter_mut().enumerate() {
             let ai = unsafe {
-                if DIRECT_A {
-                    *row_starts[i].add(p)
-                } else {
-                    *a.add(p * MR + i)
+                match SOURCE {
+                    0 => *a.packed.add(p * MR + i),
+                    1 => *row_starts[i].add(p),
+                    _ => *column.add(i),
                 }
             };
             let ai = _mm512_set1_ps(ai);
