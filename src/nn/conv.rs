@@ -12,6 +12,7 @@ use rayon::prelude::*;
 
 use super::buffers::{with_scratch, zeroed};
 use super::gemm::{View, contiguous_f32 as slice, matmul};
+use super::vmath::{lane_sum, with_avx512};
 
 /// A convolution layer: candle_nn's parameters and initialisation (so weights keep their
 /// names and seeded values), with the CPU forward and backward passes of this module.
@@ -240,6 +241,152 @@ impl Geometry {
         Padding(positions)
     }
 
+    /// Whether this convolution multiplies its zero-padded input in place (an
+    /// implicit GEMM) instead of writing out the column matrix. For a stride-1
+    /// convolution that keeps the image size, row (c, i, j) of the column matrix is
+    /// the padded plane c read from offset (i, j) on, if the output is computed on
+    /// padded-width rows ("wide" pixels, the last `2 * padding` of each row thrown
+    /// away). That waste grows as images shrink: at 7x7 it would be 2 pixels in 9,
+    /// so the implicit product is taken while it is at most 1 in 8.
+    fn implicit(&self) -> bool {
+        self.keeps_size() && self.kernel > 1 && 2 * self.padding * 7 <= self.w
+    }
+
+    /// Width of a padded row.
+    fn padded_width(&self) -> usize {
+        self.w + 2 * self.padding
+    }
+
+    /// Output pixels of the implicit product: `h` rows of padded width.
+    fn wide_pixels(&self) -> usize {
+        self.h * self.padded_width()
+    }
+
+    /// Length of a padded image: `channels` planes of (h + 2 padding) x (w + 2 padding),
+    /// and the few numbers the last wide pixels read past the last plane.
+    fn padded_len(&self, channels: usize) -> usize {
+        channels * (self.h + 2 * self.padding) * self.padded_width() + 2 * self.padding
+    }
+
+    /// Where each row (c, i, j) of the column matrix starts in the padded image.
+    fn gather_offsets(&self) -> Vec<usize> {
+        let (k, wp) = (self.kernel, self.padded_width());
+        let plane = (self.h + 2 * self.padding) * wp;
+        (0..self.patch())
+            .map(|row| row / (k * k) * plane + row / k % k * wp + row % k)
+            .collect()
+    }
+
+    /// Writes image `x` [channels, h, w] into `padded` with a zero border.
+    fn pad(&self, x: &[f32], padded: &mut [f32]) {
+        let (w, wp, p) = (self.w, self.padded_width(), self.padding);
+        padded.fill(0.0);
+        let plane = (self.h + 2 * p) * wp;
+        for (channel, dst) in x.chunks(self.h * w).zip(padded.chunks_mut(plane)) {
+            for (row, line) in channel.chunks(w).enumerate() {
+                let start = (row + p) * wp + p;
+                dst[start..start + w].copy_from_slice(line);
+            }
+        }
+    }
+
+    /// The convolution with the input and output channels swapped: for a stride-1
+    /// convolution that keeps the size, the input gradient is this one applied to the
+    /// output gradient with the kernel flipped (see `flipped_kernel_t`).
+    fn swapped(&self) -> Geometry {
+        Geometry {
+            cin: self.cout,
+            cout: self.cin,
+            ..*self
+        }
+    }
+
+    /// `kernel` [cout, patch] transposed to [patch, cout]: the implicit forward
+    /// product's right-hand side.
+    fn kernel_t(&self, kernel: &[f32]) -> Vec<f32> {
+        let k = self.patch();
+        let mut out = vec![0f32; k * self.cout];
+        for (o, row) in kernel.chunks(k).enumerate() {
+            for (p, v) in row.iter().enumerate() {
+                out[p * self.cout + o] = *v;
+            }
+        }
+        out
+    }
+
+    /// The swapped convolution's `kernel_t`: entry ((o, i, j), c) is kernel (o, c)
+    /// at offset (k - 1 - i, k - 1 - j).
+    fn flipped_kernel_t(&self, kernel: &[f32]) -> Vec<f32> {
+        let k = self.kernel;
+        let mut out = vec![0f32; self.patch() * self.cout];
+        for o in 0..self.cout {
+            for c in 0..self.cin {
+                for i in 0..k {
+                    for j in 0..k {
+                        let row = (o * k + i) * k + j;
+                        let from = ((o * self.cin + c) * k + (k - 1 - i)) * k + (k - 1 - j);
+                        out[row * self.cin + c] = kernel[from];
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// `implicit` forward pass: per image, the wide output [wide pixels, cout] is the
+    /// gathered transposed column matrix times `kernel_t` [patch, cout]; its valid
+    /// pixels, plus the bias, are transposed into y [cout, h, w].
+    fn forward_implicit(&self, x: &[f32], kernel_t: &[f32], bias: &[f32]) -> Vec<f32> {
+        let (n, wide, wp) = (self.pixels(), self.wide_pixels(), self.padded_width());
+        let offsets = self.gather_offsets();
+        let padded_len = self.padded_len(self.cin);
+        let mut out = zeroed(self.batch * self.cout * n);
+        let threads = self.gemm_threads();
+        out.par_chunks_mut(self.cout * n)
+            .zip(x.par_chunks(self.cin * n))
+            .zip(bias.par_chunks(self.cout))
+            .for_each(|((y, image), bias)| {
+                with_scratch(padded_len + wide * self.cout, |scratch| {
+                    let (padded, product) = scratch.split_at_mut(padded_len);
+                    self.pad(image, padded);
+                    let columns = View::gathered(padded, &offsets, wide).t();
+                    let kernel = View::rows(kernel_t, self.patch(), self.cout);
+                    matmul(product, columns, kernel, false, threads);
+                    for (o, (plane, b)) in y.chunks_mut(n).zip(bias).enumerate() {
+                        for (row, line) in plane.chunks_mut(self.w).enumerate() {
+                            let wide_row = &product[row * wp * self.cout..];
+                            for (x, v) in line.iter_mut().enumerate() {
+                                *v = wide_row[x * self.cout + o] + b;
+                            }
+                        }
+                    }
+                });
+            });
+        out
+    }
+
+    /// `implicit` kernel gradient, transposed [patch, cout] and summed over images:
+    /// per image the gathered column matrix [patch, wide pixels] times grad y^T,
+    /// grad y widened with zeros (the wide pixels thrown away get no gradient).
+    fn kernel_grad_implicit(&self, image: &[f32], grad_y: &[f32], acc: &mut [f32]) {
+        let (n, wide, wp) = (self.pixels(), self.wide_pixels(), self.padded_width());
+        let offsets = self.gather_offsets();
+        let padded_len = self.padded_len(self.cin);
+        with_scratch(padded_len + self.cout * wide, |scratch| {
+            let (padded, widened) = scratch.split_at_mut(padded_len);
+            self.pad(image, padded);
+            widened.fill(0.0);
+            for (plane, dst) in grad_y.chunks(n).zip(widened.chunks_mut(wide)) {
+                for (line, dst) in plane.chunks(self.w).zip(dst.chunks_mut(wp)) {
+                    dst[..self.w].copy_from_slice(line);
+                }
+            }
+            let columns = View::gathered(padded, &offsets, wide);
+            let grad_t = View::rows(widened, self.cout, wide).t();
+            matmul(acc, columns, grad_t, true, self.gemm_threads());
+        });
+    }
+
     /// Writes image `x` [cin, h, w] as its column matrix [patch, pixels].
     fn im2col(&self, x: &[f32], cols: &mut [f32], padding: &Padding) {
         let n = self.pixels();
@@ -324,6 +471,9 @@ impl Geometry {
     /// The convolution of `x` [batch, cin, h, w] with `kernel` [cout, patch], plus
     /// `bias` [batch, cout]: y [batch, cout, ho, wo].
     pub(super) fn forward(&self, x: &[f32], kernel: &[f32], bias: &[f32]) -> Vec<f32> {
+        if self.implicit() {
+            return self.forward_implicit(x, &self.kernel_t(kernel), bias);
+        }
         let padding = self.padding_positions();
         let (k, n) = (self.patch(), self.pixels());
         let mut out = zeroed(self.batch * self.cout * n);
@@ -351,6 +501,14 @@ impl Geometry {
     /// The gradient with respect to the input, given `grad` with respect to the output:
     /// per image, kernel^T · grad y, folded back by col2im.
     pub(super) fn input_grad(&self, grad: &[f32], kernel: &[f32]) -> Vec<f32> {
+        if self.implicit() {
+            let zero_bias = vec![0f32; self.batch * self.cin];
+            return self.swapped().forward_implicit(
+                grad,
+                &self.flipped_kernel_t(kernel),
+                &zero_bias,
+            );
+        }
         let padding = self.padding_positions();
         let (k, n) = (self.patch(), self.pixels());
         let mut out = zeroed(self.batch * self.cin * self.h * self.w);
@@ -392,10 +550,12 @@ impl Geometry {
                 || vec![0f32; k * self.cout],
                 |mut acc, ((image, grad_y), bias)| {
                     for (b, plane) in bias.iter_mut().zip(grad_y.chunks(n)) {
-                        *b = plane.iter().sum();
+                        *b = with_avx512(|| lane_sum(plane, |v| v)) as f32;
                     }
                     let grad_y_t = View::rows(grad_y, self.cout, n).t();
-                    if self.pointwise() {
+                    if self.implicit() {
+                        self.kernel_grad_implicit(image, grad_y, &mut acc);
+                    } else if self.pointwise() {
                         matmul(&mut acc, View::rows(image, k, n), grad_y_t, true, threads);
                     } else {
                         with_scratch(k * n, |cols| {
@@ -575,11 +735,23 @@ mod tests {
         let cases = [
             (3, 4, 6, 7, 3, 1, 1),
             (1, 4, 6, 7, 3, 1, 1),
+            // Large enough for the implicit product (see `Geometry::implicit`).
+            (3, 5, 7, 14, 3, 1, 1),
+            (1, 3, 33, 16, 3, 1, 1),
+            (2, 2, 3, 28, 5, 1, 2),
             (5, 3, 5, 8, 3, 2, 1),
             (2, 3, 5, 7, 3, 2, 1),
             (4, 6, 9, 5, 1, 1, 0),
             (2, 2, 3, 6, 3, 1, 0),
         ];
+        let implicit = cases
+            .iter()
+            .filter(|&&(b, cin, cout, size, k, stride, padding)| {
+                Geometry::new(&[b, cin, size, size], &[cout, cin, k, k], stride, padding)
+                    .unwrap()
+                    .implicit()
+            });
+        assert_eq!(implicit.count(), 3, "the cases cover both kinds of product");
         for (i, &(b, cin, cout, size, k, stride, padding)) in cases.iter().enumerate() {
             let x = Var::from_tensor(&random(&[b, cin, size, size], i as u64)).unwrap();
             let w = Var::from_tensor(&random(&[cout, cin, k, k], 100 + i as u64)).unwrap();

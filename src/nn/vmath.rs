@@ -61,6 +61,36 @@ pub fn sin_cos(v: f32) -> (f32, f32) {
     (sin, cos)
 }
 
+/// Σ f(v) over `values`, in 16 f32 lanes (so the loop vectorises) totalled in f64.
+#[inline(always)]
+pub fn lane_sum(values: &[f32], f: impl Fn(f32) -> f32) -> f64 {
+    lane_sum2(values, values, |v, _| (f(v), 0.0)).0
+}
+
+/// Σ f(a, b).0 and Σ f(a, b).1 over the pairs of `a` and `b`, as `lane_sum` does.
+#[inline(always)]
+pub fn lane_sum2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> (f32, f32)) -> (f64, f64) {
+    const LANES: usize = 16;
+    let (mut first, mut second) = ([0f32; LANES], [0f32; LANES]);
+    let (chunks_a, chunks_b) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (tail_a, tail_b) = (chunks_a.remainder(), chunks_b.remainder());
+    for (ca, cb) in chunks_a.zip(chunks_b) {
+        for l in 0..LANES {
+            let (x, y) = f(ca[l], cb[l]);
+            first[l] += x;
+            second[l] += y;
+        }
+    }
+    let total = |lanes: [f32; LANES]| lanes.iter().map(|&v| v as f64).sum::<f64>();
+    let (mut s1, mut s2) = (total(first), total(second));
+    for (&x, &y) in tail_a.iter().zip(tail_b) {
+        let (x, y) = f(x, y);
+        s1 += x as f64;
+        s2 += y as f64;
+    }
+    (s1, s2)
+}
+
 /// Runs `body` compiled for AVX-512 where the CPU has it: baseline x86-64 vectorises
 /// loops only four lanes wide. `body` and what it calls must be `#[inline(always)]`
 /// (closures included), or they keep the baseline instructions.
