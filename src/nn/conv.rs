@@ -247,9 +247,14 @@ impl Geometry {
     /// the padded plane c read from offset (i, j) on, if the output is computed on
     /// padded-width rows ("wide" pixels, the last `2 * padding` of each row thrown
     /// away). That waste grows as images shrink: at 7x7 it would be 2 pixels in 9,
-    /// so the implicit product is taken while it is at most 1 in 8.
+    /// so the implicit product is taken while it is at most 1 in 8. Layers with
+    /// fewer than 4 input or output channels (a network's first and last) keep the
+    /// column matrix: their products are too narrow for the AVX-512 kernel.
     fn implicit(&self) -> bool {
-        self.keeps_size() && self.kernel > 1 && 2 * self.padding * 7 <= self.w
+        self.keeps_size()
+            && self.kernel > 1
+            && 2 * self.padding * 7 <= self.w
+            && self.cin.min(self.cout) >= 4
     }
 
     /// Width of a padded row.
@@ -737,8 +742,9 @@ mod tests {
             (1, 4, 6, 7, 3, 1, 1),
             // Large enough for the implicit product (see `Geometry::implicit`).
             (3, 5, 7, 14, 3, 1, 1),
-            (1, 3, 33, 16, 3, 1, 1),
-            (2, 2, 3, 28, 5, 1, 2),
+            (1, 4, 33, 16, 3, 1, 1),
+            (2, 5, 4, 28, 5, 1, 2),
+            (2, 1, 5, 28, 3, 1, 1),
             (5, 3, 5, 8, 3, 2, 1),
             (2, 3, 5, 7, 3, 2, 1),
             (4, 6, 9, 5, 1, 1, 0),
