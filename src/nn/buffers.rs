@@ -17,6 +17,65 @@ pub fn zeroed(len: usize) -> Vec<f32> {
     buffer
 }
 
+/// An output buffer handed out to rayon's threads in chunks, each zeroed by the thread
+/// that takes it, just before that thread writes it: the zeros then cost a clear of
+/// memory already in that core's cache, where `zeroed` writes the whole buffer out to
+/// memory first (a U-Net step spent 6% of its time there).
+pub struct Output {
+    buffer: Vec<f32>,
+    len: usize,
+    /// Numbers zeroed so far: `into_vec` checks that every chunk was handed out.
+    cleared: std::sync::atomic::AtomicUsize,
+}
+
+impl Output {
+    /// `len` numbers, with room for `capacity` (at least `len`) in the final vector.
+    pub fn with_capacity(len: usize, capacity: usize) -> Output {
+        Output {
+            buffer: Vec::with_capacity(capacity.max(len)),
+            len,
+            cleared: Default::default(),
+        }
+    }
+
+    /// `len` numbers.
+    pub fn new(len: usize) -> Output {
+        Output::with_capacity(len, len)
+    }
+
+    /// The buffer in chunks of `chunk` numbers (the last may be shorter), each zeroed
+    /// when a thread takes it.
+    pub fn par_chunks_mut(
+        &mut self,
+        chunk: usize,
+    ) -> impl IndexedParallelIterator<Item = &mut [f32]> + '_ {
+        let cleared = &self.cleared;
+        self.buffer.spare_capacity_mut()[..self.len]
+            .par_chunks_mut(chunk)
+            .map(move |part| {
+                part.fill(std::mem::MaybeUninit::new(0.0));
+                cleared.fetch_add(part.len(), std::sync::atomic::Ordering::Relaxed);
+                // SAFETY: every number of `part` was just initialised, and
+                // `MaybeUninit<f32>` has the layout of `f32`.
+                unsafe { &mut *(part as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) }
+            })
+    }
+
+    /// The numbers written. Panics unless every chunk was handed out (a consumer that
+    /// stops early, e.g. a `zip` with a shorter iterator, leaves numbers unwritten).
+    pub fn into_vec(mut self) -> Vec<f32> {
+        let cleared = self.cleared.into_inner();
+        assert_eq!(
+            cleared, self.len,
+            "an output buffer was not written in full"
+        );
+        // SAFETY: the chunks partition the first `len` numbers, each chunk is handed
+        // out once, and all of them were initialised (counted above).
+        unsafe { self.buffer.set_len(self.len) };
+        self.buffer
+    }
+}
+
 thread_local! {
     /// Each thread's scratch buffer, kept between ops (see `with_scratch`).
     static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
@@ -46,6 +105,42 @@ mod tests {
             assert_eq!(buffer.len(), len);
             assert!(buffer.iter().all(|&v| v == 0.0));
         }
+    }
+
+    #[test]
+    fn output_chunks_arrive_zeroed_and_make_the_whole_vector() {
+        use rayon::prelude::*;
+        for (len, chunk) in [(0, 4), (10, 3), (100_000, 4096)] {
+            let mut output = super::Output::with_capacity(len, len + 7);
+            output
+                .par_chunks_mut(chunk)
+                .enumerate()
+                .for_each(|(i, part)| {
+                    assert!(part.iter().all(|&v| v == 0.0));
+                    part.iter_mut().for_each(|v| *v = i as f32);
+                });
+            let vector = output.into_vec();
+            assert_eq!(vector.len(), len);
+            assert!(vector.capacity() >= len + 7);
+            assert!(
+                vector
+                    .iter()
+                    .enumerate()
+                    .all(|(j, &v)| v == (j / chunk) as f32)
+            );
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "not written in full")]
+    fn an_output_left_partly_unwritten_is_refused() {
+        use rayon::prelude::*;
+        let mut output = super::Output::new(100);
+        output
+            .par_chunks_mut(10)
+            .zip((0..5).into_par_iter())
+            .for_each(|(part, _)| part.fill(1.0));
+        output.into_vec();
     }
 
     #[test]

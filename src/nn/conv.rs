@@ -10,7 +10,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Module, Resul
 use candle_nn::{Conv2dConfig, VarBuilder};
 use rayon::prelude::*;
 
-use super::buffers::{with_scratch, zeroed};
+use super::buffers::{Output, with_scratch};
 use super::gemm::{View, contiguous_f32 as slice, matmul};
 use super::vmath::{lane_sum, with_avx512};
 
@@ -345,7 +345,7 @@ impl Geometry {
         let (n, wide, wp) = (self.pixels(), self.wide_pixels(), self.padded_width());
         let offsets = self.gather_offsets();
         let padded_len = self.padded_len(self.cin);
-        let mut out = zeroed(self.batch * self.cout * n);
+        let mut out = Output::new(self.batch * self.cout * n);
         let threads = self.gemm_threads();
         out.par_chunks_mut(self.cout * n)
             .zip(x.par_chunks(self.cin * n))
@@ -367,7 +367,7 @@ impl Geometry {
                     }
                 });
             });
-        out
+        out.into_vec()
     }
 
     /// `implicit` kernel gradient, transposed [patch, cout] and summed over images:
@@ -481,7 +481,7 @@ impl Geometry {
         }
         let padding = self.padding_positions();
         let (k, n) = (self.patch(), self.pixels());
-        let mut out = zeroed(self.batch * self.cout * n);
+        let mut out = Output::new(self.batch * self.cout * n);
         let threads = self.gemm_threads();
         out.par_chunks_mut(self.cout * n)
             .zip(x.par_chunks(self.cin * self.h * self.w))
@@ -500,7 +500,7 @@ impl Geometry {
                     matmul(y, w, View::rows(cols, k, n), true, threads);
                 });
             });
-        out
+        out.into_vec()
     }
 
     /// The gradient with respect to the input, given `grad` with respect to the output:
@@ -516,7 +516,7 @@ impl Geometry {
         }
         let padding = self.padding_positions();
         let (k, n) = (self.patch(), self.pixels());
-        let mut out = zeroed(self.batch * self.cin * self.h * self.w);
+        let mut out = Output::new(self.batch * self.cin * self.h * self.w);
         let threads = self.gemm_threads();
         out.par_chunks_mut(self.cin * self.h * self.w)
             .zip(grad.par_chunks(self.cout * n))
@@ -532,7 +532,7 @@ impl Geometry {
                     self.col2im(cols, image, &padding);
                 });
             });
-        out
+        out.into_vec()
     }
 
     /// [grad kernel; grad bias], flattened: the kernel's gradient is the sum over

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::buffers::zeroed;
+use super::buffers::Output;
 use super::conv::{Conv2d, Geometry};
 use super::gemm::{View, contiguous_f32 as slice, matmul};
 use super::group_norm::{GroupNorm, Norm};
@@ -193,13 +193,14 @@ impl CustomOp2 for Block {
         let qkv = self
             .qkv
             .forward(&normed, p.qkv[0], &self.qkv.per_image(p.qkv[1]));
-        let mut weights = zeroed(self.batch * n * n);
-        let mut attended = zeroed(self.batch * c * n);
+        let mut weights = Output::new(self.batch * n * n);
+        let mut attended = Output::new(self.batch * c * n);
         weights
             .par_chunks_mut(n * n)
             .zip(attended.par_chunks_mut(c * n))
             .zip(qkv.par_chunks(3 * c * n))
             .for_each(|((weights, attended), qkv)| self.attend(qkv, weights, attended));
+        let (weights, attended) = (weights.into_vec(), attended.into_vec());
         let mut y = self
             .proj
             .forward(&attended, p.proj[0], &self.proj.per_image(p.proj[1]));
@@ -258,13 +259,14 @@ impl CustomOp3 for BlockGrad {
         let (c, n) = (block.channels, block.pixels);
         let g_attended = block.proj.input_grad(gy, p.proj[0]);
         let proj = block.proj.param_grads(&saved.attended, gy);
-        let mut g_qkv = zeroed(block.batch * 3 * c * n);
+        let mut g_qkv = Output::new(block.batch * 3 * c * n);
         g_qkv
             .par_chunks_mut(3 * c * n)
             .zip(saved.qkv.par_chunks(3 * c * n))
             .zip(saved.weights.par_chunks(n * n))
             .zip(g_attended.par_chunks(c * n))
             .for_each(|(((out, qkv), weights), grad)| block.attend_grad(qkv, weights, grad, out));
+        let g_qkv = g_qkv.into_vec();
         drop(g_attended);
         let g_normed = block.qkv.input_grad(&g_qkv, p.qkv[0]);
         let qkv = block.qkv.param_grads(&saved.normed, &g_qkv);

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::buffers::zeroed;
+use super::buffers::{Output, zeroed};
 use super::conv::{Conv2d, Geometry};
 use super::gemm::contiguous_f32 as slice;
 use super::group_norm::{GroupNorm, Norm};
@@ -185,7 +185,7 @@ impl Block {
     /// The inputs concatenated along the channels, image by image.
     fn concatenate(&self, inputs: &[&[f32]]) -> Vec<f32> {
         let image_len: usize = (0..inputs.len()).map(|i| self.part_len(i)).sum();
-        let mut x = zeroed(self.batch() * image_len);
+        let mut x = Output::new(self.batch() * image_len);
         x.par_chunks_mut(image_len)
             .enumerate()
             .for_each(|(image, out)| {
@@ -196,7 +196,7 @@ impl Block {
                     offset += len;
                 }
             });
-        x
+        x.into_vec()
     }
 
     /// The block on the concatenated input `x`; keeps `x` and the activations.

@@ -9,7 +9,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Result, Shape, T
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
-use super::buffers::zeroed;
+use super::buffers::Output;
 use super::gemm::contiguous_f32 as slice;
 use super::vmath::{lane_sum, lane_sum2, silu, silu_grad, with_avx512};
 
@@ -117,7 +117,7 @@ impl Norm {
     /// The normalised (and activated) images `x`, each [channels, pixels].
     pub(super) fn forward(&self, x: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
         let image_len = self.channels * self.pixels;
-        let mut out = zeroed(x.len());
+        let mut out = Output::new(x.len());
         out.par_chunks_mut(image_len)
             .zip(x.par_chunks(image_len))
             .for_each(|(y, image)| {
@@ -126,7 +126,7 @@ impl Norm {
                     || self.forward_image(image, weight, bias, y),
                 )
             });
-        out
+        out.into_vec()
     }
 
     /// [grad x; grad weight; grad bias], flattened, given `grad` with respect to the
@@ -139,8 +139,7 @@ impl Norm {
         bias: &[f32],
     ) -> Vec<f32> {
         let (image_len, c) = (self.channels * self.pixels, self.channels);
-        let mut out = zeroed(x.len() + 2 * c);
-        let (grad_x, _) = out.split_at_mut(x.len());
+        let mut grad_x = Output::with_capacity(x.len(), x.len() + 2 * c);
         // Per image: its part of grad x, and its sums for grad weight and grad bias.
         let partial: Vec<Vec<f32>> = grad_x
             .par_chunks_mut(image_len)
@@ -154,10 +153,12 @@ impl Norm {
                 sums
             })
             .collect();
-        let tail = &mut out[x.len()..];
+        let mut out = grad_x.into_vec();
+        let mut tail = vec![0f32; 2 * c];
         for sums in partial {
             tail.iter_mut().zip(sums).for_each(|(t, s)| *t += s);
         }
+        out.extend_from_slice(&tail);
         out
     }
 
