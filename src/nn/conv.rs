@@ -245,21 +245,23 @@ impl Geometry {
     /// implicit GEMM) instead of writing out the column matrix. For a stride-1
     /// convolution that keeps the image size, row (c, i, j) of the column matrix is
     /// the padded plane c read from offset (i, j) on, if the output is computed on
-    /// padded-width rows ("wide" pixels, the last `2 * padding` of each row thrown
-    /// away). That waste grows as images shrink: at 7x7 it would be 2 pixels in 9,
-    /// so the implicit product is taken while it is at most 1 in 8. Layers with
-    /// fewer than 4 input or output channels (a network's first and last) keep the
-    /// column matrix: their products are too narrow for the AVX-512 kernel.
+    /// padded-width rows ("wide" pixels, the last `padding` of each row thrown away).
+    /// That waste grows as images shrink, so the implicit product is taken while it
+    /// is at most 1 pixel in 8 (down to 7x7 for a 3x3 kernel). Layers with fewer than
+    /// 4 input or output channels (a network's first and last) keep the column
+    /// matrix: their products are too narrow for the AVX-512 kernel.
     fn implicit(&self) -> bool {
         self.keeps_size()
             && self.kernel > 1
-            && 2 * self.padding * 7 <= self.w
+            && 7 * self.padding <= self.w
             && self.cin.min(self.cout) >= 4
     }
 
-    /// Width of a padded row.
+    /// Width of a padded row: `padding` zeros, then the image's row. Rows share
+    /// their zeros: a kernel reaching past the right end of one row reads the next
+    /// row's leading zeros.
     fn padded_width(&self) -> usize {
-        self.w + 2 * self.padding
+        self.w + self.padding
     }
 
     /// Output pixels of the implicit product: `h` rows of padded width.
@@ -267,8 +269,8 @@ impl Geometry {
         self.h * self.padded_width()
     }
 
-    /// Length of a padded image: `channels` planes of (h + 2 padding) x (w + 2 padding),
-    /// and the few numbers the last wide pixels read past the last plane.
+    /// Length of a padded image: `channels` planes of h + 2 padding rows of padded
+    /// width, and the few numbers the last wide pixels read past the last plane.
     fn padded_len(&self, channels: usize) -> usize {
         channels * (self.h + 2 * self.padding) * self.padded_width() + 2 * self.padding
     }
@@ -739,8 +741,8 @@ mod tests {
         // (batch, cin, cout, size, kernel, stride, padding)
         let cases = [
             (3, 4, 6, 7, 3, 1, 1),
-            (1, 4, 6, 7, 3, 1, 1),
-            // Large enough for the implicit product (see `Geometry::implicit`).
+            // Too small for the implicit product (see `Geometry::implicit`).
+            (1, 4, 6, 6, 3, 1, 1),
             (3, 5, 7, 14, 3, 1, 1),
             (1, 4, 33, 16, 3, 1, 1),
             (2, 5, 4, 28, 5, 1, 2),
@@ -757,7 +759,7 @@ mod tests {
                     .unwrap()
                     .implicit()
             });
-        assert_eq!(implicit.count(), 3, "the cases cover both kinds of product");
+        assert_eq!(implicit.count(), 4, "the cases cover both kinds of product");
         for (i, &(b, cin, cout, size, k, stride, padding)) in cases.iter().enumerate() {
             let x = Var::from_tensor(&random(&[b, cin, size, size], i as u64)).unwrap();
             let w = Var::from_tensor(&random(&[cout, cin, k, k], 100 + i as u64)).unwrap();
