@@ -12,6 +12,7 @@ use rayon::prelude::*;
 
 use super::buffers::{Output, with_scratch};
 use super::gemm::{View, contiguous_f32 as slice, matmul};
+use super::transpose::transpose;
 use super::vmath::{lane_sum, with_avx512};
 
 /// A convolution layer: candle_nn's parameters and initialisation (so weights keep their
@@ -359,13 +360,10 @@ impl Geometry {
                     let columns = View::gathered(padded, &offsets, wide).t();
                     let kernel = View::rows(kernel_t, self.patch(), self.cout);
                     matmul(product, columns, kernel, false, threads);
-                    for (o, (plane, b)) in y.chunks_mut(n).zip(bias).enumerate() {
-                        for (row, line) in plane.chunks_mut(self.w).enumerate() {
-                            let wide_row = &product[row * wp * self.cout..];
-                            for (x, v) in line.iter_mut().enumerate() {
-                                *v = wide_row[x * self.cout + o] + b;
-                            }
-                        }
+                    for row in 0..self.h {
+                        let (w, c) = (self.w, self.cout);
+                        let wide_row = &product[row * wp * c..];
+                        transpose(wide_row, c, w, c, &mut y[row * w..], n, Some(bias));
                     }
                 });
             });
@@ -373,23 +371,33 @@ impl Geometry {
     }
 
     /// `implicit` kernel gradient, transposed [patch, cout] and summed over images:
-    /// per image the gathered column matrix [patch, wide pixels] times grad y^T,
-    /// grad y widened with zeros (the wide pixels thrown away get no gradient).
-    fn kernel_grad_implicit(&self, image: &[f32], grad_y: &[f32], acc: &mut [f32]) {
-        let (n, wide, wp) = (self.pixels(), self.wide_pixels(), self.padded_width());
-        let offsets = self.gather_offsets();
+    /// per image the gathered column matrix [patch, wide pixels] times grad y^T
+    /// [wide pixels, cout], zero at the wide pixels thrown away (they get no
+    /// gradient). `offsets` are `gather_offsets()`.
+    fn kernel_grad_implicit(
+        &self,
+        image: &[f32],
+        grad_y: &[f32],
+        offsets: &[usize],
+        acc: &mut [f32],
+    ) {
+        let (n, wide, wp, c) = (
+            self.pixels(),
+            self.wide_pixels(),
+            self.padded_width(),
+            self.cout,
+        );
         let padded_len = self.padded_len(self.cin);
-        with_scratch(padded_len + self.cout * wide, |scratch| {
-            let (padded, widened) = scratch.split_at_mut(padded_len);
+        with_scratch(padded_len + wide * c, |scratch| {
+            let (padded, grad_t) = scratch.split_at_mut(padded_len);
             self.pad(image, padded);
-            widened.fill(0.0);
-            for (plane, dst) in grad_y.chunks(n).zip(widened.chunks_mut(wide)) {
-                for (line, dst) in plane.chunks(self.w).zip(dst.chunks_mut(wp)) {
-                    dst[..self.w].copy_from_slice(line);
-                }
+            for (row, wide_row) in grad_t.chunks_mut(wp * c).enumerate() {
+                let (valid, thrown_away) = wide_row.split_at_mut(self.w * c);
+                transpose(&grad_y[row * self.w..], n, c, self.w, valid, c, None);
+                thrown_away.fill(0.0);
             }
-            let columns = View::gathered(padded, &offsets, wide);
-            let grad_t = View::rows(widened, self.cout, wide).t();
+            let columns = View::gathered(padded, offsets, wide);
+            let grad_t = View::rows(grad_t, wide, c);
             matmul(acc, columns, grad_t, true, self.gemm_threads());
         });
     }
@@ -542,6 +550,7 @@ impl Geometry {
     /// of each plane of grad y.
     pub(super) fn param_grads(&self, x: &[f32], grad: &[f32]) -> Vec<f32> {
         let padding = self.padding_positions();
+        let offsets = self.gather_offsets();
         let (k, n) = (self.patch(), self.pixels());
         let kernel_len = self.cout * k;
         let mut out = vec![0f32; kernel_len + self.batch * self.cout];
@@ -561,7 +570,7 @@ impl Geometry {
                     }
                     let grad_y_t = View::rows(grad_y, self.cout, n).t();
                     if self.implicit() {
-                        self.kernel_grad_implicit(image, grad_y, &mut acc);
+                        self.kernel_grad_implicit(image, grad_y, &offsets, &mut acc);
                     } else if self.pointwise() {
                         matmul(&mut acc, View::rows(image, k, n), grad_y_t, true, threads);
                     } else {

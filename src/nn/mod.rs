@@ -14,6 +14,7 @@ pub mod init;
 pub mod mlp;
 pub mod network;
 pub mod packed;
+pub mod transpose;
 pub mod unet;
 pub mod upsample;
 pub mod vmath;
