@@ -70,8 +70,11 @@ pub unsafe fn matmul(out: *mut f32, ldc: usize, lhs: View, rhs: View, accumulate
         rhs.col_stride == 1 && rhs.row_offsets.is_none() && rhs.col_offsets.is_none() && m <= MC;
     BUFFERS.with(|buffers| {
         let (packed_a, packed_b) = &mut *buffers.borrow_mut();
-        for pc in (0..k).step_by(KC) {
-            let kc = KC.min(k - pc);
+        // Depth blocks of equal size: a short last block (k = 288 as 256 + 32) would
+        // load and store the output once more for little work.
+        let depth = k.div_ceil(k.div_ceil(KC));
+        for pc in (0..k).step_by(depth) {
+            let kc = depth.min(k - pc);
             // Later depth blocks add to what the first one wrote.
             let add = accumulate || pc > 0;
             if !direct_b {
