@@ -287,15 +287,20 @@ impl Geometry {
 
     /// Writes image `x` [channels, h, w] into `padded` with a zero border.
     fn pad(&self, x: &[f32], padded: &mut [f32]) {
-        let (w, wp, p) = (self.w, self.padded_width(), self.padding);
-        padded.fill(0.0);
-        let plane = (self.h + 2 * p) * wp;
-        for (channel, dst) in x.chunks(self.h * w).zip(padded.chunks_mut(plane)) {
+        let (h, w, wp, p) = (self.h, self.w, self.padded_width(), self.padding);
+        let plane = (h + 2 * p) * wp;
+        let channels = x.len() / (h * w);
+        // Only the border is zeroed: the rows are copied over the rest.
+        for (channel, dst) in x.chunks(h * w).zip(padded.chunks_mut(plane)) {
+            dst[..p * wp].fill(0.0);
             for (row, line) in channel.chunks(w).enumerate() {
-                let start = (row + p) * wp + p;
-                dst[start..start + w].copy_from_slice(line);
+                let start = (row + p) * wp;
+                dst[start..start + p].fill(0.0);
+                dst[start + p..start + wp].copy_from_slice(line);
             }
+            dst[(h + p) * wp..].fill(0.0);
         }
+        padded[channels * plane..].fill(0.0);
     }
 
     /// The convolution with the input and output channels swapped: for a stride-1
