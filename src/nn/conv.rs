@@ -1,10 +1,15 @@
-//! 2D convolutions for the U-Net and the classifier that are fast on the CPU. candle 0.11 convolves on the
-//! CPU with a direct loop and takes the input gradient through a direct transposed
-//! convolution; a U-Net training step at MNIST size spent most of its time there and
-//! ran about 14 times slower than PyTorch's. Here the CPU path is im2col and one GEMM
-//! per image, and the backward pass two GEMMs and a col2im per image (as PyTorch's CPU
-//! convolutions do), with the images of a batch spread over rayon's threads. On other
-//! devices candle's own kernels run.
+//! 2D convolutions for the U-Net and the classifier that are fast on the CPU. candle
+//! 0.11 convolves on the CPU with a direct loop and takes the input gradient through a
+//! direct transposed convolution; a U-Net training step at MNIST size spent most of its
+//! time there and ran about 14 times slower than PyTorch's. Here every convolution is
+//! GEMMs per image, the images of a batch spread over rayon's threads:
+//! - stride 1, size kept (most of a U-Net): an implicit GEMM on the zero-padded image,
+//!   read in place as its column matrix (`Geometry::implicit`); the input gradient is
+//!   the same product with the kernel flipped;
+//! - otherwise im2col and one GEMM, and for the backward pass two GEMMs and a col2im
+//!   (as PyTorch's CPU convolutions do).
+//!
+//! On other devices candle's own kernels run.
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Module, Result, Shape, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
