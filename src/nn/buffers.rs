@@ -31,8 +31,16 @@ pub struct Output {
 impl Output {
     /// `len` numbers, with room for `capacity` (at least `len`) in the final vector.
     pub fn with_capacity(len: usize, capacity: usize) -> Output {
+        Output::in_buffer(Vec::new(), len, capacity)
+    }
+
+    /// `with_capacity`, in `buffer`'s memory (its contents are dropped), grown only if
+    /// its capacity is short.
+    pub fn in_buffer(mut buffer: Vec<f32>, len: usize, capacity: usize) -> Output {
+        buffer.clear();
+        buffer.reserve(capacity.max(len));
         Output {
-            buffer: Vec::with_capacity(capacity.max(len)),
+            buffer,
             len,
             cleared: Default::default(),
         }

@@ -104,10 +104,12 @@ struct Block {
     saved: Arc<Mutex<Option<Saved>>>,
 }
 
-/// The (concatenated) input and the activations inside the block: silu(norm1(x)),
-/// conv1's output, silu(norm2(·)).
+/// The activations inside the block: silu(norm1(x)), conv1's output,
+/// silu(norm2(·)), and the input of a block that concatenates its inputs (a one-input
+/// block's backward op takes its input as an argument instead: copying it cost as
+/// much as a GroupNorm pass).
 struct Saved {
-    x: Vec<f32>,
+    concatenated: Option<Vec<f32>>,
     a: Vec<f32>,
     h1: Vec<f32>,
     b2: Vec<f32>,
@@ -199,10 +201,10 @@ impl Block {
         x.into_vec()
     }
 
-    /// The block on the concatenated input `x`; keeps `x` and the activations.
-    fn run(&self, x: Vec<f32>, packed: &[f32]) -> Result<(CpuStorage, Shape)> {
+    /// The block on the (concatenated) input `x`; keeps the activations.
+    fn run(&self, x: &[f32], packed: &[f32]) -> Result<(CpuStorage, Shape)> {
         let p = self.split(packed)?;
-        let a = self.norm1.forward(&x, p.norm1[0], p.norm1[1]);
+        let a = self.norm1.forward(x, p.norm1[0], p.norm1[1]);
         let cout = p.conv1[1].len();
         let bias1: Vec<f32> = p
             .shift
@@ -216,15 +218,20 @@ impl Block {
             .forward(&b2, p.conv2[0], &self.conv2.per_image(p.conv2[1]));
         let residual = match (self.skip, p.skip) {
             (Some(skip), Some([kernel, bias])) => {
-                Some(skip.forward(&x, kernel, &skip.per_image(bias)))
+                Some(skip.forward(x, kernel, &skip.per_image(bias)))
             }
             _ => None,
         };
-        let residual = residual.as_deref().unwrap_or(&x);
+        let residual = residual.as_deref().unwrap_or(x);
         y.par_chunks_mut(1 << 14)
             .zip(residual.par_chunks(1 << 14))
             .for_each(|(y, r)| y.iter_mut().zip(r).for_each(|(y, r)| *y += r));
-        *self.saved.lock().expect("saved activations") = Some(Saved { x, a, h1, b2 });
+        *self.saved.lock().expect("saved activations") = Some(Saved {
+            concatenated: None,
+            a,
+            h1,
+            b2,
+        });
         Ok((
             CpuStorage::F32(y),
             Shape::from(self.conv1.output_dims().to_vec()),
@@ -259,10 +266,7 @@ impl CustomOp2 for Block {
         packed_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let op = "residual block";
-        let x = slice(x, x_layout, op)?;
-        let mut kept = Vec::with_capacity(x.len());
-        kept.par_extend(x.par_iter().copied());
-        self.run(kept, slice(packed, packed_layout, op)?)
+        self.run(slice(x, x_layout, op)?, slice(packed, packed_layout, op)?)
     }
 
     fn bwd(
@@ -272,9 +276,11 @@ impl CustomOp2 for Block {
         _y: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let grads = grad
-            .contiguous()?
-            .apply_op2_no_bwd(packed, &BlockGrad(self.clone()))?;
+        let grads = grad.contiguous()?.apply_op3_no_bwd(
+            &x.contiguous()?,
+            packed,
+            &BlockGrad(self.clone()),
+        )?;
         let [gx, gp] = <[Tensor; 2]>::try_from(self.split_grads(&grads, &[x])?)
             .expect("one input and the packed numbers");
         Ok((Some(gx), Some(gp)))
@@ -297,10 +303,12 @@ impl CustomOp3 for Block {
     ) -> Result<(CpuStorage, Shape)> {
         let op = "residual block";
         let (h, skip) = (slice(h, h_layout, op)?, slice(skip, skip_layout, op)?);
-        self.run(
-            self.concatenate(&[h, skip]),
-            slice(packed, packed_layout, op)?,
-        )
+        let x = self.concatenate(&[h, skip]);
+        let y = self.run(&x, slice(packed, packed_layout, op)?)?;
+        if let Some(saved) = self.saved.lock().expect("saved activations").as_mut() {
+            saved.concatenated = Some(x);
+        }
+        Ok(y)
     }
 
     fn bwd(
@@ -320,8 +328,9 @@ impl CustomOp3 for Block {
     }
 }
 
-/// (grad y, packed) -> [grad of each input; grad shift; grad params], flattened, from
-/// what the forward pass kept.
+/// (grad y, packed) for a two-input block, (grad y, x, packed) for a one-input one ->
+/// [grad of each input; grad shift; grad params], flattened, from what the forward
+/// pass kept.
 struct BlockGrad(Block);
 
 impl CustomOp2 for BlockGrad {
@@ -336,13 +345,61 @@ impl CustomOp2 for BlockGrad {
         packed: &CpuStorage,
         packed_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let block = &self.0;
         let op = "residual block backward";
-        let gy = slice(grad, grad_layout, op)?;
-        let p = block.split(slice(packed, packed_layout, op)?)?;
+        self.backward(
+            None,
+            slice(grad, grad_layout, op)?,
+            slice(packed, packed_layout, op)?,
+        )
+    }
+}
+
+impl CustomOp3 for BlockGrad {
+    fn name(&self) -> &'static str {
+        "unet-residual-block-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        grad: &CpuStorage,
+        grad_layout: &Layout,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        packed: &CpuStorage,
+        packed_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = "residual block backward";
+        self.backward(
+            Some(slice(x, x_layout, op)?),
+            slice(grad, grad_layout, op)?,
+            slice(packed, packed_layout, op)?,
+        )
+    }
+}
+
+impl BlockGrad {
+    /// The backward pass, given the block's input `x` unless the forward pass kept it
+    /// (concatenated).
+    fn backward(
+        &self,
+        x: Option<&[f32]>,
+        gy: &[f32],
+        packed: &[f32],
+    ) -> Result<(CpuStorage, Shape)> {
+        let block = &self.0;
+        let p = block.split(packed)?;
         let saved = block.saved.lock().expect("saved activations");
-        let Some(Saved { x, a, h1, b2 }) = saved.as_ref() else {
+        let Some(Saved {
+            concatenated,
+            a,
+            h1,
+            b2,
+        }) = saved.as_ref()
+        else {
             candle_core::bail!("residual block: backward pass without a forward pass")
+        };
+        let Some(x) = x.or(concatenated.as_deref()) else {
+            candle_core::bail!("residual block: backward pass without its input")
         };
         let g_b2 = block.conv2.input_grad(gy, p.conv2[0]);
         let conv2 = block.conv2.param_grads(b2, gy);
@@ -351,7 +408,13 @@ impl CustomOp2 for BlockGrad {
         let g_h1 = &norm2[..h1.len()];
         let g_a = block.conv1.input_grad(g_h1, p.conv1[0]);
         let conv1 = block.conv1.param_grads(a, g_h1);
-        let mut norm1 = block.norm1.backward(x, &g_a, p.norm1[0], p.norm1[1]);
+        // Room for the parameters' gradients after grad x: a one-input block
+        // returns this buffer itself.
+        let room = x.len() + 2 * p.norm1[0].len() + packed.len();
+        let mut norm1 =
+            block
+                .norm1
+                .backward_into(Vec::with_capacity(room), x, &g_a, p.norm1[0], p.norm1[1]);
         drop(g_a);
         // Each parameter gradient in `Block::split`'s order, after the shift's: the
         // shift enters with conv1's bias, so its gradient is that bias's, per image.
@@ -376,6 +439,12 @@ impl CustomOp2 for BlockGrad {
             .par_chunks_mut(1 << 14)
             .zip(skip_grad_x.as_deref().unwrap_or(gy).par_chunks(1 << 14))
             .for_each(|(g, s)| g.iter_mut().zip(s).for_each(|(g, s)| *g += s));
+        if block.parts.len() == 1 {
+            norm1.truncate(x.len());
+            norm1.extend_from_slice(&grad_packed);
+            let len = norm1.len();
+            return Ok((CpuStorage::F32(norm1), Shape::from(len)));
+        }
         // grad x split back into the inputs, image by image.
         let mut out = zeroed(x.len() + grad_packed.len());
         let (mut rest, tail) = out.split_at_mut(x.len());

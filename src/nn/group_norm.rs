@@ -138,8 +138,21 @@ impl Norm {
         weight: &[f32],
         bias: &[f32],
     ) -> Vec<f32> {
+        self.backward_into(Vec::new(), x, grad, weight, bias)
+    }
+
+    /// `backward`, written into `buffer` (emptied first), whose capacity a caller may
+    /// have made room in for what it appends next.
+    pub(super) fn backward_into(
+        &self,
+        buffer: Vec<f32>,
+        x: &[f32],
+        grad: &[f32],
+        weight: &[f32],
+        bias: &[f32],
+    ) -> Vec<f32> {
         let (image_len, c) = (self.channels * self.pixels, self.channels);
-        let mut grad_x = Output::with_capacity(x.len(), x.len() + 2 * c);
+        let mut grad_x = Output::in_buffer(buffer, x.len(), x.len() + 2 * c);
         // Per image: its part of grad x, and its sums for grad weight and grad bias.
         let partial: Vec<Vec<f32>> = grad_x
             .par_chunks_mut(image_len)
