@@ -18,9 +18,9 @@ pub fn zeroed(len: usize) -> Vec<f32> {
 }
 
 /// An output buffer handed out to rayon's threads in chunks, each zeroed by the thread
-/// that takes it, just before that thread writes it: the zeros then cost a clear of
-/// memory already in that core's cache, where `zeroed` writes the whole buffer out to
-/// memory first (a U-Net step spent 6% of its time there).
+/// that takes it, just before that thread writes it: the chunk's first touch brings
+/// it into that core's cache, where the kernel's writes then land, whereas `zeroed`
+/// clears the whole buffer first and the kernel finds it evicted again.
 pub struct Output {
     buffer: Vec<f32>,
     len: usize,

@@ -106,8 +106,7 @@ struct Block {
 
 /// The activations inside the block: silu(norm1(x)), conv1's output,
 /// silu(norm2(·)), and the input of a block that concatenates its inputs (a one-input
-/// block's backward op takes its input as an argument instead: copying it cost as
-/// much as a GroupNorm pass).
+/// block's backward op takes its input as an argument instead of a copy of it).
 struct Saved {
     concatenated: Option<Vec<f32>>,
     a: Vec<f32>,

@@ -418,7 +418,6 @@ mod tests {
             let offsets_k: Vec<usize> = (0..k).map(|p| (p * 37) % (40_000 - 2 * m)).collect();
             let offsets_m: Vec<usize> = (0..m).map(|i| (i * 53) % (40_000 - k)).collect();
             let offsets_n: Vec<usize> = (0..n).map(|j| (j * 71) % (40_000 - k)).collect();
-            let dense = |v: View| (v.dense(), v.rows, v.cols);
             let lhs_cases = [
                 // A(i, p) = data[offsets_k[p] + i]: the forward product's operand.
                 View::gathered(&data, &offsets_k, m).t(),
@@ -433,8 +432,7 @@ mod tests {
                 .iter()
                 .flat_map(|a| rhs_cases.iter().map(move |b| (a, b)))
             {
-                let (a_copy, _, _) = dense(*a);
-                let (b_copy, _, _) = dense(*b);
+                let (a_copy, b_copy) = (a.dense(), b.dense());
                 let want = naive(View::rows(&a_copy, m, k), View::rows(&b_copy, k, n));
                 for &kernel in &kernels {
                     for threads in [1, 2, 3] {
