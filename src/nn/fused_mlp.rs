@@ -12,7 +12,8 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::gemm::{View, contiguous_f32 as slice, matmul};
+use super::buffers::with_scratch;
+use super::gemm::{Activation, View, contiguous_f32 as slice, matmul, matmul_bias};
 use super::vmath::{mul_silu_grad, silu_slice};
 
 /// `input` [batch, in] through layers of (fan_in, fan_out) with SiLU after every layer
@@ -37,6 +38,180 @@ pub fn forward(input: &Tensor, flat: &Tensor, shapes: &[(usize, usize)]) -> Resu
 /// Number of parameters of the stack, the length `flat` must have.
 pub fn parameter_count(shapes: &[(usize, usize)]) -> usize {
     shapes.iter().map(|(i, o)| i * o + o).sum()
+}
+
+/// The stack with fixed parameters, laid out for inference (sampling, evaluation),
+/// where no backward pass follows: rows go through every layer in blocks small enough
+/// that a block's activations stay in the core's cache from one layer to the next,
+/// each layer one product whose bias and SiLU are applied as it is stored.
+pub struct Frozen {
+    layers: Vec<FrozenLayer>,
+}
+
+struct FrozenLayer {
+    fan_in: usize,
+    fan_out: usize,
+    /// The right-hand side of x · W^T in the layout its kernel reads in place: W^T
+    /// row-major, or W itself for outputs narrower than 4 (one dot product each).
+    rhs: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+impl FrozenLayer {
+    fn rhs(&self) -> View<'_> {
+        if self.fan_out < 4 {
+            View::rows(&self.rhs, self.fan_out, self.fan_in).t()
+        } else {
+            View::rows(&self.rhs, self.fan_in, self.fan_out)
+        }
+    }
+}
+
+/// Rows a thread carries through every layer at a time: a block of 128-wide
+/// activations is 84 KiB, and the AVX-512 product reads W^T in place up to this many
+/// rows (its MC).
+const BLOCK_ROWS: usize = 168;
+
+impl Frozen {
+    /// The layers of `flat` (as `forward` takes it), rearranged.
+    pub fn new(flat: &[f32], shapes: &[(usize, usize)]) -> Result<Frozen> {
+        if shapes.is_empty() || flat.len() != parameter_count(shapes) {
+            candle_core::bail!(
+                "fused mlp: {} parameters do not fit layers {shapes:?}",
+                flat.len()
+            )
+        }
+        let layers = shapes
+            .iter()
+            .zip(offsets(shapes))
+            .map(|(&(fan_in, fan_out), (w, b))| {
+                let weight = &flat[w..b];
+                let rhs = if fan_out < 4 {
+                    weight.to_vec()
+                } else {
+                    (0..fan_in * fan_out)
+                        .map(|at| weight[(at % fan_out) * fan_in + at / fan_out])
+                        .collect()
+                };
+                FrozenLayer {
+                    fan_in,
+                    fan_out,
+                    rhs,
+                    bias: flat[b..b + fan_out].to_vec(),
+                }
+            })
+            .collect();
+        Ok(Frozen { layers })
+    }
+
+    /// `batch` rows of `input`, each as wide as the first layer, through the stack.
+    pub fn forward(&self, input: &[f32], batch: usize) -> Result<Vec<f32>> {
+        let first = &self.layers[0];
+        self.run(input, first.fan_in, &first.bias, batch)
+    }
+
+    /// Rows [x, shared] for every row of `x`, where `shared` is the same for all rows
+    /// (the embedding of the one time every particle of a sampling step is at): its
+    /// share of the first layer is computed once and folded into that layer's bias,
+    /// so each row costs only its x part.
+    pub fn forward_shared(&self, x: &[f32], shared: &[f32], batch: usize) -> Result<Vec<f32>> {
+        let first = &self.layers[0];
+        let Some(width) = first.fan_in.checked_sub(shared.len()) else {
+            candle_core::bail!(
+                "fused mlp: {} shared inputs for a first layer of {}",
+                shared.len(),
+                first.fan_in
+            )
+        };
+        let mut bias = vec![0f32; first.fan_out];
+        let shared_rows = first.rhs().row_range(width, shared.len());
+        let shared = View::rows(shared, 1, shared.len());
+        matmul_bias(
+            &mut bias,
+            shared,
+            shared_rows,
+            &first.bias,
+            Activation::Identity,
+            1,
+        );
+        self.run(x, width, &bias, batch)
+    }
+
+    /// The stack on rows `width` wide, the first layer's first `width` inputs and
+    /// `first_bias` standing for the whole first layer.
+    fn run(
+        &self,
+        input: &[f32],
+        width: usize,
+        first_bias: &[f32],
+        batch: usize,
+    ) -> Result<Vec<f32>> {
+        if input.len() != batch * width {
+            candle_core::bail!(
+                "fused mlp: {} numbers are not {batch} rows of {width}",
+                input.len()
+            )
+        }
+        let out_width = self.layers[self.layers.len() - 1].fan_out;
+        let widest = self.layers.iter().map(|l| l.fan_out).max().unwrap_or(0);
+        let mut out = vec![0f32; batch * out_width];
+        let block = |(index, out): (usize, &mut [f32])| {
+            let start = index * BLOCK_ROWS;
+            let rows = out.len() / out_width;
+            let input = &input[start * width..(start + rows) * width];
+            with_scratch(2 * BLOCK_ROWS * widest, |scratch| {
+                self.block(input, rows, width, first_bias, scratch, out)
+            })
+        };
+        let chunks = BLOCK_ROWS * out_width;
+        let work: usize = batch
+            * self
+                .layers
+                .iter()
+                .map(|l| l.fan_in * l.fan_out)
+                .sum::<usize>();
+        if work >= 1 << 19 {
+            out.par_chunks_mut(chunks).enumerate().for_each(block);
+        } else {
+            out.chunks_mut(chunks).enumerate().for_each(block);
+        }
+        Ok(out)
+    }
+
+    /// One block of at most `BLOCK_ROWS` rows through every layer, the activations
+    /// alternating between the two halves of `scratch`.
+    fn block(
+        &self,
+        input: &[f32],
+        rows: usize,
+        width: usize,
+        first_bias: &[f32],
+        scratch: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let (mut h, mut next) = scratch.split_at_mut(scratch.len() / 2);
+        let last = self.layers.len() - 1;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let (x, fan_in, bias, rhs) = if i == 0 {
+                (input, width, first_bias, layer.rhs().row_range(0, width))
+            } else {
+                (
+                    &h[..rows * layer.fan_in],
+                    layer.fan_in,
+                    &layer.bias[..],
+                    layer.rhs(),
+                )
+            };
+            let lhs = View::rows(x, rows, fan_in);
+            if i == last {
+                matmul_bias(out, lhs, rhs, bias, Activation::Identity, 1);
+            } else {
+                let y = &mut next[..rows * layer.fan_out];
+                matmul_bias(y, lhs, rhs, bias, Activation::Silu, 1);
+                std::mem::swap(&mut h, &mut next);
+            }
+        }
+    }
 }
 
 struct FusedMlp {
@@ -109,13 +284,11 @@ impl FusedMlp {
                 (_, Some(previous)) => &previous.output[..],
                 (_, None) => &h[..],
             };
-            let mut out: Vec<f32> = Vec::with_capacity(rows * fan_out);
-            for _ in 0..rows {
-                out.extend_from_slice(&flat[b..b + fan_out]);
-            }
+            let mut out = vec![0f32; rows * fan_out];
             let weight = View::rows(&flat[w..b], fan_out, fan_in);
-            matmul(&mut out, View::rows(x, rows, fan_in), weight.t(), true, 1);
+            let (lhs, bias) = (View::rows(x, rows, fan_in), &flat[b..b + fan_out]);
             if i < last && self.keep {
+                matmul_bias(&mut out, lhs, weight.t(), bias, Activation::Identity, 1);
                 let mut output = vec![0f32; out.len()];
                 silu_slice(&mut out, &mut output);
                 saved.push(Saved {
@@ -124,9 +297,12 @@ impl FusedMlp {
                 });
                 continue;
             }
-            if i < last {
-                silu_slice(&mut out, &mut []);
-            }
+            let activation = if i < last {
+                Activation::Silu
+            } else {
+                Activation::Identity
+            };
+            matmul_bias(&mut out, lhs, weight.t(), bias, activation, 1);
             h = out;
         }
         (h, saved)

@@ -150,14 +150,72 @@ impl<'a> View<'a> {
 /// `lhs.rows` x `rhs.cols`. `threads > 1` splits the product over rayon's pool; kernels
 /// that already run one product per thread pass 1.
 pub fn matmul(out: &mut [f32], lhs: View, rhs: View, accumulate: bool, threads: usize) {
-    // Products with one or two rows or columns (an MLP's input and output layers)
-    // would fill a sliver of the AVX-512 kernel's register block.
-    let kernel = if lhs.rows < 4 || rhs.cols < 4 {
-        Kernel::Portable
-    } else {
-        Kernel::best()
+    let kernel = Kernel::for_shape(lhs, rhs);
+    matmul_with(kernel, out, lhs, rhs, accumulate, Epilogue::NONE, threads)
+}
+
+/// What a layer applies to its product before anything reads it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Activation {
+    Identity,
+    /// x · sigmoid(x), as `vmath::silu`.
+    Silu,
+}
+
+/// `out = activation(lhs · rhs + bias)`, `bias` one number per column: a linear
+/// layer's forward pass. The AVX-512 kernel adds the bias and applies the activation
+/// to each output block while it is still in registers, which saves a pass over `out`
+/// before the product (filling in the bias) and one after it (the activation).
+pub fn matmul_bias(
+    out: &mut [f32],
+    lhs: View,
+    rhs: View,
+    bias: &[f32],
+    activation: Activation,
+    threads: usize,
+) {
+    assert_eq!(bias.len(), rhs.cols, "one bias per output column");
+    let kernel = Kernel::for_shape(lhs, rhs);
+    let epilogue = Epilogue {
+        bias: Some(bias),
+        activation,
     };
-    matmul_with(kernel, out, lhs, rhs, accumulate, threads)
+    matmul_with(kernel, out, lhs, rhs, false, epilogue, threads)
+}
+
+/// The bias and activation a product applies to its output (see `matmul_bias`).
+#[derive(Clone, Copy)]
+struct Epilogue<'a> {
+    bias: Option<&'a [f32]>,
+    activation: Activation,
+}
+
+impl<'a> Epilogue<'a> {
+    const NONE: Epilogue<'static> = Epilogue {
+        bias: None,
+        activation: Activation::Identity,
+    };
+
+    /// The epilogue of the output columns from `first` on.
+    fn from_column(self, first: usize) -> Epilogue<'a> {
+        Epilogue {
+            bias: self.bias.map(|b| &b[first..]),
+            ..self
+        }
+    }
+
+    /// Applies the epilogue to the `m` x `n` numbers of `out` in a separate pass, for
+    /// the code paths that cannot do it while storing.
+    fn apply(self, out: &mut [f32], n: usize) {
+        if let Some(bias) = self.bias {
+            for row in out.chunks_exact_mut(n) {
+                row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+            }
+        }
+        if self.activation == Activation::Silu {
+            super::vmath::silu_slice(out, &mut []);
+        }
+    }
 }
 
 /// Which code computes the products.
@@ -168,6 +226,11 @@ enum Kernel {
     Avx512,
     /// The `gemm` crate (AVX2, NEON or scalar, picked at run time).
     Portable,
+    /// One dot product per output number, for products with fewer than 4 columns of
+    /// contiguous rows and contiguous columns (an MLP's output layer): a kernel's
+    /// register block would be mostly empty, and the `gemm` crate's set-up costs more
+    /// than the arithmetic.
+    Dots,
 }
 
 impl Kernel {
@@ -178,6 +241,34 @@ impl Kernel {
         }
         Kernel::Portable
     }
+
+    /// The kernel for a product of these shapes.
+    fn for_shape(lhs: View, rhs: View) -> Kernel {
+        if rhs.cols < 4 && Kernel::dots_fit(lhs, rhs) {
+            Kernel::Dots
+        } else if lhs.rows < 4 || rhs.cols < 4 {
+            // One or two rows or columns (an MLP's input and output layers) would
+            // fill a sliver of the AVX-512 kernel's register block.
+            Kernel::Portable
+        } else {
+            Kernel::best()
+        }
+    }
+
+    /// Whether the dot-product kernel reads these views: rows of `lhs` and columns
+    /// of `rhs` contiguous, neither gathered.
+    fn dots_fit(lhs: View, rhs: View) -> bool {
+        lhs.col_stride == 1
+            && rhs.row_stride == 1
+            && [
+                lhs.row_offsets,
+                lhs.col_offsets,
+                rhs.row_offsets,
+                rhs.col_offsets,
+            ]
+            .iter()
+            .all(Option::is_none)
+    }
 }
 
 fn matmul_with(
@@ -186,6 +277,7 @@ fn matmul_with(
     lhs: View,
     rhs: View,
     accumulate: bool,
+    epilogue: Epilogue,
     threads: usize,
 ) {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
@@ -198,19 +290,54 @@ fn matmul_with(
         if !accumulate {
             out[..m * n].fill(0.0);
         }
+        epilogue.apply(&mut out[..m * n], n);
         return;
     }
     match kernel {
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 => split_avx512(out, lhs, rhs, accumulate, threads),
-        Kernel::Portable => portable(out, lhs, rhs, accumulate, threads),
+        Kernel::Avx512 => split_avx512(out, lhs, rhs, accumulate, epilogue, threads),
+        Kernel::Portable => {
+            portable(out, lhs, rhs, accumulate, threads);
+            epilogue.apply(&mut out[..m * n], n);
+        }
+        Kernel::Dots => {
+            assert!(Kernel::dots_fit(lhs, rhs), "the dot kernel's views");
+            dots(&mut out[..m * n], lhs, rhs, accumulate);
+            epilogue.apply(&mut out[..m * n], n);
+        }
     }
+}
+
+/// `out[i][j] (+)= lhs row i · rhs column j`, in 16 lanes (compiled for AVX-512 where
+/// the CPU has it), for views that `Kernel::dots_fit`.
+fn dots(out: &mut [f32], lhs: View, rhs: View, accumulate: bool) {
+    let (k, n) = (lhs.cols, rhs.cols);
+    super::vmath::with_avx512(
+        #[inline(always)]
+        || {
+            for (i, out_row) in out.chunks_exact_mut(n).enumerate() {
+                let row = &lhs.data[i * lhs.row_stride..][..k];
+                for (j, v) in out_row.iter_mut().enumerate() {
+                    let column = &rhs.data[j * rhs.col_stride..][..k];
+                    let dot = super::vmath::lane_dot(row, column);
+                    *v = if accumulate { *v + dot } else { dot };
+                }
+            }
+        },
+    )
 }
 
 /// Runs the AVX-512 kernel on `threads` disjoint blocks of the output: bands of rows
 /// when there are enough of them, else bands of columns.
 #[cfg(target_arch = "x86_64")]
-fn split_avx512(out: &mut [f32], lhs: View, rhs: View, accumulate: bool, threads: usize) {
+fn split_avx512(
+    out: &mut [f32],
+    lhs: View,
+    rhs: View,
+    accumulate: bool,
+    epilogue: Epilogue,
+    threads: usize,
+) {
     use rayon::prelude::*;
     let (m, n) = (lhs.rows, rhs.cols);
     let threads = threads.max(1);
@@ -223,7 +350,7 @@ fn split_avx512(out: &mut [f32], lhs: View, rhs: View, accumulate: bool, threads
     let out_ptr = Out(out.as_mut_ptr());
     if threads == 1 || m * n < 1 << 12 {
         // SAFETY: `out` holds m x n numbers and the views were checked in bounds.
-        unsafe { avx512::matmul(out_ptr.0, n, lhs, rhs, accumulate) };
+        unsafe { avx512::matmul(out_ptr.0, n, lhs, rhs, accumulate, epilogue) };
     } else if m >= threads * 2 * avx512::MR || m >= n {
         let band = m.div_ceil(threads).next_multiple_of(avx512::MR);
         out[..m * n]
@@ -232,17 +359,17 @@ fn split_avx512(out: &mut [f32], lhs: View, rhs: View, accumulate: bool, threads
             .for_each(|(t, block)| {
                 let lhs = lhs.row_range(t * band, block.len() / n);
                 // SAFETY: `block` is this band's rows x n numbers.
-                unsafe { avx512::matmul(block.as_mut_ptr(), n, lhs, rhs, accumulate) };
+                unsafe { avx512::matmul(block.as_mut_ptr(), n, lhs, rhs, accumulate, epilogue) };
             });
     } else {
         let band = n.div_ceil(threads).next_multiple_of(avx512::NR);
         (0..n.div_ceil(band)).into_par_iter().for_each(|t| {
             let j0 = t * band;
             let rhs = rhs.col_range(j0, band.min(n - j0));
-            let out = out_ptr;
+            let (out, epilogue) = (out_ptr, epilogue.from_column(j0));
             // SAFETY: columns j0..j0 + band of every row belong to this thread alone,
             // and lie inside the m x n output.
-            unsafe { avx512::matmul(out.0.add(j0), n, lhs, rhs, accumulate) };
+            unsafe { avx512::matmul(out.0.add(j0), n, lhs, rhs, accumulate, epilogue) };
         });
     }
 }
@@ -383,7 +510,7 @@ mod tests {
                     let want = naive(lhs, rhs);
                     for threads in [1, 2, 3] {
                         let mut out = vec![1.0; m * n];
-                        matmul_with(kernel, &mut out, lhs, rhs, true, threads);
+                        matmul_with(kernel, &mut out, lhs, rhs, true, Epilogue::NONE, threads);
                         for (x, y) in out.iter().zip(&want) {
                             let tol = 1e-4 * (k as f32).sqrt();
                             assert!(
@@ -391,7 +518,7 @@ mod tests {
                                 "{kernel:?} {m}x{n}x{k} t{transposed} {threads}: {x} vs 1 + {y}"
                             );
                         }
-                        matmul_with(kernel, &mut out, lhs, rhs, false, threads);
+                        matmul_with(kernel, &mut out, lhs, rhs, false, Epilogue::NONE, threads);
                         for (x, y) in out.iter().zip(&want) {
                             assert!((x - y).abs() < 1e-4 * (k as f32).sqrt());
                         }
@@ -399,6 +526,80 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A layer's forward pass, `matmul_bias`, on every kernel (the dot kernel too)
+    /// against the triple loop plus the bias, then SiLU: on ragged blocks, several
+    /// depth blocks (the bias must enter once, SiLU once, at the end), splits over
+    /// threads by rows and by columns, and outputs 1 to 3 wide. The output starts as
+    /// garbage, which must be overwritten.
+    #[test]
+    fn biased_products_and_their_activation_match_the_triple_loop() {
+        let mut kernels = vec![Kernel::Portable, Kernel::Dots];
+        #[cfg(target_arch = "x86_64")]
+        if avx512::available() {
+            kernels.push(Kernel::Avx512);
+        }
+        let shapes = [
+            (1, 1, 1),
+            (14, 32, 7),
+            (15, 33, 300),
+            (200, 64, 64),
+            (5, 70, 700),
+            (37, 2, 128),
+            (600, 3, 34),
+        ];
+        for kernel in kernels {
+            for (i, &(m, n, k)) in shapes.iter().enumerate() {
+                let a = crate::nn::random_tensor(&[m * k], i as u64, "gemm/a");
+                let w = crate::nn::random_tensor(&[n * k], i as u64, "gemm/w");
+                let bias = crate::nn::random_tensor(&[n], i as u64, "gemm/bias");
+                let (a, w) = (a.to_vec1::<f32>().unwrap(), w.to_vec1::<f32>().unwrap());
+                let bias = bias.to_vec1::<f32>().unwrap();
+                // x · W^T with W stored [n, k], as linear layers keep their weights.
+                let (lhs, rhs) = (View::rows(&a, m, k), View::rows(&w, n, k).t());
+                let product = naive(lhs, rhs);
+                for activation in [Activation::Identity, Activation::Silu] {
+                    let want: Vec<f32> = (product.iter().enumerate())
+                        .map(|(at, v)| v + bias[at % n])
+                        .map(|v| match activation {
+                            Activation::Identity => v,
+                            Activation::Silu => crate::nn::vmath::silu(v),
+                        })
+                        .collect();
+                    for threads in [1, 2] {
+                        let mut out = vec![7.0; m * n];
+                        let epilogue = Epilogue {
+                            bias: Some(&bias),
+                            activation,
+                        };
+                        matmul_with(kernel, &mut out, lhs, rhs, false, epilogue, threads);
+                        for (x, y) in out.iter().zip(&want) {
+                            assert!(
+                                (x - y).abs() < 1e-4 * (k as f32).sqrt(),
+                                "{kernel:?} {m}x{n}x{k} {activation:?} {threads}: {x} vs {y}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        // The public entry picks the dot kernel for narrow outputs and the others
+        // elsewhere, with the same numbers.
+        let a: Vec<f32> = (0..600).map(|i| (i as f32 * 0.1).sin()).collect();
+        for n in [2, 8] {
+            let (lhs, rhs) = (View::rows(&a, 300 / n, 2 * n), View::rows(&a, n, 2 * n).t());
+            let bias = vec![0.5; n];
+            let mut out = vec![0.0; 300 / n * n];
+            matmul_bias(&mut out, lhs, rhs, &bias, Activation::Identity, 1);
+            for (x, y) in out.iter().zip(naive(lhs, rhs)) {
+                assert!((x - 0.5 - y).abs() < 1e-4);
+            }
+        }
+        assert_eq!(
+            Kernel::for_shape(View::rows(&a, 300, 2), View::rows(&a, 2, 2).t()),
+            Kernel::Dots
+        );
     }
 
     /// Gathered views (rows at arbitrary offsets, or their transposes: a convolution's
@@ -437,7 +638,7 @@ mod tests {
                 for &kernel in &kernels {
                     for threads in [1, 2, 3] {
                         let mut out = vec![0.0; m * n];
-                        matmul_with(kernel, &mut out, *a, *b, false, threads);
+                        matmul_with(kernel, &mut out, *a, *b, false, Epilogue::NONE, threads);
                         for (x, y) in out.iter().zip(&want) {
                             assert!(
                                 (x - y).abs() < 1e-4 * (k as f32).sqrt(),

@@ -122,6 +122,8 @@ pub struct Mlp {
     /// Every weight and bias in one tensor, for the fused CPU op; kept when the
     /// weights are plain tensors (sampling), rebuilt per call from trainable ones.
     flat: Option<Tensor>,
+    /// The same plain weights laid out for inference on the CPU.
+    frozen: Option<super::fused_mlp::Frozen>,
     embedding_dim: usize,
     /// Fixed Fourier frequencies (drawn from a fixed stream: part of the architecture,
     /// not trained), when the embedding is `fourier`.
@@ -168,11 +170,17 @@ impl Mlp {
             layers,
             shapes,
             flat: None,
+            frozen: None,
             embedding_dim: config.embedding_dim,
             frequencies,
         };
         if !mlp.layers.iter().any(|l| l.weight().track_op()) {
-            mlp.flat = Some(mlp.flat_parameters()?);
+            let flat = mlp.flat_parameters()?;
+            if flat.device().is_cpu() && flat.dtype() == DType::F32 {
+                let numbers = flat.to_vec1::<f32>()?;
+                mlp.frozen = Some(super::fused_mlp::Frozen::new(&numbers, &mlp.shapes)?);
+            }
+            mlp.flat = Some(flat);
         }
         Ok(mlp)
     }
@@ -215,50 +223,94 @@ impl Mlp {
     }
 
     /// The CPU path: the input rows [x, embedding(t)] are built here (the embedding
-    /// with the vectorised sin and cos), and the layers run as one fused op.
+    /// with the vectorised sin and cos), and the layers run as one fused op; with
+    /// frozen weights and no gradient wanted, as `fused_mlp::Frozen`'s inference pass,
+    /// which, when every row has the same time (a sampling step), takes the time's
+    /// embedding once instead of once per row.
     fn forward_fused(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
         let (batch, dim) = x.dims2()?;
         let times = t.to_vec1::<f32>()?;
         if times.len() != batch {
             candle_core::bail!("mlp: {batch} points but {} times", times.len());
         }
-        let half = self.embedding_dim / 2;
-        let frequencies: Vec<f32> = match &self.frequencies {
-            Some(w) => w.to_vec1::<f32>()?,
-            None => sinusoidal_frequencies(half),
-        };
-        let scale = match self.frequencies {
-            Some(_) => 2.0 * std::f32::consts::PI,
-            None => 1000.0,
-        };
-        let width = if x.track_op() { 0 } else { dim } + self.embedding_dim;
-        let mut rows = vec![0f32; batch * width];
-        let xs = if x.track_op() {
-            Vec::new()
-        } else {
-            x.flatten_all()?.to_vec1::<f32>()?
-        };
-        for (i, (row, &t)) in rows.chunks_exact_mut(width).zip(&times).enumerate() {
-            let (point, emb) = row.split_at_mut(width - self.embedding_dim);
-            point.copy_from_slice(&xs[i * point.len()..(i + 1) * point.len()]);
-            let (sin, cos) = emb.split_at_mut(half);
-            for ((s, c), w) in sin.iter_mut().zip(cos.iter_mut()).zip(&frequencies) {
-                (*s, *c) = sin_cos(scale * t * w);
-            }
+        let embed = self.embedder()?;
+        if let Some(frozen) = self.frozen.as_ref().filter(|_| !x.track_op()) {
+            let xs = x.flatten_all()?.to_vec1::<f32>()?;
+            let out = match times.first() {
+                Some(&first) if times.iter().all(|&t| t == first) => {
+                    let mut embedding = vec![0f32; self.embedding_dim];
+                    embed.row(first, &mut embedding);
+                    frozen.forward_shared(&xs, &embedding, batch)?
+                }
+                _ => frozen.forward(&embed.rows(&xs, dim, &times), batch)?,
+            };
+            let width = self.shapes[self.shapes.len() - 1].1;
+            return Tensor::from_vec(out, (batch, width), x.device());
         }
-        let rows = Tensor::from_vec(rows, (batch, width), x.device())?;
         // A tracked x (a gradient with respect to the input is wanted) joins as a
         // tensor op, so that the gradient flows back to it.
         let input = if x.track_op() {
+            let rows = embed.rows(&[], 0, &times);
+            let rows = Tensor::from_vec(rows, (batch, self.embedding_dim), x.device())?;
             Tensor::cat(&[x, &rows], D::Minus1)?
         } else {
-            rows
+            let xs = x.flatten_all()?.to_vec1::<f32>()?;
+            Tensor::from_vec(
+                embed.rows(&xs, dim, &times),
+                (batch, dim + self.embedding_dim),
+                x.device(),
+            )?
         };
         let flat = match &self.flat {
             Some(flat) => flat.clone(),
             None => self.flat_parameters()?,
         };
         super::fused_mlp::forward(&input, &flat, &self.shapes)
+    }
+
+    /// The time embedding as plain numbers, for the CPU path.
+    fn embedder(&self) -> Result<Embedder> {
+        let half = self.embedding_dim / 2;
+        Ok(match &self.frequencies {
+            Some(w) => Embedder {
+                frequencies: w.to_vec1::<f32>()?,
+                scale: 2.0 * std::f32::consts::PI,
+            },
+            None => Embedder {
+                frequencies: sinusoidal_frequencies(half),
+                scale: 1000.0,
+            },
+        })
+    }
+}
+
+/// The time embedding on the CPU: [sin(scale t w), cos(scale t w)] over the
+/// frequencies w, as `sinusoidal` and `fourier` compute it with tensor ops.
+struct Embedder {
+    frequencies: Vec<f32>,
+    scale: f32,
+}
+
+impl Embedder {
+    /// The embedding of `t` into `out` (twice as long as the frequencies).
+    fn row(&self, t: f32, out: &mut [f32]) {
+        let (sin, cos) = out.split_at_mut(self.frequencies.len());
+        for ((s, c), w) in sin.iter_mut().zip(cos.iter_mut()).zip(&self.frequencies) {
+            (*s, *c) = sin_cos(self.scale * t * w);
+        }
+    }
+
+    /// Rows [x, embedding(t)] for the `dim`-wide points of `xs` (none when `dim` is 0)
+    /// and their times.
+    fn rows(&self, xs: &[f32], dim: usize, times: &[f32]) -> Vec<f32> {
+        let width = dim + 2 * self.frequencies.len();
+        let mut rows = vec![0f32; times.len() * width];
+        for (i, (row, &t)) in rows.chunks_exact_mut(width).zip(times).enumerate() {
+            let (point, embedding) = row.split_at_mut(dim);
+            point.copy_from_slice(&xs[i * dim..(i + 1) * dim]);
+            self.row(t, embedding);
+        }
+        rows
     }
 }
 
@@ -356,6 +408,73 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Frozen weights (sampling, evaluation) take the inference pass: against the
+    /// same network as candle ops, with every row at one time (the embedding folded
+    /// into the first layer's bias) and at different times, for one row, for a
+    /// batch of several row blocks split over threads, and for an output layer
+    /// narrow enough for the dot-product kernel (2D) or not (8D).
+    #[test]
+    fn the_inference_pass_matches_candles_ops() {
+        for (embedding, hidden, dim, batch) in [
+            (Embedding::Sinusoidal, vec![128, 128, 128], 2, 1),
+            (Embedding::Sinusoidal, vec![128, 128, 128], 2, 1000),
+            (Embedding::Fourier, vec![64, 48], 8, 37),
+            (Embedding::Fourier, vec![3], 2, 400),
+        ] {
+            let cfg = MlpConfig {
+                hidden,
+                embedding_dim: 16,
+                embedding,
+                fourier_scale: 16.0,
+            };
+            let weights: HashMap<_, _> = cfg
+                .init_weights(dim, &mut stream(1, "init"), &Device::Cpu)
+                .unwrap()
+                .into_iter()
+                .collect();
+            let mlp = Mlp::new(&cfg, dim, &weights).unwrap();
+            assert!(
+                mlp.frozen.is_some(),
+                "plain weights are laid out for inference"
+            );
+            let x = crate::nn::random_tensor(&[batch, dim], 4, "mlp/x");
+            let shared = Tensor::full(0.37f32, batch, &Device::Cpu).unwrap();
+            let spread = crate::nn::random_tensor(&[batch], 5, "mlp/t")
+                .abs()
+                .unwrap();
+            for t in [shared, spread] {
+                let ours = mlp.forward(&x, &t).unwrap();
+                let theirs = mlp.forward_ops(&x, &t).unwrap();
+                assert_eq!(ours.dims(), [batch, dim]);
+                let diff = crate::nn::max_abs_diff(&ours, &theirs);
+                assert!(diff < 1e-4, "{embedding:?} batch {batch} dim {dim}: {diff}");
+            }
+        }
+    }
+
+    #[test]
+    fn frozen_layers_refuse_parameters_and_rows_that_do_not_fit() {
+        use crate::nn::fused_mlp::Frozen;
+        let shapes = [(4, 8), (8, 2)];
+        let err = Frozen::new(&[0.0; 10], &shapes).err().unwrap().to_string();
+        assert!(err.contains("10 parameters do not fit"), "{err}");
+        let frozen = Frozen::new(&[0.5; 4 * 8 + 8 + 8 * 2 + 2], &shapes).unwrap();
+        let err = frozen.forward(&[0.0; 7], 2).err().unwrap().to_string();
+        assert!(err.contains("7 numbers are not 2 rows of 4"), "{err}");
+        let err = (frozen.forward_shared(&[0.0; 2], &[0.0; 5], 2))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("5 shared inputs"), "{err}");
+        // All ones in: 0.5 * 4 + 0.5 = 2.5 before SiLU, then 8 of those, + 0.5.
+        let out = frozen.forward_shared(&[1.0; 9], &[1.0], 3).unwrap();
+        let want = 8.0 * 0.5 * crate::nn::vmath::silu(2.5) + 0.5;
+        assert!(
+            out.iter().all(|v| (v - want).abs() < 1e-4),
+            "{out:?} vs {want}"
+        );
     }
 
     #[test]
