@@ -14,7 +14,7 @@ use rayon::prelude::*;
 
 use super::buffers::with_scratch;
 use super::gemm::{Activation, View, contiguous_f32 as slice, matmul, matmul_bias};
-use super::vmath::{mul_silu_grad, silu_slice};
+use super::vmath::{mul_silu_grad, silu_keeping_sigmoid};
 
 /// `input` [batch, in] through layers of (fan_in, fan_out) with SiLU after every layer
 /// but the last; `flat` holds weight 0 ([fan_out, fan_in], row-major), bias 0, weight
@@ -237,8 +237,8 @@ struct Band {
 struct Saved {
     /// The layer's output after SiLU (the next layer's input).
     output: Vec<f32>,
-    /// Before SiLU, for its derivative.
-    pre_activation: Vec<f32>,
+    /// sigmoid of the layer's output before SiLU: with `output`, SiLU's derivative.
+    sigmoid: Vec<f32>,
 }
 
 /// Splits `batch` rows into one band per rayon thread, or a single band when the work
@@ -289,11 +289,10 @@ impl FusedMlp {
             let (lhs, bias) = (View::rows(x, rows, fan_in), &flat[b..b + fan_out]);
             if i < last && self.keep {
                 matmul_bias(&mut out, lhs, weight.t(), bias, Activation::Identity, 1);
-                let mut output = vec![0f32; out.len()];
-                silu_slice(&mut out, &mut output);
+                let output = silu_keeping_sigmoid(&mut out);
                 saved.push(Saved {
                     output,
-                    pre_activation: out,
+                    sigmoid: out,
                 });
                 continue;
             }
@@ -318,7 +317,11 @@ impl FusedMlp {
         grad: &[f32],
     ) -> (Vec<f32>, Vec<f32>) {
         let rows = band.rows;
+        // The gradient of the current layer's output, rows x fan_out of `g`, and the
+        // buffer the previous layer's is written into: both are reused, so only
+        // their first use clears memory.
         let mut g = grad.to_vec();
+        let mut spare = Vec::new();
         let mut grad_flat = vec![0f32; flat.len()];
         for (i, (&(fan_in, fan_out), (w, b))) in self
             .shapes
@@ -327,15 +330,16 @@ impl FusedMlp {
             .enumerate()
             .rev()
         {
+            let g_len = rows * fan_out;
             if let Some(layer) = band.layers.get(i) {
-                mul_silu_grad(&mut g, &layer.pre_activation);
+                mul_silu_grad(&mut g[..g_len], &layer.sigmoid, &layer.output);
             }
             let x = if i == 0 {
                 input
             } else {
                 &band.layers[i - 1].output[..]
             };
-            let g_view = View::rows(&g, rows, fan_out);
+            let g_view = View::rows(&g[..g_len], rows, fan_out);
             let (grad_weight, grad_bias) = grad_flat[w..b + fan_out].split_at_mut(b - w);
             matmul(
                 grad_weight,
@@ -344,18 +348,33 @@ impl FusedMlp {
                 false,
                 1,
             );
-            for row in g.chunks_exact(fan_out) {
-                grad_bias.iter_mut().zip(row).for_each(|(s, v)| *s += v);
-            }
+            add_rows(grad_bias, &g[..g_len]);
             if i > 0 || self.input_grad {
-                let mut previous = vec![0f32; rows * fan_in];
+                let len = rows * fan_in;
+                if spare.len() < len {
+                    spare.resize(len, 0.0);
+                }
                 let weight = View::rows(&flat[w..b], fan_out, fan_in);
-                matmul(&mut previous, g_view, weight, false, 1);
-                g = previous;
+                matmul(&mut spare[..len], g_view, weight, false, 1);
+                std::mem::swap(&mut g, &mut spare);
+                g.truncate(len);
             }
         }
         (grad_flat, g)
     }
+}
+
+/// `sums[j] += Σ_i rows[i][j]` over the rows of `rows`, each `sums.len()` wide (a
+/// bias's gradient).
+fn add_rows(sums: &mut [f32], rows: &[f32]) {
+    super::vmath::with_avx512(
+        #[inline(always)]
+        || {
+            for row in rows.chunks_exact(sums.len()) {
+                sums.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+            }
+        },
+    )
 }
 
 impl CustomOp2 for FusedMlp {

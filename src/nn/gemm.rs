@@ -213,7 +213,7 @@ impl<'a> Epilogue<'a> {
             }
         }
         if self.activation == Activation::Silu {
-            super::vmath::silu_slice(out, &mut []);
+            super::vmath::silu_in_place(out);
         }
     }
 }

@@ -303,13 +303,18 @@ impl Embedder {
     /// Rows [x, embedding(t)] for the `dim`-wide points of `xs` (none when `dim` is 0)
     /// and their times.
     fn rows(&self, xs: &[f32], dim: usize, times: &[f32]) -> Vec<f32> {
+        use rayon::prelude::*;
         let width = dim + 2 * self.frequencies.len();
         let mut rows = vec![0f32; times.len() * width];
-        for (i, (row, &t)) in rows.chunks_exact_mut(width).zip(times).enumerate() {
-            let (point, embedding) = row.split_at_mut(dim);
-            point.copy_from_slice(&xs[i * dim..(i + 1) * dim]);
-            self.row(t, embedding);
-        }
+        // Each row's sines and cosines are a few hundred cycles: a training batch's
+        // share the cores (the fused op that follows waits for them).
+        (rows.par_chunks_exact_mut(width).zip(times).enumerate())
+            .with_min_len(256)
+            .for_each(|(i, (row, &t))| {
+                let (point, embedding) = row.split_at_mut(dim);
+                point.copy_from_slice(&xs[i * dim..(i + 1) * dim]);
+                self.row(t, embedding);
+            });
         rows
     }
 }

@@ -127,29 +127,43 @@ pub fn with_avx512<R>(body: impl FnOnce() -> R) -> R {
     body()
 }
 
-/// `out[i] = silu(values[i])` (or in place, with `out` empty).
-pub fn silu_slice(values: &mut [f32], out: &mut [f32]) {
+/// `values[i] = silu(values[i])`.
+pub fn silu_in_place(values: &mut [f32]) {
     with_avx512(
         #[inline(always)]
-        || {
-            if out.is_empty() {
-                values.iter_mut().for_each(|v| *v = silu(*v));
-            } else {
-                out.iter_mut().zip(values).for_each(|(o, v)| *o = silu(*v));
-            }
-        },
+        || values.iter_mut().for_each(|v| *v = silu(*v)),
     )
 }
 
-/// `grads[i] *= silu'(pre_activations[i])`: the backward pass through SiLU.
-pub fn mul_silu_grad(grads: &mut [f32], pre_activations: &[f32]) {
+/// The forward pass through SiLU keeping what its backward pass needs: returns v
+/// sigmoid(v) for each pre-activation v, and leaves sigmoid(v) in its place, so that
+/// the derivative is then two multiply-adds (`mul_silu_grad`) instead of another
+/// exponential and division.
+pub fn silu_keeping_sigmoid(values: &mut [f32]) -> Vec<f32> {
+    let mut out = vec![0f32; values.len()];
     with_avx512(
         #[inline(always)]
         || {
-            grads
-                .iter_mut()
-                .zip(pre_activations)
-                .for_each(|(g, a)| *g *= silu_grad(*a))
+            for (v, o) in values.iter_mut().zip(&mut out) {
+                let s = 1.0 / (1.0 + exp(-*v));
+                *o = *v * s;
+                *v = s;
+            }
+        },
+    );
+    out
+}
+
+/// `grads[i] *= silu'(v_i)`, the backward pass through SiLU, from what
+/// `silu_keeping_sigmoid` kept: silu' = s (1 + v (1 - s)) = s + y (1 - s) with the
+/// sigmoid s and the output y = v s.
+pub fn mul_silu_grad(grads: &mut [f32], sigmoids: &[f32], outputs: &[f32]) {
+    with_avx512(
+        #[inline(always)]
+        || {
+            for ((g, s), y) in grads.iter_mut().zip(sigmoids).zip(outputs) {
+                *g *= s + y * (1.0 - s);
+            }
         },
     )
 }
@@ -176,15 +190,17 @@ mod tests {
         // The slice versions (AVX-512 here) give the scalar functions' numbers.
         let values: Vec<f32> = (-2000..=2000).map(|i| i as f32 * 0.02).collect();
         let mut activated = values.clone();
-        silu_slice(&mut activated, &mut []);
-        let mut copied = vec![0.0; values.len()];
-        silu_slice(&mut values.clone(), &mut copied);
-        assert_eq!(copied, activated);
+        silu_in_place(&mut activated);
+        let mut sigmoids = values.clone();
+        let kept = silu_keeping_sigmoid(&mut sigmoids);
         let mut grads = vec![2.0; values.len()];
-        mul_silu_grad(&mut grads, &values);
-        for ((v, a), g) in values.iter().zip(&activated).zip(&grads) {
-            assert!((a - silu(*v)).abs() <= 1e-6 * a.abs().max(1.0));
-            assert!((g - 2.0 * silu_grad(*v)).abs() <= 1e-6);
+        mul_silu_grad(&mut grads, &sigmoids, &kept);
+        for (i, v) in values.iter().enumerate() {
+            let want = silu(*v);
+            assert!((activated[i] - want).abs() <= 1e-6 * want.abs().max(1.0));
+            assert!((kept[i] - want).abs() <= 1e-6 * want.abs().max(1.0));
+            assert!((sigmoids[i] - 1.0 / (1.0 + (-v).exp())).abs() <= 1e-6);
+            assert!((grads[i] - 2.0 * silu_grad(*v)).abs() <= 2e-6, "silu'({v})");
         }
         assert_eq!(exp(-200.0), exp(-87.0));
         assert!(silu(-200.0).abs() < 1e-30 && silu(200.0) == 200.0);
