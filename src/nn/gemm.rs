@@ -197,7 +197,7 @@ impl<'a> Epilogue<'a> {
     };
 
     /// The epilogue of the output columns from `first` on.
-    fn from_column(self, first: usize) -> Epilogue<'a> {
+    fn columns_from(self, first: usize) -> Epilogue<'a> {
         Epilogue {
             bias: self.bias.map(|b| &b[first..]),
             ..self
@@ -366,7 +366,7 @@ fn split_avx512(
         (0..n.div_ceil(band)).into_par_iter().for_each(|t| {
             let j0 = t * band;
             let rhs = rhs.col_range(j0, band.min(n - j0));
-            let (out, epilogue) = (out_ptr, epilogue.from_column(j0));
+            let (out, epilogue) = (out_ptr, epilogue.columns_from(j0));
             // SAFETY: columns j0..j0 + band of every row belong to this thread alone,
             // and lie inside the m x n output.
             unsafe { avx512::matmul(out.0.add(j0), n, lhs, rhs, accumulate, epilogue) };
