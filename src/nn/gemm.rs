@@ -428,6 +428,17 @@ fn portable(out: &mut [f32], lhs: View, rhs: View, accumulate: bool, threads: us
 mod tests {
     use super::*;
 
+    /// The general kernels this CPU runs: the portable one, and the AVX-512 one where
+    /// the CPU has it.
+    fn kernels_here() -> Vec<Kernel> {
+        let mut kernels = vec![Kernel::Portable];
+        #[cfg(target_arch = "x86_64")]
+        if avx512::available() {
+            kernels.push(Kernel::Avx512);
+        }
+        kernels
+    }
+
     /// The textbook triple loop.
     fn naive(lhs: View, rhs: View) -> Vec<f32> {
         let mut out = vec![0.0; lhs.rows * rhs.cols];
@@ -476,11 +487,7 @@ mod tests {
     /// views, and split over threads by rows and by columns.
     #[test]
     fn every_kernel_matches_the_triple_loop_on_ragged_shapes() {
-        let mut kernels = vec![Kernel::Portable];
-        #[cfg(target_arch = "x86_64")]
-        if avx512::available() {
-            kernels.push(Kernel::Avx512);
-        }
+        let kernels = kernels_here();
         let shapes = [
             (1, 1, 1),
             (3, 5, 2),
@@ -535,11 +542,7 @@ mod tests {
     /// garbage, which must be overwritten.
     #[test]
     fn biased_products_and_their_activation_match_the_triple_loop() {
-        let mut kernels = vec![Kernel::Portable, Kernel::Dots];
-        #[cfg(target_arch = "x86_64")]
-        if avx512::available() {
-            kernels.push(Kernel::Avx512);
-        }
+        let kernels = [kernels_here(), vec![Kernel::Dots]].concat();
         let shapes = [
             (1, 1, 1),
             (14, 32, 7),
@@ -608,11 +611,7 @@ mod tests {
     /// partial last row panel that the in-place column reader must not overrun.
     #[test]
     fn gathered_views_multiply_like_their_dense_copies() {
-        let mut kernels = vec![Kernel::Portable];
-        #[cfg(target_arch = "x86_64")]
-        if avx512::available() {
-            kernels.push(Kernel::Avx512);
-        }
+        let kernels = kernels_here();
         let data: Vec<f32> = (0..40_000).map(|i| (i as f32 * 0.013).sin()).collect();
         for &(m, k, n) in &[(30, 300, 40), (100, 20, 33), (5, 7, 3), (200, 600, 64)] {
             // Overlapping, unordered rows, as a convolution's shifted planes are.

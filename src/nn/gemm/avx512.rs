@@ -167,13 +167,16 @@ pub unsafe fn matmul(
 }
 
 /// Copies rows `pc..pc + kc` of `rhs` into panels of NR columns, each kc x NR and
-/// row-major, zero-padded past the last column.
+/// row-major, zero-padded past the last column. Every number of the panels is
+/// written, so the buffer is not cleared first.
 fn pack_b(buffer: &mut Vec<f32>, rhs: View, pc: usize, kc: usize) {
     let n_panels = rhs.cols.div_ceil(NR);
-    buffer.clear();
-    buffer.resize(n_panels * kc * NR, 0.0);
+    let len = n_panels * kc * NR;
+    if buffer.len() < len {
+        buffer.resize(len, 0.0);
+    }
     let contiguous = rhs.col_stride == 1 && rhs.col_offsets.is_none();
-    for (jp, panel) in buffer.chunks_exact_mut(kc * NR).enumerate() {
+    for (jp, panel) in buffer[..len].chunks_exact_mut(kc * NR).enumerate() {
         let j0 = jp * NR;
         let cols = NR.min(rhs.cols - j0);
         for (p, row) in panel.chunks_exact_mut(NR).enumerate() {
@@ -185,31 +188,34 @@ fn pack_b(buffer: &mut Vec<f32>, rhs: View, pc: usize, kc: usize) {
                     *v = rhs.at(pc + p, j0 + j);
                 }
             }
+            row[cols..].fill(0.0);
         }
     }
 }
 
 /// Copies the block rows `ic..ic + mc`, columns `pc..pc + kc` of `lhs` into panels of
 /// MR rows, each stored column by column (kc x MR), zero-padded past the last row.
+/// Every number of the panels is written, so the buffer is not cleared first.
 fn pack_a(buffer: &mut Vec<f32>, lhs: View, ic: usize, mc: usize, pc: usize, kc: usize) {
     let m_panels = mc.div_ceil(MR);
-    buffer.clear();
-    buffer.resize(m_panels * kc * MR, 0.0);
-    for (ip, panel) in buffer.chunks_exact_mut(kc * MR).enumerate() {
+    let len = m_panels * kc * MR;
+    if buffer.len() < len {
+        buffer.resize(len, 0.0);
+    }
+    for (ip, panel) in buffer[..len].chunks_exact_mut(kc * MR).enumerate() {
         let i0 = ic + ip * MR;
         let rows = MR.min(ic + mc - i0);
-        if lhs.row_stride == 1 && lhs.row_offsets.is_none() {
-            // A transposed matrix: each column of the panel is contiguous.
-            for (p, column) in panel.chunks_exact_mut(MR).enumerate() {
+        for (p, column) in panel.chunks_exact_mut(MR).enumerate() {
+            if lhs.row_stride == 1 && lhs.row_offsets.is_none() {
+                // A transposed matrix: each column of the panel is contiguous.
                 let start = i0 + lhs.col_offset(pc + p);
                 column[..rows].copy_from_slice(&lhs.data[start..start + rows]);
-            }
-        } else {
-            for r in 0..rows {
-                for p in 0..kc {
-                    panel[p * MR + r] = lhs.at(i0 + r, pc + p);
+            } else {
+                for (r, v) in column[..rows].iter_mut().enumerate() {
+                    *v = lhs.at(i0 + r, pc + p);
                 }
             }
+            column[rows..].fill(0.0);
         }
     }
 }
@@ -294,6 +300,9 @@ unsafe fn kernel<const SOURCE: u8, const DIRECT_B: bool>(
             _mm512_maskz_loadu_ps(m1, store.bias.wrapping_add(16)),
         )
     });
+    // Masked stores cost several times a plain one on some CPUs (AMD Zen 4): a block
+    // of all NR columns is stored without masks.
+    let full = cols == NR;
     for (i, acc) in acc.iter().enumerate().take(rows) {
         let row = unsafe { c.add(i * ldc) };
         let (mut v0, mut v1) = (acc[0], acc[1]);
@@ -312,10 +321,15 @@ unsafe fn kernel<const SOURCE: u8, const DIRECT_B: bool>(
             v1 = silu(v1);
         }
         unsafe {
-            _mm512_mask_storeu_ps(row, m0, v0);
-            // Masked-off lanes are not touched, so the second half may point past
-            // a narrow output's end.
-            _mm512_mask_storeu_ps(row.wrapping_add(16), m1, v1);
+            if full {
+                _mm512_storeu_ps(row, v0);
+                _mm512_storeu_ps(row.add(16), v1);
+            } else {
+                _mm512_mask_storeu_ps(row, m0, v0);
+                // Masked-off lanes are not touched, so the second half may point
+                // past a narrow output's end.
+                _mm512_mask_storeu_ps(row.wrapping_add(16), m1, v1);
+            }
         }
     }
 }
