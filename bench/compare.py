@@ -1,6 +1,11 @@
 """Runs runner's benchmark (benches/train.rs) and the PyTorch reference alternately,
 several times, on the same machine and device, and prints per case the median time of
 each and the speed-up of runner over PyTorch (min / median / max over the rounds).
+Each round alternates per group of cases (the MLP steps of one size, the sampling loop,
+...), and which side goes first alternates between rounds, so that the two timings a
+speed-up divides were taken within seconds of each other: on a shared machine whose
+speed drifts over minutes, a round of every runner case followed by every PyTorch case
+compared different moments more than different programs.
 
     python bench/compare.py [--device cpu|cuda] [--rounds 3] [--quick] [--only PREFIX]
                             [--runner-bench CMD] [--markdown]
@@ -22,6 +27,8 @@ import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# Prefixes of the case names both sides print, timed back to back within a round.
+GROUPS = ["matmul", "mlp_step/4x64", "mlp_step/3x128", "mlp_sampling", "unet_step", "unet_sample_step"]
 
 
 def run(cmd, json_path):
@@ -39,14 +46,19 @@ def main():
     p.add_argument("--runner-bench", default="cargo bench --bench train --")
     p.add_argument("--markdown", action="store_true")
     a = p.parse_args()
-    common = ["--device", a.device, "--only", a.only] + (["--quick"] if a.quick else [])
+    common = ["--device", a.device] + (["--quick"] if a.quick else [])
     runner_cmd = shlex.split(a.runner_bench) + common
     torch_cmd = [sys.executable, os.path.join(HERE, "reference", "reference.py")] + common
+    # The groups --only selects: those inside it, or the one it narrows.
+    groups = [a.only if a.only.startswith(g) else g for g in GROUPS if g.startswith(a.only) or a.only.startswith(g)]
     rounds = []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(a.rounds):
-            ours = run(runner_cmd, os.path.join(tmp, f"runner{r}.json"))
-            theirs = run(torch_cmd, os.path.join(tmp, f"torch{r}.json"))
+            ours, theirs = {}, {}
+            for g, group in enumerate(groups):
+                sides = [(runner_cmd, ours, "runner"), (torch_cmd, theirs, "torch")]
+                for cmd, into, label in sides if r % 2 == 0 else sides[::-1]:
+                    into.update(run(cmd + ["--only", group], os.path.join(tmp, f"{label}{r}-{g}.json")))
             rounds.append((ours, theirs))
     import torch
 
