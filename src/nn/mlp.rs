@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use candle_core::{D, DType, Device, Result, Tensor};
 use candle_nn::{Linear, Module};
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::embedding::{fourier, sinusoidal, sinusoidal_frequencies};
@@ -303,7 +304,6 @@ impl Embedder {
     /// Rows [x, embedding(t)] for the `dim`-wide points of `xs` (none when `dim` is 0)
     /// and their times.
     fn rows(&self, xs: &[f32], dim: usize, times: &[f32]) -> Vec<f32> {
-        use rayon::prelude::*;
         let width = dim + 2 * self.frequencies.len();
         let mut rows = vec![0f32; times.len() * width];
         // Each row's sines and cosines are a few hundred cycles: a training batch's
