@@ -428,6 +428,13 @@ fn portable(out: &mut [f32], lhs: View, rhs: View, accumulate: bool, threads: us
 mod tests {
     use super::*;
 
+    /// `len` seeded normal draws.
+    fn numbers(len: usize, seed: usize, label: &str) -> Vec<f32> {
+        crate::nn::random_tensor(&[len], seed as u64, label)
+            .to_vec1::<f32>()
+            .unwrap()
+    }
+
     /// The general kernels this CPU runs: the portable one, and the AVX-512 one where
     /// the CPU has it.
     fn kernels_here() -> Vec<Kernel> {
@@ -500,9 +507,7 @@ mod tests {
         ];
         for kernel in kernels {
             for (i, &(m, n, k)) in shapes.iter().enumerate() {
-                let a = crate::nn::random_tensor(&[m * k], i as u64, "gemm/a");
-                let b = crate::nn::random_tensor(&[k * n], i as u64, "gemm/b");
-                let (a, b) = (a.to_vec1::<f32>().unwrap(), b.to_vec1::<f32>().unwrap());
+                let (a, b) = (numbers(m * k, i, "gemm/a"), numbers(k * n, i, "gemm/b"));
                 for transposed in [false, true] {
                     let lhs = if transposed {
                         View::rows(&a, k, m).t()
@@ -554,11 +559,8 @@ mod tests {
         ];
         for kernel in kernels {
             for (i, &(m, n, k)) in shapes.iter().enumerate() {
-                let a = crate::nn::random_tensor(&[m * k], i as u64, "gemm/a");
-                let w = crate::nn::random_tensor(&[n * k], i as u64, "gemm/w");
-                let bias = crate::nn::random_tensor(&[n], i as u64, "gemm/bias");
-                let (a, w) = (a.to_vec1::<f32>().unwrap(), w.to_vec1::<f32>().unwrap());
-                let bias = bias.to_vec1::<f32>().unwrap();
+                let (a, w) = (numbers(m * k, i, "gemm/a"), numbers(n * k, i, "gemm/w"));
+                let bias = numbers(n, i, "gemm/bias");
                 // x · W^T with W stored [n, k], as linear layers keep their weights.
                 let (lhs, rhs) = (View::rows(&a, m, k), View::rows(&w, n, k).t());
                 let product = naive(lhs, rhs);
