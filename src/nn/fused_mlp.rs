@@ -14,6 +14,7 @@ use rayon::prelude::*;
 
 use super::buffers::with_scratch;
 use super::gemm::{Activation, View, contiguous_f32 as slice, matmul, matmul_bias};
+use super::transpose::transpose;
 use super::vmath::{mul_silu_grad, silu_keeping_sigmoid};
 
 /// `input` [batch, in] through layers of (fan_in, fan_out) with SiLU after every layer
@@ -89,9 +90,17 @@ impl Frozen {
                 let rhs = if fan_out < 4 {
                     weight.to_vec()
                 } else {
-                    (0..fan_in * fan_out)
-                        .map(|at| weight[(at % fan_out) * fan_in + at / fan_out])
-                        .collect()
+                    let mut weight_t = vec![0f32; fan_in * fan_out];
+                    transpose(
+                        weight,
+                        fan_in,
+                        fan_out,
+                        fan_in,
+                        &mut weight_t,
+                        fan_out,
+                        None,
+                    );
+                    weight_t
                 };
                 FrozenLayer {
                     fan_in,

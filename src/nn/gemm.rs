@@ -204,8 +204,8 @@ impl<'a> Epilogue<'a> {
         }
     }
 
-    /// Applies the epilogue to the `m` x `n` numbers of `out` in a separate pass, for
-    /// the code paths that cannot do it while storing.
+    /// Applies the epilogue to `out`, rows `n` wide, in a separate pass, for the code
+    /// paths that cannot do it while storing.
     fn apply(self, out: &mut [f32], n: usize) {
         if let Some(bias) = self.bias {
             for row in out.chunks_exact_mut(n) {
