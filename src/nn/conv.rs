@@ -19,6 +19,7 @@ use super::buffers::{Output, with_scratch};
 use super::gemm::{View, contiguous_f32 as slice, matmul};
 use super::transpose::transpose;
 use super::vmath::{lane_sum, with_avx512};
+use super::winograd;
 
 /// A convolution layer: candle_nn's parameters and initialisation (so weights keep their
 /// names and seeded values), with the CPU forward and backward passes of this module.
@@ -263,6 +264,31 @@ impl Geometry {
             && self.cin.min(self.cout) >= 4
     }
 
+    /// Whether this convolution runs as Winograd's F(2x2, 3x3) (`winograd`): a 3x3
+    /// kernel, stride 1, size kept (padding 1), and channels enough on both sides for
+    /// its products (as for `implicit`).
+    fn winograd(&self) -> bool {
+        self.keeps_size() && self.kernel == 3 && self.cin.min(self.cout) >= 4
+    }
+
+    /// The `winograd` forward pass: each image through `kernel` (this convolution's,
+    /// transformed), plus the bias [batch, cout].
+    fn forward_winograd(&self, x: &[f32], kernel: &winograd::Kernel, bias: &[f32]) -> Vec<f32> {
+        let (n, (h, w)) = (self.pixels(), (self.h, self.w));
+        let mut out = Output::new(self.batch * self.cout * n);
+        let threads = self.gemm_threads();
+        let scratch = kernel.scratch_len(h, w);
+        out.par_chunks_mut(self.cout * n)
+            .zip(x.par_chunks(self.cin * n))
+            .zip(bias.par_chunks(self.cout))
+            .for_each(|((y, image), bias)| {
+                with_scratch(scratch, |scratch| {
+                    kernel.convolve(image, h, w, bias, y, scratch, threads)
+                })
+            });
+        out.into_vec()
+    }
+
     /// Width of a padded row: `padding` zeros, then the image's row. Rows share
     /// their zeros: a kernel reaching past the right end of one row reads the next
     /// row's leading zeros.
@@ -496,6 +522,13 @@ impl Geometry {
     /// The convolution of `x` [batch, cin, h, w] with `kernel` [cout, patch], plus
     /// `bias` [batch, cout]: y [batch, cout, ho, wo].
     pub(super) fn forward(&self, x: &[f32], kernel: &[f32], bias: &[f32]) -> Vec<f32> {
+        if self.winograd() {
+            let cin = self.cin;
+            let transformed = winograd::Kernel::new(cin, self.cout, |o, c, i, j| {
+                kernel[((o * cin + c) * 3 + i) * 3 + j]
+            });
+            return self.forward_winograd(x, &transformed, bias);
+        }
         if self.implicit() {
             return self.forward_implicit(x, &self.kernel_t(kernel), bias);
         }
@@ -526,6 +559,16 @@ impl Geometry {
     /// The gradient with respect to the input, given `grad` with respect to the output:
     /// per image, kernel^T · grad y, folded back by col2im.
     pub(super) fn input_grad(&self, grad: &[f32], kernel: &[f32]) -> Vec<f32> {
+        if self.winograd() {
+            // The swapped convolution's output channel o is this one's input channel,
+            // its input channel c this one's output channel, its kernel flipped.
+            let cin = self.cin;
+            let flipped = winograd::Kernel::new(self.cout, cin, |o, c, i, j| {
+                kernel[((c * cin + o) * 3 + 2 - i) * 3 + 2 - j]
+            });
+            let zero_bias = vec![0f32; self.batch * cin];
+            return self.swapped().forward_winograd(grad, &flipped, &zero_bias);
+        }
         if self.implicit() {
             let zero_bias = vec![0f32; self.batch * self.cin];
             return self.swapped().forward_implicit(
@@ -779,6 +822,18 @@ mod tests {
                     .implicit()
             });
         assert_eq!(implicit.count(), 4, "the cases cover both kinds of product");
+        let winograd = cases
+            .iter()
+            .filter(|&&(b, cin, cout, size, k, stride, padding)| {
+                Geometry::new(&[b, cin, size, size], &[cout, cin, k, k], stride, padding)
+                    .unwrap()
+                    .winograd()
+            });
+        assert_eq!(
+            winograd.count(),
+            4,
+            "the cases cover Winograd's convolution"
+        );
         for (i, &(b, cin, cout, size, k, stride, padding)) in cases.iter().enumerate() {
             let x = Var::from_tensor(&random(&[b, cin, size, size], i as u64)).unwrap();
             let w = Var::from_tensor(&random(&[cout, cin, k, k], 100 + i as u64)).unwrap();

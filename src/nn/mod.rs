@@ -18,6 +18,7 @@ pub mod transpose;
 pub mod unet;
 pub mod upsample;
 pub mod vmath;
+pub mod winograd;
 
 /// Test support: the DESIGN's candle pitfall (fused ops without a backward pass make
 /// gradients vanish silently) is checked the same way for every network.
