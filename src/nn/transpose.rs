@@ -1,7 +1,7 @@
 //! Transposing blocks of f32 matrices between channel-major images [channels, pixels]
 //! and the pixel-major [pixels, channels] layout of an implicit convolution's product.
 //! Done a number at a time, each move is a load and a store at a stride; with AVX-512
-//! one gather fetches sixteen numbers of a column at once.
+//! a block of 16 x 16 is loaded row by row and exchanged in registers.
 
 /// `dst[j * dst_stride + i] = src[i * src_stride + j] (+ add[j])` for `i < rows`,
 /// `j < cols`: the `rows` x `cols` block of `src` written transposed into `dst`, with
@@ -28,9 +28,8 @@ pub fn transpose(
         "transpose: a block reaches past its slice"
     );
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx512f") && src_stride * 15 <= i32::MAX as usize {
-        // SAFETY: the CPU has AVX-512F, the blocks are in bounds (asserted) and the
-        // gather's offsets fit in i32 (checked).
+    if is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F and the blocks are in bounds (asserted).
         unsafe { avx512(src, src_stride, rows, cols, dst, dst_stride, add) };
         return;
     }
@@ -55,11 +54,14 @@ fn portable(
     }
 }
 
-/// `transpose` with one gather per sixteen numbers of a column.
+/// `transpose` by blocks of 16 x 16: sixteen rows of a block are loaded (masked at
+/// the block's right edge), exchanged in registers in four rounds of shuffles, and
+/// stored as sixteen rows of the result (masked at its bottom edge). Reading a
+/// column with one gather instead cost about as much as the rest of an implicit
+/// convolution's passes over memory together.
 ///
 /// # Safety
-/// The CPU must have AVX-512F; the blocks must lie inside the slices and
-/// `15 * src_stride` must fit in an i32.
+/// The CPU must have AVX-512F; the blocks must lie inside the slices.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn avx512(
@@ -72,27 +74,68 @@ unsafe fn avx512(
     add: Option<&[f32]>,
 ) {
     use std::arch::x86_64::*;
-    let stride = src_stride as i32;
-    let lanes = _mm512_mullo_epi32(
-        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-        _mm512_set1_epi32(stride),
-    );
-    for j in 0..cols {
-        let shift = _mm512_set1_ps(add.map_or(0.0, |add| add[j]));
-        let line = dst[j * dst_stride..].as_mut_ptr();
-        for i0 in (0..rows).step_by(16) {
-            let valid = (rows - i0).min(16);
-            let mask = ((1u32 << valid) - 1) as __mmask16;
-            // SAFETY: lanes below `valid` read rows i0.. of column j and write
-            // numbers i0.. of row j, all inside the blocks; masked-off lanes touch
-            // nothing.
-            unsafe {
-                let base = src.as_ptr().add(i0 * src_stride + j);
-                let column = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, lanes, base);
-                _mm512_mask_storeu_ps(line.add(i0), mask, _mm512_add_ps(column, shift));
+    let mask = |count: usize| ((1u32 << count.min(16)) - 1) as __mmask16;
+    for i0 in (0..rows).step_by(16) {
+        let valid_rows = rows - i0;
+        for j0 in (0..cols).step_by(16) {
+            let valid_cols = (cols - j0).min(16);
+            let mut r = [_mm512_setzero_ps(); 16];
+            for (k, row) in r.iter_mut().enumerate().take(valid_rows) {
+                // SAFETY: row i0 + k of the block, columns j0 .. j0 + valid_cols.
+                *row = unsafe {
+                    _mm512_maskz_loadu_ps(
+                        mask(valid_cols),
+                        src.as_ptr().add((i0 + k) * src_stride + j0),
+                    )
+                };
+            }
+            let columns = transpose16(r);
+            for (c, column) in columns.iter().enumerate().take(valid_cols) {
+                let shift = _mm512_set1_ps(add.map_or(0.0, |add| add[j0 + c]));
+                // SAFETY: numbers i0 .. i0 + valid rows of row j0 + c of the result.
+                unsafe {
+                    _mm512_mask_storeu_ps(
+                        dst.as_mut_ptr().add((j0 + c) * dst_stride + i0),
+                        mask(valid_rows),
+                        _mm512_add_ps(*column, shift),
+                    )
+                }
             }
         }
     }
+}
+
+/// Sixteen vectors of sixteen (the rows of a 16 x 16 block) as the block's columns:
+/// pairs of rows are interleaved, then pairs of pairs, then quarters of vectors.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn transpose16(r: [std::arch::x86_64::__m512; 16]) -> [std::arch::x86_64::__m512; 16] {
+    use std::arch::x86_64::*;
+    // u[4g + s] holds, per 128-bit quarter q, rows 4g..4g+3 of column 4q + s.
+    let mut u = [_mm512_setzero_ps(); 16];
+    for g in 0..4 {
+        let low01 = _mm512_unpacklo_ps(r[4 * g], r[4 * g + 1]);
+        let high01 = _mm512_unpackhi_ps(r[4 * g], r[4 * g + 1]);
+        let low23 = _mm512_unpacklo_ps(r[4 * g + 2], r[4 * g + 3]);
+        let high23 = _mm512_unpackhi_ps(r[4 * g + 2], r[4 * g + 3]);
+        u[4 * g] = _mm512_shuffle_ps::<0x44>(low01, low23);
+        u[4 * g + 1] = _mm512_shuffle_ps::<0xEE>(low01, low23);
+        u[4 * g + 2] = _mm512_shuffle_ps::<0x44>(high01, high23);
+        u[4 * g + 3] = _mm512_shuffle_ps::<0xEE>(high01, high23);
+    }
+    let mut columns = [_mm512_setzero_ps(); 16];
+    for s in 0..4 {
+        // Quarters (0, 2) and (1, 3) of rows 0-7, then of rows 8-15.
+        let even_top = _mm512_shuffle_f32x4::<0x88>(u[s], u[4 + s]);
+        let odd_top = _mm512_shuffle_f32x4::<0xDD>(u[s], u[4 + s]);
+        let even_bottom = _mm512_shuffle_f32x4::<0x88>(u[8 + s], u[12 + s]);
+        let odd_bottom = _mm512_shuffle_f32x4::<0xDD>(u[8 + s], u[12 + s]);
+        columns[s] = _mm512_shuffle_f32x4::<0x88>(even_top, even_bottom);
+        columns[8 + s] = _mm512_shuffle_f32x4::<0xDD>(even_top, even_bottom);
+        columns[4 + s] = _mm512_shuffle_f32x4::<0x88>(odd_top, odd_bottom);
+        columns[12 + s] = _mm512_shuffle_f32x4::<0xDD>(odd_top, odd_bottom);
+    }
+    columns
 }
 
 #[cfg(test)]

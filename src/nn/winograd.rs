@@ -11,6 +11,8 @@
 //! The tiles are laid out with the channels innermost, so every transform is a few
 //! additions of whole channel vectors and each product reads its operands in place.
 
+#![allow(clippy::needless_range_loop)] // the transforms index 4x4 tiles by row and column
+
 use super::gemm::{View, matmul};
 use super::transpose::transpose;
 
