@@ -17,6 +17,8 @@ pub const NR: usize = 32;
 const KC: usize = 256;
 /// Rows of A packed at once (MC x KC stays in L2).
 const MC: usize = MR * 12;
+/// A right-hand side this small (32 KiB) stays in L1 read in place.
+const L1_FLOATS: usize = 8192;
 
 /// Whether this CPU runs the kernel (checked once; the answer is cached by std).
 pub fn available() -> bool {
@@ -64,8 +66,8 @@ pub unsafe fn matmul(
 ) {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     // Row-major A is read in place, and so is a gathered transposed one. Row-major B
-    // is too when few row panels share each of its panels: packing it would cost more
-    // than it saves.
+    // is too when few row panels share each of its panels, or when all of it fits in
+    // L1 (a Winograd position's [cin, cout]): packing it would cost more than it saves.
     let source = if lhs.col_stride == 1 && lhs.col_offsets.is_none() {
         Source::Rows
     } else if lhs.row_stride == 1 && lhs.row_offsets.is_none() && lhs.col_offsets.is_some() {
@@ -73,8 +75,10 @@ pub unsafe fn matmul(
     } else {
         Source::Packed
     };
-    let direct_b =
-        rhs.col_stride == 1 && rhs.row_offsets.is_none() && rhs.col_offsets.is_none() && m <= MC;
+    let direct_b = rhs.col_stride == 1
+        && rhs.row_offsets.is_none()
+        && rhs.col_offsets.is_none()
+        && (m <= MC || k * n <= L1_FLOATS);
     BUFFERS.with(|buffers| {
         let (packed_a, packed_b) = &mut *buffers.borrow_mut();
         // Depth blocks of equal size: a short last block (k = 288 as 256 + 32) would
@@ -188,7 +192,9 @@ fn pack_b(buffer: &mut Vec<f32>, rhs: View, pc: usize, kc: usize) {
                     *v = rhs.at(pc + p, j0 + j);
                 }
             }
-            row[cols..].fill(0.0);
+            if cols < NR {
+                row[cols..].fill(0.0);
+            }
         }
     }
 }
