@@ -610,19 +610,29 @@ impl Geometry {
         let (grad_kernel, grad_bias) = out.split_at_mut(kernel_len);
         let threads = self.gemm_threads();
         // Summed as its transpose, columns(x) · grad y^T [patch, cout]: the GEMM then
-        // reads the large column matrix in place and packs only grad y.
+        // reads the large column matrix in place and packs only grad y. Winograd's
+        // sum stays transformed until every image is in.
+        let winograd = self
+            .winograd()
+            .then(|| winograd::KernelGrad::new(self.cin, self.cout));
+        let sum_len = winograd.as_ref().map_or(k * self.cout, |g| g.sum_len());
         let sum_t = x
             .par_chunks(self.cin * self.h * self.w)
             .zip(grad.par_chunks(self.cout * n))
             .zip(grad_bias.par_chunks_mut(self.cout))
             .fold(
-                || vec![0f32; k * self.cout],
+                || vec![0f32; sum_len],
                 |mut acc, ((image, grad_y), bias)| {
                     for (b, plane) in bias.iter_mut().zip(grad_y.chunks(n)) {
                         *b = with_avx512(|| lane_sum(plane, |v| v)) as f32;
                     }
                     let grad_y_t = View::rows(grad_y, self.cout, n).t();
-                    if self.implicit() {
+                    if let Some(g) = &winograd {
+                        let size = (self.h, self.w);
+                        with_scratch(g.scratch_len(self.h, self.w), |scratch| {
+                            g.accumulate(image, grad_y, size, &mut acc, scratch, threads)
+                        });
+                    } else if self.implicit() {
                         self.kernel_grad_implicit(image, grad_y, &offsets, &mut acc);
                     } else if self.pointwise() {
                         matmul(&mut acc, View::rows(image, k, n), grad_y_t, true, threads);
@@ -636,12 +646,16 @@ impl Geometry {
                 },
             )
             .reduce(
-                || vec![0f32; k * self.cout],
+                || vec![0f32; sum_len],
                 |mut a, b| {
                     a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
                     a
                 },
             );
+        if let Some(g) = &winograd {
+            grad_kernel.copy_from_slice(&g.finish(&sum_t));
+            return out;
+        }
         for (p, row) in sum_t.chunks(self.cout).enumerate() {
             for (o, v) in row.iter().enumerate() {
                 grad_kernel[o * k + p] = *v;

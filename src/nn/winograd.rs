@@ -84,11 +84,7 @@ impl Kernel {
         scratch: &mut [f32],
         threads: usize,
     ) {
-        #[cfg(target_arch = "x86_64")]
-        let vectors = avx512::available();
-        #[cfg(not(target_arch = "x86_64"))]
-        let vectors = false;
-        self.convolve_with(x, (h, w), bias, y, scratch, threads, vectors)
+        self.convolve_with(x, (h, w), bias, y, scratch, threads, vectors())
     }
 
     /// `convolve`, with the transforms on 16 channels at a time (AVX-512) or one.
@@ -128,6 +124,115 @@ impl Kernel {
             transpose(line, cout, w, cout, &mut y[row * w..], h * w, Some(bias));
         }
     }
+}
+
+/// The kernel's gradient, the adjoint of `convolve`: with Y = A^T [U . V] A per tile
+/// and U = G g G^T, the gradient of g is G^T dU G, where dU at each position is the
+/// sum over tiles of V^T times A dY A^T (the 2x2 output gradient of the tile carried
+/// back to its 16 positions). The sum over a batch stays transformed, [16][cin][cout],
+/// until `KernelGrad::finish`.
+pub struct KernelGrad {
+    cin: usize,
+    cout: usize,
+}
+
+impl KernelGrad {
+    pub fn new(cin: usize, cout: usize) -> KernelGrad {
+        KernelGrad { cin, cout }
+    }
+
+    /// Numbers of the transformed sum `accumulate` adds to.
+    pub fn sum_len(&self) -> usize {
+        POSITIONS * self.cin * self.cout
+    }
+
+    /// Numbers of scratch `accumulate` needs for an `h` x `w` image.
+    pub fn scratch_len(&self, h: usize, w: usize) -> usize {
+        let tiles = Tiles::new(h, w);
+        tiles.padded_len(self.cin)
+            + POSITIONS * tiles.count() * (self.cin + self.cout)
+            + tiles.output_len(self.cout)
+    }
+
+    /// Adds image x [cin, h, w]'s share of the gradient, given the gradient grad_y
+    /// [cout, h, w] of its output, to the transformed `sum`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn accumulate(
+        &self,
+        x: &[f32],
+        grad_y: &[f32],
+        (h, w): (usize, usize),
+        sum: &mut [f32],
+        scratch: &mut [f32],
+        threads: usize,
+    ) {
+        self.accumulate_with(x, grad_y, (h, w), sum, scratch, threads, vectors())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn accumulate_with(
+        &self,
+        x: &[f32],
+        grad_y: &[f32],
+        (h, w): (usize, usize),
+        sum: &mut [f32],
+        scratch: &mut [f32],
+        threads: usize,
+        vectors: bool,
+    ) {
+        let (cin, cout) = (self.cin, self.cout);
+        assert!(
+            x.len() == cin * h * w && grad_y.len() == cout * h * w && sum.len() == self.sum_len(),
+            "winograd: image, gradient or sum does not fit the kernel"
+        );
+        let tiles = Tiles::new(h, w);
+        let n = tiles.count();
+        let (padded, rest) = scratch.split_at_mut(tiles.padded_len(cin));
+        let (v, rest) = rest.split_at_mut(POSITIONS * n * cin);
+        let (dm, rest) = rest.split_at_mut(POSITIONS * n * cout);
+        let grad_tiles = &mut rest[..tiles.output_len(cout)];
+        tiles.pad(x, cin, padded);
+        tiles.transform_input(padded, cin, v, vectors);
+        tiles.spread(grad_y, cout, grad_tiles);
+        tiles.transform_grad(grad_tiles, cout, dm, vectors);
+        for (position, du) in sum.chunks_exact_mut(cin * cout).enumerate() {
+            let lhs = View::rows(&v[position * n * cin..][..n * cin], n, cin).t();
+            let rhs = View::rows(&dm[position * n * cout..][..n * cout], n, cout);
+            matmul(du, lhs, rhs, true, threads);
+        }
+    }
+
+    /// The gradient [cout, cin, 3, 3] from the transformed sum: G^T dU G per channel
+    /// pair.
+    pub fn finish(&self, sum: &[f32]) -> Vec<f32> {
+        let (cin, cout) = (self.cin, self.cout);
+        let mut grad = vec![0f32; cout * cin * 9];
+        for o in 0..cout {
+            for c in 0..cin {
+                let du = |i: usize, j: usize| sum[((i * 4 + j) * cin + c) * cout + o];
+                // G^T on the columns of dU, then on the rows of the result.
+                let mut t = [[0f32; 3]; 4];
+                for i in 0..4 {
+                    t[i] = kernel_grad_combination([du(i, 0), du(i, 1), du(i, 2), du(i, 3)]);
+                }
+                for j in 0..3 {
+                    let column = kernel_grad_combination([t[0][j], t[1][j], t[2][j], t[3][j]]);
+                    for (i, value) in column.into_iter().enumerate() {
+                        grad[((o * cin + c) * 3 + i) * 3 + j] = value;
+                    }
+                }
+            }
+        }
+        grad
+    }
+}
+
+/// Whether the transforms run on 16 channels at a time here.
+fn vectors() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return avx512::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// The 2x2 output blocks covering an h x w image, and the layouts around them.
@@ -246,6 +351,65 @@ impl Tiles {
         }
     }
 
+    /// Writes grad_y [channels, h, w] pixel-major into `grad` [2 rows, out width,
+    /// channels], zero at the pixels of whole tiles that lie outside the image.
+    fn spread(&self, grad_y: &[f32], channels: usize, grad: &mut [f32]) {
+        let line = self.out_width() * channels;
+        for (row, dst) in grad.chunks_exact_mut(line).enumerate() {
+            if row >= self.h {
+                dst.fill(0.0);
+                continue;
+            }
+            dst[self.w * channels..].fill(0.0);
+            let src = &grad_y[row * self.w..];
+            transpose(src, self.h * self.w, channels, self.w, dst, channels, None);
+        }
+    }
+
+    /// dM = A dY A^T for every tile's 2x2 output gradient dY in `grad` (laid out as
+    /// `transform_output` writes), as 16 matrices [tiles, channels] in `dm`.
+    fn transform_grad(&self, grad: &[f32], channels: usize, dm: &mut [f32], vectors: bool) {
+        let (n, ow) = (self.count(), self.out_width());
+        assert!(grad.len() >= self.output_len(channels) && dm.len() >= POSITIONS * n * channels);
+        for tile in 0..n {
+            let (ty, tx) = (tile / self.cols, tile % self.cols);
+            let corner = (2 * ty * ow + 2 * tx) * channels;
+            let strides = Strides {
+                row: ow * channels,
+                col: channels,
+                position: n * channels,
+            };
+            #[cfg(target_arch = "x86_64")]
+            if vectors {
+                for c in (0..channels).step_by(16) {
+                    // SAFETY: as in `transform_input`, for the tile's 2x2 pixels of
+                    // `grad` and its 16 positions in `dm`.
+                    unsafe {
+                        avx512::grad_tile(
+                            grad[corner + c..].as_ptr(),
+                            dm[tile * channels + c..].as_mut_ptr(),
+                            strides,
+                            16.min(channels - c),
+                        )
+                    }
+                }
+                continue;
+            }
+            for c in 0..channels {
+                let g = |i: usize, j: usize| grad[corner + i * strides.row + j * strides.col + c];
+                let mut t = [[0f32; 2]; 4];
+                for j in 0..2 {
+                    [t[0][j], t[1][j], t[2][j], t[3][j]] = grad_combination([g(0, j), g(1, j)]);
+                }
+                for (i, row) in t.iter().enumerate() {
+                    for (j, value) in grad_combination(*row).into_iter().enumerate() {
+                        dm[(i * 4 + j) * strides.position + tile * channels + c] = value;
+                    }
+                }
+            }
+        }
+    }
+
     /// Y = A^T m A for every tile's 16 products m (from `m`, laid out as `v`), written
     /// pixel-major into `out` [2 rows, out width, channels].
     fn transform_output(&self, m: &[f32], channels: usize, out: &mut [f32], vectors: bool) {
@@ -309,6 +473,17 @@ fn input_combination([d0, d1, d2, d3]: [f32; 4]) -> [f32; 4] {
 /// A^T times four numbers m0..m3.
 fn output_combination([m0, m1, m2, m3]: [f32; 4]) -> [f32; 2] {
     [m0 + m1 + m2, m1 - m2 - m3]
+}
+
+/// A times two numbers y0, y1 (the adjoint of `output_combination`).
+fn grad_combination([y0, y1]: [f32; 2]) -> [f32; 4] {
+    [y0, y0 + y1, y0 - y1, -y1]
+}
+
+/// G^T times four numbers u0..u3 (the adjoint of the kernel transform's G).
+fn kernel_grad_combination([u0, u1, u2, u3]: [f32; 4]) -> [f32; 3] {
+    let (sum, difference) = (0.5 * (u1 + u2), 0.5 * (u1 - u2));
+    [u0 + sum, difference, sum + u3]
 }
 
 /// The transforms on 16 channels at a time.
@@ -398,6 +573,45 @@ mod avx512 {
             }
         }
     }
+
+    /// `grad_combination` on vectors.
+    #[inline(always)]
+    unsafe fn grad_combination([y0, y1]: [__m512; 2]) -> [__m512; 4] {
+        unsafe {
+            [
+                y0,
+                _mm512_add_ps(y0, y1),
+                _mm512_sub_ps(y0, y1),
+                _mm512_sub_ps(_mm512_setzero_ps(), y1),
+            ]
+        }
+    }
+
+    /// One tile's output-gradient transform for `lanes` channels: the 2x2 pixels from
+    /// `src` on, the 16 positions to `dst` on.
+    ///
+    /// # Safety
+    /// As `input_tile`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn grad_tile(src: *const f32, dst: *mut f32, at: Strides, lanes: usize) {
+        unsafe {
+            let mask: __mmask16 = (1u32 << lanes).wrapping_sub(1) as u16;
+            let g =
+                |i: usize, j: usize| _mm512_maskz_loadu_ps(mask, src.add(i * at.row + j * at.col));
+            let mut t = [[_mm512_setzero_ps(); 2]; 4];
+            for j in 0..2 {
+                let column = grad_combination([g(0, j), g(1, j)]);
+                for i in 0..4 {
+                    t[i][j] = column[i];
+                }
+            }
+            for (i, row) in t.iter().enumerate() {
+                for (j, value) in grad_combination(*row).into_iter().enumerate() {
+                    _mm512_mask_storeu_ps(dst.add((i * 4 + j) * at.position), mask, value);
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -459,7 +673,7 @@ mod tests {
                 weights[((o * cin + c) * 3 + i) * 3 + j]
             });
             let scale = expected.iter().fold(1f32, |m, v| m.max(v.abs()));
-            for vectors in [false, cfg!(target_arch = "x86_64") && avx512::available()] {
+            for vectors in [false, vectors()] {
                 for threads in [1, 2] {
                     let mut scratch = vec![f32::NAN; kernel.scratch_len(h, w)];
                     let mut y = vec![f32::NAN; cout * h * w];
@@ -468,6 +682,74 @@ mod tests {
                         .iter()
                         .zip(&expected)
                         .map(|(a, b)| (a - b).abs())
+                        .fold(0f32, f32::max);
+                    assert!(
+                        error <= 1e-5 * scale,
+                        "case {k} ({cin}->{cout}, {h}x{w}), vectors {vectors}, threads {threads}: error {error}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The kernel gradient summed over two images, both transform paths, one and two
+    /// threads, against its definition: the sum over images and pixels of
+    /// grad_y[o][p][q] x[c][p + i - 1][q + j - 1].
+    #[test]
+    fn the_kernel_gradient_matches_the_definition() {
+        let cases = [(4, 6, 7, 7), (17, 33, 6, 9), (32, 16, 14, 14), (5, 4, 1, 3)];
+        for (k, &(cin, cout, h, w)) in cases.iter().enumerate() {
+            let mut rng = stream(k as u64, "winograd/grad");
+            let images: Vec<(Vec<f32>, Vec<f32>)> = (0..2)
+                .map(|_| {
+                    (
+                        normals(&mut rng, cin * h * w),
+                        normals(&mut rng, cout * h * w),
+                    )
+                })
+                .collect();
+            let mut expected = vec![0f64; cout * cin * 9];
+            for (x, gy) in &images {
+                for o in 0..cout {
+                    for c in 0..cin {
+                        for (i, j) in (0..3).flat_map(|i| (0..3).map(move |j| (i, j))) {
+                            let mut sum = 0f64;
+                            for p in 0..h {
+                                for q in 0..w {
+                                    let (r, s) = ((p + i).wrapping_sub(1), (q + j).wrapping_sub(1));
+                                    if r < h && s < w {
+                                        sum += (gy[(o * h + p) * w + q] * x[(c * h + r) * w + s])
+                                            as f64;
+                                    }
+                                }
+                            }
+                            expected[((o * cin + c) * 3 + i) * 3 + j] += sum;
+                        }
+                    }
+                }
+            }
+            let scale = expected.iter().fold(1f64, |m, v| m.max(v.abs())) as f32;
+            let grad = KernelGrad::new(cin, cout);
+            for vectors in [false, vectors()] {
+                for threads in [1, 2] {
+                    let mut sum = vec![0f32; grad.sum_len()];
+                    let mut scratch = vec![f32::NAN; grad.scratch_len(h, w)];
+                    for (x, gy) in &images {
+                        grad.accumulate_with(
+                            x,
+                            gy,
+                            (h, w),
+                            &mut sum,
+                            &mut scratch,
+                            threads,
+                            vectors,
+                        );
+                    }
+                    let ours = grad.finish(&sum);
+                    let error = ours
+                        .iter()
+                        .zip(&expected)
+                        .map(|(a, b)| (*a - *b as f32).abs())
                         .fold(0f32, f32::max);
                     assert!(
                         error <= 1e-5 * scale,
