@@ -3,9 +3,10 @@
 //! sampling loop, U-Net training and sampling steps at MNIST size, and the device's
 //! matmul peak.
 //!
-//! `cargo bench --bench train -- [--quick] [--device cpu|cuda] [--json FILE] [--only PREFIX]`
-//! prints min / median / max per case; `--quick` runs tiny sizes once (CI runs it so
-//! the benchmark cannot rot); `--json` writes the figures for `bench/compare.py`.
+//! `cargo bench --bench train -- [--quick] [--device cpu|cuda] [--json FILE] [--only PREFIX]
+//! [--reps N]` prints min / median / max per case; `--quick` runs tiny sizes once (CI
+//! runs it so the benchmark cannot rot); `--json` writes the figures for
+//! `bench/compare.py`; `--reps` times N runs instead of 15 (a profiler's steady state).
 
 use std::time::Instant;
 
@@ -245,7 +246,14 @@ pub fn run(args: &[String]) -> Result<()> {
         Some("cuda") => Device::new_cuda(0)?,
         Some(other) => return Err(format!("--device {other}: use cpu or cuda").into()),
     };
-    let reps = if quick { (0, 1) } else { (3, 15) };
+    let reps = match value("--reps") {
+        Some(n) => (
+            3,
+            n.parse().map_err(|_| format!("--reps {n}: give a count"))?,
+        ),
+        None if quick => (0, 1),
+        None => (3, 15),
+    };
     let mut cases = Vec::new();
     let wanted = |name: &str| name.starts_with(&only);
 

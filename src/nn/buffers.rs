@@ -104,6 +104,46 @@ pub fn with_scratch<T>(len: usize, f: impl FnOnce(&mut [f32]) -> T) -> T {
     result
 }
 
+thread_local! {
+    /// Buffers given back with `recycle`, for `recycled` to hand out again.
+    static POOL: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Buffers a thread's pool keeps at most; more are freed.
+const POOL_SIZE: usize = 32;
+
+/// `len` numbers left over from an earlier use (any values), for a buffer that its
+/// user overwrites in full before reading: the fused MLP's activations, which a
+/// training step allocated zeroed and then overwrote, layer after layer, step after
+/// step. The pool is this thread's; a buffer shorter than `len` is extended with zeros.
+pub fn recycled(len: usize) -> Vec<f32> {
+    let mut buffer = POOL
+        .with_borrow_mut(|pool| {
+            // The smallest that is long enough, else the longest.
+            let fits = (0..pool.len())
+                .filter(|&i| pool[i].capacity() >= len)
+                .min_by_key(|&i| pool[i].capacity());
+            let pick = fits.or_else(|| (0..pool.len()).max_by_key(|&i| pool[i].capacity()));
+            pick.map(|i| pool.swap_remove(i))
+        })
+        .unwrap_or_default();
+    buffer.truncate(len);
+    buffer.resize(len, 0.0);
+    buffer
+}
+
+/// Gives `buffer` to this thread's pool for `recycled`.
+pub fn recycle(buffer: Vec<f32>) {
+    if buffer.capacity() == 0 {
+        return;
+    }
+    POOL.with_borrow_mut(|pool| {
+        if pool.len() < POOL_SIZE {
+            pool.push(buffer)
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -149,6 +189,26 @@ mod tests {
             .zip((0..5).into_par_iter())
             .for_each(|(part, _)| part.fill(1.0));
         output.into_vec();
+    }
+
+    #[test]
+    fn recycled_buffers_have_the_length_asked_and_reuse_memory() {
+        let mut first = super::recycled(1000);
+        assert_eq!(first.len(), 1000);
+        first.fill(3.0);
+        let address = first.as_ptr();
+        super::recycle(first);
+        // Shorter: the same memory, its old numbers kept.
+        let again = super::recycled(600);
+        assert_eq!((again.len(), again.as_ptr()), (600, address));
+        assert!(again.iter().all(|&v| v == 3.0));
+        super::recycle(again);
+        // Longer than any in the pool: grown, the new tail zeroed.
+        let longer = super::recycled(5000);
+        assert_eq!(longer.len(), 5000);
+        assert!(
+            longer[..600].iter().all(|&v| v == 3.0) && longer[1000..].iter().all(|&v| v == 0.0)
+        );
     }
 
     #[test]

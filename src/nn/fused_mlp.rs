@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::buffers::with_scratch;
+use super::buffers::{recycle, recycled, with_scratch};
 use super::gemm::{Activation, View, contiguous_f32 as slice, matmul, matmul_bias};
 use super::transpose::transpose;
 use super::vmath::{mul_silu_grad, silu_keeping_sigmoid};
@@ -293,7 +293,7 @@ impl FusedMlp {
                 (_, Some(previous)) => &previous.output[..],
                 (_, None) => &h[..],
             };
-            let mut out = vec![0f32; rows * fan_out];
+            let mut out = recycled(rows * fan_out);
             let weight = View::rows(&flat[w..b], fan_out, fan_in);
             let (lhs, bias) = (View::rows(x, rows, fan_in), &flat[b..b + fan_out]);
             if i < last && self.keep {
@@ -311,7 +311,7 @@ impl FusedMlp {
                 Activation::Identity
             };
             matmul_bias(&mut out, lhs, weight.t(), bias, activation, 1);
-            h = out;
+            recycle(std::mem::replace(&mut h, out));
         }
         (h, saved)
     }
@@ -329,8 +329,10 @@ impl FusedMlp {
         // The gradient of the current layer's output, rows x fan_out of `g`, and the
         // buffer the previous layer's is written into: both are reused, so only
         // their first use clears memory.
-        let mut g = grad.to_vec();
-        let mut spare = Vec::new();
+        let mut g = recycled(grad.len());
+        g.copy_from_slice(grad);
+        let widest = self.shapes.iter().map(|s| s.0).max().unwrap_or(0);
+        let mut spare = recycled(rows * widest);
         let mut grad_flat = vec![0f32; flat.len()];
         for (i, (&(fan_in, fan_out), (w, b))) in self
             .shapes
@@ -360,14 +362,16 @@ impl FusedMlp {
             add_rows(grad_bias, &g[..g_len]);
             if i > 0 || self.input_grad {
                 let len = rows * fan_in;
-                if spare.len() < len {
-                    spare.resize(len, 0.0);
-                }
+                spare.resize(len.max(spare.len()), 0.0);
                 let weight = View::rows(&flat[w..b], fan_out, fan_in);
                 matmul(&mut spare[..len], g_view, weight, false, 1);
                 std::mem::swap(&mut g, &mut spare);
                 g.truncate(len);
             }
+        }
+        recycle(spare);
+        if !self.input_grad {
+            recycle(std::mem::take(&mut g));
         }
         (grad_flat, g)
     }
@@ -448,22 +452,32 @@ impl CustomOp2 for FusedMlp {
         _out: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let saved = self.saved.lock().expect("saved activations");
+        // The bands are taken: their buffers go back to the threads' pools as each
+        // is done with.
+        let saved = std::mem::take(&mut *self.saved.lock().expect("saved activations"));
         let (batch, width) = input.dims2()?;
+        if saved.is_empty() && batch > 0 {
+            candle_core::bail!("fused mlp: a second backward pass through one forward pass")
+        }
         let out_width = self.shapes[self.shapes.len() - 1].1;
         let input = input.flatten_all()?.to_vec1::<f32>()?;
         let flat = flat.to_vec1::<f32>()?;
         let grad_out = grad.flatten_all()?.to_vec1::<f32>()?;
         let results: Vec<(Vec<f32>, Vec<f32>)> = saved
-            .par_iter()
+            .into_par_iter()
             .map(|band| {
                 let (start, end) = (band.start, band.start + band.rows);
-                self.backward_band(
-                    band,
+                let grads = self.backward_band(
+                    &band,
                     &input[start * width..end * width],
                     &flat,
                     &grad_out[start * out_width..end * out_width],
-                )
+                );
+                for layer in band.layers {
+                    recycle(layer.output);
+                    recycle(layer.sigmoid);
+                }
+                grads
             })
             .collect();
         let mut grad_flat = vec![0f32; flat.len()];

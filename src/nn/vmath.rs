@@ -140,7 +140,7 @@ pub fn silu_in_place(values: &mut [f32]) {
 /// the derivative is then two multiply-adds (`mul_silu_grad`) instead of another
 /// exponential and division.
 pub fn silu_keeping_sigmoid(values: &mut [f32]) -> Vec<f32> {
-    let mut out = vec![0f32; values.len()];
+    let mut out = super::buffers::recycled(values.len());
     with_avx512(
         #[inline(always)]
         || {

@@ -14,7 +14,9 @@ use crate::error::StageResult;
 use crate::pipeline::spec::StageSpec;
 use crate::rng::stream;
 
-pub const VERSION: u32 = 2;
+/// Bumped whenever the bytes this stage writes change (3: Winograd convolutions, and
+/// the MLP's inference pass, which rounds differently from the training ops).
+pub const VERSION: u32 = 3;
 
 /// Parameters of a sample stage: the sampler (`sampler` and its settings) plus how
 /// many samples and which weights.

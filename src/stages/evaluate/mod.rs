@@ -27,7 +27,9 @@ use crate::report::plots::{self, LineChart};
 use crate::rng::{normals, stream};
 use crate::stages::dataset::Source;
 
-pub const VERSION: u32 = 4;
+/// Bumped whenever the bytes this stage writes change (5: Winograd convolutions and
+/// the MLP's inference pass in the networks it evaluates).
+pub const VERSION: u32 = 5;
 
 /// Which metrics and figures, and how much work to spend on them.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
