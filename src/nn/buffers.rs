@@ -104,44 +104,43 @@ pub fn with_scratch<T>(len: usize, f: impl FnOnce(&mut [f32]) -> T) -> T {
     result
 }
 
-thread_local! {
-    /// Buffers given back with `recycle`, for `recycled` to hand out again.
-    static POOL: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
-}
+/// Buffers given back with `recycle`, for `recycled` to hand out again. One pool for
+/// the process: a buffer is often freed on another thread than the one that wants it
+/// next (the fused MLP's activations are dropped with the autograd graph on the main
+/// thread and wanted again by rayon's).
+static POOL: std::sync::Mutex<Vec<Vec<f32>>> = std::sync::Mutex::new(Vec::new());
 
-/// Buffers a thread's pool keeps at most; more are freed.
-const POOL_SIZE: usize = 32;
+/// Buffers the pool keeps at most; more are freed.
+const POOL_SIZE: usize = 64;
 
 /// `len` numbers left over from an earlier use (any values), for a buffer that its
 /// user overwrites in full before reading: the fused MLP's activations, which a
 /// training step allocated zeroed and then overwrote, layer after layer, step after
-/// step. The pool is this thread's; a buffer shorter than `len` is extended with zeros.
+/// step. A buffer shorter than `len` is extended with zeros.
 pub fn recycled(len: usize) -> Vec<f32> {
-    let mut buffer = POOL
-        .with_borrow_mut(|pool| {
-            // The smallest that is long enough, else the longest.
-            let fits = (0..pool.len())
-                .filter(|&i| pool[i].capacity() >= len)
-                .min_by_key(|&i| pool[i].capacity());
-            let pick = fits.or_else(|| (0..pool.len()).max_by_key(|&i| pool[i].capacity()));
-            pick.map(|i| pool.swap_remove(i))
-        })
-        .unwrap_or_default();
+    let mut buffer = {
+        let mut pool = POOL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // The smallest that is long enough, else the longest.
+        let fits = (0..pool.len())
+            .filter(|&i| pool[i].capacity() >= len)
+            .min_by_key(|&i| pool[i].capacity());
+        let pick = fits.or_else(|| (0..pool.len()).max_by_key(|&i| pool[i].capacity()));
+        pick.map(|i| pool.swap_remove(i)).unwrap_or_default()
+    };
     buffer.truncate(len);
     buffer.resize(len, 0.0);
     buffer
 }
 
-/// Gives `buffer` to this thread's pool for `recycled`.
+/// Gives `buffer` to the pool for `recycled`.
 pub fn recycle(buffer: Vec<f32>) {
     if buffer.capacity() == 0 {
         return;
     }
-    POOL.with_borrow_mut(|pool| {
-        if pool.len() < POOL_SIZE {
-            pool.push(buffer)
-        }
-    })
+    let mut pool = POOL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if pool.len() < POOL_SIZE {
+        pool.push(buffer)
+    }
 }
 
 #[cfg(test)]
@@ -191,23 +190,29 @@ mod tests {
         output.into_vec();
     }
 
+    /// The pool is the process's, shared with tests running alongside: a buffer of an
+    /// unusual size is what this one gives back and asks for.
     #[test]
     fn recycled_buffers_have_the_length_asked_and_reuse_memory() {
-        let mut first = super::recycled(1000);
-        assert_eq!(first.len(), 1000);
+        let len = 123_457;
+        let mut first = super::recycled(len);
+        assert_eq!(first.len(), len);
         first.fill(3.0);
-        let address = first.as_ptr();
         super::recycle(first);
-        // Shorter: the same memory, its old numbers kept.
-        let again = super::recycled(600);
-        assert_eq!((again.len(), again.as_ptr()), (600, address));
-        assert!(again.iter().all(|&v| v == 3.0));
-        super::recycle(again);
-        // Longer than any in the pool: grown, the new tail zeroed.
-        let longer = super::recycled(5000);
-        assert_eq!(longer.len(), 5000);
+        let again = super::recycled(len - 7);
+        assert_eq!(again.len(), len - 7);
         assert!(
-            longer[..600].iter().all(|&v| v == 3.0) && longer[1000..].iter().all(|&v| v == 0.0)
+            again.capacity() >= len && again.iter().all(|&v| v == 3.0),
+            "the buffer given back is the one handed out again, its numbers kept"
+        );
+        let mut grown = again;
+        grown.truncate(10);
+        super::recycle(grown);
+        let longer = super::recycled(len);
+        assert_eq!(longer.len(), len);
+        assert!(
+            longer[10..].iter().all(|&v| v == 0.0),
+            "a grown buffer's tail is zeroed"
         );
     }
 

@@ -233,6 +233,19 @@ struct FusedMlp {
     saved: Mutex<Vec<Band>>,
 }
 
+/// The saved activations go back to the buffer pool with the autograd graph that
+/// holds this op (there may be several backward passes through one forward pass, as
+/// for a divergence, so the backward pass cannot give them back itself).
+impl Drop for FusedMlp {
+    fn drop(&mut self) {
+        let bands = std::mem::take(self.saved.get_mut().unwrap_or_else(|p| p.into_inner()));
+        for layer in bands.into_iter().flat_map(|band| band.layers) {
+            recycle(layer.output);
+            recycle(layer.sigmoid);
+        }
+    }
+}
+
 /// A band of rows that one thread carries through every layer, forward and backward:
 /// threads meet once per pass instead of once per layer and operation.
 struct Band {
@@ -452,32 +465,22 @@ impl CustomOp2 for FusedMlp {
         _out: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        // The bands are taken: their buffers go back to the threads' pools as each
-        // is done with.
-        let saved = std::mem::take(&mut *self.saved.lock().expect("saved activations"));
+        let saved = self.saved.lock().expect("saved activations");
         let (batch, width) = input.dims2()?;
-        if saved.is_empty() && batch > 0 {
-            candle_core::bail!("fused mlp: a second backward pass through one forward pass")
-        }
         let out_width = self.shapes[self.shapes.len() - 1].1;
         let input = input.flatten_all()?.to_vec1::<f32>()?;
         let flat = flat.to_vec1::<f32>()?;
         let grad_out = grad.flatten_all()?.to_vec1::<f32>()?;
         let results: Vec<(Vec<f32>, Vec<f32>)> = saved
-            .into_par_iter()
+            .par_iter()
             .map(|band| {
                 let (start, end) = (band.start, band.start + band.rows);
-                let grads = self.backward_band(
-                    &band,
+                self.backward_band(
+                    band,
                     &input[start * width..end * width],
                     &flat,
                     &grad_out[start * out_width..end * out_width],
-                );
-                for layer in band.layers {
-                    recycle(layer.output);
-                    recycle(layer.sigmoid);
-                }
-                grads
+                )
             })
             .collect();
         let mut grad_flat = vec![0f32; flat.len()];

@@ -364,6 +364,42 @@ mod tests {
         }
     }
 
+    /// A divergence takes one backward pass per output dimension through one forward
+    /// pass: the fused op must keep what it saved until its graph is dropped, and its
+    /// buffers, recycled then, must not leak into the next forward pass's numbers.
+    #[test]
+    fn backward_passes_repeat_through_one_forward_pass() {
+        let cfg = MlpConfig {
+            hidden: vec![128, 128],
+            ..MlpConfig::default()
+        };
+        let (mlp, vars) = trainable(&cfg);
+        let x = Var::from_tensor(&crate::nn::random_tensor(&[600, 2], 1, "mlp/x")).unwrap();
+        let t = Tensor::rand(0f32, 1f32, 600, &Device::Cpu).unwrap();
+        let gradients = || {
+            let out = mlp.forward(&x, &t).unwrap();
+            let first = out.sum_all().unwrap().backward().unwrap();
+            let second = out.sum_all().unwrap().backward().unwrap();
+            let get = |grads: &candle_core::backprop::GradStore, v: &Var| {
+                grads
+                    .get(v.as_tensor())
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            };
+            let (weight, _) = &vars[0];
+            let weight = &vars.iter().find(|(n, _)| n == weight).unwrap().1;
+            assert_eq!(get(&first, weight), get(&second, weight));
+            assert_eq!(get(&first, &x), get(&second, &x));
+            get(&first, &x)
+        };
+        let before = gradients();
+        // The same pass again, on buffers recycled from the first.
+        assert_eq!(before, gradients());
+    }
+
     /// The fused CPU path against the same network as candle ops: outputs, the
     /// gradient of every weight and bias, and the input's gradient when the input is
     /// tracked; for both embeddings, a one-point batch, and batches large enough to
