@@ -3,9 +3,11 @@
 //! direct transposed convolution; a U-Net training step at MNIST size spent most of its
 //! time there and ran about 14 times slower than PyTorch's. Here every convolution is
 //! GEMMs per image, the images of a batch spread over rayon's threads:
-//! - stride 1, size kept (most of a U-Net): an implicit GEMM on the zero-padded image,
-//!   read in place as its column matrix (`Geometry::implicit`); the input gradient is
-//!   the same product with the kernel flipped;
+//! - 3x3, stride 1, size kept (most of a U-Net): Winograd's F(2x2, 3x3)
+//!   (`super::winograd`), for the forward pass and both gradients;
+//! - other kernels with stride 1 that keep the size: an implicit GEMM on the
+//!   zero-padded image, read in place as its column matrix (`Geometry::implicit`); the
+//!   input gradient is the same product with the kernel flipped;
 //! - otherwise im2col and one GEMM, and for the backward pass two GEMMs and a col2im
 //!   (as PyTorch's CPU convolutions do).
 //!

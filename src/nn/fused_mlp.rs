@@ -390,6 +390,14 @@ impl FusedMlp {
     }
 }
 
+/// The numbers of a contiguous f32 tensor on the CPU, in place.
+fn cpu_slice<'a>(storage: &'a candle_core::Storage, layout: &Layout) -> Result<&'a [f32]> {
+    match storage {
+        candle_core::Storage::Cpu(cpu) => slice(cpu, layout, "fused mlp"),
+        _ => candle_core::bail!("fused mlp: the backward pass runs on the CPU"),
+    }
+}
+
 /// `sums[j] += Σ_i rows[i][j]` over the rows of `rows`, each `sums.len()` wide (a
 /// bias's gradient).
 fn add_rows(sums: &mut [f32], rows: &[f32]) {
@@ -468,9 +476,14 @@ impl CustomOp2 for FusedMlp {
         let saved = self.saved.lock().expect("saved activations");
         let (batch, width) = input.dims2()?;
         let out_width = self.shapes[self.shapes.len() - 1].1;
-        let input = input.flatten_all()?.to_vec1::<f32>()?;
-        let flat = flat.to_vec1::<f32>()?;
-        let grad_out = grad.flatten_all()?.to_vec1::<f32>()?;
+        // Read where they are: copying them out cost the one thread the others wait on.
+        let (input, flat, grad) = (input.contiguous()?, flat.contiguous()?, grad.contiguous()?);
+        let (input_storage, input_layout) = input.storage_and_layout();
+        let (flat_storage, flat_layout) = flat.storage_and_layout();
+        let (grad_storage, grad_layout) = grad.storage_and_layout();
+        let input = cpu_slice(&input_storage, input_layout)?;
+        let flat = cpu_slice(&flat_storage, flat_layout)?;
+        let grad_out = cpu_slice(&grad_storage, grad_layout)?;
         let results: Vec<(Vec<f32>, Vec<f32>)> = saved
             .par_iter()
             .map(|band| {
@@ -478,7 +491,7 @@ impl CustomOp2 for FusedMlp {
                 self.backward_band(
                     band,
                     &input[start * width..end * width],
-                    &flat,
+                    flat,
                     &grad_out[start * out_width..end * out_width],
                 )
             })

@@ -5,8 +5,9 @@
 //! tile and each kernel is transformed once (additions only, and halves for the
 //! kernel), the 16 positions of the transformed tile become 16 independent products
 //! [tiles, cin] x [cin, cout], and a last transform folds the products back into
-//! outputs. With the transforms, a training step's forward and input-gradient
-//! convolutions take about two thirds of the time of the direct product.
+//! outputs. The input gradient is the same convolution with the kernel flipped, and
+//! the kernel gradient is the adjoint of the three steps (`KernelGrad`), so all three
+//! products of a training step get the saving (BENCHMARKS.md has what it bought).
 //!
 //! The tiles are laid out with the channels innermost, so every transform is a few
 //! additions of whole channel vectors and each product reads its operands in place.
@@ -64,10 +65,7 @@ impl Kernel {
 
     /// Numbers of scratch `convolve` needs for an `h` x `w` image.
     pub fn scratch_len(&self, h: usize, w: usize) -> usize {
-        let tiles = Tiles::new(h, w);
-        tiles.padded_len(self.cin)
-            + POSITIONS * tiles.count() * (self.cin + self.cout)
-            + tiles.output_len(self.cout)
+        Tiles::new(h, w).scratch_len(self.cin, self.cout)
     }
 
     /// y [cout, h, w] = x [cin, h, w] convolved with the kernel, zero-padded by 1, plus
@@ -148,10 +146,7 @@ impl KernelGrad {
 
     /// Numbers of scratch `accumulate` needs for an `h` x `w` image.
     pub fn scratch_len(&self, h: usize, w: usize) -> usize {
-        let tiles = Tiles::new(h, w);
-        tiles.padded_len(self.cin)
-            + POSITIONS * tiles.count() * (self.cin + self.cout)
-            + tiles.output_len(self.cout)
+        Tiles::new(h, w).scratch_len(self.cin, self.cout)
     }
 
     /// Adds image x [cin, h, w]'s share of the gradient, given the gradient grad_y
@@ -257,6 +252,13 @@ impl Tiles {
 
     fn count(&self) -> usize {
         self.rows * self.cols
+    }
+
+    /// Scratch of a convolution from `cin` to `cout` channels (forward or kernel
+    /// gradient): the padded input, the transformed input and products (or output
+    /// gradient), and the pixel-major output (or output gradient).
+    fn scratch_len(&self, cin: usize, cout: usize) -> usize {
+        self.padded_len(cin) + POSITIONS * self.count() * (cin + cout) + self.output_len(cout)
     }
 
     /// Width of the padded input: a zero column, the tiles' 2 columns each, and one
