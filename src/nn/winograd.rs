@@ -310,35 +310,28 @@ impl Tiles {
     /// (one per position of the transformed tile) in `v`; `vectors` where
     /// `avx512::available()`.
     fn transform_input(&self, padded: &[f32], channels: usize, v: &mut [f32], vectors: bool) {
-        let (n, pw) = (self.count(), self.padded_width());
+        let n = self.count();
         assert!(padded.len() >= self.padded_len(channels) && v.len() >= POSITIONS * n * channels);
-        for tile in 0..n {
-            let (ty, tx) = (tile / self.cols, tile % self.cols);
-            let corner = (2 * ty * pw + 2 * tx) * channels;
-            let strides = Strides {
-                row: pw * channels,
-                col: channels,
-                position: n * channels,
-            };
+        self.for_each_tile(self.padded_width(), channels, |position, pixel, at| {
             #[cfg(target_arch = "x86_64")]
             if vectors {
-                for c in (0..channels).step_by(16) {
+                for (c, lanes) in lanes(channels) {
                     // SAFETY: AVX-512F is there; the tile's 4x4 pixels and its 16
                     // positions lie inside `padded` and `v` (asserted above), and
                     // the mask keeps to the channels.
                     unsafe {
                         avx512::input_tile(
-                            padded[corner + c..].as_ptr(),
-                            v[tile * channels + c..].as_mut_ptr(),
-                            strides,
-                            16.min(channels - c),
+                            padded[pixel + c..].as_ptr(),
+                            v[position + c..].as_mut_ptr(),
+                            at,
+                            lanes,
                         )
                     }
                 }
-                continue;
+                return;
             }
             for c in 0..channels {
-                let d = |i: usize, j: usize| padded[corner + i * strides.row + j * strides.col + c];
+                let d = |i: usize, j: usize| padded[pixel + i * at.row + j * at.col + c];
                 let mut t = [[0f32; 4]; 4];
                 for j in 0..4 {
                     [t[0][j], t[1][j], t[2][j], t[3][j]] =
@@ -346,11 +339,11 @@ impl Tiles {
                 }
                 for (i, row) in t.iter().enumerate() {
                     for (j, value) in input_combination(*row).into_iter().enumerate() {
-                        v[(i * 4 + j) * strides.position + tile * channels + c] = value;
+                        v[(i * 4 + j) * at.position + position + c] = value;
                     }
                 }
             }
-        }
+        })
     }
 
     /// Writes grad_y [channels, h, w] pixel-major into `grad` [2 rows, out width,
@@ -371,91 +364,109 @@ impl Tiles {
     /// dM = A dY A^T for every tile's 2x2 output gradient dY in `grad` (laid out as
     /// `transform_output` writes), as 16 matrices [tiles, channels] in `dm`.
     fn transform_grad(&self, grad: &[f32], channels: usize, dm: &mut [f32], vectors: bool) {
-        let (n, ow) = (self.count(), self.out_width());
+        let n = self.count();
         assert!(grad.len() >= self.output_len(channels) && dm.len() >= POSITIONS * n * channels);
-        for tile in 0..n {
-            let (ty, tx) = (tile / self.cols, tile % self.cols);
-            let corner = (2 * ty * ow + 2 * tx) * channels;
-            let strides = Strides {
-                row: ow * channels,
-                col: channels,
-                position: n * channels,
-            };
+        self.for_each_tile(self.out_width(), channels, |position, pixel, at| {
             #[cfg(target_arch = "x86_64")]
             if vectors {
-                for c in (0..channels).step_by(16) {
+                for (c, lanes) in lanes(channels) {
                     // SAFETY: as in `transform_input`, for the tile's 2x2 pixels of
                     // `grad` and its 16 positions in `dm`.
                     unsafe {
                         avx512::grad_tile(
-                            grad[corner + c..].as_ptr(),
-                            dm[tile * channels + c..].as_mut_ptr(),
-                            strides,
-                            16.min(channels - c),
+                            grad[pixel + c..].as_ptr(),
+                            dm[position + c..].as_mut_ptr(),
+                            at,
+                            lanes,
                         )
                     }
                 }
-                continue;
+                return;
             }
             for c in 0..channels {
-                let g = |i: usize, j: usize| grad[corner + i * strides.row + j * strides.col + c];
+                let g = |i: usize, j: usize| grad[pixel + i * at.row + j * at.col + c];
                 let mut t = [[0f32; 2]; 4];
                 for j in 0..2 {
                     [t[0][j], t[1][j], t[2][j], t[3][j]] = grad_combination([g(0, j), g(1, j)]);
                 }
                 for (i, row) in t.iter().enumerate() {
                     for (j, value) in grad_combination(*row).into_iter().enumerate() {
-                        dm[(i * 4 + j) * strides.position + tile * channels + c] = value;
+                        dm[(i * 4 + j) * at.position + position + c] = value;
                     }
                 }
             }
-        }
+        })
     }
 
     /// Y = A^T m A for every tile's 16 products m (from `m`, laid out as `v`), written
     /// pixel-major into `out` [2 rows, out width, channels].
     fn transform_output(&self, m: &[f32], channels: usize, out: &mut [f32], vectors: bool) {
-        let (n, ow) = (self.count(), self.out_width());
+        let n = self.count();
         assert!(m.len() >= POSITIONS * n * channels && out.len() >= self.output_len(channels));
-        for tile in 0..n {
-            let (ty, tx) = (tile / self.cols, tile % self.cols);
-            let corner = (2 * ty * ow + 2 * tx) * channels;
-            let strides = Strides {
-                row: ow * channels,
-                col: channels,
-                position: n * channels,
-            };
+        self.for_each_tile(self.out_width(), channels, |position, pixel, at| {
             #[cfg(target_arch = "x86_64")]
             if vectors {
-                for c in (0..channels).step_by(16) {
+                for (c, lanes) in lanes(channels) {
                     // SAFETY: as in `transform_input`, for `m` and the tile's 2x2
                     // pixels of `out`.
                     unsafe {
                         avx512::output_tile(
-                            m[tile * channels + c..].as_ptr(),
-                            out[corner + c..].as_mut_ptr(),
-                            strides,
-                            16.min(channels - c),
+                            m[position + c..].as_ptr(),
+                            out[pixel + c..].as_mut_ptr(),
+                            at,
+                            lanes,
                         )
                     }
                 }
-                continue;
+                return;
             }
             for c in 0..channels {
-                let p =
-                    |i: usize, j: usize| m[(i * 4 + j) * strides.position + tile * channels + c];
+                let p = |i: usize, j: usize| m[(i * 4 + j) * at.position + position + c];
                 let mut s = [[0f32; 4]; 2];
                 for j in 0..4 {
                     [s[0][j], s[1][j]] = output_combination([p(0, j), p(1, j), p(2, j), p(3, j)]);
                 }
                 for (i, row) in s.iter().enumerate() {
                     for (j, value) in output_combination(*row).into_iter().enumerate() {
-                        out[corner + i * strides.row + j * strides.col + c] = value;
+                        out[pixel + i * at.row + j * at.col + c] = value;
                     }
                 }
             }
+        })
+    }
+
+    /// Calls `each(position, pixel, strides)` for every tile: `position` the offset
+    /// of its first position in the 16 matrices [tiles, channels], `pixel` that of its
+    /// top-left pixel in a pixel-major buffer `width` pixels wide (the padded input,
+    /// or the output and its gradient), and the strides of both.
+    fn for_each_tile(
+        &self,
+        width: usize,
+        channels: usize,
+        mut each: impl FnMut(usize, usize, Strides),
+    ) {
+        let strides = Strides {
+            row: width * channels,
+            col: channels,
+            position: self.count() * channels,
+        };
+        for tile in 0..self.count() {
+            let (ty, tx) = (tile / self.cols, tile % self.cols);
+            each(
+                tile * channels,
+                (2 * ty * width + 2 * tx) * channels,
+                strides,
+            );
         }
     }
+}
+
+/// The runs of at most 16 channels the vector transforms take: (first, count).
+#[cfg(target_arch = "x86_64")]
+fn lanes(channels: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..channels)
+        .step_by(16)
+        .map(move |c| (c, 16.min(channels - c)))
 }
 
 /// How far apart, in numbers, a tile's rows and columns of pixels and the 16
