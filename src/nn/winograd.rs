@@ -12,7 +12,7 @@
 //! The tiles are laid out with the channels innermost, so every transform is a few
 //! additions of whole channel vectors and each product reads its operands in place.
 
-#![allow(clippy::needless_range_loop)] // the transforms index 4x4 tiles by row and column
+#![allow(clippy::needless_range_loop)] // the transforms index tiles by row and column
 
 use super::gemm::{View, matmul};
 use super::transpose::transpose;
@@ -40,24 +40,11 @@ impl Kernel {
         let mut u = vec![0f32; POSITIONS * cin * cout];
         for o in 0..cout {
             for c in 0..cin {
-                let g = |i: usize, j: usize| weight(o, c, i, j);
-                // G g: the rows g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2.
-                let mut gg = [[0f32; 3]; 4];
-                for j in 0..3 {
-                    let (g0, g1, g2) = (g(0, j), g(1, j), g(2, j));
-                    gg[0][j] = g0;
-                    gg[1][j] = 0.5 * (g0 + g1 + g2);
-                    gg[2][j] = 0.5 * (g0 - g1 + g2);
-                    gg[3][j] = g2;
-                }
-                // (G g) G^T: the same on the columns.
-                for (i, row) in gg.iter().enumerate() {
-                    let [r0, r1, r2] = *row;
-                    let transformed = [r0, 0.5 * (r0 + r1 + r2), 0.5 * (r0 - r1 + r2), r2];
-                    for (j, value) in transformed.into_iter().enumerate() {
-                        u[((i * 4 + j) * cin + c) * cout + o] = value;
-                    }
-                }
+                separable(
+                    kernel_combination,
+                    |i, j| weight(o, c, i, j),
+                    |i, j, value| u[((i * 4 + j) * cin + c) * cout + o] = value,
+                );
             }
         }
         Kernel { cin, cout, u }
@@ -204,18 +191,11 @@ impl KernelGrad {
         let mut grad = vec![0f32; cout * cin * 9];
         for o in 0..cout {
             for c in 0..cin {
-                let du = |i: usize, j: usize| sum[((i * 4 + j) * cin + c) * cout + o];
-                // G^T on the columns of dU, then on the rows of the result.
-                let mut t = [[0f32; 3]; 4];
-                for i in 0..4 {
-                    t[i] = kernel_grad_combination([du(i, 0), du(i, 1), du(i, 2), du(i, 3)]);
-                }
-                for j in 0..3 {
-                    let column = kernel_grad_combination([t[0][j], t[1][j], t[2][j], t[3][j]]);
-                    for (i, value) in column.into_iter().enumerate() {
-                        grad[((o * cin + c) * 3 + i) * 3 + j] = value;
-                    }
-                }
+                separable(
+                    kernel_grad_combination,
+                    |i, j| sum[((i * 4 + j) * cin + c) * cout + o],
+                    |i, j, value| grad[((o * cin + c) * 3 + i) * 3 + j] = value,
+                );
             }
         }
         grad
@@ -331,17 +311,11 @@ impl Tiles {
                 return;
             }
             for c in 0..channels {
-                let d = |i: usize, j: usize| padded[pixel + i * at.row + j * at.col + c];
-                let mut t = [[0f32; 4]; 4];
-                for j in 0..4 {
-                    [t[0][j], t[1][j], t[2][j], t[3][j]] =
-                        input_combination([d(0, j), d(1, j), d(2, j), d(3, j)]);
-                }
-                for (i, row) in t.iter().enumerate() {
-                    for (j, value) in input_combination(*row).into_iter().enumerate() {
-                        v[(i * 4 + j) * at.position + position + c] = value;
-                    }
-                }
+                separable(
+                    input_combination,
+                    |i, j| padded[pixel + i * at.row + j * at.col + c],
+                    |i, j, value| v[(i * 4 + j) * at.position + position + c] = value,
+                );
             }
         })
     }
@@ -384,16 +358,11 @@ impl Tiles {
                 return;
             }
             for c in 0..channels {
-                let g = |i: usize, j: usize| grad[pixel + i * at.row + j * at.col + c];
-                let mut t = [[0f32; 2]; 4];
-                for j in 0..2 {
-                    [t[0][j], t[1][j], t[2][j], t[3][j]] = grad_combination([g(0, j), g(1, j)]);
-                }
-                for (i, row) in t.iter().enumerate() {
-                    for (j, value) in grad_combination(*row).into_iter().enumerate() {
-                        dm[(i * 4 + j) * at.position + position + c] = value;
-                    }
-                }
+                separable(
+                    grad_combination,
+                    |i, j| grad[pixel + i * at.row + j * at.col + c],
+                    |i, j, value| dm[(i * 4 + j) * at.position + position + c] = value,
+                );
             }
         })
     }
@@ -421,16 +390,11 @@ impl Tiles {
                 return;
             }
             for c in 0..channels {
-                let p = |i: usize, j: usize| m[(i * 4 + j) * at.position + position + c];
-                let mut s = [[0f32; 4]; 2];
-                for j in 0..4 {
-                    [s[0][j], s[1][j]] = output_combination([p(0, j), p(1, j), p(2, j), p(3, j)]);
-                }
-                for (i, row) in s.iter().enumerate() {
-                    for (j, value) in output_combination(*row).into_iter().enumerate() {
-                        out[pixel + i * at.row + j * at.col + c] = value;
-                    }
-                }
+                separable(
+                    output_combination,
+                    |i, j| m[(i * 4 + j) * at.position + position + c],
+                    |i, j, value| out[pixel + i * at.row + j * at.col + c] = value,
+                );
             }
         })
     }
@@ -478,6 +442,31 @@ struct Strides {
     position: usize,
 }
 
+/// One channel of a tile through a separable transform, C X C^T: `combine` (C) on
+/// each column of the I x I input `x(i, j)`, then on each row of the result; the O x O
+/// results go to `y(i, j, value)`. The scalar form of every transform here.
+fn separable<const I: usize, const O: usize>(
+    combine: fn([f32; I]) -> [f32; O],
+    x: impl Fn(usize, usize) -> f32,
+    mut y: impl FnMut(usize, usize, f32),
+) {
+    let mut columns = [[0f32; I]; O];
+    for j in 0..I {
+        let mut column = [0f32; I];
+        for (i, value) in column.iter_mut().enumerate() {
+            *value = x(i, j);
+        }
+        for (i, value) in combine(column).into_iter().enumerate() {
+            columns[i][j] = value;
+        }
+    }
+    for (i, row) in columns.iter().enumerate() {
+        for (j, value) in combine(*row).into_iter().enumerate() {
+            y(i, j, value);
+        }
+    }
+}
+
 /// B^T times four numbers d0..d3 (a column of a tile, then a row of the result).
 fn input_combination([d0, d1, d2, d3]: [f32; 4]) -> [f32; 4] {
     [d0 - d2, d1 + d2, d2 - d1, d1 - d3]
@@ -491,6 +480,11 @@ fn output_combination([m0, m1, m2, m3]: [f32; 4]) -> [f32; 2] {
 /// A times two numbers y0, y1 (the adjoint of `output_combination`).
 fn grad_combination([y0, y1]: [f32; 2]) -> [f32; 4] {
     [y0, y0 + y1, y0 - y1, -y1]
+}
+
+/// G times three numbers g0..g2: g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2.
+fn kernel_combination([g0, g1, g2]: [f32; 3]) -> [f32; 4] {
+    [g0, 0.5 * (g0 + g1 + g2), 0.5 * (g0 - g1 + g2), g2]
 }
 
 /// G^T times four numbers u0..u3 (the adjoint of the kernel transform's G).
