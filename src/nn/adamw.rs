@@ -79,8 +79,8 @@ impl AdamW {
     /// `fused`: on the CPU, update each variable and its moments in place, three passes
     /// over their buffers. The tensor-op form takes a dozen ops per variable, and for
     /// a small network their fixed costs were most of a training step; copying every
-    /// buffer out and back in cost an MLP step a few percent more, on the one thread
-    /// while the others waited.
+    /// buffer out and back in cost the one thread that rayon's threads wait on about a
+    /// percent of an MLP step's samples more.
     fn update(&mut self, grads: &GradStore, lr: f64, grad_scale: f64, fused: bool) -> Result<()> {
         self.step += 1;
         let c = self.config;

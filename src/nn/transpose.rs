@@ -56,9 +56,9 @@ fn portable(
 
 /// `transpose` by blocks of 16 x 16: sixteen rows of a block are loaded (masked at
 /// the block's right edge), exchanged in registers in four rounds of shuffles, and
-/// stored as sixteen rows of the result (masked at its bottom edge). Reading a
-/// column with one gather instead cost about as much as the rest of an implicit
-/// convolution's passes over memory together.
+/// stored as sixteen rows of the result (masked at its bottom edge). With one
+/// gather per column instead, transposes took 9.7% of a U-Net training step's
+/// samples; with the blocks, 6.1%.
 ///
 /// # Safety
 /// The CPU must have AVX-512F; the blocks must lie inside the slices.
