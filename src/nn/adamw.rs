@@ -5,7 +5,7 @@
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, InplaceOp2, InplaceOp3, Layout, Result, Tensor, Var};
 
-use super::gemm::contiguous_f32;
+use super::gemm::{contiguous_f32, contiguous_f32_mut};
 use super::vmath::with_avx512;
 
 /// Hyper-parameters, with PyTorch's defaults for betas and eps.
@@ -159,7 +159,7 @@ impl InplaceOp2 for Moment {
         l2: &Layout,
     ) -> Result<()> {
         let (moment, grad) = (
-            contiguous_f32_mut(s1, l1)?,
+            contiguous_f32_mut(s1, l1, "adamw")?,
             contiguous_f32(s2, l2, "adamw")?,
         );
         let (beta, scale) = (self.beta, self.scale);
@@ -205,7 +205,7 @@ impl InplaceOp3 for Update {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<()> {
-        let param = contiguous_f32_mut(s1, l1)?;
+        let param = contiguous_f32_mut(s1, l1, "adamw")?;
         let (m, v) = (
             contiguous_f32(s2, l2, "adamw")?,
             contiguous_f32(s3, l3, "adamw")?,
@@ -225,17 +225,6 @@ impl InplaceOp3 for Update {
             },
         );
         Ok(())
-    }
-}
-
-/// The numbers of a contiguous f32 tensor's storage, writable.
-fn contiguous_f32_mut<'a>(storage: &'a mut CpuStorage, layout: &Layout) -> Result<&'a mut [f32]> {
-    let CpuStorage::F32(data) = storage else {
-        candle_core::bail!("adamw: only f32 tensors are updated in place")
-    };
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&mut data[start..end]),
-        None => candle_core::bail!("adamw: the tensor must be contiguous"),
     }
 }
 

@@ -127,6 +127,10 @@ pub fn recycled(len: usize) -> Vec<f32> {
         let pick = fits.or_else(|| (0..pool.len()).max_by_key(|&i| pool[i].capacity()));
         pick.map(|i| pool.swap_remove(i)).unwrap_or_default()
     };
+    if buffer.capacity() < len {
+        // Grown anyway: its old numbers need not be copied along.
+        buffer.clear();
+    }
     buffer.truncate(len);
     buffer.resize(len, 0.0);
     buffer

@@ -20,7 +20,7 @@ use rayon::prelude::*;
 use super::buffers::{Output, with_scratch};
 use super::gemm::{View, contiguous_f32 as slice, matmul};
 use super::transpose::transpose;
-use super::vmath::{lane_sum, with_avx512};
+use super::vmath::{add_rows, lane_sum, with_avx512};
 use super::winograd;
 
 /// A convolution layer: candle_nn's parameters and initialisation (so weights keep their
@@ -503,7 +503,7 @@ impl Geometry {
                     (d, true) => (&mut channel[d..], &src[..n - d]),
                     (d, false) => (&mut channel[..n - d], &src[d..]),
                 };
-                dst.iter_mut().zip(src).for_each(|(x, v)| *x += v);
+                add_rows(dst, src);
                 continue;
             }
             for oy in 0..self.ho {
@@ -650,7 +650,7 @@ impl Geometry {
             .reduce(
                 || vec![0f32; sum_len],
                 |mut a, b| {
-                    a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                    add_rows(&mut a, &b);
                     a
                 },
             );
@@ -677,9 +677,7 @@ impl Geometry {
         let (kernel, per_image) = grads.split_at(self.cout * self.patch());
         out.extend_from_slice(kernel);
         let mut bias = vec![0f32; self.cout];
-        for image in per_image.chunks(self.cout) {
-            bias.iter_mut().zip(image).for_each(|(b, v)| *b += v);
-        }
+        add_rows(&mut bias, per_image);
         out.extend_from_slice(&bias);
     }
 

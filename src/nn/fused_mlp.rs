@@ -15,7 +15,7 @@ use rayon::prelude::*;
 use super::buffers::{recycle, recycled, with_scratch};
 use super::gemm::{Activation, View, contiguous_f32 as slice, matmul, matmul_bias};
 use super::transpose::transpose;
-use super::vmath::{mul_silu_grad, silu_keeping_sigmoid};
+use super::vmath::{add_rows, mul_silu_grad, silu_keeping_sigmoid};
 
 /// `input` [batch, in] through layers of (fan_in, fan_out) with SiLU after every layer
 /// but the last; `flat` holds weight 0 ([fan_out, fan_in], row-major), bias 0, weight
@@ -339,12 +339,17 @@ impl FusedMlp {
         grad: &[f32],
     ) -> (Vec<f32>, Vec<f32>) {
         let rows = band.rows;
-        // The gradient of the current layer's output, rows x fan_out of `g`, and the
-        // buffer the previous layer's is written into: both are reused, so only
-        // their first use clears memory.
-        let mut g = recycled(grad.len());
-        g.copy_from_slice(grad);
-        let widest = self.shapes.iter().map(|s| s.0).max().unwrap_or(0);
+        // The gradient of the current layer's output, its first rows x fan_out, and
+        // the buffer the previous layer's is written into: the two swap roles layer
+        // after layer, each as long as the widest layer's rows.
+        let widest = self
+            .shapes
+            .iter()
+            .map(|&(i, o)| i.max(o))
+            .max()
+            .unwrap_or(0);
+        let mut g = recycled(rows * widest);
+        g[..grad.len()].copy_from_slice(grad);
         let mut spare = recycled(rows * widest);
         let mut grad_flat = vec![0f32; flat.len()];
         for (i, (&(fan_in, fan_out), (w, b))) in self
@@ -375,15 +380,15 @@ impl FusedMlp {
             add_rows(grad_bias, &g[..g_len]);
             if i > 0 || self.input_grad {
                 let len = rows * fan_in;
-                spare.resize(len.max(spare.len()), 0.0);
                 let weight = View::rows(&flat[w..b], fan_out, fan_in);
                 matmul(&mut spare[..len], g_view, weight, false, 1);
                 std::mem::swap(&mut g, &mut spare);
-                g.truncate(len);
             }
         }
         recycle(spare);
-        if !self.input_grad {
+        if self.input_grad {
+            g.truncate(rows * self.shapes[0].0);
+        } else {
             recycle(std::mem::take(&mut g));
         }
         (grad_flat, g)
@@ -396,19 +401,6 @@ fn cpu_slice<'a>(storage: &'a candle_core::Storage, layout: &Layout) -> Result<&
         candle_core::Storage::Cpu(cpu) => slice(cpu, layout, "fused mlp"),
         _ => candle_core::bail!("fused mlp: the backward pass runs on the CPU"),
     }
-}
-
-/// `sums[j] += Σ_i rows[i][j]` over the rows of `rows`, each `sums.len()` wide (a
-/// bias's gradient).
-fn add_rows(sums: &mut [f32], rows: &[f32]) {
-    super::vmath::with_avx512(
-        #[inline(always)]
-        || {
-            for row in rows.chunks_exact(sums.len()) {
-                sums.iter_mut().zip(row).for_each(|(s, v)| *s += v);
-            }
-        },
-    )
 }
 
 impl CustomOp2 for FusedMlp {
@@ -499,10 +491,7 @@ impl CustomOp2 for FusedMlp {
         let mut grad_flat = vec![0f32; flat.len()];
         let mut grad_input = Vec::with_capacity(if self.input_grad { batch * width } else { 0 });
         for (partial, rows) in results {
-            grad_flat
-                .iter_mut()
-                .zip(&partial)
-                .for_each(|(s, v)| *s += v);
+            add_rows(&mut grad_flat, &partial);
             if self.input_grad {
                 grad_input.extend_from_slice(&rows);
             }

@@ -23,6 +23,21 @@ pub fn contiguous_f32<'a>(
     }
 }
 
+/// `contiguous_f32`, writable: for ops that update a tensor in place.
+pub fn contiguous_f32_mut<'a>(
+    storage: &'a mut candle_core::CpuStorage,
+    layout: &candle_core::Layout,
+    op: &str,
+) -> candle_core::Result<&'a mut [f32]> {
+    let candle_core::CpuStorage::F32(data) = storage else {
+        candle_core::bail!("{op}: only f32 tensors are supported on the CPU")
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&mut data[start..end]),
+        None => candle_core::bail!("{op}: the tensor must be contiguous"),
+    }
+}
+
 /// A read-only matrix over a slice: element (i, j) is `data[row(i) + col(j)]`, where
 /// `row(i)` is `i * row_stride` or, for a gathered view, `row_offsets[i]` (and the same
 /// for columns). Gathered views let a convolution multiply its image as if it were the
@@ -319,7 +334,7 @@ fn dots(out: &mut [f32], lhs: View, rhs: View, accumulate: bool) {
                 let row = &lhs.data[i * lhs.row_stride..][..k];
                 for (j, v) in out_row.iter_mut().enumerate() {
                     let column = &rhs.data[j * rhs.col_stride..][..k];
-                    let dot = super::vmath::lane_dot(row, column);
+                    let dot = super::vmath::lane_sum2(row, column, |a, b| (a * b, 0.0)).0 as f32;
                     *v = if accumulate { *v + dot } else { dot };
                 }
             }

@@ -91,23 +91,21 @@ pub fn lane_sum2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> (f32, f32)) -> (f
     (s1, s2)
 }
 
-/// Σ a[i] b[i] in 16 lanes, so that the loop vectorises (a plain sum is a chain of
-/// dependent additions the compiler may not reorder).
-#[inline(always)]
-pub fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
-    const LANES: usize = 16;
-    let mut lanes = [0f32; LANES];
-    let (chunks_a, chunks_b) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = (chunks_a.remainder().iter())
-        .zip(chunks_b.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (ca, cb) in chunks_a.zip(chunks_b) {
-        for l in 0..LANES {
-            lanes[l] += ca[l] * cb[l];
-        }
+/// `sums[j] += Σ_i rows[i][j]` over the rows of `rows`, each `sums.len()` wide: a
+/// bias's gradient, or partial sums (one row) added up; compiled for AVX-512 where the
+/// CPU has it.
+pub fn add_rows(sums: &mut [f32], rows: &[f32]) {
+    if sums.is_empty() {
+        return;
     }
-    lanes.iter().sum::<f32>() + tail
+    with_avx512(
+        #[inline(always)]
+        || {
+            for row in rows.chunks_exact(sums.len()) {
+                sums.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+            }
+        },
+    )
 }
 
 /// Runs `body` compiled for AVX-512 where the CPU has it: baseline x86-64 vectorises

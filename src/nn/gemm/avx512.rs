@@ -221,7 +221,9 @@ fn pack_a(buffer: &mut Vec<f32>, lhs: View, ic: usize, mc: usize, pc: usize, kc:
                     *v = lhs.at(i0 + r, pc + p);
                 }
             }
-            column[rows..].fill(0.0);
+            if rows < MR {
+                column[rows..].fill(0.0);
+            }
         }
     }
 }
