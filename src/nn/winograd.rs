@@ -95,14 +95,23 @@ impl Kernel {
         let (v, rest) = rest.split_at_mut(POSITIONS * n * cin);
         let (m, rest) = rest.split_at_mut(POSITIONS * n * cout);
         let out = &mut rest[..tiles.output_len(cout)];
+        let vector = VectorTiles::when(vectors);
         tiles.pad(x, cin, padded);
-        tiles.transform_input(padded, cin, v, vectors);
+        let input = vector.map(|t| t.input);
+        tiles.transform_tiles(
+            padded,
+            tiles.padded_width(),
+            cin,
+            v,
+            input_combination,
+            input,
+        );
         for (position, product) in m.chunks_exact_mut(n * cout).enumerate() {
             let lhs = View::rows(&v[position * n * cin..][..n * cin], n, cin);
             let rhs = View::rows(&self.u[position * cin * cout..][..cin * cout], cin, cout);
             matmul(product, lhs, rhs, false, threads);
         }
-        tiles.transform_output(m, cout, out, vectors);
+        tiles.transform_output(m, cout, out, vector.map(|t| t.output));
         // The valid pixels of each output row, channel-major, plus the bias.
         let row_len = tiles.out_width() * cout;
         for (row, line) in out.chunks_exact(row_len).take(h).enumerate() {
@@ -173,10 +182,27 @@ impl KernelGrad {
         let (v, rest) = rest.split_at_mut(POSITIONS * n * cin);
         let (dm, rest) = rest.split_at_mut(POSITIONS * n * cout);
         let grad_tiles = &mut rest[..tiles.output_len(cout)];
+        let vector = VectorTiles::when(vectors);
         tiles.pad(x, cin, padded);
-        tiles.transform_input(padded, cin, v, vectors);
+        let input = vector.map(|t| t.input);
+        tiles.transform_tiles(
+            padded,
+            tiles.padded_width(),
+            cin,
+            v,
+            input_combination,
+            input,
+        );
         tiles.spread(grad_y, cout, grad_tiles);
-        tiles.transform_grad(grad_tiles, cout, dm, vectors);
+        let grad = vector.map(|t| t.grad);
+        tiles.transform_tiles(
+            grad_tiles,
+            tiles.out_width(),
+            cout,
+            dm,
+            grad_combination,
+            grad,
+        );
         for (position, du) in sum.chunks_exact_mut(cin * cout).enumerate() {
             let lhs = View::rows(&v[position * n * cin..][..n * cin], n, cin).t();
             let rhs = View::rows(&dm[position * n * cout..][..n * cout], n, cout);
@@ -208,6 +234,33 @@ fn vectors() -> bool {
     return avx512::available();
     #[cfg(not(target_arch = "x86_64"))]
     false
+}
+
+/// One tile's transform on up to 16 channels: (source, destination, strides, channels).
+type TileFn = unsafe fn(*const f32, *mut f32, Strides, usize);
+
+/// The AVX-512 forms of the three transforms.
+#[derive(Clone, Copy)]
+struct VectorTiles {
+    input: TileFn,
+    grad: TileFn,
+    output: TileFn,
+}
+
+impl VectorTiles {
+    /// The vector forms when `vectors` (which holds only where `vectors()` does).
+    fn when(vectors: bool) -> Option<VectorTiles> {
+        #[cfg(target_arch = "x86_64")]
+        if vectors {
+            return Some(VectorTiles {
+                input: avx512::input_tile,
+                grad: avx512::grad_tile,
+                output: avx512::output_tile,
+            });
+        }
+        let _ = vectors;
+        None
+    }
 }
 
 /// The 2x2 output blocks covering an h x w image, and the layouts around them.
@@ -286,23 +339,38 @@ impl Tiles {
         }
     }
 
-    /// V = B^T d B for every 4x4 tile d of `padded`, as 16 matrices [tiles, channels]
-    /// (one per position of the transformed tile) in `v`; `vectors` where
-    /// `avx512::available()`.
-    fn transform_input(&self, padded: &[f32], channels: usize, v: &mut [f32], vectors: bool) {
-        let n = self.count();
-        assert!(padded.len() >= self.padded_len(channels) && v.len() >= POSITIONS * n * channels);
-        self.for_each_tile(self.padded_width(), channels, |position, pixel, at| {
-            #[cfg(target_arch = "x86_64")]
-            if vectors {
+    /// Every tile of `pixels` (pixel-major, `width` pixels wide, a tile the I x I
+    /// pixels from its corner on) transformed into the 16 matrices [tiles, channels]
+    /// of `positions`: `combine` (B^T for an input, whose 4x4 tiles give V = B^T d B;
+    /// A for an output gradient, whose 2x2 tiles give A dY A^T) on each tile's
+    /// columns and rows, or `vector_tile`, its AVX-512 form, on 16 channels at a time.
+    fn transform_tiles<const I: usize>(
+        &self,
+        pixels: &[f32],
+        width: usize,
+        channels: usize,
+        positions: &mut [f32],
+        combine: fn([f32; I]) -> [f32; 4],
+        vector_tile: Option<TileFn>,
+    ) {
+        // The last tile's I rows and columns of pixels, and every tile's positions.
+        let (rows, cols) = ((2 * self.rows + I).saturating_sub(2), 2 * self.cols + I - 2);
+        assert!(
+            cols <= width
+                && pixels.len() >= rows * width * channels
+                && positions.len() >= POSITIONS * self.count() * channels
+        );
+        self.for_each_tile(width, channels, |position, pixel, at| {
+            if let Some(tile) = vector_tile {
                 for (c, lanes) in lanes(channels) {
-                    // SAFETY: AVX-512F is there; the tile's 4x4 pixels and its 16
-                    // positions lie inside `padded` and `v` (asserted above), and
-                    // the mask keeps to the channels.
+                    // SAFETY: `vector_tile` comes from `VectorTiles::when`, so the
+                    // CPU has AVX-512F; the tile's pixels and its 16 positions lie
+                    // inside the buffers (asserted above), and the mask keeps to
+                    // the channels.
                     unsafe {
-                        avx512::input_tile(
-                            padded[pixel + c..].as_ptr(),
-                            v[position + c..].as_mut_ptr(),
+                        tile(
+                            pixels[pixel + c..].as_ptr(),
+                            positions[position + c..].as_mut_ptr(),
                             at,
                             lanes,
                         )
@@ -312,9 +380,9 @@ impl Tiles {
             }
             for c in 0..channels {
                 separable(
-                    input_combination,
-                    |i, j| padded[pixel + i * at.row + j * at.col + c],
-                    |i, j, value| v[(i * 4 + j) * at.position + position + c] = value,
+                    combine,
+                    |i, j| pixels[pixel + i * at.row + j * at.col + c],
+                    |i, j, value| positions[(i * 4 + j) * at.position + position + c] = value,
                 );
             }
         })
@@ -335,51 +403,24 @@ impl Tiles {
         }
     }
 
-    /// dM = A dY A^T for every tile's 2x2 output gradient dY in `grad` (laid out as
-    /// `transform_output` writes), as 16 matrices [tiles, channels] in `dm`.
-    fn transform_grad(&self, grad: &[f32], channels: usize, dm: &mut [f32], vectors: bool) {
-        let n = self.count();
-        assert!(grad.len() >= self.output_len(channels) && dm.len() >= POSITIONS * n * channels);
-        self.for_each_tile(self.out_width(), channels, |position, pixel, at| {
-            #[cfg(target_arch = "x86_64")]
-            if vectors {
-                for (c, lanes) in lanes(channels) {
-                    // SAFETY: as in `transform_input`, for the tile's 2x2 pixels of
-                    // `grad` and its 16 positions in `dm`.
-                    unsafe {
-                        avx512::grad_tile(
-                            grad[pixel + c..].as_ptr(),
-                            dm[position + c..].as_mut_ptr(),
-                            at,
-                            lanes,
-                        )
-                    }
-                }
-                return;
-            }
-            for c in 0..channels {
-                separable(
-                    grad_combination,
-                    |i, j| grad[pixel + i * at.row + j * at.col + c],
-                    |i, j, value| dm[(i * 4 + j) * at.position + position + c] = value,
-                );
-            }
-        })
-    }
-
     /// Y = A^T m A for every tile's 16 products m (from `m`, laid out as `v`), written
     /// pixel-major into `out` [2 rows, out width, channels].
-    fn transform_output(&self, m: &[f32], channels: usize, out: &mut [f32], vectors: bool) {
+    fn transform_output(
+        &self,
+        m: &[f32],
+        channels: usize,
+        out: &mut [f32],
+        vector_tile: Option<TileFn>,
+    ) {
         let n = self.count();
         assert!(m.len() >= POSITIONS * n * channels && out.len() >= self.output_len(channels));
         self.for_each_tile(self.out_width(), channels, |position, pixel, at| {
-            #[cfg(target_arch = "x86_64")]
-            if vectors {
+            if let Some(tile) = vector_tile {
                 for (c, lanes) in lanes(channels) {
-                    // SAFETY: as in `transform_input`, for `m` and the tile's 2x2
+                    // SAFETY: as in `transform_tiles`, for `m` and the tile's 2x2
                     // pixels of `out`.
                     unsafe {
-                        avx512::output_tile(
+                        tile(
                             m[position + c..].as_ptr(),
                             out[pixel + c..].as_mut_ptr(),
                             at,
@@ -426,7 +467,6 @@ impl Tiles {
 }
 
 /// The runs of at most 16 channels the vector transforms take: (first, count).
-#[cfg(target_arch = "x86_64")]
 fn lanes(channels: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..channels)
         .step_by(16)
