@@ -17,10 +17,10 @@ use runner::diffusion::sample::{self, SampleRequest, SamplerParams, Variance};
 use runner::diffusion::schedule::ScheduleParams;
 use runner::diffusion::score::NetworkScore;
 use runner::diffusion::score::Prediction;
-use runner::nn::adamw::{AdamW, AdamWConfig};
-use runner::nn::mlp::MlpConfig;
-use runner::nn::network::{DataShape, Network, NetworkConfig};
-use runner::nn::unet::UNetConfig;
+use runner::nn::kernels::adamw::{AdamW, AdamWConfig};
+use runner::nn::models::mlp::MlpConfig;
+use runner::nn::models::network::{DataShape, Network, NetworkConfig};
+use runner::nn::models::unet::UNetConfig;
 use runner::rng::{normals, stream};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -278,7 +278,7 @@ pub fn run(args: &[String]) -> Result<()> {
     // The GEMM of runner's own CPU kernels (AVX-512 where the CPU has it), on both
     // cores: the ceiling for the MLP and convolution kernels.
     if wanted("gemm") && device.is_cpu() {
-        use runner::nn::gemm::{View, matmul};
+        use runner::nn::kernels::gemm::{View, matmul};
         let a = normals(&mut stream(0, "bench/gemm"), n * n);
         let mut out = vec![0f32; n * n];
         let threads = rayon::current_num_threads();

@@ -9,7 +9,7 @@ use crate::data::toy::Distribution;
 use crate::diffusion::sample::SamplerParams;
 use crate::diffusion::schedule::ScheduleParams;
 use crate::metrics::Metric;
-use crate::pipeline::spec::StageKind;
+use crate::stages::StageKind;
 use crate::stages::{
     dataset::DatasetParams, evaluate::EvaluateParams, model::ModelParams, sample::SampleParams,
     train::TrainParams,
@@ -52,7 +52,7 @@ pub fn describe() -> String {
         let roles: Vec<String> = kind
             .roles()
             .iter()
-            .map(|(r, k)| format!("{r} <- {k}"))
+            .map(|role| role.to_string())
             .collect();
         let roles = if roles.is_empty() {
             "no inputs".to_string()

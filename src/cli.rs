@@ -24,7 +24,7 @@ use crate::error::RunnerError;
 use crate::exec::device::DeviceChoice;
 use crate::exec::progress::Progress;
 use crate::exec::scheduler::{Outcome, RunOptions, Status, execute, from_cache};
-use crate::pipeline::spec::StageKind;
+use crate::stages::StageKind;
 use crate::pipeline::{self, Plan, history};
 use crate::{catalog, report};
 

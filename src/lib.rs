@@ -8,6 +8,7 @@
 //! the results folder.
 
 pub mod alloc;
+pub mod artifacts;
 pub mod cache;
 pub mod catalog;
 pub mod cli;
@@ -18,6 +19,7 @@ pub mod exec;
 pub mod metrics;
 pub mod nn;
 pub mod pipeline;
+pub mod plot;
 pub mod report;
 pub mod rng;
 pub mod stages;

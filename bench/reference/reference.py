@@ -74,7 +74,7 @@ class Attention(nn.Module):
 
 
 class UNet(nn.Module):
-    """runner's U-Net (src/nn/unet.rs), built in the same order."""
+    """runner's U-Net (src/nn/models/unet.rs), built in the same order."""
 
     def __init__(self, channels=32, channel_mult=(1, 2, 2), res_blocks=2, attention=(7,), groups=8, image=(1, 28, 28)):
         super().__init__()

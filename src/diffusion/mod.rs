@@ -1,5 +1,6 @@
 //! The mathematics of diffusion models, independent of the pipeline machinery.
 
+pub mod divergence;
 pub mod interpolate;
 pub mod likelihood;
 pub mod loss;

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::process::Process;
 use crate::data::toy::Mixture;
-use crate::nn::network::Network;
+use crate::nn::models::network::Network;
 
 /// What a network's output means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,7 +31,7 @@ pub trait ScoreFn: Send + Sync {
         t: f64,
         probe: Option<&Tensor>,
     ) -> Result<(Tensor, Tensor)> {
-        super::likelihood::autograd_divergence(&|x| self.score(x, t), x, probe)
+        super::divergence::autograd_divergence(&|x| self.score(x, t), x, probe)
     }
 }
 

@@ -9,11 +9,11 @@ use petgraph::graph::{DiGraph, NodeIndex};
 use serde::Deserialize;
 
 use super::key::{KeyInput, stage_key};
-use super::spec::{Loaded, StageKind, StageSpec, locate, locate_sweep};
+use super::report_spec::ReportSpec;
+use super::spec::{Loaded, locate, locate_sweep};
 use super::sweep::{Sweep, folder_name};
 use crate::error::SpecError;
-use crate::report::compare::ReportSpec;
-use crate::stages;
+use crate::stages::{Neighbours, StageKind, StageSpec};
 
 /// One stage at one or more sweep points, ready to run.
 #[derive(Debug, Clone)]
@@ -179,7 +179,9 @@ pub fn build(path: &Path, loaded: Loaded) -> Result<Plan, SpecError> {
         .iter()
         .map(|id| {
             spec.stages[*id]
-                .needs()
+                .needs
+                .0
+                .clone()
                 .into_iter()
                 .flat_map(|(_, v)| v)
                 .map(|n| position[n.as_str()])
@@ -290,7 +292,9 @@ pub fn build(path: &Path, loaded: Loaded) -> Result<Plan, SpecError> {
                 stage
             };
             let needs: Vec<(String, Vec<NodeIndex>)> = stage
-                .needs()
+                .needs
+                .0
+                .clone()
                 .into_iter()
                 .map(|(role, inputs)| {
                     (
@@ -299,20 +303,14 @@ pub fn build(path: &Path, loaded: Loaded) -> Result<Plan, SpecError> {
                     )
                 })
                 .collect();
+            // Other stages as this point of the sweep sees them.
             let lookup = |other: &str| {
                 pos.get(other)
                     .and_then(|&q| chosen.get(q))
                     .map(|&ix| &graph[ix].spec)
+                    .map(|s: &StageSpec| (&s.needs, s.params.as_any()))
             };
-            let inputs_of = |role: &str| -> Vec<&StageSpec> {
-                needs
-                    .iter()
-                    .filter(|(r, _)| r == role)
-                    .flat_map(|(_, v)| v.iter())
-                    .map(|&ix| &graph[ix].spec)
-                    .collect()
-            };
-            stages::validate(&stage, &inputs_of, &lookup).map_err(|m| {
+            stage.params.validate(&Neighbours::new(&stage.needs, &lookup)).map_err(|m| {
                 let message = if own_coords.is_empty() {
                     format!("stage `{id}`: {m}")
                 } else {
@@ -320,16 +318,10 @@ pub fn build(path: &Path, loaded: Loaded) -> Result<Plan, SpecError> {
                 };
                 err(Some(id), Some("params"), message)
             })?;
-            let mut params = stage.resolved_params();
-            // Files read from the user enter the key by their contents.
-            if let StageSpec::Dataset { params: data } = &stage {
-                let digest = data
-                    .content_digest()
-                    .map_err(|m| err(Some(id), Some("params"), format!("stage `{id}`: {m}")))?;
-                if let (Some(digest), Some(map)) = (digest, params.as_object_mut()) {
-                    map.insert("content".into(), digest.into());
-                }
-            }
+            let params = stage
+                .params
+                .resolved()
+                .map_err(|m| err(Some(id), Some("params"), format!("stage `{id}`: {m}")))?;
             let input_keys: Vec<(String, Vec<String>)> = needs
                 .iter()
                 .map(|(role, ixs)| {
@@ -341,7 +333,7 @@ pub fn build(path: &Path, loaded: Loaded) -> Result<Plan, SpecError> {
                 .collect();
             let key = stage_key(&KeyInput {
                 kind: stage.kind().name(),
-                stage_version: stages::version(stage.kind()),
+                stage_version: stage.kind().version(),
                 params: &params,
                 inputs: &input_keys,
             });
@@ -409,12 +401,12 @@ fn check_needs(
     all: &BTreeMap<String, StageSpec>,
 ) -> Result<(), (&'static str, String)> {
     let kind = stage.kind();
-    for (role, inputs) in stage.needs() {
+    for (role, inputs) in stage.needs.0.iter().cloned() {
         let want = kind
             .roles()
             .iter()
-            .find(|(r, _)| *r == role)
-            .map(|(_, k)| *k)
+            .find(|r| r.name == role)
+            .map(|r| r.kind)
             .expect("roles match needs");
         if inputs.is_empty() {
             return Err((role, format!("stage `{id}`: input `{role}` names no stage")));
@@ -422,7 +414,7 @@ fn check_needs(
         let choices = || {
             let names: Vec<&str> = all
                 .iter()
-                .filter(|(_, s)| s.kind() == want)
+                .filter(|(_, s)| s.kind().name() == want)
                 .map(|(n, _)| n.as_str())
                 .collect();
             if names.is_empty() {
@@ -432,7 +424,7 @@ fn check_needs(
             }
         };
         for input in inputs {
-            let Some(got) = all.get(&input).map(StageSpec::kind) else {
+            let Some(got) = all.get(&input).map(|s| s.kind().name()) else {
                 return Err((
                     role,
                     format!(
@@ -744,7 +736,7 @@ stages:
             .collect();
         assert_eq!(rk45.len(), 1, "{labels:?}");
         assert!(
-            matches!(&plan.nodes_of("s").next().unwrap().spec, StageSpec::Sample { params, .. } if params.sampler.name() == "ancestral")
+            matches!(&plan.nodes_of("s").next().unwrap().spec.params, crate::stages::StageParams::Sample(params) if params.sampler.name() == "ancestral")
         );
     }
 }

@@ -3,6 +3,7 @@
 pub mod graph;
 pub mod history;
 pub mod key;
+pub mod report_spec;
 pub mod spec;
 pub mod sweep;
 

@@ -6,14 +6,10 @@ use std::path::Path;
 use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
+use super::report_spec::ReportSpec;
 use super::sweep::{SweepSpec, normalize};
 use crate::error::{Location, SpecError};
-use crate::report::compare::ReportSpec;
-use crate::stages::classifier::ClassifierParams;
-use crate::stages::{
-    dataset::DatasetParams, evaluate::EvaluateParams, model::ModelParams, sample::SampleParams,
-    schedule::ScheduleParams, train::TrainParams,
-};
+use crate::stages::{Needs, StageKind, StageParams, StageSpec};
 
 /// A whole pipeline file.
 #[derive(Debug, Clone, Deserialize)]
@@ -46,81 +42,7 @@ pub struct Profile {
     pub set: BTreeMap<String, serde_norway::Value>,
 }
 
-/// One stage: its kind decides which inputs (`needs`) and `params` it takes.
-///
-/// Deserialized by hand (see `StageVisitor`) rather than as a serde-tagged enum, so
-/// that `needs` and `params` are read straight from the YAML parser and their errors
-/// keep the exact line, column and path.
-#[derive(Debug, Clone)]
-pub enum StageSpec {
-    Dataset {
-        params: DatasetParams,
-    },
-    Schedule {
-        params: ScheduleParams,
-    },
-    Model {
-        params: ModelParams,
-    },
-    Train {
-        needs: TrainNeeds,
-        params: TrainParams,
-    },
-    Sample {
-        needs: SampleNeeds,
-        params: SampleParams,
-    },
-    Classifier {
-        needs: ClassifierNeeds,
-        params: ClassifierParams,
-    },
-    Evaluate {
-        needs: EvaluateNeeds,
-        params: EvaluateParams,
-    },
-}
-
-/// Inputs of a classifier stage: the labelled dataset it learns.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClassifierNeeds {
-    pub data: String,
-}
-
-/// Inputs of a train stage, by role.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct TrainNeeds {
-    pub data: String,
-    pub schedule: String,
-    pub model: String,
-}
-
-/// Inputs of a sample stage, by role.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct SampleNeeds {
-    pub train: String,
-}
-
-/// Inputs of an evaluate stage, by role.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct EvaluateNeeds {
-    pub reference: String,
-    /// Sample stages whose samples are compared with the reference.
-    #[serde(default)]
-    pub samples: Option<OneOrMany>,
-    /// Train stages whose scores are evaluated directly (score error, likelihood).
-    #[serde(default)]
-    pub models: Option<OneOrMany>,
-    /// A classifier stage, whose features the image metrics (FID, KID, IS,
-    /// precision/recall) are computed in.
-    #[serde(default)]
-    pub classifier: Option<String>,
-}
-
-/// A role may name one stage or a list of stages.
+/// A role's value: one stage id, or a list of them.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum OneOrMany {
@@ -129,178 +51,85 @@ pub enum OneOrMany {
 }
 
 impl OneOrMany {
-    pub fn ids(&self) -> Vec<String> {
+    pub fn ids(self) -> Vec<String> {
         match self {
-            OneOrMany::One(s) => vec![s.clone()],
-            OneOrMany::Many(v) => v.clone(),
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
         }
     }
 }
 
-/// The stage kinds, as named in pipeline files.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StageKind {
-    Dataset,
-    Schedule,
-    Model,
-    Train,
-    Sample,
-    Classifier,
-    Evaluate,
-}
-
-impl StageKind {
-    pub const ALL: [StageKind; 7] = [
-        StageKind::Dataset,
-        StageKind::Schedule,
-        StageKind::Model,
-        StageKind::Train,
-        StageKind::Sample,
-        StageKind::Classifier,
-        StageKind::Evaluate,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            StageKind::Dataset => "dataset",
-            StageKind::Schedule => "schedule",
-            StageKind::Model => "model",
-            StageKind::Train => "train",
-            StageKind::Sample => "sample",
-            StageKind::Classifier => "classifier",
-            StageKind::Evaluate => "evaluate",
-        }
-    }
-
-    /// Stages that keep every core busy on their own (training, sampling): the
-    /// scheduler runs one of them at a time so they do not oversubscribe the machine.
-    /// On a GPU too: three U-Net trainings sharing an H100 ran at 156 img/s each,
-    /// one alone at 740 img/s (candle's CUDA path is bound by kernel launches).
-    pub fn uses_all_cores(self) -> bool {
-        matches!(self, StageKind::Train | StageKind::Sample)
-    }
-
-    /// Input roles this kind takes and the kind each role must point to.
-    pub fn roles(self) -> &'static [(&'static str, StageKind)] {
-        match self {
-            StageKind::Dataset | StageKind::Schedule | StageKind::Model => &[],
-            StageKind::Train => &[
-                ("data", StageKind::Dataset),
-                ("schedule", StageKind::Schedule),
-                ("model", StageKind::Model),
-            ],
-            StageKind::Sample => &[("train", StageKind::Train)],
-            StageKind::Classifier => &[("data", StageKind::Dataset)],
-            StageKind::Evaluate => &[
-                ("reference", StageKind::Dataset),
-                ("samples", StageKind::Sample),
-                ("models", StageKind::Train),
-                ("classifier", StageKind::Classifier),
-            ],
-        }
-    }
-}
-
-impl std::fmt::Display for StageKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl StageSpec {
-    pub fn kind(&self) -> StageKind {
-        match self {
-            StageSpec::Dataset { .. } => StageKind::Dataset,
-            StageSpec::Schedule { .. } => StageKind::Schedule,
-            StageSpec::Model { .. } => StageKind::Model,
-            StageSpec::Train { .. } => StageKind::Train,
-            StageSpec::Sample { .. } => StageKind::Sample,
-            StageSpec::Classifier { .. } => StageKind::Classifier,
-            StageSpec::Evaluate { .. } => StageKind::Evaluate,
-        }
-    }
-
-    /// Inputs as (role, stage ids), in the kind's role order.
-    pub fn needs(&self) -> Vec<(&'static str, Vec<String>)> {
-        match self {
-            StageSpec::Dataset { .. } | StageSpec::Schedule { .. } | StageSpec::Model { .. } => {
-                vec![]
-            }
-            StageSpec::Train { needs, .. } => vec![
-                ("data", vec![needs.data.clone()]),
-                ("schedule", vec![needs.schedule.clone()]),
-                ("model", vec![needs.model.clone()]),
-            ],
-            StageSpec::Sample { needs, .. } => vec![("train", vec![needs.train.clone()])],
-            StageSpec::Classifier { needs, .. } => vec![("data", vec![needs.data.clone()])],
-            StageSpec::Evaluate { needs, .. } => {
-                let mut roles = vec![("reference", vec![needs.reference.clone()])];
-                roles.extend(needs.samples.as_ref().map(|s| ("samples", s.ids())));
-                roles.extend(needs.models.as_ref().map(|m| ("models", m.ids())));
-                roles.extend(
-                    needs
-                        .classifier
-                        .as_ref()
-                        .map(|c| ("classifier", vec![c.clone()])),
-                );
-                roles
-            }
-        }
-    }
-
-    /// Parameters with every default filled in: what the key hashes.
-    pub fn resolved_params(&self) -> serde_json::Value {
-        let value = match self {
-            StageSpec::Dataset { params } => serde_json::to_value(params.canonical()),
-            StageSpec::Schedule { params } => serde_json::to_value(params),
-            StageSpec::Model { params } => serde_json::to_value(params),
-            StageSpec::Train { params, .. } => serde_json::to_value(params.canonical()),
-            StageSpec::Sample { params, .. } => serde_json::to_value(params.canonical()),
-            StageSpec::Classifier { params, .. } => serde_json::to_value(params),
-            StageSpec::Evaluate { params, .. } => serde_json::to_value(params),
-        };
-        value.expect("stage parameters always serialize to JSON")
-    }
-}
-
-/// Typed `needs` of any kind, before they are matched with the kind's params.
-enum AnyNeeds {
-    None,
-    Train(TrainNeeds),
-    Sample(SampleNeeds),
-    Classifier(ClassifierNeeds),
-    Evaluate(EvaluateNeeds),
-}
-
-/// Typed `params` of any kind.
-enum AnyParams {
-    Dataset(DatasetParams),
-    Schedule(ScheduleParams),
-    Model(ModelParams),
-    Train(TrainParams),
-    Sample(SampleParams),
-    Classifier(ClassifierParams),
-    Evaluate(EvaluateParams),
-}
-
-/// Reads `needs` as the type a kind expects.
+/// Reads `needs` with the roles a kind declares: an unknown role, a missing required
+/// one or a list where one stage is expected is an error at its line and column.
 struct NeedsSeed(StageKind);
 
 impl<'de> DeserializeSeed<'de> for NeedsSeed {
-    type Value = AnyNeeds;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<AnyNeeds, D::Error> {
-        Ok(match self.0 {
-            StageKind::Train => AnyNeeds::Train(TrainNeeds::deserialize(d)?),
-            StageKind::Sample => AnyNeeds::Sample(SampleNeeds::deserialize(d)?),
-            StageKind::Classifier => AnyNeeds::Classifier(ClassifierNeeds::deserialize(d)?),
-            StageKind::Evaluate => AnyNeeds::Evaluate(EvaluateNeeds::deserialize(d)?),
-            kind => {
-                return Err(D::Error::custom(format!(
-                    "a {kind} stage takes no inputs; remove `needs`"
+    type Value = Needs;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Needs, D::Error> {
+        if self.0.roles().is_empty() {
+            return Err(D::Error::custom(format!(
+                "a {} stage takes no inputs; remove `needs`",
+                self.0
+            )));
+        }
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for NeedsSeed {
+    type Value = Needs;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a mapping of input roles to stages")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Needs, A::Error> {
+        let roles = self.0.roles();
+        let mut found: Vec<Option<Vec<String>>> = vec![None; roles.len()];
+        while let Some(key) = map.next_key::<String>()? {
+            let Some(i) = roles.iter().position(|r| r.name == key) else {
+                let names: Vec<&str> = roles.iter().map(|r| r.name).collect();
+                return Err(A::Error::custom(format!(
+                    "unknown field `{key}`, {}",
+                    expected_one_of(&names)
                 )));
+            };
+            if found[i].is_some() {
+                return Err(A::Error::custom(format!("duplicate field `{key}`")));
             }
-        })
+            found[i] = Some(if roles[i].many {
+                map.next_value::<OneOrMany>()?.ids()
+            } else {
+                vec![map.next_value::<String>()?]
+            });
+        }
+        if let Some(role) = roles.iter().zip(&found).find(|(r, f)| r.required && f.is_none()) {
+            return Err(A::Error::missing_field(role.0.name));
+        }
+        Ok(Needs(
+            roles
+                .iter()
+                .zip(found)
+                .filter_map(|(r, ids)| ids.map(|ids| (r.name, ids)))
+                .collect(),
+        ))
+    }
+}
+
+/// serde's wording for the valid choices of a field.
+fn expected_one_of(names: &[&str]) -> String {
+    match names {
+        [] => "there are no fields".into(),
+        [one] => format!("expected `{one}`"),
+        [a, b] => format!("expected `{a}` or `{b}`"),
+        _ => format!(
+            "expected one of {}",
+            names
+                .iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     }
 }
 
@@ -308,20 +137,15 @@ impl<'de> DeserializeSeed<'de> for NeedsSeed {
 struct ParamsSeed(StageKind);
 
 impl<'de> DeserializeSeed<'de> for ParamsSeed {
-    type Value = AnyParams;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<AnyParams, D::Error> {
-        Ok(match self.0 {
-            StageKind::Dataset => AnyParams::Dataset(DatasetParams::deserialize(d)?),
-            StageKind::Schedule => AnyParams::Schedule(ScheduleParams::deserialize(d)?),
-            StageKind::Model => AnyParams::Model(ModelParams::deserialize(d)?),
-            StageKind::Train => AnyParams::Train(TrainParams::deserialize(d)?),
-            StageKind::Sample => AnyParams::Sample(SampleParams::deserialize(d)?),
-            StageKind::Classifier => AnyParams::Classifier(ClassifierParams::deserialize(d)?),
-            StageKind::Evaluate => AnyParams::Evaluate(EvaluateParams::deserialize(d)?),
-        })
+    type Value = StageParams;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<StageParams, D::Error> {
+        self.0.parse_params(d)
     }
 }
 
+/// Reads one stage (`{ kind, needs, params }`) by hand rather than as a serde-tagged
+/// enum, so that `needs` and `params` are read straight from the YAML parser and
+/// their errors keep the exact line, column and path.
 struct StageVisitor;
 
 const STAGE_FIELDS: &[&str] = &["kind", "needs", "params"];
@@ -369,30 +193,16 @@ impl<'de> Visitor<'de> for StageVisitor {
         if !kind.roles().is_empty() && needs.is_none() {
             return Err(A::Error::missing_field("needs"));
         }
-        let params = match (params, kind) {
-            (Some(p), _) => p,
+        let params = match params {
+            Some(p) => p,
             // Left out: every parameter takes its default, if each has one.
-            (None, _) => ParamsSeed(kind)
+            None => ParamsSeed(kind)
                 .deserialize(serde_norway::Value::Mapping(Default::default()))
                 .map_err(|e| A::Error::custom(format!("missing `params` ({e})")))?,
         };
-        Ok(match (params, needs.unwrap_or(AnyNeeds::None)) {
-            (AnyParams::Dataset(params), _) => StageSpec::Dataset { params },
-            (AnyParams::Schedule(params), _) => StageSpec::Schedule { params },
-            (AnyParams::Model(params), _) => StageSpec::Model { params },
-            (AnyParams::Train(params), AnyNeeds::Train(needs)) => {
-                StageSpec::Train { needs, params }
-            }
-            (AnyParams::Sample(params), AnyNeeds::Sample(needs)) => {
-                StageSpec::Sample { needs, params }
-            }
-            (AnyParams::Classifier(params), AnyNeeds::Classifier(needs)) => {
-                StageSpec::Classifier { needs, params }
-            }
-            (AnyParams::Evaluate(params), AnyNeeds::Evaluate(needs)) => {
-                StageSpec::Evaluate { needs, params }
-            }
-            _ => unreachable!("needs and params are both typed by the same kind"),
+        Ok(StageSpec {
+            needs: needs.unwrap_or_default(),
+            params,
         })
     }
 }

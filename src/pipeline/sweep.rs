@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde::de::{Deserializer, Error as _, MapAccess, Visitor};
 use serde_norway::Value;
 
-use super::spec::StageSpec;
+use crate::stages::StageSpec;
 
 /// Sweeps larger than this are almost certainly a mistake (and would not fit a report).
 pub const MAX_POINTS: usize = 100_000;

@@ -2,9 +2,6 @@
 //! links to every stage's cache entry, and `report.html` rendered from templates/.
 
 pub mod compare;
-pub mod images;
-pub mod panels;
-pub mod plots;
 pub mod table;
 
 use std::collections::HashMap;
@@ -19,9 +16,9 @@ use crate::cache::Cache;
 use crate::error::RunnerError;
 use crate::exec::scheduler::{Outcome, Status};
 use crate::pipeline::Plan;
-use crate::pipeline::spec::StageKind;
 use crate::pipeline::sweep::folder_name;
-use crate::stages::artifacts::read_csv;
+use crate::artifacts::read_csv;
+use crate::stages::StageKind;
 use table::{MetricRow, MetricsTable};
 
 const TEMPLATE: &str = include_str!("../../templates/report.html");

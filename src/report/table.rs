@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::error::RunnerError;
 use crate::pipeline::Plan;
 use crate::pipeline::sweep::Sweep;
-use crate::stages::artifacts::write_csv;
+use crate::artifacts::write_csv;
 
 /// One metric value at one sweep point.
 #[derive(Debug, Clone)]

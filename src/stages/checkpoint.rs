@@ -8,9 +8,9 @@ use candle_core::{Device, Tensor};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::artifacts::{load_tensors, read_json, save_tensors, write_json};
+use crate::artifacts::{load_tensors, read_json, save_tensors, write_json};
 use crate::error::{StageError, StageResult};
-use crate::nn::adamw::AdamW;
+use crate::nn::kernels::adamw::AdamW;
 
 /// Everything a training loop changes as it runs.
 pub struct TrainState<'a> {

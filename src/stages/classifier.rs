@@ -7,17 +7,34 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder};
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
 
-use super::InputEntry;
-use super::StageContext;
-use super::artifacts::{load_f32, load_tensors, read_json, save_tensors, write_json};
-use super::dataset::DatasetMeta;
+use super::dataset::{Dataset, DatasetMeta};
+use super::context::{InputEntry, StageContext};
+use super::kind::{Kind, Neighbours, Role};
+use crate::artifacts::{load_f32, load_tensors, read_json, save_tensors, write_json};
 use crate::data::images::ImageShape;
 use crate::error::{StageError, StageResult};
-use crate::nn::classifier::{Classifier, ClassifierConfig};
-use crate::nn::init::{named_vars, seeded_varmap};
+use crate::nn::models::classifier::{Classifier as Cnn, ClassifierConfig};
+use crate::nn::models::init::{named_vars, seeded_varmap};
 use crate::rng::stream;
 
-pub const VERSION: u32 = 1;
+/// The `classifier` kind: the feature space of the image metrics.
+pub struct Classifier;
+
+impl Kind for Classifier {
+    const NAME: &'static str = "classifier";
+    const VERSION: u32 = 1;
+    const ROLES: &'static [Role] = &[Role::one("data", Dataset::NAME)];
+    const WRITES: &'static str = "`weights.safetensors`, `classifier.json` (test accuracy)";
+    type Params = ClassifierParams;
+
+    fn validate(params: &ClassifierParams, _: &Neighbours) -> Result<(), String> {
+        params.validate()
+    }
+
+    fn run(params: &ClassifierParams, ctx: &StageContext) -> StageResult<()> {
+        run(params, ctx)
+    }
+}
 
 /// Parameters of a classifier stage.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -76,11 +93,11 @@ impl TrainedClassifier {
     pub fn load(
         entry: &InputEntry,
         device: &candle_core::Device,
-    ) -> StageResult<(TrainedClassifier, Classifier)> {
+    ) -> StageResult<(TrainedClassifier, Cnn)> {
         let info: TrainedClassifier = read_json(&entry.dir.join("classifier.json"))?;
         let weights = load_tensors(&entry.dir.join("weights.safetensors"), device)?;
         let vb = VarBuilder::from_tensors(weights, DType::F32, device);
-        let net = Classifier::new(&info.config, info.shape, info.classes.len(), vb)?;
+        let net = Cnn::new(&info.config, info.shape, info.classes.len(), vb)?;
         Ok((info, net))
     }
 }
@@ -98,7 +115,7 @@ pub fn load_labels(data: &InputEntry, name: &str) -> StageResult<Vec<u32>> {
     Ok(labels.to_dtype(DType::U32)?.to_vec1::<u32>()?)
 }
 
-pub fn run(params: &ClassifierParams, ctx: &StageContext) -> StageResult<()> {
+fn run(params: &ClassifierParams, ctx: &StageContext) -> StageResult<()> {
     let data = ctx.input("data")?;
     let meta: DatasetMeta = read_json(&data.dir.join("meta.json"))?;
     let shape = meta.image.ok_or_else(|| {
@@ -121,7 +138,7 @@ pub fn run(params: &ClassifierParams, ctx: &StageContext) -> StageResult<()> {
     let (net, map) = seeded_varmap(
         ctx.device,
         &mut stream(params.seed, "classifier/init"),
-        |vb| Classifier::new(&params.network, shape, classes, vb),
+        |vb| Cnn::new(&params.network, shape, classes, vb),
     )?;
     let vars = named_vars(&map);
     let mut opt = AdamW::new(

@@ -7,16 +7,45 @@ use candle_core::{Device, Tensor};
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::StageContext;
-use super::artifacts::{save_tensors, write_json};
+use super::context::StageContext;
+use super::kind::{Kind, Role};
+use crate::artifacts::{save_tensors, write_json};
 use crate::data::images::{ImageShape, ImageSource, Subset};
 use crate::data::toy::{Distribution, Mixture};
 use crate::error::{StageError, StageResult};
 use crate::rng::stream;
 
-/// Bumped whenever `meta.json` or the data layout changes, so that entries written by
-/// an older runner are recomputed instead of failing to parse (2: `source` in meta).
-pub const VERSION: u32 = 2;
+/// The `dataset` kind.
+pub struct Dataset;
+
+impl Kind for Dataset {
+    const NAME: &'static str = "dataset";
+    /// Bumped whenever `meta.json` or the data layout changes, so that entries written
+    /// by an older runner are recomputed instead of failing to parse (2: `source` in
+    /// meta).
+    const VERSION: u32 = 2;
+    const ROLES: &'static [Role] = &[];
+    const WRITES: &'static str = "`data.safetensors` (train, test, and `train_labels`/`test_labels` for labelled images), `meta.json`";
+    type Params = DatasetParams;
+
+    /// Defaults filled in; files read from the user enter the key by their contents.
+    fn resolved(params: &DatasetParams) -> Result<serde_json::Value, String> {
+        let mut value = serde_json::to_value(params.canonical())
+            .expect("stage parameters always serialize to JSON");
+        if let (Some(digest), Some(map)) = (params.content_digest()?, value.as_object_mut()) {
+            map.insert("content".into(), digest.into());
+        }
+        Ok(value)
+    }
+
+    fn validate(params: &DatasetParams, _: &super::kind::Neighbours) -> Result<(), String> {
+        params.validate()
+    }
+
+    fn run(params: &DatasetParams, ctx: &StageContext) -> StageResult<()> {
+        run(params, ctx)
+    }
+}
 
 /// Parameters of a dataset stage: the source (`name` and its parameters) plus sizes
 /// and seed.
@@ -144,7 +173,7 @@ impl DatasetMeta {
     }
 }
 
-pub fn run(params: &DatasetParams, ctx: &StageContext) -> StageResult<()> {
+fn run(params: &DatasetParams, ctx: &StageContext) -> StageResult<()> {
     let params = params.canonical();
     let (dim, train, test, image, classes, labels) = match &params.source {
         Source::Toy(dist) => {

@@ -1,131 +1,194 @@
-//! One module per stage kind: its parameters, its checks and its `run`.
+//! The stage kinds: one module each (its parameters, checks, `run` and the readers of
+//! its outputs), and the table below, from which parsing, validation, keys, `runner
+//! list`, README's table of kinds and the report's galleries are all derived.
+//!
+//! Adding a kind is a new module with a type implementing [`Kind`] and one line in
+//! `stage_kinds!`; the compiler then points at nothing else to change.
 
-pub mod artifacts;
 pub mod checkpoint;
 pub mod classifier;
+pub mod context;
 pub mod dataset;
 pub mod evaluate;
+pub mod kind;
 pub mod model;
 pub mod sample;
 pub mod schedule;
 pub mod train;
 
-use std::path::PathBuf;
+use std::any::Any;
 
-use candle_core::Device;
-use serde::de::DeserializeOwned;
+use serde::Deserialize;
 
-use crate::error::{StageError, StageResult};
-use crate::exec::progress::StageProgress;
-use crate::pipeline::spec::{StageKind, StageSpec};
+pub use context::{InputEntry, StageContext};
+pub use kind::{Kind, Needs, Neighbours, Role};
 
-/// A committed input entry, as a stage sees it.
+use crate::error::StageResult;
+
+/// Builds [`StageKind`] and [`StageParams`] from the table: every match over kinds in
+/// the crate is written here once.
+macro_rules! stage_kinds {
+    ($($variant:ident => $kind:ty),* $(,)?) => {
+        /// The stage kinds, as named in pipeline files (in `runner list`'s order).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum StageKind {
+            $($variant),*
+        }
+
+        impl StageKind {
+            pub const ALL: &'static [StageKind] = &[$(StageKind::$variant),*];
+            /// Every kind's name: the valid choices of `kind:`.
+            pub const NAMES: &'static [&'static str] = &[$(<$kind as Kind>::NAME),*];
+
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(StageKind::$variant => <$kind as Kind>::NAME),*
+                }
+            }
+
+            /// Input roles this kind takes, in the order keys hash them.
+            pub fn roles(self) -> &'static [Role] {
+                match self {
+                    $(StageKind::$variant => <$kind as Kind>::ROLES),*
+                }
+            }
+
+            /// Implementation version, part of every key of this kind.
+            pub fn version(self) -> u32 {
+                match self {
+                    $(StageKind::$variant => <$kind as Kind>::VERSION),*
+                }
+            }
+
+            /// The files it writes.
+            pub fn writes(self) -> &'static str {
+                match self {
+                    $(StageKind::$variant => <$kind as Kind>::WRITES),*
+                }
+            }
+
+            /// The report's figures of an entry of this kind: (file prefix, gallery).
+            pub fn figures(self) -> &'static [(&'static str, &'static str)] {
+                match self {
+                    $(StageKind::$variant => <$kind as Kind>::FIGURES),*
+                }
+            }
+
+            /// Reads `params` as the type this kind takes, straight from the parser
+            /// (so errors keep their line and column).
+            pub fn parse_params<'de, D: serde::Deserializer<'de>>(
+                self,
+                d: D,
+            ) -> Result<StageParams, D::Error> {
+                Ok(match self {
+                    $(StageKind::$variant => StageParams::$variant(
+                        <<$kind as Kind>::Params as Deserialize>::deserialize(d)?,
+                    )),*
+                })
+            }
+        }
+
+        /// A stage's typed parameters, of whichever kind it is.
+        #[derive(Debug, Clone)]
+        pub enum StageParams {
+            $($variant(<$kind as Kind>::Params)),*
+        }
+
+        impl StageParams {
+            pub fn kind(&self) -> StageKind {
+                match self {
+                    $(StageParams::$variant(_) => StageKind::$variant),*
+                }
+            }
+
+            /// What the key hashes (see [`Kind::resolved`]).
+            pub fn resolved(&self) -> Result<serde_json::Value, String> {
+                match self {
+                    $(StageParams::$variant(p) => <$kind as Kind>::resolved(p)),*
+                }
+            }
+
+            /// Checks the parameters against themselves and the stages they read.
+            pub fn validate(&self, stages: &Neighbours) -> Result<(), String> {
+                match self {
+                    $(StageParams::$variant(p) => <$kind as Kind>::validate(p, stages)),*
+                }
+            }
+
+            /// Computes the stage into `ctx.out`.
+            pub fn run(&self, ctx: &StageContext) -> StageResult<()> {
+                match self {
+                    $(StageParams::$variant(p) => <$kind as Kind>::run(p, ctx)),*
+                }
+            }
+
+            /// The typed parameters, for [`Neighbours::params`].
+            pub fn as_any(&self) -> &dyn Any {
+                match self {
+                    $(StageParams::$variant(p) => p),*
+                }
+            }
+        }
+    };
+}
+
+stage_kinds! {
+    Dataset => dataset::Dataset,
+    Schedule => schedule::Schedule,
+    Model => model::Model,
+    Train => train::Train,
+    Sample => sample::Sample,
+    Classifier => classifier::Classifier,
+    Evaluate => evaluate::Evaluate,
+}
+
+impl StageKind {
+    /// The kind a pipeline file names.
+    pub fn from_name(name: &str) -> Option<StageKind> {
+        StageKind::ALL.iter().copied().find(|k| k.name() == name)
+    }
+}
+
+impl std::fmt::Display for StageKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Read from the name (inside the parser's visit, so that an unknown kind is an error
+/// at the value's line and column, listing the valid ones).
+impl<'de> Deserialize<'de> for StageKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<StageKind, D::Error> {
+        struct Name;
+        impl serde::de::Visitor<'_> for Name {
+            type Value = StageKind;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a stage kind")
+            }
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<StageKind, E> {
+                StageKind::from_name(name).ok_or_else(|| E::unknown_variant(name, StageKind::NAMES))
+            }
+        }
+        d.deserialize_str(Name)
+    }
+}
+
+impl serde::Serialize for StageKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+/// One stage as a pipeline file declares it: its inputs by role and its parameters
+/// (whose type decides the kind).
 #[derive(Debug, Clone)]
-pub struct InputEntry {
-    pub id: String,
-    /// The input's cache key (recorded in this stage's manifest).
-    pub key: String,
-    pub dir: PathBuf,
+pub struct StageSpec {
+    pub needs: Needs,
+    pub params: StageParams,
 }
 
-impl InputEntry {
-    /// The resolved parameters the input was computed with (from its manifest).
-    pub fn params<T: DeserializeOwned>(&self) -> StageResult<T> {
-        let manifest: crate::cache::Manifest =
-            artifacts::read_json(&self.dir.join("manifest.json"))?;
-        serde_json::from_value(manifest.params).map_err(|e| StageError::BadInput {
-            path: self.dir.join("manifest.json"),
-            message: format!(
-                "parameters of `{}` do not match this runner version: {e}",
-                self.id
-            ),
-        })
-    }
-}
-
-/// What a running stage gets: where to write, its inputs, progress, device.
-pub struct StageContext<'a> {
-    pub id: &'a str,
-    pub out: &'a std::path::Path,
-    pub inputs: Vec<(String, Vec<InputEntry>)>,
-    pub progress: &'a StageProgress,
-    pub device: &'a Device,
-    /// A directory that survives an interrupted run of this key (and is removed once
-    /// the stage is committed): long stages keep checkpoints there to resume from.
-    pub checkpoints: PathBuf,
-}
-
-impl StageContext<'_> {
-    /// All inputs of a role.
-    pub fn inputs(&self, role: &str) -> &[InputEntry] {
-        self.inputs
-            .iter()
-            .find(|(r, _)| r == role)
-            .map(|(_, v)| v.as_slice())
-            .unwrap_or(&[])
-    }
-
-    /// The single input of a role (roles are checked when the graph is built).
-    pub fn input(&self, role: &str) -> StageResult<&InputEntry> {
-        self.inputs(role)
-            .first()
-            .ok_or_else(|| StageError::Failed(format!("missing input `{role}`")))
-    }
-
-    pub fn path(&self, file: &str) -> PathBuf {
-        self.out.join(file)
-    }
-}
-
-/// Implementation version of each kind: bump it when a stage's output changes for the
-/// same parameters, so old cache entries are no longer used.
-pub fn version(kind: StageKind) -> u32 {
-    match kind {
-        StageKind::Dataset => dataset::VERSION,
-        StageKind::Schedule => schedule::VERSION,
-        StageKind::Model => model::VERSION,
-        StageKind::Train => train::VERSION,
-        StageKind::Sample => sample::VERSION,
-        StageKind::Classifier => classifier::VERSION,
-        StageKind::Evaluate => evaluate::VERSION,
-    }
-}
-
-/// Checks a stage's parameters against themselves and its inputs (`inputs(role)`
-/// gives the specs of the stages a role names, `lookup` any stage by id).
-pub fn validate<'s>(
-    spec: &StageSpec,
-    inputs: &dyn Fn(&str) -> Vec<&'s StageSpec>,
-    lookup: &dyn Fn(&str) -> Option<&'s StageSpec>,
-) -> Result<(), String> {
-    match spec {
-        StageSpec::Dataset { params } => params.validate(),
-        StageSpec::Schedule { params } => params.validate(),
-        StageSpec::Model { params } => params.validate(),
-        StageSpec::Train { params, .. } => params.validate(
-            inputs("schedule").first().copied(),
-            inputs("model").first().copied(),
-        ),
-        StageSpec::Sample { params, needs } => params.validate(lookup(&needs.train), lookup),
-        StageSpec::Classifier { params, .. } => params.validate(),
-        StageSpec::Evaluate { params, .. } => params.validate(
-            inputs("reference").first().copied(),
-            &inputs("samples"),
-            &inputs("models"),
-            inputs("classifier").first().copied(),
-        ),
-    }
-}
-
-/// Runs a stage, writing its outputs into `ctx.out`.
-pub fn run(spec: &StageSpec, ctx: &StageContext) -> StageResult<()> {
-    match spec {
-        StageSpec::Dataset { params } => dataset::run(params, ctx),
-        StageSpec::Schedule { params } => schedule::run(params, ctx),
-        StageSpec::Model { params } => model::run(params, ctx),
-        StageSpec::Train { params, .. } => train::run(params, ctx),
-        StageSpec::Sample { params, .. } => sample::run(params, ctx),
-        StageSpec::Classifier { params, .. } => classifier::run(params, ctx),
-        StageSpec::Evaluate { params, .. } => evaluate::run(params, ctx),
+impl StageSpec {
+    pub fn kind(&self) -> StageKind {
+        self.params.kind()
     }
 }

@@ -2,14 +2,32 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::StageContext;
-use super::artifacts::write_json;
+use super::context::StageContext;
+use super::kind::{Kind, Neighbours, Role};
+use crate::artifacts::write_json;
 use crate::error::StageResult;
-use crate::nn::mlp::{Embedding, MlpConfig};
-use crate::nn::network::NetworkConfig;
-use crate::nn::unet::{Condition, UNetConfig};
+use crate::nn::models::mlp::{Embedding, MlpConfig};
+use crate::nn::models::network::NetworkConfig;
+use crate::nn::models::unet::{Condition, UNetConfig};
 
-pub const VERSION: u32 = 1;
+/// The `model` kind: an architecture, resolved; weights come from training.
+pub struct Model;
+
+impl Kind for Model {
+    const NAME: &'static str = "model";
+    const VERSION: u32 = 1;
+    const ROLES: &'static [Role] = &[];
+    const WRITES: &'static str = "`config.json`";
+    type Params = ModelParams;
+
+    fn validate(params: &ModelParams, _: &Neighbours) -> Result<(), String> {
+        params.validate()
+    }
+
+    fn run(params: &ModelParams, ctx: &StageContext) -> StageResult<()> {
+        write_json(&ctx.path("config.json"), params)
+    }
+}
 
 /// A network architecture, chosen by `arch`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -47,8 +65,4 @@ impl ModelParams {
             ModelParams::Exact {} => None,
         }
     }
-}
-
-pub fn run(params: &ModelParams, ctx: &StageContext) -> StageResult<()> {
-    write_json(&ctx.path("config.json"), params)
 }

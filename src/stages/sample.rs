@@ -6,17 +6,49 @@ use std::time::Instant;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::StageContext;
-use super::artifacts::{save_tensors, write_json};
-use super::train::{TrainedModel, WeightsKind};
+use super::schedule::Schedule;
+use super::train::{Train, TrainedModel, WeightsKind};
+use super::context::StageContext;
+use super::kind::{Kind, Neighbours, Role};
+use crate::artifacts::{save_tensors, write_json};
 use crate::diffusion::sample::{SampleRequest, SamplerParams, run as run_sampler};
 use crate::error::StageResult;
-use crate::pipeline::spec::StageSpec;
 use crate::rng::stream;
 
-/// Bumped whenever the bytes this stage writes change (3: Winograd convolutions, and
-/// the MLP's inference pass, which rounds differently from the training ops).
-pub const VERSION: u32 = 3;
+/// The `sample` kind.
+pub struct Sample;
+
+impl Kind for Sample {
+    const NAME: &'static str = "sample";
+    /// Bumped whenever the bytes this stage writes change (3: Winograd convolutions,
+    /// and the MLP's inference pass, which rounds differently from the training ops).
+    const VERSION: u32 = 3;
+    const ROLES: &'static [Role] = &[Role::one("train", Train::NAME)];
+    const WRITES: &'static str =
+        "`samples.safetensors`, `trajectory.safetensors`, `sampling.json` (NFE, seconds)";
+    type Params = SampleParams;
+
+    fn resolved(params: &SampleParams) -> Result<serde_json::Value, String> {
+        Ok(serde_json::to_value(params.canonical())
+            .expect("stage parameters always serialize to JSON"))
+    }
+
+    /// The sampler must fit the process its model was trained on.
+    fn validate(params: &SampleParams, stages: &Neighbours) -> Result<(), String> {
+        let schedule = stages
+            .needs
+            .ids("train")
+            .first()
+            .and_then(|train| stages.needs_of(train))
+            .and_then(|needs| needs.ids("schedule").first())
+            .and_then(|id| stages.params::<Schedule>(id));
+        params.validate(schedule)
+    }
+
+    fn run(params: &SampleParams, ctx: &StageContext) -> StageResult<()> {
+        run(params, ctx)
+    }
+}
 
 /// Parameters of a sample stage: the sampler (`sampler` and its settings) plus how
 /// many samples and which weights.
@@ -67,24 +99,22 @@ impl SampleParams {
         }
     }
 
-    pub fn validate<'s>(
+    /// `schedule`: the schedule of the model sampled from.
+    pub fn validate(
         &self,
-        train: Option<&StageSpec>,
-        lookup: &dyn Fn(&str) -> Option<&'s StageSpec>,
+        schedule: Option<&crate::diffusion::schedule::ScheduleParams>,
     ) -> Result<(), String> {
         if self.n == 0 {
             return Err("`n` must be at least 1".into());
         }
-        if let Some(StageSpec::Train { needs, .. }) = train
-            && let Some(StageSpec::Schedule { params }) = lookup(&needs.schedule)
-        {
+        if let Some(params) = schedule {
             self.sampler.check(&params.build())?;
         }
         Ok(())
     }
 }
 
-pub fn run(params: &SampleParams, ctx: &StageContext) -> StageResult<()> {
+fn run(params: &SampleParams, ctx: &StageContext) -> StageResult<()> {
     let train = ctx.input("train")?;
     let trained = TrainedModel::load(train)?;
     let process = trained.schedule.build();

@@ -2,17 +2,37 @@
 
 use polars::prelude::*;
 
-use super::StageContext;
-use super::artifacts::write_csv;
+use super::context::StageContext;
+use super::kind::{Kind, Neighbours, Role};
+use crate::artifacts::write_csv;
 use crate::error::{StageError, StageResult};
-use crate::report::plots;
+use crate::plot;
 
 pub use crate::diffusion::schedule::ScheduleParams;
 use crate::diffusion::schedule::{ScheduleRow, table};
 
-pub const VERSION: u32 = 2;
+/// The `schedule` kind.
+pub struct Schedule;
 
-pub fn run(params: &ScheduleParams, ctx: &StageContext) -> StageResult<()> {
+impl Kind for Schedule {
+    const NAME: &'static str = "schedule";
+    const VERSION: u32 = 2;
+    const ROLES: &'static [Role] = &[];
+    const WRITES: &'static str =
+        "`schedule.csv` (level, t, beta, alpha_bar, sigma, snr), `schedule.png`";
+    const FIGURES: &'static [(&'static str, &'static str)] = &[("schedule.png", "Noise schedules")];
+    type Params = ScheduleParams;
+
+    fn validate(params: &ScheduleParams, _: &Neighbours) -> Result<(), String> {
+        params.validate()
+    }
+
+    fn run(params: &ScheduleParams, ctx: &StageContext) -> StageResult<()> {
+        run(params, ctx)
+    }
+}
+
+fn run(params: &ScheduleParams, ctx: &StageContext) -> StageResult<()> {
     let rows = table(&params.build());
     let column = |name: &str, f: &dyn Fn(&ScheduleRow) -> f64| {
         Column::new(name.into(), rows.iter().map(f).collect::<Vec<f64>>())
@@ -37,7 +57,7 @@ pub fn run(params: &ScheduleParams, ctx: &StageContext) -> StageResult<()> {
     write_csv(&ctx.path("schedule.csv"), &mut df)?;
     let sigma: Vec<(f64, f64)> = rows.iter().map(|r| (r.1, r.4)).collect();
     let snr: Vec<(f64, f64)> = rows.iter().map(|r| (r.1, r.5.log10())).collect();
-    plots::lines(
+    plot::lines(
         &ctx.path("schedule.png"),
         &format!("schedule `{}`", ctx.id),
         "time t",

@@ -8,11 +8,13 @@ use polars::prelude::*;
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
 
-use super::InputEntry;
-use super::artifacts::{load_f32, load_tensors, read_json, save_tensors, write_csv, write_json};
 use super::checkpoint::{TrainState, restore, save};
-use super::model::ModelParams;
-use super::{StageContext, dataset::DatasetMeta};
+use super::dataset::DatasetMeta;
+use super::model::{Model, ModelParams};
+use super::schedule::Schedule;
+use super::context::{InputEntry, StageContext};
+use super::kind::{Kind, Neighbours, Role};
+use crate::artifacts::{load_f32, load_tensors, read_json, save_tensors, write_csv, write_json};
 use crate::data::images::ImageShape;
 use crate::data::toy::Mixture;
 use crate::diffusion::loss::Objective;
@@ -20,15 +22,44 @@ use crate::diffusion::process::{Process, noise_batch};
 use crate::diffusion::schedule::ScheduleParams;
 use crate::diffusion::score::{MixtureScore, NetworkScore, ScoreFn};
 use crate::error::{StageError, StageResult};
-use crate::nn::adamw::{AdamW, AdamWConfig};
-use crate::nn::network::{DataShape, Network};
-use crate::pipeline::spec::StageSpec;
-use crate::report::plots;
+use crate::nn::kernels::adamw::{AdamW, AdamWConfig};
+use crate::nn::models::network::{DataShape, Network};
+use crate::plot;
 use crate::rng::{normals, stream};
 
-/// Bumped whenever the bytes this stage writes change (4: 3x3 convolutions by
-/// Winograd's F(2x2, 3x3), whose rounding differs from the direct product's).
-pub const VERSION: u32 = 4;
+/// The `train` kind.
+pub struct Train;
+
+impl Kind for Train {
+    const NAME: &'static str = "train";
+    /// Bumped whenever the bytes this stage writes change (4: 3x3 convolutions by
+    /// Winograd's F(2x2, 3x3), whose rounding differs from the direct product's).
+    const VERSION: u32 = 4;
+    const ROLES: &'static [Role] = &[
+        Role::one("data", super::dataset::Dataset::NAME),
+        Role::one("schedule", Schedule::NAME),
+        Role::one("model", Model::NAME),
+    ];
+    const WRITES: &'static str = "`weights.safetensors`, `ema.safetensors`, `model.json`, `loss.csv`, `loss.png`";
+    const FIGURES: &'static [(&'static str, &'static str)] = &[("loss.png", "Training losses")];
+    type Params = TrainParams;
+
+    fn resolved(params: &TrainParams) -> Result<serde_json::Value, String> {
+        Ok(serde_json::to_value(params.canonical())
+            .expect("stage parameters always serialize to JSON"))
+    }
+
+    fn validate(params: &TrainParams, stages: &Neighbours) -> Result<(), String> {
+        params.validate(
+            stages.input::<Schedule>("schedule"),
+            stages.input::<Model>("model"),
+        )
+    }
+
+    fn run(params: &TrainParams, ctx: &StageContext) -> StageResult<()> {
+        run(params, ctx)
+    }
+}
 
 /// Optimisation settings of a train stage.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -128,8 +159,8 @@ impl TrainParams {
 
     pub fn validate(
         &self,
-        schedule: Option<&StageSpec>,
-        model: Option<&StageSpec>,
+        schedule: Option<&ScheduleParams>,
+        model: Option<&ModelParams>,
     ) -> Result<(), String> {
         if self.steps == Some(0) || self.batch == 0 {
             return Err("`steps` and `batch` must be at least 1".into());
@@ -157,12 +188,7 @@ impl TrainParams {
                 "`adam` has no weight decay; use `optimizer: adamw` to set `weight_decay`".into(),
             );
         }
-        let exact = matches!(
-            model,
-            Some(StageSpec::Model {
-                params: ModelParams::Exact {}
-            })
-        );
+        let exact = matches!(model, Some(ModelParams::Exact {}));
         if self.objective.is_none() && !exact {
             return Err("`objective` is required: `eps` (DDPM's L_simple) or `dsm` (denoising score matching)".into());
         }
@@ -172,7 +198,7 @@ impl TrainParams {
                     .into(),
             );
         }
-        if let Some(StageSpec::Schedule { params }) = schedule
+        if let Some(params) = schedule
             && params.build().levels() == Some(1)
         {
             return Err("training needs a schedule with more than one noise level".into());
@@ -252,7 +278,7 @@ impl TrainedModel {
     }
 }
 
-pub fn run(params: &TrainParams, ctx: &StageContext) -> StageResult<()> {
+fn run(params: &TrainParams, ctx: &StageContext) -> StageResult<()> {
     let data = ctx.input("data")?;
     let meta: DatasetMeta = read_json(&data.dir.join("meta.json"))?;
     let (train, _) = load_f32(&data.dir.join("data.safetensors"), "train")?;
@@ -415,7 +441,7 @@ pub fn run(params: &TrainParams, ctx: &StageContext) -> StageResult<()> {
     ])
     .map_err(|e| StageError::Failed(e.to_string()))?;
     write_csv(&ctx.path("loss.csv"), &mut df)?;
-    plots::lines(
+    plot::lines(
         &ctx.path("loss.png"),
         &format!("training loss `{}`", ctx.id),
         "step",

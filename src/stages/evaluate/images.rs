@@ -5,19 +5,20 @@
 use candle_core::Tensor;
 use rand::seq::index::sample as pick_indices;
 
-use super::{EvaluateParams, Reference, Rows, snap};
+use super::inputs::{Reference, Rows, snap};
+use super::params::EvaluateParams;
 use crate::data::images::ImageShape;
 use crate::diffusion::interpolate;
 use crate::diffusion::process::{Process, noise_batch};
 use crate::diffusion::score::ScoreFn;
 use crate::error::{StageError, StageResult};
 use crate::metrics::{Metric, Points, features};
-use crate::nn::classifier::Classifier;
-use crate::report::images::write_grid;
+use crate::nn::models::classifier::Classifier;
+use crate::plot::images::write_grid;
 use crate::rng::{normals, stream};
-use crate::stages::artifacts::load_f32;
+use crate::artifacts::load_f32;
 use crate::stages::classifier::TrainedClassifier;
-use crate::stages::{InputEntry, StageContext};
+use crate::stages::context::{InputEntry, StageContext};
 
 /// The classifier and the held-out set's features, computed once per evaluation.
 pub struct FeatureSpace {

@@ -3,437 +3,81 @@
 //! ODE), and draws the figures that go with them.
 
 mod images;
+mod inputs;
+mod params;
 
 use candle_core::Tensor;
 use polars::prelude::*;
-use serde::{Deserialize, Serialize};
 
-use super::artifacts::{load_f32, read_json, write_csv};
-use super::dataset::DatasetMeta;
-use super::sample::SamplingRecord;
-use super::train::{TrainedModel, WeightsKind};
-use super::{InputEntry, StageContext};
-use crate::data::toy::Mixture;
-use crate::diffusion::likelihood::{Divergence, NllOptions, negative_log_likelihood_batched};
+pub use params::{EvaluateParams, Given, Plot};
+
+use inputs::{Reference, Rows, snap};
+use super::classifier::Classifier;
+use super::context::{InputEntry, StageContext};
+use super::dataset::{Dataset, DatasetMeta};
+use super::kind::{Kind, Neighbours, Role};
+use super::sample::{Sample, SamplingRecord};
+use super::train::{Train, TrainedModel, WeightsKind};
+use crate::artifacts::{load_f32, read_json, write_csv};
+use crate::diffusion::likelihood::{NllOptions, negative_log_likelihood_batched};
 use crate::diffusion::ode::Tolerance;
 use crate::diffusion::process::{Process, noise_batch};
-use crate::diffusion::sample::SamplerParams;
 use crate::diffusion::score::{MixtureScore, ScoreFn};
 use crate::error::{StageError, StageResult};
 use crate::metrics::{Metric, Points, mmd, modes, sliced_wasserstein};
-use crate::pipeline::spec::StageSpec;
-use crate::report::panels::{self, Field, Frame};
-use crate::report::plots::{self, LineChart};
+use crate::plot::panels::{self, Field, Frame};
+use crate::plot::{self, LineChart};
 use crate::rng::{normals, stream};
-use crate::stages::dataset::Source;
 
-/// Bumped whenever the bytes this stage writes change (5: Winograd convolutions and
-/// the MLP's inference pass in the networks it evaluates).
-pub const VERSION: u32 = 5;
+/// The `evaluate` kind.
+pub struct Evaluate;
 
-/// Which metrics and figures, and how much work to spend on them.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct EvaluateParams {
-    /// Sample metrics apply to every `samples` input, model metrics to every `models`
-    /// input; the default is the sample metrics, plus the model metrics when models
-    /// are given.
-    #[serde(default)]
-    pub metrics: Option<Vec<Metric>>,
-    /// Figures; default: a scatter per sample set, and a score field per model of 2D
-    /// data.
-    #[serde(default)]
-    pub plots: Option<Vec<Plot>>,
-    /// Random directions for the sliced Wasserstein distance.
-    #[serde(default = "projections")]
-    pub projections: usize,
-    /// Points per set for MMD (its cost is quadratic).
-    #[serde(default = "mmd_points")]
-    pub mmd_points: usize,
-    /// Times t in (0, 1] at which the score error is measured (snapped to the nearest
-    /// level of a discrete process).
-    #[serde(default = "score_times")]
-    pub score_times: Vec<f64>,
-    /// Held-out points noised to each time for the score error.
-    #[serde(default = "score_points")]
-    pub score_points: usize,
-    /// Times of the score-field panels.
-    #[serde(default = "field_times")]
-    pub field_times: Vec<f64>,
-    /// Held-out points whose likelihood is computed (each costs an ODE solve).
-    #[serde(default = "nll_points")]
-    pub nll_points: usize,
-    /// `auto` (exact up to 16 dimensions), `exact` or `hutchinson`.
-    #[serde(default = "divergence")]
-    pub divergence: Divergence,
-    /// Tolerances of the likelihood's RK45 solve (score_sde: 1e-5).
-    #[serde(default = "tolerance")]
-    pub nll_rtol: f64,
-    #[serde(default = "tolerance")]
-    pub nll_atol: f64,
-    /// Images per set embedded for the feature-space metrics (FID, KID, IS, P/R).
-    #[serde(default = "feature_points")]
-    pub feature_points: usize,
-    /// Images per KID subset (10 subsets are averaged).
-    #[serde(default = "kid_subset")]
-    pub kid_subset: usize,
-    /// The deterministic sampler (`ddim` with eta 0, or `ode`) that decodes the
-    /// spherical interpolations.
-    #[serde(default = "interpolation_sampler")]
-    pub interpolation_sampler: SamplerParams,
-    /// Times to which the two images of `mix` are noised, one row each (0: the plain
-    /// mix; Ho et al. show 0 to 1000 of 1000 steps).
-    #[serde(default = "mix_times")]
-    pub mix_times: Vec<f64>,
-    /// Ancestral steps of the `mix` decoding from t = 1 (default: every level of a
-    /// discrete process, 1000 for an SDE); a row starts at its own time.
-    #[serde(default)]
-    pub mix_steps: Option<usize>,
-    #[serde(default)]
-    pub seed: u64,
-}
+impl Kind for Evaluate {
+    const NAME: &'static str = "evaluate";
+    /// Bumped whenever the bytes this stage writes change (5: Winograd convolutions
+    /// and the MLP's inference pass in the networks it evaluates).
+    const VERSION: u32 = 5;
+    const ROLES: &'static [Role] = &[
+        Role::one("reference", Dataset::NAME),
+        Role::list("samples", Sample::NAME),
+        Role::list("models", Train::NAME),
+        Role::optional("classifier", Classifier::NAME),
+    ];
+    const WRITES: &'static str = "`metrics.csv`, `scatter_<stage>.png`, `grid_<stage>.png`, `timeline_<stage>.png`, `forward_<model>.png`, `interpolation_<model>.png`, `mix_<model>.png`, `score_field_<model>.png`, `score_error.png`";
+    /// Figures go by file-name prefix, each titled by what follows the prefix.
+    const FIGURES: &'static [(&'static str, &'static str)] = &[
+        ("scatter_", "Samples over held-out data"),
+        ("grid_", "Image samples"),
+        ("forward_", "Forward noising of held-out images"),
+        (
+            "interpolation_",
+            "Spherical interpolation of initial noises (deterministic sampler)",
+        ),
+        (
+            "mix_",
+            "Two held-out images noised, mixed and decoded (one row per noise level)",
+        ),
+        ("timeline_", "Sampling timelines"),
+        ("score_field_", "Score fields, learned against exact"),
+        ("score_error", "Score error per noise level"),
+    ];
+    type Params = EvaluateParams;
 
-/// Figures an evaluate stage can draw.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Plot {
-    /// Samples over the held-out data, one figure per sample stage.
-    Scatter,
-    /// The sample stage's snapshots from prior to data, one panel each.
-    Timeline,
-    /// A model's score as arrows at `field_times`, beside the exact score when the
-    /// reference is a mixture (2D data).
-    ScoreField,
-    /// Image samples, 8 by 8 (image data).
-    Grid,
-    /// Held-out images noised by a model's process from t = 0 to 1 (image data).
-    ForwardNoising,
-    /// Spherical interpolations between prior draws, decoded by
-    /// `interpolation_sampler` (image data, models).
-    Interpolation,
-    /// Ho et al.'s interpolation: two held-out images noised to each of `mix_times`,
-    /// mixed linearly and decoded by ancestral sampling (image data, models).
-    Mix,
-}
-
-impl Plot {
-    pub fn name(self) -> &'static str {
-        match self {
-            Plot::Scatter => "scatter",
-            Plot::Timeline => "timeline",
-            Plot::ScoreField => "score_field",
-            Plot::Grid => "grid",
-            Plot::ForwardNoising => "forward_noising",
-            Plot::Interpolation => "interpolation",
-            Plot::Mix => "mix",
-        }
-    }
-
-    /// Whether the figure shows images (the others draw points).
-    fn of_images(self) -> bool {
-        matches!(
-            self,
-            Plot::Grid | Plot::ForwardNoising | Plot::Interpolation | Plot::Mix
+    fn validate(params: &EvaluateParams, stages: &Neighbours) -> Result<(), String> {
+        params.validate(
+            stages.input::<Dataset>("reference"),
+            stages.count("samples"),
+            stages.count("models"),
+            stages.count("classifier") > 0,
         )
     }
 
-    /// Whether the figure is drawn from `needs.models`.
-    fn of_models(self) -> bool {
-        matches!(
-            self,
-            Plot::ScoreField | Plot::ForwardNoising | Plot::Interpolation | Plot::Mix
-        )
+    fn run(params: &EvaluateParams, ctx: &StageContext) -> StageResult<()> {
+        run(params, ctx)
     }
 }
 
-fn projections() -> usize {
-    256
-}
-fn mmd_points() -> usize {
-    2000
-}
-fn score_times() -> Vec<f64> {
-    vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0]
-}
-fn score_points() -> usize {
-    2000
-}
-fn field_times() -> Vec<f64> {
-    vec![0.02, 0.2, 0.5]
-}
-fn nll_points() -> usize {
-    500
-}
-fn divergence() -> Divergence {
-    Divergence::Auto
-}
-fn tolerance() -> f64 {
-    1e-5
-}
-fn feature_points() -> usize {
-    2000
-}
-fn kid_subset() -> usize {
-    500
-}
-fn interpolation_sampler() -> SamplerParams {
-    SamplerParams::Ddim {
-        eta: 0.0,
-        steps: 50,
-    }
-}
-fn mix_times() -> Vec<f64> {
-    vec![0.0, 0.25, 0.5, 0.75, 1.0]
-}
-
-/// What an evaluate stage is given, which decides its default metrics and figures.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Given {
-    pub models: bool,
-    pub classifier: bool,
-    pub images: bool,
-}
-
-impl Default for EvaluateParams {
-    fn default() -> Self {
-        EvaluateParams {
-            metrics: None,
-            plots: None,
-            projections: projections(),
-            mmd_points: mmd_points(),
-            score_times: score_times(),
-            score_points: score_points(),
-            field_times: field_times(),
-            nll_points: nll_points(),
-            divergence: divergence(),
-            nll_rtol: tolerance(),
-            nll_atol: tolerance(),
-            feature_points: feature_points(),
-            kid_subset: kid_subset(),
-            interpolation_sampler: interpolation_sampler(),
-            mix_times: mix_times(),
-            mix_steps: None,
-            seed: 0,
-        }
-    }
-}
-
-impl EvaluateParams {
-    /// The metrics to compute, given the inputs.
-    pub fn metrics(&self, given: Given) -> Vec<Metric> {
-        if let Some(m) = &self.metrics {
-            return m.clone();
-        }
-        let mut out = if given.images {
-            if given.classifier {
-                vec![
-                    Metric::Fid,
-                    Metric::Kid,
-                    Metric::InceptionScore,
-                    Metric::PrecisionRecall,
-                ]
-            } else {
-                vec![]
-            }
-        } else {
-            vec![Metric::SlicedWasserstein, Metric::Mmd]
-        };
-        if given.models {
-            if !given.images {
-                out.push(Metric::ScoreError);
-            }
-            out.push(Metric::Nll);
-        }
-        out
-    }
-
-    /// The figures to draw, given the inputs and the data's dimension.
-    pub fn plots(&self, given: Given, dim: usize) -> Vec<Plot> {
-        match &self.plots {
-            Some(p) => p.clone(),
-            None if given.images && given.models => vec![
-                Plot::Grid,
-                Plot::Timeline,
-                Plot::ForwardNoising,
-                Plot::Interpolation,
-                Plot::Mix,
-            ],
-            None if given.images => vec![Plot::Grid, Plot::Timeline],
-            None if dim == 2 => vec![Plot::Scatter, Plot::ScoreField],
-            None => vec![Plot::Scatter],
-        }
-    }
-
-    pub fn validate(
-        &self,
-        reference: Option<&StageSpec>,
-        samples: &[&StageSpec],
-        models: &[&StageSpec],
-        classifier: Option<&StageSpec>,
-    ) -> Result<(), String> {
-        let images = matches!(reference, Some(StageSpec::Dataset { params }) if matches!(params.source, Source::Images(_)));
-        let given = Given {
-            models: !models.is_empty(),
-            classifier: classifier.is_some(),
-            images,
-        };
-        if self.feature_points < 2 || self.kid_subset < 2 {
-            return Err("`feature_points` and `kid_subset` must be at least 2".into());
-        }
-        if self.projections == 0
-            || self.mmd_points < 2
-            || self.score_points == 0
-            || self.nll_points == 0
-        {
-            return Err(
-                "need projections >= 1, mmd_points >= 2, score_points >= 1 and nll_points >= 1"
-                    .into(),
-            );
-        }
-        if samples.is_empty() && models.is_empty() {
-            return Err("nothing to evaluate: give `needs.samples` (sample stages) and/or `needs.models` (train stages)".into());
-        }
-        let bad_time = |t: &f64| !(*t > 0.0 && *t <= 1.0);
-        if self
-            .score_times
-            .iter()
-            .chain(&self.field_times)
-            .any(bad_time)
-            || self.score_times.is_empty()
-        {
-            return Err("`score_times` and `field_times` must be times in (0, 1]; `score_times` must not be empty".into());
-        }
-        if !(self.nll_rtol > 0.0 && self.nll_atol > 0.0) {
-            return Err("`nll_rtol` and `nll_atol` must be positive".into());
-        }
-        match &self.interpolation_sampler {
-            SamplerParams::Ddim { eta, .. } if *eta == 0.0 => {}
-            SamplerParams::Ode { .. } => {}
-            other => {
-                return Err(format!(
-                    "`interpolation_sampler` must be deterministic (`ddim` with eta 0, or `ode`), not `{}`",
-                    other.name()
-                ));
-            }
-        }
-        if self.mix_times.iter().any(|t| !(0.0..=1.0).contains(t)) || self.mix_steps == Some(0) {
-            return Err("`mix_times` must be times in [0, 1] and `mix_steps` at least 1".into());
-        }
-        let metrics = self.metrics(given);
-        if let Some(m) = metrics.iter().find(|m| m.needs_classifier())
-            && classifier.is_none()
-        {
-            return Err(format!(
-                "metric `{}` works in a classifier's feature space: add a `kind: classifier` stage and name it in `needs.classifier`",
-                m.name()
-            ));
-        }
-        let is_mixture = |spec: Option<&StageSpec>| matches!(spec, Some(StageSpec::Dataset { params }) if params.mixture().is_some());
-        for metric in &metrics {
-            if metric.of_models() && models.is_empty() {
-                return Err(format!(
-                    "metric `{}` judges models: list train stages under `needs.models`",
-                    metric.name()
-                ));
-            }
-            if !metric.of_models() && samples.is_empty() && self.metrics.is_some() {
-                return Err(format!(
-                    "metric `{}` judges samples: list sample stages under `needs.samples`",
-                    metric.name()
-                ));
-            }
-            if matches!(metric, Metric::ModeWeights | Metric::ScoreError)
-                && reference.is_some()
-                && !is_mixture(reference)
-            {
-                return Err(format!(
-                    "metric `{}` needs a Gaussian-mixture reference (gmm or two_gaussians)",
-                    metric.name()
-                ));
-            }
-        }
-        let plots = self.plots.clone().unwrap_or_default();
-        for plot in &plots {
-            if plot.of_images() != images && !matches!(plot, Plot::Timeline) {
-                return Err(if images {
-                    format!(
-                        "plot `{}` draws points; for images use `grid`, `timeline`, `forward_noising`, `interpolation` or `mix`",
-                        plot.name()
-                    )
-                } else {
-                    format!(
-                        "plot `{}` draws images; the reference is not an image dataset",
-                        plot.name()
-                    )
-                });
-            }
-        }
-        if let Some(plot) = plots.iter().find(|p| p.of_models())
-            && models.is_empty()
-        {
-            return Err(format!(
-                "plot `{}` is drawn from a model: list train stages under `needs.models`",
-                plot.name()
-            ));
-        }
-        if plots
-            .iter()
-            .any(|p| matches!(p, Plot::Scatter | Plot::Timeline | Plot::Grid))
-            && samples.is_empty()
-        {
-            return Err("plots `scatter`, `grid` and `timeline` draw samples: list sample stages under `needs.samples`".into());
-        }
-        if !models.is_empty()
-            && !metrics.iter().any(|m| m.of_models())
-            && !plots.iter().any(|p| p.of_models())
-            && self.plots.is_some()
-        {
-            return Err("`needs.models` lists train stages but no metric or plot uses them; add `score_error`, `nll` or a plot drawn from models (`score_field`, `forward_noising`, `interpolation`, `mix`)".into());
-        }
-        Ok(())
-    }
-}
-
-/// The long-format rows of `metrics.csv`: (evaluated stage, metric, value).
-#[derive(Default)]
-struct Rows {
-    stages: Vec<String>,
-    metrics: Vec<String>,
-    values: Vec<f64>,
-}
-
-impl Rows {
-    fn push(&mut self, stage: &str, metric: impl Into<String>, value: f64) {
-        self.stages.push(stage.to_string());
-        self.metrics.push(metric.into());
-        self.values.push(value);
-    }
-}
-
-/// The held-out split, as every evaluation sees it.
-struct Reference<'a> {
-    entry: &'a InputEntry,
-    meta: DatasetMeta,
-    test: Vec<f32>,
-}
-
-impl Reference<'_> {
-    fn points(&self) -> Points<'_> {
-        Points::new(&self.test, self.meta.dim)
-    }
-
-    fn mixture(&self, metric: &str) -> StageResult<&Mixture> {
-        self.meta
-            .mixture
-            .as_ref()
-            .ok_or_else(|| StageError::BadInput {
-                path: self.entry.dir.join("meta.json"),
-                message: format!("{metric} needs a Gaussian-mixture reference"),
-            })
-    }
-}
-
-pub fn run(params: &EvaluateParams, ctx: &StageContext) -> StageResult<()> {
+fn run(params: &EvaluateParams, ctx: &StageContext) -> StageResult<()> {
     let entry = ctx.input("reference")?;
     let meta: DatasetMeta = read_json(&entry.dir.join("meta.json"))?;
     let (test, _) = load_f32(&entry.dir.join("data.safetensors"), "test")?;
@@ -541,7 +185,7 @@ fn evaluate_samples(
             images::draw_grid(ctx, &input.id, &samples, shape)?;
         }
         if plots.contains(&Plot::Scatter) && !reference.meta.is_image() {
-            plots::scatter(
+            plot::scatter(
                 &ctx.path(&format!("scatter_{}.png", input.id)),
                 &format!("{} ({})", input.id, record.sampler),
                 b,
@@ -738,7 +382,7 @@ fn evaluate_models(
             .iter()
             .map(|(n, c)| (n.as_str(), c.clone()))
             .collect();
-        plots::line_chart(
+        plot::line_chart(
             &ctx.path("score_error.png"),
             &LineChart {
                 title: "score error against the exact score",
@@ -753,16 +397,6 @@ fn evaluate_models(
     Ok(())
 }
 
-/// The nearest level's time for a discrete process (its network only saw those).
-fn snap(process: &Process, t: f64) -> f64 {
-    match process.levels() {
-        Some(n) => (1..=n)
-            .map(|i| process.level_time(i))
-            .min_by(|a, b| (a - t).abs().total_cmp(&(b - t).abs()))
-            .unwrap_or(t),
-        None => t.max(process.t_min()),
-    }
-}
 
 /// Mean squared error per coordinate between the model's and the exact score, on
 /// held-out points noised to time t.

@@ -7,7 +7,7 @@
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
-use super::{Activation, Epilogue, View};
+use super::operands::{Activation, Epilogue, View};
 
 /// Rows of the output block the micro-kernel holds in registers.
 pub const MR: usize = 14;

@@ -18,9 +18,8 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::buffers::{Output, zeroed};
+use super::buffers::{Output, contiguous_f32 as slice, zeroed};
 use super::conv::{Conv2d, Geometry};
-use super::gemm::contiguous_f32 as slice;
 use super::group_norm::{GroupNorm, Norm};
 use super::packed::{pack, unpack};
 

@@ -6,7 +6,7 @@
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::gemm::contiguous_f32 as slice;
+use super::buffers::contiguous_f32 as slice;
 
 /// `x` [batch, c, h, w] -> [batch, c, 2h, 2w], each pixel repeated in a 2x2 block.
 pub fn upsample2(x: &Tensor) -> Result<Tensor> {
@@ -98,18 +98,18 @@ mod tests {
     /// The op against candle's broadcast, values and gradient, on a shape with odd sides.
     #[test]
     fn upsampling_matches_the_broadcast_and_its_gradient() {
-        let x = Var::from_tensor(&crate::nn::random_tensor(&[2, 3, 3, 5], 1, "x")).unwrap();
+        let x = Var::from_tensor(&crate::nn::kernels::random_tensor(&[2, 3, 3, 5], 1, "x")).unwrap();
         let reference = super::by_broadcast(&x).unwrap();
         let fused = super::upsample2(&x).unwrap();
         assert_eq!(fused.dims(), reference.dims());
-        assert_eq!(crate::nn::max_abs_diff(&fused, &reference), 0.0);
-        let weights = crate::nn::random_tensor(fused.dims(), 2, "loss");
+        assert_eq!(crate::nn::kernels::max_abs_diff(&fused, &reference), 0.0);
+        let weights = crate::nn::kernels::random_tensor(fused.dims(), 2, "loss");
         let loss = |y: &Tensor| (y * &weights).unwrap().sum_all().unwrap();
         let (ga, gb) = (
             loss(&fused).backward().unwrap(),
             loss(&reference).backward().unwrap(),
         );
         let (ga, gb) = (ga.get(&x).unwrap(), gb.get(&x).unwrap());
-        assert!(crate::nn::max_abs_diff(ga, gb) < 1e-5);
+        assert!(crate::nn::kernels::max_abs_diff(ga, gb) < 1e-5);
     }
 }

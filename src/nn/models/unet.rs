@@ -7,12 +7,12 @@ use candle_core::{D, Device, Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, Linear, VarBuilder, linear};
 use serde::{Deserialize, Serialize};
 
-use super::conv::{Conv2d, conv2d};
+use crate::nn::kernels::conv::{Conv2d, conv2d};
 use super::embedding::{fourier, sinusoidal};
-use super::group_norm::{GroupNorm, group_norm};
+use crate::nn::kernels::group_norm::{GroupNorm, group_norm};
 use super::mlp::Embedding;
-use super::upsample::upsample2;
-use super::{fused_attention, fused_res_block};
+use crate::nn::kernels::upsample::upsample2;
+use crate::nn::kernels::{fused_attention, fused_res_block};
 use crate::data::images::ImageShape;
 use crate::rng::{normals, stream};
 
@@ -454,7 +454,7 @@ pub fn parameter_count(config: &UNetConfig, shape: ImageShape) -> Result<usize> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::init::seeded_varmap;
+    use crate::nn::models::init::seeded_varmap;
 
     fn tiny() -> (UNetConfig, ImageShape) {
         (
@@ -526,14 +526,14 @@ mod tests {
         let grads = loss.backward().unwrap();
         let data = map.data().lock().unwrap();
         assert!(data.len() > 30, "{} parameters", data.len());
-        crate::nn::assert_every_parameter_learns(&grads, data.iter());
+        crate::nn::models::assert_every_parameter_learns(&grads, data.iter());
     }
 
     /// Moves every variable off its initial value, so that identity scales and zero
     /// biases cannot hide a mistake in a fused op.
     fn perturb(map: &candle_nn::VarMap, seed: u64) {
         for (i, var) in map.all_vars().iter().enumerate() {
-            let noise = crate::nn::random_tensor(var.dims(), seed + i as u64, "perturb");
+            let noise = crate::nn::kernels::random_tensor(var.dims(), seed + i as u64, "perturb");
             var.set(&(var.as_tensor() + noise.affine(0.3, 0.1).unwrap()).unwrap())
                 .unwrap();
         }
@@ -548,9 +548,9 @@ mod tests {
         inputs: &[(&str, &Tensor)],
         case: &str,
     ) {
-        let diff = crate::nn::max_abs_diff(fused, layers);
+        let diff = crate::nn::kernels::max_abs_diff(fused, layers);
         assert!(diff < 1e-4, "output, {case}: {diff}");
-        let weights = crate::nn::random_tensor(fused.dims(), 9, "loss");
+        let weights = crate::nn::kernels::random_tensor(fused.dims(), 9, "loss");
         let loss = |y: &Tensor| (y * &weights).unwrap().sum_all().unwrap();
         let (ga, gb) = (
             loss(fused).backward().unwrap(),
@@ -567,7 +567,7 @@ mod tests {
             );
         for (name, tensor) in tensors {
             let (a, b) = (ga.get(&tensor).unwrap(), gb.get(&tensor).unwrap());
-            let diff = crate::nn::max_abs_diff(a, b);
+            let diff = crate::nn::kernels::max_abs_diff(a, b);
             assert!(diff < 1e-3, "grad {name}, {case}: {diff}");
         }
     }
@@ -587,9 +587,9 @@ mod tests {
                 .unwrap();
             perturb(&map, 40);
             let x =
-                candle_core::Var::from_tensor(&crate::nn::random_tensor(&[3, cin, 5, 6], 7, "x"))
+                candle_core::Var::from_tensor(&crate::nn::kernels::random_tensor(&[3, cin, 5, 6], 7, "x"))
                     .unwrap();
-            let temb = candle_core::Var::from_tensor(&crate::nn::random_tensor(&[3, 6], 8, "temb"))
+            let temb = candle_core::Var::from_tensor(&crate::nn::kernels::random_tensor(&[3, 6], 8, "temb"))
                 .unwrap();
             // Two parts: the first two channels and the rest, as separate tensors.
             let parts = if two_parts {
@@ -620,7 +620,7 @@ mod tests {
         })
         .unwrap();
         perturb(&map, 60);
-        let x = candle_core::Var::from_tensor(&crate::nn::random_tensor(&[3, 8, 4, 5], 7, "x"))
+        let x = candle_core::Var::from_tensor(&crate::nn::kernels::random_tensor(&[3, 8, 4, 5], 7, "x"))
             .unwrap();
         let fused = attention.forward(&x).unwrap();
         let layers = attention.forward_layers(&x).unwrap();

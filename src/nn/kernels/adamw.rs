@@ -5,7 +5,7 @@
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, InplaceOp2, InplaceOp3, Layout, Result, Tensor, Var};
 
-use super::gemm::{contiguous_f32, contiguous_f32_mut};
+use super::buffers::{contiguous_f32, contiguous_f32_mut};
 use super::vmath::with_avx512;
 
 /// Hyper-parameters, with PyTorch's defaults for betas and eps.

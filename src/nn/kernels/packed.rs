@@ -36,8 +36,8 @@ pub fn unpack<'a>(packed: &'a [f32], sizes: &[usize], op: &str) -> Result<Vec<&'
 mod tests {
     #[test]
     fn unpacking_returns_the_packed_tensors() {
-        let a = crate::nn::random_tensor(&[2, 3], 1, "a");
-        let b = crate::nn::random_tensor(&[4], 2, "b");
+        let a = crate::nn::kernels::random_tensor(&[2, 3], 1, "a");
+        let b = crate::nn::kernels::random_tensor(&[4], 2, "b");
         let packed = super::pack([&a, &b]).unwrap().to_vec1::<f32>().unwrap();
         let parts = super::unpack(&packed, &[6, 4], "test").unwrap();
         assert_eq!(parts[0], a.flatten_all().unwrap().to_vec1::<f32>().unwrap());

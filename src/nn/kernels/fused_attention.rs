@@ -12,9 +12,9 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::buffers::Output;
+use super::buffers::{Output, contiguous_f32 as slice};
 use super::conv::{Conv2d, Geometry};
-use super::gemm::{View, contiguous_f32 as slice, matmul};
+use super::gemm::{View, matmul};
 use super::group_norm::{GroupNorm, Norm};
 use super::packed::{pack, unpack};
 

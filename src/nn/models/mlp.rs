@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::embedding::{fourier, sinusoidal, sinusoidal_frequencies};
-use super::vmath::sin_cos;
+use crate::nn::kernels::vmath::sin_cos;
 use crate::rng::{normals, stream, uniforms};
 
 /// Architecture of the MLP; the data dimension comes from the dataset at train time.
@@ -124,7 +124,7 @@ pub struct Mlp {
     /// weights are plain tensors (sampling), rebuilt per call from trainable ones.
     flat: Option<Tensor>,
     /// The same plain weights laid out for inference on the CPU.
-    frozen: Option<super::fused_mlp::Frozen>,
+    frozen: Option<crate::nn::kernels::fused_mlp::Frozen>,
     embedding_dim: usize,
     /// Fixed Fourier frequencies (drawn from a fixed stream: part of the architecture,
     /// not trained), when the embedding is `fourier`.
@@ -179,7 +179,7 @@ impl Mlp {
             let flat = mlp.flat_parameters()?;
             if flat.device().is_cpu() && flat.dtype() == DType::F32 {
                 let numbers = flat.to_vec1::<f32>()?;
-                mlp.frozen = Some(super::fused_mlp::Frozen::new(&numbers, &mlp.shapes)?);
+                mlp.frozen = Some(crate::nn::kernels::fused_mlp::Frozen::new(&numbers, &mlp.shapes)?);
             }
             mlp.flat = Some(flat);
         }
@@ -266,7 +266,7 @@ impl Mlp {
             Some(flat) => flat.clone(),
             None => self.flat_parameters()?,
         };
-        super::fused_mlp::forward(&input, &flat, &self.shapes)
+        crate::nn::kernels::fused_mlp::forward(&input, &flat, &self.shapes)
     }
 
     /// The time embedding as plain numbers, for the CPU path.
@@ -360,7 +360,7 @@ mod tests {
                 .sum_all()
                 .unwrap();
             let grads = loss.backward().unwrap();
-            crate::nn::assert_every_parameter_learns(&grads, vars.iter().map(|(n, v)| (n, v)));
+            crate::nn::models::assert_every_parameter_learns(&grads, vars.iter().map(|(n, v)| (n, v)));
         }
     }
 
@@ -374,7 +374,7 @@ mod tests {
             ..MlpConfig::default()
         };
         let (mlp, vars) = trainable(&cfg);
-        let x = Var::from_tensor(&crate::nn::random_tensor(&[600, 2], 1, "mlp/x")).unwrap();
+        let x = Var::from_tensor(&crate::nn::kernels::random_tensor(&[600, 2], 1, "mlp/x")).unwrap();
         let t = Tensor::rand(0f32, 1f32, 600, &Device::Cpu).unwrap();
         let gradients = || {
             let out = mlp.forward(&x, &t).unwrap();
@@ -406,7 +406,7 @@ mod tests {
     /// split the products over threads.
     #[test]
     fn the_fused_path_matches_candles_ops() {
-        let diff = crate::nn::max_abs_diff;
+        let diff = crate::nn::kernels::max_abs_diff;
         for (embedding, hidden, batch) in [
             (Embedding::Sinusoidal, vec![16, 16], 1),
             (Embedding::Fourier, vec![64, 64, 64, 64], 37),
@@ -419,11 +419,11 @@ mod tests {
                 fourier_scale: 16.0,
             };
             let (mlp, vars) = trainable(&cfg);
-            let x = Var::from_tensor(&crate::nn::random_tensor(&[batch, 2], 1, "mlp/x")).unwrap();
-            let t = crate::nn::random_tensor(&[batch], 2, "mlp/t")
+            let x = Var::from_tensor(&crate::nn::kernels::random_tensor(&[batch, 2], 1, "mlp/x")).unwrap();
+            let t = crate::nn::kernels::random_tensor(&[batch], 2, "mlp/t")
                 .abs()
                 .unwrap();
-            let weights = crate::nn::random_tensor(&[batch, 2], 3, "mlp/w");
+            let weights = crate::nn::kernels::random_tensor(&[batch, 2], 3, "mlp/w");
             let ours = mlp.forward_fused(&x, &t).unwrap();
             let theirs = mlp.forward_ops(&x, &t).unwrap();
             assert!(diff(&ours, &theirs) < 1e-4, "{embedding:?} batch {batch}");
@@ -480,16 +480,16 @@ mod tests {
                 mlp.frozen.is_some(),
                 "plain weights are laid out for inference"
             );
-            let x = crate::nn::random_tensor(&[batch, dim], 4, "mlp/x");
+            let x = crate::nn::kernels::random_tensor(&[batch, dim], 4, "mlp/x");
             let shared = Tensor::full(0.37f32, batch, &Device::Cpu).unwrap();
-            let spread = crate::nn::random_tensor(&[batch], 5, "mlp/t")
+            let spread = crate::nn::kernels::random_tensor(&[batch], 5, "mlp/t")
                 .abs()
                 .unwrap();
             for t in [shared, spread] {
                 let ours = mlp.forward(&x, &t).unwrap();
                 let theirs = mlp.forward_ops(&x, &t).unwrap();
                 assert_eq!(ours.dims(), [batch, dim]);
-                let diff = crate::nn::max_abs_diff(&ours, &theirs);
+                let diff = crate::nn::kernels::max_abs_diff(&ours, &theirs);
                 assert!(diff < 1e-4, "{embedding:?} batch {batch} dim {dim}: {diff}");
             }
         }
@@ -497,7 +497,7 @@ mod tests {
 
     #[test]
     fn frozen_layers_refuse_parameters_and_rows_that_do_not_fit() {
-        use crate::nn::fused_mlp::Frozen;
+        use crate::nn::kernels::fused_mlp::Frozen;
         let shapes = [(4, 8), (8, 2)];
         let err = Frozen::new(&[0.0; 10], &shapes).err().unwrap().to_string();
         assert!(err.contains("10 parameters do not fit"), "{err}");
@@ -511,7 +511,7 @@ mod tests {
         assert!(err.contains("5 shared inputs"), "{err}");
         // All ones in: 0.5 * 4 + 0.5 = 2.5 before SiLU, then 8 of those, + 0.5.
         let out = frozen.forward_shared(&[1.0; 9], &[1.0], 3).unwrap();
-        let want = 8.0 * 0.5 * crate::nn::vmath::silu(2.5) + 0.5;
+        let want = 8.0 * 0.5 * crate::nn::kernels::vmath::silu(2.5) + 0.5;
         assert!(
             out.iter().all(|v| (v - want).abs() < 1e-4),
             "{out:?} vs {want}"

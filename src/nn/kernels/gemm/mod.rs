@@ -6,160 +6,10 @@
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+mod operands;
 
-/// The f32 numbers of a contiguous CPU tensor, as a custom op's `cpu_fwd` receives it
-/// (every CPU kernel of this crate makes its inputs contiguous before the op).
-pub fn contiguous_f32<'a>(
-    storage: &'a candle_core::CpuStorage,
-    layout: &candle_core::Layout,
-    op: &str,
-) -> candle_core::Result<&'a [f32]> {
-    let candle_core::CpuStorage::F32(data) = storage else {
-        candle_core::bail!("{op}: only f32 tensors are supported on the CPU")
-    };
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("{op}: the tensor must be contiguous"),
-    }
-}
-
-/// `contiguous_f32`, writable: for ops that update a tensor in place.
-pub fn contiguous_f32_mut<'a>(
-    storage: &'a mut candle_core::CpuStorage,
-    layout: &candle_core::Layout,
-    op: &str,
-) -> candle_core::Result<&'a mut [f32]> {
-    let candle_core::CpuStorage::F32(data) = storage else {
-        candle_core::bail!("{op}: only f32 tensors are supported on the CPU")
-    };
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&mut data[start..end]),
-        None => candle_core::bail!("{op}: the tensor must be contiguous"),
-    }
-}
-
-/// A read-only matrix over a slice: element (i, j) is `data[row(i) + col(j)]`, where
-/// `row(i)` is `i * row_stride` or, for a gathered view, `row_offsets[i]` (and the same
-/// for columns). Gathered views let a convolution multiply its image as if it were the
-/// column matrix, without writing that matrix out (see `conv`).
-#[derive(Clone, Copy)]
-pub struct View<'a> {
-    pub data: &'a [f32],
-    pub rows: usize,
-    pub cols: usize,
-    pub row_stride: usize,
-    pub col_stride: usize,
-    pub row_offsets: Option<&'a [usize]>,
-    pub col_offsets: Option<&'a [usize]>,
-}
-
-impl<'a> View<'a> {
-    /// A row-major `rows` x `cols` matrix.
-    pub fn rows(data: &'a [f32], rows: usize, cols: usize) -> View<'a> {
-        View {
-            data,
-            rows,
-            cols,
-            row_stride: cols,
-            col_stride: 1,
-            row_offsets: None,
-            col_offsets: None,
-        }
-    }
-
-    /// A matrix whose row `i` is the `cols` numbers from `data[offsets[i]]` on.
-    pub fn gathered(data: &'a [f32], offsets: &'a [usize], cols: usize) -> View<'a> {
-        View {
-            rows: offsets.len(),
-            row_offsets: Some(offsets),
-            ..View::rows(data, 0, cols)
-        }
-    }
-
-    /// The same numbers read as the transpose.
-    pub fn t(self) -> View<'a> {
-        View {
-            rows: self.cols,
-            cols: self.rows,
-            row_stride: self.col_stride,
-            col_stride: self.row_stride,
-            row_offsets: self.col_offsets,
-            col_offsets: self.row_offsets,
-            ..self
-        }
-    }
-
-    /// Where row `i` starts in `data`.
-    #[inline(always)]
-    pub fn row_offset(&self, i: usize) -> usize {
-        match self.row_offsets {
-            Some(offsets) => offsets[i],
-            None => i * self.row_stride,
-        }
-    }
-
-    /// How far column `j` lies from the start of a row.
-    #[inline(always)]
-    pub fn col_offset(&self, j: usize) -> usize {
-        match self.col_offsets {
-            Some(offsets) => offsets[j],
-            None => j * self.col_stride,
-        }
-    }
-
-    /// Element (i, j).
-    #[inline(always)]
-    pub fn at(&self, i: usize, j: usize) -> f32 {
-        self.data[self.row_offset(i) + self.col_offset(j)]
-    }
-
-    /// Rows `first..first + count`.
-    pub fn row_range(self, first: usize, count: usize) -> View<'a> {
-        match self.row_offsets {
-            Some(offsets) => View {
-                rows: count,
-                row_offsets: Some(&offsets[first..first + count]),
-                ..self
-            },
-            None => View {
-                data: &self.data[first * self.row_stride..],
-                rows: count,
-                ..self
-            },
-        }
-    }
-
-    /// Columns `first..first + count`.
-    pub fn col_range(self, first: usize, count: usize) -> View<'a> {
-        self.t().row_range(first, count).t()
-    }
-
-    /// Whether every element lies inside `data` (what makes the product safe).
-    fn in_bounds(&self) -> bool {
-        // The largest offset along one dimension of `n` (at least 1) elements.
-        fn last(offsets: Option<&[usize]>, n: usize, stride: usize) -> Option<usize> {
-            match offsets {
-                Some(offsets) => (offsets.len() == n).then(|| offsets.iter().copied().max())?,
-                None => (n - 1).checked_mul(stride),
-            }
-        }
-        if self.rows == 0 || self.cols == 0 {
-            return true;
-        }
-        let row = last(self.row_offsets, self.rows, self.row_stride);
-        let col = last(self.col_offsets, self.cols, self.col_stride);
-        row.zip(col)
-            .and_then(|(r, c)| r.checked_add(c))
-            .is_some_and(|end| end < self.data.len())
-    }
-
-    /// The matrix as a row-major copy, for code that only takes strided matrices.
-    fn dense(&self) -> Vec<f32> {
-        (0..self.rows)
-            .flat_map(|i| (0..self.cols).map(move |j| self.at(i, j)))
-            .collect()
-    }
-}
+pub use operands::{Activation, View};
+use operands::Epilogue;
 
 /// `out = lhs · rhs`, or `out += lhs · rhs` when `accumulate`; `out` is row-major
 /// `lhs.rows` x `rhs.cols`. `threads > 1` splits the product over rayon's pool; kernels
@@ -167,14 +17,6 @@ impl<'a> View<'a> {
 pub fn matmul(out: &mut [f32], lhs: View, rhs: View, accumulate: bool, threads: usize) {
     let kernel = Kernel::for_shape(lhs, rhs);
     matmul_with(kernel, out, lhs, rhs, accumulate, Epilogue::NONE, threads)
-}
-
-/// What a layer applies to its product before anything reads it.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Activation {
-    Identity,
-    /// x · sigmoid(x), as `vmath::silu`.
-    Silu,
 }
 
 /// `out = activation(lhs · rhs + bias)`, `bias` one number per column: a linear
@@ -196,41 +38,6 @@ pub fn matmul_bias(
         activation,
     };
     matmul_with(kernel, out, lhs, rhs, false, epilogue, threads)
-}
-
-/// The bias and activation a product applies to its output (see `matmul_bias`).
-#[derive(Clone, Copy)]
-struct Epilogue<'a> {
-    bias: Option<&'a [f32]>,
-    activation: Activation,
-}
-
-impl<'a> Epilogue<'a> {
-    const NONE: Epilogue<'static> = Epilogue {
-        bias: None,
-        activation: Activation::Identity,
-    };
-
-    /// The epilogue of the output columns from `first` on.
-    fn columns_from(self, first: usize) -> Epilogue<'a> {
-        Epilogue {
-            bias: self.bias.map(|b| &b[first..]),
-            ..self
-        }
-    }
-
-    /// Applies the epilogue to `out`, rows `n` wide, in a separate pass, for the code
-    /// paths that cannot do it while storing.
-    fn apply(self, out: &mut [f32], n: usize) {
-        if let Some(bias) = self.bias {
-            for row in out.chunks_exact_mut(n) {
-                row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
-            }
-        }
-        if self.activation == Activation::Silu {
-            super::vmath::silu_in_place(out);
-        }
-    }
 }
 
 /// Which code computes the products.
@@ -327,14 +134,14 @@ fn matmul_with(
 /// the CPU has it), for views that `Kernel::dots_fit`.
 fn dots(out: &mut [f32], lhs: View, rhs: View, accumulate: bool) {
     let (k, n) = (lhs.cols, rhs.cols);
-    super::vmath::with_avx512(
+    crate::nn::kernels::vmath::with_avx512(
         #[inline(always)]
         || {
             for (i, out_row) in out.chunks_exact_mut(n).enumerate() {
                 let row = &lhs.data[i * lhs.row_stride..][..k];
                 for (j, v) in out_row.iter_mut().enumerate() {
                     let column = &rhs.data[j * rhs.col_stride..][..k];
-                    let dot = super::vmath::lane_sum2(row, column, |a, b| (a * b, 0.0)).0 as f32;
+                    let dot = crate::nn::kernels::vmath::lane_sum2(row, column, |a, b| (a * b, 0.0)).0 as f32;
                     *v = if accumulate { *v + dot } else { dot };
                 }
             }
@@ -445,7 +252,7 @@ mod tests {
 
     /// `len` seeded normal draws.
     fn numbers(len: usize, seed: usize, label: &str) -> Vec<f32> {
-        crate::nn::random_tensor(&[len], seed as u64, label)
+        crate::nn::kernels::random_tensor(&[len], seed as u64, label)
             .to_vec1::<f32>()
             .unwrap()
     }
@@ -586,7 +393,7 @@ mod tests {
                         .map(|(at, v)| v + bias[at % n])
                         .map(|v| match activation {
                             Activation::Identity => v,
-                            Activation::Silu => crate::nn::vmath::silu(v),
+                            Activation::Silu => crate::nn::kernels::vmath::silu(v),
                         })
                         .collect();
                     for threads in [1, 2] {

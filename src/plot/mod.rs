@@ -1,6 +1,9 @@
 //! Figures as PNG, drawn with plotters and a font embedded in the binary (no system
 //! font configuration needed).
 
+pub mod images;
+pub mod panels;
+
 use std::path::Path;
 use std::sync::Once;
 
@@ -14,7 +17,7 @@ use crate::metrics::Points;
 
 const FONT_BYTES: &[u8] = include_bytes!("fonts/DejaVuSans.ttf");
 const SIZE: (u32, u32) = (640, 480);
-pub(super) const PALETTE: [RGBColor; 10] = [
+const PALETTE: [RGBColor; 10] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
@@ -27,7 +30,7 @@ pub(super) const PALETTE: [RGBColor; 10] = [
     RGBColor(23, 190, 207),
 ];
 
-pub(super) fn ensure_font() {
+fn ensure_font() {
     static REGISTER: Once = Once::new();
     REGISTER.call_once(|| {
         if register_font("sans-serif", FontStyle::Normal, FONT_BYTES).is_err() {
@@ -38,12 +41,12 @@ pub(super) fn ensure_font() {
     });
 }
 
-pub(super) fn plot_error(path: &Path) -> impl Fn(String) -> StageError + '_ {
+fn plot_error(path: &Path) -> impl Fn(String) -> StageError + '_ {
     move |e| StageError::Failed(format!("drawing {}: {e}", path.display()))
 }
 
 /// Padded bounds of the first two coordinates of some point sets.
-pub(super) fn bounds(sets: &[Points]) -> ((f64, f64), (f64, f64)) {
+fn bounds(sets: &[Points]) -> ((f64, f64), (f64, f64)) {
     let (mut lo, mut hi) = ([f64::INFINITY; 2], [f64::NEG_INFINITY; 2]);
     for set in sets {
         for i in 0..set.len() {

@@ -2,6 +2,37 @@
 
 use rayon::prelude::*;
 
+/// The f32 numbers of a contiguous CPU tensor, as a custom op's `cpu_fwd` receives it
+/// (every CPU kernel of this crate makes its inputs contiguous before the op).
+pub fn contiguous_f32<'a>(
+    storage: &'a candle_core::CpuStorage,
+    layout: &candle_core::Layout,
+    op: &str,
+) -> candle_core::Result<&'a [f32]> {
+    let candle_core::CpuStorage::F32(data) = storage else {
+        candle_core::bail!("{op}: only f32 tensors are supported on the CPU")
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{op}: the tensor must be contiguous"),
+    }
+}
+
+/// `contiguous_f32`, writable: for ops that update a tensor in place.
+pub fn contiguous_f32_mut<'a>(
+    storage: &'a mut candle_core::CpuStorage,
+    layout: &candle_core::Layout,
+    op: &str,
+) -> candle_core::Result<&'a mut [f32]> {
+    let candle_core::CpuStorage::F32(data) = storage else {
+        candle_core::bail!("{op}: only f32 tensors are supported on the CPU")
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&mut data[start..end]),
+        None => candle_core::bail!("{op}: the tensor must be contiguous"),
+    }
+}
+
 /// `len` zeros, written by rayon's threads. The allocator hands back reused memory,
 /// which must be cleared: as one `memset` on the thread that runs the op, clearing
 /// an activation-sized buffer kept every other thread waiting.

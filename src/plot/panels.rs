@@ -8,7 +8,7 @@ use plotters::coord::Shift;
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
-use super::plots::{PALETTE, bounds, ensure_font, plot_error};
+use super::{PALETTE, bounds, ensure_font, plot_error};
 use crate::error::StageResult;
 use crate::metrics::Points;
 

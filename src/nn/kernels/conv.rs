@@ -17,8 +17,8 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Module, Resul
 use candle_nn::{Conv2dConfig, VarBuilder};
 use rayon::prelude::*;
 
-use super::buffers::{Output, with_scratch};
-use super::gemm::{View, contiguous_f32 as slice, matmul};
+use super::buffers::{Output, contiguous_f32 as slice, with_scratch};
+use super::gemm::{View, matmul};
 use super::transpose::transpose;
 use super::vmath::{add_rows, lane_sum, with_avx512};
 use super::winograd;
@@ -804,10 +804,10 @@ mod tests {
     use candle_core::{Device, Var};
 
     fn random(shape: &[usize], seed: u64) -> Tensor {
-        crate::nn::random_tensor(shape, seed, "conv")
+        crate::nn::kernels::random_tensor(shape, seed, "conv")
     }
 
-    use crate::nn::max_abs_diff as max_diff;
+    use crate::nn::kernels::max_abs_diff as max_diff;
 
     /// Output and both gradients of candle's direct convolution and of im2col agree,
     /// for every kind of convolution the U-Net has, on odd sizes and one or several

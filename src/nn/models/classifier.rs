@@ -7,7 +7,7 @@ use candle_core::{D, Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, Linear, VarBuilder, linear};
 use serde::{Deserialize, Serialize};
 
-use super::conv::{Conv2d, conv2d};
+use crate::nn::kernels::conv::{Conv2d, conv2d};
 use crate::data::images::ImageShape;
 
 /// Sizes of the classifier.
@@ -105,7 +105,7 @@ impl Classifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::init::seeded_varmap;
+    use crate::nn::models::init::seeded_varmap;
     use crate::rng::stream;
     use candle_core::Device;
 
@@ -128,6 +128,6 @@ mod tests {
         let (f, logits) = net.forward(&x).unwrap();
         assert_eq!((f.dims(), logits.dims()), (&[2, 6][..], &[2, 5][..]));
         let grads = logits.sqr().unwrap().sum_all().unwrap().backward().unwrap();
-        crate::nn::assert_every_parameter_learns(&grads, map.data().lock().unwrap().iter());
+        crate::nn::models::assert_every_parameter_learns(&grads, map.data().lock().unwrap().iter());
     }
 }

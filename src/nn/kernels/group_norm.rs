@@ -10,7 +10,7 @@ use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
 use super::buffers::Output;
-use super::gemm::contiguous_f32 as slice;
+use super::buffers::contiguous_f32 as slice;
 use super::vmath::{lane_sum, lane_sum2, silu, silu_grad, with_avx512};
 
 /// A GroupNorm layer with candle_nn's parameters (`weight`, `bias`) and epsilon.
@@ -340,11 +340,11 @@ mod tests {
     use candle_core::{Device, Var};
 
     fn random(shape: &[usize], seed: u64, scale: f32) -> Tensor {
-        let t = crate::nn::random_tensor(shape, seed, "group_norm");
+        let t = crate::nn::kernels::random_tensor(shape, seed, "group_norm");
         t.affine(scale as f64, 0.3).unwrap()
     }
 
-    use crate::nn::max_abs_diff as max_diff;
+    use crate::nn::kernels::max_abs_diff as max_diff;
 
     /// The fused kernel against candle_nn's chain of ops (then SiLU), forward and all
     /// three gradients, with trained-looking (not 1 and 0) weight and bias.

@@ -664,7 +664,7 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rng::{normals, stream};
+    use crate::nn::kernels::normals;
 
     /// The definition: y[o][p][q] = bias[o] + sum over c, i, j of
     /// kernel[o][c][i][j] x[c][p + i - 1][q + j - 1], zero outside the image.
@@ -711,10 +711,9 @@ mod tests {
             (16, 1, 2, 2),
         ];
         for (k, &(cin, cout, h, w)) in cases.iter().enumerate() {
-            let mut rng = stream(k as u64, "winograd");
-            let x = normals(&mut rng, cin * h * w);
-            let weights = normals(&mut rng, cout * cin * 9);
-            let bias = normals(&mut rng, cout);
+            let x = normals(k as u64, "winograd/x", cin * h * w);
+            let weights = normals(k as u64, "winograd/weights", cout * cin * 9);
+            let bias = normals(k as u64, "winograd/bias", cout);
             let expected = direct(&x, &weights, &bias, (cin, cout, h, w));
             let kernel = Kernel::new(cin, cout, |o, c, i, j| {
                 weights[((o * cin + c) * 3 + i) * 3 + j]
@@ -746,12 +745,12 @@ mod tests {
     fn the_kernel_gradient_matches_the_definition() {
         let cases = [(4, 6, 7, 7), (17, 33, 6, 9), (32, 16, 14, 14), (5, 4, 1, 3)];
         for (k, &(cin, cout, h, w)) in cases.iter().enumerate() {
-            let mut rng = stream(k as u64, "winograd/grad");
-            let images: Vec<(Vec<f32>, Vec<f32>)> = (0..2)
-                .map(|_| {
+            let images: Vec<(Vec<f32>, Vec<f32>)> = (0..2u64)
+                .map(|i| {
+                    let seed = 2 * k as u64 + i;
                     (
-                        normals(&mut rng, cin * h * w),
-                        normals(&mut rng, cout * h * w),
+                        normals(seed, "winograd/grad/x", cin * h * w),
+                        normals(seed, "winograd/grad/dy", cout * h * w),
                     )
                 })
                 .collect();
