@@ -119,7 +119,7 @@ fn fresh(
     Ok(Network::fresh(
         config,
         shape,
-        &ddpm(),
+        &ddpm().noise_std(),
         &mut stream(0, "bench/init"),
         device,
     )?)
@@ -177,7 +177,7 @@ fn frozen(config: &NetworkConfig, shape: DataShape, device: &Device) -> Result<N
         .into_iter()
         .map(|(name, var)| (name, var.as_tensor().detach()))
         .collect();
-    Ok(Network::load(config, shape, &ddpm(), weights, device)?)
+    Ok(Network::load(config, shape, &ddpm().noise_std(), weights, device)?)
 }
 
 /// A case timing one n x n by n x n product.

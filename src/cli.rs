@@ -22,8 +22,9 @@ use clap::{Args, Parser, Subcommand};
 use crate::cache::{Cache, maintenance};
 use crate::error::RunnerError;
 use crate::exec::device::DeviceChoice;
-use crate::exec::progress::Progress;
-use crate::exec::scheduler::{Outcome, RunOptions, Status, execute, from_cache};
+use crate::progress::Progress;
+use crate::exec::worker::{self, exit_code};
+use crate::exec::{Outcome, RunOptions, Status, execute, from_cache};
 use crate::stages::StageKind;
 use crate::pipeline::{self, Plan, history};
 use crate::{catalog, report};
@@ -118,6 +119,23 @@ pub enum Command {
     /// List stage kinds, datasets, schedules, models, samplers and metrics with their
     /// parameters and defaults.
     List,
+    /// Compute exactly one stage of a planned pipeline, found by its key, into the
+    /// cache (what an executor's jobs run). Exit 0: the stage is in the cache; 1: it
+    /// failed; 2: invalid command line or pipeline; 3: no stage has the key, or an
+    /// input is not in the cache yet.
+    #[command(hide = true)]
+    Worker {
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+        /// The stage's full key (64 hex digits).
+        #[arg(long)]
+        key: String,
+        /// Recompute it even if it is cached.
+        #[arg(long)]
+        force: bool,
+        #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+        device: DeviceChoice,
+    },
 }
 
 /// Entry point of the binary.
@@ -134,9 +152,17 @@ pub fn main() -> ExitCode {
             eprintln!("error: {message}");
             ExitCode::from(1)
         }
+        Err(e @ RunnerError::StageFailed { .. }) => {
+            eprintln!("error: {e}");
+            ExitCode::from(exit_code::FAILED)
+        }
+        Err(RunnerError::NotRunnable(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(exit_code::NOT_RUNNABLE)
+        }
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::from(2)
+            ExitCode::from(exit_code::INVALID)
         }
     }
 }
@@ -189,6 +215,20 @@ fn dispatch(cli: &Cli) -> Result<(), RunnerError> {
         Command::Verify { remove } => verify(&cli.results, *remove),
         Command::List => {
             print!("{}", catalog::describe());
+            Ok(())
+        }
+        Command::Worker {
+            pipeline,
+            key,
+            force,
+            device,
+        } => {
+            let plan = pipeline.load()?;
+            let cache = Cache::open(&cli.results)?;
+            let device = crate::exec::device::open(*device).map_err(RunnerError::Usage)?;
+            let status = worker::work(&plan, &cache, key, *force, &Progress::detect(), &device)?;
+            // The driver reads this line; the exit code alone already says it is done.
+            out!("{} {key}", status.label());
             Ok(())
         }
     }

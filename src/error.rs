@@ -103,6 +103,13 @@ pub enum RunnerError {
     StagesFailed { failed: usize, total: usize },
     #[error("{0}")]
     Usage(String),
+    /// `runner worker` was asked for a stage it cannot compute: no stage of the plan
+    /// has that key, or an input is not in the cache yet (exit code 3).
+    #[error("{0}")]
+    NotRunnable(String),
+    /// The one stage `runner worker` computed failed (exit code 1).
+    #[error("stage {stage} failed: {message}")]
+    StageFailed { stage: String, message: String },
     /// `verify` found damaged entries (exit 1, like failed stages).
     #[error("{0}")]
     Damaged(String),

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod nn;
 pub mod pipeline;
 pub mod plot;
+pub mod progress;
 pub mod report;
 pub mod rng;
 pub mod stages;

@@ -156,6 +156,12 @@ impl Process {
         }
     }
 
+    /// std(t) as an owned function, for the networks conditioned on log std.
+    pub fn noise_std(&self) -> std::sync::Arc<dyn Fn(f64) -> f64 + Send + Sync> {
+        let process = self.clone();
+        std::sync::Arc::new(move |t| process.std(t))
+    }
+
     /// Standard deviation of the marginal.
     pub fn std(&self, t: f64) -> f64 {
         match self {

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::cache::Cache;
 use crate::error::RunnerError;
-use crate::exec::scheduler::{Outcome, Status};
+use crate::exec::{Outcome, Status};
 use crate::pipeline::Plan;
 use crate::pipeline::sweep::folder_name;
 use crate::artifacts::read_csv;

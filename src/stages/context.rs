@@ -7,7 +7,7 @@ use candle_core::Device;
 use serde::de::DeserializeOwned;
 
 use crate::error::{StageError, StageResult};
-use crate::exec::progress::StageProgress;
+use crate::progress::StageProgress;
 
 /// A committed input entry, as a stage sees it.
 #[derive(Debug, Clone)]

@@ -262,7 +262,7 @@ impl TrainedModel {
                 };
                 let tensors = load_tensors(&train.dir.join(file), device)?;
                 Ok(Box::new(NetworkScore {
-                    net: Network::load(&config, self.shape(), process, tensors, device)?,
+                    net: Network::load(&config, self.shape(), &process.noise_std(), tensors, device)?,
                     prediction: self.objective.prediction(),
                     process,
                 }))
@@ -312,7 +312,7 @@ fn run(params: &TrainParams, ctx: &StageContext) -> StageResult<()> {
     let (net, named) = Network::fresh(
         &config,
         trained.shape(),
-        &process,
+        &process.noise_std(),
         &mut stream(params.seed, "train/init"),
         ctx.device,
     )?;

@@ -3,6 +3,7 @@
 //! the U-Net reshapes them into images itself.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::VarBuilder;
@@ -13,7 +14,11 @@ use super::init::{named_vars, seeded_varmap};
 use super::mlp::{Mlp, MlpConfig};
 use super::unet::{Condition, UNet, UNetConfig};
 use crate::data::images::ImageShape;
-use crate::diffusion::process::Process;
+
+/// The noise level std(t) of the process a network learns: a network conditioned on
+/// log std (`condition: log_std`) sees log std(t) instead of t. A function, so that
+/// the networks need nothing of the diffusion code.
+pub type NoiseStd = Arc<dyn Fn(f64) -> f64 + Send + Sync>;
 
 /// The architectures a network can have.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -35,7 +40,7 @@ pub enum Network {
     UNet {
         net: UNet,
         condition: Condition,
-        process: Process,
+        std: NoiseStd,
     },
 }
 
@@ -44,7 +49,7 @@ impl Network {
     pub fn fresh(
         config: &NetworkConfig,
         shape: DataShape,
-        process: &Process,
+        std: &NoiseStd,
         rng: &mut ChaCha8Rng,
         device: &Device,
     ) -> Result<(Network, Vec<(String, Var)>)> {
@@ -67,7 +72,7 @@ impl Network {
                 let network = Network::UNet {
                     net,
                     condition: cfg.condition,
-                    process: process.clone(),
+                    std: std.clone(),
                 };
                 Ok((network, named_vars(&map)))
             }
@@ -78,7 +83,7 @@ impl Network {
     pub fn load(
         config: &NetworkConfig,
         shape: DataShape,
-        process: &Process,
+        std: &NoiseStd,
         weights: HashMap<String, Tensor>,
         device: &Device,
     ) -> Result<Network> {
@@ -89,7 +94,7 @@ impl Network {
                 Ok(Network::UNet {
                     net: UNet::new(cfg, image_shape(shape)?, vb)?,
                     condition: cfg.condition,
-                    process: process.clone(),
+                    std: std.clone(),
                 })
             }
         }
@@ -107,12 +112,12 @@ impl Network {
             Network::UNet {
                 net,
                 condition: Condition::LogStd,
-                process,
+                std,
             } => {
                 let log_std: Vec<f32> = t
                     .to_vec1::<f32>()?
                     .iter()
-                    .map(|&t| process.std(t as f64).ln() as f32)
+                    .map(|&t| std(t as f64).ln() as f32)
                     .collect();
                 net.forward(x, &Tensor::from_vec(log_std, t.dims(), t.device())?)
             }

@@ -1,0 +1,107 @@
+//! Computing one stage into the cache, the same for every executor: take its lock,
+//! write into a staging directory, record the manifest and commit by rename.
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use candle_core::Device;
+
+use super::executor::Status;
+use crate::cache::{Cache, Manifest};
+use crate::error::{StageError, StageResult};
+use crate::pipeline::{Plan, StageNode};
+use crate::progress::Progress;
+use crate::stages::{InputEntry, StageContext};
+
+/// The committed entries of a node's inputs, by role.
+pub fn input_entries(plan: &Plan, cache: &Cache, node: &StageNode) -> Vec<(String, Vec<InputEntry>)> {
+    node.needs
+        .iter()
+        .map(|(role, inputs)| {
+            let entries = inputs
+                .iter()
+                .map(|&ix| {
+                    let input = &plan.graph[ix];
+                    InputEntry {
+                        id: input.id.clone(),
+                        dir: cache.entry_dir(&input.key),
+                        key: input.key.clone(),
+                    }
+                })
+                .collect();
+            (role.clone(), entries)
+        })
+        .collect()
+}
+
+/// Computes one stage unless it is cached (or another process computes it first).
+pub fn compute(
+    node: &StageNode,
+    inputs: Vec<(String, Vec<InputEntry>)>,
+    cache: &Cache,
+    force: bool,
+    progress: &Progress,
+    device: &Device,
+) -> StageResult<Status> {
+    if !force && cache.is_cached(&node.key) {
+        return Ok(Status::Cached);
+    }
+    let _lock = cache.lock(&node.key)?;
+    if !force && cache.is_cached(&node.key) {
+        return Ok(Status::Cached);
+    }
+    let staging = cache.staging_for(&node.key)?;
+    let bar = progress.stage(&node.name());
+    let started = Instant::now();
+    let started_at = SystemTime::now();
+    let input_keys = inputs
+        .iter()
+        .map(|(role, entries)| {
+            (
+                role.clone(),
+                entries.iter().map(|e| e.key.clone()).collect(),
+            )
+        })
+        .collect();
+    let ctx = StageContext {
+        id: &node.id,
+        out: staging.path(),
+        inputs,
+        progress: &bar,
+        device,
+        checkpoints: cache.checkpoints_for(&node.key),
+    };
+    let result = node.spec.params.run(&ctx);
+    bar.finish();
+    result?;
+    let manifest = Manifest {
+        key: node.key.clone(),
+        kind: node.kind().name().into(),
+        stage: node.id.clone(),
+        params: node.params.clone(),
+        inputs: input_keys,
+        outputs: Vec::new(),
+        seconds: started.elapsed().as_secs_f64(),
+        device: super::device::name(device),
+        runner_version: env!("CARGO_PKG_VERSION").into(),
+        stage_version: node.kind().version(),
+        cache_format: crate::cache::store::CACHE_FORMAT,
+        created_unix: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        started_unix_ms: unix_ms(started_at),
+        finished_unix_ms: unix_ms(SystemTime::now()),
+    };
+    cache
+        .commit(staging, manifest, force)
+        .map_err(StageError::from)?;
+    // Committed: an interrupted run's checkpoints are no longer needed.
+    let _ = std::fs::remove_dir_all(cache.checkpoints_for(&node.key));
+    Ok(Status::Computed)
+}
+
+fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
