@@ -13,7 +13,8 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use runner::data::images::ImageShape;
 use runner::diffusion::process::Process;
-use runner::diffusion::sample::{self, SampleRequest, SamplerParams, Variance};
+use runner::diffusion::samplers::ancestral::{Ancestral, Variance};
+use runner::diffusion::samplers::{self, SampleRequest, SamplerParams};
 use runner::diffusion::schedule::ScheduleParams;
 use runner::diffusion::score::NetworkScore;
 use runner::diffusion::score::Prediction;
@@ -334,10 +335,10 @@ pub fn run(args: &[String]) -> Result<()> {
             prediction: Prediction::Epsilon,
             process: &process,
         };
-        let sampler = SamplerParams::Ancestral {
+        let sampler = SamplerParams::Ancestral(Ancestral {
             variance: Variance::Beta,
             steps: Some(steps),
-        };
+        });
         let request = SampleRequest {
             n: particles,
             dim: 2,
@@ -348,7 +349,7 @@ pub fn run(args: &[String]) -> Result<()> {
         };
         let mut rng = stream(0, "bench/sample");
         let times = time(&device, 0, if quick { 1 } else { 3 }, &mut || {
-            sample::run(
+            samplers::run(
                 &sampler,
                 &score,
                 &process,

@@ -6,7 +6,7 @@ use serde::de::DeserializeOwned;
 
 use crate::data::images::ImageSource;
 use crate::data::toy::Distribution;
-use crate::diffusion::sample::SamplerParams;
+use crate::diffusion::samplers::SamplerParams;
 use crate::diffusion::schedule::ScheduleParams;
 use crate::metrics::Metric;
 use crate::stages::StageKind;

@@ -7,7 +7,7 @@ use candle_core::{Device, Result, Tensor};
 use rand_chacha::ChaCha8Rng;
 
 use super::process::{Process, noise_batch};
-use super::sample::{self, SampleRequest, SamplerParams};
+use super::samplers::{self, SampleRequest, SamplerParams};
 use super::score::ScoreFn;
 use crate::rng::normals;
 
@@ -75,7 +75,7 @@ pub fn spherical(
         device,
         start: Some(&start),
     };
-    Ok(sample::run(sampler, score, process, &request, rng, &mut |_, _| {})?.samples)
+    Ok(samplers::run(sampler, score, process, &request, rng, &mut |_, _| {})?.samples)
 }
 
 /// Ho et al.'s interpolation: x and y are noised to time `t` (independent noise),
@@ -113,7 +113,7 @@ pub fn noised_mix(
     let shared = |rng: &mut ChaCha8Rng| {
         Tensor::from_vec(normals(rng, dim), (1, dim), device)?.broadcast_as((columns, dim))
     };
-    sample::ancestral_from(score, process, xt, t, steps, &shared, rng)?
+    samplers::ancestral::ancestral_from(score, process, xt, t, steps, &shared, rng)?
         .flatten_all()?
         .to_vec1::<f32>()
 }
@@ -167,10 +167,10 @@ mod tests {
     fn spherical_rows_start_and_end_where_the_sampler_takes_the_endpoints() {
         let process = ddpm();
         let score = exact(&process);
-        let ddim = SamplerParams::Ddim {
+        let ddim = SamplerParams::Ddim(samplers::ddim::Ddim {
             eta: 0.0,
             steps: 50,
-        };
+        });
         let dev = Device::Cpu;
         let rows = spherical(&ddim, &score, &process, 2, 5, 2, &dev, &mut stream(1, "i")).unwrap();
         assert_eq!(rows.len(), 2 * 5 * 2);
@@ -187,7 +187,7 @@ mod tests {
             device: &dev,
             start: Some(&start),
         };
-        let ends = sample::run(
+        let ends = samplers::run(
             &ddim,
             &score,
             &process,

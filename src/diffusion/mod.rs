@@ -6,6 +6,6 @@ pub mod likelihood;
 pub mod loss;
 pub mod ode;
 pub mod process;
-pub mod sample;
+pub mod samplers;
 pub mod schedule;
 pub mod score;

@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::cache::Cache;
 use crate::error::RunnerError;
 use crate::exec::{Outcome, Status};
-use crate::pipeline::Plan;
+use crate::pipeline::{Plan, StageNode};
 use crate::pipeline::sweep::folder_name;
 use crate::artifacts::read_csv;
 use crate::stages::StageKind;
@@ -66,6 +66,26 @@ struct SweepView {
     axes: Vec<AxisView>,
 }
 
+/// A figure's title: a stage's own figure (a whole file name) by the stage; one of
+/// several (`scatter_<stage>.png`) by what follows the prefix, else by the stage id,
+/// with the sweep point's label.
+fn figure_title(node: &StageNode, file: &str, path: &str) -> String {
+    if file.ends_with(".png") {
+        return node.name();
+    }
+    let subject = path.trim_start_matches(file).trim_end_matches(".png");
+    let subject = if subject.is_empty() {
+        node.id.as_str()
+    } else {
+        subject
+    };
+    if node.label.is_empty() {
+        subject.to_string()
+    } else {
+        format!("{subject} [{}]", node.label)
+    }
+}
+
 /// Builds `results/<pipeline>/` from the cache; returns the report's path.
 pub fn build(
     plan: &Plan,
@@ -83,35 +103,20 @@ pub fn build(
 
     let mut stages = Vec::new();
     let mut evaluated: HashMap<NodeIndex, Vec<(String, String, f64)>> = HashMap::new();
-    // Evaluate figures go by file-name prefix; the last two galleries are the train
-    // and schedule stages' own figures.
-    const EVALUATE_FIGURES: [(&str, &str); 8] = [
-        ("scatter_", "Samples over held-out data"),
-        ("grid_", "Image samples"),
-        ("forward_", "Forward noising of held-out images"),
-        (
-            "interpolation_",
-            "Spherical interpolation of initial noises (deterministic sampler)",
-        ),
-        (
-            "mix_",
-            "Two held-out images noised, mixed and decoded (one row per noise level)",
-        ),
-        ("timeline_", "Sampling timelines"),
-        ("score_field_", "Score fields, learned against exact"),
-        ("score_error", "Score error per noise level"),
-    ];
-    let (losses, schedules) = (EVALUATE_FIGURES.len(), EVALUATE_FIGURES.len() + 1);
-    let mut galleries: Vec<Gallery> = EVALUATE_FIGURES
-        .iter()
-        .map(|(_, title)| *title)
-        .chain(["Training losses", "Noise schedules"])
-        .map(|t| Gallery {
-            title: t.to_string(),
-            figures: Vec::new(),
-            more: 0,
-        })
-        .collect();
+    // One gallery per figure a kind declares, later kinds first (evaluations, then
+    // training curves, then schedules).
+    let mut galleries: Vec<Gallery> = Vec::new();
+    let mut gallery_of: HashMap<(StageKind, usize), usize> = HashMap::new();
+    for &kind in StageKind::ALL.iter().rev() {
+        for (i, (_, title)) in kind.figures().iter().enumerate() {
+            gallery_of.insert((kind, i), galleries.len());
+            galleries.push(Gallery {
+                title: title.to_string(),
+                figures: Vec::new(),
+                more: 0,
+            });
+        }
+    }
     for (&ix, outcome) in plan.order.iter().zip(outcomes) {
         let node = &plan.graph[ix];
         let manifest = cache.manifest(&node.key)?;
@@ -156,37 +161,19 @@ pub fn build(
             });
             Ok(())
         };
-        match node.kind() {
-            StageKind::Schedule => copy("schedule.png", node.name(), schedules)?,
-            // An exact model trains nothing and has no loss curve.
-            StageKind::Train if manifest.outputs.iter().any(|o| o.path == "loss.png") => {
-                copy("loss.png", node.name(), losses)?
+        for (i, (file, _)) in node.kind().figures().iter().enumerate() {
+            let gallery = gallery_of[&(node.kind(), i)];
+            // An exact model trains nothing and has no loss curve: only outputs count.
+            for out in manifest
+                .outputs
+                .iter()
+                .filter(|o| o.path.starts_with(file) && o.path.ends_with(".png"))
+            {
+                copy(&out.path, figure_title(node, file, &out.path), gallery)?;
             }
-            StageKind::Evaluate => {
-                for (gallery, (prefix, _)) in EVALUATE_FIGURES.iter().enumerate() {
-                    for out in manifest
-                        .outputs
-                        .iter()
-                        .filter(|o| o.path.starts_with(prefix) && o.path.ends_with(".png"))
-                    {
-                        // `scatter_<stage>.png` is titled by its stage, others by the evaluate stage.
-                        let subject = out.path.trim_start_matches(prefix).trim_end_matches(".png");
-                        let subject = if subject.is_empty() {
-                            node.id.as_str()
-                        } else {
-                            subject
-                        };
-                        let title = if node.label.is_empty() {
-                            subject.to_string()
-                        } else {
-                            format!("{subject} [{}]", node.label)
-                        };
-                        copy(&out.path, title, gallery)?;
-                    }
-                }
-                evaluated.insert(ix, read_metrics(&entry.join("metrics.csv"))?);
-            }
-            _ => {}
+        }
+        if node.kind() == StageKind::Evaluate {
+            evaluated.insert(ix, read_metrics(&entry.join("metrics.csv"))?);
         }
     }
     let table = metrics_table(plan, &evaluated);

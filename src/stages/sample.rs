@@ -11,7 +11,7 @@ use super::train::{Train, TrainedModel, WeightsKind};
 use super::context::StageContext;
 use super::kind::{Kind, Neighbours, Role};
 use crate::artifacts::{save_tensors, write_json};
-use crate::diffusion::sample::{SampleRequest, SamplerParams, run as run_sampler};
+use crate::diffusion::samplers::{SampleRequest, SamplerParams, run as run_sampler};
 use crate::error::StageResult;
 use crate::rng::stream;
 

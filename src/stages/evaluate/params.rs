@@ -4,7 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::diffusion::likelihood::Divergence;
-use crate::diffusion::sample::SamplerParams;
+use crate::diffusion::samplers::SamplerParams;
+use crate::diffusion::samplers::ddim::Ddim;
 use crate::metrics::Metric;
 use crate::stages::dataset::{DatasetParams, Source};
 
@@ -154,10 +155,7 @@ fn kid_subset() -> usize {
     500
 }
 fn interpolation_sampler() -> SamplerParams {
-    SamplerParams::Ddim {
-        eta: 0.0,
-        steps: 50,
-    }
+    SamplerParams::Ddim(Ddim::default())
 }
 fn mix_times() -> Vec<f64> {
     vec![0.0, 0.25, 0.5, 0.75, 1.0]
@@ -284,8 +282,8 @@ impl EvaluateParams {
             return Err("`nll_rtol` and `nll_atol` must be positive".into());
         }
         match &self.interpolation_sampler {
-            SamplerParams::Ddim { eta, .. } if *eta == 0.0 => {}
-            SamplerParams::Ode { .. } => {}
+            SamplerParams::Ddim(ddim) if ddim.eta == 0.0 => {}
+            SamplerParams::Ode(_) => {}
             other => {
                 return Err(format!(
                     "`interpolation_sampler` must be deterministic (`ddim` with eta 0, or `ode`), not `{}`",

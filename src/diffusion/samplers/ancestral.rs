@@ -1,0 +1,100 @@
+//! DDPM ancestral sampling (Ho et al. 2020, Algorithm 2); on sigma levels, SMLD's
+//! ancestral step (Song et al. 2021, Appendix F).
+
+use candle_core::{Result, Tensor};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::grid::{State, grid, transition};
+use super::family::{Run, Sampler};
+use crate::diffusion::process::Process;
+use crate::diffusion::score::ScoreFn;
+
+/// `sampler: ancestral`.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Ancestral {
+    /// sigma^2 = q (`beta`, beta_t on a DDPM chain) or the posterior variance
+    /// (`posterior`, beta~_t); Ho et al. report both give similar results.
+    pub variance: Variance,
+    /// Number of steps: default every level of a discrete process, 1000 for an SDE.
+    pub steps: Option<usize>,
+}
+
+/// The variance of each ancestral step's noise.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Variance {
+    #[default]
+    Beta,
+    Posterior,
+}
+
+impl Sampler for Ancestral {
+    const NAME: &'static str = "ancestral";
+
+    fn check(&self) -> std::result::Result<(), String> {
+        self.steps.map_or(Ok(()), |s| super::family::at_least_one("steps", s))
+    }
+
+    fn draw(&self, run: &mut Run) -> Result<Tensor> {
+        let x = run.prior()?;
+        let noise = run.noise_fn();
+        run.walk(&grid(run.process, self.steps), x, &mut |run, x, cur, prev, _| {
+            run.nfe += 1;
+            ancestral_step(run.score, &x, cur, prev, self.variance, &noise, run.rng)
+        })
+    }
+}
+
+/// Ancestral sampling from points already at time `from` (noised data, as in Ho et al.
+/// 2020's interpolation) down to the clean state, on the grid of `steps` (see [`grid`])
+/// below `from`. `noise` draws each step's noise, so a caller can share it across rows.
+pub fn ancestral_from(
+    score: &dyn ScoreFn,
+    process: &Process,
+    x: Tensor,
+    from: f64,
+    steps: Option<usize>,
+    noise: &dyn Fn(&mut ChaCha8Rng) -> Result<Tensor>,
+    rng: &mut ChaCha8Rng,
+) -> Result<Tensor> {
+    if from <= 0.0 {
+        return Ok(x);
+    }
+    let mut states = vec![State::at(process, from)];
+    states.extend(
+        grid(process, steps)
+            .into_iter()
+            .filter(|s| s.t < from - 1e-12),
+    );
+    let mut x = x;
+    for pair in states.windows(2) {
+        x = ancestral_step(score, &x, pair[0], pair[1], Variance::Beta, noise, rng)?;
+    }
+    Ok(x)
+}
+
+/// One ancestral step from `cur` to `prev`: mean (x - q/s eps) / r plus noise (none
+/// into the clean state).
+pub fn ancestral_step(
+    score: &dyn ScoreFn,
+    x: &Tensor,
+    cur: State,
+    prev: State,
+    variance: Variance,
+    noise: &dyn Fn(&mut ChaCha8Rng) -> Result<Tensor>,
+    rng: &mut ChaCha8Rng,
+) -> Result<Tensor> {
+    let (r, q) = transition(cur, prev);
+    let eps = score.eps(x, cur.t)?;
+    let mean = (x - eps.affine(q / cur.s, 0.0)?)?.affine(1.0 / r, 0.0)?;
+    if prev == State::CLEAN {
+        return Ok(mean);
+    }
+    let sigma = match variance {
+        Variance::Beta => q.sqrt(),
+        Variance::Posterior => (prev.s * prev.s * q).sqrt() / cur.s,
+    };
+    mean + noise(rng)?.affine(sigma, 0.0)?
+}

@@ -1,0 +1,57 @@
+//! DDIM (Song, Meng & Ermon 2021) on an evenly spaced subset of times: eta = 0 is
+//! deterministic, eta = 1 has the ancestral sampler's variance.
+
+use candle_core::{Result, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::grid::{grid, transition};
+use super::family::{Run, Sampler};
+
+/// `sampler: ddim`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Ddim {
+    pub eta: f64,
+    pub steps: usize,
+}
+
+impl Default for Ddim {
+    fn default() -> Self {
+        Ddim {
+            eta: 0.0,
+            steps: 50,
+        }
+    }
+}
+
+impl Sampler for Ddim {
+    const NAME: &'static str = "ddim";
+
+    fn check(&self) -> std::result::Result<(), String> {
+        super::family::at_least_one("steps", self.steps)?;
+        if !(0.0..=1.0).contains(&self.eta) {
+            return Err(format!("`eta` must be in [0, 1], got {}", self.eta));
+        }
+        Ok(())
+    }
+
+    fn draw(&self, run: &mut Run) -> Result<Tensor> {
+        let x = run.prior()?;
+        let eta = self.eta;
+        run.walk(&grid(run.process, Some(self.steps)), x, &mut |run, x, cur, prev, _| {
+            let (_, q) = transition(cur, prev);
+            let eps = run.score.eps(&x, cur.t)?;
+            let x0 = (&x - eps.affine(cur.s, 0.0)?)?.affine(1.0 / cur.a, 0.0)?;
+            // Song et al. (2021a) eq. 12 with sigma = eta * posterior std.
+            let c = eta * (prev.s * prev.s * q).sqrt() / cur.s;
+            let direction = (prev.s * prev.s - c * c).max(0.0).sqrt();
+            run.nfe += 1;
+            let x = (x0.affine(prev.a, 0.0)? + eps.affine(direction, 0.0)?)?;
+            if c > 0.0 {
+                x + run.noise()?.affine(c, 0.0)?
+            } else {
+                Ok(x)
+            }
+        })
+    }
+}

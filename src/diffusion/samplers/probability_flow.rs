@@ -1,0 +1,123 @@
+//! The probability-flow ODE dx/dt = f(t) x - g(t)^2 / 2 s(x, t) (Song et al. 2021,
+//! eq. 13), integrated from t = 1 to the process's smallest time.
+
+use candle_core::{Result, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::grid::State;
+use super::family::{Run, Sampler, at_least_one, positive};
+use crate::diffusion::ode::{self, Rhs, Tolerance};
+use crate::diffusion::process::Process;
+
+/// `sampler: ode`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Ode {
+    pub solver: Solver,
+    /// Steps of `euler` and `heun`.
+    pub steps: usize,
+    /// Tolerances of `rk45` (score_sde: 1e-5).
+    pub rtol: f64,
+    pub atol: f64,
+    /// Finish with Tweedie's denoising step (one more evaluation).
+    pub denoise: bool,
+}
+
+impl Default for Ode {
+    fn default() -> Self {
+        Ode {
+            solver: Solver::Rk45,
+            steps: 100,
+            rtol: 1e-5,
+            atol: 1e-5,
+            denoise: true,
+        }
+    }
+}
+
+/// ODE solvers of the probability-flow sampler.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Solver {
+    Euler,
+    Heun,
+    /// Adaptive Dormand-Prince, as score_sde's solve_ivp(method="RK45").
+    #[default]
+    Rk45,
+}
+
+impl Sampler for Ode {
+    const NAME: &'static str = "ode";
+    const PROCESSES: &'static str = "every process with more than one level";
+
+    /// The adaptive solver ignores `steps`, the fixed-step ones the tolerances: they
+    /// stay out of the key, so a sweep over one does not recompute the other.
+    fn canonical(&self) -> Ode {
+        let defaults = Ode::default();
+        match self.solver {
+            Solver::Rk45 => Ode {
+                steps: defaults.steps,
+                ..self.clone()
+            },
+            Solver::Euler | Solver::Heun => Ode {
+                rtol: defaults.rtol,
+                atol: defaults.atol,
+                ..self.clone()
+            },
+        }
+    }
+
+    fn accepts(&self, process: &Process) -> std::result::Result<(), String> {
+        if process.levels() == Some(1) {
+            return Err("the probability-flow ODE needs a process with more than one level".into());
+        }
+        Ok(())
+    }
+
+    fn check(&self) -> std::result::Result<(), String> {
+        at_least_one("steps", self.steps)?;
+        positive("rtol", self.rtol)?;
+        positive("atol", self.atol)
+    }
+
+    fn draw(&self, run: &mut Run) -> Result<Tensor> {
+        let (score, process) = (run.score, run.process);
+        let t_end = process.t_min();
+        let mut drift = |x: &Tensor, t: f64| -> Result<Tensor> {
+            let g = process.diffusion(t);
+            x.affine(process.drift_coef(t), 0.0)? - score.score(x, t)?.affine(0.5 * g * g, 0.0)?
+        };
+        let mut rhs = Rhs::new(&mut drift);
+        let x0 = run.prior()?;
+        run.observe(0, 0.0, &x0)?;
+        let denoise = self.denoise;
+        let mut observe = |step: usize, t: f64, x: &Tensor| -> Result<()> {
+            let done = ((1.0 - t) / (1.0 - t_end)).clamp(0.0, 1.0);
+            run.progress((done * 1000.0) as usize, 1000);
+            run.observe(step, if denoise { done * 0.999 } else { done }, x)
+        };
+        let x = match self.solver {
+            Solver::Euler => ode::fixed(&mut rhs, x0, (1.0, t_end), self.steps, false, &mut observe)?,
+            Solver::Heun => ode::fixed(&mut rhs, x0, (1.0, t_end), self.steps, true, &mut observe)?,
+            Solver::Rk45 => ode::rk45(
+                &mut rhs,
+                x0,
+                (1.0, t_end),
+                Tolerance {
+                    rtol: self.rtol,
+                    atol: self.atol,
+                },
+                &mut observe,
+            )?,
+        };
+        run.nfe = rhs.nfe;
+        if self.denoise {
+            let x = run.tweedie(&x, State::at(process, t_end))?;
+            run.nfe += 1;
+            run.observe(run.nfe, 1.0, &x)?;
+            Ok(x)
+        } else {
+            Ok(x)
+        }
+    }
+}
