@@ -10,9 +10,10 @@ use crate::diffusion::samplers::SamplerParams;
 use crate::diffusion::schedule::ScheduleParams;
 use crate::metrics::Metric;
 use crate::stages::StageKind;
+use crate::stages::classifier::ClassifierParams;
+use crate::stages::evaluate::{EvaluateParams, Plot};
 use crate::stages::{
-    dataset::DatasetParams, evaluate::EvaluateParams, model::ModelParams, sample::SampleParams,
-    train::TrainParams,
+    dataset::DatasetParams, model::ModelParams, sample::SampleParams, train::TrainParams,
 };
 
 /// The parameters (defaults filled in) of the value that `yaml` names, without the
@@ -45,69 +46,61 @@ fn section<T: DeserializeOwned + Serialize>(
     }
 }
 
+/// The schedules (`type:`), in `runner list`'s order; a test checks the list against
+/// the variants serde knows.
+const SCHEDULES: [&str; 8] = [
+    "linear",
+    "cosine",
+    "quadratic",
+    "sigmoid",
+    "geometric",
+    "vp_sde",
+    "sub_vp_sde",
+    "ve_sde",
+];
+
+/// The architectures (`arch:`); checked like [`SCHEDULES`].
+const ARCHITECTURES: [&str; 3] = ["mlp", "unet", "exact"];
+
 /// The text `runner list` prints.
 pub fn describe() -> String {
     let mut out = String::from("stage kinds (kind: ..., needs: {role: stage}):\n");
-    for kind in StageKind::ALL {
-        let roles: Vec<String> = kind
-            .roles()
-            .iter()
-            .map(|role| role.to_string())
-            .collect();
-        let roles = if roles.is_empty() {
-            "no inputs".to_string()
-        } else {
-            roles.join(", ")
-        };
-        out.push_str(&format!("  {:<18} {roles}\n", kind.name()));
+    for &kind in StageKind::ALL {
+        out.push_str(&format!("  {:<18} {}\n", kind.name(), roles(kind)));
+        out.push_str(&format!("  {:<18} writes {}\n", "", kind.writes().replace('`', "")));
     }
-    out.push_str(
-        "  (evaluate's `samples` and `models` take one stage or a list; at least one of them)\n",
-    );
+    out.push_str("  (evaluate needs `samples`, `models` or both)\n");
     section::<Distribution>(&mut out, "datasets", "name", &Distribution::NAMES);
     section::<ImageSource>(&mut out, "image datasets", "name", &ImageSource::NAMES);
     out.push_str(&format!(
         "  every dataset also takes: {}\n",
         common_dataset()
     ));
-    section::<ScheduleParams>(
-        &mut out,
-        "schedules",
-        "type",
-        &[
-            "linear",
-            "cosine",
-            "quadratic",
-            "sigmoid",
-            "geometric",
-            "vp_sde",
-            "sub_vp_sde",
-            "ve_sde",
-        ],
-    );
+    section::<ScheduleParams>(&mut out, "schedules", "type", &SCHEDULES);
     out.push_str("  (linear betas left out are 1e-4 and 0.02 times 1000/steps, capped at 0.999)\n");
-    section::<ModelParams>(&mut out, "models", "arch", &["mlp", "exact"]);
+    section::<ModelParams>(&mut out, "models", "arch", &ARCHITECTURES);
     out.push_str("  (exact: the dataset's exact score, no network; needs gmm or two_gaussians)\n");
     out.push_str(&format!(
         "\ntrain params: {}\n",
         defaults::<TrainParams>("objective: eps")
     ));
     out.push_str("  objective: eps (DDPM L_simple) | dsm (score matching; weighting: sigma2 | likelihood); optimizer: adam | adamw\n");
-    section::<SamplerParams>(
-        &mut out,
-        "samplers",
-        "sampler",
-        &[
-            "ancestral",
-            "ddim",
-            "langevin",
-            "annealed_langevin",
-            "pc",
-            "ode",
-        ],
-    );
+    out.push_str(&format!(
+        "\nclassifier params: {}\n",
+        defaults::<ClassifierParams>("{}")
+    ));
+    out.push_str("\nsamplers (sampler: ...):\n");
+    for name in SamplerParams::NAMES {
+        let sampler = SamplerParams::defaults(name).expect("every registered sampler has defaults");
+        out.push_str(&format!(
+            "  {name:<18} {}\n  {:<18} on {}\n",
+            defaults::<SamplerParams>(&format!("sampler: {name}")),
+            "",
+            sampler.processes()
+        ));
+    }
     out.push_str("  pc predictor: reverse_diffusion | euler_maruyama | ancestral | none; corrector: langevin | none\n");
-    out.push_str("  ode solver: euler | heun | rk45; annealed_langevin needs a VE process (geometric, ve_sde)\n");
+    out.push_str("  ode solver: euler | heun | rk45\n");
     let sample = defaults::<SampleParams>("sampler: ancestral");
     let common: Vec<&str> = sample
         .split(", ")
@@ -117,10 +110,36 @@ pub fn describe() -> String {
         "  every sampler also takes: {}\n",
         common.join(", ")
     ));
-    let metrics: Vec<&str> = Metric::ALL.iter().map(|m| m.name()).collect();
-    out.push_str(&format!("\nmetrics: {}\n", metrics.join(", ")));
-    out.push_str("  of samples: sliced_wasserstein, mmd, mode_weights; of models: score_error (needs a mixture), nll\n");
-    out.push_str("plots: scatter, timeline (samples); score_field (models, 2D)\n");
+    let names = |f: &dyn Fn(Metric) -> bool| {
+        Metric::ALL
+            .iter()
+            .filter(|&&m| f(m))
+            .map(|m| m.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    out.push_str(&format!("\nmetrics: {}\n", Metric::NAMES.join(", ")));
+    out.push_str(&format!(
+        "  of samples: {}; in a classifier's feature space: {}; of models: {} (score_error needs a mixture)\n",
+        names(&|m| !m.of_models() && !m.needs_classifier()),
+        names(&|m| m.needs_classifier()),
+        names(&|m| m.of_models()),
+    ));
+    let plots = |f: &dyn Fn(Plot) -> bool| {
+        Plot::ALL
+            .iter()
+            .filter(|&&p| f(p))
+            .map(|p| p.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    out.push_str(&format!(
+        "plots: of points: {} (from samples), {} (from models); of images: {} (from samples), {} (from models)\n",
+        plots(&|p| !p.of_images() && !p.of_models()),
+        plots(&|p| !p.of_images() && p.of_models()),
+        plots(&|p| (p.of_images() || p == Plot::Timeline) && !p.of_models()),
+        plots(&|p| p.of_images() && p.of_models()),
+    ));
     out.push_str(&format!(
         "evaluate params: {}\n",
         defaults::<EvaluateParams>("{}")
@@ -131,6 +150,18 @@ pub fn describe() -> String {
     );
     out.push_str("report: plots: [{ metric, x: AXIS or METRIC (e.g. nfe), series: [AXIS, ...], where: {AXIS: value}, log_x, log_y }]\n");
     out
+}
+
+/// A kind's input roles, as `runner list` and README's table of kinds state them.
+pub fn roles(kind: StageKind) -> String {
+    if kind.roles().is_empty() {
+        return "no inputs".into();
+    }
+    kind.roles()
+        .iter()
+        .map(|role| role.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn common_dataset() -> String {
@@ -172,8 +203,50 @@ mod tests {
             "where:",
             "init_range: 1.0",
             "divergence: \"auto\"",
+            "unet",
+            "channel_mult",
+            "classifier params",
+            "width: 32",
+            "forward_noising",
+            "writes metrics.csv",
+            "on VE processes",
         ] {
             assert!(text.contains(needle), "missing {needle} in:\n{text}");
+        }
+    }
+
+    /// The hand-kept lists name exactly the variants serde knows: an unknown name's
+    /// error lists them, in declaration order.
+    #[test]
+    fn lists_match_the_variants_serde_knows() {
+        fn known<T: serde::de::DeserializeOwned + std::fmt::Debug>(yaml: &str) -> Vec<String> {
+            let err = serde_norway::from_str::<T>(yaml).unwrap_err().to_string();
+            let list = err.split("expected one of ").nth(1).unwrap_or_else(|| panic!("{err}"));
+            list.split(", ")
+                .map(|n| n.trim_matches(|c: char| c == '`' || !c.is_ascii_graphic()).to_string())
+                .map(|n| n.split('`').next().unwrap().to_string())
+                .collect()
+        }
+        let mut schedules = known::<super::ScheduleParams>("type: nope");
+        schedules.sort();
+        let mut listed: Vec<String> = super::SCHEDULES.iter().map(|s| s.to_string()).collect();
+        listed.sort();
+        assert_eq!(schedules, listed);
+        assert_eq!(known::<super::ModelParams>("arch: nope"), super::ARCHITECTURES);
+        assert_eq!(
+            known::<super::SamplerParams>("sampler: nope"),
+            super::SamplerParams::NAMES
+        );
+    }
+
+    /// Every registered sampler parses by its name and reports it back.
+    #[test]
+    fn every_registered_sampler_parses_by_its_name() {
+        for name in super::SamplerParams::NAMES {
+            let parsed: super::SamplerParams =
+                serde_norway::from_str(&format!("sampler: {name}")).unwrap();
+            assert_eq!(parsed.name(), *name);
+            assert_eq!(Some(parsed), super::SamplerParams::defaults(name));
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod alloc;
 pub mod artifacts;
 pub mod cache;
 pub mod catalog;
+pub mod choices;
 pub mod cli;
 pub mod data;
 pub mod diffusion;

@@ -5,61 +5,35 @@ pub mod mmd;
 pub mod modes;
 pub mod sliced_wasserstein;
 
-use serde::{Deserialize, Serialize};
+use crate::choices::named_choices;
 
-/// Metrics an evaluate stage can compute.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Metric {
-    /// Sliced 2-Wasserstein distance over random directions.
-    SlicedWasserstein,
-    /// Unbiased squared MMD with an RBF kernel, bandwidth by the median heuristic.
-    Mmd,
-    /// Fraction of samples per mixture component (needs a mixture reference).
-    ModeWeights,
-    /// Of a model: mean squared error of its score against the reference mixture's
-    /// exact score, per noise level.
-    ScoreError,
-    /// Of a model: negative log-likelihood of held-out data through the
-    /// probability-flow ODE, in nats and bits per dimension.
-    Nll,
-    /// Frechet distance in the classifier's feature space (needs a classifier).
-    Fid,
-    /// Kernel distance (cubic polynomial kernel) in the classifier's feature space.
-    Kid,
-    /// exp(E KL(p(y|x) || p(y))) with the classifier's class probabilities.
-    InceptionScore,
-    /// k-NN manifold precision and recall in the classifier's feature space.
-    PrecisionRecall,
+named_choices! {
+    /// Metrics an evaluate stage can compute.
+    pub enum Metric {
+        /// Sliced 2-Wasserstein distance over random directions.
+        SlicedWasserstein = "sliced_wasserstein",
+        /// Unbiased squared MMD with an RBF kernel, bandwidth by the median heuristic.
+        Mmd = "mmd",
+        /// Fraction of samples per mixture component (needs a mixture reference).
+        ModeWeights = "mode_weights",
+        /// Of a model: mean squared error of its score against the reference mixture's
+        /// exact score, per noise level.
+        ScoreError = "score_error",
+        /// Of a model: negative log-likelihood of held-out data through the
+        /// probability-flow ODE, in nats and bits per dimension.
+        Nll = "nll",
+        /// Frechet distance in the classifier's feature space (needs a classifier).
+        Fid = "fid",
+        /// Kernel distance (cubic polynomial kernel) in the classifier's feature space.
+        Kid = "kid",
+        /// exp(E KL(p(y|x) || p(y))) with the classifier's class probabilities.
+        InceptionScore = "inception_score",
+        /// k-NN manifold precision and recall in the classifier's feature space.
+        PrecisionRecall = "precision_recall",
+    }
 }
 
 impl Metric {
-    pub const ALL: [Metric; 9] = [
-        Metric::SlicedWasserstein,
-        Metric::Mmd,
-        Metric::ModeWeights,
-        Metric::ScoreError,
-        Metric::Nll,
-        Metric::Fid,
-        Metric::Kid,
-        Metric::InceptionScore,
-        Metric::PrecisionRecall,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Metric::SlicedWasserstein => "sliced_wasserstein",
-            Metric::Mmd => "mmd",
-            Metric::ModeWeights => "mode_weights",
-            Metric::ScoreError => "score_error",
-            Metric::Nll => "nll",
-            Metric::Fid => "fid",
-            Metric::Kid => "kid",
-            Metric::InceptionScore => "inception_score",
-            Metric::PrecisionRecall => "precision_recall",
-        }
-    }
-
     /// Whether the metric works in a classifier's feature space.
     pub fn needs_classifier(self) -> bool {
         matches!(

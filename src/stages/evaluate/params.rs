@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::diffusion::likelihood::Divergence;
 use crate::diffusion::samplers::SamplerParams;
 use crate::diffusion::samplers::ddim::Ddim;
+use crate::choices::named_choices;
 use crate::metrics::Metric;
 use crate::stages::dataset::{DatasetParams, Source};
 
@@ -71,44 +72,32 @@ pub struct EvaluateParams {
     pub seed: u64,
 }
 
-/// Figures an evaluate stage can draw.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Plot {
-    /// Samples over the held-out data, one figure per sample stage.
-    Scatter,
-    /// The sample stage's snapshots from prior to data, one panel each.
-    Timeline,
-    /// A model's score as arrows at `field_times`, beside the exact score when the
-    /// reference is a mixture (2D data).
-    ScoreField,
-    /// Image samples, 8 by 8 (image data).
-    Grid,
-    /// Held-out images noised by a model's process from t = 0 to 1 (image data).
-    ForwardNoising,
-    /// Spherical interpolations between prior draws, decoded by
-    /// `interpolation_sampler` (image data, models).
-    Interpolation,
-    /// Ho et al.'s interpolation: two held-out images noised to each of `mix_times`,
-    /// mixed linearly and decoded by ancestral sampling (image data, models).
-    Mix,
+named_choices! {
+    /// Figures an evaluate stage can draw.
+    pub enum Plot {
+        /// Samples over the held-out data, one figure per sample stage.
+        Scatter = "scatter",
+        /// The sample stage's snapshots from prior to data, one panel each.
+        Timeline = "timeline",
+        /// A model's score as arrows at `field_times`, beside the exact score when the
+        /// reference is a mixture (2D data).
+        ScoreField = "score_field",
+        /// Image samples, 8 by 8 (image data).
+        Grid = "grid",
+        /// Held-out images noised by a model's process from t = 0 to 1 (image data).
+        ForwardNoising = "forward_noising",
+        /// Spherical interpolations between prior draws, decoded by
+        /// `interpolation_sampler` (image data, models).
+        Interpolation = "interpolation",
+        /// Ho et al.'s interpolation: two held-out images noised to each of `mix_times`,
+        /// mixed linearly and decoded by ancestral sampling (image data, models).
+        Mix = "mix",
+    }
 }
 
 impl Plot {
-    pub fn name(self) -> &'static str {
-        match self {
-            Plot::Scatter => "scatter",
-            Plot::Timeline => "timeline",
-            Plot::ScoreField => "score_field",
-            Plot::Grid => "grid",
-            Plot::ForwardNoising => "forward_noising",
-            Plot::Interpolation => "interpolation",
-            Plot::Mix => "mix",
-        }
-    }
-
     /// Whether the figure shows images (the others draw points).
-    fn of_images(self) -> bool {
+    pub fn of_images(self) -> bool {
         matches!(
             self,
             Plot::Grid | Plot::ForwardNoising | Plot::Interpolation | Plot::Mix
@@ -116,7 +105,7 @@ impl Plot {
     }
 
     /// Whether the figure is drawn from `needs.models`.
-    fn of_models(self) -> bool {
+    pub fn of_models(self) -> bool {
         matches!(
             self,
             Plot::ScoreField | Plot::ForwardNoising | Plot::Interpolation | Plot::Mix
