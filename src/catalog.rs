@@ -110,14 +110,7 @@ pub fn describe() -> String {
         "  every sampler also takes: {}\n",
         common.join(", ")
     ));
-    let names = |f: &dyn Fn(Metric) -> bool| {
-        Metric::ALL
-            .iter()
-            .filter(|&&m| f(m))
-            .map(|m| m.name())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let names = |f: &dyn Fn(Metric) -> bool| chosen(Metric::ALL, Metric::name, f);
     out.push_str(&format!("\nmetrics: {}\n", Metric::NAMES.join(", ")));
     out.push_str(&format!(
         "  of samples: {}; in a classifier's feature space: {}; of models: {} (score_error needs a mixture)\n",
@@ -125,14 +118,7 @@ pub fn describe() -> String {
         names(&|m| m.needs_classifier()),
         names(&|m| m.of_models()),
     ));
-    let plots = |f: &dyn Fn(Plot) -> bool| {
-        Plot::ALL
-            .iter()
-            .filter(|&&p| f(p))
-            .map(|p| p.name())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let plots = |f: &dyn Fn(Plot) -> bool| chosen(Plot::ALL, Plot::name, f);
     out.push_str(&format!(
         "plots: of points: {} (from samples), {} (from models); of images: {} (from samples), {} (from models)\n",
         plots(&|p| !p.of_images() && !p.of_models()),
@@ -150,6 +136,15 @@ pub fn describe() -> String {
     );
     out.push_str("report: plots: [{ metric, x: AXIS or METRIC (e.g. nfe), series: [AXIS, ...], where: {AXIS: value}, log_x, log_y }]\n");
     out
+}
+
+/// The names of the choices `keep` selects, as a list.
+fn chosen<T: Copy>(all: &[T], name: fn(T) -> &'static str, keep: &dyn Fn(T) -> bool) -> String {
+    all.iter()
+        .filter(|&&c| keep(c))
+        .map(|&c| name(c))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A kind's input roles, as `runner list` and README's table of kinds state them.

@@ -474,3 +474,62 @@ fn reader_finds_a_cycle_through_use_trees_and_inline_paths() {
     assert_eq!(cycles(&graph), vec![vec!["a::x".to_string(), "c".to_string()]]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The first path segment of a module (`stages::train` is in `stages`).
+fn top(module: &str) -> &str {
+    module.split("::").next().unwrap_or(module)
+}
+
+fn within(module: &str, prefix: &str) -> bool {
+    module == prefix || module.starts_with(&format!("{prefix}::"))
+}
+
+/// The layers import downward only: the top-level modules, each taken whole, form no
+/// cycle; the CPU kernels import nothing else of the crate; the pipeline layer sees the
+/// stage kinds only through their table (`stages`); stages never reach back up into
+/// the pipeline, executors, report or command line; plotting is a leaf.
+#[test]
+fn layers_import_downward_only() {
+    let graph = import_graph(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"));
+    let mut layers: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (module, edges) in &graph {
+        let entry = layers.entry(top(module).to_string()).or_default();
+        entry.extend(
+            edges
+                .iter()
+                .filter(|e| top(e) != top(module) && !e.is_empty())
+                .map(|e| top(e).to_string()),
+        );
+    }
+    let found = cycles(&layers);
+    assert!(found.is_empty(), "top-level modules in a cycle: {found:?}");
+
+    let mut broken = Vec::new();
+    for (module, edges) in &graph {
+        for edge in edges {
+            let rule = if within(module, "nn::kernels") && !within(edge, "nn::kernels") {
+                Some("the CPU kernels import nothing else of the crate")
+            } else if within(module, "pipeline") && within(edge, "stages") && edge != "stages" {
+                Some("the pipeline layer sees stage kinds only through their table")
+            } else if ["stages", "plot", "diffusion", "nn", "data", "metrics"]
+                .iter()
+                .any(|low| within(module, low))
+                && ["pipeline", "exec", "report", "cli", "catalog"]
+                    .iter()
+                    .any(|high| within(edge, high))
+            {
+                Some("stages and the code below them never import the layers above")
+            } else if within(module, "plot")
+                && ["stages", "diffusion", "nn"].iter().any(|m| within(edge, m))
+            {
+                Some("plotting is a leaf")
+            } else {
+                None
+            };
+            if let Some(rule) = rule {
+                broken.push(format!("{module} -> {edge}: {rule}"));
+            }
+        }
+    }
+    assert!(broken.is_empty(), "layering broken:\n  {}", broken.join("\n  "));
+}

@@ -206,12 +206,10 @@ fn release(
 #[cfg(test)]
 mod tests {
     use std::collections::VecDeque;
-    use std::path::Path;
 
     use super::*;
     use crate::exec::executor::Finished;
-    use crate::pipeline::graph::build;
-    use crate::pipeline::spec::{Loaded, parse};
+    use crate::pipeline::graph::plan_of_text;
 
     /// Two trainings off shared inputs, a sample stage after each.
     const PIPELINE: &str = "name: d
@@ -262,13 +260,7 @@ stages:
 
     #[test]
     fn the_loop_offers_ready_stages_again_and_skips_what_a_failure_blocks() {
-        let path = Path::new("d.yaml");
-        let loaded = Loaded {
-            spec: parse(path, PIPELINE).unwrap(),
-            tree: serde_norway::from_str(PIPELINE).unwrap(),
-            source: PIPELINE.into(),
-        };
-        let plan = build(path, loaded).unwrap();
+        let plan = plan_of_text(PIPELINE);
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::open(dir.path()).unwrap();
         let mut executor = OneAtATime {

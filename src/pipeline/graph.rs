@@ -484,6 +484,18 @@ pub fn to_dot(plan: &Plan) -> String {
     out
 }
 
+/// Test support: the plan of a pipeline given as text (named `k.yaml`).
+#[cfg(test)]
+pub(crate) fn plan_of_text(text: &str) -> Plan {
+    let path = Path::new("k.yaml");
+    let loaded = Loaded {
+        spec: super::spec::parse(path, text).unwrap(),
+        tree: serde_norway::from_str(text).unwrap(),
+        source: text.into(),
+    };
+    build(path, loaded).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -498,13 +510,7 @@ stages:
 ";
 
     fn plan(text: &str) -> Plan {
-        let path = Path::new("k.yaml");
-        let loaded = Loaded {
-            spec: parse(path, text).unwrap(),
-            tree: serde_norway::from_str(text).unwrap(),
-            source: text.into(),
-        };
-        build(path, loaded).unwrap()
+        plan_of_text(text)
     }
 
     fn keys(text: &str) -> HashMap<String, String> {
