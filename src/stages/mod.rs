@@ -6,15 +6,8 @@
 //! `stage_kinds!`; the compiler then points at nothing else to change.
 
 pub mod checkpoint;
-pub mod classifier;
 pub mod context;
-pub mod dataset;
-pub mod evaluate;
 pub mod kind;
-pub mod model;
-pub mod sample;
-pub mod schedule;
-pub mod train;
 
 use std::any::Any;
 
@@ -25,10 +18,12 @@ pub use kind::{Kind, Needs, Neighbours, Role};
 
 use crate::error::StageResult;
 
-/// Builds [`StageKind`] and [`StageParams`] from the table: every match over kinds in
-/// the crate is written here once.
+/// Declares each kind's module and builds [`StageKind`] and [`StageParams`] from the
+/// table: every match over kinds in the crate is written here once.
 macro_rules! stage_kinds {
-    ($($variant:ident => $kind:ty),* $(,)?) => {
+    ($($variant:ident => $module:ident :: $kind:ident),* $(,)?) => {
+        $(pub mod $module;)*
+
         /// The stage kinds, as named in pipeline files (in `runner list`'s order).
         #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
         pub enum StageKind {
@@ -38,39 +33,39 @@ macro_rules! stage_kinds {
         impl StageKind {
             pub const ALL: &'static [StageKind] = &[$(StageKind::$variant),*];
             /// Every kind's name: the valid choices of `kind:`.
-            pub const NAMES: &'static [&'static str] = &[$(<$kind as Kind>::NAME),*];
+            pub const NAMES: &'static [&'static str] = &[$(<$module::$kind as Kind>::NAME),*];
 
             pub fn name(self) -> &'static str {
                 match self {
-                    $(StageKind::$variant => <$kind as Kind>::NAME),*
+                    $(StageKind::$variant => <$module::$kind as Kind>::NAME),*
                 }
             }
 
             /// Input roles this kind takes, in the order keys hash them.
             pub fn roles(self) -> &'static [Role] {
                 match self {
-                    $(StageKind::$variant => <$kind as Kind>::ROLES),*
+                    $(StageKind::$variant => <$module::$kind as Kind>::ROLES),*
                 }
             }
 
             /// Implementation version, part of every key of this kind.
             pub fn version(self) -> u32 {
                 match self {
-                    $(StageKind::$variant => <$kind as Kind>::VERSION),*
+                    $(StageKind::$variant => <$module::$kind as Kind>::VERSION),*
                 }
             }
 
             /// The files it writes.
             pub fn writes(self) -> &'static str {
                 match self {
-                    $(StageKind::$variant => <$kind as Kind>::WRITES),*
+                    $(StageKind::$variant => <$module::$kind as Kind>::WRITES),*
                 }
             }
 
             /// The report's figures of an entry of this kind: (file prefix, gallery).
             pub fn figures(self) -> &'static [(&'static str, &'static str)] {
                 match self {
-                    $(StageKind::$variant => <$kind as Kind>::FIGURES),*
+                    $(StageKind::$variant => <$module::$kind as Kind>::FIGURES),*
                 }
             }
 
@@ -82,7 +77,7 @@ macro_rules! stage_kinds {
             ) -> Result<StageParams, D::Error> {
                 Ok(match self {
                     $(StageKind::$variant => StageParams::$variant(
-                        <<$kind as Kind>::Params as Deserialize>::deserialize(d)?,
+                        <<$module::$kind as Kind>::Params as Deserialize>::deserialize(d)?,
                     )),*
                 })
             }
@@ -91,7 +86,7 @@ macro_rules! stage_kinds {
         /// A stage's typed parameters, of whichever kind it is.
         #[derive(Debug, Clone)]
         pub enum StageParams {
-            $($variant(<$kind as Kind>::Params)),*
+            $($variant(<$module::$kind as Kind>::Params)),*
         }
 
         impl StageParams {
@@ -104,21 +99,21 @@ macro_rules! stage_kinds {
             /// What the key hashes (see [`Kind::resolved`]).
             pub fn resolved(&self) -> Result<serde_json::Value, String> {
                 match self {
-                    $(StageParams::$variant(p) => <$kind as Kind>::resolved(p)),*
+                    $(StageParams::$variant(p) => <$module::$kind as Kind>::resolved(p)),*
                 }
             }
 
             /// Checks the parameters against themselves and the stages they read.
             pub fn validate(&self, stages: &Neighbours) -> Result<(), String> {
                 match self {
-                    $(StageParams::$variant(p) => <$kind as Kind>::validate(p, stages)),*
+                    $(StageParams::$variant(p) => <$module::$kind as Kind>::validate(p, stages)),*
                 }
             }
 
             /// Computes the stage into `ctx.out`.
             pub fn run(&self, ctx: &StageContext) -> StageResult<()> {
                 match self {
-                    $(StageParams::$variant(p) => <$kind as Kind>::run(p, ctx)),*
+                    $(StageParams::$variant(p) => <$module::$kind as Kind>::run(p, ctx)),*
                 }
             }
 

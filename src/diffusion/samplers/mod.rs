@@ -1,5 +1,5 @@
 //! Samplers, written once against [`Process`] and [`ScoreFn`], so every sampler runs
-//! on every model whose process it is defined for. One module per family declares its
+//! on every model whose process it is defined for. One module per sampler declares its
 //! parameters (defaults in one `Default`), its key form, the processes it accepts and
 //! how it draws (most as a step on the shared grid walk of [`grid`]); the table in
 //! `samplers!` below makes them the `sampler:` choices of a sample stage, and `runner
@@ -8,13 +8,8 @@
 //! Adding a sampler is a new module with a type implementing [`Sampler`] and one line
 //! in `samplers!`.
 
-pub mod ancestral;
-pub mod ddim;
 pub mod family;
 pub mod grid;
-pub mod langevin;
-pub mod pc;
-pub mod probability_flow;
 
 use candle_core::{Result, Tensor};
 use rand_chacha::ChaCha8Rng;
@@ -26,39 +21,41 @@ use super::process::Process;
 use super::score::ScoreFn;
 use family::Snapshots;
 
-/// Builds [`SamplerParams`] from the table.
+/// Declares each sampler's module and builds [`SamplerParams`] from the table.
 macro_rules! samplers {
-    ($($variant:ident => $ty:ty),* $(,)?) => {
+    ($($variant:ident => $module:ident :: $name:ident),* $(,)?) => {
+        $(pub mod $module;)*
+
         /// A sampler and its settings, as written in a sample stage (`sampler:` names
         /// the family; the variant names, in snake case, are the families' `NAME`s).
         #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
         #[serde(tag = "sampler", rename_all = "snake_case")]
         pub enum SamplerParams {
-            $($variant($ty)),*
+            $($variant($module::$name)),*
         }
 
         impl SamplerParams {
             /// Every sampler's name, in the table's order.
-            pub const NAMES: &'static [&'static str] = &[$(<$ty as Sampler>::NAME),*];
+            pub const NAMES: &'static [&'static str] = &[$(<$module::$name as Sampler>::NAME),*];
 
             /// The sampler `name` with its defaults.
             pub fn defaults(name: &str) -> Option<SamplerParams> {
-                $(if name == <$ty as Sampler>::NAME {
-                    return Some(SamplerParams::$variant(<$ty>::default()));
+                $(if name == <$module::$name as Sampler>::NAME {
+                    return Some(SamplerParams::$variant(<$module::$name>::default()));
                 })*
                 None
             }
 
             pub fn name(&self) -> &'static str {
                 match self {
-                    $(SamplerParams::$variant(_) => <$ty as Sampler>::NAME),*
+                    $(SamplerParams::$variant(_) => <$module::$name as Sampler>::NAME),*
                 }
             }
 
             /// The processes the sampler is defined for.
             pub fn processes(&self) -> &'static str {
                 match self {
-                    $(SamplerParams::$variant(_) => <$ty as Sampler>::PROCESSES),*
+                    $(SamplerParams::$variant(_) => <$module::$name as Sampler>::PROCESSES),*
                 }
             }
 
@@ -95,7 +92,7 @@ samplers! {
     Ancestral => ancestral::Ancestral,
     Ddim => ddim::Ddim,
     Langevin => langevin::Langevin,
-    AnnealedLangevin => langevin::AnnealedLangevin,
+    AnnealedLangevin => annealed_langevin::AnnealedLangevin,
     Pc => pc::Pc,
     Ode => probability_flow::Ode,
 }

@@ -181,7 +181,7 @@ fn every_sampler_with_exact_scores_recovers_the_mixture() {
             }),
         ];
         if !process.is_vp_family() {
-            samplers.push(SamplerParams::AnnealedLangevin(langevin::AnnealedLangevin {
+            samplers.push(SamplerParams::AnnealedLangevin(annealed_langevin::AnnealedLangevin {
                 step_lr: 2e-5,
                 n_steps_each: 100,
                 levels: 10,
@@ -272,7 +272,7 @@ fn grids_use_levels_or_subsets_and_end_clean() {
 
 #[test]
 fn samplers_refuse_processes_they_do_not_fit() {
-    let annealed = SamplerParams::AnnealedLangevin(langevin::AnnealedLangevin {
+    let annealed = SamplerParams::AnnealedLangevin(annealed_langevin::AnnealedLangevin {
         step_lr: 2e-5,
         n_steps_each: 1,
         levels: 10,
