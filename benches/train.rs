@@ -178,7 +178,13 @@ fn frozen(config: &NetworkConfig, shape: DataShape, device: &Device) -> Result<N
         .into_iter()
         .map(|(name, var)| (name, var.as_tensor().detach()))
         .collect();
-    Ok(Network::load(config, shape, &ddpm().noise_std(), weights, device)?)
+    Ok(Network::load(
+        config,
+        shape,
+        &ddpm().noise_std(),
+        weights,
+        device,
+    )?)
 }
 
 /// A case timing one n x n by n x n product.

@@ -67,7 +67,11 @@ pub fn describe() -> String {
     let mut out = String::from("stage kinds (kind: ..., needs: {role: stage}):\n");
     for &kind in StageKind::ALL {
         out.push_str(&format!("  {:<18} {}\n", kind.name(), roles(kind)));
-        out.push_str(&format!("  {:<18} writes {}\n", "", kind.writes().replace('`', "")));
+        out.push_str(&format!(
+            "  {:<18} writes {}\n",
+            "",
+            kind.writes().replace('`', "")
+        ));
     }
     out.push_str("  (evaluate needs `samples`, `models` or both)\n");
     section::<Distribution>(&mut out, "datasets", "name", &Distribution::NAMES);
@@ -216,9 +220,15 @@ mod tests {
     fn lists_match_the_variants_serde_knows() {
         fn known<T: serde::de::DeserializeOwned + std::fmt::Debug>(yaml: &str) -> Vec<String> {
             let err = serde_norway::from_str::<T>(yaml).unwrap_err().to_string();
-            let list = err.split("expected one of ").nth(1).unwrap_or_else(|| panic!("{err}"));
+            let list = err
+                .split("expected one of ")
+                .nth(1)
+                .unwrap_or_else(|| panic!("{err}"));
             list.split(", ")
-                .map(|n| n.trim_matches(|c: char| c == '`' || !c.is_ascii_graphic()).to_string())
+                .map(|n| {
+                    n.trim_matches(|c: char| c == '`' || !c.is_ascii_graphic())
+                        .to_string()
+                })
                 .map(|n| n.split('`').next().unwrap().to_string())
                 .collect()
         }
@@ -227,7 +237,10 @@ mod tests {
         let mut listed: Vec<String> = super::SCHEDULES.iter().map(|s| s.to_string()).collect();
         listed.sort();
         assert_eq!(schedules, listed);
-        assert_eq!(known::<super::ModelParams>("arch: nope"), super::ARCHITECTURES);
+        assert_eq!(
+            known::<super::ModelParams>("arch: nope"),
+            super::ARCHITECTURES
+        );
         assert_eq!(
             known::<super::SamplerParams>("sampler: nope"),
             super::SamplerParams::NAMES

@@ -76,7 +76,9 @@ mod tests {
         let c: Vec<Colour> = serde_norway::from_str("[dark_blue, red]").unwrap();
         assert_eq!(c, vec![Colour::DarkBlue, Colour::Red]);
         assert_eq!(serde_json::to_string(&c).unwrap(), r#"["dark_blue","red"]"#);
-        let err = serde_norway::from_str::<Colour>("green").unwrap_err().to_string();
+        let err = serde_norway::from_str::<Colour>("green")
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("unknown variant `green`, expected `red` or `dark_blue`"),
             "{err}"

@@ -22,11 +22,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::cache::{Cache, maintenance};
 use crate::error::RunnerError;
 use crate::exec::device::DeviceChoice;
-use crate::progress::Progress;
 use crate::exec::worker::{self, exit_code};
 use crate::exec::{Outcome, RunOptions, Status, execute, from_cache};
-use crate::stages::StageKind;
 use crate::pipeline::{self, Plan, history};
+use crate::progress::Progress;
+use crate::stages::StageKind;
 use crate::{catalog, report};
 
 /// Diffusion-model experiments as cached, content-hashed pipelines.

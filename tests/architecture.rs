@@ -153,7 +153,10 @@ fn inline_modules(code: &str) -> Vec<(usize, usize, String)> {
             continue;
         }
         let rest = &code[at + 4..];
-        let name: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
         let after = rest[name.len()..].trim_start();
         if name.is_empty() || !after.starts_with('{') {
             continue;
@@ -322,7 +325,11 @@ fn import_graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
             }
             base
         };
-        let file_depth = if module.is_empty() { 0 } else { module.split("::").count() };
+        let file_depth = if module.is_empty() {
+            0
+        } else {
+            module.split("::").count()
+        };
         let mut edges = BTreeSet::new();
         let mut add = |base: &[String], path: &[String]| {
             if let Some(target) = resolve(base, path, &known)
@@ -340,7 +347,9 @@ fn import_graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
             if at > 0 && ident_char(code.as_bytes()[at - 1]) {
                 continue;
             }
-            let Some(end) = code[at..].find(';') else { break };
+            let Some(end) = code[at..].find(';') else {
+                break;
+            };
             let base = base_at(at);
             for path in use_paths(&code[at + 4..at + end]) {
                 add(&base, &path);
@@ -352,8 +361,16 @@ fn import_graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
         }
         // Inline paths through a child module, which `mod child;` brings into scope
         // (`images::write_grid(..)`).
-        let prefix = if module.is_empty() { String::new() } else { format!("{module}::") };
-        for child in known.iter().filter_map(|m| m.strip_prefix(&prefix)).filter(|c| !c.contains("::") && !c.is_empty()) {
+        let prefix = if module.is_empty() {
+            String::new()
+        } else {
+            format!("{module}::")
+        };
+        for child in known
+            .iter()
+            .filter_map(|m| m.strip_prefix(&prefix))
+            .filter(|c| !c.contains("::") && !c.is_empty())
+        {
             let needle = format!("{child}::");
             let mut from = 0;
             while let Some(pos) = code[from..].find(&needle) {
@@ -459,19 +476,35 @@ fn reader_finds_a_cycle_through_use_trees_and_inline_paths() {
     std::fs::create_dir_all(dir.join("a")).unwrap();
     let write = |p: &str, t: &str| std::fs::write(dir.join(p), t).unwrap();
     write("lib.rs", "pub mod a; pub mod b; pub mod c;\n");
-    write("a/mod.rs", "pub mod x;\nuse crate::{b::{self, Thing}, c as see};\n");
-    write("a/x.rs", "// use crate::c;\nfn f() { let s = \"crate::c\"; super::super::c::g(); }\n");
-    write("b.rs", "fn f() {}\n#[cfg(test)]\nmod tests { use super::*; use crate::c; }\n");
+    write(
+        "a/mod.rs",
+        "pub mod x;\nuse crate::{b::{self, Thing}, c as see};\n",
+    );
+    write(
+        "a/x.rs",
+        "// use crate::c;\nfn f() { let s = \"crate::c\"; super::super::c::g(); }\n",
+    );
+    write(
+        "b.rs",
+        "fn f() {}\n#[cfg(test)]\nmod tests { use super::*; use crate::c; }\n",
+    );
     write("c.rs", "use std::fmt;\nfn g() { crate::a::x::f() }\n");
     write("a/y.rs", "fn h() {}\n");
-    std::fs::write(dir.join("a/mod.rs"), "pub mod x; pub mod y;\nuse crate::{b::{self, Thing}, c as see};\nfn f() { y::h(); }\n").unwrap();
+    std::fs::write(
+        dir.join("a/mod.rs"),
+        "pub mod x; pub mod y;\nuse crate::{b::{self, Thing}, c as see};\nfn f() { y::h(); }\n",
+    )
+    .unwrap();
     let graph = import_graph(&dir);
     let edges = |m: &str| graph[m].iter().cloned().collect::<Vec<_>>();
     assert_eq!(edges("a"), vec!["a::y", "b", "c"]);
     assert_eq!(edges("a::x"), vec!["c"]);
     assert_eq!(edges("b"), vec!["c"]);
     assert_eq!(edges("c"), vec!["a::x"]);
-    assert_eq!(cycles(&graph), vec![vec!["a::x".to_string(), "c".to_string()]]);
+    assert_eq!(
+        cycles(&graph),
+        vec![vec!["a::x".to_string(), "c".to_string()]]
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -520,7 +553,9 @@ fn layers_import_downward_only() {
             {
                 Some("stages and the code below them never import the layers above")
             } else if within(module, "plot")
-                && ["stages", "diffusion", "nn"].iter().any(|m| within(edge, m))
+                && ["stages", "diffusion", "nn"]
+                    .iter()
+                    .any(|m| within(edge, m))
             {
                 Some("plotting is a leaf")
             } else {
@@ -531,5 +566,9 @@ fn layers_import_downward_only() {
             }
         }
     }
-    assert!(broken.is_empty(), "layering broken:\n  {}", broken.join("\n  "));
+    assert!(
+        broken.is_empty(),
+        "layering broken:\n  {}",
+        broken.join("\n  ")
+    );
 }

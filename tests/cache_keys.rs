@@ -12,7 +12,12 @@ use std::path::Path;
 /// hash the files' names and contents).
 fn write_fixtures(dir: &Path) {
     for folder in ["data/mnist", "fashion"] {
-        for (split, kind) in [("train", "images-idx3"), ("train", "labels-idx1"), ("t10k", "images-idx3"), ("t10k", "labels-idx1")] {
+        for (split, kind) in [
+            ("train", "images-idx3"),
+            ("train", "labels-idx1"),
+            ("t10k", "images-idx3"),
+            ("t10k", "labels-idx1"),
+        ] {
             let path = dir.join(folder).join(format!("{split}-{kind}-ubyte"));
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(&path, format!("{folder} {split} {kind}")).unwrap();

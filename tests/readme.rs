@@ -33,7 +33,11 @@ fn kind_rows(readme: &str) -> Vec<Vec<String>> {
 fn readme_table_of_kinds_is_the_table_of_kinds() {
     let rows = kind_rows(&readme());
     let names: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
-    assert_eq!(names, StageKind::NAMES, "README's kinds, in the table's order");
+    assert_eq!(
+        names,
+        StageKind::NAMES,
+        "README's kinds, in the table's order"
+    );
     for (row, &kind) in rows.iter().zip(StageKind::ALL) {
         let needs = match runner::catalog::roles(kind).as_str() {
             "no inputs" => "-".to_string(),
@@ -65,26 +69,36 @@ fn sampler_entry<'a>(row: &'a str, name: &str) -> Option<&'a str> {
 fn readme_and_runner_list_name_every_registered_sampler_and_its_parameters() {
     let readme = readme();
     let rows = kind_rows(&readme);
-    let sample = &rows.iter().find(|r| r[0] == "sample").expect("a sample row")[2];
+    let sample = &rows
+        .iter()
+        .find(|r| r[0] == "sample")
+        .expect("a sample row")[2];
     let list = common::stdout(&common::runner(std::path::Path::new("unused"), &["list"]));
     for name in SamplerParams::NAMES {
         let entry = sampler_entry(sample, name)
             .unwrap_or_else(|| panic!("README's sample row does not list `{name} (...)`"));
         let defaults = serde_json::to_value(SamplerParams::defaults(name).unwrap()).unwrap();
-        for param in defaults.as_object().unwrap().keys().filter(|k| *k != "sampler") {
+        for param in defaults
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| *k != "sampler")
+        {
             assert!(
                 entry.contains(&format!("`{param}`")),
                 "README's entry for `{name}` misses `{param}`: {entry}"
             );
         }
         assert!(
-            list.lines().any(|l| l.trim_start().starts_with(&format!("{name} "))),
+            list.lines()
+                .any(|l| l.trim_start().starts_with(&format!("{name} "))),
             "`runner list` misses sampler {name}"
         );
     }
     for kind in StageKind::NAMES {
         assert!(
-            list.lines().any(|l| l.trim_start().starts_with(&format!("{kind} "))),
+            list.lines()
+                .any(|l| l.trim_start().starts_with(&format!("{kind} "))),
             "`runner list` misses kind {kind}"
         );
     }

@@ -39,7 +39,10 @@ fn worker_computes_one_stage_by_key_and_the_driver_reuses_it() {
     let out = worker(&results, &path, ddpm, &[]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     let err = stderr(&out);
-    assert!(err.contains("stage ddpm cannot run yet") && err.contains("data ("), "{err}");
+    assert!(
+        err.contains("stage ddpm cannot run yet") && err.contains("data ("),
+        "{err}"
+    );
     assert!(!results.join(".cache").join(ddpm).exists());
 
     // A key no stage of the plan has.
@@ -93,7 +96,10 @@ fn worker_plans_with_the_same_overrides_and_reports_a_failed_stage() {
     let out = worker(&results, &path, ddpm, &["--set", &sets[0]]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);
-    assert!(err.contains("stage ddpm failed") && err.contains("loss became"), "{err}");
+    assert!(
+        err.contains("stage ddpm failed") && err.contains("loss became"),
+        "{err}"
+    );
     assert!(!results.join(".cache").join(ddpm).exists());
 
     // A pipeline that does not parse is exit code 2, as for every command.

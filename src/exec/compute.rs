@@ -13,7 +13,11 @@ use crate::progress::Progress;
 use crate::stages::{InputEntry, StageContext};
 
 /// The committed entries of a node's inputs, by role.
-pub fn input_entries(plan: &Plan, cache: &Cache, node: &StageNode) -> Vec<(String, Vec<InputEntry>)> {
+pub fn input_entries(
+    plan: &Plan,
+    cache: &Cache,
+    node: &StageNode,
+) -> Vec<(String, Vec<InputEntry>)> {
     node.needs
         .iter()
         .map(|(role, inputs)| {

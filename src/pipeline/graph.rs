@@ -310,14 +310,17 @@ pub fn build(path: &Path, loaded: Loaded) -> Result<Plan, SpecError> {
                     .map(|&ix| &graph[ix].spec)
                     .map(|s: &StageSpec| (&s.needs, s.params.as_any()))
             };
-            stage.params.validate(&Neighbours::new(&stage.needs, &lookup)).map_err(|m| {
-                let message = if own_coords.is_empty() {
-                    format!("stage `{id}`: {m}")
-                } else {
-                    format!("stage `{id}` {}: {m}", at())
-                };
-                err(Some(id), Some("params"), message)
-            })?;
+            stage
+                .params
+                .validate(&Neighbours::new(&stage.needs, &lookup))
+                .map_err(|m| {
+                    let message = if own_coords.is_empty() {
+                        format!("stage `{id}`: {m}")
+                    } else {
+                        format!("stage `{id}` {}: {m}", at())
+                    };
+                    err(Some(id), Some("params"), message)
+                })?;
             let params = stage
                 .params
                 .resolved()

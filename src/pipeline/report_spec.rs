@@ -96,4 +96,3 @@ pub fn is_metric_name(name: &str) -> bool {
         || name.starts_with("mode_weight_")
         || name.starts_with("score_mse_t")
 }
-

@@ -103,7 +103,11 @@ impl<'de> Visitor<'de> for NeedsSeed {
                 vec![map.next_value::<String>()?]
             });
         }
-        if let Some(role) = roles.iter().zip(&found).find(|(r, f)| r.required && f.is_none()) {
+        if let Some(role) = roles
+            .iter()
+            .zip(&found)
+            .find(|(r, f)| r.required && f.is_none())
+        {
             return Err(A::Error::missing_field(role.0.name));
         }
         Ok(Needs(

@@ -12,12 +12,12 @@ use petgraph::graph::NodeIndex;
 use polars::prelude::*;
 use serde::Serialize;
 
+use crate::artifacts::read_csv;
 use crate::cache::Cache;
 use crate::error::RunnerError;
 use crate::exec::{Outcome, Status};
-use crate::pipeline::{Plan, StageNode};
 use crate::pipeline::sweep::folder_name;
-use crate::artifacts::read_csv;
+use crate::pipeline::{Plan, StageNode};
 use crate::stages::StageKind;
 use table::{MetricRow, MetricsTable};
 

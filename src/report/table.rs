@@ -7,10 +7,10 @@ use std::path::Path;
 use polars::prelude::*;
 use serde::Serialize;
 
+use crate::artifacts::write_csv;
 use crate::error::RunnerError;
 use crate::pipeline::Plan;
 use crate::pipeline::sweep::Sweep;
-use crate::artifacts::write_csv;
 
 /// One metric value at one sweep point.
 #[derive(Debug, Clone)]

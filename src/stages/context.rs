@@ -66,4 +66,3 @@ impl StageContext<'_> {
         self.out.join(file)
     }
 }
-

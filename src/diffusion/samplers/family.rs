@@ -144,8 +144,11 @@ impl<'a> Run<'a> {
 
     /// Tweedie's denoising x0 = (x + s^2 score) / a at `state`.
     pub fn tweedie(&self, x: &Tensor, state: State) -> Result<Tensor> {
-        (x + self.score.score(x, state.t)?.affine(state.s * state.s, 0.0)?)?
-            .affine(1.0 / state.a, 0.0)
+        (x + self
+            .score
+            .score(x, state.t)?
+            .affine(state.s * state.s, 0.0)?)?
+        .affine(1.0 / state.a, 0.0)
     }
 
     /// Keeps a snapshot when `progress` (in [0, 1]) passes the next mark.
@@ -176,4 +179,3 @@ impl<'a> Run<'a> {
         Ok(x)
     }
 }
-

@@ -1,16 +1,16 @@
 //! Every sampler against exact scores on five processes, and the grid walk.
 
-use super::*;
-use candle_core::Device;
 use super::ancestral::Variance;
 use super::grid::{State, grid, transition};
 use super::langevin::LangevinInit;
 use super::pc::{Corrector, Predictor, langevin_step_size};
 use super::probability_flow::Solver;
+use super::*;
 use crate::data::toy::Mixture;
 use crate::diffusion::schedule::ScheduleParams;
 use crate::diffusion::score::MixtureScore;
 use crate::rng::stream;
+use candle_core::Device;
 
 fn mixture() -> Mixture {
     Mixture {
@@ -181,14 +181,16 @@ fn every_sampler_with_exact_scores_recovers_the_mixture() {
             }),
         ];
         if !process.is_vp_family() {
-            samplers.push(SamplerParams::AnnealedLangevin(annealed_langevin::AnnealedLangevin {
-                step_lr: 2e-5,
-                n_steps_each: 100,
-                levels: 10,
-                denoise: true,
-                init: LangevinInit::Gaussian,
-                init_range: 1.0,
-            }));
+            samplers.push(SamplerParams::AnnealedLangevin(
+                annealed_langevin::AnnealedLangevin {
+                    step_lr: 2e-5,
+                    n_steps_each: 100,
+                    levels: 10,
+                    denoise: true,
+                    init: LangevinInit::Gaussian,
+                    init_range: 1.0,
+                },
+            ));
         }
         for params in samplers {
             params.check(&process).unwrap();

@@ -12,8 +12,8 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::buffers::{recycle, recycled, with_scratch};
 use super::buffers::contiguous_f32 as slice;
+use super::buffers::{recycle, recycled, with_scratch};
 use super::gemm::{Activation, View, matmul, matmul_bias};
 use super::transpose::transpose;
 use super::vmath::{add_rows, mul_silu_grad, silu_keeping_sigmoid};

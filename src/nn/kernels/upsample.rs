@@ -98,7 +98,8 @@ mod tests {
     /// The op against candle's broadcast, values and gradient, on a shape with odd sides.
     #[test]
     fn upsampling_matches_the_broadcast_and_its_gradient() {
-        let x = Var::from_tensor(&crate::nn::kernels::random_tensor(&[2, 3, 3, 5], 1, "x")).unwrap();
+        let x =
+            Var::from_tensor(&crate::nn::kernels::random_tensor(&[2, 3, 3, 5], 1, "x")).unwrap();
         let reference = super::by_broadcast(&x).unwrap();
         let fused = super::upsample2(&x).unwrap();
         assert_eq!(fused.dims(), reference.dims());

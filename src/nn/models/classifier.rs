@@ -7,8 +7,8 @@ use candle_core::{D, Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, Linear, VarBuilder, linear};
 use serde::{Deserialize, Serialize};
 
-use crate::nn::kernels::conv::{Conv2d, conv2d};
 use crate::data::images::ImageShape;
+use crate::nn::kernels::conv::{Conv2d, conv2d};
 
 /// Sizes of the classifier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

@@ -179,7 +179,10 @@ impl Mlp {
             let flat = mlp.flat_parameters()?;
             if flat.device().is_cpu() && flat.dtype() == DType::F32 {
                 let numbers = flat.to_vec1::<f32>()?;
-                mlp.frozen = Some(crate::nn::kernels::fused_mlp::Frozen::new(&numbers, &mlp.shapes)?);
+                mlp.frozen = Some(crate::nn::kernels::fused_mlp::Frozen::new(
+                    &numbers,
+                    &mlp.shapes,
+                )?);
             }
             mlp.flat = Some(flat);
         }
@@ -360,7 +363,10 @@ mod tests {
                 .sum_all()
                 .unwrap();
             let grads = loss.backward().unwrap();
-            crate::nn::models::assert_every_parameter_learns(&grads, vars.iter().map(|(n, v)| (n, v)));
+            crate::nn::models::assert_every_parameter_learns(
+                &grads,
+                vars.iter().map(|(n, v)| (n, v)),
+            );
         }
     }
 
@@ -374,7 +380,8 @@ mod tests {
             ..MlpConfig::default()
         };
         let (mlp, vars) = trainable(&cfg);
-        let x = Var::from_tensor(&crate::nn::kernels::random_tensor(&[600, 2], 1, "mlp/x")).unwrap();
+        let x =
+            Var::from_tensor(&crate::nn::kernels::random_tensor(&[600, 2], 1, "mlp/x")).unwrap();
         let t = Tensor::rand(0f32, 1f32, 600, &Device::Cpu).unwrap();
         let gradients = || {
             let out = mlp.forward(&x, &t).unwrap();
@@ -419,7 +426,8 @@ mod tests {
                 fourier_scale: 16.0,
             };
             let (mlp, vars) = trainable(&cfg);
-            let x = Var::from_tensor(&crate::nn::kernels::random_tensor(&[batch, 2], 1, "mlp/x")).unwrap();
+            let x = Var::from_tensor(&crate::nn::kernels::random_tensor(&[batch, 2], 1, "mlp/x"))
+                .unwrap();
             let t = crate::nn::kernels::random_tensor(&[batch], 2, "mlp/t")
                 .abs()
                 .unwrap();

@@ -7,13 +7,13 @@ use candle_core::{D, Device, Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, Linear, VarBuilder, linear};
 use serde::{Deserialize, Serialize};
 
-use crate::nn::kernels::conv::{Conv2d, conv2d};
 use super::embedding::{fourier, sinusoidal};
-use crate::nn::kernels::group_norm::{GroupNorm, group_norm};
 use super::mlp::Embedding;
+use crate::data::images::ImageShape;
+use crate::nn::kernels::conv::{Conv2d, conv2d};
+use crate::nn::kernels::group_norm::{GroupNorm, group_norm};
 use crate::nn::kernels::upsample::upsample2;
 use crate::nn::kernels::{fused_attention, fused_res_block};
-use crate::data::images::ImageShape;
 use crate::rng::{normals, stream};
 
 /// Architecture of the U-Net; the image shape comes from the dataset.
@@ -586,11 +586,18 @@ mod tests {
                 })
                 .unwrap();
             perturb(&map, 40);
-            let x =
-                candle_core::Var::from_tensor(&crate::nn::kernels::random_tensor(&[3, cin, 5, 6], 7, "x"))
-                    .unwrap();
-            let temb = candle_core::Var::from_tensor(&crate::nn::kernels::random_tensor(&[3, 6], 8, "temb"))
-                .unwrap();
+            let x = candle_core::Var::from_tensor(&crate::nn::kernels::random_tensor(
+                &[3, cin, 5, 6],
+                7,
+                "x",
+            ))
+            .unwrap();
+            let temb = candle_core::Var::from_tensor(&crate::nn::kernels::random_tensor(
+                &[3, 6],
+                8,
+                "temb",
+            ))
+            .unwrap();
             // Two parts: the first two channels and the rest, as separate tensors.
             let parts = if two_parts {
                 vec![
@@ -620,8 +627,12 @@ mod tests {
         })
         .unwrap();
         perturb(&map, 60);
-        let x = candle_core::Var::from_tensor(&crate::nn::kernels::random_tensor(&[3, 8, 4, 5], 7, "x"))
-            .unwrap();
+        let x = candle_core::Var::from_tensor(&crate::nn::kernels::random_tensor(
+            &[3, 8, 4, 5],
+            7,
+            "x",
+        ))
+        .unwrap();
         let fused = attention.forward(&x).unwrap();
         let layers = attention.forward_layers(&x).unwrap();
         let inputs = [("x", x.as_tensor())];

@@ -8,8 +8,8 @@
 mod avx512;
 mod operands;
 
-pub use operands::{Activation, View};
 use operands::Epilogue;
+pub use operands::{Activation, View};
 
 /// `out = lhs · rhs`, or `out += lhs · rhs` when `accumulate`; `out` is row-major
 /// `lhs.rows` x `rhs.cols`. `threads > 1` splits the product over rayon's pool; kernels
@@ -141,7 +141,8 @@ fn dots(out: &mut [f32], lhs: View, rhs: View, accumulate: bool) {
                 let row = &lhs.data[i * lhs.row_stride..][..k];
                 for (j, v) in out_row.iter_mut().enumerate() {
                     let column = &rhs.data[j * rhs.col_stride..][..k];
-                    let dot = crate::nn::kernels::vmath::lane_sum2(row, column, |a, b| (a * b, 0.0)).0 as f32;
+                    let dot = crate::nn::kernels::vmath::lane_sum2(row, column, |a, b| (a * b, 0.0))
+                        .0 as f32;
                     *v = if accumulate { *v + dot } else { dot };
                 }
             }
