@@ -114,19 +114,19 @@ impl Needs {
     }
 }
 
+/// A stage of the pipeline by id: its inputs and its typed parameters.
+pub type Lookup<'a> = dyn Fn(&str) -> Option<(&'a Needs, &'a dyn Any)> + 'a;
+
 /// The other stages of the pipeline, as a stage's validation sees them: by id, each
 /// with its inputs and its typed parameters.
 pub struct Neighbours<'a> {
     /// The inputs of the stage being checked.
     pub needs: &'a Needs,
-    lookup: &'a dyn Fn(&str) -> Option<(&'a Needs, &'a dyn Any)>,
+    lookup: &'a Lookup<'a>,
 }
 
 impl<'a> Neighbours<'a> {
-    pub fn new(
-        needs: &'a Needs,
-        lookup: &'a dyn Fn(&str) -> Option<(&'a Needs, &'a dyn Any)>,
-    ) -> Neighbours<'a> {
+    pub fn new(needs: &'a Needs, lookup: &'a Lookup<'a>) -> Neighbours<'a> {
         Neighbours { needs, lookup }
     }
 

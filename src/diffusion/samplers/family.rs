@@ -94,6 +94,10 @@ pub struct SampleRequest<'a> {
     pub start: Option<&'a Tensor>,
 }
 
+/// Move k of a grid walk: `(run, x, cur, prev, k)` to the next x.
+pub type GridStep<'s, 'a> =
+    dyn FnMut(&mut Run<'a>, Tensor, State, State, usize) -> Result<Tensor> + 's;
+
 /// A sampler at work: the score and process it samples, its random stream, and the
 /// bookkeeping every sampler shares (evaluations counted, snapshots, progress).
 pub struct Run<'a> {
@@ -167,7 +171,7 @@ impl<'a> Run<'a> {
         &mut self,
         states: &[State],
         mut x: Tensor,
-        step: &mut dyn FnMut(&mut Run<'a>, Tensor, State, State, usize) -> Result<Tensor>,
+        step: &mut GridStep<'_, 'a>,
     ) -> Result<Tensor> {
         let total = states.len() - 1;
         self.observe(0, 0.0, &x)?;
