@@ -3,8 +3,31 @@
 //! unknown name is an error that lists them.
 
 /// Declares `pub enum $name` with one `Variant = "name"` line per choice, plus `ALL`,
-/// `NAMES`, `name()` and serde by name.
+/// `NAMES`, `name()` and serde by name. With `pub enum $name: $About`, each line also
+/// gives the choice's `$About` (`Variant = "name" => About { .. }`), read by `about()`.
 macro_rules! named_choices {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident : $about:ty {
+            $($(#[$vmeta:meta])* $variant:ident = $text:literal => $info:expr),* $(,)?
+        }
+    ) => {
+        named_choices! {
+            $(#[$meta])*
+            pub enum $name {
+                $($(#[$vmeta])* $variant = $text),*
+            }
+        }
+
+        impl $name {
+            /// What the table says of this choice.
+            pub fn about(self) -> &'static $about {
+                match self {
+                    $($name::$variant => &$info),*
+                }
+            }
+        }
+    };
     (
         $(#[$meta:meta])*
         pub enum $name:ident {

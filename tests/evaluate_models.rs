@@ -19,6 +19,12 @@ fn metrics(results: &Path, pipeline: &str) -> HashMap<(String, String), f64> {
     lines
         .map(|l| {
             let c = cells(l);
+            // Every value the stage writes is one the metric table declares.
+            assert!(
+                runner::metrics::is_column(&c[metric]),
+                "{} is undeclared",
+                c[metric]
+            );
             (
                 (c[stage].clone(), c[metric].clone()),
                 c[value].parse().unwrap(),

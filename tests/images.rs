@@ -78,6 +78,12 @@ fn image_folder_pipeline_trains_samples_and_measures() {
     );
     let report = results.join("tiny_images");
     let metrics = std::fs::read_to_string(report.join("metrics.csv")).unwrap();
+    let header: Vec<&str> = metrics.lines().next().unwrap().split(',').collect();
+    let column = header.iter().position(|h| *h == "metric").unwrap();
+    for line in metrics.lines().skip(1) {
+        let name = line.split(',').nth(column).unwrap();
+        assert!(runner::metrics::is_column(name), "{name} is undeclared");
+    }
     for name in [
         "fid",
         "kid",

@@ -7,44 +7,89 @@ pub mod sliced_wasserstein;
 
 use crate::choices::named_choices;
 
+/// What a metric judges, which decides the inputs an evaluate stage must be given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Judges {
+    /// Sample sets against the held-out data, in data space.
+    Samples,
+    /// Sample sets in a classifier's feature space (needs `needs.classifier`).
+    Features,
+    /// Models, through their scores (needs `needs.models`).
+    Models,
+}
+
+/// A metric's row of the table.
+#[derive(Debug)]
+pub struct About {
+    pub judges: Judges,
+    /// The `metric` values it writes to `metrics.csv`; a name ending in `*` stands for
+    /// a family of them (`mode_weight_<k>`, `score_mse_t<t>`).
+    pub columns: &'static [&'static str],
+}
+
 named_choices! {
     /// Metrics an evaluate stage can compute.
-    pub enum Metric {
+    pub enum Metric: About {
         /// Sliced 2-Wasserstein distance over random directions.
-        SlicedWasserstein = "sliced_wasserstein",
+        SlicedWasserstein = "sliced_wasserstein" => About { judges: Judges::Samples, columns: &["sliced_wasserstein"] },
         /// Unbiased squared MMD with an RBF kernel, bandwidth by the median heuristic.
-        Mmd = "mmd",
+        Mmd = "mmd" => About { judges: Judges::Samples, columns: &["mmd2"] },
         /// Fraction of samples per mixture component (needs a mixture reference).
-        ModeWeights = "mode_weights",
+        ModeWeights = "mode_weights" => About { judges: Judges::Samples, columns: &["mode_weight_tv", "mode_weight_*"] },
         /// Of a model: mean squared error of its score against the reference mixture's
         /// exact score, per noise level.
-        ScoreError = "score_error",
+        ScoreError = "score_error" => About { judges: Judges::Models, columns: &["eps_mse", "score_mse_t*"] },
         /// Of a model: negative log-likelihood of held-out data through the
         /// probability-flow ODE, in nats and bits per dimension.
-        Nll = "nll",
+        Nll = "nll" => About { judges: Judges::Models, columns: &["nll", "bits_per_dim", "nll_nfe"] },
         /// Frechet distance in the classifier's feature space (needs a classifier).
-        Fid = "fid",
+        Fid = "fid" => About { judges: Judges::Features, columns: &["fid"] },
         /// Kernel distance (cubic polynomial kernel) in the classifier's feature space.
-        Kid = "kid",
+        Kid = "kid" => About { judges: Judges::Features, columns: &["kid", "kid_std"] },
         /// exp(E KL(p(y|x) || p(y))) with the classifier's class probabilities.
-        InceptionScore = "inception_score",
+        InceptionScore = "inception_score" => About { judges: Judges::Features, columns: &["inception_score"] },
         /// k-NN manifold precision and recall in the classifier's feature space.
-        PrecisionRecall = "precision_recall",
+        PrecisionRecall = "precision_recall" => About { judges: Judges::Features, columns: &["precision", "recall"] },
     }
+}
+
+/// What an evaluate stage writes beside its metrics: each sample stage's cost, and the
+/// accuracy of the classifier whose feature space it used.
+pub const RECORDED: [&str; 3] = ["nfe", "sample_seconds", "classifier_accuracy"];
+
+/// Every `metric` value of `metrics.csv` but the families (`mode_weight_<k>`, ...), in
+/// the table's order: the valid choices of a report plot's metric.
+pub fn columns() -> Vec<&'static str> {
+    Metric::ALL
+        .iter()
+        .flat_map(|m| m.about().columns)
+        .filter(|c| !c.ends_with('*'))
+        .chain(RECORDED.iter())
+        .copied()
+        .collect()
+}
+
+/// Whether `name` is a `metric` value an evaluate stage writes.
+pub fn is_column(name: &str) -> bool {
+    RECORDED.contains(&name)
+        || Metric::ALL
+            .iter()
+            .flat_map(|m| m.about().columns)
+            .any(|c| match c.strip_suffix('*') {
+                Some(family) => name.starts_with(family) && name.len() > family.len(),
+                None => *c == name,
+            })
 }
 
 impl Metric {
     /// Whether the metric works in a classifier's feature space.
     pub fn needs_classifier(self) -> bool {
-        matches!(
-            self,
-            Metric::Fid | Metric::Kid | Metric::InceptionScore | Metric::PrecisionRecall
-        )
+        self.about().judges == Judges::Features
     }
 
     /// Whether the metric judges a model (its score) rather than a sample set.
     pub fn of_models(self) -> bool {
-        matches!(self, Metric::ScoreError | Metric::Nll)
+        self.about().judges == Judges::Models
     }
 }
 
@@ -67,5 +112,44 @@ impl<'a> Points<'a> {
     }
     pub fn row(&self, i: usize) -> &'a [f32] {
         &self.data[i * self.dim..(i + 1) * self.dim]
+    }
+}
+
+#[cfg(test)]
+mod table_tests {
+    use super::*;
+
+    #[test]
+    fn the_table_declares_every_value_metrics_csv_holds() {
+        let mut all = columns();
+        all.sort();
+        let mut expected = vec![
+            "sliced_wasserstein",
+            "mmd2",
+            "mode_weight_tv",
+            "nfe",
+            "sample_seconds",
+            "eps_mse",
+            "nll",
+            "bits_per_dim",
+            "nll_nfe",
+            "fid",
+            "kid",
+            "kid_std",
+            "inception_score",
+            "precision",
+            "recall",
+            "classifier_accuracy",
+        ];
+        expected.sort();
+        assert_eq!(all, expected);
+        for name in ["mode_weight_3", "score_mse_t0.010", "fid", "nfe"] {
+            assert!(is_column(name), "{name}");
+        }
+        for name in ["mode_weight_", "score_mse_t", "mmd", "bogus"] {
+            assert!(!is_column(name), "{name}");
+        }
+        assert!(Metric::Fid.needs_classifier() && !Metric::Fid.of_models());
+        assert!(Metric::Nll.of_models() && !Metric::Mmd.of_models());
     }
 }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::sweep::Sweep;
+use crate::metrics;
 
 /// The `report:` section of a pipeline file.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -48,13 +49,13 @@ impl ReportSpec {
             if sweep.is_empty() {
                 return Err("`report.plots` compare the points of a sweep, but the pipeline has no `sweep:`".into());
             }
-            if !names.contains(&plot.x.as_str()) && !is_metric_name(&plot.x) {
+            if !names.contains(&plot.x.as_str()) && !metrics::is_column(&plot.x) {
                 return Err(format!(
                     "report plot of `{}`: x `{}` is neither a sweep axis ({}) nor a metric ({}, ...)",
                     plot.metric,
                     plot.x,
                     names.join(", "),
-                    METRIC_NAMES.join(", ")
+                    metrics::columns().join(", ")
                 ));
             }
             for axis in plot.series.iter().flatten().chain(plot.filter.keys()) {
@@ -69,30 +70,4 @@ impl ReportSpec {
         }
         Ok(())
     }
-}
-
-/// Columns evaluate stages write (besides `mode_weight_<k>` and `score_mse_t<t>`).
-pub const METRIC_NAMES: [&str; 16] = [
-    "sliced_wasserstein",
-    "mmd2",
-    "mode_weight_tv",
-    "nfe",
-    "sample_seconds",
-    "eps_mse",
-    "nll",
-    "bits_per_dim",
-    "nll_nfe",
-    "fid",
-    "kid",
-    "kid_std",
-    "inception_score",
-    "precision",
-    "recall",
-    "classifier_accuracy",
-];
-
-pub fn is_metric_name(name: &str) -> bool {
-    METRIC_NAMES.contains(&name)
-        || name.starts_with("mode_weight_")
-        || name.starts_with("score_mse_t")
 }
