@@ -125,10 +125,10 @@ pub fn describe() -> String {
     let plots = |f: &dyn Fn(Plot) -> bool| chosen(Plot::ALL, Plot::name, f);
     out.push_str(&format!(
         "plots: of points: {} (from samples), {} (from models); of images: {} (from samples), {} (from models)\n",
-        plots(&|p| !p.of_images() && !p.of_models()),
-        plots(&|p| !p.of_images() && p.of_models()),
-        plots(&|p| (p.of_images() || p == Plot::Timeline) && !p.of_models()),
-        plots(&|p| p.of_images() && p.of_models()),
+        plots(&|p| p.fits(false) && !p.of_models()),
+        plots(&|p| p.fits(false) && p.of_models()),
+        plots(&|p| p.fits(true) && !p.of_models()),
+        plots(&|p| p.fits(true) && p.of_models()),
     ));
     out.push_str(&format!(
         "evaluate params: {}\n",

@@ -72,44 +72,61 @@ pub struct EvaluateParams {
     pub seed: u64,
 }
 
+/// What data a figure is drawn for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Draws {
+    /// 2D points (toy data).
+    Points,
+    /// Images.
+    Images,
+    /// Either: points or images, as the data is.
+    Either,
+}
+
+/// A plot's row of the table.
+#[derive(Debug)]
+pub struct PlotAbout {
+    pub draws: Draws,
+    /// Drawn from `needs.models` (else from `needs.samples`).
+    pub of_models: bool,
+}
+
 named_choices! {
     /// Figures an evaluate stage can draw.
-    pub enum Plot {
+    pub enum Plot: PlotAbout {
         /// Samples over the held-out data, one figure per sample stage.
-        Scatter = "scatter",
+        Scatter = "scatter" => PlotAbout { draws: Draws::Points, of_models: false },
         /// The sample stage's snapshots from prior to data, one panel each.
-        Timeline = "timeline",
+        Timeline = "timeline" => PlotAbout { draws: Draws::Either, of_models: false },
         /// A model's score as arrows at `field_times`, beside the exact score when the
         /// reference is a mixture (2D data).
-        ScoreField = "score_field",
+        ScoreField = "score_field" => PlotAbout { draws: Draws::Points, of_models: true },
         /// Image samples, 8 by 8 (image data).
-        Grid = "grid",
+        Grid = "grid" => PlotAbout { draws: Draws::Images, of_models: false },
         /// Held-out images noised by a model's process from t = 0 to 1 (image data).
-        ForwardNoising = "forward_noising",
+        ForwardNoising = "forward_noising" => PlotAbout { draws: Draws::Images, of_models: true },
         /// Spherical interpolations between prior draws, decoded by
         /// `interpolation_sampler` (image data, models).
-        Interpolation = "interpolation",
+        Interpolation = "interpolation" => PlotAbout { draws: Draws::Images, of_models: true },
         /// Ho et al.'s interpolation: two held-out images noised to each of `mix_times`,
         /// mixed linearly and decoded by ancestral sampling (image data, models).
-        Mix = "mix",
+        Mix = "mix" => PlotAbout { draws: Draws::Images, of_models: true },
     }
 }
 
 impl Plot {
-    /// Whether the figure shows images (the others draw points).
-    pub fn of_images(self) -> bool {
-        matches!(
-            self,
-            Plot::Grid | Plot::ForwardNoising | Plot::Interpolation | Plot::Mix
-        )
+    /// Whether the figure can be drawn for data that is (or is not) images.
+    pub fn fits(self, images: bool) -> bool {
+        match self.about().draws {
+            Draws::Points => !images,
+            Draws::Images => images,
+            Draws::Either => true,
+        }
     }
 
     /// Whether the figure is drawn from `needs.models`.
     pub fn of_models(self) -> bool {
-        matches!(
-            self,
-            Plot::ScoreField | Plot::ForwardNoising | Plot::Interpolation | Plot::Mix
-        )
+        self.about().of_models
     }
 }
 
@@ -318,7 +335,7 @@ impl EvaluateParams {
         }
         let plots = self.plots.clone().unwrap_or_default();
         for plot in &plots {
-            if plot.of_images() != images && !matches!(plot, Plot::Timeline) {
+            if !plot.fits(images) {
                 return Err(if images {
                     format!(
                         "plot `{}` draws points; for images use `grid`, `timeline`, `forward_noising`, `interpolation` or `mix`",
@@ -358,3 +375,28 @@ impl EvaluateParams {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(plots: &str, data: &str) -> Result<(), String> {
+        let params: EvaluateParams =
+            serde_norway::from_str(&format!("{{ plots: {plots}, metrics: [] }}")).unwrap();
+        let data: DatasetParams = serde_norway::from_str(data).unwrap();
+        params.validate(Some(&data), 1, 0, false)
+    }
+
+    /// Each plot is drawn for the data its table row says: points, images, or either.
+    #[test]
+    fn plots_fit_the_data_their_row_says() {
+        let (points, images) = ("name: gmm", "name: mnist");
+        assert!(check("[scatter, timeline]", points).is_ok());
+        assert!(check("[grid, timeline]", images).is_ok());
+        let err = check("[scatter]", images).unwrap_err();
+        assert!(err.contains("plot `scatter` draws points"), "{err}");
+        let err = check("[grid]", points).unwrap_err();
+        assert!(err.contains("plot `grid` draws images"), "{err}");
+        assert!(Plot::Mix.of_models() && !Plot::Grid.of_models());
+    }
+}
