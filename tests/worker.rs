@@ -66,6 +66,19 @@ fn worker_computes_one_stage_by_key_and_the_driver_reuses_it() {
     // `--force` recomputes it in place.
     let out = worker(&results, &path, data, &["--force"]);
     assert_eq!(stdout(&out).trim(), format!("computed {data}"));
+    // A cached stage stays cached even when an input's entry has gone since.
+    let smld = key_of(&keys, "smld");
+    let sigmas = results.join(".cache").join(key_of(&keys, "sigmas"));
+    let kept = dir.path().join("sigmas-entry");
+    std::fs::rename(&sigmas, &kept).unwrap();
+    let out = worker(&results, &path, smld, &[]);
+    assert_eq!(
+        stdout(&out).trim(),
+        format!("cached {smld}"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::rename(&kept, &sigmas).unwrap();
 
     // The driver finds every stage cached: the workers' entries are its own.
     let out = runner(&results, &["run", path.to_str().unwrap()]);

@@ -43,6 +43,10 @@ pub fn work(
             plan.name
         ))
     })?;
+    // Already there: nothing to compute, whatever became of its inputs since.
+    if !force && cache.is_cached(&node.key) {
+        return Ok(Status::Cached);
+    }
     let missing: Vec<String> = node
         .needs
         .iter()
