@@ -62,7 +62,7 @@ impl CacheError {
     }
 }
 
-/// Why one stage failed; the scheduler attaches the stage id when reporting it.
+/// Why one stage failed; the DAG loop attaches the stage id when reporting it.
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
     #[error("{0}")]

@@ -2,10 +2,11 @@
 //!
 //! A pipeline file ([`pipeline::spec`]) becomes a validated graph of stages
 //! ([`pipeline::graph`]) whose keys ([`pipeline::key`]) address entries in the cache
-//! ([`cache`]); the scheduler ([`exec`]) computes what is missing with the stage
-//! implementations ([`stages`]) built on the diffusion mathematics ([`diffusion`]),
-//! networks ([`nn`]), data ([`data`]) and metrics ([`metrics`]); [`report`] writes
-//! the results folder.
+//! ([`cache`]); the DAG loop and its executors ([`exec`]) compute what is missing
+//! with the stage kinds of the table in [`stages`], built on the diffusion
+//! mathematics ([`diffusion`]), networks ([`nn`]), data ([`data`]), metrics
+//! ([`metrics`]) and figures ([`plot`]); [`report`] writes the results folder. Each
+//! layer imports only those below it (`tests/architecture.rs`).
 
 pub mod alloc;
 pub mod artifacts;
