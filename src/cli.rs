@@ -83,6 +83,10 @@ pub enum Command {
         /// Show what would run, run nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Exit with code 3 when a claim of the pipeline's `expect:` section is not
+        /// reproduced (or not measured).
+        #[arg(long)]
+        check: bool,
         /// Where stages compute: `cuda` needs a build with `--features cuda`.
         #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
         device: DeviceChoice,
@@ -156,6 +160,10 @@ pub fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::from(exit_code::FAILED)
         }
+        Err(e @ RunnerError::ClaimsFailed { .. }) => {
+            eprintln!("error: {e}");
+            ExitCode::from(3)
+        }
         Err(RunnerError::NotRunnable(message)) => {
             eprintln!("error: {message}");
             ExitCode::from(exit_code::NOT_RUNNABLE)
@@ -175,6 +183,7 @@ fn dispatch(cli: &Cli) -> Result<(), RunnerError> {
             jobs,
             force,
             dry_run,
+            check,
             device,
         } => {
             let plan = pipeline.load()?;
@@ -203,6 +212,7 @@ fn dispatch(cli: &Cli) -> Result<(), RunnerError> {
                     force: force.clone(),
                     device,
                 },
+                *check,
             )
         }
         Command::Plan { pipeline } => print_plan(&pipeline.load()?, &cli.results),
@@ -241,7 +251,7 @@ fn write_report(
     outcomes: &[Outcome],
     results: &Path,
     save_history: bool,
-) -> Result<PathBuf, RunnerError> {
+) -> Result<report::Built, RunnerError> {
     let dir = results.join(&plan.name);
     std::fs::create_dir_all(&dir)
         .map_err(|e| RunnerError::Report(format!("creating {}: {e}", dir.display())))?;
@@ -254,7 +264,27 @@ fn write_report(
     report::build(plan, cache, outcomes, results)
 }
 
-fn run(plan: &Plan, results: &Path, options: &RunOptions) -> Result<(), RunnerError> {
+/// Prints each claim's verdict; returns how many were not reproduced (or measured).
+fn print_claims(claims: &[report::claims::Verdict]) -> usize {
+    if claims.is_empty() {
+        return 0;
+    }
+    let failed = claims
+        .iter()
+        .filter(|c| c.outcome != report::claims::Outcome::Reproduced)
+        .count();
+    eprintln!(
+        "claims: {} of {} reproduced",
+        claims.len() - failed,
+        claims.len()
+    );
+    for c in claims {
+        eprintln!("  {:<15} {}: {}", c.label, c.claim, c.measured.join(", "));
+    }
+    failed
+}
+
+fn run(plan: &Plan, results: &Path, options: &RunOptions, check: bool) -> Result<(), RunnerError> {
     let cache = Cache::open(results)?;
     let progress = Progress::detect();
     let points = if plan.sweep.is_empty() {
@@ -286,7 +316,8 @@ fn run(plan: &Plan, results: &Path, options: &RunOptions) -> Result<(), RunnerEr
     } else {
         eprintln!("{computed} computed, {cached} cached, {failed} failed, {skipped} skipped");
     }
-    eprintln!("report: {}", report.display());
+    eprintln!("report: {}", report.path.display());
+    let unmet = print_claims(&report.claims);
     if failed + skipped > 0 {
         for o in &outcomes {
             match &o.status {
@@ -300,6 +331,12 @@ fn run(plan: &Plan, results: &Path, options: &RunOptions) -> Result<(), RunnerEr
         return Err(RunnerError::StagesFailed {
             failed: failed + skipped,
             total: outcomes.len(),
+        });
+    }
+    if check && unmet > 0 {
+        return Err(RunnerError::ClaimsFailed {
+            failed: unmet,
+            total: report.claims.len(),
         });
     }
     Ok(())
@@ -321,7 +358,8 @@ fn rebuild_report(plan: &Plan, results: &Path) -> Result<(), RunnerError> {
     } else {
         eprintln!("all {} stages cached", outcomes.len());
     }
-    eprintln!("report: {}", report.display());
+    eprintln!("report: {}", report.path.display());
+    print_claims(&report.claims);
     Ok(())
 }
 

@@ -107,6 +107,9 @@ pub enum RunnerError {
     /// has that key, or an input is not in the cache yet (exit code 3).
     #[error("{0}")]
     NotRunnable(String),
+    /// `runner run --check`: claims of `expect:` were not reproduced (exit code 3).
+    #[error("{failed} of {total} claims not reproduced (see above); every result is cached")]
+    ClaimsFailed { failed: usize, total: usize },
     /// The one stage `runner worker` computed failed (exit code 1).
     #[error("stage {stage} failed: {message}")]
     StageFailed { stage: String, message: String },

@@ -70,6 +70,8 @@ pub struct Plan {
     /// Every sweep point (one without a sweep).
     pub points: Vec<Point>,
     pub report: ReportSpec,
+    /// The pipeline's claims (`expect:`), judged by the report.
+    pub expect: Vec<super::expect::Expectation>,
     /// Number of nodes per stage id (more than one: the stage forks).
     forks: HashMap<String, usize>,
 }
@@ -167,6 +169,30 @@ pub fn build(path: &Path, loaded: Loaded) -> Result<Plan, SpecError> {
             location: None,
             message: m,
         })?;
+    let evaluates: Vec<String> = spec
+        .stages
+        .iter()
+        .filter(|(_, s)| s.kind() == StageKind::Evaluate)
+        .map(|(id, _)| id.clone())
+        .collect();
+    let mut evaluated: Vec<String> = Vec::new();
+    for id in &evaluates {
+        let needs = &spec.stages[id].needs;
+        for judged in needs.ids("samples").iter().chain(needs.ids("models")) {
+            if !evaluated.contains(judged) {
+                evaluated.push(judged.clone());
+            }
+        }
+    }
+    for (i, expectation) in spec.expect.iter().enumerate() {
+        expectation
+            .validate(&evaluated, &evaluates, &sweep)
+            .map_err(|(key, m)| SpecError::Invalid {
+                path: path.to_path_buf(),
+                location: super::expect::locate(source, i, key),
+                message: format!("expectation {} ({}): {m}", i + 1, expectation.stage),
+            })?;
+    }
 
     // Stage ids in dependency order, counting inputs a sweep may swap in.
     let ids: Vec<&String> = spec.stages.keys().collect();
@@ -393,6 +419,7 @@ pub fn build(path: &Path, loaded: Loaded) -> Result<Plan, SpecError> {
         sweep,
         points,
         report: spec.report,
+        expect: spec.expect,
         forks,
     })
 }

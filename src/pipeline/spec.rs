@@ -6,6 +6,7 @@ use std::path::Path;
 use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
+use super::expect::Expectation;
 use super::report_spec::ReportSpec;
 use super::sweep::{SweepSpec, normalize};
 use crate::error::{Location, SpecError};
@@ -26,6 +27,9 @@ pub struct PipelineSpec {
     /// What the report compares across the sweep.
     #[serde(default)]
     pub report: ReportSpec,
+    /// What the pipeline claims to reproduce, checked after every run.
+    #[serde(default)]
+    pub expect: Vec<Expectation>,
     /// Named sets of overrides (`--profile NAME`), e.g. a smaller CPU version of a
     /// GPU-sized experiment.
     #[serde(default)]
@@ -343,7 +347,7 @@ fn apply_override(tree: &mut serde_norway::Value, assignment: &str) -> Result<()
     let mut parts: Vec<&str> = path.split('.').collect();
     if !matches!(
         parts.first(),
-        Some(&"stages" | &"name" | &"description" | &"sweep" | &"report" | &"profiles")
+        Some(&"stages" | &"name" | &"description" | &"sweep" | &"report" | &"profiles" | &"expect")
     ) {
         parts.insert(0, "stages");
     }

@@ -1,6 +1,7 @@
 //! The pipeline's results folder: `metrics.csv` for all evaluated stages, figures,
 //! links to every stage's cache entry, and `report.html` rendered from templates/.
 
+pub mod claims;
 pub mod compare;
 pub mod table;
 
@@ -86,13 +87,20 @@ fn figure_title(node: &StageNode, file: &str, path: &str) -> String {
     }
 }
 
-/// Builds `results/<pipeline>/` from the cache; returns the report's path.
+/// A written results folder: the report's path and the verdicts on the claims.
+pub struct Built {
+    pub path: PathBuf,
+    pub claims: Vec<claims::Verdict>,
+}
+
+/// Builds `results/<pipeline>/` from the cache; returns the report's path and how the
+/// pipeline's claims came out.
 pub fn build(
     plan: &Plan,
     cache: &Cache,
     outcomes: &[Outcome],
     results: &Path,
-) -> Result<PathBuf, RunnerError> {
+) -> Result<Built, RunnerError> {
     let fail = |what: &str, e: &dyn std::fmt::Display| RunnerError::Report(format!("{what}: {e}"));
     let dir = results.join(&plan.name);
     let figures_dir = dir.join("figures");
@@ -212,6 +220,7 @@ pub fn build(
             .collect(),
     });
 
+    let claims = claims::judge(plan, &table);
     let mut env = minijinja::Environment::new();
     env.add_template("report.html", TEMPLATE)
         .map_err(|e| fail("report template", &e))?;
@@ -228,6 +237,7 @@ pub fn build(
                 table => minijinja::value::Serde(&table.pivot(plan)),
                 stages => minijinja::value::Serde(&stages),
                 galleries => minijinja::value::Serde(&galleries),
+                claims => minijinja::value::Serde(&claims),
                 runner_version => env!("CARGO_PKG_VERSION"),
             })
         })
@@ -235,7 +245,7 @@ pub fn build(
     let path = dir.join("report.html");
     write_atomically(&path, html.as_bytes())
         .map_err(|e| fail(&format!("writing {}", path.display()), &e))?;
-    Ok(path)
+    Ok(Built { path, claims })
 }
 
 /// One row per (sweep point, evaluate stage at that point, evaluated stage, metric).

@@ -1,0 +1,281 @@
+//! The `expect:` section: what a pipeline claims to reproduce, as checks on the values
+//! of its metrics table. Checked against the pipeline when it is planned (stages,
+//! metrics and sweep coordinates must exist); judged by `report::claims` after a run.
+//!
+//! ```yaml
+//! expect:
+//!   - { stage: annealed, metric: mode_weight_tv, below: 0.05, note: "annealing recovers the weights" }
+//!   - { stage: ddpm_samples, metric: fid, below_stage: smld_samples }
+//!   - { stage: samples, metric: sliced_wasserstein, below: 0.1, at: { sampler: ode } }
+//! ```
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::sweep::Sweep;
+use crate::error::Location;
+use crate::metrics;
+
+/// One claim: a metric of an evaluated stage, bounded by a number or by the same
+/// metric of another stage.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expectation {
+    /// The evaluated stage, as `metrics.csv` names it (a sample stage, or a train
+    /// stage for model metrics).
+    pub stage: String,
+    /// A value of `metrics.csv`'s `metric` column, e.g. `mode_weight_tv` or `fid`.
+    pub metric: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub below: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub above: Option<f64>,
+    /// Another evaluated stage, compared at the same sweep point and evaluate stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub below_stage: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub above_stage: Option<String>,
+    /// Only the values of this evaluate stage (when several evaluate `stage`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluate: Option<String>,
+    /// Only the sweep points with these coordinates, by axis name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub at: BTreeMap<String, serde_norway::Value>,
+    /// The claim in the documents' words, shown in the report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// The bound an expectation sets.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Bound {
+    Below(f64),
+    Above(f64),
+    BelowStage(String),
+    AboveStage(String),
+}
+
+impl Expectation {
+    /// The one bound it sets (checked when the pipeline is planned).
+    pub fn bound(&self) -> Bound {
+        match (
+            &self.below,
+            &self.above,
+            &self.below_stage,
+            &self.above_stage,
+        ) {
+            (Some(v), ..) => Bound::Below(*v),
+            (_, Some(v), ..) => Bound::Above(*v),
+            (_, _, Some(s), _) => Bound::BelowStage(s.clone()),
+            (.., Some(s)) => Bound::AboveStage(s.clone()),
+            _ => unreachable!("validated: every expectation sets one bound"),
+        }
+    }
+
+    /// The claim in a few words, e.g. `fid of ddpm_samples below smld_samples`.
+    pub fn describe(&self) -> String {
+        let bound = match self.bound() {
+            Bound::Below(v) => format!("below {v}"),
+            Bound::Above(v) => format!("above {v}"),
+            Bound::BelowStage(s) => format!("below that of {s}"),
+            Bound::AboveStage(s) => format!("above that of {s}"),
+        };
+        let mut text = format!("{} of {} {bound}", self.metric, self.stage);
+        if !self.at.is_empty() {
+            let at: Vec<String> = self
+                .at
+                .iter()
+                .map(|(k, v)| format!("{k}={}", show(v)))
+                .collect();
+            text.push_str(&format!(" at {}", at.join(",")));
+        }
+        if let Some(e) = &self.evaluate {
+            text.push_str(&format!(" (by {e})"));
+        }
+        text
+    }
+
+    /// Checks the expectation against the pipeline: `evaluated` are the stages some
+    /// evaluate stage judges, `evaluates` the evaluate stages. Errors are (key, message).
+    pub fn validate(
+        &self,
+        evaluated: &[String],
+        evaluates: &[String],
+        sweep: &Sweep,
+    ) -> Result<(), (&'static str, String)> {
+        let bounds = [
+            self.below.is_some(),
+            self.above.is_some(),
+            self.below_stage.is_some(),
+            self.above_stage.is_some(),
+        ];
+        if bounds.iter().filter(|&&b| b).count() != 1 {
+            return Err((
+                "metric",
+                "set exactly one of `below`, `above`, `below_stage`, `above_stage`".into(),
+            ));
+        }
+        let known = |key: &'static str, stage: &str| {
+            if evaluated.iter().any(|s| s == stage) {
+                Ok(())
+            } else {
+                Err((
+                    key,
+                    format!(
+                        "`{stage}` is not a stage an evaluate stage judges; those are: {}",
+                        evaluated.join(", ")
+                    ),
+                ))
+            }
+        };
+        known("stage", &self.stage)?;
+        for other in self.below_stage.iter().chain(&self.above_stage) {
+            let key = if self.below_stage.is_some() {
+                "below_stage"
+            } else {
+                "above_stage"
+            };
+            known(key, other)?;
+        }
+        if !metrics::is_column(&self.metric) {
+            return Err((
+                "metric",
+                format!(
+                    "`{}` is not a metric; metrics are: {} (and mode_weight_<k>, score_mse_t<t>)",
+                    self.metric,
+                    metrics::columns().join(", ")
+                ),
+            ));
+        }
+        if let Some(e) = &self.evaluate
+            && !evaluates.contains(e)
+        {
+            return Err((
+                "evaluate",
+                format!(
+                    "`{e}` is not an evaluate stage; those are: {}",
+                    evaluates.join(", ")
+                ),
+            ));
+        }
+        for (name, value) in &self.at {
+            let Some(axis) = sweep.axes.iter().find(|a| &a.name == name) else {
+                let names: Vec<&str> = sweep.axes.iter().map(|a| a.name.as_str()).collect();
+                return Err((
+                    "at",
+                    if names.is_empty() {
+                        "`at` names sweep coordinates, but the pipeline has no `sweep:`".into()
+                    } else {
+                        format!(
+                            "`{name}` is not a sweep axis; axes are: {}",
+                            names.join(", ")
+                        )
+                    },
+                ));
+            };
+            if !axis.values.contains(value) {
+                return Err((
+                    "at",
+                    format!(
+                        "axis `{name}` never takes {}; its values are: {}",
+                        show(value),
+                        axis.shown.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A YAML scalar as a label shows it.
+fn show(value: &serde_norway::Value) -> String {
+    match value {
+        serde_norway::Value::String(s) => s.clone(),
+        other => serde_norway::to_string(other)
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default(),
+    }
+}
+
+/// Where the `index`th expectation (or its `key`) is written under `expect:`.
+pub fn locate(source: &str, index: usize, key: &str) -> Option<Location> {
+    let mut in_expect = false;
+    let mut item: Option<usize> = None;
+    let mut item_indent = None;
+    let mut start = None;
+    for (n, line) in source.lines().enumerate() {
+        let trimmed = line.trim_start();
+        let indent = line.len() - trimmed.len();
+        if indent == 0 && !trimmed.is_empty() && !trimmed.starts_with('#') {
+            if in_expect && item.is_some() {
+                break;
+            }
+            in_expect = trimmed.starts_with("expect:");
+            continue;
+        }
+        if !in_expect || trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        if trimmed.starts_with("- ") && item_indent.is_none_or(|i| indent <= i) {
+            item_indent = Some(indent);
+            item = Some(item.map_or(0, |i| i + 1));
+        }
+        if item == Some(index) {
+            start.get_or_insert(Location {
+                line: n + 1,
+                column: indent + 1,
+            });
+            if let Some(col) = find_key(line, key) {
+                return Some(Location {
+                    line: n + 1,
+                    column: col + 1,
+                });
+            }
+        } else if item.is_some_and(|i| i > index) {
+            break;
+        }
+    }
+    start
+}
+
+fn find_key(line: &str, key: &str) -> Option<usize> {
+    let b = line.as_bytes();
+    let mut from = 0;
+    while let Some(pos) = line[from..].find(key) {
+        let at = from + pos;
+        let before_ok = at == 0 || !(b[at - 1].is_ascii_alphanumeric() || b[at - 1] == b'_');
+        if before_ok && line[at + key.len()..].trim_start().starts_with(':') {
+            return Some(at);
+        }
+        from = at + key.len();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locate_finds_an_expectation_and_its_keys() {
+        let src = "name: x\nstages: {}\nexpect:\n  - { stage: a, metric: fid, below: 1 }\n  - stage: b\n    metric: mmd2\n    above: 0\nreport: {}\n";
+        assert_eq!(
+            locate(src, 0, "metric"),
+            Some(Location {
+                line: 4,
+                column: 18
+            })
+        );
+        assert_eq!(
+            locate(src, 1, "metric"),
+            Some(Location { line: 6, column: 5 })
+        );
+        assert_eq!(
+            locate(src, 1, "nothing"),
+            Some(Location { line: 5, column: 3 })
+        );
+        assert_eq!(locate(src, 2, "stage"), None);
+    }
+}
