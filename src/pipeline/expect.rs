@@ -265,7 +265,7 @@ mod tests {
             locate(src, 0, "metric"),
             Some(Location {
                 line: 4,
-                column: 18
+                column: 17
             })
         );
         assert_eq!(
