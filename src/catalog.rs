@@ -139,6 +139,7 @@ pub fn describe() -> String {
         "  STAGE.needs.ROLE: [stages] swaps an input; a value ~ (null) leaves the key out\n",
     );
     out.push_str("report: plots: [{ metric, x: AXIS or METRIC (e.g. nfe), series: [AXIS, ...], where: {AXIS: value}, log_x, log_y }]\n");
+    out.push_str("expect: [{ stage, metric, below | above | below_stage | above_stage, at: {AXIS: value}, evaluate, note }] (run --check: exit 3 when one fails)\n");
     out
 }
 
@@ -209,6 +210,7 @@ mod tests {
             "forward_noising",
             "writes metrics.csv",
             "on VE processes",
+            "below_stage",
         ] {
             assert!(text.contains(needle), "missing {needle} in:\n{text}");
         }
