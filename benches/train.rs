@@ -346,6 +346,7 @@ pub fn run(args: &[String]) -> Result<()> {
             steps: Some(steps),
         });
         let request = SampleRequest {
+            clip: None,
             n: particles,
             dim: 2,
             snapshots: 0,

@@ -77,6 +77,14 @@ fn image_folder_pipeline_trains_samples_and_measures() {
         stderr(&out)
     );
     let report = results.join("tiny_images");
+    // Image samples clip each predicted x0 to [-1, 1] by default, and say so in their
+    // key; they end inside the data range.
+    let manifest = std::fs::read_to_string(report.join("stages/stoch/manifest.json")).unwrap();
+    assert!(manifest.contains("\"clip_denoised\": true"), "{manifest}");
+    let (samples, _) =
+        runner::artifacts::load_f32(&report.join("stages/stoch/samples.safetensors"), "samples")
+            .unwrap();
+    assert!(samples.iter().all(|v| (-1.0..=1.0).contains(v)));
     let metrics = std::fs::read_to_string(report.join("metrics.csv")).unwrap();
     let header: Vec<&str> = metrics.lines().next().unwrap().split(',').collect();
     let column = header.iter().position(|h| *h == "metric").unwrap();

@@ -59,6 +59,9 @@ fn first_run_computes_second_is_cached_and_set_reruns_only_downstream() {
     ] {
         assert!(out.join(file).is_file(), "missing {file}");
     }
+    // Points are not clipped, and their keys say nothing of clipping.
+    let manifest = std::fs::read_to_string(out.join("stages/ddpm_samples/manifest.json")).unwrap();
+    assert!(!manifest.contains("clip_denoised"), "{manifest}");
     let metrics = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
     assert!(
         metrics.starts_with("evaluate,stage,metric,value"),

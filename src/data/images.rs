@@ -204,7 +204,10 @@ impl ImageSource {
     }
 }
 
-/// Bytes to [-1, 1], as DDPM scales its images.
+/// The range image pixels are scaled to (`scale`): what samplers clip predictions to.
+pub const RANGE: (f32, f32) = (-1.0, 1.0);
+
+/// Bytes to [-1, 1] ([`RANGE`]), as DDPM scales its images.
 fn scale(pixels: &[u8]) -> Vec<f32> {
     pixels.iter().map(|&p| p as f32 / 127.5 - 1.0).collect()
 }

@@ -68,6 +68,7 @@ pub fn spherical(
     let n = pairs * columns;
     let start = Tensor::from_vec(starts, (n, dim), device)?;
     let request = SampleRequest {
+        clip: None,
         n,
         dim,
         snapshots: 0,
@@ -180,6 +181,7 @@ mod tests {
         let b = normals(&mut rng, 2);
         let start = Tensor::from_vec([a, b].concat(), (2, 2), &dev).unwrap();
         let request = SampleRequest {
+            clip: None,
             n: 2,
             dim: 2,
             snapshots: 0,

@@ -336,20 +336,18 @@ pub fn build(path: &Path, loaded: Loaded) -> Result<Plan, SpecError> {
                     .map(|&ix| &graph[ix].spec)
                     .map(|s: &StageSpec| (&s.needs, s.params.as_any()))
             };
-            stage
-                .params
-                .validate(&Neighbours::new(&stage.needs, &lookup))
-                .map_err(|m| {
-                    let message = if own_coords.is_empty() {
-                        format!("stage `{id}`: {m}")
-                    } else {
-                        format!("stage `{id}` {}: {m}", at())
-                    };
-                    err(Some(id), Some("params"), message)
-                })?;
+            let neighbours = Neighbours::new(&stage.needs, &lookup);
+            stage.params.validate(&neighbours).map_err(|m| {
+                let message = if own_coords.is_empty() {
+                    format!("stage `{id}`: {m}")
+                } else {
+                    format!("stage `{id}` {}: {m}", at())
+                };
+                err(Some(id), Some("params"), message)
+            })?;
             let params = stage
                 .params
-                .resolved()
+                .resolved(&neighbours)
                 .map_err(|m| err(Some(id), Some("params"), format!("stage `{id}`: {m}")))?;
             let input_keys: Vec<(String, Vec<String>)> = needs
                 .iter()

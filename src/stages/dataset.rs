@@ -8,7 +8,7 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::context::StageContext;
-use super::kind::{Kind, Role};
+use super::kind::{Kind, Neighbours, Role};
 use crate::artifacts::{save_tensors, write_json};
 use crate::data::images::{ImageShape, ImageSource, Subset};
 use crate::data::toy::{Distribution, Mixture};
@@ -29,7 +29,7 @@ impl Kind for Dataset {
     type Params = DatasetParams;
 
     /// Defaults filled in; files read from the user enter the key by their contents.
-    fn resolved(params: &DatasetParams) -> Result<serde_json::Value, String> {
+    fn resolved(params: &DatasetParams, _: &Neighbours) -> Result<serde_json::Value, String> {
         let mut value = serde_json::to_value(params.canonical())
             .expect("stage parameters always serialize to JSON");
         if let (Some(digest), Some(map)) = (params.content_digest()?, value.as_object_mut()) {
@@ -38,7 +38,7 @@ impl Kind for Dataset {
         Ok(value)
     }
 
-    fn validate(params: &DatasetParams, _: &super::kind::Neighbours) -> Result<(), String> {
+    fn validate(params: &DatasetParams, _: &Neighbours) -> Result<(), String> {
         params.validate()
     }
 

@@ -32,7 +32,9 @@ pub trait Kind: 'static {
 
     /// What the key hashes: the parameters with every default filled in and settings
     /// that change nothing reset (and, for files read from the user, their contents).
-    fn resolved(params: &Self::Params) -> Result<serde_json::Value, String> {
+    /// A default that depends on the inputs (e.g. clipping for image data) is decided
+    /// here, from `stages`.
+    fn resolved(params: &Self::Params, _stages: &Neighbours) -> Result<serde_json::Value, String> {
         Ok(serde_json::to_value(params).expect("stage parameters always serialize to JSON"))
     }
 

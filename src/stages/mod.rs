@@ -97,9 +97,9 @@ macro_rules! stage_kinds {
             }
 
             /// What the key hashes (see [`Kind::resolved`]).
-            pub fn resolved(&self) -> Result<serde_json::Value, String> {
+            pub fn resolved(&self, stages: &Neighbours) -> Result<serde_json::Value, String> {
                 match self {
-                    $(StageParams::$variant(p) => <$module::$kind as Kind>::resolved(p)),*
+                    $(StageParams::$variant(p) => <$module::$kind as Kind>::resolved(p, stages)),*
                 }
             }
 

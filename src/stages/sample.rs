@@ -6,6 +6,7 @@ use std::time::Instant;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
+use super::dataset::{Dataset, Source};
 use super::schedule::Schedule;
 use super::train::{Train, TrainedModel, WeightsKind};
 use super::context::StageContext;
@@ -28,9 +29,21 @@ impl Kind for Sample {
         "`samples.safetensors`, `trajectory.safetensors`, `sampling.json` (NFE, seconds)";
     type Params = SampleParams;
 
-    fn resolved(params: &SampleParams) -> Result<serde_json::Value, String> {
-        Ok(serde_json::to_value(params.canonical())
-            .expect("stage parameters always serialize to JSON"))
+    /// Clipping is decided here, from the data of the model sampled from.
+    fn resolved(params: &SampleParams, stages: &Neighbours) -> Result<serde_json::Value, String> {
+        let images = stages
+            .needs
+            .ids("train")
+            .first()
+            .and_then(|train| stages.needs_of(train))
+            .and_then(|needs| needs.ids("data").first())
+            .and_then(|id| stages.params::<Dataset>(id))
+            .is_some_and(|data| matches!(data.source, Source::Images(_)));
+        let canonical = SampleParams {
+            clip_denoised: params.clips(images).then_some(true),
+            ..params.canonical()
+        };
+        Ok(serde_json::to_value(canonical).expect("stage parameters always serialize to JSON"))
     }
 
     /// The sampler must fit the process its model was trained on.
@@ -69,6 +82,12 @@ pub struct SampleParams {
     /// `ema` (the averaged weights, as DDPM samples with) or `raw`.
     #[serde(default)]
     pub weights: WeightsKind,
+    /// Clip each predicted x0 to the data range before it is used (Ho et al.'s
+    /// sampler; the ancestral, DDIM and predictor-corrector steps and every final
+    /// Tweedie step). Default: on for image data, whose range is [-1, 1], off for
+    /// points. In the key only when on, so a key without it means no clipping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip_denoised: Option<bool>,
 }
 
 fn n() -> usize {
@@ -91,6 +110,11 @@ pub struct SamplingRecord {
 }
 
 impl SampleParams {
+    /// Whether predicted x0 are clipped, for data that is (or is not) images.
+    pub fn clips(&self, images: bool) -> bool {
+        self.clip_denoised.unwrap_or(images)
+    }
+
     /// What the key hashes: settings the sampler ignores are reset.
     pub fn canonical(&self) -> SampleParams {
         SampleParams {
@@ -130,6 +154,9 @@ fn run(params: &SampleParams, ctx: &StageContext) -> StageResult<()> {
         snapshot_particles: keep,
         device: ctx.device,
         start: None,
+        clip: params
+            .clips(trained.image.is_some())
+            .then_some(crate::data::images::RANGE),
     };
     let started = Instant::now();
     let mut rng = stream(params.seed, "sample");

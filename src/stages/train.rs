@@ -44,7 +44,7 @@ impl Kind for Train {
     const FIGURES: &'static [(&'static str, &'static str)] = &[("loss.png", "Training losses")];
     type Params = TrainParams;
 
-    fn resolved(params: &TrainParams) -> Result<serde_json::Value, String> {
+    fn resolved(params: &TrainParams, _: &Neighbours) -> Result<serde_json::Value, String> {
         Ok(serde_json::to_value(params.canonical())
             .expect("stage parameters always serialize to JSON"))
     }

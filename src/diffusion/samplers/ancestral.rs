@@ -42,7 +42,8 @@ impl Sampler for Ancestral {
         let noise = run.noise_fn();
         run.walk(&grid(run.process, self.steps), x, &mut |run, x, cur, prev, _| {
             run.nfe += 1;
-            ancestral_step(run.score, &x, cur, prev, self.variance, &noise, run.rng)
+            let clip = run.clip();
+            ancestral_step(run.score, &x, cur, prev, self.variance, clip, &noise, run.rng)
         })
     }
 }
@@ -70,25 +71,38 @@ pub fn ancestral_from(
     );
     let mut x = x;
     for pair in states.windows(2) {
-        x = ancestral_step(score, &x, pair[0], pair[1], Variance::Beta, noise, rng)?;
+        x = ancestral_step(score, &x, pair[0], pair[1], Variance::Beta, None, noise, rng)?;
     }
     Ok(x)
 }
 
 /// One ancestral step from `cur` to `prev`: mean (x - q/s eps) / r plus noise (none
-/// into the clean state).
+/// into the clean state). With `clip`, the mean is the posterior mean of Ho et al.'s
+/// eq. 7 from the predicted x0 clipped to that range: (a_prev q / s^2) x0 +
+/// (r s_prev^2 / s^2) x, which is the mean above when nothing is clipped.
+#[allow(clippy::too_many_arguments)]
 pub fn ancestral_step(
     score: &dyn ScoreFn,
     x: &Tensor,
     cur: State,
     prev: State,
     variance: Variance,
+    clip: Option<(f32, f32)>,
     noise: &dyn Fn(&mut ChaCha8Rng) -> Result<Tensor>,
     rng: &mut ChaCha8Rng,
 ) -> Result<Tensor> {
     let (r, q) = transition(cur, prev);
     let eps = score.eps(x, cur.t)?;
-    let mean = (x - eps.affine(q / cur.s, 0.0)?)?.affine(1.0 / r, 0.0)?;
+    let mean = match clip {
+        None => (x - eps.affine(q / cur.s, 0.0)?)?.affine(1.0 / r, 0.0)?,
+        Some((lo, hi)) => {
+            let x0 = (x - eps.affine(cur.s, 0.0)?)?
+                .affine(1.0 / cur.a, 0.0)?
+                .clamp(lo, hi)?;
+            let s2 = cur.s * cur.s;
+            (x0.affine(prev.a * q / s2, 0.0)? + x.affine(r * prev.s * prev.s / s2, 0.0)?)?
+        }
+    };
     if prev == State::CLEAN {
         return Ok(mean);
     }

@@ -40,8 +40,13 @@ impl Sampler for Ddim {
         let eta = self.eta;
         run.walk(&grid(run.process, Some(self.steps)), x, &mut |run, x, cur, prev, _| {
             let (_, q) = transition(cur, prev);
-            let eps = run.score.eps(&x, cur.t)?;
-            let x0 = (&x - eps.affine(cur.s, 0.0)?)?.affine(1.0 / cur.a, 0.0)?;
+            let mut eps = run.score.eps(&x, cur.t)?;
+            let mut x0 = (&x - eps.affine(cur.s, 0.0)?)?.affine(1.0 / cur.a, 0.0)?;
+            if run.clip().is_some() {
+                // The noise is recomputed from the clipped x0, as diffusers' DDIM does.
+                x0 = run.clip_x0(x0)?;
+                eps = (&x - x0.affine(cur.a, 0.0)?)?.affine(1.0 / cur.s, 0.0)?;
+            }
             // Song et al. (2021a) eq. 12 with sigma = eta * posterior std.
             let c = eta * (prev.s * prev.s * q).sqrt() / cur.s;
             let direction = (prev.s * prev.s - c * c).max(0.0).sqrt();

@@ -92,6 +92,8 @@ pub struct SampleRequest<'a> {
     /// Initial points [n, dim] to use instead of draws from the sampler's initial
     /// distribution (spherical interpolation decodes chosen noises).
     pub start: Option<&'a Tensor>,
+    /// The data range each predicted x0 is clipped to (`clip_denoised`), if any.
+    pub clip: Option<(f32, f32)>,
 }
 
 /// Move k of a grid walk: `(run, x, cur, prev, k)` to the next x.
@@ -146,13 +148,41 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// Tweedie's denoising x0 = (x + s^2 score) / a at `state`.
+    /// Tweedie's denoising x0 = (x + s^2 score) / a at `state`, clipped to the data
+    /// range when the run clips.
     pub fn tweedie(&self, x: &Tensor, state: State) -> Result<Tensor> {
-        (x + self
+        let x0 = (x + self
             .score
             .score(x, state.t)?
             .affine(state.s * state.s, 0.0)?)?
-        .affine(1.0 / state.a, 0.0)
+        .affine(1.0 / state.a, 0.0)?;
+        self.clip_x0(x0)
+    }
+
+    /// The range predicted x0 are clipped to, when the run clips.
+    pub fn clip(&self) -> Option<(f32, f32)> {
+        self.request.clip
+    }
+
+    /// `x0` clipped to the data range, when the run clips.
+    pub fn clip_x0(&self, x0: Tensor) -> Result<Tensor> {
+        match self.request.clip {
+            Some((lo, hi)) => x0.clamp(lo, hi),
+            None => Ok(x0),
+        }
+    }
+
+    /// The score at `state`; when the run clips, the score of the clipped prediction
+    /// of x0, (a clip(x0) - x) / s^2, so that steps written with the score (the
+    /// predictors of PC) clip like the others.
+    pub fn predictor_score(&self, x: &Tensor, state: State) -> Result<Tensor> {
+        let score = self.score.score(x, state.t)?;
+        if self.request.clip.is_none() {
+            return Ok(score);
+        }
+        let s2 = state.s * state.s;
+        let x0 = self.clip_x0((x + score.affine(s2, 0.0)?)?.affine(1.0 / state.a, 0.0)?)?;
+        (x0.affine(state.a, 0.0)? - x)?.affine(1.0 / s2, 0.0)
     }
 
     /// Keeps a snapshot when `progress` (in [0, 1]) passes the next mark.

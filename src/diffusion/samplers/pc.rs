@@ -118,11 +118,12 @@ impl Sampler for Pc {
             match self.predictor {
                 Predictor::None => Ok(x),
                 Predictor::Ancestral => {
-                    ancestral_step(run.score, &x, cur, prev, Variance::Beta, &noise, run.rng)
+                    let clip = run.clip();
+                    ancestral_step(run.score, &x, cur, prev, Variance::Beta, clip, &noise, run.rng)
                 }
                 Predictor::ReverseDiffusion => {
                     let mean =
-                        (x.affine(2.0 - r, 0.0)? + run.score.score(&x, cur.t)?.affine(q, 0.0)?)?;
+                        (x.affine(2.0 - r, 0.0)? + run.predictor_score(&x, cur)?.affine(q, 0.0)?)?;
                     if last_move {
                         Ok(mean)
                     } else {
@@ -133,7 +134,7 @@ impl Sampler for Pc {
                     let dt = prev.t - cur.t;
                     let (f, g) = (run.process.drift_coef(cur.t), run.process.diffusion(cur.t));
                     let drift =
-                        (x.affine(f, 0.0)? - run.score.score(&x, cur.t)?.affine(g * g, 0.0)?)?;
+                        (x.affine(f, 0.0)? - run.predictor_score(&x, cur)?.affine(g * g, 0.0)?)?;
                     let mean = (&x + drift.affine(dt, 0.0)?)?;
                     if last_move {
                         Ok(mean)

@@ -58,6 +58,7 @@ fn check_matches_mixture(samples: &[f32], mix: &Mixture, slack: f64, what: &str)
 
 fn request(n: usize, dev: &Device) -> SampleRequest<'_> {
     SampleRequest {
+        clip: None,
         n,
         dim: 2,
         snapshots: 5,
@@ -295,4 +296,105 @@ fn samplers_refuse_processes_they_do_not_fit() {
         .check(&vp)
         .is_err()
     );
+}
+
+/// A deliberately bad score whose prediction of x0 is huge: eps = -50 everywhere.
+struct HugeX0<'a> {
+    process: &'a Process,
+}
+
+impl ScoreFn for HugeX0<'_> {
+    fn score(&self, x: &Tensor, t: f64) -> candle_core::Result<Tensor> {
+        self.eps(x, t)?.affine(-1.0 / self.process.std(t), 0.0)
+    }
+    fn eps(&self, x: &Tensor, _t: f64) -> candle_core::Result<Tensor> {
+        x.ones_like()?.affine(-50.0, 0.0)
+    }
+}
+
+/// The largest |x| of 200 samples drawn with [`HugeX0`]'s score.
+fn largest_with_huge_x0(
+    params: &SamplerParams,
+    process: &Process,
+    clip: Option<(f32, f32)>,
+) -> f32 {
+    let dev = Device::Cpu;
+    let request = SampleRequest {
+        clip,
+        ..request(200, &dev)
+    };
+    let score = HugeX0 { process };
+    let out = run(
+        params,
+        &score,
+        process,
+        &request,
+        &mut stream(3, "s"),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    out.samples.iter().fold(0f32, |m, v| m.max(v.abs()))
+}
+
+/// `clip_denoised`: with a score that predicts a huge x0, every sampler that uses the
+/// prediction ends inside the data range when it clips, and far outside when not.
+#[test]
+fn clipping_keeps_samples_in_the_data_range() {
+    let ddpm = ScheduleParams::Linear {
+        beta_start: 1e-4,
+        beta_end: 0.02,
+        steps: 100,
+    }
+    .build();
+    let smld = ScheduleParams::Geometric {
+        sigma_max: 3.0,
+        sigma_min: 0.01,
+        levels: 20,
+    }
+    .build();
+    let parse = |yaml: &str| -> SamplerParams { serde_norway::from_str(yaml).unwrap() };
+    let cases = [
+        (&ddpm, parse("sampler: ancestral")),
+        (&ddpm, parse("sampler: ancestral\nvariance: posterior")),
+        (&ddpm, parse("sampler: ddim\nsteps: 20")),
+        (&ddpm, parse("sampler: ddim\nsteps: 20\neta: 1.0")),
+        (&ddpm, parse("sampler: pc\nsnr: 0.01")),
+        (
+            &ddpm,
+            parse("sampler: pc\npredictor: euler_maruyama\ncorrector: none"),
+        ),
+        (
+            &ddpm,
+            parse("sampler: pc\npredictor: ancestral\ncorrector: none"),
+        ),
+        (&ddpm, parse("sampler: ode\nsolver: euler\nsteps: 20")),
+        (&smld, parse("sampler: ancestral")),
+        (
+            &smld,
+            parse("sampler: annealed_langevin\nn_steps_each: 5\ninit: gaussian"),
+        ),
+    ];
+    for (process, params) in cases {
+        let (clipped, raw) = (
+            largest_with_huge_x0(&params, process, Some((-1.0, 1.0))),
+            largest_with_huge_x0(&params, process, None),
+        );
+        assert!(clipped <= 1.0, "{params:?} clipped: max |x| = {clipped}");
+        assert!(raw > 2.0, "{params:?} unclipped: max |x| = {raw}");
+    }
+    // Without the final denoising step, PC's predictors clip on their own: their last
+    // move lands near the data range with clipping, far from it without.
+    for predictor in ["reverse_diffusion", "euler_maruyama"] {
+        let params = parse(&format!(
+            "sampler: pc\npredictor: {predictor}\ncorrector: none\ndenoise: false"
+        ));
+        let (clipped, raw) = (
+            largest_with_huge_x0(&params, &ddpm, Some((-1.0, 1.0))),
+            largest_with_huge_x0(&params, &ddpm, None),
+        );
+        assert!(
+            clipped < 1.5 && raw > 10.0,
+            "{predictor}: clipped {clipped}, raw {raw}"
+        );
+    }
 }
