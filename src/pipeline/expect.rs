@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::spec::find_key;
 use super::sweep::Sweep;
 use crate::error::Location;
 use crate::metrics;
@@ -238,20 +239,6 @@ pub fn locate(source: &str, index: usize, key: &str) -> Option<Location> {
         }
     }
     start
-}
-
-fn find_key(line: &str, key: &str) -> Option<usize> {
-    let b = line.as_bytes();
-    let mut from = 0;
-    while let Some(pos) = line[from..].find(key) {
-        let at = from + pos;
-        let before_ok = at == 0 || !(b[at - 1].is_ascii_alphanumeric() || b[at - 1] == b'_');
-        if before_ok && line[at + key.len()..].trim_start().starts_with(':') {
-            return Some(at);
-        }
-        from = at + key.len();
-    }
-    None
 }
 
 #[cfg(test)]

@@ -468,7 +468,8 @@ pub fn locate_sweep(source: &str, path: &str) -> Option<Location> {
     None
 }
 
-fn find_key(line: &str, key: &str) -> Option<usize> {
+/// Where `key:` starts in a line (not inside a longer name).
+pub(crate) fn find_key(line: &str, key: &str) -> Option<usize> {
     let mut from = 0;
     while let Some(pos) = line[from..].find(key) {
         let at = from + pos;

@@ -31,13 +31,7 @@ impl Kind for Sample {
 
     /// Clipping is decided here, from the data of the model sampled from.
     fn resolved(params: &SampleParams, stages: &Neighbours) -> Result<serde_json::Value, String> {
-        let images = stages
-            .needs
-            .ids("train")
-            .first()
-            .and_then(|train| stages.needs_of(train))
-            .and_then(|needs| needs.ids("data").first())
-            .and_then(|id| stages.params::<Dataset>(id))
+        let images = of_the_model::<Dataset>(stages, "data")
             .is_some_and(|data| matches!(data.source, Source::Images(_)));
         let canonical = SampleParams {
             clip_denoised: params.clips(images).then_some(true),
@@ -48,14 +42,7 @@ impl Kind for Sample {
 
     /// The sampler must fit the process its model was trained on.
     fn validate(params: &SampleParams, stages: &Neighbours) -> Result<(), String> {
-        let schedule = stages
-            .needs
-            .ids("train")
-            .first()
-            .and_then(|train| stages.needs_of(train))
-            .and_then(|needs| needs.ids("schedule").first())
-            .and_then(|id| stages.params::<Schedule>(id));
-        params.validate(schedule)
+        params.validate(of_the_model::<Schedule>(stages, "schedule"))
     }
 
     fn run(params: &SampleParams, ctx: &StageContext) -> StageResult<()> {
@@ -107,6 +94,13 @@ pub struct SamplingRecord {
     pub n: usize,
     pub nfe: usize,
     pub seconds: f64,
+}
+
+/// The parameters of an input (`role`) of the train stage sampled from.
+fn of_the_model<'a, K: Kind>(stages: &Neighbours<'a>, role: &str) -> Option<&'a K::Params> {
+    let train = stages.needs.ids("train").first()?;
+    let id = stages.needs_of(train)?.ids(role).first()?;
+    stages.params::<K>(id)
 }
 
 impl SampleParams {
