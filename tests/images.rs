@@ -48,7 +48,8 @@ stages:
     kind: evaluate
     needs: {{ reference: data, samples: [stoch, determ], models: ddpm, classifier: cnn }}
     params:
-      {{ feature_points: 16, kid_subset: 6, nll_points: 2, nll_rtol: 1.0e-3, nll_atol: 1.0e-3,
+      {{ metrics: [fid, kid, inception_score, precision_recall, nll, recognizable_at],
+        feature_points: 16, kid_subset: 6, nll_points: 2, nll_rtol: 1.0e-3, nll_atol: 1.0e-3,
         interpolation_sampler: {{ sampler: ddim, steps: 5 }}, mix_steps: 5 }}
 "#,
         folder = folder.display()
@@ -100,6 +101,7 @@ fn image_folder_pipeline_trains_samples_and_measures() {
         "recall",
         "classifier_accuracy",
         "bits_per_dim",
+        "recognizable_at",
     ] {
         assert!(metrics.contains(name), "{name} missing from {metrics}");
     }
@@ -114,6 +116,7 @@ fn image_folder_pipeline_trains_samples_and_measures() {
         "forward_ddpm.png",
         "interpolation_ddpm.png",
         "mix_ddpm.png",
+        "judge-recognizability.png",
     ] {
         assert!(
             figures.iter().any(|f| f.ends_with(want)),

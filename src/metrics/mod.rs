@@ -50,6 +50,10 @@ named_choices! {
         InceptionScore = "inception_score" => About { judges: Judges::Features, columns: &["inception_score"] },
         /// k-NN manifold precision and recall in the classifier's feature space.
         PrecisionRecall = "precision_recall" => About { judges: Judges::Features, columns: &["precision", "recall"] },
+        /// The fraction of the reverse process at which the classifier's mean top-class
+        /// probability of a sample stage's snapshots first exceeds 1/2 (NaN if never),
+        /// with the whole curve drawn in `recognizability.png`.
+        RecognizableAt = "recognizable_at" => About { judges: Judges::Features, columns: &["recognizable_at"] },
     }
 }
 
@@ -140,6 +144,7 @@ mod table_tests {
             "precision",
             "recall",
             "classifier_accuracy",
+            "recognizable_at",
         ];
         expected.sort();
         assert_eq!(all, expected);

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::spec::find_key;
+use super::locate::find_key;
 use super::sweep::Sweep;
 use crate::error::Location;
 use crate::metrics;

@@ -9,8 +9,9 @@ use petgraph::graph::{DiGraph, NodeIndex};
 use serde::Deserialize;
 
 use super::key::{KeyInput, stage_key};
+use super::locate::{locate, locate_sweep};
 use super::report_spec::ReportSpec;
-use super::spec::{Loaded, locate, locate_sweep};
+use super::spec::Loaded;
 use super::sweep::{Sweep, folder_name};
 use crate::error::SpecError;
 use crate::stages::{Neighbours, StageKind, StageSpec};

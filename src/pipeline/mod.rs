@@ -4,6 +4,7 @@ pub mod expect;
 pub mod graph;
 pub mod history;
 pub mod key;
+pub mod locate;
 pub mod report_spec;
 pub mod spec;
 pub mod sweep;

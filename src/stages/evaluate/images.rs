@@ -7,7 +7,7 @@ use rand::seq::index::sample as pick_indices;
 
 use super::inputs::{Reference, Rows, snap};
 use super::params::EvaluateParams;
-use crate::data::images::ImageShape;
+use crate::data::images::{ImageShape, RANGE};
 use crate::diffusion::interpolate;
 use crate::diffusion::process::{Process, noise_batch};
 use crate::diffusion::score::ScoreFn;
@@ -106,6 +106,65 @@ impl FeatureSpace {
         }
         Ok(())
     }
+}
+
+impl FeatureSpace {
+    /// The classifier's mean top-class probability over a sample stage's snapshots,
+    /// against the fraction of the reverse process done (the last snapshot is 1).
+    /// Snapshots are clipped to the data range first, as a picture of them shows them:
+    /// far outside it (a VE prior at sigma 50) the classifier's confidence means nothing.
+    pub fn confidence_along(
+        &self,
+        ctx: &StageContext,
+        input: &InputEntry,
+        dim: usize,
+    ) -> StageResult<Vec<(f64, f64)>> {
+        let path = input.dir.join("trajectory.safetensors");
+        let (frames, shape) = load_f32(&path, "trajectory")?;
+        let (steps, _) = load_f32(&path, "steps")?;
+        let keep = shape.get(1).copied().unwrap_or(0).max(1);
+        let last = steps.last().copied().unwrap_or(1.0).max(1.0) as f64;
+        let (lo, hi) = RANGE;
+        let mut curve = Vec::with_capacity(steps.len());
+        for (frame, step) in frames.chunks(keep * dim).zip(&steps) {
+            let clipped: Vec<f32> = frame.iter().map(|v| v.clamp(lo, hi)).collect();
+            let (_, probs) = embed(&self.net, &clipped, dim, ctx)?;
+            let classes = (probs.len() / keep).max(1);
+            let top = probs
+                .chunks(classes)
+                .map(|p| p.iter().copied().fold(0f32, f32::max) as f64)
+                .sum::<f64>()
+                / keep as f64;
+            curve.push((*step as f64 / last, top));
+        }
+        Ok(curve)
+    }
+}
+
+/// Where a confidence curve first exceeds 1/2: the `recognizable_at` metric.
+pub fn recognizable_at(curve: &[(f64, f64)]) -> f64 {
+    curve
+        .iter()
+        .find(|(_, confidence)| *confidence > 0.5)
+        .map_or(f64::NAN, |(fraction, _)| *fraction)
+}
+
+/// `recognizability.png`: each sample stage's confidence curve.
+pub fn draw_recognizability(
+    ctx: &StageContext,
+    curves: &[(String, Vec<(f64, f64)>)],
+) -> StageResult<()> {
+    let series: Vec<(&str, Vec<(f64, f64)>)> = curves
+        .iter()
+        .map(|(stage, curve)| (stage.as_str(), curve.clone()))
+        .collect();
+    crate::plot::lines(
+        &ctx.path("recognizability.png"),
+        &format!("{}: when the samples become recognizable", ctx.id),
+        "fraction of the reverse process done",
+        "mean top-class probability",
+        &series,
+    )
 }
 
 /// (features, class probabilities) of flattened images, as flat rows.
@@ -279,4 +338,15 @@ pub fn draw_mix(
         shape,
         INTERPOLATION_COLUMNS + 2,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn recognizable_at_is_where_the_confidence_first_passes_one_half() {
+        let curve = [(0.0, 0.9), (0.5, 0.2), (0.7, 0.6), (1.0, 0.95)];
+        assert_eq!(super::recognizable_at(&curve[1..]), 0.7);
+        assert_eq!(super::recognizable_at(&curve), 0.0);
+        assert!(super::recognizable_at(&[(0.0, 0.1), (1.0, 0.5)]).is_nan());
+    }
 }

@@ -43,7 +43,7 @@ impl Kind for Evaluate {
         Role::list("models", Train::NAME),
         Role::optional("classifier", Classifier::NAME),
     ];
-    const WRITES: &'static str = "`metrics.csv`, `scatter_<stage>.png`, `grid_<stage>.png`, `timeline_<stage>.png`, `forward_<model>.png`, `interpolation_<model>.png`, `mix_<model>.png`, `score_field_<model>.png`, `score_error.png`";
+    const WRITES: &'static str = "`metrics.csv`, `scatter_<stage>.png`, `grid_<stage>.png`, `timeline_<stage>.png`, `forward_<model>.png`, `interpolation_<model>.png`, `mix_<model>.png`, `score_field_<model>.png`, `score_error.png`, `recognizability.png`";
     /// Figures go by file-name prefix, each titled by what follows the prefix.
     const FIGURES: &'static [(&'static str, &'static str)] = &[
         ("scatter_", "Samples over held-out data"),
@@ -60,6 +60,10 @@ impl Kind for Evaluate {
         ("timeline_", "Sampling timelines"),
         ("score_field_", "Score fields, learned against exact"),
         ("score_error", "Score error per noise level"),
+        (
+            "recognizability",
+            "Classifier confidence of the snapshots along the reverse process",
+        ),
     ];
     type Params = EvaluateParams;
 
@@ -126,6 +130,7 @@ fn evaluate_samples(
 ) -> StageResult<()> {
     let dim = reference.meta.dim;
     let sample_inputs = ctx.inputs("samples");
+    let mut curves = Vec::new();
     for (done, input) in sample_inputs.iter().enumerate() {
         let path = input.dir.join("samples.safetensors");
         let (samples, shape) = load_f32(&path, "samples")?;
@@ -172,11 +177,20 @@ fn evaluate_samples(
                     );
                 }
                 Metric::ScoreError | Metric::Nll => unreachable!("model metrics are filtered out"),
-                Metric::Fid | Metric::Kid | Metric::InceptionScore | Metric::PrecisionRecall => {}
+                Metric::Fid
+                | Metric::Kid
+                | Metric::InceptionScore
+                | Metric::PrecisionRecall
+                | Metric::RecognizableAt => {}
             }
         }
         if let Some(space) = features {
             space.judge(params, ctx, &input.id, &samples, dim, metrics, rows)?;
+            if metrics.contains(&Metric::RecognizableAt) {
+                let curve = space.confidence_along(ctx, input, dim)?;
+                rows.push(&input.id, "recognizable_at", images::recognizable_at(&curve));
+                curves.push((input.id.clone(), curve));
+            }
         }
         let record: SamplingRecord = read_json(&input.dir.join("sampling.json"))?;
         rows.push(&input.id, "nfe", record.nfe as f64);
@@ -200,6 +214,9 @@ fn evaluate_samples(
         }
         ctx.progress
             .update(done + 1, sample_inputs.len(), "evaluating samples");
+    }
+    if !curves.is_empty() {
+        images::draw_recognizability(ctx, &curves)?;
     }
     Ok(())
 }

@@ -1,0 +1,141 @@
+//! Where things are written in a pipeline file, for the errors found after parsing
+//! (an unknown input stage, a wrong input kind, a cycle, a bad sweep axis or claim):
+//! a line and column the user can jump to.
+
+use crate::error::Location;
+
+/// Finds where a stage (and optionally a key inside it) is written, for errors found
+/// after parsing (unknown input stage, wrong input kind, cycles).
+pub fn locate(source: &str, stage: &str, key: Option<&str>) -> Option<Location> {
+    let mut in_stages = false;
+    let mut stage_indent = None;
+    for (n, line) in source.lines().enumerate() {
+        let indent = line.len() - line.trim_start().len();
+        let trimmed = line.trim_start();
+        if indent == 0 && !trimmed.is_empty() && !trimmed.starts_with('#') {
+            in_stages = trimmed.starts_with("stages:");
+            if stage_indent.is_some() {
+                break;
+            }
+            continue;
+        }
+        if !in_stages {
+            continue;
+        }
+        match stage_indent {
+            None => {
+                let name = trimmed.trim_start_matches(['"', '\'']);
+                if name.starts_with(stage)
+                    && name[stage.len()..]
+                        .trim_start_matches(['"', '\''])
+                        .starts_with(':')
+                {
+                    let Some(key) = key else {
+                        return Some(Location {
+                            line: n + 1,
+                            column: indent + 1,
+                        });
+                    };
+                    stage_indent = Some(indent);
+                    if let Some(col) = find_key(line, key) {
+                        return Some(Location {
+                            line: n + 1,
+                            column: col + 1,
+                        });
+                    }
+                }
+            }
+            Some(si) => {
+                if indent <= si && !trimmed.is_empty() && !trimmed.starts_with('#') {
+                    break;
+                }
+                if let Some(col) = find_key(line, key?) {
+                    return Some(Location {
+                        line: n + 1,
+                        column: col + 1,
+                    });
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Finds where a sweep path is written under `sweep:`.
+pub fn locate_sweep(source: &str, path: &str) -> Option<Location> {
+    let mut in_sweep = false;
+    for (n, line) in source.lines().enumerate() {
+        let trimmed = line.trim_start();
+        if line.len() == trimmed.len() && !trimmed.is_empty() && !trimmed.starts_with('#') {
+            in_sweep = trimmed.starts_with("sweep:");
+            continue;
+        }
+        if in_sweep {
+            for candidate in [path.to_string(), format!("stages.{path}")] {
+                if let Some(col) = find_key(line, &candidate) {
+                    return Some(Location {
+                        line: n + 1,
+                        column: col + 1,
+                    });
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Where `key:` starts in a line (not inside a longer name).
+pub fn find_key(line: &str, key: &str) -> Option<usize> {
+    let mut from = 0;
+    while let Some(pos) = line[from..].find(key) {
+        let at = from + pos;
+        let before_ok = at == 0
+            || !line.as_bytes()[at - 1].is_ascii_alphanumeric() && line.as_bytes()[at - 1] != b'_';
+        let after = line[at + key.len()..].trim_start();
+        if before_ok && after.starts_with(':') {
+            return Some(at);
+        }
+        from = at + key.len();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locate_finds_stage_and_nested_key() {
+        let src = "name: x\nstages:\n  data: { kind: dataset, params: { name: gmm } }\n  t:\n    kind: train\n    needs: { data: nope }\n";
+        assert_eq!(
+            locate(src, "data", None),
+            Some(Location { line: 3, column: 3 })
+        );
+        assert_eq!(
+            locate(src, "t", Some("needs")),
+            Some(Location { line: 6, column: 5 })
+        );
+        assert_eq!(
+            locate(src, "data", Some("params")),
+            Some(Location {
+                line: 3,
+                column: 26
+            })
+        );
+        assert_eq!(locate(src, "missing", None), None);
+    }
+
+    #[test]
+    fn locate_sweep_finds_axes_and_zipped_axes() {
+        let src = "name: x\nstages: {}\nsweep:\n  a.params.x: [1]\n  zip:\n    b.params.y: [1]\n";
+        assert_eq!(
+            locate_sweep(src, "a.params.x"),
+            Some(Location { line: 4, column: 3 })
+        );
+        assert_eq!(
+            locate_sweep(src, "b.params.y"),
+            Some(Location { line: 6, column: 5 })
+        );
+        assert_eq!(locate_sweep(src, "c.params.z"), None);
+    }
+}
