@@ -106,9 +106,12 @@ pub fn run<'p>(
         .copied()
         .filter(|ix| waiting[ix] == 0)
         .collect();
+    // Jobs the executor handed back, kept with their inputs for the next offer.
+    let mut pending: Vec<Job<'p>> = Vec::new();
     let mut running = 0usize;
     loop {
-        let mut held = Vec::new();
+        // Stages released by a skipped input are looked at in the next round.
+        let mut deferred = Vec::new();
         for ix in std::mem::take(&mut ready) {
             let node = &graph[ix];
             // An input that did not succeed means this stage cannot run.
@@ -128,24 +131,27 @@ pub fn run<'p>(
                     seconds: 0.0,
                 };
                 results.insert(ix, outcome);
-                release(plan, ix, &mut waiting, &mut held);
+                release(plan, ix, &mut waiting, &mut deferred);
                 continue;
             }
-            let job = Job {
+            pending.push(Job {
                 ix,
                 node,
                 inputs: input_entries(plan, cache, node),
                 force: force.contains(&node.id),
-            };
+            });
+        }
+        pending.sort_by_key(|job| position[&job.ix]);
+        for job in std::mem::take(&mut pending) {
             match executor.submit(job) {
                 Ok(()) => running += 1,
-                Err(_) => held.push(ix),
+                Err(job) => pending.push(job),
             }
         }
-        held.sort_by_key(|ix| position[ix]);
-        ready = held;
+        deferred.sort_by_key(|ix| position[ix]);
+        ready = deferred;
         if running == 0 {
-            if ready.is_empty() {
+            if ready.is_empty() && pending.is_empty() {
                 break;
             }
             continue;
