@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use super::table::{MetricRow, MetricsTable};
+use super::table::{MetricRow, MetricsTable, format_value};
 use crate::pipeline::Plan;
 use crate::pipeline::expect::{Bound, Expectation};
 
@@ -25,6 +25,15 @@ impl Outcome {
             Outcome::NotMeasured => "not measured",
         }
     }
+
+    /// The report's CSS class for it (`status-<state>`).
+    pub fn state(self) -> &'static str {
+        match self {
+            Outcome::Reproduced => "ok",
+            Outcome::NotReproduced => "failed",
+            Outcome::NotMeasured => "missing",
+        }
+    }
 }
 
 /// One claim's verdict, as the report and the run's summary show it.
@@ -33,7 +42,7 @@ pub struct Verdict {
     pub claim: String,
     pub note: Option<String>,
     pub outcome: Outcome,
-    /// CSS class and text of the outcome.
+    /// `outcome`'s CSS class and words, for the template.
     pub state: &'static str,
     pub label: &'static str,
     /// The values judged, e.g. `0.012` or `0.31 vs 0.52 at steps=40`.
@@ -74,8 +83,8 @@ fn verdict(plan: &Plan, table: &MetricsTable, e: &Expectation) -> Verdict {
     };
     for row in rows {
         let (holds, text) = match &bound {
-            Bound::Below(v) => (row.value < *v, fmt(row.value)),
-            Bound::Above(v) => (row.value > *v, fmt(row.value)),
+            Bound::Below(v) => (row.value < *v, format_value(row.value)),
+            Bound::Above(v) => (row.value > *v, format_value(row.value)),
             Bound::BelowStage(other) | Bound::AboveStage(other) => {
                 let Some(theirs) = table.rows.iter().find(|r| {
                     r.point == row.point
@@ -84,7 +93,7 @@ fn verdict(plan: &Plan, table: &MetricsTable, e: &Expectation) -> Verdict {
                         && r.metric == row.metric
                 }) else {
                     outcome = Outcome::NotMeasured;
-                    measured.push(format!("{} (no value of {other})", fmt(row.value)));
+                    measured.push(format!("{} (no value of {other})", format_value(row.value)));
                     continue;
                 };
                 let holds = match bound {
@@ -93,7 +102,11 @@ fn verdict(plan: &Plan, table: &MetricsTable, e: &Expectation) -> Verdict {
                 };
                 (
                     holds,
-                    format!("{} vs {}", fmt(row.value), fmt(theirs.value)),
+                    format!(
+                        "{} vs {}",
+                        format_value(row.value),
+                        format_value(theirs.value)
+                    ),
                 )
             }
         };
@@ -111,23 +124,9 @@ fn verdict(plan: &Plan, table: &MetricsTable, e: &Expectation) -> Verdict {
         claim: e.describe(),
         note: e.note.clone(),
         outcome,
-        state: match outcome {
-            Outcome::Reproduced => "ok",
-            Outcome::NotReproduced => "failed",
-            Outcome::NotMeasured => "missing",
-        },
+        state: outcome.state(),
         label: outcome.label(),
         measured,
-    }
-}
-
-/// Four significant digits, as the metrics table shows numbers.
-fn fmt(value: f64) -> String {
-    if value != 0.0 && (value.abs() < 1e-3 || value.abs() >= 1e5) {
-        format!("{value:.3e}")
-    } else {
-        let digits = (3 - value.abs().log10().floor() as i32).clamp(0, 6) as usize;
-        format!("{value:.digits$}")
     }
 }
 
