@@ -13,9 +13,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::locate::find_key;
-use super::sweep::Sweep;
-use crate::error::Location;
+use super::sweep::{Sweep, show};
 use crate::metrics;
 
 /// One claim: a metric of an evaluated stage, bounded by a number or by the same
@@ -187,82 +185,5 @@ impl Expectation {
             }
         }
         Ok(())
-    }
-}
-
-/// A YAML scalar as a label shows it.
-fn show(value: &serde_norway::Value) -> String {
-    match value {
-        serde_norway::Value::String(s) => s.clone(),
-        other => serde_norway::to_string(other)
-            .map(|s| s.trim().to_string())
-            .unwrap_or_default(),
-    }
-}
-
-/// Where the `index`th expectation (or its `key`) is written under `expect:`.
-pub fn locate(source: &str, index: usize, key: &str) -> Option<Location> {
-    let mut in_expect = false;
-    let mut item: Option<usize> = None;
-    let mut item_indent = None;
-    let mut start = None;
-    for (n, line) in source.lines().enumerate() {
-        let trimmed = line.trim_start();
-        let indent = line.len() - trimmed.len();
-        if indent == 0 && !trimmed.is_empty() && !trimmed.starts_with('#') {
-            if in_expect && item.is_some() {
-                break;
-            }
-            in_expect = trimmed.starts_with("expect:");
-            continue;
-        }
-        if !in_expect || trimmed.is_empty() || trimmed.starts_with('#') {
-            continue;
-        }
-        if trimmed.starts_with("- ") && item_indent.is_none_or(|i| indent <= i) {
-            item_indent = Some(indent);
-            item = Some(item.map_or(0, |i| i + 1));
-        }
-        if item == Some(index) {
-            start.get_or_insert(Location {
-                line: n + 1,
-                column: indent + 1,
-            });
-            if let Some(col) = find_key(line, key) {
-                return Some(Location {
-                    line: n + 1,
-                    column: col + 1,
-                });
-            }
-        } else if item.is_some_and(|i| i > index) {
-            break;
-        }
-    }
-    start
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn locate_finds_an_expectation_and_its_keys() {
-        let src = "name: x\nstages: {}\nexpect:\n  - { stage: a, metric: fid, below: 1 }\n  - stage: b\n    metric: mmd2\n    above: 0\nreport: {}\n";
-        assert_eq!(
-            locate(src, 0, "metric"),
-            Some(Location {
-                line: 4,
-                column: 17
-            })
-        );
-        assert_eq!(
-            locate(src, 1, "metric"),
-            Some(Location { line: 6, column: 5 })
-        );
-        assert_eq!(
-            locate(src, 1, "nothing"),
-            Some(Location { line: 5, column: 3 })
-        );
-        assert_eq!(locate(src, 2, "stage"), None);
     }
 }

@@ -9,7 +9,7 @@ use petgraph::graph::{DiGraph, NodeIndex};
 use serde::Deserialize;
 
 use super::key::{KeyInput, stage_key};
-use super::locate::{locate, locate_sweep};
+use super::locate::{locate, locate_expectation, locate_sweep};
 use super::report_spec::ReportSpec;
 use super::spec::Loaded;
 use super::sweep::{Sweep, folder_name};
@@ -190,7 +190,7 @@ pub fn build(path: &Path, loaded: Loaded) -> Result<Plan, SpecError> {
             .validate(&evaluated, &evaluates, &sweep)
             .map_err(|(key, m)| SpecError::Invalid {
                 path: path.to_path_buf(),
-                location: super::expect::locate(source, i, key),
+                location: locate_expectation(source, i, key),
                 message: format!("expectation {} ({}): {m}", i + 1, expectation.stage),
             })?;
     }
