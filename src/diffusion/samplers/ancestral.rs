@@ -96,9 +96,7 @@ pub fn ancestral_step(
     let mean = match clip {
         None => (x - eps.affine(q / cur.s, 0.0)?)?.affine(1.0 / r, 0.0)?,
         Some((lo, hi)) => {
-            let x0 = (x - eps.affine(cur.s, 0.0)?)?
-                .affine(1.0 / cur.a, 0.0)?
-                .clamp(lo, hi)?;
+            let x0 = cur.x0_from_eps(x, &eps)?.clamp(lo, hi)?;
             let s2 = cur.s * cur.s;
             (x0.affine(prev.a * q / s2, 0.0)? + x.affine(r * prev.s * prev.s / s2, 0.0)?)?
         }

@@ -41,7 +41,7 @@ impl Sampler for Ddim {
         run.walk(&grid(run.process, Some(self.steps)), x, &mut |run, x, cur, prev, _| {
             let (_, q) = transition(cur, prev);
             let mut eps = run.score.eps(&x, cur.t)?;
-            let mut x0 = (&x - eps.affine(cur.s, 0.0)?)?.affine(1.0 / cur.a, 0.0)?;
+            let mut x0 = cur.x0_from_eps(&x, &eps)?;
             if run.clip().is_some() {
                 // The noise is recomputed from the clipped x0, as diffusers' DDIM does.
                 x0 = run.clip_x0(x0)?;

@@ -151,12 +151,7 @@ impl<'a> Run<'a> {
     /// Tweedie's denoising x0 = (x + s^2 score) / a at `state`, clipped to the data
     /// range when the run clips.
     pub fn tweedie(&self, x: &Tensor, state: State) -> Result<Tensor> {
-        let x0 = (x + self
-            .score
-            .score(x, state.t)?
-            .affine(state.s * state.s, 0.0)?)?
-        .affine(1.0 / state.a, 0.0)?;
-        self.clip_x0(x0)
+        self.clip_x0(state.x0_from_score(x, &self.score.score(x, state.t)?)?)
     }
 
     /// The range predicted x0 are clipped to, when the run clips.
@@ -180,9 +175,8 @@ impl<'a> Run<'a> {
         if self.request.clip.is_none() {
             return Ok(score);
         }
-        let s2 = state.s * state.s;
-        let x0 = self.clip_x0((x + score.affine(s2, 0.0)?)?.affine(1.0 / state.a, 0.0)?)?;
-        (x0.affine(state.a, 0.0)? - x)?.affine(1.0 / s2, 0.0)
+        let x0 = self.clip_x0(state.x0_from_score(x, &score)?)?;
+        (x0.affine(state.a, 0.0)? - x)?.affine(1.0 / (state.s * state.s), 0.0)
     }
 
     /// Keeps a snapshot when `progress` (in [0, 1]) passes the next mark.

@@ -5,6 +5,8 @@
 //! SMLD's ancestral step on sigma levels (r = 1, q = sigma_t^2 - sigma_prev^2). The step
 //! into the clean state is Tweedie's denoising x0 = (x + s^2 score) / a.
 
+use candle_core::{Result, Tensor};
+
 use crate::diffusion::process::Process;
 
 /// One point of a sampling grid.
@@ -22,6 +24,16 @@ impl State {
             a: process.mean_coef(t),
             s: process.std(t),
         }
+    }
+
+    /// Tweedie's prediction of x0 from the score at this state: (x + s^2 score) / a.
+    pub fn x0_from_score(self, x: &Tensor, score: &Tensor) -> Result<Tensor> {
+        (x + score.affine(self.s * self.s, 0.0)?)?.affine(1.0 / self.a, 0.0)
+    }
+
+    /// The same prediction from the noise: (x - s eps) / a.
+    pub fn x0_from_eps(self, x: &Tensor, eps: &Tensor) -> Result<Tensor> {
+        (x - eps.affine(self.s, 0.0)?)?.affine(1.0 / self.a, 0.0)
     }
 
     pub const CLEAN: State = State {
