@@ -44,7 +44,15 @@ pub fn load_tensors(path: &Path, device: &Device) -> StageResult<HashMap<String,
 /// One named tensor from a safetensors file, as a flat f32 buffer (converted from
 /// its stored dtype) and its shape.
 pub fn load_f32(path: &Path, name: &str) -> StageResult<(Vec<f32>, Vec<usize>)> {
-    let tensors = load_tensors(path, &Device::Cpu)?;
+    tensor_f32(&load_tensors(path, &Device::Cpu)?, path, name)
+}
+
+/// `load_f32` on tensors already read from `path`, for files with several tensors.
+pub fn tensor_f32(
+    tensors: &HashMap<String, Tensor>,
+    path: &Path,
+    name: &str,
+) -> StageResult<(Vec<f32>, Vec<usize>)> {
     let t = tensors.get(name).ok_or_else(|| StageError::BadInput {
         path: path.to_path_buf(),
         message: format!("no tensor `{name}`"),

@@ -9,11 +9,11 @@ use serde::{Deserialize, Serialize};
 use super::dataset::{Dataset, Source};
 use super::schedule::Schedule;
 use super::train::{Train, TrainedModel, WeightsKind};
-use super::context::StageContext;
+use super::context::{InputEntry, StageContext};
 use super::kind::{Kind, Neighbours, Role};
-use crate::artifacts::{save_tensors, write_json};
+use crate::artifacts::{load_tensors, save_tensors, tensor_f32, write_json};
 use crate::diffusion::samplers::{SampleRequest, SamplerParams, run as run_sampler};
-use crate::error::StageResult;
+use crate::error::{StageError, StageResult};
 use crate::rng::stream;
 
 /// The `sample` kind.
@@ -101,6 +101,47 @@ fn of_the_model<'a, K: Kind>(stages: &Neighbours<'a>, role: &str) -> Option<&'a 
     let train = stages.needs.ids("train").first()?;
     let id = stages.needs_of(train)?.ids(role).first()?;
     stages.params::<K>(id)
+}
+
+/// `trajectory.safetensors`, read back: the particles kept at each snapshot.
+pub struct Trajectory {
+    /// [count, particles, dim], row-major.
+    pub frames: Vec<f32>,
+    pub count: usize,
+    pub particles: usize,
+    pub dim: usize,
+    /// The sampler's step at each snapshot (0 is the prior).
+    pub steps: Vec<f32>,
+}
+
+impl Trajectory {
+    pub fn load(entry: &InputEntry) -> StageResult<Trajectory> {
+        let path = entry.dir.join("trajectory.safetensors");
+        let tensors = load_tensors(&path, &candle_core::Device::Cpu)?;
+        let (frames, shape) = tensor_f32(&tensors, &path, "trajectory")?;
+        let [count, particles, dim] = shape[..] else {
+            return Err(StageError::BadInput {
+                path,
+                message: format!(
+                    "trajectory has shape {shape:?}, expected [snapshots, particles, dim]"
+                ),
+            });
+        };
+        let (steps, _) = tensor_f32(&tensors, &path, "steps")?;
+        Ok(Trajectory {
+            frames,
+            count,
+            particles,
+            dim,
+            steps,
+        })
+    }
+
+    /// The particles of snapshot `i`, [particles, dim].
+    pub fn frame(&self, i: usize) -> &[f32] {
+        let len = self.particles * self.dim;
+        &self.frames[i * len..(i + 1) * len]
+    }
 }
 
 impl SampleParams {

@@ -16,8 +16,8 @@ use crate::metrics::{Metric, Points, features};
 use crate::nn::models::classifier::Classifier;
 use crate::plot::images::write_grid;
 use crate::rng::{normals, stream};
-use crate::artifacts::load_f32;
 use crate::stages::classifier::TrainedClassifier;
+use crate::stages::sample::Trajectory;
 use crate::stages::context::{InputEntry, StageContext};
 
 /// The classifier and the held-out set's features, computed once per evaluation.
@@ -117,18 +117,16 @@ impl FeatureSpace {
         &self,
         ctx: &StageContext,
         input: &InputEntry,
-        dim: usize,
     ) -> StageResult<Vec<(f64, f64)>> {
-        let path = input.dir.join("trajectory.safetensors");
-        let (frames, shape) = load_f32(&path, "trajectory")?;
-        let (steps, _) = load_f32(&path, "steps")?;
-        let keep = shape.get(1).copied().unwrap_or(0).max(1);
-        let last = steps.last().copied().unwrap_or(1.0).max(1.0) as f64;
+        let trajectory = Trajectory::load(input)?;
+        let keep = trajectory.particles.max(1);
+        let last = trajectory.steps.last().copied().unwrap_or(1.0).max(1.0) as f64;
         let (lo, hi) = RANGE;
-        let mut curve = Vec::with_capacity(steps.len());
-        for (frame, step) in frames.chunks(keep * dim).zip(&steps) {
+        let mut curve = Vec::with_capacity(trajectory.count);
+        for (i, step) in trajectory.steps.iter().enumerate().take(trajectory.count) {
+            let frame = trajectory.frame(i);
             let clipped: Vec<f32> = frame.iter().map(|v| v.clamp(lo, hi)).collect();
-            let (_, probs) = embed(&self.net, &clipped, dim, ctx)?;
+            let (_, probs) = embed(&self.net, &clipped, trajectory.dim, ctx)?;
             let classes = (probs.len() / keep).max(1);
             let top = probs
                 .chunks(classes)
@@ -196,14 +194,13 @@ pub fn draw_grid(
 /// `timeline_<stage>.png`: each kept particle's path from the prior to an image, one
 /// row per particle (at most 4), one column per snapshot.
 pub fn draw_timeline(ctx: &StageContext, input: &InputEntry, shape: ImageShape) -> StageResult<()> {
-    let path = input.dir.join("trajectory.safetensors");
-    let (frames, dims) = load_f32(&path, "trajectory")?;
-    let [count, keep, dim] = dims[..] else {
-        return Err(StageError::BadInput {
-            path,
-            message: format!("trajectory has shape {dims:?}, expected [snapshots, particles, dim]"),
-        });
-    };
+    let Trajectory {
+        frames,
+        count,
+        particles: keep,
+        dim,
+        ..
+    } = Trajectory::load(input)?;
     let rows = keep.min(4);
     let mut tiles: Vec<&[f32]> = Vec::with_capacity(rows * count);
     for particle in 0..rows {

@@ -16,7 +16,7 @@ use super::classifier::Classifier;
 use super::context::{InputEntry, StageContext};
 use super::dataset::{Dataset, DatasetMeta};
 use super::kind::{Kind, Neighbours, Role};
-use super::sample::{Sample, SamplingRecord};
+use super::sample::{Sample, SamplingRecord, Trajectory};
 use super::train::{Train, TrainedModel, WeightsKind};
 use crate::artifacts::{load_f32, read_json, write_csv};
 use crate::diffusion::likelihood::{NllOptions, negative_log_likelihood_batched};
@@ -187,7 +187,7 @@ fn evaluate_samples(
         if let Some(space) = features {
             space.judge(params, ctx, &input.id, &samples, dim, metrics, rows)?;
             if metrics.contains(&Metric::RecognizableAt) {
-                let curve = space.confidence_along(ctx, input, dim)?;
+                let curve = space.confidence_along(ctx, input)?;
                 rows.push(&input.id, "recognizable_at", images::recognizable_at(&curve));
                 curves.push((input.id.clone(), curve));
             }
@@ -228,22 +228,14 @@ fn draw_timeline(
     record: &SamplingRecord,
     reference: &Reference,
 ) -> StageResult<()> {
-    let path = input.dir.join("trajectory.safetensors");
-    let (frames, shape) = load_f32(&path, "trajectory")?;
-    let (steps, _) = load_f32(&path, "steps")?;
-    let [count, keep, dim] = shape[..] else {
-        return Err(StageError::BadInput {
-            path,
-            message: format!(
-                "trajectory has shape {shape:?}, expected [snapshots, particles, dim]"
-            ),
-        });
-    };
-    let per_frame = keep * dim;
-    let frames: Vec<Frame> = (0..count)
+    let trajectory = Trajectory::load(input)?;
+    let frames: Vec<Frame> = (0..trajectory.count)
         .map(|i| Frame {
-            caption: format!("step {}", steps.get(i).copied().unwrap_or(i as f32)),
-            points: Points::new(&frames[i * per_frame..(i + 1) * per_frame], dim),
+            caption: format!(
+                "step {}",
+                trajectory.steps.get(i).copied().unwrap_or(i as f32)
+            ),
+            points: Points::new(trajectory.frame(i), trajectory.dim),
         })
         .collect();
     let title = format!(
