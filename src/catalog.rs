@@ -21,6 +21,11 @@ use crate::stages::{
 fn defaults<T: DeserializeOwned + Serialize>(yaml: &str) -> String {
     let tag = yaml.split(':').next().unwrap_or_default().trim();
     let value: T = serde_norway::from_str(yaml).expect("catalog entries parse");
+    fields(&value, tag)
+}
+
+/// A value's parameters as `key: value` pairs, without its tag.
+fn fields(value: &impl Serialize, tag: &str) -> String {
     let json = serde_json::to_value(value).expect("parameters serialize");
     let mut out = Vec::new();
     if let Some(map) = json.as_object() {
@@ -98,7 +103,7 @@ pub fn describe() -> String {
         let sampler = SamplerParams::defaults(name).expect("every registered sampler has defaults");
         out.push_str(&format!(
             "  {name:<18} {}\n  {:<18} on {}\n",
-            defaults::<SamplerParams>(&format!("sampler: {name}")),
+            fields(&sampler, "sampler"),
             "",
             sampler.processes()
         ));
