@@ -159,7 +159,7 @@ impl Expectation {
             ));
         }
         for (name, value) in &self.at {
-            let Some(axis) = sweep.axes.iter().find(|a| &a.name == name) else {
+            let Some(axis) = sweep.axis_index(name).map(|a| &sweep.axes[a]) else {
                 let names: Vec<&str> = sweep.axes.iter().map(|a| a.name.as_str()).collect();
                 return Err((
                     "at",

@@ -193,6 +193,11 @@ pub struct Sweep {
 }
 
 impl Sweep {
+    /// The position of the axis named `name` (as labels and `where:`/`at:` name it).
+    pub fn axis_index(&self, name: &str) -> Option<usize> {
+        self.axes.iter().position(|a| a.name == name)
+    }
+
     /// Checks every path against the stages. Errors are (path, message).
     pub fn resolve(
         spec: &SweepSpec,

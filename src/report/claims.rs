@@ -61,9 +61,7 @@ fn verdict(plan: &Plan, table: &MetricsTable, e: &Expectation) -> Verdict {
     let at_point = |row: &MetricRow| {
         e.at.iter().all(|(name, value)| {
             plan.sweep
-                .axes
-                .iter()
-                .position(|a| &a.name == name)
+                .axis_index(name)
                 .is_some_and(|a| &plan.sweep.axes[a].values[row.coords[a]] == value)
         })
     };

@@ -70,9 +70,7 @@ pub fn draw(
     let kept = |r: &MetricRow| {
         plot.filter.iter().all(|(name, value)| {
             sweep
-                .axes
-                .iter()
-                .position(|a| &a.name == name)
+                .axis_index(name)
                 .is_some_and(|a| &sweep.axes[a].shown[r.coords[a]] == value)
         })
     };
@@ -186,10 +184,7 @@ fn spans_decades(lo: f64, hi: f64) -> bool {
 /// to one value by `where`, and passes `eligible`.
 fn series_axes(sweep: &Sweep, plot: &ComparePlot, eligible: impl Fn(usize) -> bool) -> Vec<usize> {
     match &plot.series {
-        Some(names) => names
-            .iter()
-            .filter_map(|n| sweep.axes.iter().position(|a| &a.name == n))
-            .collect(),
+        Some(names) => names.iter().filter_map(|n| sweep.axis_index(n)).collect(),
         None => (0..sweep.axes.len())
             .filter(|&a| {
                 sweep.axes[a].values.len() > 1
