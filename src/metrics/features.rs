@@ -109,6 +109,30 @@ pub fn inception_score(probs: Points) -> f64 {
     (kl / n as f64).exp()
 }
 
+/// Mean over samples of the largest class probability: how sure the classifier is that
+/// each sample is some digit (near 1 for clean images, near 1/k for noise), which the
+/// Inception Score mixes with diversity.
+pub fn mean_top_probability(probs: Points) -> f64 {
+    let n = probs.len().max(1);
+    (0..probs.len())
+        .map(|i| probs.row(i).iter().copied().fold(0f32, f32::max) as f64)
+        .sum::<f64>()
+        / n as f64
+}
+
+/// Fraction of samples whose most probable class is each class: a model that drops or
+/// favours a class shows it here even when every single image looks fine.
+pub fn class_fractions(probs: Points) -> Vec<f64> {
+    let mut counts = vec![0usize; probs.dim];
+    for i in 0..probs.len() {
+        let row = probs.row(i);
+        let top = (0..row.len()).fold(0, |best, k| if row[k] > row[best] { k } else { best });
+        counts[top] += 1;
+    }
+    let n = probs.len().max(1) as f64;
+    counts.into_iter().map(|c| c as f64 / n).collect()
+}
+
 /// Squared Euclidean distances between every row of `a` and every row of `b`.
 fn distances(a: Points, b: Points) -> Vec<f64> {
     let mut out = Vec::with_capacity(a.len() * b.len());
@@ -229,6 +253,18 @@ mod tests {
             .flat_map(|i| (0..4).map(move |k| if k == i % 4 { 1.0 } else { 0.0 }))
             .collect();
         assert!((inception_score(Points::new(&confident, 4)) - 4.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn top_probability_and_class_fractions_of_known_predictions() {
+        // Three samples: two sure of class 2 (0.9), one unsure of class 0 (0.4).
+        let probs = [0.05f32, 0.05, 0.9, 0.0, 0.1, 0.0, 0.9, 0.0, 0.4, 0.3, 0.2, 0.1];
+        let p = Points::new(&probs, 4);
+        assert!((mean_top_probability(p) - (0.9 + 0.9 + 0.4) / 3.0).abs() < 1e-6);
+        let f = class_fractions(p);
+        assert_eq!(f.len(), 4);
+        assert!((f[2] - 2.0 / 3.0).abs() < 1e-12 && (f[0] - 1.0 / 3.0).abs() < 1e-12);
+        assert_eq!((f[1], f[3]), (0.0, 0.0));
     }
 
     #[test]

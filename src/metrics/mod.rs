@@ -50,6 +50,15 @@ named_choices! {
         InceptionScore = "inception_score" => About { judges: Judges::Features, columns: &["inception_score"] },
         /// k-NN manifold precision and recall in the classifier's feature space.
         PrecisionRecall = "precision_recall" => About { judges: Judges::Features, columns: &["precision", "recall"] },
+        /// The classifier's mean top-class probability over the samples (1: every sample
+        /// is confidently some class; 1/classes: noise).
+        Confidence = "confidence" => About { judges: Judges::Features, columns: &["confidence"] },
+        /// Fraction of the samples classified as each class (`class_fraction_<k>`), and
+        /// the smallest and largest of them: a dropped or favoured class.
+        ClassFractions = "class_fractions" => About { judges: Judges::Features, columns: &["class_fraction_min", "class_fraction_max", "class_fraction_*"] },
+        /// FID between as many training and held-out images in the same features, on
+        /// the reference's row: the value a perfect model's samples would get.
+        FidFloor = "fid_floor" => About { judges: Judges::Features, columns: &["fid_floor"] },
         /// The fraction of the reverse process at which the classifier's mean top-class
         /// probability of a sample stage's snapshots first exceeds 1/2 (NaN if never),
         /// with the whole curve drawn in `recognizability.png`.
@@ -143,6 +152,10 @@ mod table_tests {
             "inception_score",
             "precision",
             "recall",
+            "confidence",
+            "class_fraction_min",
+            "class_fraction_max",
+            "fid_floor",
             "classifier_accuracy",
             "recognizable_at",
         ];

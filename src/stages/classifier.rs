@@ -22,7 +22,7 @@ pub struct Classifier;
 
 impl Kind for Classifier {
     const NAME: &'static str = "classifier";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const ROLES: &'static [Role] = &[Role::one("data", Dataset::NAME)];
     const WRITES: &'static str = "`weights.safetensors`, `classifier.json` (test accuracy)";
     type Params = ClassifierParams;

@@ -1,7 +1,7 @@
 //! A small CNN classifier whose penultimate layer is the feature space of the image
 //! metrics (FID, KID, precision/recall) and whose class probabilities give the
-//! Inception Score: three strided 3x3 convolutions with SiLU, global average pooling,
-//! a hidden layer (the features) and the class logits.
+//! Inception Score: three 3x3 convolutions with SiLU (the last two strided), a hidden
+//! layer on the flattened last map (the features) and the class logits.
 
 use candle_core::{D, Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, Linear, VarBuilder, linear};
@@ -38,6 +38,13 @@ impl Default for ClassifierConfig {
     }
 }
 
+/// Side of the last feature map after the two stride-2 convolutions: the hidden layer
+/// sees every position of it, because a global average over a 7x7 map throws away where
+/// the strokes are and the network then needs many epochs to separate digits.
+fn flat_side(side: usize) -> usize {
+    side.div_ceil(2).div_ceil(2)
+}
+
 /// The network.
 pub struct Classifier {
     shape: ImageShape,
@@ -70,7 +77,7 @@ impl Classifier {
         Ok(Classifier {
             shape,
             convs,
-            hidden: linear(2 * w, config.features, vb.pp("hidden"))?,
+            hidden: linear(2 * w * flat_side(shape.height) * flat_side(shape.width), config.features, vb.pp("hidden"))?,
             out: linear(config.features, classes, vb.pp("out"))?,
         })
     }
@@ -82,8 +89,7 @@ impl Classifier {
         for conv in &self.convs {
             h = conv.forward(&h)?.silu()?;
         }
-        let pooled = h.mean(D::Minus1)?.mean(D::Minus1)?;
-        let features = self.hidden.forward(&pooled)?.silu()?;
+        let features = self.hidden.forward(&h.flatten_from(1)?)?.silu()?;
         let logits = self.out.forward(&features)?;
         Ok((features, logits))
     }

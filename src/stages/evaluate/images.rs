@@ -8,6 +8,7 @@ use rand::seq::index::sample as pick_indices;
 use super::inputs::{Reference, Rows, snap};
 use super::params::EvaluateParams;
 use crate::data::images::{ImageShape, RANGE};
+use crate::artifacts::load_f32;
 use crate::diffusion::interpolate;
 use crate::diffusion::process::{Process, noise_batch};
 use crate::diffusion::score::ScoreFn;
@@ -29,12 +30,13 @@ pub struct FeatureSpace {
 
 impl FeatureSpace {
     /// Loads the classifier of `entry` and embeds up to `params.feature_points` held-out
-    /// images; records the classifier's accuracy.
+    /// images; records the classifier's accuracy and, if asked, the FID floor.
     pub fn new(
         params: &EvaluateParams,
         ctx: &StageContext,
         entry: &InputEntry,
         reference: &Reference,
+        metrics: &[Metric],
         rows: &mut Rows,
     ) -> StageResult<FeatureSpace> {
         let (info, net): (TrainedClassifier, Classifier) =
@@ -53,6 +55,16 @@ impl FeatureSpace {
         let n = params.feature_points.min(reference.test.len() / dim);
         let (feats, _) = embed(&net, &reference.test[..n * dim], dim, ctx)?;
         let width = feats.len() / n.max(1);
+        if metrics.contains(&Metric::FidFloor) {
+            let (train, _) = load_f32(&reference.entry.dir.join("data.safetensors"), "train")?;
+            let m = n.min(train.len() / dim);
+            let (train_feats, _) = embed(&net, &train[..m * dim], dim, ctx)?;
+            let floor = features::frechet_distance(
+                Points::new(&train_feats, width),
+                Points::new(&feats, width),
+            );
+            rows.push(&reference.entry.id, "fid_floor", floor);
+        }
         Ok(FeatureSpace {
             net,
             reference_features: feats,
@@ -60,7 +72,7 @@ impl FeatureSpace {
         })
     }
 
-    /// FID, KID, IS and precision/recall of one sample set, as the metrics ask.
+    /// The feature-space metrics of one sample set, as the metrics ask.
     pub fn judge(
         &self,
         params: &EvaluateParams,
@@ -100,6 +112,23 @@ impl FeatureSpace {
                     let (p, r) = features::precision_recall(a, b, 3);
                     rows.push(stage, "precision", p);
                     rows.push(stage, "recall", r);
+                }
+                Metric::Confidence => {
+                    let classes = probs.len() / n.max(1);
+                    let top = features::mean_top_probability(Points::new(&probs, classes));
+                    rows.push(stage, "confidence", top);
+                }
+                Metric::ClassFractions => {
+                    let classes = probs.len() / n.max(1);
+                    let fractions = features::class_fractions(Points::new(&probs, classes));
+                    for (k, f) in fractions.iter().enumerate() {
+                        rows.push(stage, format!("class_fraction_{k}"), *f);
+                    }
+                    let (lo, hi) = fractions
+                        .iter()
+                        .fold((f64::INFINITY, 0f64), |(lo, hi), f| (lo.min(*f), hi.max(*f)));
+                    rows.push(stage, "class_fraction_min", lo);
+                    rows.push(stage, "class_fraction_max", hi);
                 }
                 _ => {}
             }

@@ -36,7 +36,7 @@ impl Kind for Evaluate {
     const NAME: &'static str = "evaluate";
     /// Bumped whenever the bytes this stage writes change (5: Winograd convolutions
     /// and the MLP's inference pass in the networks it evaluates).
-    const VERSION: u32 = 5;
+    const VERSION: u32 = 6;
     const ROLES: &'static [Role] = &[
         Role::one("reference", Dataset::NAME),
         Role::list("samples", Sample::NAME),
@@ -96,7 +96,7 @@ fn run(params: &EvaluateParams, ctx: &StageContext) -> StageResult<()> {
     let mut rows = Rows::default();
     let features = match ctx.inputs("classifier").first() {
         Some(entry) if metrics.iter().any(|m| m.needs_classifier()) => Some(
-            images::FeatureSpace::new(params, ctx, entry, &reference, &mut rows)?,
+            images::FeatureSpace::new(params, ctx, entry, &reference, &metrics, &mut rows)?,
         ),
         _ => None,
     };
@@ -181,6 +181,9 @@ fn evaluate_samples(
                 | Metric::Kid
                 | Metric::InceptionScore
                 | Metric::PrecisionRecall
+                | Metric::Confidence
+                | Metric::ClassFractions
+                | Metric::FidFloor
                 | Metric::RecognizableAt => {}
             }
         }

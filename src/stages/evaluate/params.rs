@@ -212,6 +212,9 @@ impl EvaluateParams {
                     Metric::Kid,
                     Metric::InceptionScore,
                     Metric::PrecisionRecall,
+                    Metric::Confidence,
+                    Metric::ClassFractions,
+                    Metric::FidFloor,
                 ]
             } else {
                 vec![]
