@@ -20,7 +20,16 @@ pub enum Distribution {
         #[serde(default = "ring_width")]
         width: f64,
     },
-    /// Isotropic Gaussian mixture; the default is the documents' imbalanced 0.1/0.9
+    /// A thin spherical shell in 3D, the circle's analogue: a uniform direction at
+    /// radius plus Gaussian radial noise of std `width`.
+    Sphere {
+        #[serde(default = "one")]
+        radius: f64,
+        #[serde(default = "ring_width")]
+        width: f64,
+    },
+    /// Isotropic Gaussian mixture in any dimension (one coordinate per entry of each
+    /// mean: `[[-1], [1]]` is a 1D mixture); the default is the documents' imbalanced 0.1/0.9
     /// mixture at (1,1) and (-1,-1).
     Gmm {
         #[serde(default = "gmm_means")]
@@ -82,6 +91,34 @@ pub struct Mixture {
 }
 
 impl Mixture {
+    /// The mixture after x -> a x + std z (z standard normal): the marginal of a
+    /// diffusion at a time with mean coefficient `a` and noise `std`.
+    pub fn noised(&self, a: f64, std: f64) -> Mixture {
+        Mixture {
+            means: self
+                .means
+                .iter()
+                .map(|m| m.iter().map(|v| a * v).collect())
+                .collect(),
+            weights: self.weights.clone(),
+            std: (a * a * self.std * self.std + std * std).sqrt(),
+        }
+    }
+
+    /// The mixture's density at `x`: the curve a 1D histogram of samples is drawn over.
+    pub fn density(&self, x: &[f64]) -> f64 {
+        let var = self.std * self.std;
+        let norm = (2.0 * PI * var).powf(x.len() as f64 / 2.0);
+        self.means
+            .iter()
+            .zip(&self.weights)
+            .map(|(mean, w)| {
+                let d2: f64 = mean.iter().zip(x).map(|(m, v)| (v - m).powi(2)).sum();
+                w * (-d2 / (2.0 * var)).exp() / norm
+            })
+            .sum()
+    }
+
     /// Index of the component with the highest posterior responsibility for `x`.
     pub fn assign(&self, x: &[f32]) -> usize {
         let var = self.std * self.std;
@@ -103,7 +140,8 @@ impl Mixture {
 
 impl Distribution {
     /// Every name this enum accepts, for error messages.
-    pub const NAMES: [&'static str; 5] = ["circle", "gmm", "spiral", "moons", "two_gaussians"];
+    pub const NAMES: [&'static str; 6] =
+        ["circle", "sphere", "gmm", "spiral", "moons", "two_gaussians"];
 
     /// Checks parameters a user could get wrong; the message says what is expected.
     pub fn validate(&self) -> Result<(), String> {
@@ -115,7 +153,7 @@ impl Distribution {
             }
         };
         match self {
-            Distribution::Circle { radius, width } => {
+            Distribution::Circle { radius, width } | Distribution::Sphere { radius, width } => {
                 positive("radius", *radius)?;
                 positive("width", *width)
             }
@@ -165,7 +203,19 @@ impl Distribution {
     pub fn dim(&self) -> usize {
         match self {
             Distribution::Gmm { means, .. } => means.first().map(Vec::len).unwrap_or(2),
+            Distribution::Sphere { .. } => 3,
             _ => 2,
+        }
+    }
+
+    /// (radius, width) of the thin shells (circle, sphere): what the outlier metric
+    /// measures distances from.
+    pub fn shell(&self) -> Option<(f64, f64)> {
+        match self {
+            Distribution::Circle { radius, width } | Distribution::Sphere { radius, width } => {
+                Some((*radius, *width))
+            }
+            _ => None,
         }
     }
 
@@ -200,6 +250,13 @@ impl Distribution {
                     let angle = 2.0 * PI * rng.random::<f64>();
                     let r = radius + width * normal(rng);
                     out.extend([(r * angle.cos()) as f32, (r * angle.sin()) as f32]);
+                }
+                Distribution::Sphere { radius, width } => {
+                    // A normalised Gaussian vector is uniform on the sphere.
+                    let v: [f64; 3] = [normal(rng), normal(rng), normal(rng)];
+                    let norm = v.iter().map(|c| c * c).sum::<f64>().sqrt().max(1e-12);
+                    let r = radius + width * normal(rng);
+                    out.extend(v.map(|c| (r * c / norm) as f32));
                 }
                 Distribution::Gmm { .. } | Distribution::TwoGaussians { .. } => {
                     let mix = self
@@ -277,6 +334,47 @@ mod tests {
     }
 
     #[test]
+    fn sphere_points_lie_on_the_shell_in_every_direction() {
+        let d = Distribution::Sphere {
+            radius: 2.0,
+            width: 0.01,
+        };
+        assert_eq!(d.dim(), 3);
+        let xs = d.sample(4000, &mut stream(1, "s"));
+        let mut mean = [0f64; 3];
+        for p in xs.chunks(3) {
+            let r = p.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
+            assert!((r - 2.0).abs() < 0.06, "radius {r}");
+            for (m, v) in mean.iter_mut().zip(p) {
+                *m += *v as f64 / 4000.0;
+            }
+        }
+        // Uniform directions: no side of the sphere is favoured.
+        assert!(mean.iter().all(|m| m.abs() < 0.1), "{mean:?}");
+        assert_eq!(d.shell(), Some((2.0, 0.01)));
+    }
+
+    #[test]
+    fn a_one_dimensional_mixture_has_its_density() {
+        let d: Distribution =
+            serde_norway::from_str("{ name: gmm, means: [[-1.0], [1.0]], weights: [0.3, 0.7], std: 0.5 }").unwrap();
+        d.validate().unwrap();
+        assert_eq!(d.dim(), 1);
+        let mix = d.mixture().unwrap();
+        // Riemann sum of the density over the line is 1; its mass right of 0 is about
+        // 0.7 (each mode is 2 stds from 0, where 2.3% of it lies on the other side).
+        let dx = 0.001;
+        let grid = (-8000..8000).map(|i| i as f64 * dx);
+        let total: f64 = grid.clone().map(|x| mix.density(&[x]) * dx).sum();
+        let right: f64 = grid.filter(|x| *x > 0.0).map(|x| mix.density(&[x]) * dx).sum();
+        assert!((total - 1.0).abs() < 1e-6, "{total}");
+        assert!((right - (0.7 * 0.97725 + 0.3 * 0.02275)).abs() < 1e-3, "{right}");
+        let xs = d.sample(20_000, &mut stream(2, "g1"));
+        let above = xs.iter().filter(|v| **v > 0.0).count() as f64 / 20_000.0;
+        assert!((above - right).abs() < 0.015, "{above} vs {right}");
+    }
+
+    #[test]
     fn validation_names_the_problem() {
         let bad = Distribution::Gmm {
             means: gmm_means(),
@@ -300,7 +398,7 @@ mod every_distribution {
 
     #[test]
     fn every_default_distribution_is_valid_finite_and_seeded() {
-        for name in ["circle", "gmm", "spiral", "moons", "two_gaussians"] {
+        for name in Distribution::NAMES {
             let d: Distribution = serde_norway::from_str(&format!("name: {name}")).unwrap();
             d.validate().unwrap();
             let xs = d.sample(500, &mut stream(4, name));

@@ -16,12 +16,17 @@ use crate::cache::Cache;
 use crate::progress::Progress;
 use crate::stages::StageKind;
 
-/// Stages that keep every core busy on their own (training, sampling): the local
-/// executor runs one of them at a time so they do not oversubscribe the machine.
+/// Stages that keep every core busy on their own (training, sampling, the classifier,
+/// evaluation through the networks): the local executor runs one of them at a time so
+/// they do not oversubscribe the machine (a classifier beside a U-Net training took
+/// 76 s instead of 50 and slowed the training by half while they shared two cores).
 /// On a GPU too: three U-Net trainings sharing an H100 ran at 156 img/s each,
 /// one alone at 740 img/s (candle's CUDA path is bound by kernel launches).
 fn uses_all_cores(kind: StageKind) -> bool {
-    matches!(kind, StageKind::Train | StageKind::Sample)
+    matches!(
+        kind,
+        StageKind::Train | StageKind::Sample | StageKind::Classifier | StageKind::Evaluate
+    )
 }
 
 /// Each stage runs on its own thread, at most `jobs` at once, while the tensor code

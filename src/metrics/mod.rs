@@ -3,6 +3,7 @@
 pub mod features;
 pub mod mmd;
 pub mod modes;
+pub mod shell;
 pub mod sliced_wasserstein;
 
 use crate::choices::named_choices;
@@ -36,6 +37,9 @@ named_choices! {
         Mmd = "mmd" => About { judges: Judges::Samples, columns: &["mmd2"] },
         /// Fraction of samples per mixture component (needs a mixture reference).
         ModeWeights = "mode_weights" => About { judges: Judges::Samples, columns: &["mode_weight_tv", "mode_weight_*"] },
+        /// Fraction of samples farther than 3 widths from the shell (needs a circle or
+        /// sphere reference): the thesis's particles that deviate from the ring.
+        ShellOutliers = "shell_outliers" => About { judges: Judges::Samples, columns: &["outlier_fraction"] },
         /// Of a model: mean squared error of its score against the reference mixture's
         /// exact score, per noise level.
         ScoreError = "score_error" => About { judges: Judges::Models, columns: &["eps_mse", "score_mse_t*"] },
@@ -140,6 +144,7 @@ mod table_tests {
             "sliced_wasserstein",
             "mmd2",
             "mode_weight_tv",
+            "outlier_fraction",
             "nfe",
             "sample_seconds",
             "eps_mse",

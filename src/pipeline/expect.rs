@@ -7,6 +7,7 @@
 //!   - { stage: annealed, metric: mode_weight_tv, below: 0.05, note: "annealing recovers the weights" }
 //!   - { stage: ddpm_samples, metric: fid, below_stage: smld_samples }
 //!   - { stage: samples, metric: sliced_wasserstein, below: 0.1, at: { sampler: ode } }
+//!   - { stage: ddpm_samples, metric: confidence, above: 0.8, profiles: [laptop] }
 //! ```
 
 use std::collections::BTreeMap;
@@ -44,6 +45,14 @@ pub struct Expectation {
     /// The claim in the documents' words, shown in the report.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// Only under these `--profile`s (a claim of a run long enough to make it, not of
+    /// a smoke test); every run when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub profiles: Vec<String>,
+    /// Its place in the file's `expect:` list, for error locations once claims of
+    /// other profiles are left out.
+    #[serde(skip)]
+    pub position: usize,
 }
 
 /// The bound an expectation sets.
@@ -141,7 +150,7 @@ impl Expectation {
             return Err((
                 "metric",
                 format!(
-                    "`{}` is not a metric; metrics are: {} (and mode_weight_<k>, score_mse_t<t>)",
+                    "`{}` is not a metric; metrics are: {} (and mode_weight_<k>, score_mse_t<t>, class_fraction_<k>)",
                     self.metric,
                     metrics::columns().join(", ")
                 ),

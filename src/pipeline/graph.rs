@@ -179,13 +179,16 @@ pub fn build(path: &Path, loaded: Loaded) -> Result<Plan, SpecError> {
     let mut evaluated: Vec<String> = Vec::new();
     for id in &evaluates {
         let needs = &spec.stages[id].needs;
-        for judged in needs.ids("samples").iter().chain(needs.ids("models")) {
+        // The reference and classifier have rows too (fid_floor, classifier_accuracy).
+        let roles = ["samples", "models", "reference", "classifier"];
+        for judged in roles.iter().flat_map(|role| needs.ids(role)) {
             if !evaluated.contains(judged) {
                 evaluated.push(judged.clone());
             }
         }
     }
-    for (i, expectation) in spec.expect.iter().enumerate() {
+    for expectation in &spec.expect {
+        let i = expectation.position;
         expectation
             .validate(&evaluated, &evaluates, &sweep)
             .map_err(|(key, m)| SpecError::Invalid {

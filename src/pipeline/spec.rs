@@ -7,6 +7,7 @@ use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 use super::expect::Expectation;
+use super::locate::locate_expectation;
 use super::report_spec::ReportSpec;
 use super::sweep::{SweepSpec, normalize};
 use crate::error::{Location, SpecError};
@@ -308,6 +309,23 @@ pub fn load(
     if let Some(stated) = stated {
         spec.description = format!("{} {stated}", spec.description.trim_end());
     }
+    for (position, expectation) in spec.expect.iter_mut().enumerate() {
+        expectation.position = position;
+        if let Some(unknown) = expectation.profiles.iter().find(|p| !spec.profiles.contains_key(*p)) {
+            return Err(SpecError::Invalid {
+                path: path.to_path_buf(),
+                location: locate_expectation(&source, position, "profiles"),
+                message: format!(
+                    "expectation {} ({}): no profile `{unknown}`; the file defines: {}",
+                    position + 1,
+                    expectation.stage,
+                    spec.profiles.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            });
+        }
+    }
+    spec.expect
+        .retain(|e| e.profiles.is_empty() || profile.is_some_and(|p| e.profiles.iter().any(|q| q == p)));
     Ok(Loaded { spec, tree, source })
 }
 

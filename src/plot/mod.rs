@@ -1,6 +1,7 @@
 //! Figures as PNG, drawn with plotters and a font embedded in the binary (no system
 //! font configuration needed).
 
+pub mod density;
 pub mod images;
 pub mod panels;
 

@@ -134,6 +134,14 @@ impl DatasetParams {
         }
     }
 
+    /// (radius, width) when the data is a thin shell (circle, sphere).
+    pub fn shell(&self) -> Option<(f64, f64)> {
+        match &self.source {
+            Source::Toy(d) => d.shell(),
+            Source::Images(_) => None,
+        }
+    }
+
     /// Digest of the files the data is read from (`None` for generated data): it
     /// enters the stage's key.
     pub fn content_digest(&self) -> Result<Option<String>, String> {

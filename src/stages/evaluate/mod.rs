@@ -11,7 +11,7 @@ use polars::prelude::*;
 
 pub use params::{EvaluateParams, Given, Plot};
 
-use inputs::{Reference, Rows, snap};
+use inputs::{Reference, Rows, density_curve, snap};
 use super::classifier::Classifier;
 use super::context::{InputEntry, StageContext};
 use super::dataset::{Dataset, DatasetMeta};
@@ -24,7 +24,8 @@ use crate::diffusion::ode::Tolerance;
 use crate::diffusion::process::{Process, noise_batch};
 use crate::diffusion::score::{MixtureScore, ScoreFn};
 use crate::error::{StageError, StageResult};
-use crate::metrics::{Metric, Points, mmd, modes, sliced_wasserstein};
+use crate::metrics::{Metric, Points, mmd, modes, shell, sliced_wasserstein};
+use crate::plot::density::DensityPanel;
 use crate::plot::panels::{self, Field, Frame};
 use crate::plot::{self, LineChart};
 use crate::rng::{normals, stream};
@@ -176,6 +177,14 @@ fn evaluate_samples(
                         modes::weight_error(&weights, &mixture.weights),
                     );
                 }
+                Metric::ShellOutliers => {
+                    let (radius, width) = reference.shell("shell_outliers")?;
+                    rows.push(
+                        &input.id,
+                        "outlier_fraction",
+                        shell::outlier_fraction(a, radius, width, 3.0),
+                    );
+                }
                 Metric::ScoreError | Metric::Nll => unreachable!("model metrics are filtered out"),
                 Metric::Fid
                 | Metric::Kid
@@ -202,12 +211,18 @@ fn evaluate_samples(
             images::draw_grid(ctx, &input.id, &samples, shape)?;
         }
         if plots.contains(&Plot::Scatter) && !reference.meta.is_image() {
-            plot::scatter(
-                &ctx.path(&format!("scatter_{}.png", input.id)),
-                &format!("{} ({})", input.id, record.sampler),
-                b,
-                a,
-            )?;
+            let path = ctx.path(&format!("scatter_{}.png", input.id));
+            let title = format!("{} ({})", input.id, record.sampler);
+            match dim {
+                1 => plot::density::densities(
+                    &path,
+                    &title,
+                    reference.line_range(),
+                    &[reference.density_panel("samples over the data's density", &samples)],
+                )?,
+                2 => plot::scatter(&path, &title, b, a)?,
+                _ => panels::projections(&path, &title, b, a)?,
+            }
         }
         if plots.contains(&Plot::Timeline) {
             match reference.meta.image {
@@ -232,25 +247,83 @@ fn draw_timeline(
     reference: &Reference,
 ) -> StageResult<()> {
     let trajectory = Trajectory::load(input)?;
+    let caption = |i: usize| {
+        format!(
+            "step {}",
+            trajectory.steps.get(i).copied().unwrap_or(i as f32)
+        )
+    };
+    let path = ctx.path(&format!("timeline_{}.png", input.id));
+    if trajectory.dim == 1 {
+        let panels: Vec<DensityPanel> = (0..trajectory.count)
+            .map(|i| reference.density_panel(&caption(i), trajectory.frame(i)))
+            .collect();
+        let title = format!(
+            "{} ({}): from the prior to the data, over the data's density",
+            input.id, record.sampler
+        );
+        return plot::density::densities(&path, &title, reference.line_range(), &panels);
+    }
     let frames: Vec<Frame> = (0..trajectory.count)
         .map(|i| Frame {
-            caption: format!(
-                "step {}",
-                trajectory.steps.get(i).copied().unwrap_or(i as f32)
-            ),
+            caption: caption(i),
             points: Points::new(trajectory.frame(i), trajectory.dim),
         })
         .collect();
+    let projection = if trajectory.dim > 2 { " (x-y)" } else { "" };
     let title = format!(
-        "{} ({}): from the prior to the data",
+        "{} ({}): from the prior to the data{projection}",
         input.id, record.sampler
     );
-    panels::timeline(
-        &ctx.path(&format!("timeline_{}.png", input.id)),
-        &title,
-        reference.points(),
-        &frames,
-    )
+    panels::timeline(&path, &title, reference.points(), &frames)
+}
+
+/// `forward_<model>.png` for points: held-out data noised by the model's process at
+/// t = 0, 1/4, ..., 1; in 1D as densities over the exact noised density when the data
+/// is a mixture (the marginal of a mixture stays a mixture), otherwise as scatters.
+fn draw_forward_points(
+    ctx: &StageContext,
+    model: &str,
+    process: &Process,
+    reference: &Reference,
+    seed: u64,
+) -> StageResult<()> {
+    let dim = reference.meta.dim;
+    let n = (reference.test.len() / dim).min(5000);
+    let x0 = &reference.test[..n * dim];
+    let eps = normals(&mut stream(seed, "evaluate/forward"), n * dim);
+    let times: [f64; 5] = [0.0, 0.25, 0.5, 0.75, 1.0];
+    let noised: Vec<(f64, Vec<f32>)> = times
+        .iter()
+        .map(|&t| {
+            let t = t.max(process.t_min());
+            (t, noise_batch(process, x0, &vec![t; n], &eps, dim))
+        })
+        .collect();
+    let path = ctx.path(&format!("forward_{model}.png"));
+    let title = format!("{model}: the forward process noising the data");
+    if dim == 1 {
+        let range = reference.line_range();
+        let panels: Vec<DensityPanel> = noised
+            .iter()
+            .map(|(t, x)| DensityPanel {
+                caption: format!("t = {t:.2}"),
+                points: x,
+                curve: reference.meta.mixture.as_ref().map(|m| {
+                    density_curve(&m.noised(process.mean_coef(*t), process.std(*t)), range)
+                }),
+            })
+            .collect();
+        return plot::density::densities(&path, &title, range, &panels);
+    }
+    let frames: Vec<Frame> = noised
+        .iter()
+        .map(|(t, x)| Frame {
+            caption: format!("t = {t:.2}"),
+            points: Points::new(x, dim),
+        })
+        .collect();
+    panels::timeline(&path, &title, reference.points(), &frames)
 }
 
 fn evaluate_models(
@@ -337,6 +410,9 @@ fn evaluate_models(
                 likelihood.bits_per_dim(dim) + offset,
             );
             rows.push(&input.id, "nll_nfe", likelihood.nfe as f64);
+        }
+        if reference.meta.image.is_none() && plots.contains(&Plot::ForwardNoising) {
+            draw_forward_points(ctx, &input.id, &process, reference, params.seed)?;
         }
         if let Some(shape) = reference.meta.image {
             if plots.contains(&Plot::ForwardNoising) {

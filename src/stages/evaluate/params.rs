@@ -103,8 +103,9 @@ named_choices! {
         ScoreField = "score_field" => PlotAbout { draws: Draws::Points, of_models: true },
         /// Image samples, 8 by 8 (image data).
         Grid = "grid" => PlotAbout { draws: Draws::Images, of_models: false },
-        /// Held-out images noised by a model's process from t = 0 to 1 (image data).
-        ForwardNoising = "forward_noising" => PlotAbout { draws: Draws::Images, of_models: true },
+        /// Held-out data noised by a model's process from t = 0 to 1: images, points,
+        /// or in 1D densities over the exact noised density of a mixture.
+        ForwardNoising = "forward_noising" => PlotAbout { draws: Draws::Either, of_models: true },
         /// Spherical interpolations between prior draws, decoded by
         /// `interpolation_sampler` (image data, models).
         Interpolation = "interpolation" => PlotAbout { draws: Draws::Images, of_models: true },
@@ -244,6 +245,7 @@ impl EvaluateParams {
             ],
             None if given.images => vec![Plot::Grid, Plot::Timeline],
             None if dim == 2 => vec![Plot::Scatter, Plot::ScoreField],
+            None if dim == 1 => vec![Plot::Scatter, Plot::Timeline],
             None => vec![Plot::Scatter],
         }
     }
@@ -323,6 +325,14 @@ impl EvaluateParams {
             if !metric.of_models() && samples == 0 && self.metrics.is_some() {
                 return Err(format!(
                     "metric `{}` judges samples: list sample stages under `needs.samples`",
+                    metric.name()
+                ));
+            }
+            if *metric == Metric::ShellOutliers
+                && reference.is_some_and(|d| d.shell().is_none())
+            {
+                return Err(format!(
+                    "metric `{}` needs a thin-shell reference (circle or sphere)",
                     metric.name()
                 ));
             }
