@@ -20,23 +20,9 @@ graph file=pipeline:
 
 # Run every pipeline in pipelines/ that has a `sweep:` section; print where the reports are.
 # A pipeline that cannot be planned here (its data is not installed) is skipped with the reason.
+# `just sweep --profile quick` runs each in minutes (CI does).
 sweep *args="":
-    #!/usr/bin/env bash
-    set -euo pipefail
-    ran=(); skipped=()
-    for f in $(grep -l '^sweep:' pipelines/*.yaml); do
-        if ! reason=$(cargo run --release --quiet -- plan "$f" 2>&1 >/dev/null); then
-            skipped+=("$f: ${reason#error: }"); continue
-        fi
-        cargo run --release -- run "$f" {{args}}
-        ran+=("$f")
-    done
-    echo "reports:"
-    for f in "${ran[@]}"; do echo "  results/$(sed -n 's/^name: *//p' "$f")/report.html"; done
-    if [ ${#skipped[@]} -gt 0 ]; then
-        echo "skipped (cannot be planned here):"
-        for s in "${skipped[@]}"; do echo "  $s"; done
-    fi
+    bash scripts/sweep.sh {{args}}
 
 # Planning (1,000-point sweep), hashing (1 GiB) and no-op re-run speed; `just bench --quick` runs each once.
 bench *args="":

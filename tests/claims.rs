@@ -127,3 +127,46 @@ fn a_claim_can_name_a_sweep_point() {
         "{line}"
     );
 }
+
+#[test]
+fn a_claim_of_a_profile_is_judged_only_under_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("results");
+    let profile =
+        "profiles:\n  long:\n    description: longer\n    set: { ddpm.params.steps: 30 }\n";
+    let text = format!(
+        "{}{profile}expect:\n  - {{ stage: ddpm_samples, metric: sliced_wasserstein, below: 0.0, profiles: [long] }}\n  - {{ stage: ddpm_samples, metric: mode_weight_tv, below: 1.5 }}\n",
+        tiny_pipeline("scoped", 20)
+    );
+    let path = write_pipeline(dir.path(), "scoped", &text);
+    let file = path.to_str().unwrap();
+    // Without the profile only the unscoped claim is judged, and it holds.
+    let out = runner(&results, &["run", file, "--check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("claims: 1 of 1 reproduced"),
+        "{}",
+        stderr(&out)
+    );
+    // Under it both are, and the scoped one fails.
+    let out = runner(&results, &["run", file, "--profile", "long", "--check"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("claims: 1 of 2 reproduced"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A profile the file does not define is an error at the claim, naming the choices.
+    let bad = text.replace("profiles: [long]", "profiles: [lng]");
+    let path = write_pipeline(dir.path(), "scoped", &bad);
+    let out = runner(&results, &["plan", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    // The tiny pipeline is 21 lines, the profile 4; the claim is line 27.
+    assert!(err.contains("scoped.yaml:27:"), "{err}");
+    assert!(
+        err.contains("no profile `lng`; the file defines: long"),
+        "{err}"
+    );
+}

@@ -48,7 +48,7 @@ stages:
     kind: evaluate
     needs: {{ reference: data, samples: [stoch, determ], models: ddpm, classifier: cnn }}
     params:
-      {{ metrics: [fid, kid, inception_score, precision_recall, nll, recognizable_at],
+      {{ metrics: [fid, kid, inception_score, precision_recall, confidence, class_fractions, fid_floor, nll, recognizable_at],
         feature_points: 16, kid_subset: 6, nll_points: 2, nll_rtol: 1.0e-3, nll_atol: 1.0e-3,
         interpolation_sampler: {{ sampler: ddim, steps: 5 }}, mix_steps: 5 }}
 "#,
@@ -102,9 +102,25 @@ fn image_folder_pipeline_trains_samples_and_measures() {
         "classifier_accuracy",
         "bits_per_dim",
         "recognizable_at",
+        "confidence",
+        "class_fraction_0",
+        "class_fraction_min",
+        "class_fraction_max",
     ] {
         assert!(metrics.contains(name), "{name} missing from {metrics}");
     }
+    // The floor is on the reference's row; the class fractions of a set sum to 1.
+    assert!(metrics.contains("judge,data,fid_floor,"), "{metrics}");
+    let fractions: f64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("judge,stoch,class_fraction_")
+                && !l.contains("_min")
+                && !l.contains("_max")
+        })
+        .map(|l| l.rsplit(',').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert!((fractions - 1.0).abs() < 1e-9, "{fractions}");
     let figures: Vec<String> = std::fs::read_dir(report.join("figures"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -140,8 +140,14 @@ impl Mixture {
 
 impl Distribution {
     /// Every name this enum accepts, for error messages.
-    pub const NAMES: [&'static str; 6] =
-        ["circle", "sphere", "gmm", "spiral", "moons", "two_gaussians"];
+    pub const NAMES: [&'static str; 6] = [
+        "circle",
+        "sphere",
+        "gmm",
+        "spiral",
+        "moons",
+        "two_gaussians",
+    ];
 
     /// Checks parameters a user could get wrong; the message says what is expected.
     pub fn validate(&self) -> Result<(), String> {
@@ -356,8 +362,10 @@ mod tests {
 
     #[test]
     fn a_one_dimensional_mixture_has_its_density() {
-        let d: Distribution =
-            serde_norway::from_str("{ name: gmm, means: [[-1.0], [1.0]], weights: [0.3, 0.7], std: 0.5 }").unwrap();
+        let d: Distribution = serde_norway::from_str(
+            "{ name: gmm, means: [[-1.0], [1.0]], weights: [0.3, 0.7], std: 0.5 }",
+        )
+        .unwrap();
         d.validate().unwrap();
         assert_eq!(d.dim(), 1);
         let mix = d.mixture().unwrap();
@@ -366,9 +374,15 @@ mod tests {
         let dx = 0.001;
         let grid = (-8000..8000).map(|i| i as f64 * dx);
         let total: f64 = grid.clone().map(|x| mix.density(&[x]) * dx).sum();
-        let right: f64 = grid.filter(|x| *x > 0.0).map(|x| mix.density(&[x]) * dx).sum();
+        let right: f64 = grid
+            .filter(|x| *x > 0.0)
+            .map(|x| mix.density(&[x]) * dx)
+            .sum();
         assert!((total - 1.0).abs() < 1e-6, "{total}");
-        assert!((right - (0.7 * 0.97725 + 0.3 * 0.02275)).abs() < 1e-3, "{right}");
+        assert!(
+            (right - (0.7 * 0.97725 + 0.3 * 0.02275)).abs() < 1e-3,
+            "{right}"
+        );
         let xs = d.sample(20_000, &mut stream(2, "g1"));
         let above = xs.iter().filter(|v| **v > 0.0).count() as f64 / 20_000.0;
         assert!((above - right).abs() < 0.015, "{above} vs {right}");

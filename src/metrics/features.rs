@@ -258,7 +258,9 @@ mod tests {
     #[test]
     fn top_probability_and_class_fractions_of_known_predictions() {
         // Three samples: two sure of class 2 (0.9), one unsure of class 0 (0.4).
-        let probs = [0.05f32, 0.05, 0.9, 0.0, 0.1, 0.0, 0.9, 0.0, 0.4, 0.3, 0.2, 0.1];
+        let probs = [
+            0.05f32, 0.05, 0.9, 0.0, 0.1, 0.0, 0.9, 0.0, 0.4, 0.3, 0.2, 0.1,
+        ];
         let p = Points::new(&probs, 4);
         assert!((mean_top_probability(p) - (0.9 + 0.9 + 0.4) / 3.0).abs() < 1e-6);
         let f = class_fractions(p);

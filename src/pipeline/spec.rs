@@ -311,7 +311,11 @@ pub fn load(
     }
     for (position, expectation) in spec.expect.iter_mut().enumerate() {
         expectation.position = position;
-        if let Some(unknown) = expectation.profiles.iter().find(|p| !spec.profiles.contains_key(*p)) {
+        if let Some(unknown) = expectation
+            .profiles
+            .iter()
+            .find(|p| !spec.profiles.contains_key(*p))
+        {
             return Err(SpecError::Invalid {
                 path: path.to_path_buf(),
                 location: locate_expectation(&source, position, "profiles"),
@@ -324,8 +328,9 @@ pub fn load(
             });
         }
     }
-    spec.expect
-        .retain(|e| e.profiles.is_empty() || profile.is_some_and(|p| e.profiles.iter().any(|q| q == p)));
+    spec.expect.retain(|e| {
+        e.profiles.is_empty() || profile.is_some_and(|p| e.profiles.iter().any(|q| q == p))
+    });
     Ok(Loaded { spec, tree, source })
 }
 

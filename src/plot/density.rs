@@ -88,7 +88,10 @@ pub fn densities(
             .map_err(|e| fail(e.to_string()))?;
         if let Some(curve) = &panel.curve {
             chart
-                .draw_series(LineSeries::new(curve.iter().copied(), PALETTE[1].stroke_width(2)))
+                .draw_series(LineSeries::new(
+                    curve.iter().copied(),
+                    PALETTE[1].stroke_width(2),
+                ))
                 .map_err(|e| fail(e.to_string()))?;
         }
     }

@@ -86,7 +86,12 @@ pub fn timeline(path: &Path, title: &str, reference: Points, frames: &[Frame]) -
 
 /// Points of three or more dimensions as three 2D projections (x-y, x-z, y-z),
 /// samples (colour) over the reference (grey), each on the reference's axes.
-pub fn projections(path: &Path, title: &str, reference: Points, samples: Points) -> StageResult<()> {
+pub fn projections(
+    path: &Path,
+    title: &str,
+    reference: Points,
+    samples: Points,
+) -> StageResult<()> {
     ensure_font();
     let fail = plot_error(path);
     let root = BitMapBackend::new(path, (PANEL.0 * 3, PANEL.1 + 40)).into_drawing_area();
@@ -95,16 +100,23 @@ pub fn projections(path: &Path, title: &str, reference: Points, samples: Points)
         .titled(title, ("sans-serif", 22))
         .map_err(|e| fail(e.to_string()))?;
     let names = ["x", "y", "z"];
-    for (area, (i, j)) in root.split_evenly((1, 3)).iter().zip([(0, 1), (0, 2), (1, 2)]) {
+    for (area, (i, j)) in root
+        .split_evenly((1, 3))
+        .iter()
+        .zip([(0, 1), (0, 2), (1, 2)])
+    {
         let pick = |set: &[f32]| -> Vec<f32> {
-            set.chunks(reference.dim).flat_map(|p| [p[i], p[j]]).collect()
+            set.chunks(reference.dim)
+                .flat_map(|p| [p[i], p[j]])
+                .collect()
         };
         let (r, s) = (pick(reference.data), pick(samples.data));
         let (r, s) = (Points::new(&r, 2), Points::new(&s, 2));
         let ((x0, x1), (y0, y1)) = bounds(&[r]);
         let (w, h) = ((x1 - x0) * 0.25, (y1 - y0) * 0.25);
         let caption = format!("{}-{}", names[i], names[j]);
-        let mut chart = panel(area, &caption, (x0 - w)..(x1 + w), (y0 - h)..(y1 + h)).map_err(&fail)?;
+        let mut chart =
+            panel(area, &caption, (x0 - w)..(x1 + w), (y0 - h)..(y1 + h)).map_err(&fail)?;
         for (set, color) in [(r, GREY), (s, PALETTE[0])] {
             let step = (set.len() / 3000).max(1);
             chart

@@ -77,7 +77,11 @@ impl Classifier {
         Ok(Classifier {
             shape,
             convs,
-            hidden: linear(2 * w * flat_side(shape.height) * flat_side(shape.width), config.features, vb.pp("hidden"))?,
+            hidden: linear(
+                2 * w * flat_side(shape.height) * flat_side(shape.width),
+                config.features,
+                vb.pp("hidden"),
+            )?,
             out: linear(config.features, classes, vb.pp("out"))?,
         })
     }

@@ -216,6 +216,7 @@ impl EvaluateParams {
                     Metric::Confidence,
                     Metric::ClassFractions,
                     Metric::FidFloor,
+                    Metric::RecognizableAt,
                 ]
             } else {
                 vec![]
