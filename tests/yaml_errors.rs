@@ -276,23 +276,33 @@ fn every_shipped_pipeline_plans() {
         let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
         // Image pipelines read user files: point them at small generated ones.
         let data = match stem.as_str() {
-            "mnist_smld_ddpm_sde" | "fashion_mnist_samplers" => Some(&idx_dir),
-            "flowers64" => Some(&folder),
+            "mnist_smld_ddpm_sde" | "fashion_mnist_samplers" => Some(("data", &idx_dir)),
+            "toys" => Some(("mnist", &idx_dir)),
+            "flowers64" => Some(("data", &folder)),
             _ => None,
         };
         let mut args = vec!["plan".to_string(), path.to_str().unwrap().to_string()];
-        if let Some(data) = data {
+        if let Some((stage, data)) = data {
             args.push("--set".into());
-            args.push(format!("data.params.path={}", data.display()));
+            args.push(format!("{stage}.params.path={}", data.display()));
         }
         let args: Vec<&str> = args.iter().map(|a| a.as_str()).collect();
         let out = runner(dir.path(), &args);
         assert!(out.status.success(), "{}: {}", path.display(), stderr(&out));
-        if stem == "mnist_smld_ddpm_sde" {
-            let mut cpu = args.clone();
-            cpu.extend(["--profile", "cpu"]);
-            let out = runner(dir.path(), &cpu);
-            assert!(out.status.success(), "--profile cpu: {}", stderr(&out));
+        // Every profile plans too (its overrides and its claims are checked then).
+        let text = std::fs::read_to_string(&path).unwrap();
+        let spec: serde_norway::Value = serde_norway::from_str(&text).unwrap();
+        if let Some(profiles) = spec.get("profiles").and_then(|p| p.as_mapping()) {
+            for name in profiles.keys().filter_map(|k| k.as_str()) {
+                let mut with = args.clone();
+                with.extend(["--profile", name]);
+                let out = runner(dir.path(), &with);
+                assert!(
+                    out.status.success(),
+                    "{stem} --profile {name}: {}",
+                    stderr(&out)
+                );
+            }
         }
         seen.push((
             path.file_stem().unwrap().to_string_lossy().into_owned(),
@@ -314,6 +324,10 @@ fn every_shipped_pipeline_plans() {
         "mnist_smld_ddpm_sde",
         "flowers64",
         "fashion_mnist_samplers",
+        "thesis_circle",
+        "thesis_3d",
+        "lecture_1d",
+        "toys",
     ] {
         plan(name);
     }
