@@ -282,3 +282,45 @@ fn concurrent_runs_compute_each_stage_once() {
     let metrics = std::fs::read_to_string(results.join("both/metrics.csv")).unwrap();
     assert!(metrics.contains("compare,ddpm_samples,mmd2,"));
 }
+
+#[test]
+fn an_exploding_loss_fails_its_training_by_step_instead_of_feeding_a_hanging_solver() {
+    // sigma_max 1e18: the weighted loss starts near 1e32. Once, training "succeeded"
+    // and the likelihood's adaptive solver then looped on NaN for ever.
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("results");
+    let text = tiny_pipeline("explodes", 20)
+        .replace(
+            "{ type: geometric, levels: 3 }",
+            "{ type: geometric, levels: 3, sigma_max: 1.0e18 }",
+        )
+        .replace(
+            "needs: { reference: data, samples: [ddpm_samples, smld_samples] }",
+            "needs: { reference: data, samples: [ddpm_samples, smld_samples], models: smld }",
+        )
+        .replace(
+            "metrics: [sliced_wasserstein, mmd, mode_weights]",
+            "metrics: [sliced_wasserstein, nll]",
+        );
+    assert!(
+        text.contains("1.0e18") && text.contains("models: smld"),
+        "{text}"
+    );
+    let path = write_pipeline(dir.path(), "explodes", &text);
+    let out = runner(&results, &["run", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("failed  smld: loss ") && err.contains("at step 1 of 20 is above 1e10"),
+        "{err}"
+    );
+    assert!(
+        err.contains("sigma_max"),
+        "the message suggests the fix: {err}"
+    );
+    // The DDPM half of the pipeline is untouched.
+    assert!(
+        computed(&out).contains(&"ddpm_samples".to_string()),
+        "{err}"
+    );
+}

@@ -105,6 +105,10 @@ pub struct Tolerance {
     pub atol: f64,
 }
 
+/// Steps (accepted or not) after which the adaptive solver gives up instead of
+/// running for hours: score_sde's sampling takes a few hundred.
+const MAX_ATTEMPTS: usize = 100_000;
+
 /// Adaptive RK45 from t0 to t1 with scipy's error norm and step-size control
 /// (RMS of err / (atol + rtol max(|y|, |y_new|)), safety 0.9, factor in [0.2, 10]).
 pub fn rk45(
@@ -119,7 +123,7 @@ pub fn rk45(
     let mut h = direction * span * 0.01;
     let (mut t, mut x) = (t0, x);
     let mut k1 = rhs.eval(&x, t)?;
-    let mut accepted = 0;
+    let (mut accepted, mut attempts) = (0, 0usize);
     while (t1 - t) * direction > 1e-12 * span.max(1.0) {
         if (t + h - t1) * direction > 0.0 {
             h = t1 - t;
@@ -150,6 +154,18 @@ pub fn rk45(
         let scale = x.abs()?.maximum(&new.abs()?)?.affine(tol.rtol, tol.atol)?;
         let ratio = (err / scale)?.sqr()?.mean_all()?.to_scalar::<f32>()? as f64;
         let norm = ratio.sqrt();
+        if !norm.is_finite() {
+            // A NaN norm would leave h unchanged and the loop would never end.
+            return Err(candle_core::Error::Msg(format!(
+                "rk45: the solution became non-finite at t = {t} (the model's output is NaN or infinite there); check the training loss"
+            )));
+        }
+        attempts += 1;
+        if attempts > MAX_ATTEMPTS {
+            return Err(candle_core::Error::Msg(format!(
+                "rk45: {MAX_ATTEMPTS} steps without reaching t = {t1} (at t = {t}); the ODE is too stiff for rtol/atol, loosen them or use a fixed-step solver"
+            )));
+        }
         if norm <= 1.0 {
             t += h;
             x = new;
@@ -176,6 +192,20 @@ pub fn rk45(
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn rk45_fails_on_a_non_finite_solution_instead_of_looping() {
+        let mut f = |x: &Tensor, _t: f64| x.affine(f64::NAN, 0.0);
+        let mut rhs = Rhs::new(&mut f);
+        let x0 = Tensor::new(&[1.0f32], &Device::Cpu).unwrap();
+        let mut none = |_: usize, _: f64, _: &Tensor| Ok(());
+        let tol = Tolerance {
+            rtol: 1e-5,
+            atol: 1e-5,
+        };
+        let err = rk45(&mut rhs, x0, (1.0, 0.0), tol, &mut none).unwrap_err();
+        assert!(err.to_string().contains("non-finite at t = 1"), "{err}");
+    }
 
     /// dx/dt = -2x from x(0) = 1: x(1) = e^-2. Returns (error, nfe).
     fn solve(method: &str, steps: usize) -> (f64, usize) {

@@ -388,6 +388,12 @@ fn run(params: &TrainParams, ctx: &StageContext) -> StageResult<()> {
                 params.lr
             )));
         }
+        if let Some(why) = exploded(value, &losses) {
+            return Err(StageError::Failed(format!(
+                "loss {value:.3e} at step {step} of {total} {why}: nothing useful can be learned from here; lower the learning rate (lr = {}), set `grad_clip`, or check the schedule (a sigma_max far above the data's scale makes the loss this large)",
+                params.lr
+            )));
+        }
         let grads = loss.backward()?;
         let scale = match params.grad_clip {
             Some(clip) => (clip / (opt.grad_norm(&grads)? + 1e-6)).min(1.0),
@@ -450,6 +456,26 @@ fn run(params: &TrainParams, ctx: &StageContext) -> StageResult<()> {
     )
 }
 
+/// Both objectives are means over coordinates, O(1) per coordinate at the start (eps)
+/// or O(dimension) at most (sigma^2-weighted score matching): a loss beyond this has
+/// blown up, whatever the data.
+const LOSS_LIMIT: f32 = 1e10;
+
+/// Why a finite loss counts as exploded: above [`LOSS_LIMIT`], or, after the first
+/// ten steps, ten thousand times their mean (the first ten are in `before`).
+fn exploded(value: f32, before: &[f32]) -> Option<String> {
+    if value > LOSS_LIMIT {
+        return Some(format!("is above {LOSS_LIMIT:.0e}"));
+    }
+    if before.len() >= 10 {
+        let start = before[..10].iter().map(|v| *v as f64).sum::<f64>() / 10.0;
+        if value as f64 > 1e4 * start {
+            return Some(format!("is 10,000 times the first ten steps' mean ({start:.3e})"));
+        }
+    }
+    None
+}
+
 /// (step, mean of the last `window` losses), for a readable loss curve.
 fn moving_average(losses: &[f32], window: usize) -> Vec<(f64, f64)> {
     let mut sum = 0.0f64;
@@ -469,6 +495,17 @@ fn moving_average(losses: &[f32], window: usize) -> Vec<(f64, f64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_loss_explodes_above_the_limit_or_far_above_its_start() {
+        assert!(exploded(3.5e32, &[]).is_some_and(|w| w.contains("above 1e10")));
+        assert!(exploded(900.0, &[]).is_none(), "a large first loss (images, dsm) is fine");
+        let start = [0.5f32; 10];
+        assert!(exploded(4000.0, &start).is_none());
+        assert!(exploded(6000.0, &start).is_some_and(|w| w.contains("10,000 times")));
+        // Before ten steps there is no start to compare with.
+        assert!(exploded(6000.0, &start[..9]).is_none());
+    }
 
     #[test]
     fn moving_average_is_a_trailing_mean() {
