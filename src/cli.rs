@@ -493,13 +493,15 @@ fn verify(results: &Path, remove: bool) -> Result<(), RunnerError> {
         }
     }
     out!("checked {checked} entries: {} damaged", damaged.len());
-    if damaged.is_empty() || remove {
-        Ok(())
-    } else {
-        Err(RunnerError::Damaged(format!(
-            "{} damaged cache entries; `runner verify --remove` deletes them so the next run recomputes them",
-            damaged.len()
-        )))
+    // Damage found is exit 1 even once removed: a script must learn its cache was bad.
+    match (damaged.len(), remove) {
+        (0, _) => Ok(()),
+        (n, true) => Err(RunnerError::Damaged(format!(
+            "{n} damaged cache entries removed; the next run recomputes them"
+        ))),
+        (n, false) => Err(RunnerError::Damaged(format!(
+            "{n} damaged cache entries; `runner verify --remove` deletes them so the next run recomputes them"
+        ))),
     }
 }
 

@@ -308,8 +308,14 @@ fn verify_detects_a_corrupted_file_and_remove_lets_the_next_run_repair_it() {
     );
     assert!(out.contains("checked 9 entries: 1 damaged"), "{out}");
 
+    // Removing the damage still reports it: exit 1, as README says.
     let removed = runner(&results, &["verify", "--remove"]);
-    assert!(removed.status.success());
+    assert_eq!(removed.status.code(), Some(1));
+    assert!(
+        stderr(&removed).contains("1 damaged cache entries removed"),
+        "{}",
+        stderr(&removed)
+    );
     let rerun = runner(&results, &["run", file]);
     // Only the damaged entry is recomputed (its key, and so its dependents' keys, are
     // unchanged), and sampling is deterministic: the same bytes come back.

@@ -188,6 +188,45 @@ fn interpolations_need_a_deterministic_sampler_and_image_data() {
 }
 
 #[test]
+fn the_exact_model_takes_no_parameters() {
+    let err = plan_error("  oracle: { kind: model, params: { arch: exact, hidden: [8] } }\n");
+    assert!(err.contains("unknown field `hidden`"), "{err}");
+}
+
+#[test]
+fn a_name_too_long_for_a_folder_is_refused_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = "n".repeat(5000);
+    let path = write_pipeline(
+        dir.path(),
+        "p",
+        &BASE.replacen("name: t", &format!("name: {long}"), 1),
+    );
+    let out = runner(
+        &dir.path().join("results"),
+        &["plan", path.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("must be 1 to 100 letters") && err.contains("(5000 characters)"),
+        "{err}"
+    );
+    assert!(
+        err.len() < 400,
+        "the message shows the start of the name only: {err}"
+    );
+    let id = "s".repeat(101);
+    let err = plan_error(&format!(
+        "  {id}: {{ kind: model, params: {{ arch: exact }} }}\n"
+    ));
+    assert!(
+        err.contains("stage id `sssss") && err.contains("(101 characters)"),
+        "{err}"
+    );
+}
+
+#[test]
 fn unknown_top_level_key_and_bad_set_are_errors() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_pipeline(dir.path(), "p", &format!("{BASE}stagse: {{}}\n"));

@@ -143,8 +143,8 @@ pub fn build(path: &Path, loaded: Loaded) -> Result<Plan, SpecError> {
             None,
             None,
             format!(
-                "pipeline name `{}` must use only letters, digits, `_` and `-`",
-                spec.name
+                "pipeline name `{}` must be 1 to {MAX_NAME} letters, digits, `_` and `-` (it names a folder)",
+                short(&spec.name)
             ),
         ));
     }
@@ -156,7 +156,10 @@ pub fn build(path: &Path, loaded: Loaded) -> Result<Plan, SpecError> {
             return Err(err(
                 Some(id),
                 None,
-                format!("stage id `{id}` must use only letters, digits, `_` and `-`"),
+                format!(
+                    "stage id `{}` must be 1 to {MAX_NAME} letters, digits, `_` and `-` (it names a folder)",
+                    short(id)
+                ),
             ));
         }
         check_needs(id, stage, &spec.stages).map_err(|(role, m)| err(Some(id), Some(role), m))?;
@@ -479,8 +482,21 @@ fn check_needs(
     Ok(())
 }
 
+/// Longest pipeline name or stage id: both name folders, and a sweep's forks add
+/// their coordinates to a stage's, within the file system's 255 bytes.
+const MAX_NAME: usize = 100;
+
+/// A name as an error message shows it: the start of a very long one.
+fn short(name: &str) -> String {
+    match name.char_indices().nth(40) {
+        Some((cut, _)) => format!("{}... ({} characters)", &name[..cut], name.chars().count()),
+        None => name.to_string(),
+    }
+}
+
 fn is_safe_name(name: &str) -> bool {
     !name.is_empty()
+        && name.len() <= MAX_NAME
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')

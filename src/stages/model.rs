@@ -31,7 +31,7 @@ impl Kind for Model {
 
 /// A network architecture, chosen by `arch`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(tag = "arch", rename_all = "snake_case")]
+#[serde(tag = "arch", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ModelParams {
     /// MLP on [x, embedding(t)] with SiLU activations.
     Mlp(MlpConfig),
