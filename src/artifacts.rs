@@ -31,7 +31,20 @@ pub fn save_tensors(path: &Path, tensors: &[(&str, Tensor)]) -> StageResult<()> 
         .map(|(k, v)| (k.to_string(), v.clone()))
         .collect();
     candle_core::safetensors::save(&map, path)
-        .map_err(|e| StageError::Failed(format!("writing {}: {e}", path.display())))
+        .map_err(|e| StageError::Failed(format!("writing {}: {e}", path.display())))?;
+    readable_by_all(path)
+}
+
+/// The safetensors writer creates its files owner-only (0600) while every other
+/// result is 0644; results are meant to be shared, so they all get the same mode.
+fn readable_by_all(path: &Path) -> StageResult<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+            .map_err(StageError::io(path))?;
+    }
+    Ok(())
 }
 
 pub fn load_tensors(path: &Path, device: &Device) -> StageResult<HashMap<String, Tensor>> {
@@ -81,4 +94,22 @@ pub fn read_csv(path: &Path) -> StageResult<DataFrame> {
             path: path.to_path_buf(),
             message: e.to_string(),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn tensors_are_written_readable_by_all_like_every_other_result() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.safetensors");
+        let t = Tensor::new(&[1.0f32, 2.0], &Device::Cpu).unwrap();
+        save_tensors(&path, &[("t", t)]).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644, "{mode:o}");
+        assert_eq!(load_f32(&path, "t").unwrap().0, vec![1.0, 2.0]);
+    }
 }
