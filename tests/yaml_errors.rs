@@ -188,6 +188,29 @@ fn interpolations_need_a_deterministic_sampler_and_image_data() {
 }
 
 #[test]
+fn nesting_too_deep_is_refused_at_once_with_its_place() {
+    // 40,000 levels took the YAML parser 12 s; the check answers before it starts.
+    let deep = format!(
+        "  x: {{ kind: model, params: {{ arch: mlp, hidden: {}{} }} }}\n",
+        "[".repeat(40_000),
+        "]".repeat(40_000)
+    );
+    let err = plan_error(&deep);
+    assert!(
+        err.contains("p.yaml:6:") && err.contains("deeper than 64 levels"),
+        "{err}"
+    );
+    // Brackets inside quotes and comments do not count.
+    let quoted = format!(
+        "  # {}\n  data2: {{ kind: dataset, params: {{ name: \"{}\" }} }}\n",
+        "[".repeat(100),
+        "[".repeat(100)
+    );
+    let err = plan_error(&quoted);
+    assert!(!err.contains("deeper than"), "{err}");
+}
+
+#[test]
 fn the_exact_model_takes_no_parameters() {
     let err = plan_error("  oracle: { kind: model, params: { arch: exact, hidden: [8] } }\n");
     assert!(err.contains("unknown field `hidden`"), "{err}");

@@ -336,7 +336,52 @@ pub fn load(
 
 /// Parses pipeline text; errors carry the YAML parser's line and column.
 pub fn parse(path: &Path, source: &str) -> Result<PipelineSpec, SpecError> {
+    if let Some(location) = too_deep(source) {
+        return Err(SpecError::Invalid {
+            path: path.to_path_buf(),
+            location: Some(location),
+            message: format!(
+                "lists and maps nest deeper than {MAX_DEPTH} levels here; no pipeline needs that many"
+            ),
+        });
+    }
     serde_norway::from_str(source).map_err(|e| yaml_error(path, e))
+}
+
+/// Deepest nesting of flow lists and maps (`[`, `{`) a pipeline file may have: the
+/// YAML parser takes time superlinear in the depth (12 s at 40,000 levels), and real
+/// pipelines stay under ten.
+const MAX_DEPTH: usize = 64;
+
+/// Where flow nesting first passes [`MAX_DEPTH`], skipping quoted strings and
+/// comments. (Block nesting that deep would need lines of thousands of spaces.)
+fn too_deep(source: &str) -> Option<Location> {
+    let mut depth = 0usize;
+    for (n, line) in source.lines().enumerate() {
+        let mut quote: Option<char> = None;
+        let mut previous = ' ';
+        for (column, c) in line.chars().enumerate() {
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, '\'' | '"') => quote = Some(c),
+                (None, '#') if previous.is_whitespace() => break,
+                (None, '[' | '{') => {
+                    depth += 1;
+                    if depth > MAX_DEPTH {
+                        return Some(Location {
+                            line: n + 1,
+                            column: column + 1,
+                        });
+                    }
+                }
+                (None, ']' | '}') => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+            previous = c;
+        }
+    }
+    None
 }
 
 fn yaml_error(path: &Path, error: serde_norway::Error) -> SpecError {
