@@ -765,6 +765,28 @@ stages:
             "{base}report:\n  plots: [{{ metric: mmd2, x: nfe }}]\nsweep:\n  s.params.n: [1, 2]\n"
         ))
         .unwrap();
+        // A plot of no metric, or of points no sweep has, would be drawn empty.
+        for (plot, needle) in [
+            (
+                "{ metric: mmd, x: n }",
+                "report plot of `mmd`: not a metric; metrics are: sliced_wasserstein",
+            ),
+            (
+                "{ metric: mmd2, x: nfe, where: { n: '3' } }",
+                "axis `n` never takes `3`; its values are: 1, 2",
+            ),
+        ] {
+            let e = try_plan(&format!(
+                "{base}report:\n  plots: [{plot}]\nsweep:\n  s.params.n: [1, 2]\n"
+            ))
+            .err()
+            .unwrap_or_else(|| panic!("{plot} planned"));
+            assert!(e.to_string().contains(needle), "{plot}: {e}");
+        }
+        try_plan(&format!(
+            "{base}report:\n  plots: [{{ metric: mmd2, x: nfe, where: {{ n: '2' }} }}]\nsweep:\n  s.params.n: [1, 2]\n"
+        ))
+        .unwrap();
     }
 
     #[test]

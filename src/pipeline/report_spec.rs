@@ -58,12 +58,30 @@ impl ReportSpec {
                     metrics::columns().join(", ")
                 ));
             }
+            if !metrics::is_column(&plot.metric) {
+                return Err(format!(
+                    "report plot of `{}`: not a metric; metrics are: {} (and mode_weight_<k>, score_mse_t<t>, class_fraction_<k>)",
+                    plot.metric,
+                    metrics::columns().join(", ")
+                ));
+            }
             for axis in plot.series.iter().flatten().chain(plot.filter.keys()) {
                 if !names.contains(&axis.as_str()) {
                     return Err(format!(
                         "report plot of `{}`: `{axis}` is not a sweep axis; axes are: {}",
                         plot.metric,
                         names.join(", ")
+                    ));
+                }
+            }
+            // A `where` value no point has would draw an empty plot without a word.
+            for (name, value) in &plot.filter {
+                let axis = sweep.axis_index(name).map(|a| &sweep.axes[a]);
+                if let Some(axis) = axis.filter(|a| !a.shown.contains(value)) {
+                    return Err(format!(
+                        "report plot of `{}`: axis `{name}` never takes `{value}`; its values are: {}",
+                        plot.metric,
+                        axis.shown.join(", ")
                     ));
                 }
             }
