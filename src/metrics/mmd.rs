@@ -37,7 +37,10 @@ pub fn median_bandwidth(a: Points, b: Points) -> f64 {
 pub fn mmd2_unbiased(a: Points, b: Points, h: f64) -> f64 {
     let gamma = 1.0 / (2.0 * h * h);
     let mean_k = |p: Points, q: Points, same: bool| -> f64 {
-        let sum: f64 = (0..p.len())
+        // Rows in parallel, their sums added in row order: a parallel reduction would
+        // add in an order that depends on the threads, and one key must always mean
+        // the same bytes.
+        let rows: Vec<f64> = (0..p.len())
             .into_par_iter()
             .map(|i| {
                 (0..q.len())
@@ -45,7 +48,8 @@ pub fn mmd2_unbiased(a: Points, b: Points, h: f64) -> f64 {
                     .map(|j| (-gamma * sq_dist(p.row(i), q.row(j))).exp())
                     .sum::<f64>()
             })
-            .sum();
+            .collect();
+        let sum: f64 = rows.iter().sum();
         let pairs = if same {
             p.len() * (p.len() - 1)
         } else {
@@ -60,6 +64,24 @@ pub fn mmd2_unbiased(a: Points, b: Points, h: f64) -> f64 {
 mod tests {
     use super::*;
     use crate::rng::{normals, stream};
+
+    #[test]
+    fn the_estimate_is_the_same_bytes_whatever_the_thread_count() {
+        let a = normals(&mut stream(1, "a"), 2 * 700);
+        let b = normals(&mut stream(2, "b"), 2 * 700);
+        let (pa, pb) = (Points::new(&a, 2), Points::new(&b, 2));
+        let with = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| mmd2_unbiased(pa, pb, 1.0).to_bits())
+        };
+        let one = with(1);
+        for threads in [2, 3, 7] {
+            assert_eq!(with(threads), one, "{threads} threads");
+        }
+    }
 
     #[test]
     fn shifted_gaussians_match_closed_form() {
