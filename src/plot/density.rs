@@ -6,7 +6,7 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use super::{PALETTE, ensure_font, plot_error};
+use super::{PALETTE, ensure_font, plot_error, titled_panels};
 use crate::error::StageResult;
 
 const PANEL: (u32, u32) = (320, 260);
@@ -48,16 +48,9 @@ pub fn densities(
 ) -> StageResult<()> {
     ensure_font();
     let fail = plot_error(path);
-    let columns = panels.len().clamp(1, 5);
-    let rows = panels.len().div_ceil(columns).max(1);
-    let root = BitMapBackend::new(path, (PANEL.0 * columns as u32, PANEL.1 * rows as u32 + 40))
-        .into_drawing_area();
-    root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
-    let root = root
-        .titled(title, ("sans-serif", 22))
-        .map_err(|e| fail(e.to_string()))?;
+    let (root, areas) = titled_panels(path, title, PANEL, panels.len(), 5).map_err(&fail)?;
     let width = (range.1 - range.0) / BINS as f64;
-    for (area, panel) in root.split_evenly((rows, columns)).iter().zip(panels) {
+    for (area, panel) in areas.iter().zip(panels) {
         let bars = histogram(panel.points, range, BINS);
         let top = bars
             .iter()

@@ -46,6 +46,31 @@ fn plot_error(path: &Path) -> impl Fn(String) -> StageError + '_ {
     move |e| StageError::Failed(format!("drawing {}: {e}", path.display()))
 }
 
+/// A region of a PNG figure.
+type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
+
+/// A figure of areas for `count` panels of `panel` pixels each, at most `per_row` side
+/// by side, under a title: the titled root (to `present`) and the panels' areas in
+/// reading order.
+fn titled_panels<'a>(
+    path: &'a Path,
+    title: &str,
+    panel: (u32, u32),
+    count: usize,
+    per_row: usize,
+) -> Result<(Area<'a>, Vec<Area<'a>>), String> {
+    let columns = count.clamp(1, per_row);
+    let rows = count.div_ceil(columns).max(1);
+    let root = BitMapBackend::new(path, (panel.0 * columns as u32, panel.1 * rows as u32 + 40))
+        .into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let root = root
+        .titled(title, ("sans-serif", 22))
+        .map_err(|e| e.to_string())?;
+    let areas = root.split_evenly((rows, columns));
+    Ok((root, areas))
+}
+
 /// Padded bounds of the first two coordinates of some point sets.
 fn bounds(sets: &[Points]) -> ((f64, f64), (f64, f64)) {
     let (mut lo, mut hi) = ([f64::INFINITY; 2], [f64::NEG_INFINITY; 2]);

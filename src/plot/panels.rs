@@ -9,7 +9,7 @@ use plotters::coord::Shift;
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
-use super::{PALETTE, bounds, ensure_font, plot_error};
+use super::{PALETTE, bounds, ensure_font, plot_error, titled_panels};
 use crate::error::StageResult;
 use crate::metrics::Points;
 
@@ -52,17 +52,10 @@ pub struct Frame<'a> {
 pub fn timeline(path: &Path, title: &str, reference: Points, frames: &[Frame]) -> StageResult<()> {
     ensure_font();
     let fail = plot_error(path);
-    let columns = frames.len().clamp(1, 5);
-    let rows = frames.len().div_ceil(columns).max(1);
-    let root = BitMapBackend::new(path, (PANEL.0 * columns as u32, PANEL.1 * rows as u32 + 40))
-        .into_drawing_area();
-    root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
-    let root = root
-        .titled(title, ("sans-serif", 22))
-        .map_err(|e| fail(e.to_string()))?;
+    let (root, areas) = titled_panels(path, title, PANEL, frames.len(), 5).map_err(&fail)?;
     let ((x0, x1), (y0, y1)) = bounds(&[reference]);
     let (w, h) = ((x1 - x0) * 0.5, (y1 - y0) * 0.5);
-    for (area, frame) in root.split_evenly((rows, columns)).iter().zip(frames) {
+    for (area, frame) in areas.iter().zip(frames) {
         let mut chart =
             panel(area, &frame.caption, (x0 - w)..(x1 + w), (y0 - h)..(y1 + h)).map_err(&fail)?;
         let inside = |p: &[f32]| {
@@ -94,17 +87,9 @@ pub fn projections(
 ) -> StageResult<()> {
     ensure_font();
     let fail = plot_error(path);
-    let root = BitMapBackend::new(path, (PANEL.0 * 3, PANEL.1 + 40)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
-    let root = root
-        .titled(title, ("sans-serif", 22))
-        .map_err(|e| fail(e.to_string()))?;
+    let (root, areas) = titled_panels(path, title, PANEL, 3, 3).map_err(&fail)?;
     let names = ["x", "y", "z"];
-    for (area, (i, j)) in root
-        .split_evenly((1, 3))
-        .iter()
-        .zip([(0, 1), (0, 2), (1, 2)])
-    {
+    for (area, (i, j)) in areas.iter().zip([(0, 1), (0, 2), (1, 2)]) {
         let pick = |set: &[f32]| -> Vec<f32> {
             set.chunks(reference.dim)
                 .flat_map(|p| [p[i], p[j]])
