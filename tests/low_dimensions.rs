@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use common::{runner, stderr};
 
@@ -25,34 +25,34 @@ fn metric(metrics: &str, stage: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {name} of {stage} in {metrics}"))
 }
 
-fn shipped(name: &str) -> String {
-    format!("{}/pipelines/{name}.yaml", env!("CARGO_MANIFEST_DIR"))
+/// Runs the shipped pipeline `name` with `--set` for each of `sets`, plus the two
+/// every shrunk run needs (2,000 samples, and an EMA short enough to forget the
+/// initial weights in 300 steps); returns the folder (kept alive), its report
+/// directory and its metrics table.
+fn run_shrunk(name: &str, sets: &[&str]) -> (tempfile::TempDir, PathBuf, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("results");
+    let file = format!("{}/pipelines/{name}.yaml", env!("CARGO_MANIFEST_DIR"));
+    let mut args = vec!["run", file.as_str()];
+    for set in sets
+        .iter()
+        .chain(&["ddpm.params.ema_decay=0.95", "samples.params.n=2000"])
+    {
+        args.extend(["--set", set]);
+    }
+    let out = runner(&results, &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = results.join(name);
+    let metrics = std::fs::read_to_string(report.join("metrics.csv")).unwrap();
+    (dir, report, metrics)
 }
 
 #[test]
 fn a_one_dimensional_mixture_is_drawn_as_densities() {
-    let dir = tempfile::tempdir().unwrap();
-    let results = dir.path().join("results");
-    let file = shipped("lecture_1d");
-    let out = runner(
-        &results,
-        &[
-            "run",
-            &file,
-            "--set",
-            "data.params.n=4000",
-            "--set",
-            "ddpm.params.steps=300",
-            // A short run's EMA must forget the initial weights.
-            "--set",
-            "ddpm.params.ema_decay=0.95",
-            "--set",
-            "samples.params.n=2000",
-        ],
+    let (_dir, report, metrics) = run_shrunk(
+        "lecture_1d",
+        &["data.params.n=4000", "ddpm.params.steps=300"],
     );
-    assert!(out.status.success(), "{}", stderr(&out));
-    let report = results.join("lecture_1d");
-    let metrics = std::fs::read_to_string(report.join("metrics.csv")).unwrap();
     // Both 1D modes come out, near their 0.3/0.7 weights, even after 300 steps.
     assert!(
         metric(&metrics, "samples", "mode_weight_tv") < 0.1,
@@ -82,31 +82,15 @@ fn a_one_dimensional_mixture_is_drawn_as_densities() {
 
 #[test]
 fn a_three_dimensional_shell_is_drawn_as_projections_and_measured() {
-    let dir = tempfile::tempdir().unwrap();
-    let results = dir.path().join("results");
-    let file = shipped("thesis_3d");
-    let out = runner(
-        &results,
+    let (_dir, report, metrics) = run_shrunk(
+        "thesis_3d",
         &[
-            "run",
-            &file,
-            "--set",
             "data.params.n=4000",
-            "--set",
             "ddpm.params.epochs=~",
-            "--set",
             "ddpm.params.steps=300",
-            "--set",
             "ddpm.params.batch=256",
-            "--set",
-            "ddpm.params.ema_decay=0.95",
-            "--set",
-            "samples.params.n=2000",
         ],
     );
-    assert!(out.status.success(), "{}", stderr(&out));
-    let report = results.join("thesis_3d");
-    let metrics = std::fs::read_to_string(report.join("metrics.csv")).unwrap();
     // A rough model: most samples near the shell, not all.
     let outliers = metric(&metrics, "samples", "outlier_fraction");
     assert!(outliers > 0.0 && outliers < 0.9, "{metrics}");

@@ -74,6 +74,14 @@ named_choices! {
 /// accuracy of the classifier whose feature space it used.
 pub const RECORDED: [&str; 3] = ["nfe", "sample_seconds", "classifier_accuracy"];
 
+/// The valid metric names for an error message: every column, then the families.
+pub fn choices() -> String {
+    format!(
+        "{} (and mode_weight_<k>, score_mse_t<t>, class_fraction_<k>)",
+        columns().join(", ")
+    )
+}
+
 /// Every `metric` value of `metrics.csv` but the families (`mode_weight_<k>`, ...), in
 /// the table's order: the valid choices of a report plot's metric.
 pub fn columns() -> Vec<&'static str> {

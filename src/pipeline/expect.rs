@@ -150,9 +150,9 @@ impl Expectation {
             return Err((
                 "metric",
                 format!(
-                    "`{}` is not a metric; metrics are: {} (and mode_weight_<k>, score_mse_t<t>, class_fraction_<k>)",
+                    "`{}` is not a metric; metrics are: {}",
                     self.metric,
-                    metrics::columns().join(", ")
+                    metrics::choices()
                 ),
             ));
         }

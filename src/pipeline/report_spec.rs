@@ -60,9 +60,9 @@ impl ReportSpec {
             }
             if !metrics::is_column(&plot.metric) {
                 return Err(format!(
-                    "report plot of `{}`: not a metric; metrics are: {} (and mode_weight_<k>, score_mse_t<t>, class_fraction_<k>)",
+                    "report plot of `{}`: not a metric; metrics are: {}",
                     plot.metric,
-                    metrics::columns().join(", ")
+                    metrics::choices()
                 ));
             }
             for axis in plot.series.iter().flatten().chain(plot.filter.keys()) {

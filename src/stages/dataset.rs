@@ -105,6 +105,17 @@ impl<'de> Deserialize<'de> for Source {
     }
 }
 
+impl Source {
+    /// (radius, width) when the data is a thin shell (circle, sphere): planning checks
+    /// it in the params, evaluation reads it from the dataset's meta.
+    pub fn shell(&self) -> Option<(f64, f64)> {
+        match self {
+            Source::Toy(d) => d.shell(),
+            Source::Images(_) => None,
+        }
+    }
+}
+
 impl DatasetParams {
     /// Defaults filled in, for the key.
     pub fn canonical(&self) -> DatasetParams {
@@ -130,14 +141,6 @@ impl DatasetParams {
     pub fn mixture(&self) -> Option<Mixture> {
         match &self.source {
             Source::Toy(d) => d.mixture(),
-            Source::Images(_) => None,
-        }
-    }
-
-    /// (radius, width) when the data is a thin shell (circle, sphere).
-    pub fn shell(&self) -> Option<(f64, f64)> {
-        match &self.source {
-            Source::Toy(d) => d.shell(),
             Source::Images(_) => None,
         }
     }

@@ -89,6 +89,7 @@ impl FeatureSpace {
             Points::new(&feats, self.width),
             Points::new(&self.reference_features, self.width),
         );
+        let probs = Points::new(&probs, probs.len() / n.max(1));
         for metric in metrics.iter().filter(|m| m.needs_classifier()) {
             match metric {
                 Metric::Fid => rows.push(stage, "fid", features::frechet_distance(a, b)),
@@ -101,12 +102,7 @@ impl FeatureSpace {
                     rows.push(stage, "kid_std", std);
                 }
                 Metric::InceptionScore => {
-                    let classes = probs.len() / n.max(1);
-                    rows.push(
-                        stage,
-                        "inception_score",
-                        features::inception_score(Points::new(&probs, classes)),
-                    );
+                    rows.push(stage, "inception_score", features::inception_score(probs));
                 }
                 Metric::PrecisionRecall => {
                     let (p, r) = features::precision_recall(a, b, 3);
@@ -114,13 +110,10 @@ impl FeatureSpace {
                     rows.push(stage, "recall", r);
                 }
                 Metric::Confidence => {
-                    let classes = probs.len() / n.max(1);
-                    let top = features::mean_top_probability(Points::new(&probs, classes));
-                    rows.push(stage, "confidence", top);
+                    rows.push(stage, "confidence", features::mean_top_probability(probs));
                 }
                 Metric::ClassFractions => {
-                    let classes = probs.len() / n.max(1);
-                    let fractions = features::class_fractions(Points::new(&probs, classes));
+                    let fractions = features::class_fractions(probs);
                     for (k, f) in fractions.iter().enumerate() {
                         rows.push(stage, format!("class_fraction_{k}"), *f);
                     }
@@ -157,11 +150,7 @@ impl FeatureSpace {
             let clipped: Vec<f32> = frame.iter().map(|v| v.clamp(lo, hi)).collect();
             let (_, probs) = embed(&self.net, &clipped, trajectory.dim, ctx)?;
             let classes = (probs.len() / keep).max(1);
-            let top = probs
-                .chunks(classes)
-                .map(|p| p.iter().copied().fold(0f32, f32::max) as f64)
-                .sum::<f64>()
-                / keep as f64;
+            let top = features::mean_top_probability(Points::new(&probs, classes));
             curve.push((*step as f64 / last, top));
         }
         Ok(curve)

@@ -7,7 +7,7 @@ use crate::diffusion::process::Process;
 use crate::error::{StageError, StageResult};
 use crate::metrics::Points;
 use crate::plot::density::{DensityPanel, histogram};
-use crate::stages::dataset::{DatasetMeta, Source};
+use crate::stages::dataset::DatasetMeta;
 
 /// The long-format rows of `metrics.csv`: (evaluated stage, metric, value).
 #[derive(Default)]
@@ -70,11 +70,7 @@ impl Reference<'_> {
 
     /// (radius, width) of a circle or sphere reference.
     pub fn shell(&self, metric: &str) -> StageResult<(f64, f64)> {
-        let shell = match &self.meta.source {
-            Source::Toy(d) => d.shell(),
-            Source::Images(_) => None,
-        };
-        shell.ok_or_else(|| StageError::BadInput {
+        self.meta.source.shell().ok_or_else(|| StageError::BadInput {
             path: self.entry.dir.join("meta.json"),
             message: format!("{metric} needs a circle or sphere reference"),
         })

@@ -330,7 +330,7 @@ impl EvaluateParams {
                 ));
             }
             if *metric == Metric::ShellOutliers
-                && reference.is_some_and(|d| d.shell().is_none())
+                && reference.is_some_and(|d| d.source.shell().is_none())
             {
                 return Err(format!(
                     "metric `{}` needs a thin-shell reference (circle or sphere)",
