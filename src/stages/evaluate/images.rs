@@ -8,7 +8,6 @@ use rand::seq::index::sample as pick_indices;
 use super::inputs::{Reference, Rows, snap};
 use super::params::EvaluateParams;
 use crate::data::images::{ImageShape, RANGE};
-use crate::artifacts::load_f32;
 use crate::diffusion::interpolate;
 use crate::diffusion::process::{Process, noise_batch};
 use crate::diffusion::score::ScoreFn;
@@ -56,7 +55,7 @@ impl FeatureSpace {
         let (feats, _) = embed(&net, &reference.test[..n * dim], dim, ctx)?;
         let width = feats.len() / n.max(1);
         if metrics.contains(&Metric::FidFloor) {
-            let (train, _) = load_f32(&reference.entry.dir.join("data.safetensors"), "train")?;
+            let train = &reference.train_sample;
             let m = n.min(train.len() / dim);
             let (train_feats, _) = embed(&net, &train[..m * dim], dim, ctx)?;
             let floor = features::frechet_distance(

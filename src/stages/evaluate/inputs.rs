@@ -30,6 +30,9 @@ pub struct Reference<'a> {
     pub entry: &'a InputEntry,
     pub meta: DatasetMeta,
     pub test: Vec<f32>,
+    /// The first `feature_points` training rows when the FID floor is asked for
+    /// (empty otherwise), read with `test` so the data is read once.
+    pub train_sample: Vec<f32>,
 }
 
 impl Reference<'_> {

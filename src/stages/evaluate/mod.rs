@@ -6,7 +6,7 @@ mod images;
 mod inputs;
 mod params;
 
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
 use polars::prelude::*;
 
 pub use params::{EvaluateParams, Given, Plot};
@@ -18,7 +18,7 @@ use super::dataset::{Dataset, DatasetMeta};
 use super::kind::{Kind, Neighbours, Role};
 use super::sample::{Sample, SamplingRecord, Trajectory};
 use super::train::{Train, TrainedModel, WeightsKind};
-use crate::artifacts::{load_f32, read_json, write_csv};
+use crate::artifacts::{load_f32, load_tensors, read_json, tensor_f32, write_csv};
 use crate::diffusion::likelihood::{NllOptions, negative_log_likelihood_batched};
 use crate::diffusion::ode::Tolerance;
 use crate::diffusion::process::{Process, noise_batch};
@@ -85,15 +85,30 @@ impl Kind for Evaluate {
 fn run(params: &EvaluateParams, ctx: &StageContext) -> StageResult<()> {
     let entry = ctx.input("reference")?;
     let meta: DatasetMeta = read_json(&entry.dir.join("meta.json"))?;
-    let (test, _) = load_f32(&entry.dir.join("data.safetensors"), "test")?;
-    let reference = Reference { entry, meta, test };
     let given = Given {
         models: !ctx.inputs("models").is_empty(),
         classifier: !ctx.inputs("classifier").is_empty(),
-        images: reference.meta.is_image(),
+        images: meta.is_image(),
     };
     let metrics = params.metrics(given);
-    let plots = params.plots(given, reference.meta.dim);
+    let plots = params.plots(given, meta.dim);
+    // One read of the data: the held-out rows, and the training rows the FID floor needs.
+    let path = entry.dir.join("data.safetensors");
+    let tensors = load_tensors(&path, &Device::Cpu)?;
+    let (test, _) = tensor_f32(&tensors, &path, "test")?;
+    let train_sample = if metrics.contains(&Metric::FidFloor) {
+        let (train, _) = tensor_f32(&tensors, &path, "train")?;
+        train[..(params.feature_points * meta.dim).min(train.len())].to_vec()
+    } else {
+        Vec::new()
+    };
+    drop(tensors);
+    let reference = Reference {
+        entry,
+        meta,
+        test,
+        train_sample,
+    };
     let mut rows = Rows::default();
     let features = match ctx.inputs("classifier").first() {
         Some(entry) if metrics.iter().any(|m| m.needs_classifier()) => Some(
