@@ -19,7 +19,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::cache::{Cache, maintenance};
+use crate::cache::{Cache, live, maintenance};
 use crate::error::RunnerError;
 use crate::exec::device::DeviceChoice;
 use crate::exec::worker::{self, exit_code};
@@ -235,6 +235,7 @@ fn dispatch(cli: &Cli) -> Result<(), RunnerError> {
         } => {
             let plan = pipeline.load()?;
             let cache = Cache::open(&cli.results)?;
+            let _live = register(&cache, &plan)?;
             let device = crate::exec::device::open(*device).map_err(RunnerError::Usage)?;
             let status = worker::work(&plan, &cache, key, *force, &Progress::detect(), &device)?;
             // The driver reads this line; the exit code alone already says it is done.
@@ -284,8 +285,14 @@ fn print_claims(claims: &[report::claims::Verdict]) -> usize {
     failed
 }
 
+/// Registers a command that reads the cache for `plan`, so `gc` keeps what it reaches.
+fn register(cache: &Cache, plan: &Plan) -> Result<live::LiveRun, RunnerError> {
+    Ok(live::register(cache, plan.nodes().map(|n| n.key.as_str()))?)
+}
+
 fn run(plan: &Plan, results: &Path, options: &RunOptions, check: bool) -> Result<(), RunnerError> {
     let cache = Cache::open(results)?;
+    let _live = register(&cache, plan)?;
     let progress = Progress::detect();
     let points = if plan.sweep.is_empty() {
         String::new()
@@ -344,6 +351,7 @@ fn run(plan: &Plan, results: &Path, options: &RunOptions, check: bool) -> Result
 
 fn rebuild_report(plan: &Plan, results: &Path) -> Result<(), RunnerError> {
     let cache = Cache::open(results)?;
+    let _live = register(&cache, plan)?;
     let outcomes = from_cache(plan, &cache);
     let missing = outcomes
         .iter()
@@ -446,10 +454,27 @@ fn gc(files: &[PathBuf], results: &Path, dry_run: bool) -> Result<(), RunnerErro
     let cache = Cache::open(results)?;
     let mut reachable = HashSet::new();
     for file in gc_roots(files)? {
-        // A pipeline that does not load would keep nothing: stop rather than delete.
-        let plan = pipeline::load(&file, None, &[], &[])?;
-        reachable.extend(plan.nodes().map(|n| n.key.clone()));
-        let last = history::load(&results.join(&plan.name));
+        let name = match pipeline::load(&file, None, &[], &[]) {
+            Ok(plan) => {
+                reachable.extend(plan.nodes().map(|n| n.key.clone()));
+                plan.name
+            }
+            // A pipeline that does not plan here (its data is not on this machine) must
+            // not stop the collection of the others; what its last run reached stays.
+            Err(e) if files.is_empty() => {
+                let Some(name) = pipeline::graph::name_of(&file) else {
+                    // Not even its name: it might keep anything, so delete nothing.
+                    return Err(e.into());
+                };
+                eprintln!(
+                    "warning: {} does not plan ({e}); kept what its last run reached",
+                    file.display()
+                );
+                name
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let last = history::load(&results.join(&name));
         reachable.extend(history::keys(&last).map(String::from));
     }
     let report = maintenance::gc(&cache, &reachable, dry_run)?;
@@ -466,8 +491,13 @@ fn gc(files: &[PathBuf], results: &Path, dry_run: bool) -> Result<(), RunnerErro
         out!("busy          {}  (being computed; left alone)", &key[..16]);
     }
     let total: u64 = report.freed.iter().map(|f| f.bytes).sum();
+    let live = if report.live > 0 {
+        format!(" ({} only for runs in progress)", report.live)
+    } else {
+        String::new()
+    };
     out!(
-        "{verb} {} in {} entries; kept {}",
+        "{verb} {} in {} entries; kept {}{live}",
         human_bytes(total),
         report.freed.len(),
         report.kept
@@ -488,8 +518,13 @@ fn verify(results: &Path, remove: bool) -> Result<(), RunnerError> {
             out!("  {p}");
         }
         if remove {
-            cache.remove(&d.key)?;
-            out!("  removed: the next run recomputes it");
+            match cache.try_lock(&d.key)? {
+                Some(_lock) => {
+                    cache.remove(&d.key)?;
+                    out!("  removed: the next run recomputes it");
+                }
+                None => out!("  being recomputed by another process: left to it"),
+            }
         }
     }
     out!("checked {checked} entries: {} damaged", damaged.len());

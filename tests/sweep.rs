@@ -6,7 +6,8 @@ mod common;
 use std::path::Path;
 
 use common::{
-    computed, run_twice_concurrently, runner, stderr, stdout, tiny_pipeline, write_pipeline,
+    cache_keys, computed, run_twice_concurrently, runner, stderr, stdout, tiny_pipeline,
+    write_pipeline,
 };
 
 /// The tiny pipeline with a 2 x 2 sweep: DDPM's learning rate and its sample count.
@@ -27,16 +28,6 @@ fn count_prefix(names: &[String], id: &str) -> usize {
         .iter()
         .filter(|n| *n == id || n.starts_with(&format!("{id}[")))
         .count()
-}
-
-fn cache_keys(results: &Path) -> Vec<String> {
-    let mut keys: Vec<String> = std::fs::read_dir(results.join(".cache"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| !n.starts_with('.'))
-        .collect();
-    keys.sort();
-    keys
 }
 
 #[test]

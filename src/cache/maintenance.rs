@@ -1,13 +1,15 @@
 //! Keeping the cache honest and small: `runner verify` re-hashes every entry against
-//! its manifest, `runner gc` deletes what no pipeline reaches any more.
+//! its manifest, `runner gc` deletes what no pipeline and no live run reaches.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::time::{Duration, SystemTime};
 
 use rayon::prelude::*;
 
-use super::store::{Cache, disk_size, is_key, sha256_file};
+use super::live;
+use super::lock::KeyLock;
+use super::store::{Cache, Slot, disk_size, is_key};
 use crate::error::CacheError;
 
 /// What is wrong with one entry.
@@ -19,70 +21,68 @@ pub struct Damage {
     pub problems: Vec<String>,
 }
 
-/// Checks every entry's files (existence, size, sha256) against its manifest; returns
-/// the damaged entries and how many entries were checked.
+/// Checks every entry's files (existence, size, sha256) against its manifest, and
+/// flags every entry built, directly or not, from a damaged one (its results came from
+/// bad bytes too). Returns the damaged entries, damaged ones first, and how many
+/// entries were checked.
 pub fn verify(cache: &Cache) -> Result<(Vec<Damage>, usize), CacheError> {
     let keys = cache.keys()?;
     let checked = keys.len();
-    let damaged = keys
+    let found = keys
         .par_iter()
-        .map(|key| check_entry(cache, key))
-        .filter_map(|d| match d {
-            Ok(d) if d.problems.is_empty() => None,
-            other => Some(other),
+        .map(|key| {
+            let problems = cache.problems(key)?;
+            let stage = cache.manifest(key)?.map(|m| m.stage);
+            Ok(Damage {
+                key: key.clone(),
+                stage,
+                problems,
+            })
         })
         .collect::<Result<Vec<Damage>, CacheError>>()?;
+    let mut damaged: Vec<Damage> = Vec::new();
+    let mut bad: HashSet<String> = HashSet::new();
+    let mut sound: BTreeMap<String, (Option<String>, Vec<String>)> = BTreeMap::new();
+    for d in found {
+        if d.problems.is_empty() {
+            let inputs = match cache.manifest(&d.key)? {
+                Some(m) => m.inputs.into_values().flatten().collect(),
+                None => Vec::new(),
+            };
+            sound.insert(d.key, (d.stage, inputs));
+        } else {
+            bad.insert(d.key.clone());
+            damaged.push(d);
+        }
+    }
+    // Dependents, to a fixed point: each pass moves the entries with a bad input.
+    loop {
+        let tainted: Vec<(String, String)> = sound
+            .iter()
+            .filter_map(|(key, (_, inputs))| {
+                inputs
+                    .iter()
+                    .find(|i| bad.contains(*i))
+                    .map(|i| (key.clone(), i.clone()))
+            })
+            .collect();
+        if tainted.is_empty() {
+            break;
+        }
+        for (key, input) in tainted {
+            let (stage, _) = sound.remove(&key).expect("listed above");
+            damaged.push(Damage {
+                problems: vec![format!(
+                    "built from damaged entry {}: its results cannot be trusted",
+                    &input[..input.len().min(16)]
+                )],
+                key: key.clone(),
+                stage,
+            });
+            bad.insert(key);
+        }
+    }
     Ok((damaged, checked))
-}
-
-fn check_entry(cache: &Cache, key: &str) -> Result<Damage, CacheError> {
-    let mut damage = Damage {
-        key: key.to_string(),
-        stage: None,
-        problems: Vec::new(),
-    };
-    let manifest = match cache.manifest(key) {
-        Ok(Some(m)) => m,
-        Ok(None) => {
-            damage
-                .problems
-                .push("no manifest.json: an incomplete entry that is never read".into());
-            return Ok(damage);
-        }
-        Err(e) => {
-            damage.problems.push(e.to_string());
-            return Ok(damage);
-        }
-    };
-    damage.stage = Some(manifest.stage.clone());
-    if manifest.key != key {
-        damage
-            .problems
-            .push(format!("manifest names key {}", manifest.key));
-    }
-    let dir = cache.entry_dir(key);
-    for out in &manifest.outputs {
-        let path = dir.join(&out.path);
-        let Ok(meta) = fs::metadata(&path) else {
-            damage.problems.push(format!("{} is missing", out.path));
-            continue;
-        };
-        if meta.len() != out.size {
-            damage.problems.push(format!(
-                "{} has {} bytes, the manifest says {}",
-                out.path,
-                meta.len(),
-                out.size
-            ));
-            continue;
-        }
-        if sha256_file(&path)? != out.sha256 {
-            damage
-                .problems
-                .push(format!("{} does not match its sha256", out.path));
-        }
-    }
-    Ok(damage)
 }
 
 /// One thing `gc` deleted (or would delete).
@@ -101,31 +101,41 @@ pub struct GcReport {
     pub kept: usize,
     /// Unreachable entries skipped because a process is computing them.
     pub busy: Vec<String>,
+    /// Entries kept only because a run in progress reaches them.
+    pub live: usize,
+    /// Lock files deleted (nobody held them; they are made again when needed).
+    pub locks: usize,
 }
 
-/// Temporary directories whose key nobody holds, or older than this, are abandoned.
+/// Temporary directories not named after a key and older than this are abandoned.
 const STALE_TMP: Duration = Duration::from_secs(3600);
 
-/// Deletes every entry whose key is not in `reachable`, and abandoned staging
-/// directories (a killed stage's). Entries being computed are left alone.
+/// Deletes every entry whose key is neither in `reachable` nor reached by a run in
+/// progress, abandoned staging directories (a killed stage's, an interrupted
+/// replacement's), the checkpoints of stages nothing reaches, and unheld lock files.
+/// Entries being computed are left alone. Runs that start meanwhile wait for it.
 pub fn gc(
     cache: &Cache,
     reachable: &HashSet<String>,
     dry_run: bool,
 ) -> Result<GcReport, CacheError> {
+    let (_collection, live_keys) = live::collect(cache)?;
+    let kept = |key: &str| reachable.contains(key) || live_keys.contains(key);
     let mut report = GcReport::default();
     for key in cache.keys()? {
-        if reachable.contains(&key) {
+        if kept(&key) {
             report.kept += 1;
+            report.live += usize::from(!reachable.contains(&key));
             continue;
         }
         let Some(_lock) = cache.try_lock(&key)? else {
             report.busy.push(key);
             continue;
         };
-        let what = match cache.manifest(&key) {
-            Ok(Some(m)) => format!("{} {}", m.kind, m.stage),
-            _ => "incomplete entry".into(),
+        let what = match cache.slot(&key) {
+            Slot::Entry(m) => format!("{} {}", m.kind, m.stage),
+            Slot::Broken(why) => format!("not an entry: {why}"),
+            Slot::Empty => continue,
         };
         let bytes = disk_size(&cache.entry_dir(&key));
         if !dry_run {
@@ -141,7 +151,10 @@ pub fn gc(
     for entry in fs::read_dir(&tmp).map_err(CacheError::io(&tmp))?.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let key = name.get(..64).filter(|k| is_key(k));
+        let checkpoints = key.is_some_and(|k| name == format!("{k}-checkpoints"));
         let _lock = match key {
+            // A reachable stage's checkpoints are its progress: resumed next run.
+            Some(key) if checkpoints && kept(key) => continue,
             Some(key) => match cache.try_lock(key)? {
                 Some(lock) => lock,
                 None => continue,
@@ -167,9 +180,22 @@ pub fn gc(
         }
         report.freed.push(Freed {
             name: format!(".tmp/{name}"),
-            what: "abandoned staging directory".into(),
+            what: if checkpoints {
+                "checkpoints of a stage nothing reaches".into()
+            } else {
+                "abandoned staging directory".into()
+            },
             bytes,
         });
+    }
+    if !dry_run {
+        let locks = cache.root().join(".locks");
+        for entry in fs::read_dir(&locks)
+            .map_err(CacheError::io(&locks))?
+            .flatten()
+        {
+            report.locks += usize::from(KeyLock::remove_if_free(&entry.path())?);
+        }
     }
     Ok(report)
 }

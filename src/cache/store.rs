@@ -2,10 +2,11 @@
 //! the finished directory, manifest included, is renamed into place. No manifest, no
 //! entry; a killed stage leaves only a temporary directory that is never read.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -55,6 +56,22 @@ pub struct OutputFile {
 #[derive(Debug, Clone)]
 pub struct Cache {
     root: PathBuf,
+    /// Entries whose files this process has checked against their manifests, so an
+    /// input read by a hundred stages of a sweep is hashed once.
+    checked: Arc<Mutex<HashSet<String>>>,
+}
+
+/// What occupies an entry's place in the cache.
+#[derive(Debug)]
+pub enum Slot {
+    Empty,
+    /// A complete entry: a directory with a manifest that parses, names its key and
+    /// lists its outputs.
+    Entry(Manifest),
+    /// Something that is not an entry (a stray file, a dangling symlink, a directory
+    /// without a usable manifest): never read, replaced by the next commit, reported by
+    /// `verify`.
+    Broken(String),
 }
 
 impl Cache {
@@ -63,7 +80,10 @@ impl Cache {
         let root = results.join(".cache");
         fs::create_dir_all(root.join(".tmp")).map_err(CacheError::io(&root))?;
         fs::create_dir_all(root.join(".locks")).map_err(CacheError::io(&root))?;
-        Ok(Cache { root })
+        Ok(Cache {
+            root,
+            checked: Arc::default(),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -74,25 +94,111 @@ impl Cache {
         self.root.join(key)
     }
 
+    /// What is at `key`'s place.
+    pub fn slot(&self, key: &str) -> Slot {
+        let dir = self.entry_dir(key);
+        let meta = match fs::symlink_metadata(&dir) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Slot::Empty,
+            Err(e) => return Slot::Broken(format!("cannot be read: {e}")),
+        };
+        if meta.file_type().is_symlink() {
+            match fs::metadata(&dir) {
+                Ok(target) if target.is_dir() => {}
+                Ok(_) => return Slot::Broken("a symlink to something not a directory".into()),
+                Err(e) => {
+                    let target = fs::read_link(&dir).unwrap_or_default();
+                    return Slot::Broken(format!(
+                        "a symlink to {}, which cannot be read ({e})",
+                        target.display()
+                    ));
+                }
+            }
+        } else if !meta.is_dir() {
+            return Slot::Broken("a file, not a directory".into());
+        }
+        let path = dir.join(MANIFEST);
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Slot::Broken("no manifest.json: an incomplete entry".into());
+            }
+            Err(e) => return Slot::Broken(format!("manifest.json cannot be read: {e}")),
+        };
+        let manifest: Manifest = match serde_json::from_slice(&bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                return Slot::Broken(format!(
+                    "manifest.json is malformed or truncated ({} bytes): {e}",
+                    bytes.len()
+                ));
+            }
+        };
+        if manifest.key != key {
+            return Slot::Broken(format!("manifest.json names key {}", manifest.key));
+        }
+        if manifest.outputs.is_empty() {
+            return Slot::Broken("manifest.json lists no outputs".into());
+        }
+        Slot::Entry(manifest)
+    }
+
     /// The manifest of a complete entry, or None if the key is not cached.
     pub fn manifest(&self, key: &str) -> Result<Option<Manifest>, CacheError> {
-        let path = self.entry_dir(key).join(MANIFEST);
-        match fs::read(&path) {
-            Ok(bytes) => {
-                serde_json::from_slice(&bytes)
-                    .map(Some)
-                    .map_err(|e| CacheError::Manifest {
-                        path,
-                        message: e.to_string(),
-                    })
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(CacheError::Io { path, source: e }),
-        }
+        Ok(match self.slot(key) {
+            Slot::Entry(m) => Some(m),
+            Slot::Empty | Slot::Broken(_) => None,
+        })
     }
 
     pub fn is_cached(&self, key: &str) -> bool {
-        self.entry_dir(key).join(MANIFEST).is_file()
+        matches!(self.slot(key), Slot::Entry(_))
+    }
+
+    /// What is wrong with `key`'s entry: files missing, of the wrong size or not
+    /// matching their sha256, or not an entry at all. Empty for a sound entry.
+    pub fn problems(&self, key: &str) -> Result<Vec<String>, CacheError> {
+        let manifest = match self.slot(key) {
+            Slot::Entry(m) => m,
+            Slot::Empty => return Ok(vec!["not in the cache".into()]),
+            Slot::Broken(why) => return Ok(vec![why]),
+        };
+        let dir = self.entry_dir(key);
+        let mut problems = Vec::new();
+        for out in &manifest.outputs {
+            let path = dir.join(&out.path);
+            let Ok(meta) = fs::metadata(&path) else {
+                problems.push(format!("{} is missing", out.path));
+                continue;
+            };
+            if meta.len() != out.size {
+                problems.push(format!(
+                    "{} has {} bytes, the manifest says {}",
+                    out.path,
+                    meta.len(),
+                    out.size
+                ));
+            } else if sha256_file(&path)? != out.sha256 {
+                problems.push(format!("{} does not match its sha256", out.path));
+            }
+        }
+        Ok(problems)
+    }
+
+    /// [`Cache::problems`], checked once per process for a sound entry: what a stage
+    /// calls on each input before reading it, so damage is never computed from.
+    pub fn problems_once(&self, key: &str) -> Result<Vec<String>, CacheError> {
+        if self.checked.lock().expect("checked entries").contains(key) {
+            return Ok(Vec::new());
+        }
+        let problems = self.problems(key)?;
+        if problems.is_empty() {
+            self.checked
+                .lock()
+                .expect("checked entries")
+                .insert(key.to_string());
+        }
+        Ok(problems)
     }
 
     /// Blocks until this process may compute `key`.
@@ -103,11 +209,6 @@ impl Cache {
     /// Non-blocking: the lock of `key` if no process holds it.
     pub fn try_lock(&self, key: &str) -> Result<Option<KeyLock>, CacheError> {
         KeyLock::try_acquire(&self.root.join(".locks").join(key))
-    }
-
-    /// A fresh directory on the cache's filesystem for a stage to write into.
-    pub fn staging(&self) -> Result<tempfile::TempDir, CacheError> {
-        self.staging_for("stage")
     }
 
     /// A staging directory named after the key it computes, so `gc` can tell an
@@ -127,13 +228,14 @@ impl Cache {
         self.root.join(".tmp").join(format!("{key}-checkpoints"))
     }
 
-    /// Keys of every directory in the cache that looks like an entry (complete or not).
+    /// Keys of everything in the cache named like an entry (complete or not, a
+    /// directory or not: `verify` reports what is not an entry).
     pub fn keys(&self) -> Result<Vec<String>, CacheError> {
         let mut keys = Vec::new();
         for entry in fs::read_dir(&self.root).map_err(CacheError::io(&self.root))? {
             let entry = entry.map_err(CacheError::io(&self.root))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if is_key(&name) && entry.path().is_dir() {
+            if is_key(&name) {
                 keys.push(name);
             }
         }
@@ -141,17 +243,19 @@ impl Cache {
         Ok(keys)
     }
 
-    /// Deletes an entry: it is renamed out of place first, so it never looks complete
-    /// while half-deleted.
+    /// Deletes an entry (or whatever is in its place): it is renamed out of place
+    /// first, so it never looks complete while half-deleted. The caller holds the key's
+    /// lock, which also guards the trash directory (named after the key, see `gc`).
     pub fn remove(&self, key: &str) -> Result<(), CacheError> {
         let target = self.entry_dir(key);
-        let trash = self.staging_for("removed")?.keep();
+        let trash = self.staging_for(key)?.keep();
         fs::rename(&target, trash.join("old")).map_err(CacheError::io(&target))?;
         fs::remove_dir_all(&trash).map_err(CacheError::io(&trash))
     }
 
     /// Writes the manifest (with digests of every output) and renames the staging
-    /// directory into place. With `replace`, an existing entry is swapped out.
+    /// directory into place. With `replace`, an existing entry is swapped out; what is
+    /// in the place but is not an entry always is.
     pub fn commit(
         &self,
         staging: tempfile::TempDir,
@@ -165,18 +269,21 @@ impl Cache {
         fs::write(&manifest_path, json).map_err(CacheError::io(&manifest_path))?;
         let target = self.entry_dir(&manifest.key);
         let staged = staging.keep();
-        if target.exists() {
-            if !replace && self.is_cached(&manifest.key) {
+        match self.slot(&manifest.key) {
+            Slot::Empty => {}
+            Slot::Entry(_) if !replace => {
                 // Another process committed the same key first; its bytes are equal.
                 let _ = fs::remove_dir_all(&staged);
                 return Ok(());
             }
-            let trash = self.staging()?.keep();
-            let old = trash.join("old");
-            fs::rename(&target, &old).map_err(CacheError::io(&target))?;
-            fs::rename(&staged, &target).map_err(CacheError::io(&target))?;
-            let _ = fs::remove_dir_all(&trash);
-            return Ok(());
+            Slot::Entry(_) | Slot::Broken(_) => {
+                let trash = self.staging_for(&manifest.key)?.keep();
+                let old = trash.join("old");
+                fs::rename(&target, &old).map_err(CacheError::io(&target))?;
+                fs::rename(&staged, &target).map_err(CacheError::io(&target))?;
+                let _ = fs::remove_dir_all(&trash);
+                return Ok(());
+            }
         }
         fs::rename(&staged, &target).map_err(CacheError::io(&target))
     }
@@ -288,7 +395,7 @@ mod tests {
     fn commit_is_atomic_and_lists_outputs() {
         let results = tempfile::tempdir().unwrap();
         let cache = Cache::open(results.path()).unwrap();
-        let staging = cache.staging().unwrap();
+        let staging = cache.staging_for("k").unwrap();
         fs::write(staging.path().join("a.txt"), b"abc").unwrap();
         assert!(!cache.is_cached("k1"));
         cache.commit(staging, manifest("k1"), false).unwrap();
@@ -318,7 +425,7 @@ mod tests {
         let results = tempfile::tempdir().unwrap();
         let cache = Cache::open(results.path()).unwrap();
         for content in [&b"one"[..], b"two"] {
-            let staging = cache.staging().unwrap();
+            let staging = cache.staging_for("k").unwrap();
             fs::write(staging.path().join("f"), content).unwrap();
             cache.commit(staging, manifest("k3"), true).unwrap();
         }

@@ -53,6 +53,7 @@ pub fn compute(
     if !force && cache.is_cached(&node.key) {
         return Ok(Status::Cached);
     }
+    check_inputs(&inputs, cache)?;
     let staging = cache.staging_for(&node.key)?;
     let bar = progress.stage(&node.name());
     let started = Instant::now();
@@ -102,6 +103,30 @@ pub fn compute(
     // Committed: an interrupted run's checkpoints are no longer needed.
     let _ = std::fs::remove_dir_all(cache.checkpoints_for(&node.key));
     Ok(Status::Computed)
+}
+
+/// Fails the stage when an input's files do not match their manifest: results computed
+/// from damaged bytes would be cached as if sound (and `verify` could not tell them).
+fn check_inputs(inputs: &[(String, Vec<InputEntry>)], cache: &Cache) -> StageResult<()> {
+    let mut damaged = Vec::new();
+    for entry in inputs.iter().flat_map(|(_, entries)| entries) {
+        let problems = cache.problems_once(&entry.key)?;
+        if !problems.is_empty() {
+            damaged.push(format!(
+                "input `{}` (cache entry {}) is damaged: {}",
+                entry.id,
+                &entry.key[..entry.key.len().min(16)],
+                problems.join("; ")
+            ));
+        }
+    }
+    if damaged.is_empty() {
+        return Ok(());
+    }
+    Err(StageError::Failed(format!(
+        "{}; `runner verify --remove` deletes the damage and what was built from it, so the next run recomputes them",
+        damaged.join("; ")
+    )))
 }
 
 fn unix_ms(time: SystemTime) -> u64 {

@@ -494,6 +494,14 @@ fn short(name: &str) -> String {
     }
 }
 
+/// The `name:` of a pipeline file that may not load as a whole (its data missing, a
+/// stage invalid), so `gc` can still find that pipeline's last run.
+pub fn name_of(path: &Path) -> Option<String> {
+    let source = std::fs::read_to_string(path).ok()?;
+    let spec = super::spec::parse(path, &source).ok()?;
+    is_safe_name(&spec.name).then_some(spec.name)
+}
+
 fn is_safe_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_NAME

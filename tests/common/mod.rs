@@ -81,3 +81,26 @@ pub fn run_twice_concurrently(results: &Path, pipeline: &Path, jobs: &str) -> (O
     let (a, b) = (spawn(), spawn());
     (a.wait_with_output().unwrap(), b.wait_with_output().unwrap())
 }
+
+/// The names of the cache's entries (64 hex digits), sorted.
+pub fn cache_keys(results: &Path) -> Vec<String> {
+    let mut keys: Vec<String> = std::fs::read_dir(results.join(".cache"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit()))
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// The full cache key of each stage of the last run of pipeline `name`, by stage name.
+pub fn last_run_keys(results: &Path, name: &str) -> std::collections::BTreeMap<String, String> {
+    let text = std::fs::read_to_string(results.join(name).join("last_run.json")).unwrap();
+    let history: serde_json::Value = serde_json::from_str(&text).unwrap();
+    history
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(stage, record)| (stage.clone(), record["key"].as_str().unwrap().to_string()))
+        .collect()
+}

@@ -1,0 +1,337 @@
+//! The fault suite: what a flaky machine and a careless user do to the cache, and what
+//! runner must do then. gc during a run, damaged entries of every kind, things that are
+//! not entries in the cache's place, and pipelines that cannot plan on this machine.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{
+    cache_keys, computed, last_run_keys, runner, stderr, stdout, tiny_pipeline, write_pipeline,
+};
+
+/// The tiny pipeline, run once into a fresh results folder.
+struct Ran {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    results: PathBuf,
+    file: PathBuf,
+    keys: std::collections::BTreeMap<String, String>,
+}
+
+fn ran(name: &str) -> Ran {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let results = root.join("results");
+    let file = write_pipeline(&root, name, &tiny_pipeline(name, 20));
+    let run = runner(&results, &["run", file.to_str().unwrap()]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let keys = last_run_keys(&results, name);
+    Ran {
+        _dir: dir,
+        root,
+        results,
+        file,
+        keys,
+    }
+}
+
+impl Ran {
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        let mut all = vec!["run", self.file.to_str().unwrap()];
+        all.extend_from_slice(args);
+        runner(&self.results, &all)
+    }
+
+    fn entry(&self, stage: &str) -> PathBuf {
+        self.results.join(".cache").join(&self.keys[stage])
+    }
+
+    /// A pipeline that shares no stage with this one, for gc to keep.
+    fn other_pipeline(&self) -> PathBuf {
+        write_pipeline(
+            &self.root,
+            "other",
+            "name: other\nstages:\n  data: { kind: dataset, params: { name: circle, n: 100, holdout: 10 } }\n",
+        )
+    }
+}
+
+fn flip_last_byte(path: &Path) {
+    let mut bytes = fs::read(path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    fs::write(path, bytes).unwrap();
+}
+
+/// Waits (at most a minute) until `done` holds.
+fn wait_for(what: &str, done: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < Duration::from_secs(60), "never: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A run in progress registers what it reaches: gc leaves all of it, and the run
+/// finishes. Here the run waits on a stage's lock, which the test holds, while gc
+/// collects with a pipeline that shares nothing with it.
+#[test]
+fn gc_keeps_what_a_live_run_reaches() {
+    let base = ran("live");
+    // The key of the variant's new sample stage, from a run of it elsewhere.
+    let variant = ["--set", "ddpm_samples.params.seed=5"];
+    let elsewhere = tempfile::tempdir().unwrap();
+    let mut args = vec!["run", base.file.to_str().unwrap()];
+    args.extend_from_slice(&variant);
+    assert!(runner(elsewhere.path(), &args).status.success());
+    let held_key = last_run_keys(elsewhere.path(), "live")["ddpm_samples"].clone();
+    let locks = base.results.join(".cache/.locks");
+    fs::create_dir_all(&locks).unwrap();
+    let held = fs::File::create(locks.join(&held_key)).unwrap();
+    held.lock().unwrap();
+
+    let live = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .arg("--results")
+        .arg(&base.results)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let runs = base.results.join(".cache/.runs");
+    wait_for("the run registers", || {
+        fs::read_dir(&runs).is_ok_and(|mut d| d.next().is_some())
+    });
+    let other = base.other_pipeline();
+    let gc = runner(&base.results, &["gc", other.to_str().unwrap()]);
+    assert!(gc.status.success(), "{}", stderr(&gc));
+    assert!(
+        stdout(&gc).contains("in 2 entries; kept 7 (7 only for runs in progress)"),
+        "{}",
+        stdout(&gc)
+    );
+    drop(held);
+    let live = live.wait_with_output().unwrap();
+    assert!(live.status.success(), "{}", stderr(&live));
+    assert_eq!(computed(&live), ["ddpm_samples", "compare"]);
+
+    // Once the run is over, nothing protects its entries from this gc.
+    assert!(fs::read_dir(&runs).unwrap().next().is_none());
+    let gc = runner(&base.results, &["gc", other.to_str().unwrap()]);
+    assert!(
+        stdout(&gc).contains("in 9 entries; kept 0"),
+        "{}",
+        stdout(&gc)
+    );
+    assert!(
+        fs::read_dir(&locks).unwrap().next().is_none(),
+        "gc deletes lock files nobody holds"
+    );
+}
+
+/// A reachable stage's checkpoints are its resume point: gc keeps them, and deletes
+/// those of stages nothing reaches and what an interrupted replacement left.
+#[test]
+fn gc_keeps_checkpoints_of_reachable_stages_only() {
+    let base = ran("ckpt");
+    let tmp = base.results.join(".cache/.tmp");
+    let reachable = tmp.join(format!("{}-checkpoints", base.keys["ddpm"]));
+    let unreachable = tmp.join(format!("{}-checkpoints", "ab".repeat(32)));
+    // What a replacement killed between its two renames leaves: the old entry in a
+    // trash directory named after the key.
+    let trash = tmp.join(format!("{}-x1y2z3/old", base.keys["smld"]));
+    for dir in [&reachable, &unreachable, &trash] {
+        fs::create_dir_all(dir).unwrap();
+        fs::write(dir.join("step-100.safetensors"), b"weights").unwrap();
+    }
+    let gc = runner(&base.results, &["gc", base.file.to_str().unwrap()]);
+    assert!(gc.status.success(), "{}", stderr(&gc));
+    let out = stdout(&gc);
+    assert!(
+        out.contains("checkpoints of a stage nothing reaches"),
+        "{out}"
+    );
+    assert!(out.contains("abandoned staging directory"), "{out}");
+    assert!(reachable.join("step-100.safetensors").is_file());
+    assert!(!unreachable.exists());
+    assert!(!trash.exists());
+}
+
+/// A flipped byte in a model's weights: a stage that would read them fails and says
+/// which entry is damaged; verify flags the entry and everything built from it, and
+/// --remove deletes them all, so the next run recomputes a sound chain.
+#[test]
+fn a_damaged_input_fails_its_reader_and_verify_removes_its_dependents() {
+    let base = ran("dmg");
+    flip_last_byte(&base.entry("ddpm").join("ema.safetensors"));
+    let reader = base.run(&["--set", "ddpm_samples.params.seed=9"]);
+    assert_eq!(reader.status.code(), Some(1), "{}", stderr(&reader));
+    let err = stderr(&reader);
+    assert!(
+        err.contains("input `ddpm`")
+            && err.contains("is damaged: ema.safetensors does not match its sha256")
+            && err.contains("runner verify --remove"),
+        "{err}"
+    );
+    assert!(!computed(&reader).contains(&"ddpm_samples".to_string()));
+
+    let check = runner(&base.results, &["verify"]);
+    assert_eq!(check.status.code(), Some(1));
+    let out = stdout(&check);
+    assert!(out.contains("checked 9 entries: 3 damaged"), "{out}");
+    for stage in ["(ddpm)", "(ddpm_samples)", "(compare)"] {
+        assert!(out.contains(stage), "{stage} missing from:\n{out}");
+    }
+    assert_eq!(out.matches("built from damaged entry").count(), 2, "{out}");
+
+    let removed = runner(&base.results, &["verify", "--remove"]);
+    assert_eq!(removed.status.code(), Some(1));
+    assert_eq!(cache_keys(&base.results).len(), 6);
+    let again = base.run(&[]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    let mut redone = computed(&again);
+    redone.sort();
+    assert_eq!(redone, ["compare", "ddpm", "ddpm_samples"]);
+    assert!(runner(&base.results, &["verify"]).status.success());
+}
+
+/// A deleted file and a flipped byte in the data are found the same way.
+#[test]
+fn a_deleted_file_or_damaged_data_is_found_before_use() {
+    let base = ran("gone");
+    fs::remove_file(base.entry("smld_samples").join("samples.safetensors")).unwrap();
+    flip_last_byte(&base.entry("data").join("data.safetensors"));
+    let out = stdout(&runner(&base.results, &["verify"]));
+    assert!(out.contains("samples.safetensors is missing"), "{out}");
+    assert!(
+        out.contains("data.safetensors does not match its sha256"),
+        "{out}"
+    );
+    // Everything but the schedules and the model is built from the data.
+    assert!(out.contains("checked 9 entries: 6 damaged"), "{out}");
+    let reader = base.run(&["--set", "compare.params.seed=3"]);
+    assert_eq!(reader.status.code(), Some(1));
+    let err = stderr(&reader);
+    assert!(
+        err.contains("input `data`") && err.contains("input `smld_samples`"),
+        "{err}"
+    );
+}
+
+/// Manifests that are truncated, not JSON, or list no outputs, and a dangling symlink
+/// or a plain file in an entry's place: none is an entry. verify names each, run
+/// recomputes them in place, verify --remove deletes them.
+#[test]
+fn what_is_not_an_entry_is_reported_and_replaced() {
+    let base = ran("broken");
+    let manifest = |stage: &str| base.entry(stage).join("manifest.json");
+    let text = fs::read_to_string(manifest("ddpm_samples")).unwrap();
+    fs::write(manifest("ddpm_samples"), &text[..text.len() / 2]).unwrap();
+    fs::write(manifest("smld_samples"), "").unwrap();
+    let mut listing: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(manifest("compare")).unwrap()).unwrap();
+    listing["outputs"] = serde_json::json!([]);
+    fs::write(manifest("compare"), listing.to_string()).unwrap();
+    fs::remove_dir_all(base.entry("linear")).unwrap();
+    std::os::unix::fs::symlink(base.root.join("nowhere"), base.entry("linear")).unwrap();
+    fs::remove_dir_all(base.entry("sigmas")).unwrap();
+    fs::write(base.entry("sigmas"), "not a directory").unwrap();
+
+    let check = runner(&base.results, &["verify"]);
+    assert_eq!(check.status.code(), Some(1));
+    let out = stdout(&check);
+    for problem in [
+        "manifest.json is malformed or truncated",
+        "manifest.json lists no outputs",
+        "which cannot be read",
+        "a file, not a directory",
+    ] {
+        assert!(out.contains(problem), "`{problem}` missing from:\n{out}");
+    }
+    // The five, and the two trainings built from the schedules.
+    assert!(out.contains("checked 9 entries: 7 damaged"), "{out}");
+
+    let run = base.run(&[]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let mut redone = computed(&run);
+    redone.sort();
+    assert_eq!(
+        redone,
+        [
+            "compare",
+            "ddpm_samples",
+            "linear",
+            "sigmas",
+            "smld_samples"
+        ]
+    );
+    assert!(base.entry("linear").is_dir() && base.entry("sigmas").is_dir());
+    assert!(runner(&base.results, &["verify"]).status.success());
+
+    // verify --remove deletes what is not an entry, whatever it is.
+    fs::remove_dir_all(base.entry("linear")).unwrap();
+    std::os::unix::fs::symlink(base.root.join("nowhere"), base.entry("linear")).unwrap();
+    let removed = runner(&base.results, &["verify", "--remove"]);
+    assert_eq!(removed.status.code(), Some(1));
+    assert!(fs::symlink_metadata(base.entry("linear")).is_err());
+}
+
+/// gc over `pipelines/` on a machine without one pipeline's data: that pipeline is
+/// reported and what its last run reached is kept; the others are collected.
+#[test]
+fn gc_goes_on_past_a_pipeline_whose_data_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let results = root.join("results");
+    let folder = root.join("images");
+    fs::create_dir_all(folder.join("a")).unwrap();
+    for i in 0..4u8 {
+        image::GrayImage::from_pixel(4, 4, image::Luma([i * 60]))
+            .save(folder.join("a").join(format!("{i}.png")))
+            .unwrap();
+    }
+    let pipelines = root.join("pipelines");
+    fs::create_dir_all(&pipelines).unwrap();
+    let photos = write_pipeline(
+        &pipelines,
+        "photos",
+        &format!(
+            "name: photos\nstages:\n  data: {{ kind: dataset, params: {{ name: image_folder, path: \"{}\", size: 4, holdout: 1 }} }}\n",
+            folder.display()
+        ),
+    );
+    let toy = write_pipeline(&pipelines, "toy", &tiny_pipeline("toy", 10));
+    let old = write_pipeline(root, "old", &tiny_pipeline("old", 11));
+    for file in [&photos, &toy, &old] {
+        let run = runner(&results, &["run", file.to_str().unwrap()]);
+        assert!(run.status.success(), "{}", stderr(&run));
+    }
+    let photo_entry = results
+        .join(".cache")
+        .join(&last_run_keys(&results, "photos")["data"]);
+    fs::remove_dir_all(&folder).unwrap();
+
+    let gc = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .current_dir(root)
+        .args(["--results", "results", "gc"])
+        .output()
+        .unwrap();
+    assert!(gc.status.success(), "{}", stderr(&gc));
+    assert!(
+        stderr(&gc).contains("photos.yaml does not plan")
+            && stderr(&gc).contains("kept what its last run reached"),
+        "{}",
+        stderr(&gc)
+    );
+    // `old` differs from `toy` only in its trainings and what follows them.
+    assert!(
+        stdout(&gc).contains("in 5 entries; kept 10"),
+        "{}",
+        stdout(&gc)
+    );
+    assert!(photo_entry.is_dir());
+}
