@@ -371,6 +371,9 @@ fn rebuild_report(plan: &Plan, results: &Path) -> Result<(), RunnerError> {
     Ok(())
 }
 
+/// Stages estimated to take longer than this get their time in `plan`.
+const LONG_STAGE_SECONDS: f64 = 3600.0;
+
 fn print_plan(plan: &Plan, results: &Path) -> Result<(), RunnerError> {
     let cache = Cache::open(results)?;
     let history = history::load(&results.join(&plan.name));
@@ -402,10 +405,22 @@ fn print_plan(plan: &Plan, results: &Path) -> Result<(), RunnerError> {
         );
     }
     let mut to_run: BTreeMap<&str, usize> = BTreeMap::new();
+    let rate = crate::machine::flops_per_second();
+    let mut long = 0.0;
     for node in plan.nodes() {
-        let reason = history::reason(plan, node, &cache, &history);
+        let mut reason = history::reason(plan, node, &cache, &history);
         if reason != "cached" {
             *to_run.entry(node.kind().name()).or_default() += 1;
+            // Only what takes long is worth a rough figure: the rest is noise.
+            let seconds = node.cost.flops / rate;
+            if seconds >= LONG_STAGE_SECONDS {
+                long += seconds;
+                reason.push_str(&format!(
+                    "; about {} here ({})",
+                    crate::machine::human_seconds(seconds),
+                    node.cost.work
+                ));
+            }
         }
         out!(
             "  {:<20} {:<9} {}  {}",
@@ -429,6 +444,12 @@ fn print_plan(plan: &Plan, results: &Path) -> Result<(), RunnerError> {
         "{total} to run, {} cached{by_kind}",
         plan.order.len() - total
     );
+    if long > 0.0 {
+        out!(
+            "the long stages above take about {} on this machine (a rough estimate from their sizes)",
+            crate::machine::human_seconds(long)
+        );
+    }
     Ok(())
 }
 

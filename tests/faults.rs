@@ -335,3 +335,166 @@ fn gc_goes_on_past_a_pipeline_whose_data_is_missing() {
     );
     assert!(photo_entry.is_dir());
 }
+
+/// `runner` under `ulimit -v` (KiB), so a size that slipped past the checks would
+/// abort on its allocation instead of passing quietly.
+fn limited(results: &Path, kib: u64, args: &[&str]) -> std::process::Output {
+    let mut command = format!("ulimit -v {kib} && exec \"$0\" --results \"$1\"");
+    for i in 0..args.len() {
+        command.push_str(&format!(" \"${}\"", i + 2));
+    }
+    Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .arg(env!("CARGO_BIN_EXE_runner"))
+        .arg(results)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// 4 GiB of address space, in KiB.
+const FOUR_GIB: u64 = 4 * 1024 * 1024;
+
+/// Sizes past any use or past the machine's memory are refused when planning, at the
+/// stage's line, with what the stage needs and what the machine has, before anything
+/// is allocated (the list: samples, data, batch, widths, schedule steps).
+#[test]
+fn sizes_past_the_machine_are_refused_when_planning() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_pipeline(dir.path(), "huge", &tiny_pipeline("huge", 20));
+    let results = dir.path().join("results");
+    let cases = [
+        (
+            "ddpm_samples.params.n=10000000000000",
+            "ddpm_samples",
+            "1.0e13 samples of 2 values",
+        ),
+        ("data.params.n=1000000000", "data", "1.0e9 rows of 2 values"),
+        ("data.params.holdout=1000000000", "data", "1.0e9 rows"),
+        ("ddpm.params.batch=1000000000", "ddpm", "batches of 1.0e9"),
+        (
+            "mlp.params.hidden=[1000000000]",
+            "mlp",
+            "parameters or more; at most 2.0e9",
+        ),
+        (
+            "mlp.params.embedding_dim=1000000000",
+            "mlp",
+            "parameters or more",
+        ),
+        (
+            "linear.params.steps=10000000000000",
+            "linear",
+            "`steps` must be 1 to 1000000",
+        ),
+        (
+            "ddpm_samples.params.steps=10000000000000",
+            "ddpm_samples",
+            "`steps` must be 1 to 1000000",
+        ),
+    ];
+    for (set, stage, what) in cases {
+        for command in ["plan", "run"] {
+            let out = limited(
+                &results,
+                FOUR_GIB,
+                &[command, file.to_str().unwrap(), "--set", set],
+            );
+            let err = stderr(&out);
+            assert_eq!(out.status.code(), Some(2), "{set}: {err}");
+            assert!(
+                err.contains(&format!("stage `{stage}`")) && err.contains(what),
+                "{set}: {err}"
+            );
+            assert!(err.contains("huge.yaml:"), "no location: {err}");
+        }
+    }
+    let memory = limited(
+        &results,
+        FOUR_GIB,
+        &["plan", file.to_str().unwrap(), "--set", cases[0].0],
+    );
+    assert!(
+        stderr(&memory).contains("and this machine has 4.0 GiB"),
+        "{}",
+        stderr(&memory)
+    );
+    assert!(
+        fs::read_dir(&results).map_or(true, |d| cache_keys(&results).is_empty() && d.count() <= 1)
+    );
+}
+
+/// Legal sizes that would take days are planned, with their estimated time.
+#[test]
+fn plan_says_how_long_a_huge_but_legal_stage_would_take() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_pipeline(dir.path(), "long", &tiny_pipeline("long", 20));
+    let results = dir.path().join("results");
+    for (set, stage, unit, work) in [
+        (
+            "ddpm.params.steps=1000000000",
+            "ddpm",
+            " h here",
+            "1.0e9 steps of 64 examples",
+        ),
+        (
+            "smld_samples.params.n_steps_each=10000000000000",
+            "smld_samples",
+            "years",
+            "300 samples x 3.0e13 score evaluations",
+        ),
+        (
+            "compare.params.projections=10000000000000",
+            "compare",
+            "days",
+            "1.0e13 projections",
+        ),
+    ] {
+        let out = limited(
+            &results,
+            FOUR_GIB,
+            &["plan", file.to_str().unwrap(), "--set", set],
+        );
+        assert!(out.status.success(), "{set}: {}", stderr(&out));
+        let text = stdout(&out);
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{stage} ")))
+            .unwrap();
+        assert!(line.contains(unit) && line.contains(work), "{set}: {line}");
+        assert!(text.contains("the long stages above take about"), "{text}");
+    }
+    // The pipeline as written takes seconds: no estimate is shown.
+    let plain = stdout(&runner(&results, &["plan", file.to_str().unwrap()]));
+    assert!(!plain.contains("about"), "{plain}");
+}
+
+/// A stage that fits the machine but not what is free when it starts fails alone,
+/// with what it needs and what is free; the others finish and the run says so.
+#[test]
+fn a_stage_that_does_not_fit_the_free_memory_fails_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let limit = FOUR_GIB as f64 * 1024.0;
+    // A 2D dataset costs 24 bytes a row: this one needs all but 16 MiB of the limit,
+    // which the running process's own address space already takes.
+    let rows = ((limit - 16.0 * 1024.0 * 1024.0) / 24.0) as u64;
+    let text = format!(
+        "name: tight\nstages:\n  small: {{ kind: dataset, params: {{ name: circle, n: 1000, holdout: 100 }} }}\n  big: {{ kind: dataset, params: {{ name: circle, n: {}, holdout: 1000 }} }}\n",
+        rows - 1000
+    );
+    let file = write_pipeline(dir.path(), "tight", &text);
+    let results = dir.path().join("results");
+    let plan = limited(&results, FOUR_GIB, &["plan", file.to_str().unwrap()]);
+    assert!(plan.status.success(), "{}", stderr(&plan));
+    let run = limited(&results, FOUR_GIB, &["run", file.to_str().unwrap()]);
+    assert_eq!(run.status.code(), Some(1), "{}", stderr(&run));
+    let err = stderr(&run);
+    assert!(
+        err.contains("failed  big: needs about 4.0 GiB of memory")
+            && err.contains("and the free memory is"),
+        "{err}"
+    );
+    assert_eq!(computed(&run), ["small"]);
+    assert!(err.contains("1 of 2 stages failed"), "{err}");
+}

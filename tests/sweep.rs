@@ -297,20 +297,25 @@ fn verify_detects_a_corrupted_file_and_remove_lets_the_next_run_repair_it() {
             && out.contains("samples.safetensors does not match its sha256"),
         "{out}"
     );
-    assert!(out.contains("checked 9 entries: 1 damaged"), "{out}");
+    // The evaluation built from the damaged samples is not to be trusted either.
+    assert!(out.contains("checked 9 entries: 2 damaged"), "{out}");
+    assert!(
+        out.contains("(compare)") && out.contains("built from damaged entry"),
+        "{out}"
+    );
 
     // Removing the damage still reports it: exit 1, as README says.
     let removed = runner(&results, &["verify", "--remove"]);
     assert_eq!(removed.status.code(), Some(1));
     assert!(
-        stderr(&removed).contains("1 damaged cache entries removed"),
+        stderr(&removed).contains("2 damaged cache entries removed"),
         "{}",
         stderr(&removed)
     );
     let rerun = runner(&results, &["run", file]);
-    // Only the damaged entry is recomputed (its key, and so its dependents' keys, are
-    // unchanged), and sampling is deterministic: the same bytes come back.
-    assert_eq!(computed(&rerun), ["ddpm_samples"]);
+    // Only the removed entries are recomputed (their keys are unchanged), and
+    // sampling is deterministic: the same bytes come back.
+    assert_eq!(computed(&rerun), ["ddpm_samples", "compare"]);
     assert!(runner(&results, &["verify"]).status.success());
 }
 

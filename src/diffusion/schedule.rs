@@ -225,6 +225,16 @@ fn ve_sigma_max() -> f64 {
 impl ScheduleParams {
     /// Checks values a user could get wrong.
     pub fn validate(&self) -> Result<(), String> {
+        /// DDPM uses 1,000 steps and NCSN 10 or 232 levels; a million is far past any
+        /// use, and a schedule is built whole (1e13 steps took all memory).
+        const MAX_LEVELS: usize = 1_000_000;
+        fn levels_within(name: &str, n: usize) -> Result<(), String> {
+            if (1..=MAX_LEVELS).contains(&n) {
+                Ok(())
+            } else {
+                Err(format!("`{name}` must be 1 to {MAX_LEVELS}, got {n}"))
+            }
+        }
         match *self {
             ScheduleParams::Linear {
                 beta_start,
@@ -241,9 +251,7 @@ impl ScheduleParams {
                 beta_end,
                 steps,
             } => {
-                if steps < 1 {
-                    return Err("`steps` must be at least 1".into());
-                }
+                levels_within("steps", steps)?;
                 if !(0.0 < beta_start && beta_start <= beta_end && beta_end < 1.0) {
                     return Err(format!(
                         "need 0 < beta_start <= beta_end < 1, got beta_start={beta_start}, beta_end={beta_end}"
@@ -252,9 +260,7 @@ impl ScheduleParams {
                 Ok(())
             }
             ScheduleParams::Cosine { steps, s, max_beta } => {
-                if steps < 1 {
-                    return Err("`steps` must be at least 1".into());
-                }
+                levels_within("steps", steps)?;
                 if !(s >= 0.0) || !(0.0 < max_beta && max_beta < 1.0) {
                     return Err(format!(
                         "need s >= 0 and 0 < max_beta < 1, got s={s}, max_beta={max_beta}"
@@ -267,9 +273,7 @@ impl ScheduleParams {
                 sigma_min,
                 levels,
             } => {
-                if levels < 1 {
-                    return Err("`levels` must be at least 1".into());
-                }
+                levels_within("levels", levels)?;
                 if !(0.0 < sigma_min && sigma_min <= sigma_max) {
                     return Err(format!(
                         "need 0 < sigma_min <= sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}"

@@ -8,6 +8,7 @@ use candle_core::Device;
 use super::executor::Status;
 use crate::cache::{Cache, Manifest};
 use crate::error::{StageError, StageResult};
+use crate::pipeline::graph::too_big;
 use crate::pipeline::{Plan, StageNode};
 use crate::progress::Progress;
 use crate::stages::{InputEntry, StageContext};
@@ -54,6 +55,15 @@ pub fn compute(
         return Ok(Status::Cached);
     }
     check_inputs(&inputs, cache)?;
+    // Planning checked the machine's memory; what is free now may be less (other
+    // stages, other programs), and an allocation that fails ends the whole process.
+    if let Some(message) = too_big(
+        &node.cost,
+        crate::machine::memory_available(),
+        "the free memory is",
+    ) {
+        return Err(StageError::Failed(message));
+    }
     let staging = cache.staging_for(&node.key)?;
     let bar = progress.stage(&node.name());
     let started = Instant::now();

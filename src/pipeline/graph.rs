@@ -14,7 +14,7 @@ use super::report_spec::ReportSpec;
 use super::spec::Loaded;
 use super::sweep::{Sweep, folder_name};
 use crate::error::SpecError;
-use crate::stages::{Neighbours, StageKind, StageSpec};
+use crate::stages::{Cost, Neighbours, StageKind, StageSpec};
 
 /// One stage at one or more sweep points, ready to run.
 #[derive(Debug, Clone)]
@@ -30,6 +30,8 @@ pub struct StageNode {
     /// (role, input nodes).
     pub needs: Vec<(String, Vec<NodeIndex>)>,
     pub key: String,
+    /// Its estimated memory and arithmetic, checked against this machine at planning.
+    pub cost: Cost,
 }
 
 impl StageNode {
@@ -352,6 +354,17 @@ pub fn build(path: &Path, loaded: Loaded) -> Result<Plan, SpecError> {
                 };
                 err(Some(id), Some("params"), message)
             })?;
+            let cost = stage.params.cost(&neighbours);
+            if let Some(message) =
+                too_big(&cost, crate::machine::memory_limit(), "this machine has")
+            {
+                let message = if own_coords.is_empty() {
+                    format!("stage `{id}`: {message}")
+                } else {
+                    format!("stage `{id}` {}: {message}", at())
+                };
+                return Err(err(Some(id), Some("params"), message));
+            }
             let params = stage
                 .params
                 .resolved(&neighbours)
@@ -392,6 +405,7 @@ pub fn build(path: &Path, loaded: Loaded) -> Result<Plan, SpecError> {
                 params,
                 needs: needs.clone(),
                 key: key.clone(),
+                cost,
             };
             let ix = graph.add_node(node);
             for (role, ixs) in &needs {
@@ -480,6 +494,20 @@ fn check_needs(
         }
     }
     Ok(())
+}
+
+/// Why a stage of this cost cannot run with `memory` bytes, if it cannot; `has` says
+/// whose bytes they are ("this machine has", "only ... are free now").
+pub fn too_big(cost: &Cost, memory: Option<f64>, has: &str) -> Option<String> {
+    let memory = memory?;
+    (cost.bytes > memory).then(|| {
+        format!(
+            "needs about {} of memory ({}), and {has} {}; lower those sizes, or run it where memory suffices",
+            crate::machine::human_bytes(cost.bytes),
+            cost.memory,
+            crate::machine::human_bytes(memory)
+        )
+    })
 }
 
 /// Longest pipeline name or stage id: both name folders, and a sweep's forks add

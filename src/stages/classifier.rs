@@ -7,6 +7,7 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder};
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
 
+use super::cost::{CALL_OVERHEAD_FLOPS, Cost, count};
 use super::dataset::{Dataset, DatasetMeta};
 use super::context::{InputEntry, StageContext};
 use super::kind::{Kind, Neighbours, Role};
@@ -29,6 +30,34 @@ impl Kind for Classifier {
 
     fn validate(params: &ClassifierParams, _: &Neighbours) -> Result<(), String> {
         params.validate()
+    }
+
+    /// The labelled images and a batch's activations through three convolutions
+    /// (full, half and quarter resolution) and the feature layer.
+    fn cost(params: &ClassifierParams, stages: &Neighbours) -> Cost {
+        let Some(data) = stages.input::<Dataset>("data").map(|d| d.extent()) else {
+            return Cost::default();
+        };
+        let (w, f) = (params.network.width as f64, params.network.features as f64);
+        let pixels = data.image().map_or(data.dim(), |i| (i.height * i.width) as f64);
+        let channels = data.dim() / pixels;
+        let convs = 9.0 * (channels * w * pixels + 2.0 * w * w * pixels / 4.0 + 8.0 * w * w * pixels / 16.0);
+        let flops = 2.0 * (convs + 4.0 * w * pixels / 16.0 * f);
+        let activations = 3.0 * (w * pixels + 2.0 * w * pixels / 4.0 + 4.0 * w * pixels / 16.0);
+        let batch = params.batch as f64;
+        Cost::holding(
+            (data.train + data.test) * data.dim() * 2.0 + batch * activations * 3.0,
+            1.0,
+            format!(
+                "the {} labelled images and batches of {}",
+                count(data.train + data.test),
+                count(batch)
+            ),
+        )
+        .working(
+            params.steps as f64 * (batch * 3.0 * flops + CALL_OVERHEAD_FLOPS),
+            format!("{} steps of {} images", count(params.steps as f64), count(batch)),
+        )
     }
 
     fn run(params: &ClassifierParams, ctx: &StageContext) -> StageResult<()> {

@@ -8,11 +8,13 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::context::StageContext;
+use super::cost::{Cost, Extent, count};
 use super::kind::{Kind, Neighbours, Role};
 use crate::artifacts::{save_tensors, write_json};
 use crate::data::images::{ImageShape, ImageSource, Subset};
 use crate::data::toy::{Distribution, Mixture};
 use crate::error::{StageError, StageResult};
+use crate::nn::models::network::DataShape;
 use crate::rng::stream;
 
 /// The `dataset` kind.
@@ -40,6 +42,17 @@ impl Kind for Dataset {
 
     fn validate(params: &DatasetParams, _: &Neighbours) -> Result<(), String> {
         params.validate()
+    }
+
+    /// The rows, generated or read, then written: about three copies at the peak.
+    fn cost(params: &DatasetParams, _: &Neighbours) -> Cost {
+        let data = params.extent();
+        let rows = data.train + data.test;
+        Cost::holding(
+            rows * data.dim(),
+            3.0,
+            format!("{} rows of {} values", count(rows), data.dim()),
+        )
     }
 
     fn run(params: &DatasetParams, ctx: &StageContext) -> StageResult<()> {
@@ -142,6 +155,51 @@ impl DatasetParams {
         match &self.source {
             Source::Toy(d) => d.mixture(),
             Source::Images(_) => None,
+        }
+    }
+
+    /// Rows and shape, as planning can tell them without reading the files (an image
+    /// folder's size is taken as `n` + `holdout`, or 10,000 images when unset).
+    pub fn extent(&self) -> Extent {
+        let full = self.canonical();
+        let (train, test, image) = match &self.source {
+            Source::Toy(d) => {
+                let dim = d.dim();
+                let shape = DataShape { dim, image: None };
+                return Extent {
+                    train: full.n.unwrap_or(0) as f64,
+                    test: full.holdout.unwrap_or(0) as f64,
+                    shape,
+                };
+            }
+            Source::Images(ImageSource::ImageFolder { size, .. }) => {
+                let all = self.n.unwrap_or(9_000) + self.holdout.unwrap_or(1_000);
+                let holdout = self.holdout.unwrap_or(all / 10) as f64;
+                let image = ImageShape {
+                    channels: 3,
+                    height: *size,
+                    width: *size,
+                };
+                (all as f64 - holdout, holdout, image)
+            }
+            Source::Images(_) => {
+                let image = ImageShape {
+                    channels: 1,
+                    height: 28,
+                    width: 28,
+                };
+                let train = self.n.map_or(60_000.0, |n| n.min(60_000) as f64);
+                let test = self.holdout.map_or(10_000.0, |n| n.min(10_000) as f64);
+                (train, test, image)
+            }
+        };
+        Extent {
+            train,
+            test,
+            shape: DataShape {
+                dim: image.channels.saturating_mul(image.height).saturating_mul(image.width),
+                image: Some(image),
+            },
         }
     }
 

@@ -43,6 +43,12 @@ pub trait Kind: 'static {
         Ok(())
     }
 
+    /// Its estimated peak memory and arithmetic (see [`super::cost`]); zero for the
+    /// kinds that cost nothing worth checking.
+    fn cost(_params: &Self::Params, _stages: &Neighbours) -> super::cost::Cost {
+        super::cost::Cost::default()
+    }
+
     /// Computes the stage, writing its outputs into `ctx.out`.
     fn run(params: &Self::Params, ctx: &StageContext) -> StageResult<()>;
 }

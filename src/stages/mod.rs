@@ -7,6 +7,7 @@
 
 pub mod checkpoint;
 pub mod context;
+pub mod cost;
 pub mod kind;
 
 use std::any::Any;
@@ -14,6 +15,7 @@ use std::any::Any;
 use serde::Deserialize;
 
 pub use context::{InputEntry, StageContext};
+pub use cost::Cost;
 pub use kind::{Kind, Needs, Neighbours, Role};
 
 use crate::error::StageResult;
@@ -107,6 +109,13 @@ macro_rules! stage_kinds {
             pub fn validate(&self, stages: &Neighbours) -> Result<(), String> {
                 match self {
                     $(StageParams::$variant(p) => <$module::$kind as Kind>::validate(p, stages)),*
+                }
+            }
+
+            /// Its estimated peak memory and arithmetic (see [`Kind::cost`]).
+            pub fn cost(&self, stages: &Neighbours) -> cost::Cost {
+                match self {
+                    $(StageParams::$variant(p) => <$module::$kind as Kind>::cost(p, stages)),*
                 }
             }
 

@@ -3,11 +3,13 @@
 use serde::{Deserialize, Serialize};
 
 use super::context::StageContext;
+use super::cost::count;
 use super::kind::{Kind, Neighbours, Role};
 use crate::artifacts::write_json;
+use crate::data::images::ImageShape;
 use crate::error::StageResult;
 use crate::nn::models::mlp::{Embedding, MlpConfig};
-use crate::nn::models::network::NetworkConfig;
+use crate::nn::models::network::{DataShape, NetworkConfig};
 use crate::nn::models::unet::{Condition, UNetConfig};
 
 /// The `model` kind: an architecture, resolved; weights come from training.
@@ -42,8 +44,33 @@ pub enum ModelParams {
     Exact {},
 }
 
+/// The largest network a model stage may describe: far past what diffusion models of
+/// this tool's data use (DDPM's CIFAR-10 U-Net has 36 million), and below the point
+/// where counts stop fitting the 32-bit indices some kernels use.
+const MAX_PARAMETERS: f64 = 2e9;
+
 impl ModelParams {
     pub fn validate(&self) -> Result<(), String> {
+        // Before the architecture's own checks, whose arithmetic a hostile size
+        // overflows. Points have at least one coordinate; images are at least 28x28.
+        let smallest = DataShape {
+            dim: 1,
+            image: Some(ImageShape {
+                channels: 1,
+                height: 28,
+                width: 28,
+            }),
+        };
+        if let Some(network) = self.network() {
+            let parameters = network.size(smallest).parameters;
+            if parameters > MAX_PARAMETERS {
+                return Err(format!(
+                    "a network of {} parameters or more; at most {} (a 2-billion-parameter network needs 40 GB to train): use smaller `hidden`, `embedding_dim` or `channels`",
+                    count(parameters),
+                    count(MAX_PARAMETERS)
+                ));
+            }
+        }
         match self {
             ModelParams::Mlp(cfg) => cfg.validate(),
             ModelParams::Unet(cfg) => {

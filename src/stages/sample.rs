@@ -6,6 +6,7 @@ use std::time::Instant;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
+use super::cost::{CALL_OVERHEAD_FLOPS, Cost, count};
 use super::dataset::{Dataset, Source};
 use super::schedule::Schedule;
 use super::train::{Train, TrainedModel, WeightsKind};
@@ -43,6 +44,42 @@ impl Kind for Sample {
     /// The sampler must fit the process its model was trained on.
     fn validate(params: &SampleParams, stages: &Neighbours) -> Result<(), String> {
         params.validate(of_the_model::<Schedule>(stages, "schedule"))
+    }
+
+    /// The particles with the sampler's working copies, the weights, one chunk of the
+    /// network's activations and the snapshots (the time grid is bounded by the
+    /// sampler's checks); `n` times the sampler's score evaluations through the network.
+    fn cost(params: &SampleParams, stages: &Neighbours) -> Cost {
+        let Some(train) = stages.needs.ids("train").first() else {
+            return Cost::default();
+        };
+        let Some((data, net)) = stages
+            .needs_of(train)
+            .and_then(|needs| super::train::sized(stages, needs))
+        else {
+            return Cost::default();
+        };
+        let evaluations = of_the_model::<Schedule>(stages, "schedule")
+            .map_or(1000.0, |s| params.sampler.evaluations(&s.build()));
+        let n = params.n as f64;
+        let snapshots = params.snapshots as f64 * (params.snapshot_particles as f64).min(n);
+        let values = n * data.dim() * 6.0
+            + net.parameters * 2.0
+            + n.min(256.0) * net.activations
+            + snapshots * data.dim();
+        Cost::holding(
+            values,
+            1.0,
+            format!("{} samples of {} values", count(n), data.dim()),
+        )
+        .working(
+            evaluations * (n * net.flops.max(10.0 * data.dim()) + CALL_OVERHEAD_FLOPS),
+            format!(
+                "{} samples x {} score evaluations",
+                count(n),
+                count(evaluations)
+            ),
+        )
     }
 
     fn run(params: &SampleParams, ctx: &StageContext) -> StageResult<()> {

@@ -9,7 +9,8 @@ use rand::RngExt;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{TrainState, restore, save};
-use super::dataset::DatasetMeta;
+use super::cost::{CALL_OVERHEAD_FLOPS, Cost, Extent, count, network_size};
+use super::dataset::{Dataset, DatasetMeta};
 use super::model::{Model, ModelParams};
 use super::schedule::Schedule;
 use super::context::{InputEntry, StageContext};
@@ -23,7 +24,7 @@ use crate::diffusion::schedule::ScheduleParams;
 use crate::diffusion::score::{MixtureScore, NetworkScore, ScoreFn};
 use crate::error::{StageError, StageResult};
 use crate::nn::kernels::adamw::{AdamW, AdamWConfig};
-use crate::nn::models::network::{DataShape, Network};
+use crate::nn::models::network::{DataShape, Network, NetworkSize};
 use crate::plot;
 use crate::rng::{normals, stream};
 
@@ -56,9 +57,45 @@ impl Kind for Train {
         )
     }
 
+    /// The training set, the weights with their gradients, Adam's moments and the
+    /// EMA, and one batch's activations through the forward and backward passes.
+    fn cost(params: &TrainParams, stages: &Neighbours) -> Cost {
+        let Some((data, net)) = sized(stages, stages.needs) else {
+            return Cost::default();
+        };
+        let batch = params.batch as f64;
+        let steps = params.total_steps(data.train as usize) as f64;
+        let values = data.train * data.dim() * 2.0
+            + net.parameters * 6.0
+            + batch * (net.activations * 3.0 + data.dim() * 4.0);
+        Cost::holding(
+            values,
+            1.0,
+            format!(
+                "the {} training rows, {} parameters with their optimiser state and batches of {}",
+                count(data.train),
+                count(net.parameters),
+                count(batch)
+            ),
+        )
+        .working(
+            steps * (batch * 3.0 * net.flops.max(10.0 * data.dim()) + CALL_OVERHEAD_FLOPS),
+            format!("{} steps of {} examples", count(steps), count(batch)),
+        )
+    }
+
     fn run(params: &TrainParams, ctx: &StageContext) -> StageResult<()> {
         run(params, ctx)
     }
+}
+
+/// The data a train stage (whose inputs are `needs`) fits and the size of its
+/// network, for the cost of the stages that read it.
+pub fn sized(stages: &Neighbours, needs: &super::kind::Needs) -> Option<(Extent, NetworkSize)> {
+    let data = stages.params::<Dataset>(needs.ids("data").first()?)?.extent();
+    let model = stages.params::<Model>(needs.ids("model").first()?)?;
+    let net = network_size(model.network().as_ref(), &data);
+    Some((data, net))
 }
 
 /// Optimisation settings of a train stage.

@@ -34,7 +34,11 @@ impl Sampler for Ancestral {
     const NAME: &'static str = "ancestral";
 
     fn check(&self) -> std::result::Result<(), String> {
-        self.steps.map_or(Ok(()), |s| super::family::at_least_one("steps", s))
+        self.steps.map_or(Ok(()), |s| super::family::grid_size("steps", s))
+    }
+
+    fn evaluations(&self, process: &Process) -> f64 {
+        (super::grid::grid_len(process, self.steps) - 1) as f64
     }
 
     fn draw(&self, run: &mut Run) -> Result<Tensor> {

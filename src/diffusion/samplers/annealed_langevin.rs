@@ -60,7 +60,12 @@ impl Sampler for AnnealedLangevin {
         positive("init_range", self.init_range)?;
         positive("step_lr", self.step_lr)?;
         at_least_one("n_steps_each", self.n_steps_each)?;
-        at_least_one("levels", self.levels)
+        super::family::grid_size("levels", self.levels)
+    }
+
+    fn evaluations(&self, process: &Process) -> f64 {
+        let levels = super::grid::grid_len(process, Some(self.levels)) - 1;
+        levels as f64 * self.n_steps_each as f64 + f64::from(u8::from(self.denoise))
     }
 
     fn draw(&self, run: &mut Run) -> Result<Tensor> {

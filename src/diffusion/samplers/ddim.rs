@@ -5,6 +5,7 @@ use candle_core::{Result, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::grid::{grid, transition};
+use crate::diffusion::process::Process;
 use super::family::{Run, Sampler};
 
 /// `sampler: ddim`.
@@ -28,11 +29,15 @@ impl Sampler for Ddim {
     const NAME: &'static str = "ddim";
 
     fn check(&self) -> std::result::Result<(), String> {
-        super::family::at_least_one("steps", self.steps)?;
+        super::family::grid_size("steps", self.steps)?;
         if !(0.0..=1.0).contains(&self.eta) {
             return Err(format!("`eta` must be in [0, 1], got {}", self.eta));
         }
         Ok(())
+    }
+
+    fn evaluations(&self, process: &Process) -> f64 {
+        (super::grid::grid_len(process, Some(self.steps)) - 1) as f64
     }
 
     fn draw(&self, run: &mut Run) -> Result<Tensor> {

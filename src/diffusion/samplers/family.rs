@@ -35,6 +35,10 @@ pub trait Sampler: Debug + Clone + PartialEq + Default + Serialize + Deserialize
     /// Settings a user could get wrong.
     fn check(&self) -> std::result::Result<(), String>;
 
+    /// Score evaluations per sample it will make on `process` (an adaptive solver's
+    /// typical count), so `plan` can tell the cost of a run before it starts.
+    fn evaluations(&self, process: &Process) -> f64;
+
     /// Draws `run`'s samples from its prior; returns the final points [n, dim].
     fn draw(&self, run: &mut Run) -> Result<Tensor>;
 }
@@ -47,6 +51,19 @@ pub fn positive(name: &str, v: f64) -> std::result::Result<(), String> {
         Err(format!("`{name}` must be positive, got {v}"))
     }
 }
+
+/// A sampler's grid is built whole: its `steps` (or `levels`) must be 1 to
+/// [`MAX_GRID`], far past the thousands any sampler uses.
+pub fn grid_size(name: &str, v: usize) -> std::result::Result<(), String> {
+    if (1..=MAX_GRID).contains(&v) {
+        Ok(())
+    } else {
+        Err(format!("`{name}` must be 1 to {MAX_GRID}, got {v}"))
+    }
+}
+
+/// The largest time grid a sampler may build.
+pub const MAX_GRID: usize = 1_000_000;
 
 /// `name` must be at least 1.
 pub fn at_least_one(name: &str, v: usize) -> std::result::Result<(), String> {

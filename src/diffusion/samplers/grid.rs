@@ -86,6 +86,14 @@ pub fn grid(process: &Process, steps: Option<usize>) -> Vec<State> {
     states
 }
 
+/// How many states [`grid`] returns, without building them (`steps` may be huge).
+pub fn grid_len(process: &Process, steps: Option<usize>) -> usize {
+    match process.levels() {
+        Some(n) => steps.unwrap_or(n).clamp(1, n) + 1,
+        None => steps.unwrap_or(1000).max(1).saturating_add(1),
+    }
+}
+
 /// The forward step between two states: (r, q) with x_cur = r x_prev + sqrt(q) z.
 pub fn transition(cur: State, prev: State) -> (f64, f64) {
     let r = cur.a / prev.a;

@@ -4,6 +4,7 @@
 use candle_core::{Result, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::diffusion::process::Process;
 use super::family::{Run, Sampler, at_least_one, positive};
 use crate::rng::uniforms;
 
@@ -62,6 +63,10 @@ impl Sampler for Langevin {
         positive("init_range", self.init_range)?;
         positive("step_size", self.step_size)?;
         at_least_one("n_steps", self.n_steps)
+    }
+
+    fn evaluations(&self, _: &Process) -> f64 {
+        self.n_steps as f64
     }
 
     fn draw(&self, run: &mut Run) -> Result<Tensor> {

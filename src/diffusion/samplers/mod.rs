@@ -79,6 +79,13 @@ macro_rules! samplers {
                 }
             }
 
+            /// Score evaluations per sample (see [`Sampler::evaluations`]).
+            pub fn evaluations(&self, process: &Process) -> f64 {
+                match self {
+                    $(SamplerParams::$variant(p) => p.evaluations(process)),*
+                }
+            }
+
             fn draw(&self, run: &mut Run) -> Result<Tensor> {
                 match self {
                     $(SamplerParams::$variant(p) => p.draw(run)),*

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ancestral::{Variance, ancestral_step};
 use super::grid::{State, grid, transition};
+use crate::diffusion::process::Process;
 use super::family::{Run, Sampler, at_least_one, positive};
 
 /// `sampler: pc`.
@@ -81,7 +82,18 @@ impl Sampler for Pc {
         }
         positive("snr", self.snr)?;
         at_least_one("corrector_steps", self.corrector_steps)?;
-        self.steps.map_or(Ok(()), |s| at_least_one("steps", s))
+        self.steps.map_or(Ok(()), |s| super::family::grid_size("steps", s))
+    }
+
+    fn evaluations(&self, process: &Process) -> f64 {
+        let moves = (super::grid::grid_len(process, self.steps) - 1) as f64;
+        let predictor = f64::from(u8::from(self.predictor != Predictor::None));
+        let corrector = if self.corrector == Corrector::None {
+            0.0
+        } else {
+            self.corrector_steps as f64
+        };
+        moves * (predictor + corrector)
     }
 
     fn draw(&self, run: &mut Run) -> Result<Tensor> {

@@ -5,7 +5,7 @@ use candle_core::{Result, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::grid::State;
-use super::family::{Run, Sampler, at_least_one, positive};
+use super::family::{Run, Sampler, grid_size, positive};
 use crate::diffusion::ode::{self, Rhs, Tolerance};
 use crate::diffusion::process::Process;
 
@@ -75,9 +75,18 @@ impl Sampler for Ode {
     }
 
     fn check(&self) -> std::result::Result<(), String> {
-        at_least_one("steps", self.steps)?;
+        grid_size("steps", self.steps)?;
         positive("rtol", self.rtol)?;
         positive("atol", self.atol)
+    }
+
+    /// RK45 on these ODEs takes a few hundred evaluations at the default tolerances.
+    fn evaluations(&self, _: &Process) -> f64 {
+        match self.solver {
+            Solver::Rk45 => 300.0,
+            Solver::Euler => self.steps as f64,
+            Solver::Heun => 2.0 * self.steps as f64,
+        }
     }
 
     fn draw(&self, run: &mut Run) -> Result<Tensor> {

@@ -34,6 +34,62 @@ pub struct DataShape {
     pub image: Option<ImageShape>,
 }
 
+/// How big a network is, from its configuration alone: what a stage's cost estimate
+/// needs before anything is allocated (in floating point, since a hostile
+/// configuration's counts overflow integers).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct NetworkSize {
+    pub parameters: f64,
+    /// Multiply-adds times two of one forward pass, per example.
+    pub flops: f64,
+    /// Values one forward pass keeps per example (for the backward pass).
+    pub activations: f64,
+}
+
+impl NetworkConfig {
+    /// The network's size on data of this shape.
+    pub fn size(&self, shape: DataShape) -> NetworkSize {
+        match self {
+            NetworkConfig::Mlp(cfg) => {
+                let dim = shape.dim as f64;
+                let mut widths = vec![dim + cfg.embedding_dim as f64];
+                widths.extend(cfg.hidden.iter().map(|&h| h as f64));
+                widths.push(dim);
+                let mut size = NetworkSize::default();
+                for w in widths.windows(2) {
+                    size.parameters += w[0] * w[1] + w[1];
+                    size.flops += 2.0 * w[0] * w[1];
+                    size.activations += 2.0 * w[1];
+                }
+                size
+            }
+            NetworkConfig::UNet(cfg) => {
+                let (side, channels_in) = shape.image.map_or((1.0, 1.0), |i| {
+                    (i.height as f64 * i.width as f64, i.channels as f64)
+                });
+                let blocks = cfg.res_blocks as f64;
+                let mut size = NetworkSize::default();
+                let mut pixels = side;
+                for &m in &cfg.channel_mult {
+                    let c = cfg.channels as f64 * m as f64;
+                    // Two 3x3 convolutions per residual block: `res_blocks` on the way
+                    // down, one more (on concatenated, wider inputs) on the way up.
+                    let convs = 2.0 * blocks + 3.0 * (blocks + 1.0);
+                    let weights = 9.0 * c * c * convs;
+                    size.parameters += weights;
+                    size.flops += 2.0 * weights * pixels;
+                    size.activations += 6.0 * c * pixels * convs;
+                    pixels /= 4.0;
+                }
+                let first = 9.0 * channels_in * cfg.channels as f64;
+                size.parameters += 2.0 * first;
+                size.flops += 4.0 * first * side;
+                size
+            }
+        }
+    }
+}
+
 /// A network ready to run.
 pub enum Network {
     Mlp(Mlp),

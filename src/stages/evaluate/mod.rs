@@ -14,6 +14,7 @@ pub use params::{EvaluateParams, Given, Plot};
 use inputs::{Reference, Rows, density_curve, snap};
 use super::classifier::Classifier;
 use super::context::{InputEntry, StageContext};
+use super::cost::{Cost, count};
 use super::dataset::{Dataset, DatasetMeta};
 use super::kind::{Kind, Neighbours, Role};
 use super::sample::{Sample, SamplingRecord, Trajectory};
@@ -74,6 +75,55 @@ impl Kind for Evaluate {
             stages.count("samples"),
             stages.count("models"),
             stages.count("classifier") > 0,
+        )
+    }
+
+    /// Every sample set and the reference, with sliced Wasserstein's projections, MMD's
+    /// pairs, the likelihood's ODE solves and the score errors as the arithmetic.
+    fn cost(params: &EvaluateParams, stages: &Neighbours) -> Cost {
+        let Some(reference) = stages.input::<Dataset>("reference").map(|d| d.extent()) else {
+            return Cost::default();
+        };
+        let dim = reference.dim();
+        let samples: f64 = stages
+            .needs
+            .ids("samples")
+            .iter()
+            .filter_map(|id| stages.params::<Sample>(id))
+            .map(|s| s.n as f64)
+            .sum();
+        let sets = stages.needs.ids("samples").len() as f64;
+        let network = stages
+            .needs
+            .ids("models")
+            .iter()
+            .filter_map(|id| stages.needs_of(id))
+            .filter_map(|needs| super::train::sized(stages, needs))
+            .map(|(_, net)| net.flops.max(10.0 * dim))
+            .fold(0.0, f64::max);
+        let models = stages.needs.ids("models").len() as f64;
+        let rows = samples + reference.test + reference.train;
+        let projections = params.projections as f64;
+        let mmd = params.mmd_points as f64;
+        let flops = projections * (samples + reference.test) * (2.0 * dim + 30.0)
+            + sets * 3.0 * mmd * mmd * dim
+            + models * network
+                * (params.nll_points as f64 * 300.0 * 2.0
+                    + params.score_points as f64 * params.score_times.len() as f64);
+        Cost::holding(
+            rows * dim * 2.0,
+            1.0,
+            format!("{} samples and reference rows of {dim} values", count(rows)),
+        )
+        .working(
+            flops,
+            format!(
+                "{} projections of {} points, MMD on {} points, likelihoods of {} points",
+                count(projections),
+                count(samples + reference.test),
+                count(mmd),
+                count(params.nll_points as f64)
+            ),
         )
     }
 
