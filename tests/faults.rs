@@ -498,3 +498,24 @@ fn a_stage_that_does_not_fit_the_free_memory_fails_alone() {
     assert_eq!(computed(&run), ["small"]);
     assert!(err.contains("1 of 2 stages failed"), "{err}");
 }
+
+/// A sampler that diverges fails its stage with what to change, instead of writing
+/// NaN samples that every metric downstream would turn into NaN.
+#[test]
+fn non_finite_samples_fail_the_sample_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = tiny_pipeline("nan", 20).replace(
+        "sampler: annealed_langevin, n_steps_each: 5",
+        "sampler: annealed_langevin, n_steps_each: 5, step_lr: 1.0e38",
+    );
+    let file = write_pipeline(dir.path(), "nan", &text);
+    let out = runner(&dir.path().join("results"), &["run", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("failed  smld_samples: ")
+            && err.contains("of 300 samples are NaN or infinite: sampler `annealed_langevin` diverged"),
+        "{err}"
+    );
+    assert!(err.contains("skipped compare"), "{err}");
+}

@@ -210,6 +210,23 @@ impl SampleParams {
     }
 }
 
+/// Samples that are NaN or infinite are a diverged sampler (or model), not results:
+/// the stage fails rather than letting every metric downstream turn to NaN.
+fn check_finite(samples: &[f32], dim: usize, params: &SampleParams) -> StageResult<()> {
+    let bad = samples
+        .chunks(dim.max(1))
+        .filter(|row| row.iter().any(|v| !v.is_finite()))
+        .count();
+    if bad == 0 {
+        return Ok(());
+    }
+    Err(StageError::Failed(format!(
+        "{bad} of {} samples are NaN or infinite: sampler `{}` diverged; use smaller steps (a smaller `step_lr` or `step_size`, more `steps`), or check the model's training loss",
+        params.n,
+        params.sampler.name()
+    )))
+}
+
 fn run(params: &SampleParams, ctx: &StageContext) -> StageResult<()> {
     let train = ctx.input("train")?;
     let trained = TrainedModel::load(train)?;
@@ -241,6 +258,7 @@ fn run(params: &SampleParams, ctx: &StageContext) -> StageResult<()> {
         &mut |done, total| ctx.progress.update(done, total, "sampling"),
     )?;
     let seconds = started.elapsed().as_secs_f64();
+    check_finite(&out.samples, trained.dim, params)?;
 
     let dim = trained.dim;
     let samples = Tensor::from_vec(out.samples, (params.n, dim), ctx.device)?;
