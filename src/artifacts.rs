@@ -17,6 +17,34 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> StageResult<()> {
     std::fs::write(path, text).map_err(StageError::io(path))
 }
 
+/// Replaces the file a user reads (a report, a table, the last run's record) all at
+/// once: written beside it, then renamed over it. A full disk or a kill leaves the old
+/// file whole and no temporary behind (it is deleted when the write fails).
+pub fn replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.flush()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// A table as CSV text, for [`replace`].
+pub fn csv_bytes(df: &mut DataFrame) -> StageResult<Vec<u8>> {
+    let mut bytes = Vec::new();
+    CsvWriter::new(&mut bytes)
+        .finish(df)
+        .map_err(|e| StageError::Failed(format!("writing CSV: {e}")))?;
+    Ok(bytes)
+}
+
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> StageResult<T> {
     let bytes = std::fs::read(path).map_err(StageError::io(path))?;
     serde_json::from_slice(&bytes).map_err(|e| StageError::BadInput {

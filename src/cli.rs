@@ -142,10 +142,36 @@ pub enum Command {
     },
 }
 
+/// Ends the process on SIGINT, SIGTERM or SIGHUP with a message and the shell's exit
+/// code for the signal (128 + its number). Nothing needs undoing: entries appear by an
+/// atomic rename, a stage cut short leaves only its staging directory (which `gc`
+/// deletes) and its checkpoints (which the next run resumes from), and the OS drops
+/// the locks with the process.
+fn exit_on_signals() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            let name = match signal {
+                SIGINT => "SIGINT (Ctrl-C)",
+                SIGTERM => "SIGTERM",
+                _ => "SIGHUP",
+            };
+            eprintln!(
+                "\ninterrupted by {name}: finished stages are cached, stages in progress are dropped (trainings keep their last checkpoint); run the same command to go on"
+            );
+            std::process::exit(128 + signal);
+        }
+    });
+}
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     crate::alloc::keep_freed_memory();
     let cli = Cli::parse();
+    exit_on_signals();
     match dispatch(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(RunnerError::StagesFailed { failed, total }) => {
@@ -154,6 +180,11 @@ pub fn main() -> ExitCode {
         }
         Err(RunnerError::Damaged(message)) => {
             eprintln!("error: {message}");
+            ExitCode::from(1)
+        }
+        // Not the user's input: the machine (a full disk, a permission) failed it.
+        Err(e @ (RunnerError::Report(_) | RunnerError::Cache(_))) => {
+            eprintln!("error: {e}");
             ExitCode::from(1)
         }
         Err(e @ RunnerError::StageFailed { .. }) => {
@@ -314,27 +345,30 @@ fn run(plan: &Plan, results: &Path, options: &RunOptions, check: bool) -> Result
     );
     let failed = count(&|s| matches!(s, Status::Failed(_)));
     let skipped = count(&|s| matches!(s, Status::Skipped(_)));
-    let report = write_report(plan, &cache, &outcomes, results, true)?;
+    // The summary comes first: a report that cannot be written (a full disk) must
+    // not hide what the stages did.
     if cached == outcomes.len() {
-        eprintln!(
-            "all {} stages cached: nothing to compute; report rebuilt",
-            outcomes.len()
-        );
+        eprintln!("all {} stages cached: nothing to compute", outcomes.len());
     } else {
         eprintln!("{computed} computed, {cached} cached, {failed} failed, {skipped} skipped");
     }
+    for o in &outcomes {
+        match &o.status {
+            Status::Failed(m) => eprintln!("  failed  {}: {m}", o.name),
+            Status::Skipped(input) => {
+                eprintln!("  skipped {}: input `{input}` did not complete", o.name)
+            }
+            _ => {}
+        }
+    }
+    let report = write_report(plan, &cache, &outcomes, results, true).map_err(|e| {
+        RunnerError::Report(format!(
+            "{e}; every completed stage is cached, and `runner report` with the same arguments writes the report once there is room"
+        ))
+    })?;
     eprintln!("report: {}", report.path.display());
     let unmet = print_claims(&report.claims);
     if failed + skipped > 0 {
-        for o in &outcomes {
-            match &o.status {
-                Status::Failed(m) => eprintln!("  failed  {}: {m}", o.name),
-                Status::Skipped(input) => {
-                    eprintln!("  skipped {}: input `{input}` did not complete", o.name)
-                }
-                _ => {}
-            }
-        }
         return Err(RunnerError::StagesFailed {
             failed: failed + skipped,
             total: outcomes.len(),

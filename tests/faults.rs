@@ -509,13 +509,258 @@ fn non_finite_samples_fail_the_sample_stage() {
         "sampler: annealed_langevin, n_steps_each: 5, step_lr: 1.0e38",
     );
     let file = write_pipeline(dir.path(), "nan", &text);
-    let out = runner(&dir.path().join("results"), &["run", file.to_str().unwrap()]);
+    let out = runner(
+        &dir.path().join("results"),
+        &["run", file.to_str().unwrap()],
+    );
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(
         err.contains("failed  smld_samples: ")
-            && err.contains("of 300 samples are NaN or infinite: sampler `annealed_langevin` diverged"),
+            && err.contains(
+                "of 300 samples are NaN or infinite: sampler `annealed_langevin` diverged"
+            ),
         "{err}"
     );
     assert!(err.contains("skipped compare"), "{err}");
+}
+
+/// A run with a training long enough to be interrupted in the middle.
+fn slow_pipeline(dir: &Path, name: &str) -> PathBuf {
+    write_pipeline(
+        dir,
+        name,
+        &tiny_pipeline(name, 20).replace(
+            "params: { objective: eps, steps: 20, batch: 64 }",
+            "params: { objective: eps, steps: 200000, batch: 64, checkpoint_every: 100 }",
+        ),
+    )
+}
+
+fn spawn_run(results: &Path, file: &Path, extra: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_runner"))
+        .arg("--results")
+        .arg(results)
+        .arg("run")
+        .arg(file)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn send(child: &std::process::Child, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Whether the run `child` has registered with the cache (it is past its start-up and
+/// about to compute).
+fn registered(results: &Path, child: &std::process::Child) -> bool {
+    let suffix = format!("-{}", child.id());
+    fs::read_dir(results.join(".cache/.runs")).is_ok_and(|d| {
+        d.flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with(&suffix))
+    })
+}
+
+/// SIGINT, SIGTERM and SIGHUP end a run with a message and the shell's code for the
+/// signal; the cache stays sound and the next run goes on from there.
+#[test]
+fn signals_end_a_run_with_a_message_and_a_sound_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = slow_pipeline(dir.path(), "sig");
+    let results = dir.path().join("results");
+    for (signal, code, name) in [
+        ("INT", 130, "SIGINT (Ctrl-C)"),
+        ("TERM", 143, "SIGTERM"),
+        ("HUP", 129, "SIGHUP"),
+    ] {
+        let child = spawn_run(&results, &file, &[]);
+        wait_for("the run to start", || registered(&results, &child));
+        std::thread::sleep(Duration::from_millis(300));
+        send(&child, signal);
+        let out = child.wait_with_output().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(code), "{signal}: {err}");
+        assert!(
+            err.contains(&format!(
+                "interrupted by {name}: finished stages are cached"
+            )),
+            "{err}"
+        );
+        let check = runner(&results, &["verify"]);
+        assert!(check.status.success(), "{}", stdout(&check));
+    }
+}
+
+/// kill -9 at random moments of fresh runs and of `--force` replacements never leaves
+/// a damaged entry or one without its manifest; gc then leaves no staging behind, and
+/// a last run completes from what was cached.
+#[test]
+fn kill_9_at_random_moments_leaves_a_sound_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{}sweep:\n  ddpm_samples.params.seed: [0, 1, 2]\n",
+        tiny_pipeline("kill", 300)
+    );
+    let file = write_pipeline(dir.path(), "kill", &text);
+    let results = dir.path().join("results");
+    // A fixed seed: the same delays every time, spread over a run's 0.2-1 s.
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    for round in 0..12 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let delay = Duration::from_millis(30 + state % 700);
+        let force: &[&str] = if round % 3 == 2 {
+            &["--force", "ddpm", "--force", "data"]
+        } else {
+            &[]
+        };
+        let mut child = spawn_run(&results, &file, force);
+        std::thread::sleep(delay);
+        let _ = child.kill();
+        let _ = child.wait();
+        let check = runner(&results, &["verify"]);
+        assert!(
+            check.status.success(),
+            "round {round} ({delay:?}): {}",
+            stdout(&check)
+        );
+        for key in cache_keys(&results) {
+            assert!(
+                results
+                    .join(".cache")
+                    .join(&key)
+                    .join("manifest.json")
+                    .is_file(),
+                "round {round}: entry {key} has no manifest"
+            );
+        }
+    }
+    let gc = runner(&results, &["gc", file.to_str().unwrap()]);
+    assert!(gc.status.success(), "{}", stderr(&gc));
+    let left: Vec<String> = fs::read_dir(results.join(".cache/.tmp"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with("-checkpoints"))
+        .collect();
+    assert!(left.is_empty(), "staging left after gc: {left:?}");
+    let last = runner(&results, &["run", file.to_str().unwrap()]);
+    assert!(last.status.success(), "{}", stderr(&last));
+    assert!(runner(&results, &["verify"]).status.success());
+}
+
+/// A tmpfs of `size` mounted for the test, unmounted when dropped; None (and a note on
+/// stderr) where this process may not mount.
+struct SmallDisk {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk");
+        fs::create_dir(&path).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("skipped: this process cannot mount a tmpfs (needs root)");
+            return None;
+        }
+        Some(SmallDisk { _dir: dir, path })
+    }
+
+    fn free(&self) -> u64 {
+        let out = Command::new("df")
+            .args(["--output=avail", "-B1"])
+            .arg(&self.path)
+            .output()
+            .unwrap();
+        stdout(&out).lines().nth(1).unwrap().trim().parse().unwrap()
+    }
+
+    /// Fills the disk until `leave` bytes are free.
+    fn fill(&self, leave: u64) {
+        let _ = fs::remove_file(self.path.join("filler"));
+        let size = self.free().saturating_sub(leave);
+        let _ = fs::write(self.path.join("filler"), vec![0u8; size as usize]);
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.path).status();
+    }
+}
+
+/// A full disk at any point of a run: exit 1 with a message, never 2; the stage
+/// summary when stages ran; the previous last_run.json whole and no temporary file
+/// beside it; a sound cache; and, with room again, a run that completes.
+#[test]
+fn a_full_disk_fails_the_run_cleanly() {
+    let Some(disk) = SmallDisk::mount("8m") else {
+        return;
+    };
+    let results = disk.path.join("results");
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_pipeline(dir.path(), "full", &tiny_pipeline("full", 20));
+    let first = runner(&results, &["run", file.to_str().unwrap()]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let history = fs::read_to_string(results.join("full/last_run.json")).unwrap();
+    for (seed, leave) in [0u64, 8_000, 40_000, 100_000, 200_000]
+        .into_iter()
+        .enumerate()
+    {
+        disk.fill(leave);
+        let set = format!("ddpm.params.seed={}", seed + 10);
+        let out = runner(&results, &["run", file.to_str().unwrap(), "--set", &set]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{leave} bytes free: {err}");
+        assert!(
+            err.contains("No space left on device"),
+            "{leave} bytes free: {err}"
+        );
+        if err.contains(" computed, ") {
+            assert!(err.contains(" failed, "), "{err}");
+        }
+        let now = fs::read_to_string(results.join("full/last_run.json")).unwrap();
+        assert!(
+            now == history || serde_json::from_str::<serde_json::Value>(&now).is_ok(),
+            "last_run.json damaged"
+        );
+        let strays: Vec<String> = fs::read_dir(results.join("full"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("tmp"))
+            .collect();
+        assert!(strays.is_empty(), "{leave} bytes free: left {strays:?}");
+        let _ = fs::remove_file(disk.path.join("filler"));
+        let check = runner(&results, &["verify"]);
+        assert!(
+            check.status.success(),
+            "{leave} bytes free: {}",
+            stdout(&check)
+        );
+    }
+    let again = runner(
+        &results,
+        &[
+            "run",
+            file.to_str().unwrap(),
+            "--set",
+            "ddpm.params.seed=10",
+        ],
+    );
+    assert!(again.status.success(), "{}", stderr(&again));
 }

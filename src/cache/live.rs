@@ -63,15 +63,20 @@ pub fn register<'k>(
         .unwrap_or(0);
     let path = dir.join(format!("{millis}-{}", std::process::id()));
     let mut file = File::create(&path).map_err(CacheError::io(&path))?;
-    file.lock().map_err(CacheError::io(&path))?;
     let mut text = String::new();
     for key in keys {
         text.push_str(key);
         text.push('\n');
     }
-    file.write_all(text.as_bytes())
-        .map_err(CacheError::io(&path))?;
-    file.flush().map_err(CacheError::io(&path))?;
+    let written = file
+        .lock()
+        .and_then(|()| file.write_all(text.as_bytes()))
+        .and_then(|()| file.flush());
+    if let Err(e) = written {
+        // A full disk: no half registration stays behind.
+        let _ = fs::remove_file(&path);
+        return Err(CacheError::io(&path)(e));
+    }
     // The registration is complete before any gc can read it.
     gate.unlock().map_err(CacheError::io(&gate_path))?;
     Ok(LiveRun { file, path })

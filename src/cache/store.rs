@@ -267,6 +267,13 @@ impl Cache {
         let json = serde_json::to_vec_pretty(&manifest).expect("manifests serialize");
         let manifest_path = dir.join(MANIFEST);
         fs::write(&manifest_path, json).map_err(CacheError::io(&manifest_path))?;
+        // On disk before the rename makes them an entry: after a power cut an entry
+        // is whole or absent, never a manifest over empty files.
+        for out in &manifest.outputs {
+            sync(&dir.join(&out.path))?;
+        }
+        sync(&manifest_path)?;
+        sync(&dir)?;
         let target = self.entry_dir(&manifest.key);
         let staged = staging.keep();
         match self.slot(&manifest.key) {
@@ -282,11 +289,19 @@ impl Cache {
                 fs::rename(&target, &old).map_err(CacheError::io(&target))?;
                 fs::rename(&staged, &target).map_err(CacheError::io(&target))?;
                 let _ = fs::remove_dir_all(&trash);
-                return Ok(());
+                return sync(&self.root);
             }
         }
-        fs::rename(&staged, &target).map_err(CacheError::io(&target))
+        fs::rename(&staged, &target).map_err(CacheError::io(&target))?;
+        sync(&self.root)
     }
+}
+
+/// Flushes a file (or a directory's entries) to the disk.
+fn sync(path: &Path) -> Result<(), CacheError> {
+    fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(CacheError::io(path))
 }
 
 /// Every file under `dir` (recursively, sorted) with its size and sha256.

@@ -34,9 +34,7 @@ pub fn save(pipeline_dir: &Path, plan: &Plan) -> std::io::Result<()> {
     let history: History = plan.nodes().map(|n| (n.name(), record(plan, n))).collect();
     std::fs::create_dir_all(pipeline_dir)?;
     let text = serde_json::to_string_pretty(&history).expect("history serializes");
-    let tmp = pipeline_dir.join(format!("{FILE}.tmp"));
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(tmp, pipeline_dir.join(FILE))
+    crate::artifacts::replace(&pipeline_dir.join(FILE), text.as_bytes())
 }
 
 fn record(plan: &Plan, node: &StageNode) -> StageRecord {

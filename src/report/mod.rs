@@ -243,7 +243,7 @@ pub fn build(
         })
         .map_err(|e| fail("rendering the report", &e))?;
     let path = dir.join("report.html");
-    write_atomically(&path, html.as_bytes())
+    crate::artifacts::replace(&path, html.as_bytes())
         .map_err(|e| fail(&format!("writing {}", path.display()), &e))?;
     Ok(Built { path, claims })
 }
@@ -350,10 +350,4 @@ fn link_stages(plan: &Plan, cache: &Cache, dir: &Path) -> std::io::Result<()> {
         fs::write(link.with_extension("txt"), target.display().to_string())?;
     }
     Ok(())
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    fs::write(&tmp, bytes)?;
-    fs::rename(tmp, path)
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 use polars::prelude::*;
 use serde::Serialize;
 
-use crate::artifacts::write_csv;
+use crate::artifacts::{csv_bytes, replace};
 use crate::error::RunnerError;
 use crate::pipeline::Plan;
 use crate::pipeline::sweep::Sweep;
@@ -108,9 +108,8 @@ impl MetricsTable {
             RunnerError::Report(format!("writing {}: {e}", path.display()))
         };
         let mut df = self.frame(plan).map_err(|e| fail(&e))?;
-        let tmp = path.with_extension("csv.tmp");
-        write_csv(&tmp, &mut df).map_err(|e| fail(&e))?;
-        std::fs::rename(&tmp, path).map_err(|e| fail(&e))
+        let bytes = csv_bytes(&mut df).map_err(|e| fail(&e))?;
+        replace(path, &bytes).map_err(|e| fail(&e))
     }
 
     /// One row per (point, evaluate, stage) with a column per metric: what the report's
