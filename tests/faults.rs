@@ -764,3 +764,40 @@ fn a_full_disk_fails_the_run_cleanly() {
     );
     assert!(again.status.success(), "{}", stderr(&again));
 }
+
+/// Symlink loops in an image folder (`c/l1 -> ..` and a second one): plan finishes,
+/// every image counts once, and the run warns about each link it did not follow.
+#[test]
+fn symlink_loops_in_an_image_folder_count_each_image_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("images");
+    fs::create_dir_all(folder.join("c")).unwrap();
+    for i in 0..10u8 {
+        image::GrayImage::from_pixel(4, 4, image::Luma([i * 20]))
+            .save(folder.join("c").join(format!("{i}.png")))
+            .unwrap();
+    }
+    std::os::unix::fs::symlink("..", folder.join("c/l1")).unwrap();
+    std::os::unix::fs::symlink("../c", folder.join("c/l2")).unwrap();
+    let file = write_pipeline(
+        dir.path(),
+        "loops",
+        &format!(
+            "name: loops\nstages:\n  data: {{ kind: dataset, params: {{ name: image_folder, path: \"{}\", size: 4, holdout: 1 }} }}\n",
+            folder.display()
+        ),
+    );
+    let results = dir.path().join("results");
+    let plan = runner(&results, &["plan", file.to_str().unwrap()]);
+    assert!(plan.status.success(), "{}", stderr(&plan));
+    let run = runner(&results, &["run", file.to_str().unwrap()]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let err = stderr(&run);
+    assert_eq!(err.matches("which is read once").count(), 2, "{err}");
+    let meta: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(results.join("loops/stages/data/meta.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(meta["n_train"], 9);
+    assert_eq!(meta["n_test"], 1);
+}

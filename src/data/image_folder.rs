@@ -9,14 +9,19 @@ use image::imageops::FilterType;
 /// Extensions read as images (case-insensitive); anything else is skipped.
 pub const EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
 
-/// The files of a folder, split into images and skipped files, both sorted.
+/// The files of a folder, split into images and skipped files, all sorted.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Listing {
     pub images: Vec<PathBuf>,
     pub skipped: Vec<PathBuf>,
+    /// Paths that lead (through symlinks) to a folder or image already listed, with
+    /// where they lead: each real path is read once, so a link to `..` neither counts
+    /// images twice nor loops forever.
+    pub repeated: Vec<(PathBuf, PathBuf)>,
 }
 
-/// Lists `dir` recursively. Hidden files and folders (a leading `.`) are ignored.
+/// Lists `dir` recursively, following symlinks once per real path. Hidden files and
+/// folders (a leading `.`) are ignored.
 pub fn list(dir: &Path) -> Result<Listing, String> {
     if !dir.is_dir() {
         return Err(format!(
@@ -25,20 +30,32 @@ pub fn list(dir: &Path) -> Result<Listing, String> {
         ));
     }
     let mut listing = Listing::default();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(current) = stack.pop() {
-        let entries = std::fs::read_dir(&current)
+    let mut seen = std::collections::HashSet::new();
+    let real = |path: &Path| std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    seen.insert(real(dir));
+    // Breadth first, each folder's entries in name order: of the paths to one real
+    // folder or image, the shallowest (then the first by name) is the one read.
+    let mut queue = std::collections::VecDeque::from([dir.to_path_buf()]);
+    while let Some(current) = queue.pop_front() {
+        let mut entries = std::fs::read_dir(&current)
+            .and_then(|d| d.collect::<std::io::Result<Vec<_>>>())
             .map_err(|e| format!("cannot list {}: {e}", current.display()))?;
+        entries.sort_by_key(|e| e.file_name());
         for entry in entries {
-            let entry = entry.map_err(|e| format!("cannot list {}: {e}", current.display()))?;
             let path = entry.path();
             if entry.file_name().to_string_lossy().starts_with('.') {
                 continue;
             }
-            if path.is_dir() {
-                stack.push(path);
-            } else if is_image(&path) {
-                listing.images.push(path);
+            let is_dir = path.is_dir();
+            if is_dir || is_image(&path) {
+                let target = real(&path);
+                if !seen.insert(target.clone()) {
+                    listing.repeated.push((path, target));
+                } else if is_dir {
+                    queue.push_back(path);
+                } else {
+                    listing.images.push(path);
+                }
             } else {
                 listing.skipped.push(path);
             }
@@ -46,6 +63,7 @@ pub fn list(dir: &Path) -> Result<Listing, String> {
     }
     listing.images.sort();
     listing.skipped.sort();
+    listing.repeated.sort();
     if listing.images.is_empty() {
         return Err(format!(
             "image folder {} has no PNG or JPEG images",
@@ -126,6 +144,31 @@ mod tests {
             Some("roses")
         );
         assert_eq!(label_of(dir.path(), &dir.path().join("b.PNG")), None);
+    }
+
+    /// Links to `..` (a loop) and to an image already listed are followed once: the
+    /// images count once each, the listing ends, and the repeats are reported.
+    #[test]
+    fn symlinks_are_followed_once_per_real_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for class in ["c", "d"] {
+            std::fs::create_dir(root.join(class)).unwrap();
+            write_png(&root.join(class).join("a.png"), 4, 4, [255, 0, 0]);
+        }
+        std::os::unix::fs::symlink("..", root.join("c/l1")).unwrap();
+        std::os::unix::fs::symlink("../c", root.join("d/l2")).unwrap();
+        std::os::unix::fs::symlink("a.png", root.join("d/same.png")).unwrap();
+        let listing = list(root).unwrap();
+        assert_eq!(
+            listing.images,
+            vec![root.join("c/a.png"), root.join("d/a.png")]
+        );
+        let repeated: Vec<&Path> = listing.repeated.iter().map(|(p, _)| p.as_path()).collect();
+        assert_eq!(
+            repeated,
+            [root.join("c/l1"), root.join("d/l2"), root.join("d/same.png")]
+        );
     }
 
     #[test]

@@ -99,6 +99,8 @@ pub struct ImageSet {
     pub classes: Vec<String>,
     /// Files found but not read as images (for a warning).
     pub skipped: Vec<PathBuf>,
+    /// Links to a folder or image already read, and where they lead (for a warning).
+    pub repeated: Vec<(PathBuf, PathBuf)>,
 }
 
 /// How much of a set to keep.
@@ -272,6 +274,7 @@ fn load_idx(
         test_labels,
         classes: names,
         skipped: Vec::new(),
+        repeated: Vec::new(),
     })
 }
 
@@ -349,6 +352,7 @@ fn load_folder(
         test_labels,
         classes: names,
         skipped: listing.skipped,
+        repeated: listing.repeated,
     })
 }
 

@@ -265,6 +265,13 @@ fn run(params: &DatasetParams, ctx: &StageContext) -> StageResult<()> {
                     skipped.display()
                 ));
             }
+            for (link, target) in &set.repeated {
+                ctx.progress.warn(&format!(
+                    "skipped {}: it leads to {}, which is read once",
+                    link.display(),
+                    target.display()
+                ));
+            }
             let labels = (!set.classes.is_empty()).then_some((set.train_labels, set.test_labels));
             (
                 set.shape.dim(),
