@@ -167,7 +167,11 @@ mod tests {
         let repeated: Vec<&Path> = listing.repeated.iter().map(|(p, _)| p.as_path()).collect();
         assert_eq!(
             repeated,
-            [root.join("c/l1"), root.join("d/l2"), root.join("d/same.png")]
+            [
+                root.join("c/l1"),
+                root.join("d/l2"),
+                root.join("d/same.png")
+            ]
         );
     }
 
