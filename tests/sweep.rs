@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::{
     cache_keys, computed, run_twice_concurrently, runner, stderr, stdout, tiny_pipeline,
     write_pipeline,
