@@ -27,7 +27,7 @@ use crate::exec::{Outcome, RunOptions, Status, execute, from_cache};
 use crate::pipeline::{self, Plan, history};
 use crate::progress::Progress;
 use crate::stages::StageKind;
-use crate::{catalog, report};
+use crate::{catalog, report, runs};
 
 /// Diffusion-model experiments as cached, content-hashed pipelines.
 #[derive(Debug, Parser)]
@@ -58,6 +58,16 @@ pub struct PipelineArgs {
 }
 
 impl PipelineArgs {
+    /// How this run was asked for, for its record.
+    fn invocation(&self) -> runs::Invocation {
+        runs::Invocation {
+            file: self.file.display().to_string(),
+            profile: self.profile.clone(),
+            set: self.set.clone(),
+            sweep: self.sweep.clone(),
+        }
+    }
+
     fn load(&self) -> Result<Plan, RunnerError> {
         Ok(pipeline::load(
             &self.file,
@@ -101,18 +111,62 @@ pub enum Command {
         #[command(flatten)]
         pipeline: PipelineArgs,
     },
-    /// Rebuild a pipeline's report from the cache, running nothing.
+    /// Rebuild a report from the cache, running nothing: the latest run's (of FILE's
+    /// pipeline, or of all), a recorded run's (`--run`), or FILE with the overrides
+    /// given. Refuses when stages the report needs are not in the cache.
     Report {
-        #[command(flatten)]
-        pipeline: PipelineArgs,
+        /// The pipeline file; without it, the latest recorded run.
+        file: Option<PathBuf>,
+        /// Override a value (a configuration of its own, not a recorded run's).
+        #[arg(long = "set", value_name = "PATH=VALUE")]
+        set: Vec<String>,
+        /// Sweep a value (a configuration of its own).
+        #[arg(long = "sweep", value_name = "PATH=V1,V2")]
+        sweep: Vec<String>,
+        /// Apply a profile (a configuration of its own).
+        #[arg(long)]
+        profile: Option<String>,
+        /// The recorded run to rebuild (an id, a unique prefix, or a pipeline name).
+        #[arg(long, value_name = "RUN")]
+        run: Option<String>,
     },
-    /// Delete cache entries that no pipeline reaches (those in pipelines/, or FILES).
+    /// List recorded runs (of pipeline NAME): id, date, status, stages, a headline
+    /// metric and the command.
+    Runs {
+        /// A pipeline name (default: every pipeline).
+        name: Option<String>,
+    },
+    /// Print a run's metrics as tables: one per evaluate stage, samples and models apart.
+    Show {
+        /// A run id (or a unique prefix) or a pipeline name; default: the latest run.
+        run: Option<String>,
+        /// JSON for scripts.
+        #[arg(long, conflicts_with = "csv")]
+        json: bool,
+        /// CSV in long form (one value per row).
+        #[arg(long)]
+        csv: bool,
+    },
+    /// What changed in parameters and metrics between two runs (default: the latest
+    /// two; with one run, it against the run before it of the same pipeline).
+    Diff {
+        /// Runs (ids, unique prefixes or pipeline names).
+        runs: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete cache entries that no pipeline and no recorded run reaches (pipelines in
+    /// pipelines/, or FILES).
     Gc {
         /// Pipelines whose stages (and last runs) to keep; default: pipelines/*.yaml.
         files: Vec<PathBuf>,
         /// Show what would be deleted, delete nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Keep only the N latest recorded runs of each pipeline (and what they reach);
+        /// older run records are deleted.
+        #[arg(long, value_name = "N")]
+        keep_runs: Option<usize>,
     },
     /// Check every cache entry's files against its manifest (sizes and sha256).
     Verify {
@@ -244,6 +298,7 @@ fn dispatch(cli: &Cli) -> Result<(), RunnerError> {
                     device,
                 },
                 *check,
+                pipeline.invocation(),
             )
         }
         Command::Plan { pipeline } => print_plan(&pipeline.load()?, &cli.results),
@@ -251,8 +306,51 @@ fn dispatch(cli: &Cli) -> Result<(), RunnerError> {
             print!("{}", pipeline::graph::to_dot(&pipeline.load()?));
             Ok(())
         }
-        Command::Report { pipeline } => rebuild_report(&pipeline.load()?, &cli.results),
-        Command::Gc { files, dry_run } => gc(files, &cli.results, *dry_run),
+        Command::Report {
+            file,
+            set,
+            sweep,
+            profile,
+            run,
+        } => rebuild_report(
+            file.as_deref(),
+            set,
+            sweep,
+            profile.as_deref(),
+            run.as_deref(),
+            &cli.results,
+        ),
+        Command::Runs { name } => list_runs(&cli.results, name.as_deref()),
+        Command::Show { run, json, csv } => {
+            let record = runs::find(&cli.results, run.as_deref())?;
+            if *json {
+                out!("{}", runs::show::json(&record));
+            } else if *csv {
+                print!("{}", runs::show::csv(&record));
+            } else {
+                let width = terminal_width();
+                print!("{}", runs::show::text(&record, width));
+            }
+            Ok(())
+        }
+        Command::Diff { runs: names, json } => {
+            let (a, b) = pick_two(&cli.results, names)?;
+            let d = runs::diff::diff(&a, &b);
+            if *json {
+                out!(
+                    "{}",
+                    serde_json::to_string_pretty(&d).expect("diffs serialize")
+                );
+            } else {
+                print!("{}", runs::diff::text(&d));
+            }
+            Ok(())
+        }
+        Command::Gc {
+            files,
+            dry_run,
+            keep_runs,
+        } => gc(files, &cli.results, *dry_run, *keep_runs),
         Command::Verify { remove } => verify(&cli.results, *remove),
         Command::List => {
             print!("{}", catalog::describe());
@@ -283,6 +381,7 @@ fn write_report(
     outcomes: &[Outcome],
     results: &Path,
     save_history: bool,
+    header: &report::Header,
 ) -> Result<report::Built, RunnerError> {
     let dir = results.join(&plan.name);
     std::fs::create_dir_all(&dir)
@@ -293,7 +392,95 @@ fn write_report(
         history::save(&dir, plan)
             .map_err(|e| RunnerError::Report(format!("writing {}: {e}", dir.display())))?;
     }
-    report::build(plan, cache, outcomes, results)
+    report::build(plan, cache, outcomes, results, header)
+}
+
+/// The terminal's width, for tables that wrap to fit (none when not a terminal).
+fn terminal_width() -> Option<u16> {
+    use std::io::IsTerminal;
+    if !std::io::stdout().is_terminal() {
+        return None;
+    }
+    std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .or(Some(120))
+}
+
+/// The two runs `diff` compares: the two named, one named and the run of its pipeline
+/// before it, or the latest two.
+fn pick_two(
+    results: &Path,
+    names: &[String],
+) -> Result<(runs::RunRecord, runs::RunRecord), RunnerError> {
+    let before = |b: &runs::RunRecord| {
+        runs::list(results, Some(&b.pipeline))
+            .into_iter()
+            .rev()
+            .find(|r| r.id < b.id)
+            .ok_or_else(|| {
+                RunnerError::Usage(format!(
+                    "run {} is the first of pipeline {}: name another run to compare it with",
+                    b.id, b.pipeline
+                ))
+            })
+    };
+    match names {
+        [] => {
+            let b = runs::find(results, None)?;
+            Ok((before(&b)?, b))
+        }
+        [one] => {
+            let b = runs::find(results, Some(one))?;
+            Ok((before(&b)?, b))
+        }
+        [a, b] => Ok((runs::find(results, Some(a))?, runs::find(results, Some(b))?)),
+        _ => Err(RunnerError::Usage(
+            "`diff` compares two runs: give at most two".into(),
+        )),
+    }
+}
+
+/// `runner runs`: one line per run, oldest first.
+fn list_runs(results: &Path, name: Option<&str>) -> Result<(), RunnerError> {
+    let all = runs::list(results, name);
+    if all.is_empty() {
+        out!("no runs recorded under {}", results.display());
+        return Ok(());
+    }
+    let header = [
+        "id", "date", "pipeline", "status", "stages", "headline", "command",
+    ];
+    let mut grid = runs::show::grid(header.map(String::from).to_vec(), 7, terminal_width());
+    for r in &all {
+        let count = |s: &str| r.stages.iter().filter(|x| x.status == s).count();
+        let stages = format!(
+            "{} computed, {} cached{}",
+            count("computed"),
+            count("cached"),
+            match count("failed") + count("skipped") {
+                0 => String::new(),
+                n => format!(", {n} failed"),
+            }
+        );
+        let headline = r
+            .metrics
+            .first()
+            .map(|m| format!("{} {}={}", m.stage, m.metric, runs::show::number(m.value)))
+            .unwrap_or_default();
+        let date = r.started.get(..16).unwrap_or(&r.started).replace('T', " ");
+        grid.add_row([
+            r.id.clone(),
+            date,
+            r.pipeline.clone(),
+            r.status.clone(),
+            stages,
+            headline,
+            r.command_line(),
+        ]);
+    }
+    out!("{grid}");
+    Ok(())
 }
 
 /// Prints each claim's verdict; returns how many were not reproduced (or measured).
@@ -321,9 +508,17 @@ fn register(cache: &Cache, plan: &Plan) -> Result<live::LiveRun, RunnerError> {
     Ok(live::register(cache, plan.nodes().map(|n| n.key.as_str()))?)
 }
 
-fn run(plan: &Plan, results: &Path, options: &RunOptions, check: bool) -> Result<(), RunnerError> {
+fn run(
+    plan: &Plan,
+    results: &Path,
+    options: &RunOptions,
+    check: bool,
+    invocation: runs::Invocation,
+) -> Result<(), RunnerError> {
     let cache = Cache::open(results)?;
     let _live = register(&cache, plan)?;
+    let device = crate::exec::device::name(&options.device);
+    let mut record = runs::Run::begin(results, plan, invocation, &device)?;
     let progress = Progress::detect();
     let points = if plan.sweep.is_empty() {
         String::new()
@@ -331,11 +526,11 @@ fn run(plan: &Plan, results: &Path, options: &RunOptions, check: bool) -> Result
         format!("{} sweep points, ", plan.points.len())
     };
     eprintln!(
-        "pipeline {} ({points}{} stages, {} jobs, {})",
+        "pipeline {} ({points}{} stages, {} jobs, {device}), run {}",
         plan.name,
         plan.order.len(),
         options.jobs,
-        crate::exec::device::name(&options.device)
+        record.record.id
     );
     let outcomes = execute(plan, &cache, options, &progress);
     let count = |f: &dyn Fn(&Status) -> bool| outcomes.iter().filter(|o| f(&o.status)).count();
@@ -361,11 +556,23 @@ fn run(plan: &Plan, results: &Path, options: &RunOptions, check: bool) -> Result
             _ => {}
         }
     }
-    let report = write_report(plan, &cache, &outcomes, results, true).map_err(|e| {
-        RunnerError::Report(format!(
-            "{e}; every completed stage is cached, and `runner report` with the same arguments writes the report once there is room"
-        ))
-    })?;
+    let status = if failed + skipped > 0 {
+        "failed"
+    } else {
+        "succeeded"
+    };
+    record.end(plan, &outcomes, status)?;
+    let report = write_report(plan, &cache, &outcomes, results, true, &record.header())
+        .and_then(|built| {
+            record.keep_report(plan, &cache, &results.join(&plan.name), &built)?;
+            Ok(built)
+        })
+        .map_err(|e| {
+            RunnerError::Report(format!(
+                "{e}; every completed stage is cached, and `runner report --run {}` writes the report once there is room",
+                record.record.id
+            ))
+        })?;
     eprintln!("report: {}", report.path.display());
     let unmet = print_claims(&report.claims);
     if failed + skipped > 0 {
@@ -383,23 +590,90 @@ fn run(plan: &Plan, results: &Path, options: &RunOptions, check: bool) -> Result
     Ok(())
 }
 
-fn rebuild_report(plan: &Plan, results: &Path) -> Result<(), RunnerError> {
+/// `runner report`: the configuration to rebuild (a recorded run's, or FILE's with the
+/// overrides given), then the report, refused when it would lack stages the run had.
+fn rebuild_report(
+    file: Option<&Path>,
+    set: &[String],
+    sweep: &[String],
+    profile: Option<&str>,
+    run: Option<&str>,
+    results: &Path,
+) -> Result<(), RunnerError> {
+    let explicit = !set.is_empty() || !sweep.is_empty() || profile.is_some();
+    let recorded = match (run, file) {
+        (Some(run), _) => Some(runs::find(results, Some(run))?),
+        (None, Some(_)) if explicit => None,
+        (None, Some(file)) => {
+            let name = pipeline::graph::name_of(file);
+            name.and_then(|n| runs::list(results, Some(&n)).pop())
+        }
+        (None, None) => Some(runs::find(results, None)?),
+    };
+    let plan = match (&recorded, file) {
+        // The run's own file as it read it, with its overrides: exactly that configuration.
+        (Some(r), _) => {
+            let source = r.dir(results).join("pipeline.yaml");
+            let i = &r.invocation;
+            eprintln!("rebuilding run {} ({})", r.id, r.command_line());
+            pipeline::load(&source, i.profile.as_deref(), &i.set, &i.sweep)?
+        }
+        (None, Some(file)) => pipeline::load(file, profile, set, sweep)?,
+        (None, None) => unreachable!("no file means a recorded run"),
+    };
     let cache = Cache::open(results)?;
-    let _live = register(&cache, plan)?;
-    let outcomes = from_cache(plan, &cache);
-    let missing = outcomes
+    let _live = register(&cache, &plan)?;
+    let outcomes = from_cache(&plan, &cache);
+    // What the run had (every stage it computed or found cached) must still be there.
+    let had = |name: &str| {
+        recorded.as_ref().is_none_or(|r| {
+            r.stages
+                .iter()
+                .any(|s| s.name == name && (s.status == "computed" || s.status == "cached"))
+        })
+    };
+    let missing: Vec<&str> = outcomes
         .iter()
-        .filter(|o| o.status == Status::Missing)
-        .count();
-    let report = write_report(plan, &cache, &outcomes, results, false)?;
-    if missing > 0 {
-        eprintln!(
-            "{missing} of {} stages are not computed; the report shows the rest (run the pipeline to fill it in)",
-            outcomes.len()
-        );
-    } else {
-        eprintln!("all {} stages cached", outcomes.len());
+        .filter(|o| o.status == Status::Missing && had(&o.name))
+        .map(|o| o.name.as_str())
+        .collect();
+    if !missing.is_empty() {
+        let again = match &recorded {
+            Some(r) => r.command_line(),
+            None => "runner run FILE with the same flags".into(),
+        };
+        return Err(RunnerError::Report(format!(
+            "the report would lack {} of {} stages, not in the cache ({}{}); `{again}` computes them, then `runner report` writes the whole report",
+            missing.len(),
+            outcomes.len(),
+            missing
+                .iter()
+                .take(8)
+                .copied()
+                .collect::<Vec<_>>()
+                .join(", "),
+            if missing.len() > 8 { ", ..." } else { "" }
+        )));
     }
+    let header = match &recorded {
+        Some(r) => r.header(),
+        None => report::Header {
+            command: std::env::args().collect::<Vec<_>>().join(" "),
+            overrides: runs::Invocation {
+                file: String::new(),
+                profile: profile.map(String::from),
+                set: set.to_vec(),
+                sweep: sweep.to_vec(),
+            }
+            .overrides(),
+            date: chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
+            machine: crate::machine::Machine::this().line(),
+            device: "rebuilt from the cache".into(),
+            ..Default::default()
+        },
+    };
+    let report = write_report(&plan, &cache, &outcomes, results, false, &header)?;
+    eprintln!("all {} stages cached", outcomes.len());
     eprintln!("report: {}", report.path.display());
     print_claims(&report.claims);
     Ok(())
@@ -505,9 +779,28 @@ fn gc_roots(files: &[PathBuf]) -> Result<Vec<PathBuf>, RunnerError> {
     Ok(files)
 }
 
-fn gc(files: &[PathBuf], results: &Path, dry_run: bool) -> Result<(), RunnerError> {
+fn gc(
+    files: &[PathBuf],
+    results: &Path,
+    dry_run: bool,
+    keep_runs: Option<usize>,
+) -> Result<(), RunnerError> {
     let cache = Cache::open(results)?;
     let mut reachable = HashSet::new();
+    if let Some(keep) = keep_runs {
+        if dry_run {
+            out!(
+                "--dry-run: no run records deleted (--keep-runs {keep} would keep the latest {keep} of each pipeline)"
+            );
+        } else {
+            let removed = runs::prune(results, keep)?;
+            out!("deleted {removed} run records (kept the latest {keep} of each pipeline)");
+        }
+    }
+    // What every recorded run reached stays, so each run's report can be rebuilt.
+    for record in runs::list(results, None) {
+        reachable.extend(record.keys().map(String::from));
+    }
     for file in gc_roots(files)? {
         let name = match pipeline::load(&file, None, &[], &[]) {
             Ok(plan) => {

@@ -26,4 +26,5 @@ pub mod plot;
 pub mod progress;
 pub mod report;
 pub mod rng;
+pub mod runs;
 pub mod stages;

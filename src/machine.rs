@@ -102,6 +102,48 @@ fn address_space_limit() -> Option<f64> {
         .ok()
 }
 
+/// The machine a run ran on, as its record and report state it.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Machine {
+    pub host: String,
+    pub cpu: String,
+    pub cores: usize,
+    pub memory_bytes: f64,
+    pub os: String,
+}
+
+impl Machine {
+    /// This machine.
+    pub fn this() -> Machine {
+        let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+        let cpu = read("/proc/cpuinfo")
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+        Machine {
+            host: read("/proc/sys/kernel/hostname").trim().to_string(),
+            cpu,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            memory_bytes: meminfo("MemTotal:").unwrap_or(0.0),
+            os: format!("{} {}", std::env::consts::OS, std::env::consts::ARCH),
+        }
+    }
+
+    /// One line: `host (AMD EPYC, 2 cores, 23.5 GiB, linux x86_64)`.
+    pub fn line(&self) -> String {
+        format!(
+            "{} ({}, {} cores, {}, {})",
+            self.host,
+            self.cpu,
+            self.cores,
+            human_bytes(self.memory_bytes),
+            self.os
+        )
+    }
+}
+
 /// Bytes as people read them (1.5 GiB).
 pub fn human_bytes(bytes: f64) -> String {
     let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];

@@ -93,6 +93,8 @@ fn gc_keeps_what_a_live_run_reaches() {
     fs::create_dir_all(&locks).unwrap();
     let held = fs::File::create(locks.join(&held_key)).unwrap();
     held.lock().unwrap();
+    // Without the base run's record, only the live run's registration protects it.
+    fs::remove_dir_all(base.results.join("live/runs")).unwrap();
 
     let live = Command::new(env!("CARGO_BIN_EXE_runner"))
         .arg("--results")
@@ -119,9 +121,12 @@ fn gc_keeps_what_a_live_run_reaches() {
     assert!(live.status.success(), "{}", stderr(&live));
     assert_eq!(computed(&live), ["ddpm_samples", "compare"]);
 
-    // Once the run is over, nothing protects its entries from this gc.
+    // Once the run is over and its record dropped, nothing protects its entries.
     assert!(fs::read_dir(&runs).unwrap().next().is_none());
-    let gc = runner(&base.results, &["gc", other.to_str().unwrap()]);
+    let gc = runner(
+        &base.results,
+        &["gc", other.to_str().unwrap(), "--keep-runs", "0"],
+    );
     assert!(
         stdout(&gc).contains("in 9 entries; kept 0"),
         "{}",
@@ -317,7 +322,7 @@ fn gc_goes_on_past_a_pipeline_whose_data_is_missing() {
 
     let gc = Command::new(env!("CARGO_BIN_EXE_runner"))
         .current_dir(root)
-        .args(["--results", "results", "gc"])
+        .args(["--results", "results", "gc", "--keep-runs", "0"])
         .output()
         .unwrap();
     assert!(gc.status.success(), "{}", stderr(&gc));

@@ -87,10 +87,27 @@ fn figure_title(node: &StageNode, file: &str, path: &str) -> String {
     }
 }
 
-/// A written results folder: the report's path and the verdicts on the claims.
+/// A written results folder: the report's path, the verdicts on the claims and every
+/// metric by evaluate stage.
 pub struct Built {
     pub path: PathBuf,
     pub claims: Vec<claims::Verdict>,
+    pub metrics: Vec<table::MetricRecord>,
+}
+
+/// What the report's header states about the run it shows.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Header {
+    /// The run's id, when the report belongs to a recorded run.
+    pub run: Option<String>,
+    pub command: String,
+    /// `--profile`, `--set` and `--sweep` as given.
+    pub overrides: Vec<String>,
+    pub date: String,
+    pub machine: String,
+    pub device: String,
+    /// Seconds the run took, start to end (none for a report rebuilt from the cache).
+    pub seconds: Option<f64>,
 }
 
 /// Builds `results/<pipeline>/` from the cache; returns the report's path and how the
@@ -100,6 +117,7 @@ pub fn build(
     cache: &Cache,
     outcomes: &[Outcome],
     results: &Path,
+    header: &Header,
 ) -> Result<Built, RunnerError> {
     let fail = |what: &str, e: &dyn std::fmt::Display| RunnerError::Report(format!("{what}: {e}"));
     let dir = results.join(&plan.name);
@@ -107,7 +125,7 @@ pub fn build(
     let _ = fs::remove_dir_all(&figures_dir);
     fs::create_dir_all(&figures_dir)
         .map_err(|e| fail(&format!("creating {}", figures_dir.display()), &e))?;
-    link_stages(plan, cache, &dir).map_err(|e| fail("linking stage outputs", &e))?;
+    link_stages(plan, cache, &dir, 1).map_err(|e| fail("linking stage outputs", &e))?;
 
     let mut stages = Vec::new();
     let mut evaluated: HashMap<NodeIndex, Vec<(String, String, f64)>> = HashMap::new();
@@ -185,6 +203,7 @@ pub fn build(
         }
     }
     let table = metrics_table(plan, &evaluated);
+    let metrics = metric_records(plan, &evaluated);
     table.write_csv(plan, &dir.join("metrics.csv"))?;
 
     let mut compare_figures = Vec::new();
@@ -239,13 +258,56 @@ pub fn build(
                 galleries => minijinja::value::Serde(&galleries),
                 claims => minijinja::value::Serde(&claims),
                 runner_version => env!("CARGO_PKG_VERSION"),
+                header => minijinja::value::Serde(header),
             })
         })
         .map_err(|e| fail("rendering the report", &e))?;
     let path = dir.join("report.html");
     crate::artifacts::replace(&path, html.as_bytes())
         .map_err(|e| fail(&format!("writing {}", path.display()), &e))?;
-    Ok(Built { path, claims })
+    Ok(Built {
+        path,
+        claims,
+        metrics,
+    })
+}
+
+/// Every metric by evaluate node, in plan order: a stage that no sweep axis reaches
+/// appears once, not once per point.
+fn metric_records(
+    plan: &Plan,
+    evaluated: &HashMap<NodeIndex, Vec<(String, String, f64)>>,
+) -> Vec<table::MetricRecord> {
+    let mut records = Vec::new();
+    for &ix in &plan.order {
+        let Some(values) = evaluated.get(&ix) else {
+            continue;
+        };
+        let node = &plan.graph[ix];
+        let point: Vec<(String, String)> = node
+            .coords
+            .iter()
+            .map(|&(a, v)| {
+                let axis = &plan.sweep.axes[a];
+                (axis.name.clone(), axis.shown[v].clone())
+            })
+            .collect();
+        for (stage, metric, value) in values {
+            let of_models = plan
+                .nodes_of(stage)
+                .next()
+                .is_some_and(|n| n.kind() == StageKind::Train);
+            records.push(table::MetricRecord {
+                evaluate: node.name(),
+                stage: stage.clone(),
+                of: if of_models { "models" } else { "samples" }.into(),
+                point: point.clone(),
+                metric: metric.clone(),
+                value: *value,
+            });
+        }
+    }
+    records
 }
 
 /// One row per (sweep point, evaluate stage at that point, evaluated stage, metric).
@@ -325,8 +387,9 @@ fn read_metrics(path: &Path) -> Result<Vec<(String, String, f64)>, RunnerError> 
         .collect())
 }
 
-/// `results/<pipeline>/stages/<id>` (or `<id>/<label>` when forked) -> the cache entry.
-fn link_stages(plan: &Plan, cache: &Cache, dir: &Path) -> std::io::Result<()> {
+/// `<dir>/stages/<id>` (or `<id>/<label>` when forked) -> the cache entry, by a relative
+/// link; `dir` is `up` folders below the results folder (1 for `results/<pipeline>`).
+pub fn link_stages(plan: &Plan, cache: &Cache, dir: &Path, up: usize) -> std::io::Result<()> {
     let stages = dir.join("stages");
     let _ = fs::remove_dir_all(&stages);
     fs::create_dir_all(&stages)?;
@@ -337,7 +400,7 @@ fn link_stages(plan: &Plan, cache: &Cache, dir: &Path) -> std::io::Result<()> {
             .map(|p| p.components().count())
             .unwrap_or(2);
         let mut target = PathBuf::new();
-        for _ in 0..depth {
+        for _ in 0..depth + up - 1 {
             target.push("..");
         }
         let target = target.join(".cache").join(&node.key);

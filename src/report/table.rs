@@ -26,6 +26,22 @@ pub struct MetricRow {
     pub value: f64,
 }
 
+/// One metric of one evaluated stage, as an evaluate stage (a node: sweep points that
+/// share it share the row) measured it: what a run records and `show`/`diff` read.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct MetricRecord {
+    /// The evaluate stage, with its sweep label.
+    pub evaluate: String,
+    /// The evaluated stage (a sample or a train stage).
+    pub stage: String,
+    /// `samples` or `models`: which table the metric belongs to.
+    pub of: String,
+    /// The swept values that reach the evaluate stage, in axis order.
+    pub point: Vec<(String, String)>,
+    pub metric: String,
+    pub value: f64,
+}
+
 /// All metric rows of a plan.
 #[derive(Debug, Clone, Default)]
 pub struct MetricsTable {
