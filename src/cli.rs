@@ -787,18 +787,9 @@ fn gc(
 ) -> Result<(), RunnerError> {
     let cache = Cache::open(results)?;
     let mut reachable = HashSet::new();
-    if let Some(keep) = keep_runs {
-        if dry_run {
-            out!(
-                "--dry-run: no run records deleted (--keep-runs {keep} would keep the latest {keep} of each pipeline)"
-            );
-        } else {
-            let removed = runs::prune(results, keep)?;
-            out!("deleted {removed} run records (kept the latest {keep} of each pipeline)");
-        }
-    }
     // What every recorded run reached stays, so each run's report can be rebuilt.
-    for record in runs::list(results, None) {
+    let (kept, older) = runs::split(results, keep_runs);
+    for record in &kept {
         reachable.extend(record.keys().map(String::from));
     }
     for file in gc_roots(files)? {
@@ -824,6 +815,17 @@ fn gc(
         };
         let last = history::load(&results.join(&name));
         reachable.extend(history::keys(&last).map(String::from));
+    }
+    // Only once every pipeline has loaded: a refused gc deletes nothing.
+    if let Some(keep) = keep_runs {
+        let verb = if dry_run { "would delete" } else { "deleted" };
+        if !dry_run {
+            runs::remove(results, &older)?;
+        }
+        out!(
+            "{verb} {} run records (kept the latest {keep} of each pipeline)",
+            older.len()
+        );
     }
     let report = maintenance::gc(&cache, &reachable, dry_run)?;
     let verb = if dry_run { "would free" } else { "freed" };

@@ -193,11 +193,12 @@ fn report_rebuilds_from_the_cache_without_running() {
     let path = write_pipeline(dir.path(), "rep", &swept("rep"));
     let file = path.to_str().unwrap();
 
-    // Before any run: a report of what is missing, and nothing computed.
+    // Before any run: refused (a report without its stages says nothing), and
+    // nothing computed.
     let empty = runner(&results, &["report", file]);
-    assert!(empty.status.success(), "{}", stderr(&empty));
+    assert_eq!(empty.status.code(), Some(1));
     assert!(
-        stderr(&empty).contains("16 of 16 stages are not computed"),
+        stderr(&empty).contains("the report would lack 16 of 16 stages"),
         "{}",
         stderr(&empty)
     );
@@ -242,12 +243,25 @@ fn gc_removes_only_unreachable_entries() {
     // downstream differ (6 entries).
     let before = cache_keys(&results);
     assert_eq!(before.len(), 9 + 6);
-    let dry = runner(&results, &["gc", keep.to_str().unwrap(), "--dry-run"]);
+    // Without run records, only the pipeline file keeps entries.
+    let dry = runner(
+        &results,
+        &[
+            "gc",
+            keep.to_str().unwrap(),
+            "--dry-run",
+            "--keep-runs",
+            "0",
+        ],
+    );
     assert!(dry.status.success(), "{}", stderr(&dry));
     assert!(stdout(&dry).contains("would free"), "{}", stdout(&dry));
     assert_eq!(cache_keys(&results), before, "a dry run deletes nothing");
 
-    let gc = runner(&results, &["gc", keep.to_str().unwrap()]);
+    let gc = runner(
+        &results,
+        &["gc", keep.to_str().unwrap(), "--keep-runs", "0"],
+    );
     assert!(gc.status.success(), "{}", stderr(&gc));
     let report = stdout(&gc);
     assert!(report.contains("in 6 entries; kept 9"), "{report}");

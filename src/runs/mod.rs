@@ -342,8 +342,9 @@ pub fn find(results: &Path, query: Option<&str>) -> Result<RunRecord, RunnerErro
     }
 }
 
-/// Deletes all but the `keep` latest runs of each pipeline; returns how many went.
-pub fn prune(results: &Path, keep: usize) -> Result<usize, RunnerError> {
+/// Every recorded run split into the `keep` latest of each pipeline and the older
+/// rest (`keep` of `None`: all are kept).
+pub fn split(results: &Path, keep: Option<usize>) -> (Vec<RunRecord>, Vec<RunRecord>) {
     let mut by_pipeline: std::collections::BTreeMap<String, Vec<RunRecord>> = Default::default();
     for run in list(results, None) {
         by_pipeline
@@ -351,16 +352,23 @@ pub fn prune(results: &Path, keep: usize) -> Result<usize, RunnerError> {
             .or_default()
             .push(run);
     }
-    let mut removed = 0;
-    for runs in by_pipeline.values() {
-        for run in runs.iter().take(runs.len().saturating_sub(keep)) {
-            let dir = run.dir(results);
-            fs::remove_dir_all(&dir)
-                .map_err(|e| RunnerError::Report(format!("removing {}: {e}", dir.display())))?;
-            removed += 1;
-        }
+    let (mut kept, mut older) = (Vec::new(), Vec::new());
+    for mut runs in by_pipeline.into_values() {
+        let cut = keep.map_or(0, |k| runs.len().saturating_sub(k));
+        kept.extend(runs.split_off(cut));
+        older.extend(runs);
     }
-    Ok(removed)
+    (kept, older)
+}
+
+/// Deletes the records of `runs`.
+pub fn remove(results: &Path, runs: &[RunRecord]) -> Result<(), RunnerError> {
+    for run in runs {
+        let dir = run.dir(results);
+        fs::remove_dir_all(&dir)
+            .map_err(|e| RunnerError::Report(format!("removing {}: {e}", dir.display())))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
