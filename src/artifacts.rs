@@ -54,11 +54,22 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> StageResult<T> {
 }
 
 pub fn save_tensors(path: &Path, tensors: &[(&str, Tensor)]) -> StageResult<()> {
-    let map: HashMap<String, Tensor> = tensors
+    save_tensors_with(path, tensors, None)
+}
+
+/// Writes tensors with `metadata` in the file's header (safetensors' `__metadata__`,
+/// string to string), where any reader finds it without runner.
+pub fn save_tensors_with(
+    path: &Path,
+    tensors: &[(&str, Tensor)],
+    metadata: Option<HashMap<String, String>>,
+) -> StageResult<()> {
+    // safetensors wants contiguous host tensors.
+    let host: Vec<(&str, Tensor)> = tensors
         .iter()
-        .map(|(k, v)| (k.to_string(), v.clone()))
-        .collect();
-    candle_core::safetensors::save(&map, path)
+        .map(|(k, v)| Ok((*k, v.to_device(&Device::Cpu)?.contiguous()?)))
+        .collect::<candle_core::Result<_>>()?;
+    safetensors::serialize_to_file(host.iter().map(|(k, v)| (*k, v)), metadata, path)
         .map_err(|e| StageError::Failed(format!("writing {}: {e}", path.display())))?;
     readable_by_all(path)
 }

@@ -15,7 +15,7 @@ use super::model::{Model, ModelParams};
 use super::schedule::Schedule;
 use super::context::{InputEntry, StageContext};
 use super::kind::{Kind, Neighbours, Role};
-use crate::artifacts::{load_f32, load_tensors, read_json, save_tensors, write_csv, write_json};
+use crate::artifacts::{load_f32, load_tensors, read_json, save_tensors_with, write_csv, write_json};
 use crate::data::images::ImageShape;
 use crate::data::toy::Mixture;
 use crate::diffusion::loss::Objective;
@@ -34,8 +34,9 @@ pub struct Train;
 impl Kind for Train {
     const NAME: &'static str = "train";
     /// Bumped whenever the bytes this stage writes change (4: 3x3 convolutions by
-    /// Winograd's F(2x2, 3x3), whose rounding differs from the direct product's).
-    const VERSION: u32 = 4;
+    /// Winograd's F(2x2, 3x3), whose rounding differs from the direct product's; 5:
+    /// weights carry model.json in their metadata and the Fourier frequencies).
+    const VERSION: u32 = 5;
     const ROLES: &'static [Role] = &[
         Role::one("data", super::dataset::Dataset::NAME),
         Role::one("schedule", Schedule::NAME),
@@ -460,19 +461,34 @@ fn run(params: &TrainParams, ctx: &StageContext) -> StageResult<()> {
             .update(step, total, &format!("loss {value:.4}, {rate:.0} {unit}"));
     }
 
-    let raw: Vec<(&str, Tensor)> = names
-        .iter()
-        .zip(&vars)
-        .map(|(n, v)| (n.as_str(), v.as_tensor().clone()))
-        .collect();
-    save_tensors(&ctx.path("weights.safetensors"), &raw)?;
-    let averaged: Vec<(&str, Tensor)> = names
-        .iter()
-        .zip(&ema)
-        .map(|(n, t)| (n.as_str(), t.clone()))
-        .collect();
-    save_tensors(&ctx.path("ema.safetensors"), &averaged)?;
     trained.objective = objective;
+    // Each weights file stands alone: the fixed tensors and, in its header, model.json.
+    let fixed: Vec<(&str, Tensor)> = config
+        .fixed_tensors()
+        .into_iter()
+        .map(|(name, values)| {
+            let n = values.len();
+            Ok((name, Tensor::from_vec(values, n, &candle_core::Device::Cpu)?))
+        })
+        .collect::<candle_core::Result<_>>()?;
+    let metadata = std::collections::HashMap::from([
+        ("format".to_string(), "pt".to_string()),
+        (
+            "runner.model".to_string(),
+            serde_json::to_string(&trained).expect("model.json serializes"),
+        ),
+        ("runner.version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+    ]);
+    let raw: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    for (file, tensors) in [("weights.safetensors", &raw), ("ema.safetensors", &ema)] {
+        let mut all: Vec<(&str, Tensor)> = names
+            .iter()
+            .zip(tensors.iter())
+            .map(|(n, t)| (n.as_str(), t.clone()))
+            .collect();
+        all.extend(fixed.iter().cloned());
+        save_tensors_with(&ctx.path(file), &all, Some(metadata.clone()))?;
+    }
     write_json(&ctx.path("model.json"), &trained)?;
 
     let mut df = DataFrame::new_infer_height(vec![

@@ -83,6 +83,15 @@ impl MlpConfig {
         Ok(())
     }
 
+    /// The fixed Fourier frequencies w ~ N(0, fourier_scale^2), drawn from their own
+    /// stream: part of the architecture, saved with the weights as [`FREQUENCIES`].
+    pub fn fourier_frequencies(&self) -> Vec<f32> {
+        normals(&mut stream(0, "mlp/fourier"), self.embedding_dim / 2)
+            .iter()
+            .map(|z| z * self.fourier_scale as f32)
+            .collect()
+    }
+
     /// (in, out) of every linear layer for data of dimension `dim`.
     fn layer_shapes(&self, dim: usize) -> Vec<(usize, usize)> {
         let mut widths = vec![dim + self.embedding_dim];
@@ -114,6 +123,9 @@ impl MlpConfig {
         Ok(out)
     }
 }
+
+/// The name of the Fourier frequencies among the saved tensors.
+pub const FREQUENCIES: &str = "embedding.frequencies";
 
 /// The network itself.
 pub struct Mlp {
@@ -153,19 +165,21 @@ impl Mlp {
         }
         let frequencies = match config.embedding {
             Embedding::Sinusoidal => None,
-            Embedding::Fourier => {
-                let half = config.embedding_dim / 2;
-                let w: Vec<f32> = normals(&mut stream(0, "mlp/fourier"), half)
-                    .iter()
-                    .map(|z| z * config.fourier_scale as f32)
-                    .collect();
-                let device = weights
-                    .values()
-                    .next()
-                    .map(|t| t.device().clone())
-                    .unwrap_or(Device::Cpu);
-                Some(Tensor::from_vec(w, half, &device)?)
-            }
+            // Saved with the weights (`FREQUENCIES`); entries from before are rebuilt
+            // from the stream they were drawn from.
+            Embedding::Fourier => match weights.get(FREQUENCIES) {
+                Some(w) => Some(w.clone()),
+                None => {
+                    let device = weights
+                        .values()
+                        .next()
+                        .map(|t| t.device().clone())
+                        .unwrap_or(Device::Cpu);
+                    let w = config.fourier_frequencies();
+                    let half = w.len();
+                    Some(Tensor::from_vec(w, half, &device)?)
+                }
+            },
         };
         let mut mlp = Mlp {
             layers,

@@ -47,6 +47,20 @@ pub struct NetworkSize {
 }
 
 impl NetworkConfig {
+    /// Tensors the network needs that training does not change (the Fourier
+    /// frequencies), so saved weights rebuild it anywhere without runner's streams.
+    pub fn fixed_tensors(&self) -> Vec<(&'static str, Vec<f32>)> {
+        match self {
+            NetworkConfig::Mlp(cfg) if cfg.embedding == super::mlp::Embedding::Fourier => {
+                vec![(super::mlp::FREQUENCIES, cfg.fourier_frequencies())]
+            }
+            NetworkConfig::UNet(cfg) if cfg.embedding == super::mlp::Embedding::Fourier => {
+                vec![(super::unet::FREQUENCIES, cfg.fourier_frequencies())]
+            }
+            _ => Vec::new(),
+        }
+    }
+
     /// The network's size on data of this shape.
     pub fn size(&self, shape: DataShape) -> NetworkSize {
         match self {

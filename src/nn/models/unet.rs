@@ -50,6 +50,9 @@ pub struct UNetConfig {
     pub condition: Condition,
 }
 
+/// The name of the time embedding's Fourier frequencies among the saved tensors.
+pub const FREQUENCIES: &str = "time.frequencies";
+
 /// The scalar the time embedding encodes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -121,6 +124,15 @@ impl UNetConfig {
             return Err("`fourier_scale` must be positive".into());
         }
         Ok(())
+    }
+
+    /// The fixed Fourier frequencies of the time embedding (`channels / 2` of them,
+    /// N(0, fourier_scale^2)), saved with the weights as [`FREQUENCIES`].
+    pub fn fourier_frequencies(&self) -> Vec<f32> {
+        normals(&mut stream(0, "unet/fourier"), self.channels / 2)
+            .iter()
+            .map(|z| z * self.fourier_scale as f32)
+            .collect()
     }
 
     /// Checks that the image can be halved once per extra level.
@@ -363,13 +375,16 @@ impl UNet {
         }
         let frequencies = match config.embedding {
             Embedding::Sinusoidal => None,
-            Embedding::Fourier => {
-                let w: Vec<f32> = normals(&mut stream(0, "unet/fourier"), ch / 2)
-                    .iter()
-                    .map(|z| z * config.fourier_scale as f32)
-                    .collect();
-                Some(Tensor::from_vec(w, ch / 2, vb.device())?)
+            // Loaded with the weights when they carry them (saved since they are part
+            // of the architecture); drawn from their stream otherwise.
+            Embedding::Fourier if vb.contains_tensor(FREQUENCIES) => {
+                Some(vb.get(ch / 2, FREQUENCIES)?)
             }
+            Embedding::Fourier => Some(Tensor::from_vec(
+                config.fourier_frequencies(),
+                ch / 2,
+                vb.device(),
+            )?),
         };
         Ok(UNet {
             shape,
