@@ -54,23 +54,53 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> StageResult<T> {
 }
 
 pub fn save_tensors(path: &Path, tensors: &[(&str, Tensor)]) -> StageResult<()> {
-    save_tensors_with(path, tensors, None)
+    let map: HashMap<String, Tensor> = tensors
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    candle_core::safetensors::save(&map, path)
+        .map_err(|e| StageError::Failed(format!("writing {}: {e}", path.display())))?;
+    readable_by_all(path)
 }
 
-/// Writes tensors with `metadata` in the file's header (safetensors' `__metadata__`,
-/// string to string), where any reader finds it without runner.
+/// Writes f32 tensors with `metadata` in the file's header (safetensors'
+/// `__metadata__`, string to string), where any reader finds it without runner. The
+/// file is laid out here rather than by the `safetensors` crate, whose metadata map
+/// is a `HashMap` serialized in a random order: one key must mean the same bytes, so
+/// the header's keys and the tensors are in name order.
 pub fn save_tensors_with(
     path: &Path,
     tensors: &[(&str, Tensor)],
-    metadata: Option<HashMap<String, String>>,
+    metadata: &std::collections::BTreeMap<String, String>,
 ) -> StageResult<()> {
-    // safetensors wants contiguous host tensors.
-    let host: Vec<(&str, Tensor)> = tensors
-        .iter()
-        .map(|(k, v)| Ok((*k, v.to_device(&Device::Cpu)?.contiguous()?)))
-        .collect::<candle_core::Result<_>>()?;
-    safetensors::serialize_to_file(host.iter().map(|(k, v)| (*k, v)), metadata, path)
-        .map_err(|e| StageError::Failed(format!("writing {}: {e}", path.display())))?;
+    let mut sorted: Vec<&(&str, Tensor)> = tensors.iter().collect();
+    sorted.sort_by_key(|(name, _)| *name);
+    let mut header = serde_json::Map::new();
+    header.insert(
+        "__metadata__".into(),
+        serde_json::to_value(metadata).expect("strings"),
+    );
+    let mut body: Vec<u8> = Vec::new();
+    for (name, tensor) in sorted {
+        let values = tensor
+            .flatten_all()?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1::<f32>()?;
+        let start = body.len();
+        body.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+        header.insert(
+            name.to_string(),
+            serde_json::json!({ "dtype": "F32", "shape": tensor.dims(), "data_offsets": [start, body.len()] }),
+        );
+    }
+    let mut text = serde_json::to_vec(&header).expect("headers serialize");
+    // The format pads the header with spaces so the data starts 8-byte aligned.
+    text.resize(text.len().div_ceil(8) * 8, b' ');
+    let mut bytes = Vec::with_capacity(8 + text.len() + body.len());
+    bytes.extend((text.len() as u64).to_le_bytes());
+    bytes.extend(text);
+    bytes.extend(body);
+    std::fs::write(path, bytes).map_err(StageError::io(path))?;
     readable_by_all(path)
 }
 

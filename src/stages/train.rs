@@ -471,7 +471,7 @@ fn run(params: &TrainParams, ctx: &StageContext) -> StageResult<()> {
             Ok((name, Tensor::from_vec(values, n, &candle_core::Device::Cpu)?))
         })
         .collect::<candle_core::Result<_>>()?;
-    let metadata = std::collections::HashMap::from([
+    let metadata = std::collections::BTreeMap::from([
         ("format".to_string(), "pt".to_string()),
         (
             "runner.model".to_string(),
@@ -487,7 +487,7 @@ fn run(params: &TrainParams, ctx: &StageContext) -> StageResult<()> {
             .map(|(n, t)| (n.as_str(), t.clone()))
             .collect();
         all.extend(fixed.iter().cloned());
-        save_tensors_with(&ctx.path(file), &all, Some(metadata.clone()))?;
+        save_tensors_with(&ctx.path(file), &all, &metadata)?;
     }
     write_json(&ctx.path("model.json"), &trained)?;
 
