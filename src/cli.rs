@@ -196,23 +196,40 @@ pub enum Command {
     },
 }
 
-/// Ends the process on SIGINT, SIGTERM or SIGHUP with a message and the shell's exit
-/// code for the signal (128 + its number). Nothing needs undoing: entries appear by an
-/// atomic rename, a stage cut short leaves only its staging directory (which `gc`
-/// deletes) and its checkpoints (which the next run resumes from), and the OS drops
-/// the locks with the process.
-fn exit_on_signals() {
+/// Whether the command can stop gracefully (a run): set before it starts computing.
+static GRACEFUL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn signal_name(signal: i32) -> &'static str {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    match signal {
+        SIGINT => "SIGINT (Ctrl-C)",
+        SIGTERM => "SIGTERM",
+        _ => "SIGHUP",
+    }
+}
+
+/// SIGINT, SIGTERM and SIGHUP. During a run the first asks it to stop at the next
+/// step ([`crate::interrupt`]): trainings save a checkpoint there, nothing new starts,
+/// and the report is written for what finished; a second signal, or any signal to
+/// another command, ends the process at once with 128 + the signal. Nothing needs
+/// undoing then either: entries appear by an atomic rename, a stage cut short leaves
+/// only its staging directory (which `gc` deletes), and the OS drops the locks.
+fn handle_signals() {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
         return;
     };
     std::thread::spawn(move || {
-        if let Some(signal) = signals.forever().next() {
-            let name = match signal {
-                SIGINT => "SIGINT (Ctrl-C)",
-                SIGTERM => "SIGTERM",
-                _ => "SIGHUP",
-            };
+        for signal in signals.forever() {
+            let name = signal_name(signal);
+            if GRACEFUL.load(std::sync::atomic::Ordering::SeqCst) && !crate::interrupt::requested()
+            {
+                crate::interrupt::request(signal);
+                eprintln!(
+                    "\n{name}: stopping at the next step (a training saves a checkpoint there) and writing the report for what finished; press Ctrl-C again to quit at once"
+                );
+                continue;
+            }
             eprintln!(
                 "\ninterrupted by {name}: finished stages are cached, stages in progress are dropped (trainings keep their last checkpoint); run the same command to go on"
             );
@@ -225,7 +242,7 @@ fn exit_on_signals() {
 pub fn main() -> ExitCode {
     crate::alloc::keep_freed_memory();
     let cli = Cli::parse();
-    exit_on_signals();
+    handle_signals();
     match dispatch(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(RunnerError::StagesFailed { failed, total }) => {
@@ -235,6 +252,10 @@ pub fn main() -> ExitCode {
         Err(RunnerError::Damaged(message)) => {
             eprintln!("error: {message}");
             ExitCode::from(1)
+        }
+        Err(RunnerError::Interrupted { signal, message }) => {
+            eprintln!("{message}");
+            ExitCode::from((128 + signal).clamp(0, 255) as u8)
         }
         // Not the user's input: the machine (a full disk, a permission) failed it.
         Err(e @ (RunnerError::Report(_) | RunnerError::Cache(_))) => {
@@ -519,6 +540,7 @@ fn run(
     let _live = register(&cache, plan)?;
     let device = crate::exec::device::name(&options.device);
     let mut record = runs::Run::begin(results, plan, invocation, &device)?;
+    GRACEFUL.store(true, std::sync::atomic::Ordering::SeqCst);
     let progress = Progress::detect();
     let points = if plan.sweep.is_empty() {
         String::new()
@@ -540,12 +562,19 @@ fn run(
     );
     let failed = count(&|s| matches!(s, Status::Failed(_)));
     let skipped = count(&|s| matches!(s, Status::Skipped(_)));
+    let cancelled = count(&|s| matches!(s, Status::Cancelled(_)));
     // The summary comes first: a report that cannot be written (a full disk) must
     // not hide what the stages did.
     if cached == outcomes.len() {
         eprintln!("all {} stages cached: nothing to compute", outcomes.len());
     } else {
-        eprintln!("{computed} computed, {cached} cached, {failed} failed, {skipped} skipped");
+        let cancelled = match cancelled {
+            0 => String::new(),
+            n => format!(", {n} cancelled"),
+        };
+        eprintln!(
+            "{computed} computed, {cached} cached, {failed} failed, {skipped} skipped{cancelled}"
+        );
     }
     for o in &outcomes {
         match &o.status {
@@ -556,7 +585,9 @@ fn run(
             _ => {}
         }
     }
-    let status = if failed + skipped > 0 {
+    let status = if cancelled > 0 || crate::interrupt::requested() {
+        "interrupted"
+    } else if failed + skipped > 0 {
         "failed"
     } else {
         "succeeded"
@@ -575,6 +606,16 @@ fn run(
         })?;
     eprintln!("report: {}", report.path.display());
     let unmet = print_claims(&report.claims);
+    if let Some(signal) = crate::interrupt::signal() {
+        return Err(RunnerError::Interrupted {
+            signal,
+            message: format!(
+                "interrupted by {}: {computed} stages computed and {cached} cached are kept, {cancelled} stopped or not started; `{}` goes on from there (trainings from their checkpoint)",
+                signal_name(signal),
+                record.record.command_line()
+            ),
+        });
+    }
     if failed + skipped > 0 {
         return Err(RunnerError::StagesFailed {
             failed: failed + skipped,

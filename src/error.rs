@@ -116,4 +116,7 @@ pub enum RunnerError {
     /// `verify` found damaged entries (exit 1, like failed stages).
     #[error("{0}")]
     Damaged(String),
+    /// The run stopped at the user's interrupt (exit 128 + the signal).
+    #[error("{message}")]
+    Interrupted { signal: i32, message: String },
 }

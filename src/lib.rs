@@ -18,6 +18,7 @@ pub mod data;
 pub mod diffusion;
 pub mod error;
 pub mod exec;
+pub mod interrupt;
 pub mod machine;
 pub mod metrics;
 pub mod nn;

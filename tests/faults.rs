@@ -573,7 +573,7 @@ fn registered(results: &Path, child: &std::process::Child) -> bool {
     })
 }
 
-/// SIGINT, SIGTERM and SIGHUP end a run with a message and the shell's code for the
+/// SIGINT, SIGTERM and SIGHUP stop a run with a message and the shell's code for the
 /// signal; the cache stays sound and the next run goes on from there.
 #[test]
 fn signals_end_a_run_with_a_message_and_a_sound_cache() {
@@ -593,9 +593,9 @@ fn signals_end_a_run_with_a_message_and_a_sound_cache() {
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(code), "{signal}: {err}");
         assert!(
-            err.contains(&format!(
-                "interrupted by {name}: finished stages are cached"
-            )),
+            err.contains(&format!("{name}: stopping at the next step"))
+                && err.contains(&format!("interrupted by {name}: "))
+                && err.contains("goes on from there"),
             "{err}"
         );
         let check = runner(&results, &["verify"]);
@@ -963,4 +963,102 @@ fn fuzzed_pipelines_never_panic_hang_or_blow_up() {
     // The mutations do break files: most are refused, some still plan.
     eprintln!("{refused} of 400 refused");
     assert!((100..400).contains(&refused), "{refused} of 400 refused");
+}
+
+/// The key prefix `plan` shows for `stage`.
+fn planned_prefix(results: &Path, file: &Path, stage: &str) -> String {
+    let plan = stdout(&runner(results, &["plan", file.to_str().unwrap()]));
+    let line = plan
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{stage} ")))
+        .unwrap();
+    line.split_whitespace().nth(2).unwrap().to_string()
+}
+
+/// Whether the stage whose key starts with `prefix` is being computed.
+fn computing(results: &Path, prefix: &str) -> bool {
+    fs::read_dir(results.join(".cache/.tmp")).is_ok_and(|d| {
+        d.flatten().any(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with(prefix) && !name.ends_with("-checkpoints")
+        })
+    })
+}
+
+/// The first Ctrl-C stops a run at the next step: the training saves a checkpoint at
+/// that step (none is due on its own), nothing new starts, the report is written and
+/// the run is recorded as interrupted; the next run resumes from that step. A second
+/// Ctrl-C quits at once.
+#[test]
+fn the_first_ctrl_c_stops_gracefully_and_the_second_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_pipeline(
+        dir.path(),
+        "ctrl",
+        &tiny_pipeline("ctrl", 20).replace(
+            "params: { objective: eps, steps: 20, batch: 64 }",
+            "params: { objective: eps, steps: 200000, batch: 64, checkpoint_every: 0 }",
+        ),
+    );
+    let results = dir.path().join("results");
+    let prefix = planned_prefix(&results, &file, "ddpm");
+    let child = spawn_run(&results, &file, &["--jobs", "1"]);
+    wait_for("ddpm to train", || computing(&results, &prefix));
+    std::thread::sleep(Duration::from_millis(300));
+    send(&child, "INT");
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("SIGINT (Ctrl-C): stopping at the next step"),
+        "{err}"
+    );
+    let step: usize = err
+        .split("cancelled: stopped by the interrupt at step ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no interrupted training in:\n{err}"));
+    assert!(step > 1, "{err}");
+    assert!(err.contains("of 200000: checkpoint saved"), "{err}");
+    assert!(
+        err.contains("6 computed, 0 cached, 0 failed, 0 skipped, 3 cancelled"),
+        "{err}"
+    );
+    assert!(results.join("ctrl/report.html").is_file());
+    let run = fs::read_dir(results.join("ctrl/runs"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    let record: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(run.path().join("run.json")).unwrap()).unwrap();
+    assert_eq!(record["status"], "interrupted");
+    let samples = record["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "ddpm_samples")
+        .unwrap();
+    assert_eq!(
+        (samples["status"].as_str(), samples["message"].as_str()),
+        (Some("cancelled"), Some("not started"))
+    );
+    assert!(runner(&results, &["verify"]).status.success());
+
+    // The next run resumes at that very step; two Ctrl-C end it at once.
+    let child = spawn_run(&results, &file, &["--jobs", "1"]);
+    wait_for("ddpm to resume", || computing(&results, &prefix));
+    std::thread::sleep(Duration::from_millis(300));
+    send(&child, "INT");
+    std::thread::sleep(Duration::from_millis(20));
+    send(&child, "INT");
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(
+        err.contains(&format!("resuming from the checkpoint at step {step}")),
+        "{err}"
+    );
+    assert!(runner(&results, &["verify"]).status.success());
 }

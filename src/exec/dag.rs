@@ -114,6 +114,20 @@ pub fn run<'p>(
         let mut deferred = Vec::new();
         for ix in std::mem::take(&mut ready) {
             let node = &graph[ix];
+            // Stopping: nothing new starts.
+            if crate::interrupt::requested() {
+                results.insert(
+                    ix,
+                    Outcome {
+                        node: ix,
+                        name: node.name(),
+                        status: Status::Cancelled("not started".into()),
+                        seconds: 0.0,
+                    },
+                );
+                release(plan, ix, &mut waiting, &mut deferred);
+                continue;
+            }
             // An input that did not succeed means this stage cannot run.
             let blocked = graph
                 .neighbors_directed(ix, Direction::Incoming)
@@ -142,6 +156,19 @@ pub fn run<'p>(
             });
         }
         pending.sort_by_key(|job| position[&job.ix]);
+        if crate::interrupt::requested() {
+            // Held back by the executor before the stop: they do not start either.
+            for job in std::mem::take(&mut pending) {
+                let outcome = Outcome {
+                    node: job.ix,
+                    name: job.node.name(),
+                    status: Status::Cancelled("not started".into()),
+                    seconds: 0.0,
+                };
+                results.insert(job.ix, outcome);
+                release(plan, job.ix, &mut waiting, &mut deferred);
+            }
+        }
         for job in std::mem::take(&mut pending) {
             match executor.submit(job) {
                 Ok(()) => running += 1,
@@ -180,6 +207,9 @@ pub fn run<'p>(
             )),
             Status::Failed(message) => {
                 progress.println(&format!("x {:<20} FAILED: {message}", outcome.name))
+            }
+            Status::Cancelled(message) => {
+                progress.println(&format!("- {:<20} cancelled: {message}", outcome.name))
             }
             Status::Skipped(_) | Status::Missing => {}
         }

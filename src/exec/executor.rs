@@ -17,6 +17,8 @@ pub enum Status {
     Skipped(String),
     /// Not in the cache and not run (`runner report` builds from the cache only).
     Missing,
+    /// Not finished because the user interrupted the run (what it got to, if it ran).
+    Cancelled(String),
 }
 
 impl Status {
@@ -31,6 +33,7 @@ impl Status {
             Status::Failed(_) => "failed",
             Status::Skipped(_) => "skipped",
             Status::Missing => "missing",
+            Status::Cancelled(_) => "cancelled",
         }
     }
 }

@@ -103,6 +103,7 @@ impl<'scope, 'env> Executor<'env> for LocalExecutor<'scope, 'env> {
                     compute(node, inputs, cache, force, progress, device)
                 })) {
                     Ok(Ok(status)) => status,
+                    Ok(Err(e)) if crate::interrupt::requested() => Status::Cancelled(e.to_string()),
                     Ok(Err(e)) => Status::Failed(e.to_string()),
                     Err(panic) => {
                         Status::Failed(format!("internal error: {}", panic_message(&panic)))

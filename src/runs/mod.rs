@@ -270,6 +270,7 @@ pub fn stage_runs(plan: &Plan, outcomes: &[Outcome]) -> Vec<StageRun> {
             let message = match &o.status {
                 Status::Failed(m) => Some(m.clone()),
                 Status::Skipped(input) => Some(format!("input `{input}` did not complete")),
+                Status::Cancelled(what) => Some(what.clone()),
                 _ => None,
             };
             StageRun {

@@ -445,7 +445,9 @@ fn run(params: &TrainParams, ctx: &StageContext) -> StageResult<()> {
                 .detach();
         }
         losses.push(value);
-        if params.checkpoint_every > 0 && step % params.checkpoint_every == 0 && step < total {
+        // Asked to stop: a checkpoint at this very step, so no work is lost.
+        let stop = crate::interrupt::requested() && step < total;
+        if stop || (params.checkpoint_every > 0 && step % params.checkpoint_every == 0 && step < total) {
             let state = TrainState {
                 names: &names,
                 opt: &mut opt,
@@ -454,6 +456,12 @@ fn run(params: &TrainParams, ctx: &StageContext) -> StageResult<()> {
                 rng: &mut rng,
             };
             save(&ctx.checkpoints, step, &state)?;
+            if stop {
+                return Err(StageError::Failed(format!(
+                    "{} at step {step} of {total}: checkpoint saved, the next run resumes from it",
+                    crate::interrupt::STOPPED
+                )));
+            }
         }
         let rate = ((step - start) * batch) as f64 / started.elapsed().as_secs_f64().max(1e-9);
         let unit = if meta.is_image() { "img/s" } else { "pts/s" };

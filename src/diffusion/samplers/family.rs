@@ -196,8 +196,15 @@ impl<'a> Run<'a> {
         (x0.affine(state.a, 0.0)? - x)?.affine(1.0 / (state.s * state.s), 0.0)
     }
 
-    /// Keeps a snapshot when `progress` (in [0, 1]) passes the next mark.
+    /// Keeps a snapshot when `progress` (in [0, 1]) passes the next mark; fails once
+    /// the user asked the run to stop (every sampler observes each of its steps).
     pub fn observe(&mut self, step: usize, progress: f64, x: &Tensor) -> Result<()> {
+        if crate::interrupt::requested() {
+            return Err(candle_core::Error::Msg(format!(
+                "{} at step {step}",
+                crate::interrupt::STOPPED
+            )));
+        }
         self.snaps.observe(step, progress, x)
     }
 
