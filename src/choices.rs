@@ -108,3 +108,72 @@ mod tests {
         );
     }
 }
+
+/// The option closest to a misspelt `word`, when one is close enough to be what was
+/// meant (at most a third of its letters edited, and at least 2 allowed).
+pub fn did_you_mean<'a>(word: &str, options: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let limit = (word.chars().count() / 3).max(2);
+    options
+        .into_iter()
+        .map(|o| (strsim::damerau_levenshtein(word, o), o))
+        .filter(|&(d, o)| d <= limit && o != word)
+        .min_by_key(|&(d, _)| d)
+        .map(|(_, o)| o)
+}
+
+/// `; did you mean `x`?` when an option is close to `word`, else nothing.
+pub fn suggestion<'a>(word: &str, options: impl IntoIterator<Item = &'a str>) -> String {
+    did_you_mean(word, options)
+        .map(|best| format!("; did you mean `{best}`?"))
+        .unwrap_or_default()
+}
+
+/// A parser's message in a user's terms: integers and numbers rather than Rust's
+/// types, and a "did you mean" after an unknown name with its valid choices.
+pub fn in_user_terms(message: &str) -> String {
+    let mut text = message.to_string();
+    for (rust, user) in [
+        ("expected usize", "expected a whole number (0 or more)"),
+        ("expected u64", "expected a whole number (0 or more)"),
+        ("expected u32", "expected a whole number (0 or more)"),
+        ("expected f64", "expected a number"),
+        ("expected f32", "expected a number"),
+        ("expected a sequence", "expected a list"),
+        ("expected a map", "expected a mapping (key: value)"),
+        ("floating point", "number"),
+    ] {
+        text = text.replace(rust, user);
+    }
+    for kind in ["unknown variant `", "unknown field `"] {
+        let Some(start) = text.find(kind) else {
+            continue;
+        };
+        let rest = &text[start + kind.len()..];
+        let Some(end) = rest.find('`') else { continue };
+        let word = &rest[..end];
+        let choices: Vec<&str> = rest[end + 1..].split('`').skip(1).step_by(2).collect();
+        let hint = suggestion(word, choices);
+        text.push_str(&hint);
+    }
+    text
+}
+
+#[cfg(test)]
+mod suggestion_tests {
+    use super::*;
+
+    #[test]
+    fn close_names_are_suggested_and_far_ones_are_not() {
+        assert_eq!(
+            did_you_mean("ddmi", ["ancestral", "ddim", "pc"]),
+            Some("ddim")
+        );
+        assert_eq!(did_you_mean("zzzzzz", ["ancestral", "ddim"]), None);
+        let message = "unknown variant `ancestrl`, expected one of `ancestral`, `ddim`, `ode`";
+        assert!(in_user_terms(message).ends_with("; did you mean `ancestral`?"));
+        assert_eq!(
+            in_user_terms("invalid value: integer `-5`, expected usize"),
+            "invalid value: integer `-5`, expected a whole number (0 or more)"
+        );
+    }
+}

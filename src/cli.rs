@@ -296,8 +296,9 @@ fn dispatch(cli: &Cli) -> Result<(), RunnerError> {
             for id in force {
                 if !plan.has_stage(id) {
                     return Err(RunnerError::Usage(format!(
-                        "--force {id}: no such stage; stages are: {}",
-                        plan.stages.join(", ")
+                        "--force {id}: no such stage; stages are: {}{}",
+                        plan.stages.join(", "),
+                        crate::choices::suggestion(id, plan.stages.iter().map(String::as_str))
                     )));
                 }
             }
@@ -724,7 +725,7 @@ fn rebuild_report(
 const LONG_STAGE_SECONDS: f64 = 3600.0;
 
 fn print_plan(plan: &Plan, results: &Path) -> Result<(), RunnerError> {
-    let cache = Cache::open(results)?;
+    let cache = Cache::reading(results);
     let history = history::load(&results.join(&plan.name));
     if plan.sweep.is_empty() {
         out!("pipeline {} ({} stages)", plan.name, plan.order.len());

@@ -51,7 +51,8 @@ fn wrong_type_names_the_key() {
     );
     assert!(err.contains("p.yaml:9:38"), "{err}");
     assert!(
-        err.contains("stages.tr.params.steps") && err.contains("expected usize"),
+        err.contains("stages.tr.params.steps")
+            && err.contains("expected a whole number (0 or more)"),
         "{err}"
     );
 }
@@ -433,4 +434,82 @@ fn profiles_apply_their_overrides_and_unknown_ones_are_listed() {
         "{}",
         stderr(&out)
     );
+}
+
+/// Misspelt names get the closest valid one; numbers are named in a user's terms.
+#[test]
+fn typos_get_a_suggestion_and_types_are_named_in_user_terms() {
+    let err = plan_error(
+        "  tr:\n    kind: train\n    needs: { data: data, schedule: lin, model: mlp }\n    params: { objective: eps, stpes: 10 }\n",
+    );
+    assert!(err.contains("did you mean `steps`?"), "{err}");
+    let err = plan_error(
+        "  tr:\n    kind: train\n    needs: { data: data, schedule: lin, model: mlp }\n    params: { objective: eps }\n  s: { kind: sample, needs: { train: tr }, params: { sampler: ancestrl } }\n",
+    );
+    assert!(err.contains("did you mean `ancestral`?"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_pipeline(dir.path(), "p", BASE);
+    let file = path.to_str().unwrap();
+    let results = dir.path().join("results");
+    for (args, want) in [
+        (
+            vec!["plan", file, "--set", "lni.params.steps=3"],
+            "did you mean `lin`?",
+        ),
+        (vec!["run", file, "--force", "dat"], "did you mean `data`?"),
+        (
+            vec!["plan", file, "--set", "lin.params.steps=-5"],
+            "integer `-5`, expected a whole number (0 or more)",
+        ),
+    ] {
+        let out = runner(&results, &args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&out).contains(want), "{args:?}: {}", stderr(&out));
+    }
+    // A name far from every choice gets none.
+    let out = runner(&results, &["plan", file, "--set", "zzzzzzzz.params.x=1"]);
+    assert!(!stderr(&out).contains("did you mean"), "{}", stderr(&out));
+}
+
+/// `~` in `--set` leaves the key out (its default), as it does in sweeps.
+#[test]
+fn a_tilde_in_set_means_the_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_pipeline(
+        dir.path(),
+        "p",
+        &BASE.replace("name: gmm, n: 100", "name: gmm, n: 100, seed: 5"),
+    );
+    let file = path.to_str().unwrap();
+    let results = dir.path().join("results");
+    let key = |args: &[&str]| {
+        let mut all = vec!["plan", file];
+        all.extend_from_slice(args);
+        let out = stdout(&runner(&results, &all));
+        let line = out
+            .lines()
+            .find(|l| l.trim_start().starts_with("data "))
+            .unwrap();
+        line.split_whitespace().nth(2).unwrap().to_string()
+    };
+    let written = key(&[]);
+    let defaulted = key(&["--set", "data.params.seed=~"]);
+    let explicit = key(&["--set", "data.params.seed=0"]);
+    assert_ne!(written, defaulted);
+    assert_eq!(defaulted, explicit, "the seed's default is 0");
+}
+
+/// `plan` (and `--dry-run`) write nothing: no results folder, no cache.
+#[test]
+fn plan_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_pipeline(dir.path(), "p", BASE);
+    let results = dir.path().join("results");
+    for args in [vec!["plan"], vec!["run", "--dry-run"]] {
+        let mut all = args.clone();
+        all.push(path.to_str().unwrap());
+        let out = runner(&results, &all);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(!results.exists(), "{args:?} wrote {}", results.display());
+    }
 }

@@ -83,10 +83,10 @@ pub fn digest_files(root: &Path, files: &[PathBuf]) -> Result<String, String> {
 
 /// Writes the memo atomically; a failure only costs re-reading files next time.
 fn save(path: &Path, memo: &BTreeMap<String, Remembered>) {
-    let Some(dir) = path.parent() else { return };
-    if std::fs::create_dir_all(dir).is_err() {
+    // Only into a cache that exists: planning a pipeline never run creates nothing.
+    let Some(dir) = path.parent().filter(|d| d.is_dir()) else {
         return;
-    }
+    };
     let Ok(tmp) = tempfile::NamedTempFile::new_in(dir) else {
         return;
     };

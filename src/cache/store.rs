@@ -86,6 +86,15 @@ impl Cache {
         })
     }
 
+    /// The cache inside a results directory, for reading only: nothing is created
+    /// (what `plan` uses, so that planning writes nothing).
+    pub fn reading(results: &Path) -> Cache {
+        Cache {
+            root: results.join(".cache"),
+            checked: Arc::default(),
+        }
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }

@@ -254,9 +254,10 @@ pub fn load(
                 format!("{} defines no profiles", path.display())
             } else {
                 format!(
-                    "no such profile; {} defines: {}",
+                    "no such profile; {} defines: {}{}",
                     path.display(),
-                    spec.profiles.keys().cloned().collect::<Vec<_>>().join(", ")
+                    spec.profiles.keys().cloned().collect::<Vec<_>>().join(", "),
+                    crate::choices::suggestion(name, spec.profiles.keys().map(String::as_str))
                 )
             },
         })?;
@@ -276,7 +277,7 @@ pub fn load(
         }
         spec = serde_norway::from_value(tree.clone()).map_err(|e| SpecError::Override {
             assignment: overrides.join(" "),
-            message: e.to_string(),
+            message: crate::choices::in_user_terms(&e.to_string()),
         })?;
         for assignment in overrides {
             let Some((key, _)) = assignment.split_once('=') else {
@@ -397,7 +398,7 @@ fn yaml_error(path: &Path, error: serde_norway::Error) -> SpecError {
     SpecError::Invalid {
         path: path.to_path_buf(),
         location,
-        message,
+        message: crate::choices::in_user_terms(&message),
     }
 }
 
@@ -431,9 +432,10 @@ fn apply_override(tree: &mut serde_norway::Value, assignment: &str) -> Result<()
                 })
                 .unwrap_or_default();
             return Err(fail(format!(
-                "no stage `{}`; stages are: {}",
+                "no stage `{}`; stages are: {}{}",
                 parts[1],
-                choices.join(", ")
+                choices.join(", "),
+                crate::choices::suggestion(parts[1], choices.iter().map(String::as_str))
             )));
         }
     }
@@ -452,6 +454,12 @@ fn apply_override(tree: &mut serde_norway::Value, assignment: &str) -> Result<()
     let map = node
         .as_mapping_mut()
         .ok_or_else(|| fail(format!("the parent of `{last}` is not a mapping")))?;
-    map.insert(serde_norway::Value::String(last.to_string()), value);
+    let key = serde_norway::Value::String(last.to_string());
+    // `~` (null) leaves the key out, so the default applies, as in sweeps.
+    if value.is_null() {
+        map.remove(&key);
+    } else {
+        map.insert(key, value);
+    }
     Ok(())
 }
