@@ -292,3 +292,45 @@ fn gc_keeps_what_recorded_runs_reach_unless_told_to_keep_fewer() {
     assert!(!run_dir(&two, 0).exists() && run_dir(&two, 1).exists());
     assert!(runner(&two.results, &["report"]).status.success());
 }
+
+/// The report's metrics: one table per evaluate stage and kind, a row per evaluated
+/// stage and the sweep values that reach it (a stage no axis reaches once), wide
+/// tables scrolling in their box, figures opening full size.
+#[test]
+fn report_tables_keep_samples_apart_and_unswept_stages_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("results");
+    let text = format!(
+        "{}sweep:\n  ddpm_samples.params.seed: [0, 1]\n",
+        tiny_pipeline("tables", 20)
+    );
+    let file = write_pipeline(dir.path(), "tables", &text);
+    assert!(
+        runner(&results, &["run", file.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let html = fs::read_to_string(results.join("tables/report.html")).unwrap();
+    let start = html
+        .find("<h3>compare (samples)</h3>")
+        .expect("a samples table");
+    let table = &html[start..start + html[start..].find("</table>").unwrap()];
+    assert!(
+        html[start..].starts_with("<h3>compare (samples)</h3>\n<div class=\"wide\">"),
+        "a wide table scrolls in its box"
+    );
+    assert_eq!(table.matches("<tr><td>").count(), 3, "{table}");
+    assert_eq!(table.matches(">smld_samples<").count(), 1, "{table}");
+    assert_eq!(table.matches(">ddpm_samples<").count(), 2, "{table}");
+    assert!(
+        html.contains("<figure><a href=\"figures&#x2f;"),
+        "figures open full size"
+    );
+    // The terminal shows the same rows.
+    let shown = stdout(&runner(&results, &["show"]));
+    assert_eq!(
+        shown.lines().filter(|l| l.contains("smld_samples")).count(),
+        1,
+        "{shown}"
+    );
+}

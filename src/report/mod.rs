@@ -253,7 +253,7 @@ pub fn build(
                 source => &plan.source,
                 sweep => minijinja::value::Serde(&sweep),
                 compare_figures => minijinja::value::Serde(&compare_figures),
-                table => minijinja::value::Serde(&table.pivot(plan)),
+                metric_tables => minijinja::value::Serde(&table::tables(&metrics).iter().map(|t| shown_table(plan, t)).collect::<Vec<_>>()),
                 stages => minijinja::value::Serde(&stages),
                 galleries => minijinja::value::Serde(&galleries),
                 claims => minijinja::value::Serde(&claims),
@@ -272,6 +272,53 @@ pub fn build(
     })
 }
 
+/// A metrics table as the page shows it: numbers formatted, stages linked.
+#[derive(Serialize)]
+struct ShownTable {
+    title: String,
+    axes: Vec<String>,
+    /// `samples` or `model`: the header of the stage column.
+    subject: &'static str,
+    metrics: Vec<String>,
+    rows: Vec<ShownRow>,
+}
+
+#[derive(Serialize)]
+struct ShownRow {
+    point: Vec<String>,
+    stage: String,
+    link: Option<String>,
+    values: Vec<String>,
+}
+
+fn shown_table(plan: &Plan, t: &table::Table) -> ShownTable {
+    ShownTable {
+        title: format!("{} ({})", t.evaluate, t.of),
+        axes: t.axes.clone(),
+        subject: if t.of == "models" { "model" } else { "samples" },
+        metrics: t.metrics.clone(),
+        rows: t
+            .rows
+            .iter()
+            .map(|r| ShownRow {
+                point: r.point.clone(),
+                stage: r.stage.clone(),
+                // Unforked stages link to their folder; a fork's label is in the row.
+                link: plan
+                    .nodes_of(&r.stage)
+                    .next()
+                    .filter(|_| !plan.is_forked(&r.stage))
+                    .map(|n| plan.link(n)),
+                values: r
+                    .values
+                    .iter()
+                    .map(|v| v.map(table::number).unwrap_or_default())
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
 /// Every metric by evaluate node, in plan order: a stage that no sweep axis reaches
 /// appears once, not once per point.
 fn metric_records(
@@ -284,15 +331,27 @@ fn metric_records(
             continue;
         };
         let node = &plan.graph[ix];
-        let point: Vec<(String, String)> = node
-            .coords
-            .iter()
-            .map(|&(a, v)| {
-                let axis = &plan.sweep.axes[a];
-                (axis.name.clone(), axis.shown[v].clone())
-            })
-            .collect();
+        // The sweep values of the evaluated stage itself: one no axis reaches has none,
+        // whichever fork of the evaluation measured it.
+        let point_of = |stage: &str| -> Vec<(String, String)> {
+            let input = node
+                .needs
+                .iter()
+                .flat_map(|(_, ixs)| ixs)
+                .map(|&i| &plan.graph[i])
+                .find(|n| n.id == stage);
+            input
+                .map(|n| n.coords.as_slice())
+                .unwrap_or(&node.coords)
+                .iter()
+                .map(|&(a, v)| {
+                    let axis = &plan.sweep.axes[a];
+                    (axis.name.clone(), axis.shown[v].clone())
+                })
+                .collect()
+        };
         for (stage, metric, value) in values {
+            let point = point_of(stage);
             let of_models = plan
                 .nodes_of(stage)
                 .next()

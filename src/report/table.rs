@@ -1,7 +1,6 @@
 //! The metrics table of a pipeline: one row per (sweep point, evaluate stage, evaluated
 //! stage, metric), one column per sweep axis, written with polars.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use polars::prelude::*;
@@ -10,7 +9,6 @@ use serde::Serialize;
 use crate::artifacts::{csv_bytes, replace};
 use crate::error::RunnerError;
 use crate::pipeline::Plan;
-use crate::pipeline::sweep::Sweep;
 
 /// One metric value at one sweep point.
 #[derive(Debug, Clone)]
@@ -40,6 +38,133 @@ pub struct MetricRecord {
     pub point: Vec<(String, String)>,
     pub metric: String,
     pub value: f64,
+}
+
+/// One table: an evaluate stage's metrics of one kind (`samples` or `models`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Table {
+    /// The evaluate stage's id (its sweep forks are rows of the same table).
+    pub evaluate: String,
+    pub of: String,
+    /// Sweep axes that vary between the rows.
+    pub axes: Vec<String>,
+    pub metrics: Vec<String>,
+    pub rows: Vec<Row>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Row {
+    /// Values of `axes`, in order (empty where the row's stage is not swept on it).
+    pub point: Vec<String>,
+    pub stage: String,
+    /// One per metric; `None` where the stage has no value for it.
+    pub values: Vec<Option<f64>>,
+}
+
+/// The stage id of a node name (`compare[lr=0.1]` -> `compare`).
+fn id_of(name: &str) -> &str {
+    name.split('[').next().unwrap_or(name)
+}
+
+/// Groups a run's metrics into tables, in the order they were measured.
+pub fn tables(metrics: &[MetricRecord]) -> Vec<Table> {
+    let mut tables: Vec<Table> = Vec::new();
+    for m in metrics {
+        let evaluate = id_of(&m.evaluate);
+        let t = match tables
+            .iter()
+            .position(|t| t.evaluate == evaluate && t.of == m.of)
+        {
+            Some(t) => t,
+            None => {
+                tables.push(Table {
+                    evaluate: evaluate.into(),
+                    of: m.of.clone(),
+                    axes: Vec::new(),
+                    metrics: Vec::new(),
+                    rows: Vec::new(),
+                });
+                tables.len() - 1
+            }
+        };
+        let table = &mut tables[t];
+        for (axis, _) in &m.point {
+            if !table.axes.contains(axis) {
+                table.axes.push(axis.clone());
+            }
+        }
+        if !table.metrics.contains(&m.metric) {
+            table.metrics.push(m.metric.clone());
+        }
+    }
+    for m in metrics {
+        let table = tables
+            .iter_mut()
+            .find(|t| t.evaluate == id_of(&m.evaluate) && t.of == m.of)
+            .expect("made above");
+        let point: Vec<String> = table
+            .axes
+            .iter()
+            .map(|a| {
+                m.point
+                    .iter()
+                    .find(|(name, _)| name == a)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default()
+            })
+            .collect();
+        let column = table
+            .metrics
+            .iter()
+            .position(|x| *x == m.metric)
+            .expect("listed");
+        let width = table.metrics.len();
+        let row = match table
+            .rows
+            .iter()
+            .position(|r| r.point == point && r.stage == m.stage)
+        {
+            Some(r) => r,
+            None => {
+                table.rows.push(Row {
+                    point,
+                    stage: m.stage.clone(),
+                    values: vec![None; width],
+                });
+                table.rows.len() - 1
+            }
+        };
+        let values = &mut table.rows[row].values;
+        values.resize(width, None);
+        values[column] = Some(m.value);
+    }
+    for table in &mut tables {
+        let width = table.metrics.len();
+        for row in &mut table.rows {
+            row.values.resize(width, None);
+        }
+    }
+    tables
+}
+
+/// A number as tables show it: six significant digits, powers of ten when large or
+/// small.
+pub fn number(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return format!("{v}");
+    }
+    let magnitude = v.abs().log10().floor();
+    if !(-3.0..6.0).contains(&magnitude) {
+        format!("{v:.4e}")
+    } else {
+        let decimals = (5.0 - magnitude).max(0.0) as usize;
+        let text = format!("{v:.decimals$}");
+        if text.contains('.') {
+            text.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            text
+        }
+    }
 }
 
 /// All metric rows of a plan.
@@ -127,85 +252,6 @@ impl MetricsTable {
         let bytes = csv_bytes(&mut df).map_err(|e| fail(&e))?;
         replace(path, &bytes).map_err(|e| fail(&e))
     }
-
-    /// One row per (point, evaluate, stage) with a column per metric: what the report's
-    /// table shows.
-    pub fn pivot(&self, plan: &Plan) -> PivotTable {
-        let metrics = self.metrics();
-        let mut rows: BTreeMap<(usize, String, String), Vec<Option<f64>>> = BTreeMap::new();
-        for r in &self.rows {
-            let slot = rows
-                .entry((r.point, r.evaluate.clone(), r.stage.clone()))
-                .or_insert_with(|| vec![None; metrics.len()]);
-            let m = metrics
-                .iter()
-                .position(|n| *n == r.metric)
-                .expect("listed above");
-            slot[m] = Some(r.value);
-        }
-        let rows = rows
-            .into_iter()
-            .map(|((p, evaluate, stage), values)| {
-                let point = &plan.points[p];
-                let link = |id: &str| plan.node_at(point, id).map(|n| plan.link(n));
-                PivotRow {
-                    coords: plan
-                        .sweep
-                        .coords(&point.groups)
-                        .iter()
-                        .map(|&(a, v)| plan.sweep.axes[a].shown[v].clone())
-                        .collect(),
-                    sort_keys: sort_keys(&plan.sweep, &point.groups),
-                    evaluate_link: link(&evaluate),
-                    stage_link: link(&stage),
-                    evaluate,
-                    stage,
-                    values: values
-                        .iter()
-                        .map(|v| v.map(format_value).unwrap_or_default())
-                        .collect(),
-                }
-            })
-            .collect();
-        PivotTable {
-            axes: plan.sweep.axes.iter().map(|a| a.name.clone()).collect(),
-            metrics,
-            rows,
-        }
-    }
-}
-
-/// Numbers where an axis is numeric, so the report's table sorts them as numbers.
-fn sort_keys(sweep: &Sweep, groups: &[usize]) -> Vec<String> {
-    sweep
-        .coords(groups)
-        .iter()
-        .map(|&(a, v)| {
-            sweep.axes[a]
-                .number(v)
-                .map(|x| x.to_string())
-                .unwrap_or_else(|| sweep.axes[a].shown[v].clone())
-        })
-        .collect()
-}
-
-/// The report's metrics table.
-#[derive(Debug, Serialize)]
-pub struct PivotTable {
-    pub axes: Vec<String>,
-    pub metrics: Vec<String>,
-    pub rows: Vec<PivotRow>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct PivotRow {
-    pub coords: Vec<String>,
-    pub sort_keys: Vec<String>,
-    pub evaluate: String,
-    pub evaluate_link: Option<String>,
-    pub stage: String,
-    pub stage_link: Option<String>,
-    pub values: Vec<String>,
 }
 
 /// Short, exact enough for a table.

@@ -4,31 +4,10 @@
 //! or the same as JSON or CSV for scripts.
 
 use comfy_table::{CellAlignment, ContentArrangement, LineStyle, Table as Grid, TableStyle};
-use serde::Serialize;
 
 use super::RunRecord;
-use crate::report::table::MetricRecord;
-
-/// One table: an evaluate stage's metrics of one kind (`samples` or `models`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Table {
-    /// The evaluate stage's id (its sweep forks are rows of the same table).
-    pub evaluate: String,
-    pub of: String,
-    /// Sweep axes that vary between the rows.
-    pub axes: Vec<String>,
-    pub metrics: Vec<String>,
-    pub rows: Vec<Row>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Row {
-    /// Values of `axes`, in order (empty where the row's stage is not swept on it).
-    pub point: Vec<String>,
-    pub stage: String,
-    /// One per metric; `None` where the stage has no value for it.
-    pub values: Vec<Option<f64>>,
-}
+pub use crate::report::table::number;
+use crate::report::table::tables;
 
 /// A line under the header and nothing else: dense, and pastes into a text file as is.
 const STYLE: TableStyle =
@@ -51,112 +30,6 @@ pub fn grid(header: Vec<String>, first_number: usize, width: Option<u16>) -> Gri
         }
     }
     grid
-}
-
-/// The stage id of a node name (`compare[lr=0.1]` -> `compare`).
-fn id_of(name: &str) -> &str {
-    name.split('[').next().unwrap_or(name)
-}
-
-/// Groups a run's metrics into tables, in the order they were measured.
-pub fn tables(metrics: &[MetricRecord]) -> Vec<Table> {
-    let mut tables: Vec<Table> = Vec::new();
-    for m in metrics {
-        let evaluate = id_of(&m.evaluate);
-        let t = match tables
-            .iter()
-            .position(|t| t.evaluate == evaluate && t.of == m.of)
-        {
-            Some(t) => t,
-            None => {
-                tables.push(Table {
-                    evaluate: evaluate.into(),
-                    of: m.of.clone(),
-                    axes: Vec::new(),
-                    metrics: Vec::new(),
-                    rows: Vec::new(),
-                });
-                tables.len() - 1
-            }
-        };
-        let table = &mut tables[t];
-        for (axis, _) in &m.point {
-            if !table.axes.contains(axis) {
-                table.axes.push(axis.clone());
-            }
-        }
-        if !table.metrics.contains(&m.metric) {
-            table.metrics.push(m.metric.clone());
-        }
-    }
-    for m in metrics {
-        let table = tables
-            .iter_mut()
-            .find(|t| t.evaluate == id_of(&m.evaluate) && t.of == m.of)
-            .expect("made above");
-        let point: Vec<String> = table
-            .axes
-            .iter()
-            .map(|a| {
-                m.point
-                    .iter()
-                    .find(|(name, _)| name == a)
-                    .map(|(_, v)| v.clone())
-                    .unwrap_or_default()
-            })
-            .collect();
-        let column = table
-            .metrics
-            .iter()
-            .position(|x| *x == m.metric)
-            .expect("listed");
-        let width = table.metrics.len();
-        let row = match table
-            .rows
-            .iter()
-            .position(|r| r.point == point && r.stage == m.stage)
-        {
-            Some(r) => r,
-            None => {
-                table.rows.push(Row {
-                    point,
-                    stage: m.stage.clone(),
-                    values: vec![None; width],
-                });
-                table.rows.len() - 1
-            }
-        };
-        let values = &mut table.rows[row].values;
-        values.resize(width, None);
-        values[column] = Some(m.value);
-    }
-    for table in &mut tables {
-        let width = table.metrics.len();
-        for row in &mut table.rows {
-            row.values.resize(width, None);
-        }
-    }
-    tables
-}
-
-/// A number as tables show it: six significant digits, powers of ten when large or
-/// small.
-pub fn number(v: f64) -> String {
-    if v == 0.0 || !v.is_finite() {
-        return format!("{v}");
-    }
-    let magnitude = v.abs().log10().floor();
-    if !(-3.0..6.0).contains(&magnitude) {
-        format!("{v:.4e}")
-    } else {
-        let decimals = (5.0 - magnitude).max(0.0) as usize;
-        let text = format!("{v:.decimals$}");
-        if text.contains('.') {
-            text.trim_end_matches('0').trim_end_matches('.').to_string()
-        } else {
-            text
-        }
-    }
 }
 
 /// The tables as aligned text, headed by the run.
@@ -236,6 +109,7 @@ pub fn csv(run: &RunRecord) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::table::{MetricRecord, Row};
 
     fn record(
         evaluate: &str,
