@@ -177,6 +177,12 @@ pub enum Command {
     /// List stage kinds, datasets, schedules, models, samplers and metrics with their
     /// parameters and defaults.
     List,
+    /// Print a shell completion script (e.g. `runner completions bash >
+    /// ~/.local/share/bash-completion/completions/runner`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Compute exactly one stage of a planned pipeline, found by its key, into the
     /// cache (what an executor's jobs run). Exit 0: the stage is in the cache; 1: it
     /// failed; 2: invalid command line or pipeline; 3: no stage has the key, or an
@@ -374,6 +380,16 @@ fn dispatch(cli: &Cli) -> Result<(), RunnerError> {
             keep_runs,
         } => gc(files, &cli.results, *dry_run, *keep_runs),
         Command::Verify { remove } => verify(&cli.results, *remove),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "runner",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
         Command::List => {
             print!("{}", catalog::describe());
             Ok(())
@@ -542,7 +558,7 @@ fn run(
     let device = crate::exec::device::name(&options.device);
     let mut record = runs::Run::begin(results, plan, invocation, &device)?;
     GRACEFUL.store(true, std::sync::atomic::Ordering::SeqCst);
-    let progress = Progress::detect();
+    let progress = Progress::detect().run(plan.order.len());
     let points = if plan.sweep.is_empty() {
         String::new()
     } else {
@@ -556,6 +572,7 @@ fn run(
         record.record.id
     );
     let outcomes = execute(plan, &cache, options, &progress);
+    progress.end_run();
     let count = |f: &dyn Fn(&Status) -> bool| outcomes.iter().filter(|o| f(&o.status)).count();
     let (computed, cached) = (
         count(&|s| *s == Status::Computed),

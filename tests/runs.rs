@@ -334,3 +334,22 @@ fn report_tables_keep_samples_apart_and_unswept_stages_once() {
         "{shown}"
     );
 }
+
+/// `runner completions SHELL` prints a script that knows every command.
+#[test]
+fn completions_know_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    for shell in ["bash", "zsh", "fish"] {
+        let out = runner(dir.path(), &["completions", shell]);
+        assert!(out.status.success(), "{shell}: {}", stderr(&out));
+        let script = stdout(&out);
+        for command in [
+            "run", "plan", "report", "runs", "show", "diff", "gc", "verify", "list",
+        ] {
+            assert!(script.contains(command), "{shell} lacks {command}");
+        }
+        assert!(script.contains("keep-runs"), "{shell} lacks --keep-runs");
+    }
+    let bad = runner(dir.path(), &["completions", "cmd.exe"]);
+    assert_eq!(bad.status.code(), Some(2));
+}

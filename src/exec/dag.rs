@@ -195,15 +195,17 @@ pub fn run<'p>(
         };
         match &outcome.status {
             Status::Cached => progress.println(&format!(
-                "  {:<20} cached ({})",
+                "  {:<20} cached ({}) [{}]",
                 outcome.name,
-                &node.key[..12]
+                &node.key[..12],
+                progress.stage_done()
             )),
             Status::Computed => progress.println(&format!(
-                "  {:<20} computed in {:.1}s ({})",
+                "  {:<20} computed in {:.1}s ({}) [{}]",
                 outcome.name,
                 outcome.seconds,
-                &node.key[..12]
+                &node.key[..12],
+                progress.stage_done()
             )),
             Status::Failed(message) => {
                 progress.println(&format!("x {:<20} FAILED: {message}", outcome.name))

@@ -255,7 +255,13 @@ fn run(params: &SampleParams, ctx: &StageContext) -> StageResult<()> {
         &process,
         &request,
         &mut rng,
-        &mut |done, total| ctx.progress.update(done, total, "sampling"),
+        &mut |done, total| {
+            // Particles (or images) carried one step per second, all of them together.
+            let rate = params.n as f64 * done as f64 / ctx.progress.seconds().max(1e-9);
+            let unit = if trained.image.is_some() { "images" } else { "particles" };
+            ctx.progress
+                .update(done, total, &format!("sampling steps, {rate:.0} {unit}/s"))
+        },
     )?;
     let seconds = started.elapsed().as_secs_f64();
     check_finite(&out.samples, trained.dim, params)?;
