@@ -67,7 +67,7 @@ pub enum Slot {
     Empty,
     /// A complete entry: a directory with a manifest that parses, names its key and
     /// lists its outputs.
-    Entry(Manifest),
+    Entry(Box<Manifest>),
     /// Something that is not an entry (a stray file, a dangling symlink, a directory
     /// without a usable manifest): never read, replaced by the next commit, reported by
     /// `verify`.
@@ -149,13 +149,13 @@ impl Cache {
         if manifest.outputs.is_empty() {
             return Slot::Broken("manifest.json lists no outputs".into());
         }
-        Slot::Entry(manifest)
+        Slot::Entry(Box::new(manifest))
     }
 
     /// The manifest of a complete entry, or None if the key is not cached.
     pub fn manifest(&self, key: &str) -> Result<Option<Manifest>, CacheError> {
         Ok(match self.slot(key) {
-            Slot::Entry(m) => Some(m),
+            Slot::Entry(m) => Some(*m),
             Slot::Empty | Slot::Broken(_) => None,
         })
     }
