@@ -513,3 +513,60 @@ fn plan_writes_nothing() {
         assert!(!results.exists(), "{args:?} wrote {}", results.display());
     }
 }
+
+/// `--set S.params.sampler=X` switches samplers cleanly: settings only the old one
+/// takes are dropped (and named), shared and stage settings stay.
+#[test]
+fn setting_another_sampler_drops_what_it_does_not_take() {
+    let dir = tempfile::tempdir().unwrap();
+    let stages = "  tr:\n    kind: train\n    needs: { data: data, schedule: lin, model: mlp }\n    params: { objective: eps }\n";
+    let pc = write_pipeline(
+        dir.path(),
+        "pc",
+        &format!(
+            "{BASE}{stages}  s: {{ kind: sample, needs: {{ train: tr }}, params: {{ sampler: pc, snr: 0.2, corrector: langevin, steps: 7, n: 50 }} }}\n"
+        ),
+    );
+    let ddim = write_pipeline(
+        dir.path(),
+        "ddim",
+        &format!(
+            "{BASE}{stages}  s: {{ kind: sample, needs: {{ train: tr }}, params: {{ sampler: ddim, steps: 7, n: 50 }} }}\n"
+        ),
+    );
+    let results = dir.path().join("results");
+    let switched = runner(
+        &results,
+        &[
+            "plan",
+            pc.to_str().unwrap(),
+            "--set",
+            "s.params.sampler=ddim",
+        ],
+    );
+    assert!(switched.status.success(), "{}", stderr(&switched));
+    let err = stderr(&switched);
+    assert!(
+        err.contains("dropped `snr`") && err.contains("dropped `corrector`"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("dropped `steps`") && !err.contains("dropped `n`"),
+        "{err}"
+    );
+    let key = |out: &std::process::Output| {
+        let text = stdout(out);
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("s "))
+            .unwrap()
+            .to_string();
+        line.split_whitespace().nth(2).unwrap().to_string()
+    };
+    let written = runner(&results, &["plan", ddim.to_str().unwrap()]);
+    assert_eq!(
+        key(&switched),
+        key(&written),
+        "the same stage as one written for ddim"
+    );
+}

@@ -402,6 +402,38 @@ fn yaml_error(path: &Path, error: serde_norway::Error) -> SpecError {
     }
 }
 
+/// Switching a stage to sampler `name`: the settings of other samplers that `name`
+/// does not take are removed from `map` (and returned), so `--set s.params.sampler=ddim`
+/// on a stage written for `pc` is a clean switch, not an "unknown field" error.
+fn switch_sampler(map: &mut serde_norway::Mapping, name: &str) -> Vec<String> {
+    use crate::diffusion::samplers::SamplerParams;
+    let fields = |sampler: &str| -> Vec<String> {
+        SamplerParams::defaults(sampler)
+            .and_then(|p| serde_json::to_value(p).ok())
+            .and_then(|v| v.as_object().map(|o| o.keys().cloned().collect()))
+            .unwrap_or_default()
+    };
+    let Some(_) = SamplerParams::defaults(name) else {
+        // An unknown sampler: its own error, with the valid choices, comes next.
+        return Vec::new();
+    };
+    let keep = fields(name);
+    let others: Vec<String> = SamplerParams::NAMES
+        .iter()
+        .flat_map(|s| fields(s))
+        .collect();
+    let drop: Vec<String> = map
+        .keys()
+        .filter_map(|k| k.as_str())
+        .filter(|k| others.iter().any(|o| o == k) && !keep.iter().any(|o| o == k))
+        .map(String::from)
+        .collect();
+    for key in &drop {
+        map.remove(key.as_str());
+    }
+    drop
+}
+
 /// `stages.ddpm.params.lr=3e-4` or the short form `ddpm.params.lr=3e-4`.
 fn apply_override(tree: &mut serde_norway::Value, assignment: &str) -> Result<(), SpecError> {
     let fail = |message: String| SpecError::Override {
@@ -455,6 +487,15 @@ fn apply_override(tree: &mut serde_norway::Value, assignment: &str) -> Result<()
         .as_mapping_mut()
         .ok_or_else(|| fail(format!("the parent of `{last}` is not a mapping")))?;
     let key = serde_norway::Value::String(last.to_string());
+    if *last == "sampler"
+        && let Some(name) = value.as_str()
+    {
+        for dropped in switch_sampler(map, name) {
+            eprintln!(
+                "note: {assignment}: dropped `{dropped}`, which sampler `{name}` does not take"
+            );
+        }
+    }
     // `~` (null) leaves the key out, so the default applies, as in sweeps.
     if value.is_null() {
         map.remove(&key);
