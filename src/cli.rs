@@ -891,7 +891,7 @@ fn gc(
     for f in &report.freed {
         out!(
             "{verb} {:>10}  {}  {}",
-            human_bytes(f.bytes),
+            crate::machine::human_bytes(f.bytes as f64),
             &f.name[..f.name.len().min(16)],
             f.what
         );
@@ -907,7 +907,7 @@ fn gc(
     };
     out!(
         "{verb} {} in {} entries; kept {}{live}",
-        human_bytes(total),
+        crate::machine::human_bytes(total as f64),
         report.freed.len(),
         report.kept
     );
@@ -946,20 +946,5 @@ fn verify(results: &Path, remove: bool) -> Result<(), RunnerError> {
         (n, false) => Err(RunnerError::Damaged(format!(
             "{n} damaged cache entries; `runner verify --remove` deletes them so the next run recomputes them"
         ))),
-    }
-}
-
-fn human_bytes(bytes: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < units.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", units[unit])
     }
 }

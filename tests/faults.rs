@@ -10,7 +10,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    cache_keys, computed, last_run_keys, runner, stderr, stdout, tiny_pipeline, write_pipeline,
+    cache_keys, computed, last_run_keys, plan_key, plan_line, runner, stderr, stdout,
+    tiny_pipeline, write_pipeline,
 };
 
 /// The tiny pipeline, run once into a fresh results folder.
@@ -463,10 +464,7 @@ fn plan_says_how_long_a_huge_but_legal_stage_would_take() {
         );
         assert!(out.status.success(), "{set}: {}", stderr(&out));
         let text = stdout(&out);
-        let line = text
-            .lines()
-            .find(|l| l.trim_start().starts_with(&format!("{stage} ")))
-            .unwrap();
+        let line = plan_line(&text, stage);
         assert!(line.contains(unit) && line.contains(work), "{set}: {line}");
         assert!(text.contains("the long stages above take about"), "{text}");
     }
@@ -967,12 +965,10 @@ fn fuzzed_pipelines_never_panic_hang_or_blow_up() {
 
 /// The key prefix `plan` shows for `stage`.
 fn planned_prefix(results: &Path, file: &Path, stage: &str) -> String {
-    let plan = stdout(&runner(results, &["plan", file.to_str().unwrap()]));
-    let line = plan
-        .lines()
-        .find(|l| l.trim_start().starts_with(&format!("{stage} ")))
-        .unwrap();
-    line.split_whitespace().nth(2).unwrap().to_string()
+    plan_key(
+        &stdout(&runner(results, &["plan", file.to_str().unwrap()])),
+        stage,
+    )
 }
 
 /// Whether the stage whose key starts with `prefix` is being computed.

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{runner, stderr, stdout, write_pipeline};
+use common::{plan_key, plan_line, runner, stderr, stdout, write_pipeline};
 
 const BASE: &str = "name: t
 stages:
@@ -417,12 +417,7 @@ fn profiles_apply_their_overrides_and_unknown_ones_are_listed() {
         &["plan", path.to_str().unwrap(), "--profile", "small"],
     );
     assert!(small.status.success(), "{}", stderr(&small));
-    let key = |text: &str| {
-        text.lines()
-            .find(|l| l.trim_start().starts_with("data "))
-            .map(|l| l.to_string())
-            .unwrap()
-    };
+    let key = |text: &str| plan_line(text, "data").to_string();
     assert_ne!(key(&plain), key(&stdout(&small)));
     let out = runner(
         dir.path(),
@@ -485,12 +480,7 @@ fn a_tilde_in_set_means_the_default() {
     let key = |args: &[&str]| {
         let mut all = vec!["plan", file];
         all.extend_from_slice(args);
-        let out = stdout(&runner(&results, &all));
-        let line = out
-            .lines()
-            .find(|l| l.trim_start().starts_with("data "))
-            .unwrap();
-        line.split_whitespace().nth(2).unwrap().to_string()
+        plan_key(&stdout(&runner(&results, &all)), "data")
     };
     let written = key(&[]);
     let defaulted = key(&["--set", "data.params.seed=~"]);
@@ -554,15 +544,7 @@ fn setting_another_sampler_drops_what_it_does_not_take() {
         !err.contains("dropped `steps`") && !err.contains("dropped `n`"),
         "{err}"
     );
-    let key = |out: &std::process::Output| {
-        let text = stdout(out);
-        let line = text
-            .lines()
-            .find(|l| l.trim_start().starts_with("s "))
-            .unwrap()
-            .to_string();
-        line.split_whitespace().nth(2).unwrap().to_string()
-    };
+    let key = |out: &std::process::Output| plan_key(&stdout(out), "s");
     let written = runner(&results, &["plan", ddim.to_str().unwrap()]);
     assert_eq!(
         key(&switched),

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use super::store::Cache;
 use crate::error::CacheError;
@@ -36,14 +36,23 @@ fn runs_dir(cache: &Cache) -> PathBuf {
     cache.root().join(".runs")
 }
 
-fn gate(cache: &Cache) -> Result<File, CacheError> {
+/// `.runs.lock`, held shared by a registering run and exclusively by a collection;
+/// released when the file is dropped.
+fn gate(cache: &Cache, shared: bool) -> Result<File, CacheError> {
     let path = cache.root().join(".runs.lock");
-    fs::OpenOptions::new()
+    let file = fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(CacheError::io(&path))
+        .map_err(CacheError::io(&path))?;
+    let locked = if shared {
+        file.lock_shared()
+    } else {
+        file.lock()
+    };
+    locked.map_err(CacheError::io(&path))?;
+    Ok(file)
 }
 
 /// Registers a run that reaches `keys`. Call it before the run reads the cache.
@@ -53,14 +62,9 @@ pub fn register<'k>(
 ) -> Result<LiveRun, CacheError> {
     let dir = runs_dir(cache);
     fs::create_dir_all(&dir).map_err(CacheError::io(&dir))?;
-    let gate = gate(cache)?;
-    let gate_path = cache.root().join(".runs.lock");
     // Waits while a gc collects; runs register side by side.
-    gate.lock_shared().map_err(CacheError::io(&gate_path))?;
-    let millis = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
+    let gate = gate(cache, true)?;
+    let millis = super::store::unix_ms(SystemTime::now());
     let path = dir.join(format!("{millis}-{}", std::process::id()));
     let mut file = File::create(&path).map_err(CacheError::io(&path))?;
     let mut text = String::new();
@@ -78,17 +82,14 @@ pub fn register<'k>(
         return Err(CacheError::io(&path)(e));
     }
     // The registration is complete before any gc can read it.
-    gate.unlock().map_err(CacheError::io(&gate_path))?;
+    drop(gate);
     Ok(LiveRun { file, path })
 }
 
 /// Starts a collection: waits until no run is registering, then returns the keys every
 /// live run reaches, deleting the registrations of runs that died.
 pub fn collect(cache: &Cache) -> Result<(Collection, HashSet<String>), CacheError> {
-    let gate_file = gate(cache)?;
-    gate_file
-        .lock()
-        .map_err(CacheError::io(cache.root().join(".runs.lock")))?;
+    let gate_file = gate(cache, false)?;
     let mut keys = HashSet::new();
     let dir = runs_dir(cache);
     let entries = match fs::read_dir(&dir) {

@@ -30,29 +30,25 @@ pub fn verify(cache: &Cache) -> Result<(Vec<Damage>, usize), CacheError> {
     let checked = keys.len();
     let found = keys
         .par_iter()
-        .map(|key| {
-            let problems = cache.problems(key)?;
-            let stage = cache.manifest(key)?.map(|m| m.stage);
-            Ok(Damage {
-                key: key.clone(),
-                stage,
-                problems,
-            })
-        })
-        .collect::<Result<Vec<Damage>, CacheError>>()?;
+        .map(|key| Ok((key.clone(), cache.check(key)?)))
+        .collect::<Result<Vec<_>, CacheError>>()?;
     let mut damaged: Vec<Damage> = Vec::new();
     let mut bad: HashSet<String> = HashSet::new();
     let mut sound: BTreeMap<String, (Option<String>, Vec<String>)> = BTreeMap::new();
-    for d in found {
-        if d.problems.is_empty() {
-            let inputs = match cache.manifest(&d.key)? {
-                Some(m) => m.inputs.into_values().flatten().collect(),
-                None => Vec::new(),
-            };
-            sound.insert(d.key, (d.stage, inputs));
+    for (key, (manifest, problems)) in found {
+        let stage = manifest.as_ref().map(|m| m.stage.clone());
+        if problems.is_empty() {
+            let inputs = manifest
+                .map(|m| m.inputs.into_values().flatten().collect())
+                .unwrap_or_default();
+            sound.insert(key, (stage, inputs));
         } else {
-            bad.insert(d.key.clone());
-            damaged.push(d);
+            bad.insert(key.clone());
+            damaged.push(Damage {
+                key,
+                stage,
+                problems,
+            });
         }
     }
     // Dependents, to a fixed point: each pass moves the entries with a bad input.

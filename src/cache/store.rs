@@ -80,10 +80,7 @@ impl Cache {
         let root = results.join(".cache");
         fs::create_dir_all(root.join(".tmp")).map_err(CacheError::io(&root))?;
         fs::create_dir_all(root.join(".locks")).map_err(CacheError::io(&root))?;
-        Ok(Cache {
-            root,
-            checked: Arc::default(),
-        })
+        Ok(Cache::reading(results))
     }
 
     /// The cache inside a results directory, for reading only: nothing is created
@@ -167,10 +164,16 @@ impl Cache {
     /// What is wrong with `key`'s entry: files missing, of the wrong size or not
     /// matching their sha256, or not an entry at all. Empty for a sound entry.
     pub fn problems(&self, key: &str) -> Result<Vec<String>, CacheError> {
+        Ok(self.check(key)?.1)
+    }
+
+    /// [`Cache::problems`] with the entry's manifest (when it has one that parses), so
+    /// `verify` reads each manifest once.
+    pub fn check(&self, key: &str) -> Result<(Option<Manifest>, Vec<String>), CacheError> {
         let manifest = match self.slot(key) {
-            Slot::Entry(m) => m,
-            Slot::Empty => return Ok(vec!["not in the cache".into()]),
-            Slot::Broken(why) => return Ok(vec![why]),
+            Slot::Entry(m) => *m,
+            Slot::Empty => return Ok((None, vec!["not in the cache".into()])),
+            Slot::Broken(why) => return Ok((None, vec![why])),
         };
         let dir = self.entry_dir(key);
         let mut problems = Vec::new();
@@ -191,7 +194,7 @@ impl Cache {
                 problems.push(format!("{} does not match its sha256", out.path));
             }
         }
-        Ok(problems)
+        Ok((Some(manifest), problems))
     }
 
     /// [`Cache::problems`], checked once per process for a sound entry: what a stage
@@ -385,6 +388,13 @@ pub fn disk_size(path: &Path) -> u64 {
     fs::read_dir(path)
         .map(|rd| rd.flatten().map(|e| disk_size(&e.path())).sum())
         .unwrap_or(0)
+}
+
+/// Milliseconds since the Unix epoch, as manifests and run records keep times (0 for
+/// a clock set before 1970).
+pub fn unix_ms(time: std::time::SystemTime) -> u64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Lower-case hex of a digest.

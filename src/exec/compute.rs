@@ -6,6 +6,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use candle_core::Device;
 
 use super::executor::Status;
+use crate::cache::store::unix_ms;
 use crate::cache::{Cache, Manifest};
 use crate::error::{StageError, StageResult};
 use crate::pipeline::graph::too_big;
@@ -137,10 +138,4 @@ fn check_inputs(inputs: &[(String, Vec<InputEntry>)], cache: &Cache) -> StageRes
         "{}; `runner verify --remove` deletes the damage and what was built from it, so the next run recomputes them",
         damaged.join("; ")
     )))
-}
-
-fn unix_ms(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

@@ -16,7 +16,7 @@ pub mod show;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
@@ -149,9 +149,7 @@ pub struct Run {
 }
 
 fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    crate::cache::store::unix_ms(SystemTime::now())
 }
 
 /// A new id: the UTC time to the second and three hex digits from the clock's

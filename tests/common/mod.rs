@@ -104,3 +104,19 @@ pub fn last_run_keys(results: &Path, name: &str) -> std::collections::BTreeMap<S
         .map(|(stage, record)| (stage.clone(), record["key"].as_str().unwrap().to_string()))
         .collect()
 }
+
+/// The line `runner plan` prints for `stage` (its name, kind, key prefix and reason).
+pub fn plan_line<'a>(plan: &'a str, stage: &str) -> &'a str {
+    plan.lines()
+        .find(|l| l.trim_start().starts_with(&format!("{stage} ")))
+        .unwrap_or_else(|| panic!("no stage `{stage}` in the plan:\n{plan}"))
+}
+
+/// The key prefix `runner plan` prints for `stage`.
+pub fn plan_key(plan: &str, stage: &str) -> String {
+    plan_line(plan, stage)
+        .split_whitespace()
+        .nth(2)
+        .expect("a key after the name and kind")
+        .to_string()
+}
