@@ -51,22 +51,6 @@ fn section<T: DeserializeOwned + Serialize>(
     }
 }
 
-/// The schedules (`type:`), in `runner list`'s order; a test checks the list against
-/// the variants serde knows.
-const SCHEDULES: [&str; 8] = [
-    "linear",
-    "cosine",
-    "quadratic",
-    "sigmoid",
-    "geometric",
-    "vp_sde",
-    "sub_vp_sde",
-    "ve_sde",
-];
-
-/// The architectures (`arch:`); checked like [`SCHEDULES`].
-const ARCHITECTURES: [&str; 3] = ["mlp", "unet", "exact"];
-
 /// The text `runner list` prints.
 pub fn describe() -> String {
     let mut out = String::from("stage kinds (kind: ..., needs: {role: stage}):\n");
@@ -85,9 +69,9 @@ pub fn describe() -> String {
         "  every dataset also takes: {}\n",
         common_dataset()
     ));
-    section::<ScheduleParams>(&mut out, "schedules", "type", &SCHEDULES);
+    section::<ScheduleParams>(&mut out, "schedules", "type", ScheduleParams::NAMES);
     out.push_str("  (linear betas left out are 1e-4 and 0.02 times 1000/steps, capped at 0.999)\n");
-    section::<ModelParams>(&mut out, "models", "arch", &ARCHITECTURES);
+    section::<ModelParams>(&mut out, "models", "arch", ModelParams::NAMES);
     out.push_str("  (exact: the dataset's exact score, no network; needs gmm or two_gaussians)\n");
     out.push_str(&format!(
         "\ntrain params: {}\n",
@@ -221,36 +205,27 @@ mod tests {
         }
     }
 
-    /// The hand-kept lists name exactly the variants serde knows: an unknown name's
-    /// error lists them, in declaration order.
+    /// The hand-kept name lists that `runner list` and errors use name exactly the
+    /// variants serde reads, in declaration order (the schedules' are checked beside
+    /// their private reader).
     #[test]
     fn lists_match_the_variants_serde_knows() {
-        fn known<T: serde::de::DeserializeOwned + std::fmt::Debug>(yaml: &str) -> Vec<String> {
-            let err = serde_norway::from_str::<T>(yaml).unwrap_err().to_string();
-            let list = err
-                .split("expected one of ")
-                .nth(1)
-                .unwrap_or_else(|| panic!("{err}"));
-            list.split(", ")
-                .map(|n| {
-                    n.trim_matches(|c: char| c == '`' || !c.is_ascii_graphic())
-                        .to_string()
-                })
-                .map(|n| n.split('`').next().unwrap().to_string())
-                .collect()
-        }
-        let mut schedules = known::<super::ScheduleParams>("type: nope");
-        schedules.sort();
-        let mut listed: Vec<String> = super::SCHEDULES.iter().map(|s| s.to_string()).collect();
-        listed.sort();
-        assert_eq!(schedules, listed);
+        use crate::tagged::serde_variants;
         assert_eq!(
-            known::<super::ModelParams>("arch: nope"),
-            super::ARCHITECTURES
+            serde_variants::<super::ModelParams>(),
+            super::ModelParams::NAMES
         );
         assert_eq!(
-            known::<super::SamplerParams>("sampler: nope"),
+            serde_variants::<super::SamplerParams>(),
             super::SamplerParams::NAMES
+        );
+        assert_eq!(
+            serde_variants::<super::Distribution>(),
+            super::Distribution::NAMES
+        );
+        assert_eq!(
+            serde_variants::<super::ImageSource>(),
+            super::ImageSource::NAMES
         );
     }
 

@@ -109,6 +109,24 @@ mod tests {
     }
 }
 
+/// serde's wording for the valid choices of a field or variant (`expected `a` or
+/// `b``), so hand-made errors read like the parser's and get a "did you mean".
+pub fn expected_one_of(names: &[&str]) -> String {
+    match names {
+        [] => "there are no fields".into(),
+        [one] => format!("expected `{one}`"),
+        [a, b] => format!("expected `{a}` or `{b}`"),
+        _ => format!(
+            "expected one of {}",
+            names
+                .iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
 /// The option closest to a misspelt `word`, when one is close enough to be what was
 /// meant (at most a third of its letters edited, and at least 2 allowed).
 pub fn did_you_mean<'a>(word: &str, options: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
@@ -142,7 +160,7 @@ pub fn in_user_terms(message: &str) -> String {
         ("expected a map", "expected a mapping (key: value)"),
         ("floating point", "number"),
     ] {
-        text = text.replace(rust, user);
+        text = replace_words(&text, rust, user);
     }
     for kind in ["unknown variant `", "unknown field `"] {
         let Some(start) = text.find(kind) else {
@@ -156,6 +174,22 @@ pub fn in_user_terms(message: &str) -> String {
         text.push_str(&hint);
     }
     text
+}
+
+/// `text` with each `from` that is not the start of a longer word (`expected a map`,
+/// not `expected a mapping`) replaced by `to`.
+fn replace_words(text: &str, from: &str, to: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(from) {
+        let after = &rest[at + from.len()..];
+        let whole = !after.starts_with(|c: char| c.is_alphanumeric() || c == '_');
+        out.push_str(&rest[..at]);
+        out.push_str(if whole { to } else { from });
+        rest = after;
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -174,6 +208,10 @@ mod suggestion_tests {
         assert_eq!(
             in_user_terms("invalid value: integer `-5`, expected usize"),
             "invalid value: integer `-5`, expected a whole number (0 or more)"
+        );
+        assert_eq!(
+            in_user_terms("expected a map, or expected a mapping with `type`"),
+            "expected a mapping (key: value), or expected a mapping with `type`"
         );
     }
 }

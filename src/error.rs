@@ -32,7 +32,54 @@ pub enum SpecError {
     },
     #[error("--set {assignment}: {message}")]
     Override { assignment: String, message: String },
+    /// More than one error in a file, in the order they are written.
+    #[error("{}", several(.0))]
+    Several(Vec<SpecError>),
 }
+
+impl SpecError {
+    /// The one error, or all of them together in the order the file has them.
+    pub fn all(mut errors: Vec<SpecError>) -> SpecError {
+        errors.sort_by_key(|e| match e {
+            SpecError::Invalid {
+                location: Some(l), ..
+            } => (l.line, l.column),
+            _ => (usize::MAX, 0),
+        });
+        if errors.len() == 1 {
+            errors.remove(0)
+        } else {
+            SpecError::Several(errors)
+        }
+    }
+
+    /// `Ok` when `errors` is empty, else [`SpecError::all`].
+    pub fn gathered(errors: Vec<SpecError>) -> Result<(), SpecError> {
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(SpecError::all(errors))
+        }
+    }
+}
+
+/// One error per line, each after the first with its own `error: `, as `main` prints
+/// the first; past [`SHOWN`] (a sweep can repeat one mistake at every point), a count.
+fn several(errors: &[SpecError]) -> String {
+    let lines: Vec<String> = errors.iter().take(SHOWN).map(|e| e.to_string()).collect();
+    let more = match errors.len().saturating_sub(SHOWN) {
+        0 => String::new(),
+        n => format!(", {n} more not shown"),
+    };
+    format!(
+        "{}\n({} errors{more})",
+        lines.join("\nerror: "),
+        errors.len()
+    )
+}
+
+/// The most errors of one file printed.
+const SHOWN: usize = 20;
 
 fn fmt_loc(location: &Option<Location>) -> String {
     location

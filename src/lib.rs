@@ -29,3 +29,4 @@ pub mod report;
 pub mod rng;
 pub mod runs;
 pub mod stages;
+pub mod tagged;

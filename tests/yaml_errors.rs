@@ -552,3 +552,142 @@ fn setting_another_sampler_drops_what_it_does_not_take() {
         "the same stage as one written for ddim"
     );
 }
+
+/// Errors inside parameters chosen by a tag (`type:`, `arch:`, `name:`, `sampler:`)
+/// name the full key and the place of the value, like every other parameter.
+#[test]
+fn errors_in_tagged_parameters_name_the_full_key_and_its_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("results");
+    for (text, want) in [
+        (
+            "  lin2: { kind: schedule, params: { type: linear, steps: -5 } }\n",
+            "p.yaml:6:58: stages.lin2.params.steps: invalid type: integer `-5`, expected a whole number (0 or more)",
+        ),
+        (
+            "  lin2: { kind: schedule, params: { type: lnear } }\n",
+            "p.yaml:6:43: stages.lin2.params.type: unknown variant `lnear`",
+        ),
+        (
+            "  m2: { kind: model, params: { arch: mlp, hidden: x } }\n",
+            "p.yaml:6:51: stages.m2.params.hidden: invalid type: string \"x\", expected a list",
+        ),
+        (
+            "  m2: { kind: model, params: { arch: exact, depth: 1 } }\n",
+            "p.yaml:6:45: stages.m2.params: unknown field `depth`, there are no fields",
+        ),
+        (
+            "  d2: { kind: dataset, params: { name: gmm, std: a } }\n",
+            "p.yaml:6:50: stages.d2.params.std: invalid type: string \"a\", expected a number",
+        ),
+        (
+            "  d2: { kind: dataset, params: { name: gmm, sdt: 1 } }\n",
+            "p.yaml:6:45: stages.d2.params: unknown field `sdt`, expected one of `means`, `weights`, `std`, `n`, `holdout`, `seed`; did you mean `std`?",
+        ),
+        (
+            "  tr: { kind: train, needs: { data: data, schedule: lin, model: mlp } }\n  s: { kind: sample, needs: { train: tr }, params: { sampler: ddim, n: -3 } }\n",
+            "p.yaml:7:72: stages.s.params.n: invalid type: integer `-3`",
+        ),
+        (
+            "  tr: { kind: train, needs: { data: data, schedule: lin, model: mlp } }\n  s: { kind: sample, needs: { train: tr }, params: { sampler: ancestral, variance: bta } }\n",
+            "p.yaml:7:84: stages.s.params.variance: unknown variant `bta`, expected `beta` or `posterior`; did you mean `beta`?",
+        ),
+        // Written before the tag: the key is still named.
+        (
+            "  tr: { kind: train, needs: { data: data, schedule: lin, model: mlp } }\n  s: { kind: sample, needs: { train: tr }, params: { variance: bta, sampler: ancestral } }\n",
+            "stages.s.params.variance: unknown variant `bta`",
+        ),
+        (
+            "  c: { kind: classifier, needs: { data: data }, params: { width: -1 } }\n",
+            "p.yaml:6:66: stages.c.params.width: invalid type: integer `-1`",
+        ),
+    ] {
+        let path = write_pipeline(dir.path(), "p", &format!("{BASE}{text}"));
+        let out = runner(&results, &["plan", path.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "{text}");
+        assert!(
+            stderr(&out).contains(want),
+            "{text}\nwant {want}\ngot {}",
+            stderr(&out)
+        );
+    }
+    // Through `--set` the full key is named too, with the assignment it came from.
+    let path = write_pipeline(dir.path(), "p", BASE);
+    let out = runner(
+        &results,
+        &[
+            "plan",
+            path.to_str().unwrap(),
+            "--set",
+            "data.params.n=5",
+            "--set",
+            "lin.params.steps=-5",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains(
+            "--set lin.params.steps=-5: stages.lin.params.steps: invalid type: integer `-5`"
+        ),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// A file with several mistakes gets all of them at once, in file order, each with
+/// its place; a stage that reads a broken one is not reported again.
+#[test]
+fn every_error_of_a_file_is_reported_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("results");
+    let text = "name: t
+stages:
+  data: { kind: dataset, params: { name: gmm, n: 100, std: x } }
+  lin: { kind: schedule, params: { type: linear, steps: -5 } }
+  mlp: { kind: model, params: { arch: mlp, hiden: [8] } }
+  tr: { kind: train, needs: { data: data, schedule: lin, model: mlp }, params: { stpes: 3 } }
+report: { nope: 1 }
+";
+    let path = write_pipeline(dir.path(), "p", text);
+    let out = runner(&results, &["plan", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().collect();
+    let wanted = [
+        "p.yaml:3:60: stages.data.params.std:",
+        "p.yaml:4:57: stages.lin.params.steps:",
+        "p.yaml:5:44: stages.mlp.params: unknown field `hiden`",
+        "stages.tr.params: unknown field `stpes`",
+        "p.yaml:7:11: report: unknown field `nope`",
+    ];
+    assert_eq!(lines.len(), wanted.len() + 1, "{err}");
+    for (line, want) in lines.iter().zip(wanted) {
+        assert!(
+            line.starts_with("error: ") && line.contains(want),
+            "want {want} in {err}"
+        );
+    }
+    assert_eq!(lines[wanted.len()], "(5 errors)");
+
+    // After parsing: each stage's own checks, but not those of stages reading a broken one.
+    let text = "name: t
+stages:
+  data: { kind: dataset, params: { name: gmm, n: 100, std: -1 } }
+  lin: { kind: schedule, params: { type: linear, beta_end: 2 } }
+  lin2: { kind: schedule, params: { type: linear, beta_start: 0.5, beta_end: 0.1 } }
+  mlp: { kind: model, params: { arch: mlp } }
+  tr: { kind: train, needs: { data: data, schedule: lin, model: mlp }, params: { steps: 3 } }
+  s: { kind: sample, needs: { train: tr }, params: { sampler: annealed_langevin, step_lr: -1 } }
+";
+    let path = write_pipeline(dir.path(), "p", text);
+    let out = runner(&results, &["plan", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 4, "{err}");
+    assert!(lines[0].contains("p.yaml:3:") && lines[0].contains("`std` must be positive"));
+    assert!(lines[1].contains("p.yaml:4:") && lines[1].contains("stage `lin`"));
+    assert!(lines[2].contains("p.yaml:5:") && lines[2].contains("stage `lin2`"));
+    assert_eq!(lines[3], "(3 errors)");
+    assert!(!err.contains("step_lr"), "{err}");
+}

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::idx::{self, Split};
 use super::image_folder;
 use crate::rng::stream;
+use crate::tagged::tagged_enum;
 
 /// Where `just data` unpacks MNIST (relative to the directory runner runs in).
 pub const MNIST_DIR: &str = "data/mnist";
@@ -30,37 +31,39 @@ const FASHION_CLASSES: [&str; 10] = [
     "Ankle boot",
 ];
 
-/// An image dataset, chosen by `name`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(tag = "name", rename_all = "snake_case", deny_unknown_fields)]
-pub enum ImageSource {
-    /// Handwritten digits, 28x28 grey (60,000 train, 10,000 test).
-    Mnist {
-        #[serde(default = "mnist_dir")]
-        path: PathBuf,
-        /// Keep only these digits.
-        #[serde(default)]
-        classes: Option<Vec<u8>>,
-    },
-    /// Zalando's clothing images, 28x28 grey, MNIST's format and sizes.
-    FashionMnist {
-        #[serde(default = "fashion_dir")]
-        path: PathBuf,
-        /// Keep only these class numbers (0 = T-shirt/top ... 9 = Ankle boot).
-        #[serde(default)]
-        classes: Option<Vec<u8>>,
-    },
-    /// A folder of PNG/JPEG images, resized and centre-cropped to `size` x `size` RGB.
-    /// Images in sub-folders are labelled by the sub-folder's name.
-    ImageFolder {
-        #[serde(default)]
-        path: Option<PathBuf>,
-        #[serde(default = "folder_size")]
-        size: usize,
-        /// Keep only these sub-folders.
-        #[serde(default)]
-        classes: Option<Vec<String>>,
-    },
+tagged_enum! {
+    #[tag = "name", remote = "ImageSource"]
+    /// An image dataset, chosen by `name`.
+    #[derive(Debug, Clone, PartialEq)]
+    pub enum ImageSource {
+        /// Handwritten digits, 28x28 grey (60,000 train, 10,000 test).
+        Mnist {
+            #[serde(default = "mnist_dir")]
+            path: PathBuf,
+            /// Keep only these digits.
+            #[serde(default)]
+            classes: Option<Vec<u8>>,
+        },
+        /// Zalando's clothing images, 28x28 grey, MNIST's format and sizes.
+        FashionMnist {
+            #[serde(default = "fashion_dir")]
+            path: PathBuf,
+            /// Keep only these class numbers (0 = T-shirt/top ... 9 = Ankle boot).
+            #[serde(default)]
+            classes: Option<Vec<u8>>,
+        },
+        /// A folder of PNG/JPEG images, resized and centre-cropped to `size` x `size` RGB.
+        /// Images in sub-folders are labelled by the sub-folder's name.
+        ImageFolder {
+            #[serde(default)]
+            path: Option<PathBuf>,
+            #[serde(default = "folder_size")]
+            size: usize,
+            /// Keep only these sub-folders.
+            #[serde(default)]
+            classes: Option<Vec<String>>,
+        },
+    }
 }
 
 fn mnist_dir() -> PathBuf {

@@ -9,55 +9,59 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 use serde::{Deserialize, Serialize};
 
-/// Which distribution to draw from, with its shape parameters.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(tag = "name", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Distribution {
-    /// A thin ring: radius plus Gaussian radial noise of std `width`.
-    Circle {
-        #[serde(default = "one")]
-        radius: f64,
-        #[serde(default = "ring_width")]
-        width: f64,
-    },
-    /// A thin spherical shell in 3D, the circle's analogue: a uniform direction at
-    /// radius plus Gaussian radial noise of std `width`.
-    Sphere {
-        #[serde(default = "one")]
-        radius: f64,
-        #[serde(default = "ring_width")]
-        width: f64,
-    },
-    /// Isotropic Gaussian mixture in any dimension (one coordinate per entry of each
-    /// mean: `[[-1], [1]]` is a 1D mixture); the default is the documents' imbalanced 0.1/0.9
-    /// mixture at (1,1) and (-1,-1).
-    Gmm {
-        #[serde(default = "gmm_means")]
-        means: Vec<Vec<f64>>,
-        #[serde(default = "gmm_weights")]
-        weights: Vec<f64>,
-        #[serde(default = "gmm_std")]
-        std: f64,
-    },
-    /// A two-dimensional spiral arm with Gaussian noise.
-    Spiral {
-        #[serde(default = "spiral_turns")]
-        turns: f64,
-        #[serde(default = "toy_noise")]
-        noise: f64,
-    },
-    /// Two interleaving half circles (as scikit-learn's make_moons), centred.
-    Moons {
-        #[serde(default = "toy_noise")]
-        noise: f64,
-    },
-    /// Two equally weighted Gaussians at (-offset, 0) and (offset, 0).
-    TwoGaussians {
-        #[serde(default = "one")]
-        offset: f64,
-        #[serde(default = "gmm_std")]
-        std: f64,
-    },
+use crate::tagged::tagged_enum;
+
+tagged_enum! {
+    #[tag = "name", remote = "Distribution"]
+    /// Which distribution to draw from, with its shape parameters.
+    #[derive(Debug, Clone, PartialEq)]
+    pub enum Distribution {
+        /// A thin ring: radius plus Gaussian radial noise of std `width`.
+        Circle {
+            #[serde(default = "one")]
+            radius: f64,
+            #[serde(default = "ring_width")]
+            width: f64,
+        },
+        /// A thin spherical shell in 3D, the circle's analogue: a uniform direction at
+        /// radius plus Gaussian radial noise of std `width`.
+        Sphere {
+            #[serde(default = "one")]
+            radius: f64,
+            #[serde(default = "ring_width")]
+            width: f64,
+        },
+        /// Isotropic Gaussian mixture in any dimension (one coordinate per entry of each
+        /// mean: `[[-1], [1]]` is a 1D mixture); the default is the documents' imbalanced 0.1/0.9
+        /// mixture at (1,1) and (-1,-1).
+        Gmm {
+            #[serde(default = "gmm_means")]
+            means: Vec<Vec<f64>>,
+            #[serde(default = "gmm_weights")]
+            weights: Vec<f64>,
+            #[serde(default = "gmm_std")]
+            std: f64,
+        },
+        /// A two-dimensional spiral arm with Gaussian noise.
+        Spiral {
+            #[serde(default = "spiral_turns")]
+            turns: f64,
+            #[serde(default = "toy_noise")]
+            noise: f64,
+        },
+        /// Two interleaving half circles (as scikit-learn's make_moons), centred.
+        Moons {
+            #[serde(default = "toy_noise")]
+            noise: f64,
+        },
+        /// Two equally weighted Gaussians at (-offset, 0) and (offset, 0).
+        TwoGaussians {
+            #[serde(default = "one")]
+            offset: f64,
+            #[serde(default = "gmm_std")]
+            std: f64,
+        },
+    }
 }
 
 fn one() -> f64 {

@@ -3,18 +3,14 @@
 //! Convention used everywhere: levels are numbered t = 1..T with more noise at larger
 //! t (DDPM's t, and SMLD's sigma levels read from sigma_min up to sigma_max).
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use super::process::Process;
+use crate::tagged::Tagged;
 
 /// A schedule as written in a pipeline file (defaults filled in).
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(
-    tag = "type",
-    rename_all = "snake_case",
-    deny_unknown_fields,
-    from = "WrittenSchedule"
-)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum ScheduleParams {
     /// Ho et al. 2020, Sec. 4: betas linear from beta_start to beta_end.
     Linear {
@@ -54,8 +50,9 @@ pub enum ScheduleParams {
 /// What a pipeline file may leave out. Linear betas left out follow Ho et al.'s
 /// 1e-4..0.02 at T = 1000, scaled by 1000/T for other T as Nichol & Dhariwal do
 /// (so a short chain still ends near pure noise), capped at 0.999.
+/// Read after its `type` (see [`crate::tagged`]), so variants are externally tagged here.
 #[derive(Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 enum WrittenSchedule {
     Linear {
         beta_start: Option<f64>,
@@ -118,6 +115,36 @@ fn scaled_betas(start: Option<f64>, end: Option<f64>, steps: usize) -> (f64, f64
         start.unwrap_or_else(|| (beta_start() * scale).min(0.999)),
         end.unwrap_or_else(|| (beta_end() * scale).min(0.999)),
     )
+}
+
+impl ScheduleParams {
+    /// Every `type:`, in `runner list`'s order (a test holds it to the variants).
+    pub const NAMES: &'static [&'static str] = &[
+        "linear",
+        "cosine",
+        "quadratic",
+        "sigmoid",
+        "geometric",
+        "vp_sde",
+        "sub_vp_sde",
+        "ve_sde",
+    ];
+}
+
+impl<'de> Tagged<'de> for WrittenSchedule {
+    const TAG: &'static str = "type";
+    fn names() -> Vec<&'static str> {
+        ScheduleParams::NAMES.to_vec()
+    }
+    fn variant<D: Deserializer<'de>>(_: &str, rest: D) -> Result<Self, D::Error> {
+        WrittenSchedule::deserialize(rest)
+    }
+}
+
+impl<'de> Deserialize<'de> for ScheduleParams {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ScheduleParams, D::Error> {
+        crate::tagged::deserialize::<D, WrittenSchedule, ()>(d).map(|(w, ())| w.into())
+    }
 }
 
 impl From<WrittenSchedule> for ScheduleParams {
@@ -417,6 +444,15 @@ pub fn table(process: &Process) -> Vec<ScheduleRow> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn names_are_the_variants_serde_reads() {
+        let mut read = crate::tagged::serde_variants::<super::WrittenSchedule>();
+        let mut listed = super::ScheduleParams::NAMES.to_vec();
+        read.sort();
+        listed.sort();
+        assert_eq!(read, listed);
+    }
+
     use super::*;
 
     /// (betas, alpha_bars) of a DDPM process.

@@ -140,8 +140,10 @@ pub fn build(path: &Path, loaded: Loaded) -> Result<Plan, SpecError> {
         location: locate_sweep(source, axis),
         message,
     };
+    // Every error found before the graph is built is reported, not only the first.
+    let mut errors: Vec<SpecError> = Vec::new();
     if !is_safe_name(&spec.name) {
-        return Err(err(
+        errors.push(err(
             None,
             None,
             format!(
@@ -151,11 +153,12 @@ pub fn build(path: &Path, loaded: Loaded) -> Result<Plan, SpecError> {
         ));
     }
     if spec.stages.is_empty() {
-        return Err(err(None, None, "the pipeline has no stages".into()));
+        errors.push(err(None, None, "the pipeline has no stages".into()));
+        return Err(SpecError::all(errors));
     }
     for (id, stage) in &spec.stages {
         if !is_safe_name(id) {
-            return Err(err(
+            errors.push(err(
                 Some(id),
                 None,
                 format!(
@@ -163,18 +166,26 @@ pub fn build(path: &Path, loaded: Loaded) -> Result<Plan, SpecError> {
                     short(id)
                 ),
             ));
+            continue;
         }
-        check_needs(id, stage, &spec.stages).map_err(|(role, m)| err(Some(id), Some(role), m))?;
+        if let Err((role, m)) = check_needs(id, stage, &spec.stages) {
+            errors.push(err(Some(id), Some(role), m));
+        }
     }
-    let sweep =
-        Sweep::resolve(&spec.sweep, &spec.stages).map_err(|(axis, m)| sweep_err(&axis, m))?;
-    spec.report
-        .validate(&sweep)
-        .map_err(|m| SpecError::Invalid {
+    let sweep = match Sweep::resolve(&spec.sweep, &spec.stages) {
+        Ok(sweep) => sweep,
+        Err((axis, m)) => {
+            errors.push(sweep_err(&axis, m));
+            return Err(SpecError::all(errors));
+        }
+    };
+    if let Err(m) = spec.report.validate(&sweep) {
+        errors.push(SpecError::Invalid {
             path: path.to_path_buf(),
             location: None,
             message: m,
-        })?;
+        });
+    }
     let evaluates: Vec<String> = spec
         .stages
         .iter()
@@ -194,14 +205,15 @@ pub fn build(path: &Path, loaded: Loaded) -> Result<Plan, SpecError> {
     }
     for expectation in &spec.expect {
         let i = expectation.position;
-        expectation
-            .validate(&evaluated, &evaluates, &sweep)
-            .map_err(|(key, m)| SpecError::Invalid {
+        if let Err((key, m)) = expectation.validate(&evaluated, &evaluates, &sweep) {
+            errors.push(SpecError::Invalid {
                 path: path.to_path_buf(),
                 location: locate_expectation(source, i, key),
                 message: format!("expectation {} ({}): {m}", i + 1, expectation.stage),
-            })?;
+            });
+        }
     }
+    SpecError::gathered(std::mem::take(&mut errors))?;
 
     // Stage ids in dependency order, counting inputs a sweep may swap in.
     let ids: Vec<&String> = spec.stages.keys().collect();
@@ -298,7 +310,28 @@ pub fn build(path: &Path, loaded: Loaded) -> Result<Plan, SpecError> {
     for p in 0..sweep.len() {
         let groups = sweep.point(p);
         let mut chosen: Vec<NodeIndex> = Vec::with_capacity(stage_ids.len());
+        // Stages of this point that failed their checks, or read one that did: they
+        // get no node, and are not checked (their errors would only repeat).
+        let mut failed = vec![false; stage_ids.len()];
         for (s, id) in stage_ids.iter().enumerate() {
+            // Records the stage's error and goes on with the next stage.
+            macro_rules! fail {
+                ($error:expr) => {{
+                    let error: SpecError = $error;
+                    let text = error.to_string();
+                    if !errors.iter().any(|e| e.to_string() == text) {
+                        errors.push(error);
+                    }
+                    failed[s] = true;
+                    chosen.push(NodeIndex::end());
+                    continue;
+                }};
+            }
+            if possible[s].iter().any(|&q| failed[q]) {
+                failed[s] = true;
+                chosen.push(NodeIndex::end());
+                continue;
+            }
             let own: Vec<usize> = groups_touching[s].iter().map(|&g| groups[g]).collect();
             let inputs: Vec<NodeIndex> = possible[s].iter().map(|&q| chosen[q]).collect();
             let memo_key = (s, own, inputs);
@@ -320,10 +353,13 @@ pub fn build(path: &Path, loaded: Loaded) -> Result<Plan, SpecError> {
                     .unwrap_or_default();
                 let value = sweep.apply(&base, &own_coords);
                 let first = &sweep.axes[own_coords[0].0].path;
-                let stage = StageSpec::deserialize(value)
-                    .map_err(|e| sweep_err(first, format!("stage `{id}` {}: {e}", at())))?;
-                check_needs(id, &stage, &spec.stages)
-                    .map_err(|(_, m)| sweep_err(first, format!("{} {m}", at())))?;
+                let stage = match StageSpec::deserialize(value) {
+                    Ok(stage) => stage,
+                    Err(e) => fail!(sweep_err(first, format!("stage `{id}` {}: {e}", at()))),
+                };
+                if let Err((_, m)) = check_needs(id, &stage, &spec.stages) {
+                    fail!(sweep_err(first, format!("{} {m}", at())));
+                }
                 stage
             };
             let needs: Vec<(String, Vec<NodeIndex>)> = stage
@@ -346,29 +382,25 @@ pub fn build(path: &Path, loaded: Loaded) -> Result<Plan, SpecError> {
                     .map(|s: &StageSpec| (&s.needs, s.params.as_any()))
             };
             let neighbours = Neighbours::new(&stage.needs, &lookup);
-            stage.params.validate(&neighbours).map_err(|m| {
+            let about = |m: String| {
                 let message = if own_coords.is_empty() {
                     format!("stage `{id}`: {m}")
                 } else {
                     format!("stage `{id}` {}: {m}", at())
                 };
                 err(Some(id), Some("params"), message)
-            })?;
-            let cost = stage.params.cost(&neighbours);
-            if let Some(message) =
-                too_big(&cost, crate::machine::memory_limit(), "this machine has")
-            {
-                let message = if own_coords.is_empty() {
-                    format!("stage `{id}`: {message}")
-                } else {
-                    format!("stage `{id}` {}: {message}", at())
-                };
-                return Err(err(Some(id), Some("params"), message));
+            };
+            if let Err(m) = stage.params.validate(&neighbours) {
+                fail!(about(m));
             }
-            let params = stage
-                .params
-                .resolved(&neighbours)
-                .map_err(|m| err(Some(id), Some("params"), format!("stage `{id}`: {m}")))?;
+            let cost = stage.params.cost(&neighbours);
+            if let Some(m) = too_big(&cost, crate::machine::memory_limit(), "this machine has") {
+                fail!(about(m));
+            }
+            let params = match stage.params.resolved(&neighbours) {
+                Ok(params) => params,
+                Err(m) => fail!(about(m)),
+            };
             let input_keys: Vec<(String, Vec<String>)> = needs
                 .iter()
                 .map(|(role, ixs)| {
@@ -423,6 +455,7 @@ pub fn build(path: &Path, loaded: Loaded) -> Result<Plan, SpecError> {
             nodes: chosen,
         });
     }
+    SpecError::gathered(errors)?;
     let mut forks = HashMap::new();
     for node in graph.node_weights() {
         *forks.entry(node.id.clone()).or_insert(0) += 1;

@@ -10,6 +10,7 @@ use super::expect::Expectation;
 use super::locate::locate_expectation;
 use super::report_spec::ReportSpec;
 use super::sweep::{SweepSpec, normalize};
+use crate::choices::expected_one_of;
 use crate::error::{Location, SpecError};
 use crate::stages::{Needs, StageKind, StageParams, StageSpec};
 
@@ -21,6 +22,7 @@ pub struct PipelineSpec {
     pub name: String,
     #[serde(default)]
     pub description: String,
+    #[serde(deserialize_with = "read_stages")]
     pub stages: BTreeMap<String, StageSpec>,
     /// Values to vary: the pipeline runs once per point of their product.
     #[serde(default)]
@@ -122,23 +124,6 @@ impl<'de> Visitor<'de> for NeedsSeed {
                 .filter_map(|(r, ids)| ids.map(|ids| (r.name, ids)))
                 .collect(),
         ))
-    }
-}
-
-/// serde's wording for the valid choices of a field.
-fn expected_one_of(names: &[&str]) -> String {
-    match names {
-        [] => "there are no fields".into(),
-        [one] => format!("expected `{one}`"),
-        [a, b] => format!("expected `{a}` or `{b}`"),
-        _ => format!(
-            "expected one of {}",
-            names
-                .iter()
-                .map(|n| format!("`{n}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
     }
 }
 
@@ -275,9 +260,20 @@ pub fn load(
         for assignment in overrides {
             apply_override(&mut tree, assignment)?;
         }
-        spec = serde_norway::from_value(tree.clone()).map_err(|e| SpecError::Override {
+        // Read as text, not as a value: the text parser names the full key of an error.
+        let text = serde_norway::to_string(&tree).map_err(|e| SpecError::Override {
             assignment: overrides.join(" "),
-            message: crate::choices::in_user_terms(&e.to_string()),
+            message: e.to_string(),
+        })?;
+        spec = serde_norway::from_str(&text).map_err(|e| {
+            let message = match yaml_error(path, e) {
+                SpecError::Invalid { message, .. } => message,
+                other => other.to_string(),
+            };
+            SpecError::Override {
+                assignment: culprits(overrides, &message),
+                message,
+            }
         })?;
         for assignment in overrides {
             let Some((key, _)) = assignment.split_once('=') else {
@@ -346,7 +342,111 @@ pub fn parse(path: &Path, source: &str) -> Result<PipelineSpec, SpecError> {
             ),
         });
     }
-    serde_norway::from_str(source).map_err(|e| yaml_error(path, e))
+    serde_norway::from_str(source).map_err(|first| every_error(path, source, first))
+}
+
+thread_local! {
+    /// Set while [`every_error`] reads a file without its stages.
+    static SKIP_STAGES: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// `stages:` as [`PipelineSpec`] reads it: typed, or skipped while [`every_error`]
+/// looks for the errors outside the stages.
+fn read_stages<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, StageSpec>, D::Error> {
+    if SKIP_STAGES.with(|skip| skip.get()) {
+        serde::de::IgnoredAny::deserialize(d)?;
+        return Ok(BTreeMap::new());
+    }
+    BTreeMap::deserialize(d)
+}
+
+/// Every error of a file that fails to parse, not only the first: the parser stops at
+/// its first error, so the file is read again once without its stages and once per
+/// stage with only that stage typed (a pipeline file is small; this runs only on
+/// error). A file that is not YAML at all has one error, its first.
+fn every_error(path: &Path, source: &str, first: serde_norway::Error) -> SpecError {
+    let Ok(tree) = serde_norway::from_str::<serde_norway::Value>(source) else {
+        return yaml_error(path, first);
+    };
+    let mut errors: Vec<SpecError> = Vec::new();
+    SKIP_STAGES.with(|skip| skip.set(true));
+    let outside = serde_norway::from_str::<PipelineSpec>(source);
+    SKIP_STAGES.with(|skip| skip.set(false));
+    errors.extend(outside.err().map(|e| yaml_error(path, e)));
+    let ids = tree
+        .get("stages")
+        .and_then(|s| s.as_mapping())
+        .map(|m| m.keys().filter_map(|k| k.as_str()).collect::<Vec<_>>())
+        .unwrap_or_default();
+    for id in ids {
+        let one = OnlyStage(id).deserialize(serde_norway::Deserializer::from_str(source));
+        errors.extend(one.err().map(|e| yaml_error(path, e)));
+    }
+    let mut seen = std::collections::HashSet::new();
+    errors.retain(|e| seen.insert(e.to_string()));
+    if errors.is_empty() {
+        return yaml_error(path, first);
+    }
+    SpecError::all(errors)
+}
+
+/// Reads a pipeline file typing only stage `.0` (everything else is skipped), for
+/// [`every_error`].
+struct OnlyStage<'a>(&'a str);
+
+impl<'de> DeserializeSeed<'de> for OnlyStage<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for OnlyStage<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a pipeline mapping")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "stages" {
+                map.next_value_seed(StageOf(self.0))?;
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `stages:` mapping with only one stage typed.
+struct StageOf<'a>(&'a str);
+
+impl<'de> DeserializeSeed<'de> for StageOf<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for StageOf<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a mapping of stages")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<String>()? {
+            if key == self.0 {
+                map.next_value::<StageSpec>()?;
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Deepest nesting of flow lists and maps (`[`, `{`) a pipeline file may have: the
@@ -398,7 +498,29 @@ fn yaml_error(path: &Path, error: serde_norway::Error) -> SpecError {
     SpecError::Invalid {
         path: path.to_path_buf(),
         location,
-        message: crate::choices::in_user_terms(&message),
+        message: crate::choices::in_user_terms(&crate::tagged::join_key(&message)),
+    }
+}
+
+/// The assignments an error at a key (`stages.lin.params.steps: ...`) can come from:
+/// those setting the key, a key inside it or the mapping around it; all of them when
+/// none does (the error is then about the file itself).
+fn culprits(overrides: &[String], message: &str) -> String {
+    let key = message.split(": ").next().unwrap_or_default();
+    let key = normalize(key);
+    let within = |a: &str, b: &str| a == b || a.starts_with(&format!("{b}."));
+    let named: Vec<&str> = overrides
+        .iter()
+        .map(String::as_str)
+        .filter(|assignment| {
+            let set = normalize(assignment.split_once('=').map_or("", |(k, _)| k));
+            !set.is_empty() && (within(&set, &key) || within(&key, &set))
+        })
+        .collect();
+    if named.is_empty() {
+        overrides.join(" ")
+    } else {
+        named.join(" ")
     }
 }
 

@@ -66,19 +66,56 @@ impl Kind for Classifier {
 }
 
 /// Parameters of a classifier stage.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "WrittenClassifier")]
 pub struct ClassifierParams {
     #[serde(flatten)]
     pub network: ClassifierConfig,
-    #[serde(default = "steps")]
     pub steps: usize,
-    #[serde(default = "batch")]
     pub batch: usize,
-    #[serde(default = "lr")]
     pub lr: f64,
-    #[serde(default)]
     pub seed: u64,
+}
+
+/// The parameters as written: the network's sizes beside the training's in one
+/// mapping, read without `flatten`'s buffer so errors keep their key and place.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WrittenClassifier {
+    #[serde(default = "width")]
+    width: usize,
+    #[serde(default = "features")]
+    features: usize,
+    #[serde(default = "steps")]
+    steps: usize,
+    #[serde(default = "batch")]
+    batch: usize,
+    #[serde(default = "lr")]
+    lr: f64,
+    #[serde(default)]
+    seed: u64,
+}
+
+impl From<WrittenClassifier> for ClassifierParams {
+    fn from(w: WrittenClassifier) -> Self {
+        ClassifierParams {
+            network: ClassifierConfig {
+                width: w.width,
+                features: w.features,
+            },
+            steps: w.steps,
+            batch: w.batch,
+            lr: w.lr,
+            seed: w.seed,
+        }
+    }
+}
+
+fn width() -> usize {
+    ClassifierConfig::default().width
+}
+fn features() -> usize {
+    ClassifierConfig::default().features
 }
 
 fn steps() -> usize {

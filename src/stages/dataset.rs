@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use serde::de::Error as _;
+use serde::de::MapAccess;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::context::StageContext;
@@ -16,6 +16,7 @@ use crate::data::toy::{Distribution, Mixture};
 use crate::error::{StageError, StageResult};
 use crate::nn::models::network::DataShape;
 use crate::rng::stream;
+use crate::tagged::{Shared, Tagged, take_once};
 
 /// The `dataset` kind.
 pub struct Dataset;
@@ -62,19 +63,49 @@ impl Kind for Dataset {
 
 /// Parameters of a dataset stage: the source (`name` and its parameters) plus sizes
 /// and seed.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DatasetParams {
     #[serde(flatten)]
     pub source: Source,
     /// Training points (toys: 50,000 by default; images: all, or a subset).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub n: Option<usize>,
     /// Held-out points, the evaluation reference (toys: 10,000 drawn independently;
     /// MNIST: the test split; image folders: a tenth of the images).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub holdout: Option<usize>,
-    #[serde(default)]
     pub seed: u64,
+}
+
+/// The keys every dataset takes beside its source's own.
+#[derive(Default)]
+struct Sizes {
+    n: Option<usize>,
+    holdout: Option<usize>,
+    seed: Option<u64>,
+}
+
+impl<'de> Shared<'de> for Sizes {
+    const FIELDS: &'static [&'static str] = &["n", "holdout", "seed"];
+    fn take<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
+        match key {
+            "n" => take_once(&mut self.n, "n", map),
+            "holdout" => take_once(&mut self.holdout, "holdout", map),
+            _ => take_once(&mut self.seed, "seed", map),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for DatasetParams {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<DatasetParams, D::Error> {
+        let (source, sizes) = crate::tagged::deserialize::<D, Source, Sizes>(d)?;
+        Ok(DatasetParams {
+            source,
+            n: sizes.n,
+            holdout: sizes.holdout,
+            seed: sizes.seed.unwrap_or_default(),
+        })
+    }
 }
 
 /// Where the data comes from: a generated distribution or image files.
@@ -85,36 +116,29 @@ pub enum Source {
     Images(ImageSource),
 }
 
-/// Chooses the variant by `name`, so errors speak of the one the user meant and list
-/// every dataset when the name is unknown.
-impl<'de> Deserialize<'de> for Source {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Source, D::Error> {
-        let value = serde_norway::Value::deserialize(d)?;
-        let name = value
-            .get("name")
-            .ok_or_else(|| D::Error::missing_field("name"))?
-            .as_str()
-            .ok_or_else(|| D::Error::custom("`name` must be a dataset name"))?
-            .to_string();
-        if ImageSource::NAMES.contains(&name.as_str()) {
-            return ImageSource::deserialize(value)
-                .map(Source::Images)
-                .map_err(D::Error::custom);
-        }
-        if Distribution::NAMES.contains(&name.as_str()) {
-            return Distribution::deserialize(value)
-                .map(Source::Toy)
-                .map_err(D::Error::custom);
-        }
-        let all: Vec<String> = Distribution::NAMES
+/// Chosen by `name` among every dataset, so an unknown name lists them all and errors
+/// speak of the one the user meant.
+impl<'de> Tagged<'de> for Source {
+    const TAG: &'static str = "name";
+    fn names() -> Vec<&'static str> {
+        Distribution::NAMES
             .iter()
             .chain(&ImageSource::NAMES)
-            .map(|n| format!("`{n}`"))
-            .collect();
-        Err(D::Error::custom(format!(
-            "unknown variant `{name}`, expected one of {}",
-            all.join(", ")
-        )))
+            .copied()
+            .collect()
+    }
+    fn variant<D: Deserializer<'de>>(name: &str, rest: D) -> Result<Source, D::Error> {
+        if ImageSource::NAMES.contains(&name) {
+            ImageSource::variant(name, rest).map(Source::Images)
+        } else {
+            Distribution::variant(name, rest).map(Source::Toy)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Source {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Source, D::Error> {
+        crate::tagged::deserialize::<D, Source, ()>(d).map(|(source, ())| source)
     }
 }
 

@@ -1,6 +1,5 @@
 //! `model`: resolves an architecture (`config.json`); weights come from training.
 
-use serde::{Deserialize, Serialize};
 
 use super::context::StageContext;
 use super::cost::count;
@@ -11,6 +10,7 @@ use crate::error::StageResult;
 use crate::nn::models::mlp::{Embedding, MlpConfig};
 use crate::nn::models::network::{DataShape, NetworkConfig};
 use crate::nn::models::unet::{Condition, UNetConfig};
+use crate::tagged::tagged_enum;
 
 /// The `model` kind: an architecture, resolved; weights come from training.
 pub struct Model;
@@ -31,9 +31,10 @@ impl Kind for Model {
     }
 }
 
+tagged_enum! {
+#[tag = "arch", remote = "ModelParams"]
 /// A network architecture, chosen by `arch`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(tag = "arch", rename_all = "snake_case", deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ModelParams {
     /// MLP on [x, embedding(t)] with SiLU activations.
     Mlp(MlpConfig),
@@ -43,6 +44,7 @@ pub enum ModelParams {
     /// mixtures only). Training it is free; samplers can be validated against it.
     Exact {},
 }
+}
 
 /// The largest network a model stage may describe: far past what diffusion models of
 /// this tool's data use (DDPM's CIFAR-10 U-Net has 36 million), and below the point
@@ -50,6 +52,9 @@ pub enum ModelParams {
 const MAX_PARAMETERS: f64 = 2e9;
 
 impl ModelParams {
+    /// Every `arch:` (a test holds it to the variants).
+    pub const NAMES: &'static [&'static str] = &["mlp", "unet", "exact"];
+
     pub fn validate(&self) -> Result<(), String> {
         // Before the architecture's own checks, whose arithmetic a hostile size
         // overflows. Points have at least one coordinate; images are at least 28x28.

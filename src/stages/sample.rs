@@ -4,7 +4,8 @@
 use std::time::Instant;
 
 use candle_core::Tensor;
-use serde::{Deserialize, Serialize};
+use serde::de::MapAccess;
+use serde::{Deserialize, Deserializer, Serialize};
 
 use super::cost::{CALL_OVERHEAD_FLOPS, Cost, count};
 use super::dataset::{Dataset, Source};
@@ -16,6 +17,7 @@ use crate::artifacts::{load_tensors, save_tensors, tensor_f32, write_json};
 use crate::diffusion::samplers::{SampleRequest, SamplerParams, run as run_sampler};
 use crate::error::{StageError, StageResult};
 use crate::rng::stream;
+use crate::tagged::{Shared, take_once};
 
 /// The `sample` kind.
 pub struct Sample;
@@ -89,29 +91,73 @@ impl Kind for Sample {
 
 /// Parameters of a sample stage: the sampler (`sampler` and its settings) plus how
 /// many samples and which weights.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SampleParams {
     #[serde(flatten)]
     pub sampler: SamplerParams,
-    #[serde(default = "n")]
     pub n: usize,
-    #[serde(default)]
     pub seed: u64,
     /// Number of evenly spaced snapshots kept in `trajectory.safetensors`.
-    #[serde(default = "snapshots")]
     pub snapshots: usize,
     /// Particles kept per snapshot (for images at most 8: a timeline shows a few).
-    #[serde(default = "snapshot_particles")]
     pub snapshot_particles: usize,
     /// `ema` (the averaged weights, as DDPM samples with) or `raw`.
-    #[serde(default)]
     pub weights: WeightsKind,
     /// Clip each predicted x0 to the data range before it is used (Ho et al.'s
     /// sampler; the ancestral, DDIM and predictor-corrector steps and every final
     /// Tweedie step). Default: on for image data, whose range is [-1, 1], off for
     /// points. In the key only when on, so a key without it means no clipping.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub clip_denoised: Option<bool>,
+}
+
+/// The keys every sampler takes beside its own settings.
+#[derive(Default)]
+struct Common {
+    n: Option<usize>,
+    seed: Option<u64>,
+    snapshots: Option<usize>,
+    snapshot_particles: Option<usize>,
+    weights: Option<WeightsKind>,
+    clip_denoised: Option<bool>,
+}
+
+impl<'de> Shared<'de> for Common {
+    const FIELDS: &'static [&'static str] = &[
+        "n",
+        "seed",
+        "snapshots",
+        "snapshot_particles",
+        "weights",
+        "clip_denoised",
+    ];
+    fn take<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
+        match key {
+            "n" => take_once(&mut self.n, "n", map),
+            "seed" => take_once(&mut self.seed, "seed", map),
+            "snapshots" => take_once(&mut self.snapshots, "snapshots", map),
+            "snapshot_particles" => {
+                take_once(&mut self.snapshot_particles, "snapshot_particles", map)
+            }
+            "weights" => take_once(&mut self.weights, "weights", map),
+            _ => take_once(&mut self.clip_denoised, "clip_denoised", map),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SampleParams {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<SampleParams, D::Error> {
+        let (sampler, common) = crate::tagged::deserialize::<D, SamplerParams, Common>(d)?;
+        Ok(SampleParams {
+            sampler,
+            n: common.n.unwrap_or_else(n),
+            seed: common.seed.unwrap_or_default(),
+            snapshots: common.snapshots.unwrap_or_else(snapshots),
+            snapshot_particles: common.snapshot_particles.unwrap_or_else(snapshot_particles),
+            weights: common.weights.unwrap_or_default(),
+            clip_denoised: common.clip_denoised,
+        })
+    }
 }
 
 fn n() -> usize {

@@ -13,7 +13,6 @@ pub mod grid;
 
 use candle_core::{Result, Tensor};
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
 
 pub use family::{Run, SampleRequest, Sampler};
 
@@ -26,12 +25,15 @@ macro_rules! samplers {
     ($($variant:ident => $module:ident :: $name:ident),* $(,)?) => {
         $(pub mod $module;)*
 
-        /// A sampler and its settings, as written in a sample stage (`sampler:` names
-        /// the family; the variant names, in snake case, are the families' `NAME`s).
-        #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-        #[serde(tag = "sampler", rename_all = "snake_case")]
-        pub enum SamplerParams {
-            $($variant($module::$name)),*
+        crate::tagged::tagged_enum! {
+            #[tag = "sampler", remote = "SamplerParams"]
+            /// A sampler and its settings, as written in a sample stage (`sampler:`
+            /// names the family; the variant names, in snake case, are the families'
+            /// `NAME`s).
+            #[derive(Debug, Clone, PartialEq)]
+            pub enum SamplerParams {
+                $($variant($module::$name)),*
+            }
         }
 
         impl SamplerParams {
