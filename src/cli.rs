@@ -354,7 +354,7 @@ fn dispatch(cli: &Cli) -> Result<(), RunnerError> {
             if *json {
                 out!("{}", runs::show::json(&record));
             } else if *csv {
-                print!("{}", runs::show::csv(&record));
+                print!("{}", runs::show::csv(&record).map_err(RunnerError::Report)?);
             } else {
                 let width = terminal_width();
                 print!("{}", runs::show::text(&record, width));

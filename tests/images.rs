@@ -118,7 +118,7 @@ fn image_folder_pipeline_trains_samples_and_measures() {
                 && !l.contains("_min")
                 && !l.contains("_max")
         })
-        .map(|l| l.rsplit(',').next().unwrap().parse::<f64>().unwrap())
+        .map(|l| l.split(',').nth(3).unwrap().parse::<f64>().unwrap())
         .sum();
     assert!((fractions - 1.0).abs() < 1e-9, "{fractions}");
     let figures: Vec<String> = std::fs::read_dir(report.join("figures"))

@@ -19,8 +19,8 @@ fn png_size(path: &Path) -> (u32, u32) {
 fn metric(metrics: &str, stage: &str, name: &str) -> f64 {
     metrics
         .lines()
-        .find(|l| l.contains(&format!(",{stage},{name},")))
-        .and_then(|l| l.rsplit(',').next())
+        .find_map(|l| l.split_once(&format!(",{stage},{name},")))
+        .and_then(|(_, rest)| rest.split(',').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no {name} of {stage} in {metrics}"))
 }

@@ -144,15 +144,18 @@ fn show_prints_samples_and_models_apart_as_text_json_and_csv() {
     assert!(value.is_finite() && value > 0.0);
 
     let csv = stdout(&runner(&two.results, &["show", "tiny", "--csv"]));
-    assert!(
-        csv.starts_with("evaluate,of,point,stage,metric,value\n"),
-        "{csv}"
-    );
+    // The same text as the run's metrics.csv.
+    assert!(csv.starts_with("evaluate,stage,metric,value,of\n"), "{csv}");
     let row = csv
         .lines()
         .find(|l| l.contains(",ddpm_samples,sliced_wasserstein,"))
         .unwrap();
-    assert!(row.starts_with("compare,samples,"), "{row}");
+    assert!(
+        row.starts_with("compare,") && row.ends_with(",samples"),
+        "{row}"
+    );
+    let published = two.results.join("tiny").join("metrics.csv");
+    assert_eq!(csv, std::fs::read_to_string(published).unwrap());
     let bad = runner(&two.results, &["show", "nope"]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(stderr(&bad).contains("no run `nope`"), "{}", stderr(&bad));

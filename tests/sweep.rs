@@ -62,19 +62,27 @@ fn a_sweep_computes_every_distinct_stage_once_and_labels_its_results() {
     );
     assert_eq!(cache_keys(&results).len(), 16);
 
-    // One row per (point, evaluated stage, metric), a column per axis.
+    // One row per (evaluated stage, the sweep values reaching it, metric), a column
+    // per axis, empty where no value reaches the stage: smld_samples appears once.
     let out = results.join("sw");
     let metrics = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
     let mut lines = metrics.lines();
-    assert_eq!(lines.next(), Some("point,lr,n,evaluate,stage,metric,value"));
+    assert_eq!(lines.next(), Some("lr,n,evaluate,stage,metric,value,of"));
     for row in [
-        "\"lr=0.001,n=200\",0.001,200,compare,ddpm_samples,mmd2,",
-        "\"lr=0.002,n=300\",0.002,300,compare,smld_samples,nfe,16",
+        "0.001,200,compare,ddpm_samples,mmd2,",
+        ",,compare,smld_samples,nfe,16.0,samples",
     ] {
         assert!(metrics.contains(row), "no {row} in\n{metrics}");
     }
-    let rows_per_point = 2 * 7; // two sample stages x (sw, mmd2, 2 mode weights, tv, nfe, seconds)
-    assert_eq!(metrics.lines().count(), 1 + 4 * rows_per_point);
+    let per_stage = 7; // sw, mmd2, 2 mode weights, tv, nfe, seconds
+    assert_eq!(metrics.lines().count(), 1 + 4 * per_stage + per_stage);
+    assert_eq!(
+        metrics
+            .lines()
+            .filter(|l| l.contains(",smld_samples,nfe,"))
+            .count(),
+        1
+    );
     // Forked stages are found under their label; shared ones by id.
     for file in [
         "stages/data/meta.json",
@@ -393,4 +401,35 @@ fn stages_that_use_every_core_never_overlap() {
             pair[0].2
         );
     }
+}
+
+/// A sweep over the evaluation's own settings gives each unswept stage one row per
+/// value (they are different measurements), and still one per value, not per point.
+#[test]
+fn swept_evaluation_settings_are_rows_of_every_stage_they_measure() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("results");
+    let text = format!(
+        "{}sweep:\n  compare.params.projections: [4, 32]\n  ddpm.params.lr: [0.001, 0.002]\n",
+        tiny_pipeline("ev", 20)
+    );
+    let path = write_pipeline(dir.path(), "ev", &text);
+    let run = runner(&results, &["run", path.to_str().unwrap()]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let metrics = std::fs::read_to_string(results.join("ev/metrics.csv")).unwrap();
+    let rows: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.contains(",smld_samples,sliced_wasserstein,"))
+        .collect();
+    assert_eq!(rows.len(), 2, "{metrics}");
+    assert!(
+        rows[0].starts_with("4,,compare,") && rows[1].starts_with("32,,compare,"),
+        "{metrics}"
+    );
+    assert_ne!(rows[0].split(',').nth(5), rows[1].split(',').nth(5));
+    let ddpm = metrics
+        .lines()
+        .filter(|l| l.contains(",ddpm_samples,sliced_wasserstein,"))
+        .count();
+    assert_eq!(ddpm, 4, "{metrics}");
 }

@@ -204,7 +204,7 @@ pub fn build(
     }
     let table = metrics_table(plan, &evaluated);
     let metrics = metric_records(plan, &evaluated);
-    table.write_csv(plan, &dir.join("metrics.csv"))?;
+    table::write_csv(&metrics, &dir.join("metrics.csv"))?;
 
     let mut compare_figures = Vec::new();
     if !plan.sweep.is_empty() {
@@ -319,20 +319,27 @@ fn shown_table(plan: &Plan, t: &table::Table) -> ShownTable {
     }
 }
 
-/// Every metric by evaluate node, in plan order: a stage that no sweep axis reaches
-/// appears once, not once per point.
+/// Every metric by evaluate node, in plan order, each once: a row's sweep values are
+/// those of the evaluated stage and of the evaluate stage's own swept parameters, so a
+/// stage that no sweep axis reaches appears once, not once per point (every fork of
+/// the evaluation measured it the same way).
 fn metric_records(
     plan: &Plan,
     evaluated: &HashMap<NodeIndex, Vec<(String, String, f64)>>,
 ) -> Vec<table::MetricRecord> {
-    let mut records = Vec::new();
+    let mut records: Vec<table::MetricRecord> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for &ix in &plan.order {
         let Some(values) = evaluated.get(&ix) else {
             continue;
         };
         let node = &plan.graph[ix];
-        // The sweep values of the evaluated stage itself: one no axis reaches has none,
-        // whichever fork of the evaluation measured it.
+        let own: Vec<(usize, usize)> = node
+            .coords
+            .iter()
+            .copied()
+            .filter(|&(a, _)| plan.sweep.axes[a].stage == node.id)
+            .collect();
         let point_of = |stage: &str| -> Vec<(String, String)> {
             let input = node
                 .needs
@@ -340,9 +347,13 @@ fn metric_records(
                 .flat_map(|(_, ixs)| ixs)
                 .map(|&i| &plan.graph[i])
                 .find(|n| n.id == stage);
-            input
-                .map(|n| n.coords.as_slice())
-                .unwrap_or(&node.coords)
+            let mut coords: Vec<(usize, usize)> = input
+                .map(|n| n.coords.clone())
+                .unwrap_or_else(|| node.coords.clone());
+            coords.extend(&own);
+            coords.sort_unstable();
+            coords.dedup();
+            coords
                 .iter()
                 .map(|&(a, v)| {
                     let axis = &plan.sweep.axes[a];
@@ -352,15 +363,23 @@ fn metric_records(
         };
         for (stage, metric, value) in values {
             let point = point_of(stage);
+            if !seen.insert((
+                node.id.clone(),
+                stage.clone(),
+                point.clone(),
+                metric.clone(),
+            )) {
+                continue;
+            }
             let of_models = plan
                 .nodes_of(stage)
                 .next()
                 .is_some_and(|n| n.kind() == StageKind::Train);
             records.push(table::MetricRecord {
-                evaluate: node.name(),
+                evaluate: node.id.clone(),
                 stage: stage.clone(),
                 of: if of_models { "models" } else { "samples" }.into(),
-                point: point.clone(),
+                point,
                 metric: metric.clone(),
                 value: *value,
             });

@@ -1,5 +1,6 @@
-//! The metrics table of a pipeline: one row per (sweep point, evaluate stage, evaluated
-//! stage, metric), one column per sweep axis, written with polars.
+//! A pipeline's metrics: as records (each measured value once, with the sweep values
+//! that reach it) for `metrics.csv`, the report's tables, `show` and `diff`; and one
+//! row per sweep point for the comparison plots and claims, which read along axes.
 
 use std::path::Path;
 
@@ -8,7 +9,6 @@ use serde::Serialize;
 
 use crate::artifacts::{csv_bytes, replace};
 use crate::error::RunnerError;
-use crate::pipeline::Plan;
 
 /// One metric value at one sweep point.
 #[derive(Debug, Clone)]
@@ -184,74 +184,62 @@ impl MetricsTable {
         }
         names
     }
+}
 
-    /// The table as a polars frame; sweep axes become typed columns (integers, floats
-    /// or text) so that the CSV reads back as numbers where the values are numbers.
-    pub fn frame(&self, plan: &Plan) -> PolarsResult<DataFrame> {
-        let sweep = &plan.sweep;
-        let mut columns = Vec::new();
-        if !sweep.is_empty() {
-            let labels: Vec<String> = self
-                .rows
-                .iter()
-                .map(|r| plan.point_label(&plan.points[r.point]))
-                .collect();
-            columns.push(Column::new("point".into(), labels));
-            for (a, axis) in sweep.axes.iter().enumerate() {
-                let name: PlSmallStr = axis.name.as_str().into();
-                let column = if axis.values.iter().all(|v| v.is_i64() || v.is_u64()) {
-                    Column::new(
-                        name,
-                        self.rows
-                            .iter()
-                            .map(|r| axis.values[r.coords[a]].as_i64())
-                            .collect::<Vec<_>>(),
-                    )
-                } else if axis.is_numeric() {
-                    Column::new(
-                        name,
-                        self.rows
-                            .iter()
-                            .map(|r| axis.number(r.coords[a]))
-                            .collect::<Vec<_>>(),
-                    )
-                } else {
-                    Column::new(
-                        name,
-                        self.rows
-                            .iter()
-                            .map(|r| axis.shown[r.coords[a]].clone())
-                            .collect::<Vec<_>>(),
-                    )
-                };
-                columns.push(column);
-            }
+/// `metrics.csv`, and `runner show --csv`: a row per metric of an evaluated stage as
+/// an evaluate stage measured it (each once), a column per sweep axis holding the
+/// values that reach the row and empty where none does (so a group-by over an axis
+/// does not count an unswept stage once per value), then `evaluate`, `stage`,
+/// `metric`, `value` and `of` (`samples` or `models`: which table it belongs to).
+pub fn frame(records: &[MetricRecord]) -> PolarsResult<DataFrame> {
+    let mut axes: Vec<&str> = Vec::new();
+    for (axis, _) in records.iter().flat_map(|r| &r.point) {
+        if !axes.contains(&axis.as_str()) {
+            axes.push(axis);
         }
-        let text = |name: &str, f: &dyn Fn(&MetricRow) -> String| {
-            Column::new(
-                name.into(),
-                self.rows.iter().map(f).collect::<Vec<String>>(),
-            )
-        };
-        columns.push(text("evaluate", &|r| r.evaluate.clone()));
-        columns.push(text("stage", &|r| r.stage.clone()));
-        columns.push(text("metric", &|r| r.metric.clone()));
-        columns.push(Column::new(
-            "value".into(),
-            self.rows.iter().map(|r| r.value).collect::<Vec<f64>>(),
-        ));
-        DataFrame::new_infer_height(columns)
     }
+    let mut columns: Vec<Column> = axes
+        .iter()
+        .map(|&axis| {
+            let values: Vec<Option<&str>> = records
+                .iter()
+                .map(|r| {
+                    r.point
+                        .iter()
+                        .find(|(a, _)| a == axis)
+                        .map(|(_, v)| v.as_str())
+                })
+                .collect();
+            Column::new(axis.into(), values)
+        })
+        .collect();
+    let text = |name: &str, f: &dyn Fn(&MetricRecord) -> &str| {
+        Column::new(name.into(), records.iter().map(f).collect::<Vec<&str>>())
+    };
+    columns.push(text("evaluate", &|r| &r.evaluate));
+    columns.push(text("stage", &|r| &r.stage));
+    columns.push(text("metric", &|r| &r.metric));
+    columns.push(Column::new(
+        "value".into(),
+        records.iter().map(|r| r.value).collect::<Vec<f64>>(),
+    ));
+    columns.push(text("of", &|r| &r.of));
+    DataFrame::new_infer_height(columns)
+}
 
-    /// Writes `metrics.csv` atomically.
-    pub fn write_csv(&self, plan: &Plan, path: &Path) -> Result<(), RunnerError> {
-        let fail = |e: &dyn std::fmt::Display| {
-            RunnerError::Report(format!("writing {}: {e}", path.display()))
-        };
-        let mut df = self.frame(plan).map_err(|e| fail(&e))?;
-        let bytes = csv_bytes(&mut df).map_err(|e| fail(&e))?;
-        replace(path, &bytes).map_err(|e| fail(&e))
-    }
+/// [`frame`] as CSV text.
+pub fn csv(records: &[MetricRecord]) -> Result<String, String> {
+    let mut df = frame(records).map_err(|e| e.to_string())?;
+    let bytes = csv_bytes(&mut df).map_err(|e| e.to_string())?;
+    String::from_utf8(bytes).map_err(|e| e.to_string())
+}
+
+/// Writes [`csv`] to `path` atomically.
+pub fn write_csv(records: &[MetricRecord], path: &Path) -> Result<(), RunnerError> {
+    let fail =
+        |e: &dyn std::fmt::Display| RunnerError::Report(format!("writing {}: {e}", path.display()));
+    let text = csv(records).map_err(|e| fail(&e))?;
+    replace(path, text.as_bytes()).map_err(|e| fail(&e))
 }
 
 /// Short, exact enough for a table.

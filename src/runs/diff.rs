@@ -22,6 +22,8 @@ pub struct ParamChange {
 pub struct MetricChange {
     pub evaluate: String,
     pub stage: String,
+    /// The sweep values that reach the row (empty for a stage no axis reaches).
+    pub point: Vec<(String, String)>,
     pub metric: String,
     pub a: Option<f64>,
     pub b: Option<f64>,
@@ -106,13 +108,17 @@ pub fn diff(a: &RunRecord, b: &RunRecord) -> Diff {
     for (side, run) in [(0, a), (1, b)] {
         for m in &run.metrics {
             let slot = match metrics.iter().position(|c| {
-                c.evaluate == m.evaluate && c.stage == m.stage && c.metric == m.metric
+                c.evaluate == m.evaluate
+                    && c.stage == m.stage
+                    && c.point == m.point
+                    && c.metric == m.metric
             }) {
                 Some(i) => i,
                 None => {
                     metrics.push(MetricChange {
                         evaluate: m.evaluate.clone(),
                         stage: m.stage.clone(),
+                        point: m.point.clone(),
                         metric: m.metric.clone(),
                         a: None,
                         b: None,
@@ -178,9 +184,15 @@ pub fn text(d: &Diff) -> String {
                 Some(c) => format!("{}{}", if c > 0.0 { "+" } else { "" }, number(c)),
                 None => "-".into(),
             };
+            let point: Vec<String> = m.point.iter().map(|(a, v)| format!("{a}={v}")).collect();
+            let stage = if point.is_empty() {
+                m.stage.clone()
+            } else {
+                format!("{}[{}]", m.stage, point.join(","))
+            };
             table.add_row([
                 m.evaluate.clone(),
-                m.stage.clone(),
+                stage,
                 m.metric.clone(),
                 value(m.a),
                 value(m.b),
@@ -254,5 +266,25 @@ mod tests {
             text(&diff(&run("a", 1, "x", 1.0), &run("b", 1, "x", 1.0)))
                 .contains("parameters: the same")
         );
+    }
+
+    /// Rows at different sweep points are different metrics, matched point by point.
+    #[test]
+    fn metrics_are_matched_by_sweep_point() {
+        let mut a = run("a", 1, "x", 1.0);
+        let mut b = run("b", 1, "x", 1.0);
+        let base = a.metrics[0].clone();
+        let at = |seed: &str, value: f64| MetricRecord {
+            point: vec![("seed".into(), seed.into())],
+            value,
+            ..base.clone()
+        };
+        a.metrics = vec![at("0", 1.0), at("1", 2.0)];
+        b.metrics = vec![at("1", 2.5), at("0", 1.0)];
+        let d = diff(&a, &b);
+        assert_eq!(d.metrics.len(), 2);
+        assert_eq!(d.metrics[0].change(), Some(0.0));
+        assert_eq!(d.metrics[1].change(), Some(0.5));
+        assert!(text(&d).contains("s[seed=1]"), "{}", text(&d));
     }
 }

@@ -80,30 +80,10 @@ pub fn json(run: &RunRecord) -> String {
     .expect("tables serialize")
 }
 
-/// The metrics in long form, one row per value: `evaluate,of,point,stage,metric,value`
-/// (`point` is `axis=value;...`), the shape pandas and R read best.
-pub fn csv(run: &RunRecord) -> String {
-    let field = |s: &str| {
-        if s.contains([',', '"', '\n']) {
-            format!("\"{}\"", s.replace('"', "\"\""))
-        } else {
-            s.to_string()
-        }
-    };
-    let mut out = String::from("evaluate,of,point,stage,metric,value\n");
-    for m in &run.metrics {
-        let point: Vec<String> = m.point.iter().map(|(a, v)| format!("{a}={v}")).collect();
-        out.push_str(&format!(
-            "{},{},{},{},{},{}\n",
-            field(&m.evaluate),
-            m.of,
-            field(&point.join(";")),
-            field(&m.stage),
-            field(&m.metric),
-            m.value
-        ));
-    }
-    out
+/// The metrics in long form, one row per value, exactly as the run's `metrics.csv`
+/// (see [`crate::report::table::frame`]): the shape pandas and R read best.
+pub fn csv(run: &RunRecord) -> Result<String, String> {
+    crate::report::table::csv(&run.metrics)
 }
 
 #[cfg(test)]
