@@ -274,3 +274,77 @@ fn langevin_mixing_gets_weights_wrong_and_annealing_recovers_them() {
         assert!(figures.join(file).is_file(), "missing {file}");
     }
 }
+
+/// Score errors per noise level are named by the time asked for, so models of
+/// different processes (a 50-step DDPM chain, 10 SMLD levels) line up in their own
+/// table, with the noise std of the level each process measured at.
+#[test]
+fn score_errors_line_up_across_processes_in_their_own_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("results");
+    let text = r#"name: levels
+stages:
+  data:   { kind: dataset,  params: { name: gmm, n: 1000, holdout: 200 } }
+  chain:  { kind: schedule, params: { type: linear, steps: 50 } }
+  sigmas: { kind: schedule, params: { type: geometric, levels: 10 } }
+  mlp:    { kind: model,    params: { arch: mlp, hidden: [16], embedding_dim: 8 } }
+  ddpm:   { kind: train, needs: { data: data, schedule: chain, model: mlp }, params: { objective: eps, steps: 20, batch: 32 } }
+  smld:   { kind: train, needs: { data: data, schedule: sigmas, model: mlp }, params: { objective: dsm, steps: 20, batch: 32 } }
+  judge:
+    kind: evaluate
+    needs: { reference: data, models: [ddpm, smld] }
+    params: { metrics: [score_error], plots: [], score_points: 100, score_times: [0.05, 0.5, 1.0] }
+"#;
+    let path = write_pipeline(dir.path(), "levels", text);
+    let out = runner(&results, &["run", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let m = metrics(&results, "levels");
+    let names = |stage: &str| {
+        let mut v: Vec<String> = m
+            .keys()
+            .filter(|(s, k)| s == stage && k.starts_with("score_"))
+            .map(|(_, k)| k.clone())
+            .collect();
+        v.sort();
+        v
+    };
+    let want = [
+        "score_mse_t0.050",
+        "score_mse_t0.500",
+        "score_mse_t1.000",
+        "score_sigma_t0.050",
+        "score_sigma_t0.500",
+        "score_sigma_t1.000",
+    ];
+    assert_eq!(names("ddpm"), want);
+    assert_eq!(names("smld"), want);
+    // SMLD's level nearest t = 1 is its largest sigma, 1 by default; the chain's last
+    // level has std close to 1 but not 1.
+    let sigma = |stage: &str, t: &str| m[&(stage.to_string(), format!("score_sigma_t{t}"))];
+    assert!((sigma("smld", "1.000") - 1.0).abs() < 1e-9);
+    assert_ne!(sigma("ddpm", "0.050"), sigma("smld", "0.050"));
+
+    let shown: serde_json::Value = serde_json::from_str(&common::stdout(&runner(
+        &results,
+        &["show", "levels", "--json"],
+    )))
+    .unwrap();
+    let tables = shown["tables"].as_array().unwrap();
+    let levels = tables
+        .iter()
+        .find(|t| t["of"] == "noise levels")
+        .expect("a table of noise levels");
+    assert_eq!(levels["axes"], serde_json::json!(["t"]));
+    assert_eq!(
+        levels["metrics"],
+        serde_json::json!(["score_mse", "score_sigma"])
+    );
+    assert_eq!(levels["rows"].as_array().unwrap().len(), 6);
+    let models = tables.iter().find(|t| t["of"] == "models").unwrap();
+    assert_eq!(models["metrics"], serde_json::json!(["eps_mse"]));
+    let html = std::fs::read_to_string(results.join("levels/report.html")).unwrap();
+    assert!(
+        html.contains("judge (noise levels)"),
+        "no levels table in the report"
+    );
+}

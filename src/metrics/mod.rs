@@ -42,7 +42,9 @@ named_choices! {
         ShellOutliers = "shell_outliers" => About { judges: Judges::Samples, columns: &["outlier_fraction"] },
         /// Of a model: mean squared error of its score against the reference mixture's
         /// exact score, per noise level.
-        ScoreError = "score_error" => About { judges: Judges::Models, columns: &["eps_mse", "score_mse_t*"] },
+        /// `score_mse_t<t>` is named by the time asked for (`score_times`), and
+        /// `score_sigma_t<t>` is the noise std of the level measured there.
+        ScoreError = "score_error" => About { judges: Judges::Models, columns: &["eps_mse", "score_mse_t*", "score_sigma_t*"] },
         /// Of a model: negative log-likelihood of held-out data through the
         /// probability-flow ODE, in nats and bits per dimension.
         Nll = "nll" => About { judges: Judges::Models, columns: &["nll", "bits_per_dim", "nll_nfe"] },
@@ -77,9 +79,18 @@ pub const RECORDED: [&str; 3] = ["nfe", "sample_seconds", "classifier_accuracy"]
 /// The valid metric names for an error message: every column, then the families.
 pub fn choices() -> String {
     format!(
-        "{} (and mode_weight_<k>, score_mse_t<t>, class_fraction_<k>)",
+        "{} (and mode_weight_<k>, score_mse_t<t>, score_sigma_t<t>, class_fraction_<k>)",
         columns().join(", ")
     )
+}
+
+/// The families measured per noise level (`score_mse_t0.100`): (family, time), for
+/// the report's table of them, whose rows are times and columns the families.
+pub fn per_noise_level(name: &str) -> Option<(&'static str, &str)> {
+    ["score_mse", "score_sigma"].into_iter().find_map(|family| {
+        let t = name.strip_prefix(family)?.strip_prefix("_t")?;
+        t.parse::<f64>().is_ok().then_some((family, t))
+    })
 }
 
 /// Every `metric` value of `metrics.csv` but the families (`mode_weight_<k>`, ...), in

@@ -295,7 +295,11 @@ fn shown_table(plan: &Plan, t: &table::Table) -> ShownTable {
     ShownTable {
         title: format!("{} ({})", t.evaluate, t.of),
         axes: t.axes.clone(),
-        subject: if t.of == "models" { "model" } else { "samples" },
+        subject: if t.of == "samples" {
+            "samples"
+        } else {
+            "model"
+        },
         metrics: t.metrics.clone(),
         rows: t
             .rows
@@ -375,10 +379,15 @@ fn metric_records(
                 .nodes_of(stage)
                 .next()
                 .is_some_and(|n| n.kind() == StageKind::Train);
+            let of = match (of_models, crate::metrics::per_noise_level(metric)) {
+                (true, Some(_)) => table::NOISE_LEVELS,
+                (true, None) => "models",
+                (false, _) => "samples",
+            };
             records.push(table::MetricRecord {
                 evaluate: node.id.clone(),
                 stage: stage.clone(),
-                of: if of_models { "models" } else { "samples" }.into(),
+                of: of.into(),
                 point,
                 metric: metric.clone(),
                 value: *value,

@@ -32,7 +32,7 @@ pub struct MetricRecord {
     pub evaluate: String,
     /// The evaluated stage (a sample or a train stage).
     pub stage: String,
-    /// `samples` or `models`: which table the metric belongs to.
+    /// `samples`, `models` or [`NOISE_LEVELS`]: which table the metric belongs to.
     pub of: String,
     /// The swept values that reach the evaluate stage, in axis order.
     pub point: Vec<(String, String)>,
@@ -59,6 +59,26 @@ pub struct Row {
     pub stage: String,
     /// One per metric; `None` where the stage has no value for it.
     pub values: Vec<Option<f64>>,
+}
+
+/// The `of` of a model's metrics measured per noise level (`score_mse_t0.100`): their
+/// own table, a row per model and time, a column per family, so levels line up.
+pub const NOISE_LEVELS: &str = "noise levels";
+
+/// Where a record sits in its table: its sweep values (and, per noise level, the time
+/// `t` as one more) and its column.
+fn placed(m: &MetricRecord) -> (Vec<(String, String)>, String) {
+    let level = (m.of == NOISE_LEVELS)
+        .then(|| crate::metrics::per_noise_level(&m.metric))
+        .flatten();
+    match level {
+        Some((family, t)) => {
+            let mut point = m.point.clone();
+            point.push(("t".into(), t.into()));
+            (point, family.into())
+        }
+        None => (m.point.clone(), m.metric.clone()),
+    }
 }
 
 /// The stage id of a node name (`compare[lr=0.1]` -> `compare`).
@@ -88,13 +108,14 @@ pub fn tables(metrics: &[MetricRecord]) -> Vec<Table> {
             }
         };
         let table = &mut tables[t];
-        for (axis, _) in &m.point {
+        let (point, metric) = placed(m);
+        for (axis, _) in &point {
             if !table.axes.contains(axis) {
                 table.axes.push(axis.clone());
             }
         }
-        if !table.metrics.contains(&m.metric) {
-            table.metrics.push(m.metric.clone());
+        if !table.metrics.contains(&metric) {
+            table.metrics.push(metric);
         }
     }
     for m in metrics {
@@ -102,11 +123,12 @@ pub fn tables(metrics: &[MetricRecord]) -> Vec<Table> {
             .iter_mut()
             .find(|t| t.evaluate == id_of(&m.evaluate) && t.of == m.of)
             .expect("made above");
+        let (placed_point, metric) = placed(m);
         let point: Vec<String> = table
             .axes
             .iter()
             .map(|a| {
-                m.point
+                placed_point
                     .iter()
                     .find(|(name, _)| name == a)
                     .map(|(_, v)| v.clone())
@@ -116,7 +138,7 @@ pub fn tables(metrics: &[MetricRecord]) -> Vec<Table> {
         let column = table
             .metrics
             .iter()
-            .position(|x| *x == m.metric)
+            .position(|x| *x == metric)
             .expect("listed");
         let width = table.metrics.len();
         let row = match table

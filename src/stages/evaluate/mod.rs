@@ -38,7 +38,7 @@ impl Kind for Evaluate {
     const NAME: &'static str = "evaluate";
     /// Bumped whenever the bytes this stage writes change (5: Winograd convolutions
     /// and the MLP's inference pass in the networks it evaluates).
-    const VERSION: u32 = 6;
+    const VERSION: u32 = 7;
     const ROLES: &'static [Role] = &[
         Role::one("reference", Dataset::NAME),
         Role::list("samples", Sample::NAME),
@@ -420,24 +420,36 @@ fn evaluate_models(
                 mixture: reference.mixture("score_error")?.clone(),
                 process: &process,
             };
-            let mut times: Vec<f64> = params
-                .score_times
-                .iter()
-                .map(|&t| snap(&process, t))
-                .collect();
-            times.sort_by(f64::total_cmp);
-            times.dedup();
-            let mut curve = Vec::new();
-            let mut weighted = 0.0;
-            for &t in &times {
-                let mse = score_error(params, ctx, reference, score.as_ref(), &exact, &process, t)?;
-                rows.push(&input.id, format!("score_mse_t{t:.3}"), mse);
-                weighted += process.std(t).powi(2) * mse;
-                curve.push((process.std(t), mse));
+            // Rows are named by the time asked for, so every model's line up; the
+            // level actually used (a discrete process snaps t to its nearest level)
+            // is recorded by its noise std, and each level is measured once.
+            let mut measured: Vec<(f64, f64)> = Vec::new();
+            for &asked in &params.score_times {
+                let t = snap(&process, asked);
+                let mse = match measured.iter().find(|(level, _)| *level == t) {
+                    Some(&(_, mse)) => mse,
+                    None => {
+                        let mse =
+                            score_error(params, ctx, reference, score.as_ref(), &exact, &process, t)?;
+                        measured.push((t, mse));
+                        mse
+                    }
+                };
+                rows.push(&input.id, format!("score_mse_t{asked:.3}"), mse);
+                rows.push(&input.id, format!("score_sigma_t{asked:.3}"), process.std(t));
             }
+            measured.sort_by(|a, b| a.0.total_cmp(&b.0));
             // std^2 |s - s*|^2 is the noise-prediction error: comparable across times
             // and processes, so it summarises the curve.
-            rows.push(&input.id, "eps_mse", weighted / times.len() as f64);
+            let weighted: f64 = measured
+                .iter()
+                .map(|&(t, mse)| process.std(t).powi(2) * mse)
+                .sum();
+            rows.push(&input.id, "eps_mse", weighted / measured.len().max(1) as f64);
+            let curve = measured
+                .iter()
+                .map(|&(t, mse)| (process.std(t), mse))
+                .collect();
             error_curves.push((input.id.clone(), curve));
         }
         if metrics.contains(&Metric::Nll) {
