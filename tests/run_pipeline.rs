@@ -59,6 +59,26 @@ fn first_run_computes_second_is_cached_and_set_reruns_only_downstream() {
     ] {
         assert!(out.join(file).is_file(), "missing {file}");
     }
+    // Every figure of the report is also an SVG, drawn as vectors, and linked.
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    let mut pngs = 0;
+    for entry in std::fs::read_dir(out.join("figures")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "png") {
+            pngs += 1;
+            let svg = std::fs::read_to_string(path.with_extension("svg"))
+                .unwrap_or_else(|e| panic!("no SVG beside {}: {e}", path.display()));
+            assert!(
+                svg.starts_with("<svg") && svg.contains("<text"),
+                "{}",
+                path.display()
+            );
+            let name = path.with_extension("svg");
+            let name = name.file_name().unwrap().to_string_lossy();
+            assert!(html.contains(name.as_ref()), "{name} not linked");
+        }
+    }
+    assert!(pngs >= 4, "{pngs} figures");
     // Points are not clipped, and their keys say nothing of clipping.
     let manifest = std::fs::read_to_string(out.join("stages/ddpm_samples/manifest.json")).unwrap();
     assert!(!manifest.contains("clip_denoised"), "{manifest}");

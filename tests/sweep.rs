@@ -116,8 +116,8 @@ fn a_sweep_computes_every_distinct_stage_once_and_labels_its_results() {
         })
         .count();
     assert_eq!(
-        compare_plots, 3,
-        "sliced_wasserstein, mmd2 and mode_weight_tv against lr"
+        compare_plots, 6,
+        "sliced_wasserstein, mmd2 and mode_weight_tv against lr, as PNG and SVG"
     );
 
     // Nothing changed: nothing runs.
@@ -191,7 +191,15 @@ fn zipped_axes_and_named_plots() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with("sweep-"))
         .collect();
-    assert_eq!(figures, ["sweep-0-sliced_wasserstein-by-steps.png"]);
+    let mut figures = figures;
+    figures.sort();
+    assert_eq!(
+        figures,
+        [
+            "sweep-0-sliced_wasserstein-by-steps.png",
+            "sweep-0-sliced_wasserstein-by-steps.svg"
+        ]
+    );
 }
 
 #[test]

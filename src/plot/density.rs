@@ -6,7 +6,7 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use super::{PALETTE, ensure_font, plot_error, titled_panels};
+use super::{PALETTE, ensure_font, panels_size, plot_error, png_and_svg, titled_panels};
 use crate::error::StageResult;
 
 const PANEL: (u32, u32) = (320, 260);
@@ -48,47 +48,49 @@ pub fn densities(
 ) -> StageResult<()> {
     ensure_font();
     let fail = plot_error(path);
-    let (root, areas) = titled_panels(path, title, PANEL, panels.len(), 5).map_err(&fail)?;
-    let width = (range.1 - range.0) / BINS as f64;
-    for (area, panel) in areas.iter().zip(panels) {
-        let bars = histogram(panel.points, range, BINS);
-        let top = bars
-            .iter()
-            .map(|b| b.1)
-            .chain(panel.curve.iter().flatten().map(|c| c.1))
-            .filter(|v| v.is_finite())
-            .fold(0f64, f64::max)
-            .max(1e-6)
-            * 1.1;
-        let mut chart = ChartBuilder::on(area)
-            .caption(&panel.caption, ("sans-serif", 15))
-            .margin(6)
-            .x_label_area_size(20)
-            .y_label_area_size(30)
-            .build_cartesian_2d(range.0..range.1, 0.0..top)
-            .map_err(|e| fail(e.to_string()))?;
-        chart
-            .configure_mesh()
-            .disable_mesh()
-            .x_labels(5)
-            .y_labels(3)
-            .draw()
-            .map_err(|e| fail(e.to_string()))?;
-        chart
-            .draw_series(bars.iter().map(|&(x, d)| {
-                Rectangle::new([(x, 0.0), (x + width, d)], PALETTE[0].mix(0.5).filled())
-            }))
-            .map_err(|e| fail(e.to_string()))?;
-        if let Some(curve) = &panel.curve {
-            chart
-                .draw_series(LineSeries::new(
-                    curve.iter().copied(),
-                    PALETTE[1].stroke_width(2),
-                ))
+    png_and_svg!(path, panels_size(PANEL, panels.len(), 5), |root| {
+        let (root, areas) = titled_panels(root, title, panels.len(), 5).map_err(&fail)?;
+        let width = (range.1 - range.0) / BINS as f64;
+        for (area, panel) in areas.iter().zip(panels) {
+            let bars = histogram(panel.points, range, BINS);
+            let top = bars
+                .iter()
+                .map(|b| b.1)
+                .chain(panel.curve.iter().flatten().map(|c| c.1))
+                .filter(|v| v.is_finite())
+                .fold(0f64, f64::max)
+                .max(1e-6)
+                * 1.1;
+            let mut chart = ChartBuilder::on(area)
+                .caption(&panel.caption, ("sans-serif", 15))
+                .margin(6)
+                .x_label_area_size(20)
+                .y_label_area_size(30)
+                .build_cartesian_2d(range.0..range.1, 0.0..top)
                 .map_err(|e| fail(e.to_string()))?;
+            chart
+                .configure_mesh()
+                .disable_mesh()
+                .x_labels(5)
+                .y_labels(3)
+                .draw()
+                .map_err(|e| fail(e.to_string()))?;
+            chart
+                .draw_series(bars.iter().map(|&(x, d)| {
+                    Rectangle::new([(x, 0.0), (x + width, d)], PALETTE[0].mix(0.5).filled())
+                }))
+                .map_err(|e| fail(e.to_string()))?;
+            if let Some(curve) = &panel.curve {
+                chart
+                    .draw_series(LineSeries::new(
+                        curve.iter().copied(),
+                        PALETTE[1].stroke_width(2),
+                    ))
+                    .map_err(|e| fail(e.to_string()))?;
+            }
         }
-    }
-    root.present().map_err(|e| fail(e.to_string()))
+        root.present().map_err(|e| fail(e.to_string()))
+    })
 }
 
 #[cfg(test)]

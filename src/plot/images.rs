@@ -57,8 +57,24 @@ pub fn write_grid(
             }
         }
     }
-    img.save(path)
-        .map_err(|e| StageError::Failed(format!("cannot write {}: {e}", path.display())))
+    let fail = |e: &dyn std::fmt::Display| {
+        StageError::Failed(format!("cannot write {}: {e}", path.display()))
+    };
+    img.save(path).map_err(|e| fail(&e))?;
+    let png = std::fs::read(path).map_err(|e| fail(&e))?;
+    let svg = path.with_extension("svg");
+    std::fs::write(&svg, svg_of_png(&png, img.width(), img.height()))
+        .map_err(|e| StageError::Failed(format!("cannot write {}: {e}", svg.display())))
+}
+
+/// An SVG of the same pixels, like every other figure's SVG: images are pixels, so
+/// the PNG is embedded whole (lossless) and drawn without smoothing.
+fn svg_of_png(png: &[u8], width: u32, height: u32) -> String {
+    use base64::Engine as _;
+    let data = base64::engine::general_purpose::STANDARD.encode(png);
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\">\n<image width=\"{width}\" height=\"{height}\" style=\"image-rendering:pixelated\" href=\"data:image/png;base64,{data}\"/>\n</svg>\n"
+    )
 }
 
 fn to_byte(v: f32) -> u8 {
@@ -87,6 +103,21 @@ mod tests {
         assert_eq!(img.height(), 2 * (2 * zoom + GAP) + GAP);
         assert_eq!(img.get_pixel(GAP, GAP)[0], 0);
         assert_eq!(img.get_pixel(GAP + 2 * zoom + GAP, GAP)[0], 255);
+        // The SVG beside it holds the very same PNG.
+        use base64::Engine as _;
+        let svg = std::fs::read_to_string(path.with_extension("svg")).unwrap();
+        let data = svg
+            .split("base64,")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(data)
+            .unwrap();
+        assert_eq!(png, std::fs::read(&path).unwrap());
+        assert!(svg.contains(&format!("width=\"{}\"", img.width())));
         assert!(write_grid(&path, &[&[0.0f32; 3]], shape, 2).is_err());
     }
 }

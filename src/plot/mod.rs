@@ -1,5 +1,6 @@
-//! Figures as PNG, drawn with plotters and a font embedded in the binary (no system
-//! font configuration needed).
+//! Figures as PNG, each also as SVG beside it (vector figures go into a paper as they
+//! are), drawn with plotters and a font embedded in the binary (no system font
+//! configuration needed).
 
 pub mod density;
 pub mod images;
@@ -8,6 +9,7 @@ pub mod panels;
 use std::path::Path;
 use std::sync::Once;
 
+use plotters::coord::Shift;
 use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -46,23 +48,44 @@ fn plot_error(path: &Path) -> impl Fn(String) -> StageError + '_ {
     move |e| StageError::Failed(format!("drawing {}: {e}", path.display()))
 }
 
-/// A region of a PNG figure.
-type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
+/// Draws a figure twice: `|root| body` runs once on a PNG of `size` pixels at `path`,
+/// once on an SVG of the same size beside it (`x.png` -> `x.svg`). The body returns a
+/// `StageResult<()>` and presents its root.
+macro_rules! png_and_svg {
+    ($path:expr, $size:expr, |$root:ident| $body:block) => {{
+        let path: &std::path::Path = $path;
+        let size: (u32, u32) = $size;
+        {
+            let $root = plotters::prelude::BitMapBackend::new(path, size).into_drawing_area();
+            (|| -> $crate::error::StageResult<()> { $body })()?;
+        }
+        let svg = path.with_extension("svg");
+        let $root = plotters::prelude::SVGBackend::new(&svg, size).into_drawing_area();
+        (|| -> $crate::error::StageResult<()> { $body })()
+    }};
+}
 
-/// A figure of areas for `count` panels of `panel` pixels each, at most `per_row` side
-/// by side, under a title: the titled root (to `present`) and the panels' areas in
-/// reading order.
-fn titled_panels<'a>(
-    path: &'a Path,
-    title: &str,
-    panel: (u32, u32),
-    count: usize,
-    per_row: usize,
-) -> Result<(Area<'a>, Vec<Area<'a>>), String> {
+pub(crate) use png_and_svg;
+
+/// The pixel size of a figure of `count` panels of `panel` pixels each, at most
+/// `per_row` side by side, under a title (see [`titled_panels`]).
+fn panels_size(panel: (u32, u32), count: usize, per_row: usize) -> (u32, u32) {
     let columns = count.clamp(1, per_row);
     let rows = count.div_ceil(columns).max(1);
-    let root = BitMapBackend::new(path, (panel.0 * columns as u32, panel.1 * rows as u32 + 40))
-        .into_drawing_area();
+    (panel.0 * columns as u32, panel.1 * rows as u32 + 40)
+}
+
+/// Splits `root` (of [`panels_size`]) into `count` panels under a title: the titled
+/// root (to `present`) and the panels' areas in reading order.
+#[allow(clippy::type_complexity)]
+fn titled_panels<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    title: &str,
+    count: usize,
+    per_row: usize,
+) -> Result<(DrawingArea<DB, Shift>, Vec<DrawingArea<DB, Shift>>), String> {
+    let columns = count.clamp(1, per_row);
+    let rows = count.div_ceil(columns).max(1);
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let root = root
         .titled(title, ("sans-serif", 22))
@@ -98,44 +121,45 @@ fn bounds(sets: &[Points]) -> ((f64, f64), (f64, f64)) {
 pub fn scatter(path: &Path, title: &str, reference: Points, samples: Points) -> StageResult<()> {
     ensure_font();
     let fail = plot_error(path);
-    let root = BitMapBackend::new(path, SIZE).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
-    // Axes from the reference, so far-off samples do not squash the picture.
-    let ((x0, x1), (y0, y1)) = bounds(&[reference]);
-    let (w, h) = ((x1 - x0) * 0.25, (y1 - y0) * 0.25);
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(40)
-        .build_cartesian_2d((x0 - w)..(x1 + w), (y0 - h)..(y1 + h))
-        .map_err(|e| fail(e.to_string()))?;
-    chart
-        .configure_mesh()
-        .light_line_style(WHITE)
-        .draw()
-        .map_err(|e| fail(e.to_string()))?;
-    let limit = 5000;
-    for (set, color, label) in [
-        (reference, RGBColor(170, 170, 170), "held-out data"),
-        (samples, PALETTE[0], "samples"),
-    ] {
-        let step = (set.len() / limit).max(1);
+    png_and_svg!(path, SIZE, |root| {
+        root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
+        // Axes from the reference, so far-off samples do not squash the picture.
+        let ((x0, x1), (y0, y1)) = bounds(&[reference]);
+        let (w, h) = ((x1 - x0) * 0.25, (y1 - y0) * 0.25);
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 20))
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(40)
+            .build_cartesian_2d((x0 - w)..(x1 + w), (y0 - h)..(y1 + h))
+            .map_err(|e| fail(e.to_string()))?;
         chart
-            .draw_series((0..set.len()).step_by(step).map(|i| {
-                let p = set.row(i);
-                Circle::new(
-                    (p[0] as f64, *p.get(1).unwrap_or(&0.0) as f64),
-                    1,
-                    color.mix(0.6).filled(),
-                )
-            }))
-            .map_err(|e| fail(e.to_string()))?
-            .label(label)
-            .legend(move |(x, y)| Circle::new((x, y), 3, color.filled()));
-    }
-    draw_legend(&mut chart).map_err(&fail)?;
-    root.present().map_err(|e| fail(e.to_string()))
+            .configure_mesh()
+            .light_line_style(WHITE)
+            .draw()
+            .map_err(|e| fail(e.to_string()))?;
+        let limit = 5000;
+        for (set, color, label) in [
+            (reference, RGBColor(170, 170, 170), "held-out data"),
+            (samples, PALETTE[0], "samples"),
+        ] {
+            let step = (set.len() / limit).max(1);
+            chart
+                .draw_series((0..set.len()).step_by(step).map(|i| {
+                    let p = set.row(i);
+                    Circle::new(
+                        (p[0] as f64, *p.get(1).unwrap_or(&0.0) as f64),
+                        1,
+                        color.mix(0.6).filled(),
+                    )
+                }))
+                .map_err(|e| fail(e.to_string()))?
+                .label(label)
+                .legend(move |(x, y)| Circle::new((x, y), 3, color.filled()));
+        }
+        draw_legend(&mut chart).map_err(&fail)?;
+        root.present().map_err(|e| fail(e.to_string()))
+    })
 }
 
 /// Line plot of named (x, y) series on linear axes.
@@ -229,53 +253,54 @@ fn draw_lines<X, Y>(
     usable: &dyn Fn(&(f64, f64)) -> bool,
 ) -> StageResult<()>
 where
-    X: AsRangedCoord<Value = f64>,
-    Y: AsRangedCoord<Value = f64>,
+    X: AsRangedCoord<Value = f64> + Clone,
+    Y: AsRangedCoord<Value = f64> + Clone,
     X::CoordDescType: ValueFormatter<f64>,
     Y::CoordDescType: ValueFormatter<f64>,
 {
     ensure_font();
     let fail = plot_error(path);
-    let root = BitMapBackend::new(path, SIZE).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(spec.title, ("sans-serif", 20))
-        .margin(10)
-        .x_label_area_size(35)
-        .y_label_area_size(60)
-        .build_cartesian_2d(x, y)
-        .map_err(|e| fail(e.to_string()))?;
-    chart
-        .configure_mesh()
-        .x_desc(spec.x_label)
-        .y_desc(spec.y_label)
-        .x_labels(6)
-        .x_label_formatter(&|v| tick(*v))
-        .y_label_formatter(&|v| tick(*v))
-        .light_line_style(WHITE)
-        .draw()
-        .map_err(|e| fail(e.to_string()))?;
-    for (i, (name, points)) in spec.series.iter().enumerate() {
-        let color = PALETTE[i % PALETTE.len()];
-        let points: Vec<(f64, f64)> = points.iter().copied().filter(|p| usable(p)).collect();
+    png_and_svg!(path, SIZE, |root| {
+        root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(spec.title, ("sans-serif", 20))
+            .margin(10)
+            .x_label_area_size(35)
+            .y_label_area_size(60)
+            .build_cartesian_2d(x.clone(), y.clone())
+            .map_err(|e| fail(e.to_string()))?;
         chart
-            .draw_series(LineSeries::new(
-                points.iter().copied(),
-                color.stroke_width(2),
-            ))
-            .map_err(|e| fail(e.to_string()))?
-            .label(*name)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 15, y)], color.stroke_width(2))
-            });
-        if points.len() < 30 {
+            .configure_mesh()
+            .x_desc(spec.x_label)
+            .y_desc(spec.y_label)
+            .x_labels(6)
+            .x_label_formatter(&|v| tick(*v))
+            .y_label_formatter(&|v| tick(*v))
+            .light_line_style(WHITE)
+            .draw()
+            .map_err(|e| fail(e.to_string()))?;
+        for (i, (name, points)) in spec.series.iter().enumerate() {
+            let color = PALETTE[i % PALETTE.len()];
+            let points: Vec<(f64, f64)> = points.iter().copied().filter(|p| usable(p)).collect();
             chart
-                .draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))
-                .map_err(|e| fail(e.to_string()))?;
+                .draw_series(LineSeries::new(
+                    points.iter().copied(),
+                    color.stroke_width(2),
+                ))
+                .map_err(|e| fail(e.to_string()))?
+                .label(*name)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 15, y)], color.stroke_width(2))
+                });
+            if points.len() < 30 {
+                chart
+                    .draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))
+                    .map_err(|e| fail(e.to_string()))?;
+            }
         }
-    }
-    draw_legend(&mut chart).map_err(&fail)?;
-    root.present().map_err(|e| fail(e.to_string()))
+        draw_legend(&mut chart).map_err(&fail)?;
+        root.present().map_err(|e| fail(e.to_string()))
+    })
 }
 
 /// The series legend, boxed, in the same style on every chart.
@@ -319,55 +344,58 @@ pub fn bars(
 ) -> StageResult<()> {
     ensure_font();
     let fail = plot_error(path);
-    let root = BitMapBackend::new(path, SIZE).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
-    let values = series
-        .iter()
-        .flat_map(|(_, v)| v.iter().flatten())
-        .copied()
-        .filter(|v| v.is_finite());
-    let (lo, hi) = values.fold((0.0f64, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
-    let hi = if hi > lo { hi } else { lo + 1.0 };
-    let pad = (hi - lo) * 0.08;
-    let n = categories.len().max(1) as f64;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
-        .margin(10)
-        .x_label_area_size(35)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..n, lo.min(0.0)..(hi + pad))
-        .map_err(|e| fail(e.to_string()))?;
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .x_labels(0)
-        .y_desc(y_label)
-        .light_line_style(WHITE)
-        .draw()
-        .map_err(|e| fail(e.to_string()))?;
-    let width = 0.8 / series.len().max(1) as f64;
-    for (s, (name, values)) in series.iter().enumerate() {
-        let color = PALETTE[s % PALETTE.len()];
-        let rects = values.iter().enumerate().filter_map(|(c, v)| {
-            let v = (*v).filter(|v| v.is_finite())?;
-            let left = c as f64 + 0.1 + s as f64 * width;
-            Some(Rectangle::new(
-                [(left, 0.0), (left + width * 0.95, v)],
-                color.filled(),
-            ))
-        });
-        chart
-            .draw_series(rects)
-            .map_err(|e| fail(e.to_string()))?
-            .label(name.as_str())
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
-    }
-    draw_legend(&mut chart).map_err(&fail)?;
-    let style = TextStyle::from(("sans-serif", 14)).pos(Pos::new(HPos::Center, VPos::Top));
-    for (c, name) in categories.iter().enumerate() {
-        let (px, py) = chart.backend_coord(&(c as f64 + 0.5, lo.min(0.0)));
-        root.draw(&Text::new(name.clone(), (px, py + 6), style.clone()))
+    png_and_svg!(path, SIZE, |root| {
+        root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
+        let values = series
+            .iter()
+            .flat_map(|(_, v)| v.iter().flatten())
+            .copied()
+            .filter(|v| v.is_finite());
+        let (lo, hi) = values.fold((0.0f64, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+        let hi = if hi > lo { hi } else { lo + 1.0 };
+        let pad = (hi - lo) * 0.08;
+        let n = categories.len().max(1) as f64;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 20))
+            .margin(10)
+            .x_label_area_size(35)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.0..n, lo.min(0.0)..(hi + pad))
             .map_err(|e| fail(e.to_string()))?;
-    }
-    root.present().map_err(|e| fail(e.to_string()))
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(0)
+            .y_desc(y_label)
+            .light_line_style(WHITE)
+            .draw()
+            .map_err(|e| fail(e.to_string()))?;
+        let width = 0.8 / series.len().max(1) as f64;
+        for (s, (name, values)) in series.iter().enumerate() {
+            let color = PALETTE[s % PALETTE.len()];
+            let rects = values.iter().enumerate().filter_map(|(c, v)| {
+                let v = (*v).filter(|v| v.is_finite())?;
+                let left = c as f64 + 0.1 + s as f64 * width;
+                Some(Rectangle::new(
+                    [(left, 0.0), (left + width * 0.95, v)],
+                    color.filled(),
+                ))
+            });
+            chart
+                .draw_series(rects)
+                .map_err(|e| fail(e.to_string()))?
+                .label(name.as_str())
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled())
+                });
+        }
+        draw_legend(&mut chart).map_err(&fail)?;
+        let style = TextStyle::from(("sans-serif", 14)).pos(Pos::new(HPos::Center, VPos::Top));
+        for (c, name) in categories.iter().enumerate() {
+            let (px, py) = chart.backend_coord(&(c as f64 + 0.5, lo.min(0.0)));
+            root.draw(&Text::new(name.clone(), (px, py + 6), style.clone()))
+                .map_err(|e| fail(e.to_string()))?;
+        }
+        root.present().map_err(|e| fail(e.to_string()))
+    })
 }

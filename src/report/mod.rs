@@ -43,6 +43,8 @@ struct StageRow {
 struct Figure {
     title: String,
     src: String,
+    /// The same figure as SVG, for papers.
+    svg: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -181,9 +183,20 @@ pub fn build(
             let name = format!("{prefix}-{file}");
             fs::copy(entry.join(file), figures_dir.join(&name))
                 .map_err(|e| fail(&format!("copying {file}"), &e))?;
+            let svg = Path::new(file).with_extension("svg");
+            let svg = match entry.join(&svg).is_file() {
+                true => {
+                    let svg_name = Path::new(&name).with_extension("svg");
+                    fs::copy(entry.join(&svg), figures_dir.join(&svg_name))
+                        .map_err(|e| fail(&format!("copying {}", svg.display()), &e))?;
+                    Some(format!("figures/{}", svg_name.display()))
+                }
+                false => None,
+            };
             gallery.figures.push(Figure {
                 title,
                 src: format!("figures/{name}"),
+                svg,
             });
             Ok(())
         };
@@ -217,9 +230,11 @@ pub fn build(
             let drawn = compare::draw(plan, &table, plot, &figures_dir.join(&name))
                 .map_err(|e| fail("drawing a comparison plot", &e))?;
             if let Some(title) = drawn {
+                let svg = Path::new(&name).with_extension("svg");
                 compare_figures.push(Figure {
                     title,
                     src: format!("figures/{name}"),
+                    svg: Some(format!("figures/{}", svg.display())),
                 });
             }
         }

@@ -37,7 +37,9 @@ pub struct Evaluate;
 impl Kind for Evaluate {
     const NAME: &'static str = "evaluate";
     /// Bumped whenever the bytes this stage writes change (5: Winograd convolutions
-    /// and the MLP's inference pass in the networks it evaluates).
+    /// and the MLP's inference pass in the networks it evaluates; 7: score errors
+    /// named by the time asked for, with the level's noise std, and every figure also
+    /// as SVG).
     const VERSION: u32 = 7;
     const ROLES: &'static [Role] = &[
         Role::one("reference", Dataset::NAME),
