@@ -181,6 +181,7 @@ pub fn lines(
             log_y: false,
         },
     )
+    .map(|_| ())
 }
 
 /// A line chart; log axes need positive values (others are dropped).
@@ -193,10 +194,13 @@ pub struct LineChart<'a> {
     pub log_y: bool,
 }
 
-pub fn line_chart(path: &Path, spec: &LineChart) -> StageResult<()> {
+/// Draws the chart; returns, when a log axis left values out (zeros: an exact model's
+/// score error), the sentence that says so, which is also written under the chart.
+pub fn line_chart(path: &Path, spec: &LineChart) -> StageResult<Option<String>> {
     let usable = |&(x, y): &(f64, f64)| {
         x.is_finite() && y.is_finite() && (!spec.log_x || x > 0.0) && (!spec.log_y || y > 0.0)
     };
+    let note = not_drawn(spec);
     let (mut x0, mut x1, mut y0, mut y1) = (
         f64::INFINITY,
         f64::NEG_INFINITY,
@@ -231,18 +235,38 @@ pub fn line_chart(path: &Path, spec: &LineChart) -> StageResult<()> {
         let pad = ((y1 - y0) * 0.05).max(1e-6);
         (y0 - pad, y1 + pad)
     };
+    let drawn = note.as_deref();
     match (spec.log_x, spec.log_y) {
-        (false, false) => draw_lines(path, spec, x0..x1, y0..y1, &usable),
-        (true, false) => draw_lines(path, spec, (x0..x1).log_scale(), y0..y1, &usable),
-        (false, true) => draw_lines(path, spec, x0..x1, (y0..y1).log_scale(), &usable),
+        (false, false) => draw_lines(path, spec, x0..x1, y0..y1, &usable, drawn),
+        (true, false) => draw_lines(path, spec, (x0..x1).log_scale(), y0..y1, &usable, drawn),
+        (false, true) => draw_lines(path, spec, x0..x1, (y0..y1).log_scale(), &usable, drawn),
         (true, true) => draw_lines(
             path,
             spec,
             (x0..x1).log_scale(),
             (y0..y1).log_scale(),
             &usable,
+            drawn,
         ),
-    }
+    }?;
+    Ok(note)
+}
+
+/// What the log axes of `spec` cannot show: finite values at or below zero, by series
+/// (`not drawn on the log scale: oracle (6 of 6 values <= 0)`).
+fn not_drawn(spec: &LineChart) -> Option<String> {
+    let hidden = |&(x, y): &(f64, f64)| {
+        x.is_finite() && y.is_finite() && ((spec.log_x && x <= 0.0) || (spec.log_y && y <= 0.0))
+    };
+    let parts: Vec<String> = spec
+        .series
+        .iter()
+        .filter_map(|(name, points)| {
+            let n = points.iter().filter(|p| hidden(p)).count();
+            (n > 0).then(|| format!("{name} ({n} of {} values <= 0)", points.len()))
+        })
+        .collect();
+    (!parts.is_empty()).then(|| format!("not drawn on the log scale: {}", parts.join(", ")))
 }
 
 fn draw_lines<X, Y>(
@@ -251,6 +275,7 @@ fn draw_lines<X, Y>(
     x: X,
     y: Y,
     usable: &dyn Fn(&(f64, f64)) -> bool,
+    note: Option<&str>,
 ) -> StageResult<()>
 where
     X: AsRangedCoord<Value = f64> + Clone,
@@ -299,6 +324,13 @@ where
             }
         }
         draw_legend(&mut chart).map_err(&fail)?;
+        if let Some(note) = note {
+            let style = TextStyle::from(("sans-serif", 13))
+                .color(&RGBColor(90, 90, 90))
+                .pos(Pos::new(HPos::Left, VPos::Bottom));
+            root.draw(&Text::new(note.to_string(), (8, SIZE.1 as i32 - 4), style))
+                .map_err(|e| fail(e.to_string()))?;
+        }
         root.present().map_err(|e| fail(e.to_string()))
     })
 }
@@ -398,4 +430,39 @@ pub fn bars(
         }
         root.present().map_err(|e| fail(e.to_string()))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A log axis cannot show zeros: the chart says which series lost which values,
+    /// on the figure (PNG and SVG) and to the caller, instead of dropping them.
+    #[test]
+    fn log_axes_say_what_they_leave_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.png");
+        let series = [
+            ("net", vec![(0.1, 0.5), (1.0, 0.2)]),
+            ("oracle", vec![(0.1, 0.0), (1.0, 0.0)]),
+        ];
+        let chart = |log_y| LineChart {
+            title: "score error",
+            x_label: "std",
+            y_label: "mse",
+            series: &series,
+            log_x: true,
+            log_y,
+        };
+        let note = line_chart(&path, &chart(true)).unwrap();
+        let want = "not drawn on the log scale: oracle (2 of 2 values <= 0)";
+        assert_eq!(note.as_deref(), Some(want));
+        assert!(path.is_file());
+        let svg = std::fs::read_to_string(path.with_extension("svg")).unwrap();
+        assert!(svg.contains("oracle (2 of 2 values &lt;= 0)"), "{svg}");
+        // On a linear y axis the zeros are drawn, and nothing is said.
+        assert_eq!(line_chart(&path, &chart(false)).unwrap(), None);
+        let svg = std::fs::read_to_string(path.with_extension("svg")).unwrap();
+        assert!(!svg.contains("not drawn"));
+    }
 }

@@ -149,7 +149,7 @@ pub fn draw(
             .iter()
             .map(|(n, p)| (n.as_str(), p.clone()))
             .collect();
-        plot::line_chart(
+        let note = plot::line_chart(
             path,
             &LineChart {
                 title: &title,
@@ -160,6 +160,9 @@ pub fn draw(
                 log_y: plot.log_y,
             },
         )?;
+        if let Some(note) = note {
+            title.push_str(&format!("; {note}"));
+        }
     } else {
         let series: Vec<(String, Vec<Option<f64>>)> = cells
             .into_iter()
@@ -278,7 +281,7 @@ fn against_metric(
         });
     let log_x = plot.log_x.unwrap_or_else(|| spans_decades(lo, hi));
     let title = format!("{} against {}{scope}", plot.metric, plot.x);
-    plot::line_chart(
+    let note = plot::line_chart(
         path,
         &LineChart {
             title: &title,
@@ -289,5 +292,8 @@ fn against_metric(
             log_y: plot.log_y,
         },
     )?;
-    Ok(Some(title))
+    Ok(Some(match note {
+        Some(note) => format!("{title}; {note}"),
+        None => title,
+    }))
 }
