@@ -441,3 +441,52 @@ fn swept_evaluation_settings_are_rows_of_every_stage_they_measure() {
         .count();
     assert_eq!(ddpm, 4, "{metrics}");
 }
+
+/// A seed axis repeats an experiment: comparison plots never put it on x or make a
+/// line per seed; they draw the mean over seeds with the spread as error bars.
+#[test]
+fn seed_axes_are_drawn_as_mean_and_spread() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("results");
+    let text = format!(
+        "{}sweep:\n  ddpm.params.seed: [0, 1, 2]\n  ddpm.params.lr: [0.001, 0.002]\n",
+        tiny_pipeline("seeds", 20)
+    );
+    let path = write_pipeline(dir.path(), "seeds", &text);
+    let run = runner(&results, &["run", path.to_str().unwrap()]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let figures: Vec<String> = std::fs::read_dir(results.join("seeds/figures"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("sweep-") && n.ends_with(".png"))
+        .collect();
+    assert!(!figures.is_empty());
+    assert!(
+        figures.iter().all(|f| f.ends_with("-by-lr.png")),
+        "{figures:?}"
+    );
+    let html = std::fs::read_to_string(results.join("seeds/report.html")).unwrap();
+    assert!(
+        html.contains("sliced_wasserstein by lr (mean ± std over seed, 3 values)"),
+        "no seed caption in the report"
+    );
+    // Only seeds varying: nothing to plot against.
+    let text = format!(
+        "{}sweep:\n  ddpm.params.seed: [0, 1]\n",
+        tiny_pipeline("only", 20)
+    );
+    let path = write_pipeline(dir.path(), "only", &text);
+    let run = runner(&results, &["run", path.to_str().unwrap()]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let plotted = std::fs::read_dir(results.join("only/figures"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("sweep-")
+        })
+        .count();
+    assert_eq!(plotted, 0);
+}

@@ -179,6 +179,12 @@ impl Axis {
         self.values.iter().all(|v| v.is_number())
     }
 
+    /// A seed (`ddpm.params.seed`): its values repeat an experiment rather than vary
+    /// it, so reports average over it and draw the spread.
+    pub fn is_seed(&self) -> bool {
+        self.field.last().is_some_and(|f| f == "seed")
+    }
+
     pub fn number(&self, index: usize) -> Option<f64> {
         self.values[index].as_f64()
     }

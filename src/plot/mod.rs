@@ -177,6 +177,7 @@ pub fn lines(
             x_label,
             y_label,
             series,
+            errors: &[],
             log_x: false,
             log_y: false,
         },
@@ -184,14 +185,38 @@ pub fn lines(
     .map(|_| ())
 }
 
-/// A line chart; log axes need positive values (others are dropped).
+/// A line chart; log axes need positive values (others are dropped, and said so).
 pub struct LineChart<'a> {
     pub title: &'a str,
     pub x_label: &'a str,
     pub y_label: &'a str,
     pub series: &'a [(&'a str, Vec<(f64, f64)>)],
+    /// Per series, per point: the half-height of an error bar (0: none). Empty for a
+    /// chart without error bars.
+    pub errors: &'a [Vec<f64>],
     pub log_x: bool,
     pub log_y: bool,
+}
+
+impl LineChart<'_> {
+    /// The error bar of point `i` of series `s`, 0 when it has none.
+    fn error(&self, s: usize, i: usize) -> f64 {
+        self.errors
+            .get(s)
+            .and_then(|e| e.get(i))
+            .copied()
+            .filter(|e| e.is_finite() && *e > 0.0)
+            .unwrap_or(0.0)
+    }
+
+    /// The bottom of an error bar from `y` down by `e`, kept on a log axis.
+    fn low(&self, y: f64, e: f64) -> f64 {
+        if self.log_y && y - e <= 0.0 {
+            y / 10.0
+        } else {
+            y - e
+        }
+    }
 }
 
 /// Draws the chart; returns, when a log axis left values out (zeros: an exact model's
@@ -207,13 +232,14 @@ pub fn line_chart(path: &Path, spec: &LineChart) -> StageResult<Option<String>> 
         f64::INFINITY,
         f64::NEG_INFINITY,
     );
-    for &(x, y) in spec
-        .series
-        .iter()
-        .flat_map(|(_, s)| s.iter())
-        .filter(|p| usable(p))
-    {
-        (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
+    for (s, (_, points)) in spec.series.iter().enumerate() {
+        for (i, &(x, y)) in points.iter().enumerate() {
+            if usable(&(x, y)) {
+                let e = spec.error(s, i);
+                (x0, x1) = (x0.min(x), x1.max(x));
+                (y0, y1) = (y0.min(spec.low(y, e)), y1.max(y + e));
+            }
+        }
     }
     if !x0.is_finite() {
         (x0, x1, y0, y1) = (1.0, 10.0, 1.0, 10.0);
@@ -306,6 +332,16 @@ where
             .map_err(|e| fail(e.to_string()))?;
         for (i, (name, points)) in spec.series.iter().enumerate() {
             let color = PALETTE[i % PALETTE.len()];
+            let bars: Vec<ErrorBar<f64, f64, _>> = points
+                .iter()
+                .enumerate()
+                .filter(|&(k, p)| usable(p) && spec.error(i, k) > 0.0)
+                .map(|(k, &(x, y))| {
+                    let e = spec.error(i, k);
+                    ErrorBar::new_vertical(x, spec.low(y, e), y, y + e, color.stroke_width(1), 8)
+                })
+                .collect();
+            chart.draw_series(bars).map_err(|e| fail(e.to_string()))?;
             let points: Vec<(f64, f64)> = points.iter().copied().filter(|p| usable(p)).collect();
             chart
                 .draw_series(LineSeries::new(
@@ -366,23 +402,39 @@ fn tick(v: f64) -> String {
     }
 }
 
-/// Grouped bars: one group per category, one bar per series (None: no value).
+/// Grouped bars: one group per category, one bar per series (None: no value), with
+/// an error bar of `errors[series][category]` where it is above 0 (`errors` may be
+/// empty).
 pub fn bars(
     path: &Path,
     title: &str,
     y_label: &str,
     categories: &[String],
     series: &[(String, Vec<Option<f64>>)],
+    errors: &[Vec<f64>],
 ) -> StageResult<()> {
     ensure_font();
     let fail = plot_error(path);
     png_and_svg!(path, SIZE, |root| {
         root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
+        let error = |s: usize, c: usize| {
+            errors
+                .get(s)
+                .and_then(|e| e.get(c))
+                .copied()
+                .filter(|e| e.is_finite() && *e > 0.0)
+                .unwrap_or(0.0)
+        };
         let values = series
             .iter()
-            .flat_map(|(_, v)| v.iter().flatten())
-            .copied()
-            .filter(|v| v.is_finite());
+            .enumerate()
+            .flat_map(|(s, (_, v))| {
+                v.iter()
+                    .enumerate()
+                    .filter_map(move |(c, v)| v.map(|v| (s, c, v)))
+            })
+            .filter(|(_, _, v)| v.is_finite())
+            .flat_map(|(s, c, v)| [v - error(s, c), v + error(s, c)]);
         let (lo, hi) = values.fold((0.0f64, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
         let hi = if hi > lo { hi } else { lo + 1.0 };
         let pad = (hi - lo) * 0.08;
@@ -420,6 +472,17 @@ pub fn bars(
                 .legend(move |(x, y)| {
                     Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled())
                 });
+            let whiskers = values.iter().enumerate().filter_map(|(c, v)| {
+                let v = (*v).filter(|v| v.is_finite())?;
+                let e = error(s, c);
+                let middle = c as f64 + 0.1 + s as f64 * width + width * 0.475;
+                (e > 0.0).then(|| {
+                    ErrorBar::new_vertical(middle, v - e, v, v + e, BLACK.stroke_width(1), 8)
+                })
+            });
+            chart
+                .draw_series(whiskers)
+                .map_err(|e| fail(e.to_string()))?;
         }
         draw_legend(&mut chart).map_err(&fail)?;
         let style = TextStyle::from(("sans-serif", 14)).pos(Pos::new(HPos::Center, VPos::Top));
@@ -451,6 +514,7 @@ mod tests {
             x_label: "std",
             y_label: "mse",
             series: &series,
+            errors: &[],
             log_x: true,
             log_y,
         };
@@ -460,6 +524,20 @@ mod tests {
         assert!(path.is_file());
         let svg = std::fs::read_to_string(path.with_extension("svg")).unwrap();
         assert!(svg.contains("oracle (2 of 2 values &lt;= 0)"), "{svg}");
+        // Error bars are drawn where a point has one.
+        let lines = |svg: &str| svg.matches("<line").count() + svg.matches("<polyline").count();
+        let plain = lines(&svg);
+        let errors = [vec![0.1, 0.05], vec![]];
+        line_chart(
+            &path,
+            &LineChart {
+                errors: &errors,
+                ..chart(true)
+            },
+        )
+        .unwrap();
+        let svg = std::fs::read_to_string(path.with_extension("svg")).unwrap();
+        assert!(lines(&svg) >= plain + 2, "{} vs {plain}", lines(&svg));
         // On a linear y axis the zeros are drawn, and nothing is said.
         assert_eq!(line_chart(&path, &chart(false)).unwrap(), None);
         let svg = std::fs::read_to_string(path.with_extension("svg")).unwrap();

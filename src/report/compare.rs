@@ -20,12 +20,13 @@ fn plotted_by_default(metric: &str) -> bool {
         .strip_prefix("mode_weight_")
         .is_some_and(|k| k.chars().all(|c| c.is_ascii_digit()));
     !per_mode
-        && !metric.starts_with("score_mse_t")
+        && crate::metrics::per_noise_level(metric).is_none()
         && !matches!(metric, "nfe" | "sample_seconds" | "nll_nfe")
 }
 
 /// The pipeline's own plots, or one per metric against the first axis that varies
-/// (numeric axes first).
+/// (numeric axes first; never a seed axis, which is a repetition, not a variable:
+/// plots show the mean and spread over it).
 pub fn chosen(plan: &Plan, table: &MetricsTable) -> Vec<ComparePlot> {
     if !plan.report.plots.is_empty() {
         return plan.report.plots.clone();
@@ -34,7 +35,7 @@ pub fn chosen(plan: &Plan, table: &MetricsTable) -> Vec<ComparePlot> {
         .sweep
         .axes
         .iter()
-        .filter(|a| a.values.len() > 1)
+        .filter(|a| a.values.len() > 1 && !a.is_seed())
         .collect();
     let Some(x) = varying
         .iter()
@@ -97,40 +98,60 @@ pub fn draw(
     let Some(x) = sweep.axes.iter().position(|a| a.name == plot.x) else {
         return against_metric(plan, table, plot, &rows, &scope(), path);
     };
-    let series_axes = series_axes(sweep, plot, |a| a != x);
+    let series_axes = series_axes(sweep, plot, |a| a != x && !sweep.axes[a].is_seed());
     let series_name = series_namer(sweep, &rows, &series_axes, &plot.metric);
     // Mean over whatever is neither x nor a series (an axis the plot leaves out).
-    let mut cells: BTreeMap<String, BTreeMap<usize, (f64, usize)>> = BTreeMap::new();
+    let mut cells: BTreeMap<String, BTreeMap<usize, Vec<f64>>> = BTreeMap::new();
     for r in &rows {
-        let cell = cells
+        cells
             .entry(series_name(r))
             .or_default()
             .entry(r.coords[x])
-            .or_insert((0.0, 0));
-        cell.0 += r.value;
-        cell.1 += 1;
+            .or_default()
+            .push(r.value);
     }
-    let averaged: Vec<&str> = (0..sweep.axes.len())
+    let averaged: Vec<usize> = (0..sweep.axes.len())
         .filter(|&a| {
             a != x
                 && !series_axes.contains(&a)
                 && sweep.axes[a].values.len() > 1
                 && !plot.filter.contains_key(&sweep.axes[a].name)
         })
-        .map(|a| sweep.axes[a].name.as_str())
+        .collect();
+    // Over seeds alone the spread is the run-to-run noise, drawn as error bars; over
+    // other axes it would mix in what they change, so only the mean is drawn.
+    let over_seeds = !averaged.is_empty() && averaged.iter().all(|&a| sweep.axes[a].is_seed());
+    let names: Vec<&str> = averaged
+        .iter()
+        .map(|&a| sweep.axes[a].name.as_str())
         .collect();
     let mut title = format!("{} by {}{}", plot.metric, plot.x, scope());
-    if !averaged.is_empty() {
-        title.push_str(&format!(" (mean over {})", averaged.join(", ")));
+    if over_seeds {
+        let n = cells
+            .values()
+            .flat_map(|c| c.values())
+            .map(Vec::len)
+            .max()
+            .unwrap_or(0);
+        title.push_str(&format!(
+            " (mean ± std over {}, {n} values)",
+            names.join(", ")
+        ));
+    } else if !averaged.is_empty() {
+        title.push_str(&format!(" (mean over {})", names.join(", ")));
     }
+    let spread = |values: &[f64]| if over_seeds { std_dev(values) } else { 0.0 };
     let axis = &sweep.axes[x];
     if axis.is_numeric() {
-        let series: Vec<(String, Vec<(f64, f64)>)> = cells
+        let series: Vec<(String, Vec<(f64, f64, f64)>)> = cells
             .into_iter()
             .map(|(name, cells)| {
-                let mut points: Vec<(f64, f64)> = cells
+                let mut points: Vec<(f64, f64, f64)> = cells
                     .into_iter()
-                    .map(|(v, (sum, n))| (axis.number(v).unwrap_or(f64::NAN), sum / n as f64))
+                    .map(|(v, values)| {
+                        let x = axis.number(v).unwrap_or(f64::NAN);
+                        (x, mean(&values), spread(&values))
+                    })
                     .collect();
                 points.sort_by(|a, b| a.0.total_cmp(&b.0));
                 (name, points)
@@ -147,7 +168,11 @@ pub fn draw(
         let log_x = plot.log_x.unwrap_or_else(|| spans_decades(lo, hi));
         let named: Vec<(&str, Vec<(f64, f64)>)> = series
             .iter()
-            .map(|(n, p)| (n.as_str(), p.clone()))
+            .map(|(n, p)| (n.as_str(), p.iter().map(|&(x, y, _)| (x, y)).collect()))
+            .collect();
+        let errors: Vec<Vec<f64>> = series
+            .iter()
+            .map(|(_, p)| p.iter().map(|&(_, _, e)| e).collect())
             .collect();
         let note = plot::line_chart(
             path,
@@ -156,6 +181,7 @@ pub fn draw(
                 x_label: &plot.x,
                 y_label: &plot.metric,
                 series: &named,
+                errors: &errors,
                 log_x,
                 log_y: plot.log_y,
             },
@@ -165,17 +191,39 @@ pub fn draw(
         }
     } else {
         let series: Vec<(String, Vec<Option<f64>>)> = cells
-            .into_iter()
+            .iter()
             .map(|(name, cells)| {
                 let values = (0..axis.values.len())
-                    .map(|v| cells.get(&v).map(|(sum, n)| sum / *n as f64))
+                    .map(|v| cells.get(&v).map(|values| mean(values)))
                     .collect();
-                (name, values)
+                (name.clone(), values)
             })
             .collect();
-        plot::bars(path, &title, &plot.metric, &axis.shown, &series)?;
+        let errors: Vec<Vec<f64>> = cells
+            .values()
+            .map(|cells| {
+                (0..axis.values.len())
+                    .map(|v| cells.get(&v).map_or(0.0, |values| spread(values)))
+                    .collect()
+            })
+            .collect();
+        plot::bars(path, &title, &plot.metric, &axis.shown, &series, &errors)?;
     }
     Ok(Some(title))
+}
+
+fn mean(values: &[f64]) -> f64 {
+    values.iter().sum::<f64>() / values.len().max(1) as f64
+}
+
+/// The sample standard deviation (0 for fewer than two values).
+fn std_dev(values: &[f64]) -> f64 {
+    if values.len() < 2 {
+        return 0.0;
+    }
+    let m = mean(values);
+    let square: f64 = values.iter().map(|v| (v - m).powi(2)).sum();
+    (square / (values.len() - 1) as f64).sqrt()
 }
 
 /// The default for `log_x`: positive values spanning a factor of 20 or more.
@@ -288,6 +336,7 @@ fn against_metric(
             x_label: &plot.x,
             y_label: &plot.metric,
             series: &series,
+            errors: &[],
             log_x,
             log_y: plot.log_y,
         },

@@ -556,6 +556,7 @@ fn evaluate_models(
                 x_label: "noise std(t)",
                 y_label: "mean squared error",
                 series: &series,
+                errors: &[],
                 log_x: true,
                 log_y: true,
             },
