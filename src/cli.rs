@@ -78,33 +78,60 @@ impl PipelineArgs {
     }
 }
 
+/// How a pipeline runs, beyond what it is: `run` and `plan` take the same.
+#[derive(Debug, Args)]
+pub struct RunFlags {
+    /// Stages run concurrently at most (default: number of cores).
+    #[arg(long, short)]
+    jobs: Option<usize>,
+    /// Recompute this stage even if it is cached (repeatable).
+    #[arg(long, value_name = "STAGE")]
+    force: Vec<String>,
+    /// Exit with code 3 when a claim of the pipeline's `expect:` section is not
+    /// reproduced (or not measured).
+    #[arg(long)]
+    check: bool,
+    /// Where stages compute: `cuda` needs a build with `--features cuda`.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    device: DeviceChoice,
+}
+
+impl RunFlags {
+    /// Refuses a `--force` that names no stage of `plan`.
+    fn check_force(&self, plan: &Plan) -> Result<(), RunnerError> {
+        for id in &self.force {
+            if !plan.has_stage(id) {
+                return Err(RunnerError::Usage(format!(
+                    "--force {id}: no such stage; stages are: {}{}",
+                    plan.stages.join(", "),
+                    crate::choices::suggestion(id, plan.stages.iter().map(String::as_str))
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a pipeline: compute what is not cached, then write the report.
     Run {
         #[command(flatten)]
         pipeline: PipelineArgs,
-        /// Stages run concurrently at most (default: number of cores).
-        #[arg(long, short)]
-        jobs: Option<usize>,
-        /// Recompute this stage even if it is cached (repeatable).
-        #[arg(long, value_name = "STAGE")]
-        force: Vec<String>,
-        /// Show what would run, run nothing.
+        #[command(flatten)]
+        flags: RunFlags,
+        /// Show what would run, run nothing (the same as `plan`).
         #[arg(long)]
         dry_run: bool,
-        /// Exit with code 3 when a claim of the pipeline's `expect:` section is not
-        /// reproduced (or not measured).
-        #[arg(long)]
-        check: bool,
-        /// Where stages compute: `cuda` needs a build with `--features cuda`.
-        #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
-        device: DeviceChoice,
     },
-    /// Show every stage with its key and whether it is cached or why it must run.
+    /// Show every stage, in the file's order, with its key and whether it is cached or
+    /// why it must run; writes nothing. Takes `run`'s flags, so a run's command line
+    /// can be planned as it is.
     Plan {
         #[command(flatten)]
         pipeline: PipelineArgs,
+        #[command(flatten)]
+        flags: RunFlags,
     },
     /// Print the stage graph in Graphviz DOT.
     Graph {
@@ -292,25 +319,20 @@ fn dispatch(cli: &Cli) -> Result<(), RunnerError> {
     match &cli.command {
         Command::Run {
             pipeline,
-            jobs,
-            force,
+            flags,
             dry_run,
-            check,
-            device,
         } => {
             let plan = pipeline.load()?;
-            for id in force {
-                if !plan.has_stage(id) {
-                    return Err(RunnerError::Usage(format!(
-                        "--force {id}: no such stage; stages are: {}{}",
-                        plan.stages.join(", "),
-                        crate::choices::suggestion(id, plan.stages.iter().map(String::as_str))
-                    )));
-                }
-            }
+            flags.check_force(&plan)?;
             if *dry_run {
-                return print_plan(&plan, &cli.results);
+                return print_plan(&plan, &cli.results, &flags.force);
             }
+            let RunFlags {
+                jobs,
+                force,
+                check,
+                device,
+            } = flags;
             let jobs = jobs.unwrap_or_else(|| {
                 std::thread::available_parallelism()
                     .map(|n| n.get())
@@ -329,7 +351,11 @@ fn dispatch(cli: &Cli) -> Result<(), RunnerError> {
                 pipeline.invocation(),
             )
         }
-        Command::Plan { pipeline } => print_plan(&pipeline.load()?, &cli.results),
+        Command::Plan { pipeline, flags } => {
+            let plan = pipeline.load()?;
+            flags.check_force(&plan)?;
+            print_plan(&plan, &cli.results, &flags.force)
+        }
         Command::Graph { pipeline } => {
             print!("{}", pipeline::graph::to_dot(&pipeline.load()?));
             Ok(())
@@ -741,7 +767,7 @@ fn rebuild_report(
 /// Stages estimated to take longer than this get their time in `plan`.
 const LONG_STAGE_SECONDS: f64 = 3600.0;
 
-fn print_plan(plan: &Plan, results: &Path) -> Result<(), RunnerError> {
+fn print_plan(plan: &Plan, results: &Path, force: &[String]) -> Result<(), RunnerError> {
     let cache = Cache::reading(results);
     let history = history::load(&results.join(&plan.name));
     if plan.sweep.is_empty() {
@@ -774,8 +800,12 @@ fn print_plan(plan: &Plan, results: &Path) -> Result<(), RunnerError> {
     let mut to_run: BTreeMap<&str, usize> = BTreeMap::new();
     let rate = crate::machine::flops_per_second();
     let mut long = 0.0;
-    for node in plan.nodes() {
-        let mut reason = history::reason(plan, node, &cache, &history);
+    for node in plan.nodes_in_file_order() {
+        let mut reason = if force.contains(&node.id) {
+            "forced (--force): recomputed even though cached".to_string()
+        } else {
+            history::reason(plan, node, &cache, &history)
+        };
         if reason != "cached" {
             *to_run.entry(node.kind().name()).or_default() += 1;
             // Only what takes long is worth a rough figure: the rest is noise.

@@ -7,7 +7,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 use common::{
-    computed, run_twice_concurrently, runner, stderr, stdout, tiny_pipeline, write_pipeline,
+    computed, plan_line, run_twice_concurrently, runner, stderr, stdout, tiny_pipeline,
+    write_pipeline,
 };
 
 #[test]
@@ -342,5 +343,70 @@ fn an_exploding_loss_fails_its_training_by_step_instead_of_feeding_a_hanging_sol
     assert!(
         computed(&out).contains(&"ddpm_samples".to_string()),
         "{err}"
+    );
+}
+
+/// `plan` lists stages as the file does (not in dependency order), takes `run`'s
+/// flags so a run's command line can be planned as it is, and shows `--force`.
+#[test]
+fn plan_takes_runs_flags_and_lists_stages_in_file_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("results");
+    // The evaluation first, the data last: the file's order is not the run's.
+    let text = tiny_pipeline("order", 5);
+    let (head, stages) = text.split_once("stages:\n").unwrap();
+    let (before, compare) = stages.split_once("  compare:\n").unwrap();
+    let (data, rest) = before.split_once('\n').unwrap();
+    let reordered = format!("{head}stages:\n  compare:\n{compare}{rest}{data}\n");
+    let path = write_pipeline(dir.path(), "order", &reordered);
+    let file = path.to_str().unwrap();
+    let plan = stdout(&runner(&results, &["plan", file]));
+    let listed: Vec<&str> = plan
+        .lines()
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            "compare",
+            "linear",
+            "sigmas",
+            "mlp",
+            "ddpm",
+            "smld",
+            "ddpm_samples",
+            "smld_samples",
+            "data"
+        ],
+        "{plan}"
+    );
+    let run = runner(&results, &["run", file]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let flags = [
+        "--jobs", "1", "--force", "ddpm", "--check", "--device", "cpu",
+    ];
+    let plan = runner(&results, &[&["plan", file][..], &flags].concat());
+    assert!(plan.status.success(), "{}", stderr(&plan));
+    let plan = stdout(&plan);
+    assert!(
+        plan_line(&plan, "ddpm").contains("forced (--force)"),
+        "{plan}"
+    );
+    assert!(plan_line(&plan, "smld").ends_with("cached"), "{plan}");
+    assert!(plan.contains("1 to run, 8 cached"), "{plan}");
+    // `run --dry-run` with the same flags prints the same plan.
+    let dry = stdout(&runner(
+        &results,
+        &[&["run", file, "--dry-run"][..], &flags].concat(),
+    ));
+    assert_eq!(dry, plan);
+    let bad = runner(&results, &["plan", file, "--force", "dta"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        stderr(&bad).contains("did you mean `data`?"),
+        "{}",
+        stderr(&bad)
     );
 }

@@ -85,6 +85,15 @@ impl Plan {
         self.order.iter().map(|&i| &self.graph[i])
     }
 
+    /// The nodes as the file lists their stages (a stage's sweep forks together, in
+    /// the order they run), which is how a user reads the pipeline.
+    pub fn nodes_in_file_order(&self) -> Vec<&StageNode> {
+        let line = |id: &str| locate(&self.source, id, None).map_or(usize::MAX, |l| l.line);
+        let mut ids: Vec<&String> = self.stages.iter().collect();
+        ids.sort_by_key(|id| line(id));
+        ids.iter().flat_map(|id| self.nodes_of(id)).collect()
+    }
+
     /// The nodes of one stage id (several when the sweep forks it).
     pub fn nodes_of<'p>(&'p self, id: &'p str) -> impl Iterator<Item = &'p StageNode> + 'p {
         self.nodes().filter(move |n| n.id == id)
