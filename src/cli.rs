@@ -204,6 +204,9 @@ pub enum Command {
     /// List stage kinds, datasets, schedules, models, samplers and metrics with their
     /// parameters and defaults.
     List,
+    /// Print the JSON Schema of pipeline files, for an editor's YAML support (e.g.
+    /// `runner schema > pipeline.schema.json`; see README).
+    Schema,
     /// Print a shell completion script (e.g. `runner completions bash >
     /// ~/.local/share/bash-completion/completions/runner`).
     Completions {
@@ -406,6 +409,10 @@ fn dispatch(cli: &Cli) -> Result<(), RunnerError> {
             keep_runs,
         } => gc(files, &cli.results, *dry_run, *keep_runs),
         Command::Verify { remove } => verify(&cli.results, *remove),
+        Command::Schema => {
+            out!("{}", pipeline::spec::schema());
+            Ok(())
+        }
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(
@@ -438,7 +445,9 @@ fn dispatch(cli: &Cli) -> Result<(), RunnerError> {
     }
 }
 
-/// Writes history and report under the pipeline's report lock.
+/// Writes history and report under the pipeline's report lock, and keeps the report
+/// as run `keep`'s while still holding it (so a run finishing at the same time cannot
+/// replace the figures being kept).
 fn write_report(
     plan: &Plan,
     cache: &Cache,
@@ -446,6 +455,7 @@ fn write_report(
     results: &Path,
     save_history: bool,
     header: &report::Header,
+    keep: Option<&mut runs::Run>,
 ) -> Result<report::Built, RunnerError> {
     let dir = results.join(&plan.name);
     std::fs::create_dir_all(&dir)
@@ -456,7 +466,11 @@ fn write_report(
         history::save(&dir, plan)
             .map_err(|e| RunnerError::Report(format!("writing {}: {e}", dir.display())))?;
     }
-    report::build(plan, cache, outcomes, results, header)
+    let built = report::build(plan, cache, outcomes, results, header)?;
+    if let Some(run) = keep {
+        run.keep_report(plan, cache, &dir, &built)?;
+    }
+    Ok(built)
 }
 
 /// The terminal's width, for tables that wrap to fit (none when not a terminal).
@@ -637,12 +651,17 @@ fn run(
         "succeeded"
     };
     record.end(plan, &outcomes, status)?;
-    let report = write_report(plan, &cache, &outcomes, results, true, &record.header())
-        .and_then(|built| {
-            record.keep_report(plan, &cache, &results.join(&plan.name), &built)?;
-            Ok(built)
-        })
-        .map_err(|e| {
+    let header = record.header();
+    let report = write_report(
+        plan,
+        &cache,
+        &outcomes,
+        results,
+        true,
+        &header,
+        Some(&mut record),
+    )
+    .map_err(|e| {
             RunnerError::Report(format!(
                 "{e}; every completed stage is cached, and `runner report --run {}` writes the report once there is room",
                 record.record.id
@@ -757,7 +776,7 @@ fn rebuild_report(
             ..Default::default()
         },
     };
-    let report = write_report(&plan, &cache, &outcomes, results, false, &header)?;
+    let report = write_report(&plan, &cache, &outcomes, results, false, &header, None)?;
     eprintln!("all {} stages cached", outcomes.len());
     eprintln!("report: {}", report.path.display());
     print_claims(&report.claims);

@@ -30,7 +30,9 @@ pub enum SpecError {
         location: Option<Location>,
         message: String,
     },
-    #[error("--set {assignment}: {message}")]
+    /// A command-line change that does not apply: `assignment` is a `--set`'s
+    /// `PATH=VALUE`, or a whole flag (`--profile cpu`, `--sweep ...`).
+    #[error("{}: {message}", flag(.assignment))]
     Override { assignment: String, message: String },
     /// More than one error in a file, in the order they are written.
     #[error("{}", several(.0))]
@@ -80,6 +82,15 @@ fn several(errors: &[SpecError]) -> String {
 
 /// The most errors of one file printed.
 const SHOWN: usize = 20;
+
+/// `--set PATH=VALUE` for an assignment, a flag as it is.
+fn flag(assignment: &str) -> String {
+    if assignment.starts_with("--") {
+        assignment.to_string()
+    } else {
+        format!("--set {assignment}")
+    }
+}
 
 fn fmt_loc(location: &Option<Location>) -> String {
     location

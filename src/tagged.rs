@@ -373,9 +373,9 @@ macro_rules! tagged_enum {
         $(#[$meta:meta])*
         $vis:vis enum $name:ident $body:tt
     ) => {
-        $(#[$meta])*
-        #[derive(serde::Serialize)]
+        #[derive(serde::Serialize, schemars::JsonSchema)]
         #[serde(tag = $tag, rename_all = "snake_case")]
+        $(#[$meta])*
         $vis enum $name $body
 
         const _: () = {
@@ -446,7 +446,7 @@ mod tests {
 
     use super::*;
 
-    #[derive(Debug, PartialEq, Deserialize, Serialize)]
+    #[derive(Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
     #[serde(deny_unknown_fields)]
     struct Ddim {
         #[serde(default)]

@@ -16,7 +16,7 @@ use super::score::ScoreFn;
 use crate::rng::rademacher;
 
 /// How the divergence of the score is computed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Divergence {
     /// Exact up to `AUTO_EXACT_MAX_DIM` dimensions, Hutchinson above.

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::score::Prediction;
 
 /// Which loss a train stage minimises.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Objective {
     /// DDPM's L_simple (Ho et al. 2020, eq. 14): E ||eps - eps_theta(x_t, t)||^2.

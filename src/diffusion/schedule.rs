@@ -50,9 +50,11 @@ pub enum ScheduleParams {
 /// What a pipeline file may leave out. Linear betas left out follow Ho et al.'s
 /// 1e-4..0.02 at T = 1000, scaled by 1000/T for other T as Nichol & Dhariwal do
 /// (so a short chain still ends near pure noise), capped at 0.999.
-/// Read after its `type` (see [`crate::tagged`]), so variants are externally tagged here.
-#[derive(Deserialize)]
+/// Read after its `type` (see [`crate::tagged`]), so variants are externally tagged here
+/// (its schema is the file's form, tagged by `type`).
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[schemars(tag = "type")]
 enum WrittenSchedule {
     Linear {
         beta_start: Option<f64>,
@@ -138,6 +140,16 @@ impl<'de> Tagged<'de> for WrittenSchedule {
     }
     fn variant<D: Deserializer<'de>>(_: &str, rest: D) -> Result<Self, D::Error> {
         WrittenSchedule::deserialize(rest)
+    }
+}
+
+/// As written (what may be left out), chosen by `type`.
+impl schemars::JsonSchema for ScheduleParams {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ScheduleParams".into()
+    }
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        WrittenSchedule::json_schema(generator)
     }
 }
 

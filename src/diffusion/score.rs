@@ -9,7 +9,7 @@ use crate::data::toy::Mixture;
 use crate::nn::models::network::Network;
 
 /// What a network's output means.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Prediction {
     /// The noise eps that was added (DDPM's epsilon parameterisation).

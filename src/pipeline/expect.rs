@@ -19,7 +19,7 @@ use crate::metrics;
 
 /// One claim: a metric of an evaluated stage, bounded by a number or by the same
 /// metric of another stage.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Expectation {
     /// The evaluated stage, as `metrics.csv` names it (a sample stage, or a train
@@ -41,6 +41,7 @@ pub struct Expectation {
     pub evaluate: Option<String>,
     /// Only the sweep points with these coordinates, by axis name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(with = "BTreeMap<String, serde_json::Value>")]
     pub at: BTreeMap<String, serde_norway::Value>,
     /// The claim in the documents' words, shown in the report.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -9,7 +9,7 @@ use super::sweep::Sweep;
 use crate::metrics;
 
 /// The `report:` section of a pipeline file.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReportSpec {
     /// Comparison plots; when empty, one per metric, chosen from the sweep's axes.
@@ -18,7 +18,7 @@ pub struct ReportSpec {
 }
 
 /// One comparison plot.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ComparePlot {
     /// A metric of the evaluate stages, e.g. `sliced_wasserstein` or `mmd2`.

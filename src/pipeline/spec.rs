@@ -15,7 +15,7 @@ use crate::error::{Location, SpecError};
 use crate::stages::{Needs, StageKind, StageParams, StageSpec};
 
 /// A whole pipeline file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineSpec {
     /// Names the results folder: `results/<name>/`.
@@ -40,17 +40,18 @@ pub struct PipelineSpec {
 }
 
 /// A named set of `--set` overrides, with a sentence the report shows.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Profile {
     /// What the profile changes and why, stated in the report.
     pub description: String,
     /// PATH: VALUE pairs, as `--set PATH=VALUE`.
+    #[schemars(with = "BTreeMap<String, serde_json::Value>")]
     pub set: BTreeMap<String, serde_norway::Value>,
 }
 
 /// A role's value: one stage id, or a list of them.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum OneOrMany {
     One(String),
@@ -329,6 +330,14 @@ pub fn load(
         e.profiles.is_empty() || profile.is_some_and(|p| e.profiles.iter().any(|q| q == p))
     });
     Ok(Loaded { spec, tree, source })
+}
+
+/// The JSON Schema of pipeline files, derived from the types that read them (their
+/// serde attributes included): editors complete and check keys with it.
+pub fn schema() -> String {
+    let mut schema = schemars::schema_for!(PipelineSpec);
+    schema.insert("title".into(), "runner pipeline file".into());
+    serde_json::to_string_pretty(&schema).expect("schemas serialize")
 }
 
 /// Parses pipeline text; errors carry the YAML parser's line and column.

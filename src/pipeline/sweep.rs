@@ -78,6 +78,23 @@ impl SweepSpec {
     }
 }
 
+/// `stage.params.key: [values]` entries, and `zip:` groups of them.
+impl schemars::JsonSchema for SweepSpec {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "SweepSpec".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let values = serde_json::json!({ "type": "array", "minItems": 1 });
+        let group = serde_json::json!({ "type": "object", "additionalProperties": values });
+        schemars::json_schema!({
+            "type": "object",
+            "description": "values to vary: `stage.params.key: [v1, v2]`; `zip:` axes vary together",
+            "properties": { "zip": { "oneOf": [group, { "type": "array", "items": group }] } },
+            "additionalProperties": values
+        })
+    }
+}
+
 impl<'de> Deserialize<'de> for SweepSpec {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<SweepSpec, D::Error> {
         d.deserialize_map(SweepVisitor)

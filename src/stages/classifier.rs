@@ -79,7 +79,7 @@ pub struct ClassifierParams {
 
 /// The parameters as written: the network's sizes beside the training's in one
 /// mapping, read without `flatten`'s buffer so errors keep their key and place.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct WrittenClassifier {
     #[serde(default = "width")]
@@ -94,6 +94,16 @@ struct WrittenClassifier {
     lr: f64,
     #[serde(default)]
     seed: u64,
+}
+
+/// As written: the network's sizes beside the training's.
+impl schemars::JsonSchema for ClassifierParams {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ClassifierParams".into()
+    }
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        WrittenClassifier::json_schema(generator)
+    }
 }
 
 impl From<WrittenClassifier> for ClassifierParams {

@@ -63,17 +63,20 @@ impl Kind for Dataset {
 
 /// Parameters of a dataset stage: the source (`name` and its parameters) plus sizes
 /// and seed.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+// Its keys and the source's are one mapping: none other may appear in it.
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
+#[schemars(extend("unevaluatedProperties" = false))]
 pub struct DatasetParams {
     #[serde(flatten)]
     pub source: Source,
     /// Training points (toys: 50,000 by default; images: all, or a subset).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub n: Option<usize>,
     /// Held-out points, the evaluation reference (toys: 10,000 drawn independently;
     /// MNIST: the test split; image folders: a tenth of the images).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub holdout: Option<usize>,
+    #[serde(default)]
     pub seed: u64,
 }
 
@@ -109,7 +112,7 @@ impl<'de> Deserialize<'de> for DatasetParams {
 }
 
 /// Where the data comes from: a generated distribution or image files.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum Source {
     Toy(Distribution),

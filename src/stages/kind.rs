@@ -106,6 +106,49 @@ impl std::fmt::Display for Role {
     }
 }
 
+/// The JSON Schema of a stage of kind `name`: `kind`, `needs` with its `roles`, and
+/// `params` as `params` describes them.
+pub fn stage_schema(name: &str, roles: &[Role], params: schemars::Schema) -> serde_json::Value {
+    let role = |r: &Role| {
+        let one =
+            serde_json::json!({ "type": "string", "description": format!("a {} stage", r.kind) });
+        if r.many {
+            serde_json::json!({ "oneOf": [one, { "type": "array", "items": one, "minItems": 1 }] })
+        } else {
+            one
+        }
+    };
+    let properties: serde_json::Map<String, serde_json::Value> = roles
+        .iter()
+        .map(|r| (r.name.to_string(), role(r)))
+        .collect();
+    let required_roles: Vec<&str> = roles
+        .iter()
+        .filter(|r| r.required)
+        .map(|r| r.name)
+        .collect();
+    let mut required = vec!["kind"];
+    if !required_roles.is_empty() {
+        required.push("needs");
+    }
+    serde_json::json!({
+        "type": "object",
+        "description": format!("a `{name}` stage"),
+        "properties": {
+            "kind": { "const": name },
+            "needs": {
+                "type": "object",
+                "properties": properties,
+                "required": required_roles,
+                "additionalProperties": false
+            },
+            "params": params
+        },
+        "required": required,
+        "additionalProperties": false
+    })
+}
+
 /// A stage's inputs: the ids each role names, in the kind's role order (roles left
 /// out are absent).
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -85,6 +85,22 @@ macro_rules! stage_kinds {
             }
         }
 
+        /// One stage of a pipeline file, of any kind: a `oneOf` over the kinds, each
+        /// with its own roles and parameters, so an editor completes them.
+        impl schemars::JsonSchema for StageSpec {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                "StageSpec".into()
+            }
+            fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                let kinds = vec![$(kind::stage_schema(
+                    <$module::$kind as Kind>::NAME,
+                    <$module::$kind as Kind>::ROLES,
+                    generator.subschema_for::<<$module::$kind as Kind>::Params>(),
+                )),*];
+                schemars::json_schema!({ "oneOf": kinds })
+            }
+        }
+
         /// A stage's typed parameters, of whichever kind it is.
         #[derive(Debug, Clone)]
         pub enum StageParams {

@@ -35,6 +35,7 @@ tagged_enum! {
 #[tag = "arch", remote = "ModelParams"]
 /// A network architecture, chosen by `arch`.
 #[derive(Debug, Clone, PartialEq)]
+#[schemars(deny_unknown_fields)]
 pub enum ModelParams {
     /// MLP on [x, embedding(t)] with SiLU activations.
     Mlp(MlpConfig),

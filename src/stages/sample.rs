@@ -91,23 +91,30 @@ impl Kind for Sample {
 
 /// Parameters of a sample stage: the sampler (`sampler` and its settings) plus how
 /// many samples and which weights.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+// The `default`s are what [`Common`] fills in, stated for the schema.
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
+#[schemars(extend("unevaluatedProperties" = false))]
 pub struct SampleParams {
     #[serde(flatten)]
     pub sampler: SamplerParams,
+    #[serde(default = "n")]
     pub n: usize,
+    #[serde(default)]
     pub seed: u64,
     /// Number of evenly spaced snapshots kept in `trajectory.safetensors`.
+    #[serde(default = "snapshots")]
     pub snapshots: usize,
     /// Particles kept per snapshot (for images at most 8: a timeline shows a few).
+    #[serde(default = "snapshot_particles")]
     pub snapshot_particles: usize,
     /// `ema` (the averaged weights, as DDPM samples with) or `raw`.
+    #[serde(default)]
     pub weights: WeightsKind,
     /// Clip each predicted x0 to the data range before it is used (Ho et al.'s
     /// sampler; the ancestral, DDIM and predictor-corrector steps and every final
     /// Tweedie step). Default: on for image data, whose range is [-1, 1], off for
     /// points. In the key only when on, so a key without it means no clipping.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clip_denoised: Option<bool>,
 }
 

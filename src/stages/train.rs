@@ -101,7 +101,7 @@ pub fn sized(stages: &Neighbours, needs: &super::kind::Needs) -> Option<(Extent,
 }
 
 /// Optimisation settings of a train stage.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TrainParams {
     /// `eps` (DDPM's L_simple) or `dsm` (denoising score matching); both work with
@@ -159,7 +159,7 @@ fn ema_decay() -> f64 {
     0.999
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Weighting {
     #[default]
@@ -167,7 +167,7 @@ pub enum Weighting {
     Likelihood,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OptimizerKind {
     #[default]
@@ -262,7 +262,7 @@ pub struct TrainedModel {
 }
 
 /// Which weights a trained network is read with.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum WeightsKind {
     /// The exponential moving average, as DDPM samples with.

@@ -11,7 +11,7 @@ use crate::diffusion::process::Process;
 use crate::diffusion::score::ScoreFn;
 
 /// `sampler: ancestral`.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Ancestral {
     /// sigma^2 = q (`beta`, beta_t on a DDPM chain) or the posterior variance
@@ -22,7 +22,7 @@ pub struct Ancestral {
 }
 
 /// The variance of each ancestral step's noise.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Variance {
     #[default]

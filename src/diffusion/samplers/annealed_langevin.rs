@@ -10,7 +10,7 @@ use super::langevin::{LangevinInit, start};
 use crate::diffusion::process::Process;
 
 /// `sampler: annealed_langevin`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct AnnealedLangevin {
     /// epsilon in alpha_i = epsilon * sigma_i^2 / sigma_L^2 (paper: 2e-5).

@@ -9,7 +9,7 @@ use crate::diffusion::process::Process;
 use super::family::{Run, Sampler};
 
 /// `sampler: ddim`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Ddim {
     pub eta: f64,

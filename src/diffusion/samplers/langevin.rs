@@ -10,7 +10,7 @@ use crate::rng::uniforms;
 
 /// `sampler: langevin`: x <- x + step_size/2 s(x) + sqrt(step_size) z (Song & Ermon
 /// 2019, Sec. 3.2).
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Langevin {
     pub step_size: f64,
@@ -33,7 +33,7 @@ impl Default for Langevin {
 }
 
 /// Where Langevin chains start.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LangevinInit {
     #[default]

@@ -10,7 +10,7 @@ use crate::diffusion::process::Process;
 use super::family::{Run, Sampler, at_least_one, positive};
 
 /// `sampler: pc`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Pc {
     pub predictor: Predictor,
@@ -39,7 +39,7 @@ impl Default for Pc {
 }
 
 /// Predictors of predictor-corrector sampling.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Predictor {
     /// The reverse SDE discretised like the forward chain (score_sde's ReverseDiffusionPredictor).
@@ -54,7 +54,7 @@ pub enum Predictor {
 }
 
 /// Correctors of predictor-corrector sampling.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Corrector {
     /// Langevin MCMC with its step size set by the signal-to-noise ratio.

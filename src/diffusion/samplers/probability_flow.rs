@@ -10,7 +10,7 @@ use crate::diffusion::ode::{self, Rhs, Tolerance};
 use crate::diffusion::process::Process;
 
 /// `sampler: ode`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Ode {
     pub solver: Solver,
@@ -36,7 +36,7 @@ impl Default for Ode {
 }
 
 /// ODE solvers of the probability-flow sampler.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Solver {
     Euler,

@@ -14,7 +14,7 @@ use crate::nn::kernels::vmath::sin_cos;
 use crate::rng::{normals, stream, uniforms};
 
 /// Architecture of the MLP; the data dimension comes from the dataset at train time.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MlpConfig {
     /// Widths of the hidden layers (SiLU after each).
@@ -33,7 +33,9 @@ pub struct MlpConfig {
 }
 
 /// How the network sees time.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Embedding {
     #[default]

@@ -17,7 +17,7 @@ use crate::nn::kernels::{fused_attention, fused_res_block};
 use crate::rng::{normals, stream};
 
 /// Architecture of the U-Net; the image shape comes from the dataset.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UNetConfig {
     /// Channels at full resolution (DDPM: 128; 32 trains on a CPU).
@@ -54,7 +54,9 @@ pub struct UNetConfig {
 pub const FREQUENCIES: &str = "time.frequencies";
 
 /// The scalar the time embedding encodes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Condition {
     #[default]

@@ -11,7 +11,7 @@ use crate::metrics::Metric;
 use crate::stages::dataset::{DatasetParams, Source};
 
 /// Which metrics and figures, and how much work to spend on them.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EvaluateParams {
     /// Sample metrics apply to every `samples` input, model metrics to every `models`
