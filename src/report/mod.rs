@@ -310,11 +310,7 @@ fn shown_table(plan: &Plan, t: &table::Table) -> ShownTable {
     ShownTable {
         title: format!("{} ({})", t.evaluate, t.of),
         axes: t.axes.clone(),
-        subject: if t.of == "samples" {
-            "samples"
-        } else {
-            "model"
-        },
+        subject: t.subject(),
         metrics: t.metrics.clone(),
         rows: t
             .rows

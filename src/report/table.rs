@@ -52,6 +52,18 @@ pub struct Table {
     pub rows: Vec<Row>,
 }
 
+impl Table {
+    /// The header of the stage column: what a row is (samples, or a model for model
+    /// metrics and noise levels).
+    pub fn subject(&self) -> &'static str {
+        if self.of == "samples" {
+            "samples"
+        } else {
+            "model"
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Row {
     /// Values of `axes`, in order (empty where the row's stage is not swept on it).

@@ -48,14 +48,7 @@ pub fn text(run: &RunRecord, width: Option<u16>) -> String {
     }
     for table in tables {
         let mut header: Vec<String> = table.axes.clone();
-        header.push(
-            if table.of == "models" {
-                "model"
-            } else {
-                "samples"
-            }
-            .into(),
-        );
+        header.push(table.subject().into());
         header.extend(table.metrics.iter().cloned());
         let mut grid = grid(header, table.axes.len() + 1, width);
         for row in &table.rows {
