@@ -354,18 +354,6 @@ stages:
             .eq(["t", "model", "score_mse", "score_sigma"]),
         "{text}"
     );
-    let text = common::stdout(&runner(&results, &["show", "levels"]));
-    let header = text
-        .lines()
-        .skip_while(|l| !l.contains("(noise levels)"))
-        .nth(1)
-        .unwrap();
-    assert!(
-        header
-            .split_whitespace()
-            .eq(["t", "model", "score_mse", "score_sigma"]),
-        "{text}"
-    );
     let html = std::fs::read_to_string(results.join("levels/report.html")).unwrap();
     assert!(
         html.contains("judge (noise levels)"),

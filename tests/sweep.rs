@@ -16,6 +16,17 @@ fn swept(name: &str) -> String {
     )
 }
 
+/// Runs the tiny pipeline `name` with `extra` YAML after it (a `sweep:`, a `report:`)
+/// into `results`, checking it succeeds; returns the run's output.
+fn run_tiny(results: &std::path::Path, name: &str, extra: &str) -> std::process::Output {
+    let dir = results.parent().unwrap();
+    let text = format!("{}{extra}", tiny_pipeline(name, 20));
+    let path = write_pipeline(dir, name, &text);
+    let run = runner(results, &["run", path.to_str().unwrap()]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    run
+}
+
 fn sorted(mut v: Vec<String>) -> Vec<String> {
     v.sort();
     v
@@ -172,13 +183,11 @@ fn set_fixes_a_swept_value_and_sweep_adds_an_axis() {
 fn zipped_axes_and_named_plots() {
     let dir = tempfile::tempdir().unwrap();
     let results = dir.path().join("results");
-    let text = format!(
-        "{}report:\n  plots:\n    - {{ metric: sliced_wasserstein, x: steps, series: [] }}\nsweep:\n  zip:\n    linear.params.steps: [10, 20]\n    ddpm.params.seed: [3, 4]\n",
-        tiny_pipeline("zipped", 20)
+    let run = run_tiny(
+        &results,
+        "zipped",
+        "report:\n  plots:\n    - { metric: sliced_wasserstein, x: steps, series: [] }\nsweep:\n  zip:\n    linear.params.steps: [10, 20]\n    ddpm.params.seed: [3, 4]\n",
     );
-    let path = write_pipeline(dir.path(), "zipped", &text);
-    let run = runner(&results, &["run", path.to_str().unwrap()]);
-    assert!(run.status.success(), "{}", stderr(&run));
     let ran = computed(&run);
     assert_eq!(count_prefix(&ran, "linear"), 2);
     assert_eq!(count_prefix(&ran, "ddpm"), 2, "{ran:?}");
@@ -417,13 +426,11 @@ fn stages_that_use_every_core_never_overlap() {
 fn swept_evaluation_settings_are_rows_of_every_stage_they_measure() {
     let dir = tempfile::tempdir().unwrap();
     let results = dir.path().join("results");
-    let text = format!(
-        "{}sweep:\n  compare.params.projections: [4, 32]\n  ddpm.params.lr: [0.001, 0.002]\n",
-        tiny_pipeline("ev", 20)
+    run_tiny(
+        &results,
+        "ev",
+        "sweep:\n  compare.params.projections: [4, 32]\n  ddpm.params.lr: [0.001, 0.002]\n",
     );
-    let path = write_pipeline(dir.path(), "ev", &text);
-    let run = runner(&results, &["run", path.to_str().unwrap()]);
-    assert!(run.status.success(), "{}", stderr(&run));
     let metrics = std::fs::read_to_string(results.join("ev/metrics.csv")).unwrap();
     let rows: Vec<&str> = metrics
         .lines()
@@ -448,13 +455,11 @@ fn swept_evaluation_settings_are_rows_of_every_stage_they_measure() {
 fn seed_axes_are_drawn_as_mean_and_spread() {
     let dir = tempfile::tempdir().unwrap();
     let results = dir.path().join("results");
-    let text = format!(
-        "{}sweep:\n  ddpm.params.seed: [0, 1, 2]\n  ddpm.params.lr: [0.001, 0.002]\n",
-        tiny_pipeline("seeds", 20)
+    run_tiny(
+        &results,
+        "seeds",
+        "sweep:\n  ddpm.params.seed: [0, 1, 2]\n  ddpm.params.lr: [0.001, 0.002]\n",
     );
-    let path = write_pipeline(dir.path(), "seeds", &text);
-    let run = runner(&results, &["run", path.to_str().unwrap()]);
-    assert!(run.status.success(), "{}", stderr(&run));
     let figures: Vec<String> = std::fs::read_dir(results.join("seeds/figures"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -471,13 +476,7 @@ fn seed_axes_are_drawn_as_mean_and_spread() {
         "no seed caption in the report"
     );
     // Only seeds varying: nothing to plot against.
-    let text = format!(
-        "{}sweep:\n  ddpm.params.seed: [0, 1]\n",
-        tiny_pipeline("only", 20)
-    );
-    let path = write_pipeline(dir.path(), "only", &text);
-    let run = runner(&results, &["run", path.to_str().unwrap()]);
-    assert!(run.status.success(), "{}", stderr(&run));
+    run_tiny(&results, "only", "sweep:\n  ddpm.params.seed: [0, 1]\n");
     let plotted = std::fs::read_dir(results.join("only/figures"))
         .unwrap()
         .filter(|e| {
