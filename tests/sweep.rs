@@ -27,6 +27,17 @@ fn run_tiny(results: &std::path::Path, name: &str, extra: &str) -> std::process:
     run
 }
 
+/// The comparison plots (`sweep-*`, PNG and SVG) of a report folder, by name.
+fn sweep_figures(report: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(report.join("figures"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("sweep-"))
+        .collect();
+    names.sort();
+    names
+}
+
 fn sorted(mut v: Vec<String>) -> Vec<String> {
     v.sort();
     v
@@ -116,16 +127,7 @@ fn a_sweep_computes_every_distinct_stage_once_and_labels_its_results() {
     ] {
         assert!(html.contains(needle), "report lacks {needle}");
     }
-    let compare_plots = std::fs::read_dir(out.join("figures"))
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .starts_with("sweep-")
-        })
-        .count();
+    let compare_plots = sweep_figures(&out).len();
     assert_eq!(
         compare_plots, 6,
         "sliced_wasserstein, mmd2 and mode_weight_tv against lr, as PNG and SVG"
@@ -195,13 +197,7 @@ fn zipped_axes_and_named_plots() {
         ran.contains(&"ddpm[steps=20,seed=4]".to_string()),
         "{ran:?}"
     );
-    let figures: Vec<String> = std::fs::read_dir(results.join("zipped/figures"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("sweep-"))
-        .collect();
-    let mut figures = figures;
-    figures.sort();
+    let figures = sweep_figures(&results.join("zipped"));
     assert_eq!(
         figures,
         [
@@ -460,10 +456,9 @@ fn seed_axes_are_drawn_as_mean_and_spread() {
         "seeds",
         "sweep:\n  ddpm.params.seed: [0, 1, 2]\n  ddpm.params.lr: [0.001, 0.002]\n",
     );
-    let figures: Vec<String> = std::fs::read_dir(results.join("seeds/figures"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("sweep-") && n.ends_with(".png"))
+    let figures: Vec<String> = sweep_figures(&results.join("seeds"))
+        .into_iter()
+        .filter(|n| n.ends_with(".png"))
         .collect();
     assert!(!figures.is_empty());
     assert!(
@@ -477,15 +472,5 @@ fn seed_axes_are_drawn_as_mean_and_spread() {
     );
     // Only seeds varying: nothing to plot against.
     run_tiny(&results, "only", "sweep:\n  ddpm.params.seed: [0, 1]\n");
-    let plotted = std::fs::read_dir(results.join("only/figures"))
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .starts_with("sweep-")
-        })
-        .count();
-    assert_eq!(plotted, 0);
+    assert_eq!(sweep_figures(&results.join("only")), Vec::<String>::new());
 }

@@ -388,7 +388,8 @@ fn every_error(path: &Path, source: &str, first: serde_norway::Error) -> SpecErr
         .map(|m| m.keys().filter_map(|k| k.as_str()).collect::<Vec<_>>())
         .unwrap_or_default();
     for id in ids {
-        let one = OnlyStage(id).deserialize(serde_norway::Deserializer::from_str(source));
+        let one =
+            OnlyStage(&["stages", id]).deserialize(serde_norway::Deserializer::from_str(source));
         errors.extend(one.err().map(|e| yaml_error(path, e)));
     }
     let mut seen = std::collections::HashSet::new();
@@ -399,9 +400,9 @@ fn every_error(path: &Path, source: &str, first: serde_norway::Error) -> SpecErr
     SpecError::all(errors)
 }
 
-/// Reads a pipeline file typing only stage `.0` (everything else is skipped), for
-/// [`every_error`].
-struct OnlyStage<'a>(&'a str);
+/// Reads a pipeline file typing only the stage at key path `.0` (`["stages", id]`),
+/// every other entry skipped, for [`every_error`].
+struct OnlyStage<'a>(&'a [&'a str]);
 
 impl<'de> DeserializeSeed<'de> for OnlyStage<'_> {
     type Value = ();
@@ -414,44 +415,21 @@ impl<'de> Visitor<'de> for OnlyStage<'_> {
     type Value = ();
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a pipeline mapping")
+        f.write_str("a mapping")
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         while let Some(key) = map.next_key::<String>()? {
-            if key == "stages" {
-                map.next_value_seed(StageOf(self.0))?;
-            } else {
-                map.next_value::<serde::de::IgnoredAny>()?;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The `stages:` mapping with only one stage typed.
-struct StageOf<'a>(&'a str);
-
-impl<'de> DeserializeSeed<'de> for StageOf<'_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for StageOf<'_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a mapping of stages")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(key) = map.next_key::<String>()? {
-            if key == self.0 {
-                map.next_value::<StageSpec>()?;
-            } else {
-                map.next_value::<serde::de::IgnoredAny>()?;
+            match self.0 {
+                [first, rest @ ..] if *first == key && !rest.is_empty() => {
+                    map.next_value_seed(OnlyStage(rest))?
+                }
+                [first] if *first == key => {
+                    map.next_value::<StageSpec>()?;
+                }
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
             }
         }
         Ok(())
