@@ -344,6 +344,7 @@ pub fn run(args: &[String]) -> Result<()> {
         let sampler = SamplerParams::Ancestral(Ancestral {
             variance: Variance::Beta,
             steps: Some(steps),
+            ..Default::default()
         });
         let request = SampleRequest {
             clip: None,

@@ -171,6 +171,7 @@ mod tests {
         let ddim = SamplerParams::Ddim(samplers::ddim::Ddim {
             eta: 0.0,
             steps: 50,
+            ..Default::default()
         });
         let dev = Device::Cpu;
         let rows = spherical(&ddim, &score, &process, 2, 5, 2, &dev, &mut stream(1, "i")).unwrap();

@@ -26,6 +26,17 @@ pub enum Process {
     SubVp { beta_min: f64, beta_max: f64 },
     /// VE SDE: sigma(t) = sigma_min (sigma_max / sigma_min)^t.
     Ve { sigma_min: f64, sigma_max: f64 },
+    /// EDM (Karras et al. 2022): no scaling, noise sigma from sigma_min to sigma_max, and
+    /// the data's std `sigma_data` its preconditioning needs. EDM's clock is sigma
+    /// itself; runner's t in [0, 1] relabels it log-linearly, sigma(t) = sigma_min
+    /// (sigma_max / sigma_min)^t, so that a network conditioned on t sees an affine
+    /// function of EDM's c_noise = ln(sigma) / 4. The marginals, and so the
+    /// probability-flow ODE in sigma, are EDM's.
+    Edm {
+        sigma_min: f64,
+        sigma_max: f64,
+        sigma_data: f64,
+    },
 }
 
 impl Process {
@@ -52,6 +63,7 @@ impl Process {
             Process::Vp { .. } => "VP SDE",
             Process::SubVp { .. } => "sub-VP SDE",
             Process::Ve { .. } => "VE SDE",
+            Process::Edm { .. } => "EDM",
         }
     }
 
@@ -80,7 +92,7 @@ impl Process {
     pub fn t_min(&self) -> f64 {
         match self {
             Process::DiscreteVp { betas, .. } => 1.0 / betas.len() as f64,
-            Process::SigmaLevels { .. } => 0.0,
+            Process::SigmaLevels { .. } | Process::Edm { .. } => 0.0,
             Process::Vp { .. } | Process::SubVp { .. } => 1e-3,
             Process::Ve { .. } => 1e-5,
         }
@@ -88,7 +100,10 @@ impl Process {
 
     /// Whether the mean shrinks towards zero (VP family) rather than staying (VE family).
     pub fn is_vp_family(&self) -> bool {
-        !matches!(self, Process::SigmaLevels { .. } | Process::Ve { .. })
+        !matches!(
+            self,
+            Process::SigmaLevels { .. } | Process::Ve { .. } | Process::Edm { .. }
+        )
     }
 
     /// (segment index k, fraction) of t on a grid of `segments` equal pieces.
@@ -139,6 +154,11 @@ impl Process {
             Process::Ve {
                 sigma_min,
                 sigma_max,
+            }
+            | Process::Edm {
+                sigma_min,
+                sigma_max,
+                ..
             } => {
                 let rate = (sigma_max / sigma_min).ln();
                 (sigma_min.ln() + t * rate, rate)
@@ -195,6 +215,88 @@ impl Process {
         }
     }
 
+    /// sigma(t) / alpha(t) = e^-lambda(t): the noise level of the equivalent VE process
+    /// x / alpha(t), the sigma EDM's samplers and Karras's spacing are written in.
+    pub fn ve_sigma(&self, t: f64) -> f64 {
+        (-self.log_snr(t)).exp()
+    }
+
+    /// The log signal-to-noise ratio lambda(t) = log(alpha(t) / sigma(t)), strictly
+    /// decreasing in t: the clock of the exponential-integrator solvers (Lu et al. 2022,
+    /// Sec. 3.1).
+    pub fn log_snr(&self, t: f64) -> f64 {
+        match self {
+            Process::SubVp { .. } => {
+                let l = self.log_alpha_bar(t);
+                0.5 * l - (-l.exp_m1()).ln()
+            }
+            _ if self.is_vp_family() => {
+                let l = self.log_alpha_bar(t);
+                0.5 * l - 0.5 * (-l.exp_m1()).ln()
+            }
+            _ => -self.log_sigma(t).0,
+        }
+    }
+
+    /// The time at which the log-SNR is `lambda`, clamped to [0, 1] (the inverse of
+    /// [`Process::log_snr`], in closed form for the SDEs and piecewise for the chains).
+    pub fn time_of_log_snr(&self, lambda: f64) -> f64 {
+        let t = match self {
+            Process::DiscreteVp { .. } | Process::Vp { .. } => {
+                // alpha_bar = sigmoid(2 lambda).
+                self.time_of_log_alpha_bar(-softplus(-2.0 * lambda))
+            }
+            Process::SubVp { .. } => {
+                // alpha = u, sigma = 1 - u^2 and e^lambda = u / (1 - u^2).
+                let e = (-lambda.clamp(-300.0, 300.0)).exp();
+                let u = 1.0 / (0.5 * e + (0.25 * e * e + 1.0).sqrt());
+                self.time_of_log_alpha_bar(2.0 * u.ln())
+            }
+            Process::SigmaLevels { sigmas } if sigmas.len() > 1 => {
+                let target = -lambda;
+                let logs: Vec<f64> = sigmas.iter().map(|s| s.ln()).collect();
+                let k = logs
+                    .partition_point(|&l| l < target)
+                    .clamp(1, logs.len() - 1);
+                let (a, b) = (logs[k - 1], logs[k]);
+                (k - 1) as f64 / (logs.len() - 1) as f64
+                    + (target - a) / (b - a) / (logs.len() - 1) as f64
+            }
+            Process::SigmaLevels { .. } => 1.0,
+            Process::Ve {
+                sigma_min,
+                sigma_max,
+            }
+            | Process::Edm {
+                sigma_min,
+                sigma_max,
+                ..
+            } => (-lambda - sigma_min.ln()) / (sigma_max / sigma_min).ln(),
+        };
+        t.clamp(0.0, 1.0)
+    }
+
+    /// The time at which log alpha_bar (<= 0) reaches `l`, in the VP family.
+    fn time_of_log_alpha_bar(&self, l: f64) -> f64 {
+        match self {
+            Process::DiscreteVp { log_alpha_bars, .. } => {
+                let n = log_alpha_bars.len();
+                let k = log_alpha_bars.partition_point(|&v| v > l).min(n - 1);
+                let before = if k == 0 { 0.0 } else { log_alpha_bars[k - 1] };
+                let span = before - log_alpha_bars[k];
+                let frac = if span > 0.0 { (before - l) / span } else { 0.0 };
+                (k as f64 + frac.clamp(0.0, 1.0)) / n as f64
+            }
+            Process::Vp { beta_min, beta_max } | Process::SubVp { beta_min, beta_max } => {
+                // 0.5 (beta_max - beta_min) t^2 + beta_min t + l = 0, the root without
+                // cancellation (also when beta_max = beta_min).
+                let slope = beta_max - beta_min;
+                -2.0 * l / (beta_min + (beta_min * beta_min - 2.0 * slope * l).max(0.0).sqrt())
+            }
+            _ => 0.0,
+        }
+    }
+
     /// Standard deviation of the Gaussian prior at t = 1.
     pub fn prior_std(&self) -> f64 {
         if self.is_vp_family() {
@@ -203,6 +305,11 @@ impl Process {
             self.std(1.0)
         }
     }
+}
+
+/// ln(1 + e^x) without overflow.
+fn softplus(x: f64) -> f64 {
+    x.max(0.0) + (-x.abs()).exp().ln_1p()
 }
 
 /// Noises a batch: x_t = mean_coef(t) x0 + std(t) eps, row-major with `dim` columns.
@@ -251,7 +358,48 @@ mod tests {
                 sigma_min: 0.05,
                 sigma_max: 3.0,
             },
+            Process::Edm {
+                sigma_min: 0.002,
+                sigma_max: 80.0,
+                sigma_data: 0.5,
+            },
         ]
+    }
+
+    #[test]
+    fn log_snr_is_log_alpha_over_sigma_and_inverts_on_every_process() {
+        for process in all() {
+            let mut previous = f64::INFINITY;
+            for i in 1..=200 {
+                let t = i as f64 / 200.0;
+                let lambda = process.log_snr(t);
+                let direct = (process.mean_coef(t) / process.std(t)).ln();
+                assert!(
+                    (lambda - direct).abs() < 1e-9 * direct.abs().max(1.0),
+                    "{} t={t}: {lambda} vs {direct}",
+                    process.name()
+                );
+                assert!(
+                    lambda < previous,
+                    "{} not decreasing at t={t}",
+                    process.name()
+                );
+                previous = lambda;
+                let back = process.time_of_log_snr(lambda);
+                assert!(
+                    (back - t).abs() < 1e-9,
+                    "{} t={t}: inverse gives {back}",
+                    process.name()
+                );
+                assert!(
+                    (process.ve_sigma(t) - process.std(t) / process.mean_coef(t)).abs()
+                        < 1e-9 * process.ve_sigma(t)
+                );
+            }
+            // Beyond the ends the inverse clamps.
+            assert_eq!(process.time_of_log_snr(1e6), 0.0, "{}", process.name());
+            assert_eq!(process.time_of_log_snr(-1e6), 1.0, "{}", process.name());
+        }
     }
 
     #[test]

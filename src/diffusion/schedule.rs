@@ -45,6 +45,13 @@ pub enum ScheduleParams {
     SubVpSde { beta_min: f64, beta_max: f64 },
     /// Continuous VE SDE (Song et al. 2021): sigma(t) = sigma_min (sigma_max/sigma_min)^t.
     VeSde { sigma_min: f64, sigma_max: f64 },
+    /// EDM (Karras et al. 2022, Table 1): no scaling, sigma from sigma_min to
+    /// sigma_max, and the data's std for the `edm` objective's preconditioning.
+    Edm {
+        sigma_min: f64,
+        sigma_max: f64,
+        sigma_data: f64,
+    },
 }
 
 /// What a pipeline file may leave out. Linear betas left out follow Ho et al.'s
@@ -108,6 +115,16 @@ enum WrittenSchedule {
         #[serde(default = "ve_sigma_max")]
         sigma_max: f64,
     },
+    /// Karras et al.'s defaults: sigma in [0.002, 80], sigma_data 0.5 (images in
+    /// [-1, 1]; set it to the data's std).
+    Edm {
+        #[serde(default = "edm_sigma_min")]
+        sigma_min: f64,
+        #[serde(default = "edm_sigma_max")]
+        sigma_max: f64,
+        #[serde(default = "edm_sigma_data")]
+        sigma_data: f64,
+    },
 }
 
 /// Betas left out: Ho et al.'s 1e-4 and 0.02 at T = 1000, scaled by 1000/T, capped.
@@ -130,6 +147,7 @@ impl ScheduleParams {
         "vp_sde",
         "sub_vp_sde",
         "ve_sde",
+        "edm",
     ];
 }
 
@@ -211,6 +229,15 @@ impl From<WrittenSchedule> for ScheduleParams {
                 sigma_min,
                 sigma_max,
             },
+            WrittenSchedule::Edm {
+                sigma_min,
+                sigma_max,
+                sigma_data,
+            } => ScheduleParams::Edm {
+                sigma_min,
+                sigma_max,
+                sigma_data,
+            },
             WrittenSchedule::Cosine { steps, s, max_beta } => {
                 ScheduleParams::Cosine { steps, s, max_beta }
             }
@@ -259,6 +286,15 @@ fn beta_max() -> f64 {
 }
 fn ve_sigma_max() -> f64 {
     50.0
+}
+fn edm_sigma_min() -> f64 {
+    0.002
+}
+fn edm_sigma_max() -> f64 {
+    80.0
+}
+fn edm_sigma_data() -> f64 {
+    0.5
 }
 
 impl ScheduleParams {
@@ -343,6 +379,23 @@ impl ScheduleParams {
                 }
                 Ok(())
             }
+            ScheduleParams::Edm {
+                sigma_min,
+                sigma_max,
+                sigma_data,
+            } => {
+                if !(0.0 < sigma_min && sigma_min < sigma_max && sigma_max.is_finite()) {
+                    return Err(format!(
+                        "need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}"
+                    ));
+                }
+                if !(sigma_data > 0.0 && sigma_data.is_finite()) {
+                    return Err(format!(
+                        "`sigma_data` (the data's std) must be positive, got {sigma_data}"
+                    ));
+                }
+                Ok(())
+            }
         }
     }
 
@@ -417,6 +470,15 @@ impl ScheduleParams {
             } => Process::Ve {
                 sigma_min,
                 sigma_max,
+            },
+            ScheduleParams::Edm {
+                sigma_min,
+                sigma_max,
+                sigma_data,
+            } => Process::Edm {
+                sigma_min,
+                sigma_max,
+                sigma_data,
             },
         }
     }

@@ -1,7 +1,7 @@
 //! Where scores come from: a trained network, or the exact score of an analytic
 //! dataset (the oracle that validates samplers).
 
-use candle_core::{Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::process::Process;
@@ -94,6 +94,13 @@ impl MixtureScore<'_> {
     /// (score rows, divergence per row): div s = -d/v + sum_k r_k |u_k|^2 - |s|^2 with
     /// u_k = (a mu_k - x)/v, since grad r_k = r_k (u_k - s).
     pub fn rows(&self, x: &[f32], dim: usize, t: f64) -> (Vec<f32>, Vec<f64>) {
+        let x: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
+        let (score, divergence) = self.rows64(&x, dim, t);
+        (score.into_iter().map(|v| v as f32).collect(), divergence)
+    }
+
+    /// [`MixtureScore::rows`] in f64.
+    pub fn rows64(&self, x: &[f64], dim: usize, t: f64) -> (Vec<f64>, Vec<f64>) {
         let a = self.process.mean_coef(t);
         let std = self.process.std(t);
         let var = a * a * self.mixture.std * self.mixture.std + std * std;
@@ -112,7 +119,7 @@ impl MixtureScore<'_> {
             {
                 let mut d2 = 0.0;
                 for j in 0..dim {
-                    let diff = a * mean[j] - row[j] as f64;
+                    let diff = a * mean[j] - row[j];
                     u[k * dim + j] = diff / var;
                     d2 += diff * diff;
                 }
@@ -125,7 +132,7 @@ impl MixtureScore<'_> {
             for j in 0..dim {
                 let s: f64 = (0..k_count).map(|k| r[k] * u[k * dim + j]).sum();
                 s_norm += s * s;
-                out.push(s as f32);
+                out.push(s);
             }
             for k in 0..k_count {
                 u_norm += r[k] * (0..dim).map(|j| u[k * dim + j].powi(2)).sum::<f64>();
@@ -141,11 +148,14 @@ impl ScoreFn for MixtureScore<'_> {
         self.score(x, t)?.affine(-self.process.std(t), 0.0)
     }
 
+    /// In the dtype of `x`: f64 points get an f64 score (the solvers' order tests).
     fn score(&self, x: &Tensor, t: f64) -> Result<Tensor> {
         let (n, dim) = x.dims2()?;
-        let rows = x.flatten_all()?.to_vec1::<f32>()?;
-        let (score, _) = self.rows(&rows, dim, t);
-        Tensor::from_vec(score, (n, dim), &Device::Cpu)?.to_device(x.device())
+        let rows = x.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+        let (score, _) = self.rows64(&rows, dim, t);
+        Tensor::from_vec(score, (n, dim), &Device::Cpu)?
+            .to_dtype(x.dtype())?
+            .to_device(x.device())
     }
 
     /// The analytic divergence, whatever the probe: exact is never worse.
@@ -156,11 +166,15 @@ impl ScoreFn for MixtureScore<'_> {
         _probe: Option<&Tensor>,
     ) -> Result<(Tensor, Tensor)> {
         let (n, dim) = x.dims2()?;
-        let (score, divergence) = self.rows(&x.flatten_all()?.to_vec1::<f32>()?, dim, t);
-        let divergence: Vec<f32> = divergence.into_iter().map(|d| d as f32).collect();
+        let rows = x.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+        let (score, divergence) = self.rows64(&rows, dim, t);
         Ok((
-            Tensor::from_vec(score, (n, dim), &Device::Cpu)?.to_device(x.device())?,
-            Tensor::from_vec(divergence, n, &Device::Cpu)?.to_device(x.device())?,
+            Tensor::from_vec(score, (n, dim), &Device::Cpu)?
+                .to_dtype(x.dtype())?
+                .to_device(x.device())?,
+            Tensor::from_vec(divergence, n, &Device::Cpu)?
+                .to_dtype(x.dtype())?
+                .to_device(x.device())?,
         ))
     }
 }

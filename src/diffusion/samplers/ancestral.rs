@@ -5,13 +5,13 @@ use candle_core::{Result, Tensor};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::grid::{State, grid, transition};
+use super::grid::{Spacing, Spread, State, default_rho, grid, is_default_rho, transition};
 use super::family::{Run, Sampler};
 use crate::diffusion::process::Process;
 use crate::diffusion::score::ScoreFn;
 
 /// `sampler: ancestral`.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Ancestral {
     /// sigma^2 = q (`beta`, beta_t on a DDPM chain) or the posterior variance
@@ -19,6 +19,24 @@ pub struct Ancestral {
     pub variance: Variance,
     /// Number of steps: default every level of a discrete process, 1000 for an SDE.
     pub steps: Option<usize>,
+    /// How the steps are spread: `uniform_t` (the default), `uniform_lambda`,
+    /// `karras` (with `rho`), or a chain's `leading` / `trailing` levels.
+    #[serde(skip_serializing_if = "Spacing::is_uniform_t")]
+    pub spacing: Spacing,
+    /// The exponent of `spacing: karras` (Karras et al.: 7).
+    #[serde(skip_serializing_if = "is_default_rho")]
+    pub rho: f64,
+}
+
+impl Default for Ancestral {
+    fn default() -> Self {
+        Ancestral {
+            variance: Variance::Beta,
+            steps: None,
+            spacing: Spacing::UniformT,
+            rho: default_rho(),
+        }
+    }
 }
 
 /// The variance of each ancestral step's noise.
@@ -33,6 +51,17 @@ pub enum Variance {
 impl Sampler for Ancestral {
     const NAME: &'static str = "ancestral";
 
+    fn canonical(&self) -> Ancestral {
+        Ancestral {
+            rho: super::grid::rho_if_karras(self.spacing, self.rho),
+            ..self.clone()
+        }
+    }
+
+    fn accepts(&self, process: &Process) -> std::result::Result<(), String> {
+        Spread::check(self.spacing, self.rho, process)
+    }
+
     fn check(&self) -> std::result::Result<(), String> {
         self.steps.map_or(Ok(()), |s| super::family::grid_size("steps", s))
     }
@@ -44,7 +73,8 @@ impl Sampler for Ancestral {
     fn draw(&self, run: &mut Run) -> Result<Tensor> {
         let x = run.prior()?;
         let noise = run.noise_fn();
-        run.walk(&grid(run.process, self.steps), x, &mut |run, x, cur, prev, _| {
+        let states = grid(run.process, self.steps, &Spread::new(run.process, self.spacing, self.rho));
+        run.walk(&states, x, &mut |run, x, cur, prev, _| {
             run.nfe += 1;
             let clip = run.clip();
             ancestral_step(run.score, &x, cur, prev, self.variance, clip, &noise, run.rng)
@@ -69,7 +99,7 @@ pub fn ancestral_from(
     }
     let mut states = vec![State::at(process, from)];
     states.extend(
-        grid(process, steps)
+        grid(process, steps, &Spread::new(process, Spacing::UniformT, default_rho()))
             .into_iter()
             .filter(|s| s.t < from - 1e-12),
     );

@@ -5,7 +5,7 @@ use candle_core::{Result, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::family::{Run, Sampler, at_least_one, positive};
-use super::grid::{State, grid};
+use super::grid::{Spacing, Spread, State, default_rho, grid, is_default_rho};
 use super::langevin::{LangevinInit, start};
 use crate::diffusion::process::Process;
 
@@ -26,6 +26,13 @@ pub struct AnnealedLangevin {
     /// [-1, 1]), or `gaussian` N(0, sigma_max^2 I).
     pub init: LangevinInit,
     pub init_range: f64,
+    /// How the levels are picked: `uniform_t` (the default), `uniform_lambda`,
+    /// `karras` (with `rho`), or a chain's `leading` / `trailing` levels.
+    #[serde(skip_serializing_if = "Spacing::is_uniform_t")]
+    pub spacing: Spacing,
+    /// The exponent of `spacing: karras` (Karras et al.: 7).
+    #[serde(skip_serializing_if = "is_default_rho")]
+    pub rho: f64,
 }
 
 impl Default for AnnealedLangevin {
@@ -37,6 +44,8 @@ impl Default for AnnealedLangevin {
             denoise: true,
             init: LangevinInit::Uniform,
             init_range: 1.0,
+            spacing: Spacing::UniformT,
+            rho: default_rho(),
         }
     }
 }
@@ -53,7 +62,14 @@ impl Sampler for AnnealedLangevin {
                 process.name()
             ));
         }
-        Ok(())
+        Spread::check(self.spacing, self.rho, process)
+    }
+
+    fn canonical(&self) -> AnnealedLangevin {
+        AnnealedLangevin {
+            rho: super::grid::rho_if_karras(self.spacing, self.rho),
+            ..self.clone()
+        }
     }
 
     fn check(&self) -> std::result::Result<(), String> {
@@ -69,7 +85,8 @@ impl Sampler for AnnealedLangevin {
     }
 
     fn draw(&self, run: &mut Run) -> Result<Tensor> {
-        let states: Vec<State> = grid(run.process, Some(self.levels))
+        let spread = Spread::new(run.process, self.spacing, self.rho);
+        let states: Vec<State> = grid(run.process, Some(self.levels), &spread)
             .into_iter()
             .filter(|s| *s != State::CLEAN)
             .collect();

@@ -4,7 +4,7 @@
 use candle_core::{Result, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::grid::{grid, transition};
+use super::grid::{Spacing, Spread, default_rho, grid, is_default_rho, transition};
 use crate::diffusion::process::Process;
 use super::family::{Run, Sampler};
 
@@ -14,6 +14,13 @@ use super::family::{Run, Sampler};
 pub struct Ddim {
     pub eta: f64,
     pub steps: usize,
+    /// How the steps are spread: `uniform_t` (the default), `uniform_lambda`,
+    /// `karras` (with `rho`), or a chain's `leading` / `trailing` levels.
+    #[serde(skip_serializing_if = "Spacing::is_uniform_t")]
+    pub spacing: Spacing,
+    /// The exponent of `spacing: karras` (Karras et al.: 7).
+    #[serde(skip_serializing_if = "is_default_rho")]
+    pub rho: f64,
 }
 
 impl Default for Ddim {
@@ -21,12 +28,25 @@ impl Default for Ddim {
         Ddim {
             eta: 0.0,
             steps: 50,
+            spacing: Spacing::UniformT,
+            rho: default_rho(),
         }
     }
 }
 
 impl Sampler for Ddim {
     const NAME: &'static str = "ddim";
+
+    fn canonical(&self) -> Ddim {
+        Ddim {
+            rho: super::grid::rho_if_karras(self.spacing, self.rho),
+            ..self.clone()
+        }
+    }
+
+    fn accepts(&self, process: &Process) -> std::result::Result<(), String> {
+        Spread::check(self.spacing, self.rho, process)
+    }
 
     fn check(&self) -> std::result::Result<(), String> {
         super::family::grid_size("steps", self.steps)?;
@@ -43,7 +63,8 @@ impl Sampler for Ddim {
     fn draw(&self, run: &mut Run) -> Result<Tensor> {
         let x = run.prior()?;
         let eta = self.eta;
-        run.walk(&grid(run.process, Some(self.steps)), x, &mut |run, x, cur, prev, _| {
+        let states = grid(run.process, Some(self.steps), &Spread::new(run.process, self.spacing, self.rho));
+        run.walk(&states, x, &mut |run, x, cur, prev, _| {
             let (_, q) = transition(cur, prev);
             let mut eps = run.score.eps(&x, cur.t)?;
             let mut x0 = cur.x0_from_eps(&x, &eps)?;

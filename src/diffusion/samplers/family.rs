@@ -92,8 +92,12 @@ impl Snapshots {
         };
         if self.taken.len() < marks && progress + 1e-9 >= next {
             let rows = x.narrow(0, 0, self.keep.min(x.dim(0)?))?;
-            self.taken
-                .push((step, rows.flatten_all()?.to_vec1::<f32>()?));
+            self.taken.push((
+                step,
+                rows.flatten_all()?
+                    .to_dtype(candle_core::DType::F32)?
+                    .to_vec1::<f32>()?,
+            ));
         }
         Ok(())
     }
@@ -169,6 +173,26 @@ impl<'a> Run<'a> {
     /// range when the run clips.
     pub fn tweedie(&self, x: &Tensor, state: State) -> Result<Tensor> {
         self.clip_x0(state.x0_from_score(x, &self.score.score(x, state.t)?)?)
+    }
+
+    /// The noise prediction at `state`, one evaluation; when the run clips, the noise
+    /// of the clipped prediction of x0 (as diffusers' DDIM recomputes it).
+    pub fn eps_at(&mut self, x: &Tensor, state: State) -> Result<Tensor> {
+        self.nfe += 1;
+        let eps = self.score.eps(x, state.t)?;
+        if self.request.clip.is_none() {
+            return Ok(eps);
+        }
+        let x0 = self.clip_x0(state.x0_from_eps(x, &eps)?)?;
+        (x - x0.affine(state.a, 0.0)?)?.affine(1.0 / state.s, 0.0)
+    }
+
+    /// The data prediction x0 = (x - s eps) / a at `state`, one evaluation, clipped
+    /// when the run clips.
+    pub fn x0_at(&mut self, x: &Tensor, state: State) -> Result<Tensor> {
+        self.nfe += 1;
+        let eps = self.score.eps(x, state.t)?;
+        self.clip_x0(state.x0_from_eps(x, &eps)?)
     }
 
     /// The range predicted x0 are clipped to, when the run clips.

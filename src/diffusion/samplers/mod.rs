@@ -8,6 +8,7 @@
 //! Adding a sampler is a new module with a type implementing [`Sampler`] and one line
 //! in `samplers!`.
 
+pub mod exponential;
 pub mod family;
 pub mod grid;
 
@@ -104,6 +105,11 @@ samplers! {
     AnnealedLangevin => annealed_langevin::AnnealedLangevin,
     Pc => pc::Pc,
     Ode => probability_flow::Ode,
+    DpmSolver => dpm_solver::DpmSolver,
+    DpmSolverPp => dpm_solver_pp::DpmSolverPp,
+    Unipc => unipc::UniPc,
+    EdmHeun => edm_heun::EdmHeun,
+    EulerAncestral => euler_ancestral::EulerAncestral,
 }
 
 /// What a sampler produced.

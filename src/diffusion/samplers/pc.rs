@@ -5,7 +5,7 @@ use candle_core::{Result, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::ancestral::{Variance, ancestral_step};
-use super::grid::{State, grid, transition};
+use super::grid::{Spacing, Spread, State, default_rho, grid, is_default_rho, transition};
 use crate::diffusion::process::Process;
 use super::family::{Run, Sampler, at_least_one, positive};
 
@@ -23,6 +23,13 @@ pub struct Pc {
     pub steps: Option<usize>,
     /// Finish with Tweedie's denoising step.
     pub denoise: bool,
+    /// How the steps are spread: `uniform_t` (the default), `uniform_lambda`,
+    /// `karras` (with `rho`), or a chain's `leading` / `trailing` levels.
+    #[serde(skip_serializing_if = "Spacing::is_uniform_t")]
+    pub spacing: Spacing,
+    /// The exponent of `spacing: karras` (Karras et al.: 7).
+    #[serde(skip_serializing_if = "is_default_rho")]
+    pub rho: f64,
 }
 
 impl Default for Pc {
@@ -34,6 +41,8 @@ impl Default for Pc {
             corrector_steps: 1,
             steps: None,
             denoise: true,
+            spacing: Spacing::UniformT,
+            rho: default_rho(),
         }
     }
 }
@@ -76,6 +85,17 @@ pub fn langevin_step_size(snr: f64, alpha: f64, grad: &Tensor, noise: &Tensor) -
 impl Sampler for Pc {
     const NAME: &'static str = "pc";
 
+    fn canonical(&self) -> Pc {
+        Pc {
+            rho: super::grid::rho_if_karras(self.spacing, self.rho),
+            ..self.clone()
+        }
+    }
+
+    fn accepts(&self, process: &Process) -> std::result::Result<(), String> {
+        Spread::check(self.spacing, self.rho, process)
+    }
+
     fn check(&self) -> std::result::Result<(), String> {
         if self.predictor == Predictor::None && self.corrector == Corrector::None {
             return Err("`pc` needs a predictor or a corrector; both are `none`".into());
@@ -97,7 +117,7 @@ impl Sampler for Pc {
     }
 
     fn draw(&self, run: &mut Run) -> Result<Tensor> {
-        let states = grid(run.process, self.steps);
+        let states = grid(run.process, self.steps, &Spread::new(run.process, self.spacing, self.rho));
         let moves = states.len() - 1;
         let x = run.prior()?;
         let noise = run.noise_fn();

@@ -4,7 +4,7 @@
 use candle_core::{Result, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::grid::State;
+use super::grid::{Spacing, Spread, State, default_rho, is_default_rho, solver_grid};
 use super::family::{Run, Sampler, grid_size, positive};
 use crate::diffusion::ode::{self, Rhs, Tolerance};
 use crate::diffusion::process::Process;
@@ -21,6 +21,13 @@ pub struct Ode {
     pub atol: f64,
     /// Finish with Tweedie's denoising step (one more evaluation).
     pub denoise: bool,
+    /// How `euler` and `heun` spread their steps: `uniform_t` (the default),
+    /// `uniform_lambda`, `karras` (with `rho`), or a chain's `leading` / `trailing`.
+    #[serde(skip_serializing_if = "Spacing::is_uniform_t")]
+    pub spacing: Spacing,
+    /// The exponent of `spacing: karras` (Karras et al.: 7).
+    #[serde(skip_serializing_if = "is_default_rho")]
+    pub rho: f64,
 }
 
 impl Default for Ode {
@@ -31,6 +38,8 @@ impl Default for Ode {
             rtol: 1e-5,
             atol: 1e-5,
             denoise: true,
+            spacing: Spacing::UniformT,
+            rho: default_rho(),
         }
     }
 }
@@ -57,11 +66,14 @@ impl Sampler for Ode {
         match self.solver {
             Solver::Rk45 => Ode {
                 steps: defaults.steps,
+                spacing: defaults.spacing,
+                rho: defaults.rho,
                 ..self.clone()
             },
             Solver::Euler | Solver::Heun => Ode {
                 rtol: defaults.rtol,
                 atol: defaults.atol,
+                rho: super::grid::rho_if_karras(self.spacing, self.rho),
                 ..self.clone()
             },
         }
@@ -71,7 +83,7 @@ impl Sampler for Ode {
         if process.levels() == Some(1) {
             return Err("the probability-flow ODE needs a process with more than one level".into());
         }
-        Ok(())
+        Spread::check(self.spacing, self.rho, process)
     }
 
     fn check(&self) -> std::result::Result<(), String> {
@@ -106,8 +118,17 @@ impl Sampler for Ode {
             run.observe(step, if denoise { done * 0.999 } else { done }, x)
         };
         let x = match self.solver {
-            Solver::Euler => ode::fixed(&mut rhs, x0, (1.0, t_end), self.steps, false, &mut observe)?,
-            Solver::Heun => ode::fixed(&mut rhs, x0, (1.0, t_end), self.steps, true, &mut observe)?,
+            Solver::Euler | Solver::Heun => {
+                let times: Vec<f64> = match self.spacing {
+                    Spacing::UniformT => ode::even(1.0, t_end, self.steps),
+                    spacing => {
+                        let spread = Spread::new(process, spacing, self.rho);
+                        solver_grid(process, self.steps, &spread).iter().map(|s| s.t).collect()
+                    }
+                };
+                let heun = self.solver == Solver::Heun;
+                ode::fixed(&mut rhs, x0, &times, heun, &mut observe)?
+            }
             Solver::Rk45 => ode::rk45(
                 &mut rhs,
                 x0,
