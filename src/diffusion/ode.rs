@@ -34,33 +34,51 @@ pub fn heun_step(rhs: &mut Rhs, x: &Tensor, t: f64, h: f64) -> Result<Tensor> {
     x + (k1 + k2)?.affine(h / 2.0, 0.0)?
 }
 
-/// Integrates from `times[0]` through each of `times` in turn; `observe(step, t, x)`
-/// sees every state reached.
+/// Integrates from t0 to t1 in `steps` equal steps; `observe(step, t, x)` sees every
+/// accepted state.
 pub fn fixed(
+    rhs: &mut Rhs,
+    x: Tensor,
+    (t0, t1): (f64, f64),
+    steps: usize,
+    heun: bool,
+    observe: &mut dyn FnMut(usize, f64, &Tensor) -> Result<()>,
+) -> Result<Tensor> {
+    let h = (t1 - t0) / steps as f64;
+    let moves = (0..steps).map(|i| (t0 + i as f64 * h, h));
+    along(rhs, x, moves, heun, observe)
+}
+
+/// Integrates from `times[0]` through each of `times` in turn.
+pub fn on_times(
     rhs: &mut Rhs,
     x: Tensor,
     times: &[f64],
     heun: bool,
     observe: &mut dyn FnMut(usize, f64, &Tensor) -> Result<()>,
 ) -> Result<Tensor> {
+    let moves = times.windows(2).map(|pair| (pair[0], pair[1] - pair[0]));
+    along(rhs, x, moves, heun, observe)
+}
+
+/// Fixed steps (t, h) of Euler or Heun.
+fn along(
+    rhs: &mut Rhs,
+    x: Tensor,
+    moves: impl Iterator<Item = (f64, f64)>,
+    heun: bool,
+    observe: &mut dyn FnMut(usize, f64, &Tensor) -> Result<()>,
+) -> Result<Tensor> {
     let mut x = x;
-    for (i, pair) in times.windows(2).enumerate() {
-        let (t, h) = (pair[0], pair[1] - pair[0]);
+    for (i, (t, h)) in moves.enumerate() {
         x = if heun {
             heun_step(rhs, &x, t, h)?
         } else {
             euler_step(rhs, &x, t, h)?
         };
-        observe(i + 1, pair[1], &x)?;
+        observe(i + 1, t + h, &x)?;
     }
     Ok(x)
-}
-
-/// `steps + 1` equally spaced times from t0 to t1.
-pub fn even(t0: f64, t1: f64, steps: usize) -> Vec<f64> {
-    (0..=steps)
-        .map(|i| t0 + (t1 - t0) * i as f64 / steps.max(1) as f64)
-        .collect()
 }
 
 // Dormand & Prince (1980) RK5(4)7M tableau.
@@ -223,8 +241,8 @@ mod tests {
         let x0 = Tensor::new(&[1.0f32], &Device::Cpu).unwrap();
         let mut none = |_: usize, _: f64, _: &Tensor| Ok(());
         let x = match method {
-            "euler" => fixed(&mut rhs, x0, &even(0.0, 1.0, steps), false, &mut none),
-            "heun" => fixed(&mut rhs, x0, &even(0.0, 1.0, steps), true, &mut none),
+            "euler" => fixed(&mut rhs, x0, (0.0, 1.0), steps, false, &mut none),
+            "heun" => fixed(&mut rhs, x0, (0.0, 1.0), steps, true, &mut none),
             _ => rk45(
                 &mut rhs,
                 x0,

@@ -297,6 +297,14 @@ impl Process {
         }
     }
 
+    /// The data std of an EDM process, which its preconditioning needs.
+    pub fn sigma_data(&self) -> Option<f64> {
+        match self {
+            Process::Edm { sigma_data, .. } => Some(*sigma_data),
+            _ => None,
+        }
+    }
+
     /// Standard deviation of the Gaussian prior at t = 1.
     pub fn prior_std(&self) -> f64 {
         if self.is_vp_family() {

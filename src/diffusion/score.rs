@@ -16,6 +16,20 @@ pub enum Prediction {
     Epsilon,
     /// std_t times the score, i.e. the NCSN network output under lambda = sigma^2.
     ScaledScore,
+    /// EDM's preconditioned denoiser: the network F sees c_in x and D = c_skip x +
+    /// c_out F predicts x0 (the `edm` objective, on an EDM process).
+    Denoiser,
+}
+
+/// EDM's preconditioning at noise level `sigma` for data of std `sigma_data`
+/// (Karras et al. 2022, Table 1): (c_skip, c_out, c_in).
+pub fn edm_preconditioning(sigma: f64, sigma_data: f64) -> (f64, f64, f64) {
+    let total = sigma * sigma + sigma_data * sigma_data;
+    (
+        sigma_data * sigma_data / total,
+        sigma * sigma_data / total.sqrt(),
+        1.0 / total.sqrt(),
+    )
 }
 
 /// A score model: grad_x log p_t(x) for a batch x of [batch, dim] at time t.
@@ -43,9 +57,35 @@ pub struct NetworkScore<'a> {
 }
 
 impl NetworkScore<'_> {
-    /// The network's output, in chunks of 256 rows so that thousands of images do
-    /// not go through a U-Net at once (an MLP takes every row in one pass).
+    /// The network's output at t; a denoiser's network sees EDM's c_in x.
     fn output(&self, x: &Tensor, t: f64) -> Result<Tensor> {
+        if self.prediction == Prediction::Denoiser {
+            let (_, _, c_in) = self.preconditioning(t)?;
+            return self.raw_output(&x.affine(c_in, 0.0)?, t);
+        }
+        self.raw_output(x, t)
+    }
+
+    /// EDM's (c_skip, c_out, c_in) at time t of the model's EDM process.
+    fn preconditioning(&self, t: f64) -> Result<(f64, f64, f64)> {
+        let sigma_data = self.process.sigma_data().ok_or_else(|| {
+            candle_core::Error::Msg(format!(
+                "an `edm` model needs its EDM process, not the {}",
+                self.process.name()
+            ))
+        })?;
+        Ok(edm_preconditioning(self.process.std(t), sigma_data))
+    }
+
+    /// The data prediction D(x; sigma) of a denoiser network.
+    fn denoised(&self, x: &Tensor, t: f64) -> Result<Tensor> {
+        let (c_skip, c_out, _) = self.preconditioning(t)?;
+        x.affine(c_skip, 0.0)? + self.output(x, t)?.affine(c_out, 0.0)?
+    }
+
+    /// The network on x itself, in chunks of 256 rows so that thousands of images do
+    /// not go through a U-Net at once (an MLP takes every row in one pass).
+    fn raw_output(&self, x: &Tensor, t: f64) -> Result<Tensor> {
         let batch = x.dim(0)?;
         let chunk = match self.net {
             Network::Mlp(_) => batch.max(1),
@@ -66,19 +106,21 @@ impl NetworkScore<'_> {
 
 impl ScoreFn for NetworkScore<'_> {
     fn eps(&self, x: &Tensor, t: f64) -> Result<Tensor> {
-        let out = self.output(x, t)?;
         match self.prediction {
-            Prediction::Epsilon => Ok(out),
-            Prediction::ScaledScore => out.neg(),
+            Prediction::Epsilon => self.output(x, t),
+            Prediction::ScaledScore => self.output(x, t)?.neg(),
+            Prediction::Denoiser => {
+                (x - self.denoised(x, t)?)?.affine(1.0 / self.process.std(t), 0.0)
+            }
         }
     }
 
     fn score(&self, x: &Tensor, t: f64) -> Result<Tensor> {
-        let out = self.output(x, t)?;
         let std = self.process.std(t);
         match self.prediction {
-            Prediction::Epsilon => out.affine(-1.0 / std, 0.0),
-            Prediction::ScaledScore => out.affine(1.0 / std, 0.0),
+            Prediction::Epsilon => self.output(x, t)?.affine(-1.0 / std, 0.0),
+            Prediction::ScaledScore => self.output(x, t)?.affine(1.0 / std, 0.0),
+            Prediction::Denoiser => (self.denoised(x, t)? - x)?.affine(1.0 / (std * std), 0.0),
         }
     }
 }

@@ -112,6 +112,12 @@ pub struct TrainParams {
     /// score_sde) or `likelihood` (lambda = g^2, Song et al. 2021b).
     #[serde(default)]
     pub weighting: Weighting,
+    /// `objective: edm`'s noise levels, ln sigma ~ N(p_mean, p_std^2) (Karras et al.:
+    /// -1.2 and 1.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p_mean: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p_std: Option<f64>,
     /// Optimiser steps (4,000 unless `epochs` is set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steps: Option<usize>,
@@ -231,9 +237,28 @@ impl TrainParams {
         if self.objective.is_none() && !exact {
             return Err("`objective` is required: `eps` (DDPM's L_simple) or `dsm` (denoising score matching)".into());
         }
-        if self.objective == Some(Objective::Eps) && self.weighting != Weighting::Sigma2 {
+        if matches!(self.objective, Some(Objective::Eps | Objective::Edm))
+            && self.weighting != Weighting::Sigma2
+        {
             return Err(
-                "`weighting` applies to `objective: dsm`; `eps` is DDPM's unweighted L_simple"
+                "`weighting` applies to `objective: dsm`; `eps` is DDPM's unweighted L_simple and `edm` has its own"
+                    .into(),
+            );
+        }
+        if self.objective != Some(Objective::Edm) && (self.p_mean.is_some() || self.p_std.is_some()) {
+            return Err("`p_mean` and `p_std` are the noise levels of `objective: edm`".into());
+        }
+        if self.p_std.is_some_and(|s| !(s > 0.0 && s.is_finite()))
+            || self.p_mean.is_some_and(|m| !m.is_finite())
+        {
+            return Err("`p_std` must be positive and `p_mean` a number".into());
+        }
+        if self.objective == Some(Objective::Edm)
+            && let Some(params) = schedule
+            && params.build().sigma_data().is_none()
+        {
+            return Err(
+                "`objective: edm` preconditions with the data's std: give the train stage a schedule of `type: edm` (with `sigma_data`)"
                     .into(),
             );
         }
@@ -345,6 +370,11 @@ fn run(params: &TrainParams, ctx: &StageContext) -> StageResult<()> {
         .objective
         .ok_or_else(|| StageError::Failed("a network needs an `objective`".into()))?;
     let process = schedule.build();
+    let (p_mean, p_std) = (
+        params.p_mean.unwrap_or(crate::diffusion::loss::EDM_P_MEAN),
+        params.p_std.unwrap_or(crate::diffusion::loss::EDM_P_STD),
+    );
+    let sigma_range = (process.std(process.t_min()), process.std(1.0));
     let n = train.len() / dim;
     let total = params.total_steps(n);
 
@@ -392,11 +422,17 @@ fn run(params: &TrainParams, ctx: &StageContext) -> StageResult<()> {
             let i = rng.random_range(0..n);
             x0[row * dim..(row + 1) * dim].copy_from_slice(&train[i * dim..(i + 1) * dim]);
         }
-        // Discrete processes train at their levels; SDEs at t ~ U(t_min, 1).
+        // Discrete processes train at their levels; SDEs at t ~ U(t_min, 1); EDM at
+        // ln sigma ~ N(p_mean, p_std^2), within the process's range of sigma.
         let t: Vec<f64> = (0..batch)
-            .map(|_| match process.levels() {
-                Some(levels) => process.level_time(rng.random_range(1..=levels)),
-                None => process.t_min() + (1.0 - process.t_min()) * rng.random::<f64>(),
+            .map(|_| match (objective, process.levels()) {
+                (Objective::Edm, _) => {
+                    let z: f64 = rng.sample(rand_distr::StandardNormal);
+                    let sigma = (p_mean + p_std * z).exp().clamp(sigma_range.0, sigma_range.1);
+                    process.time_of_log_snr(-sigma.ln())
+                }
+                (_, Some(levels)) => process.level_time(rng.random_range(1..=levels)),
+                (_, None) => process.t_min() + (1.0 - process.t_min()) * rng.random::<f64>(),
             })
             .collect();
         let eps = normals(&mut rng, batch * dim);
@@ -408,6 +444,10 @@ fn run(params: &TrainParams, ctx: &StageContext) -> StageResult<()> {
             ctx.device,
         )?;
         let eps = Tensor::from_vec(eps, (batch, dim), ctx.device)?;
+        let stds: Vec<f64> = t.iter().map(|&t| process.std(t)).collect();
+        let clean = Tensor::from_vec(x0.clone(), (batch, dim), ctx.device)?;
+        let (input, target) =
+            objective.regression(&xt, &clean, &eps, &stds, process.sigma_data())?;
         let weights = match params.weighting {
             Weighting::Sigma2 => None,
             Weighting::Likelihood => {
@@ -418,8 +458,8 @@ fn run(params: &TrainParams, ctx: &StageContext) -> StageResult<()> {
                 Some(Tensor::from_vec(w, batch, ctx.device)?)
             }
         };
-        let out = net.forward(&xt, &cond)?;
-        let loss = objective.loss(&out, &objective.target(&eps)?, weights.as_ref())?;
+        let out = net.forward(&input, &cond)?;
+        let loss = objective.loss(&out, &target, weights.as_ref())?;
         let value = loss.to_scalar::<f32>()?;
         if !value.is_finite() {
             return Err(StageError::Failed(format!(

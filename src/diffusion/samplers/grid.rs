@@ -128,7 +128,9 @@ impl Spread {
 
     /// A spacing a user could pick for the wrong process, and a bad `rho`.
     pub fn check(spacing: Spacing, rho: f64, process: &Process) -> std::result::Result<(), String> {
-        super::family::positive("rho", rho)?;
+        if !(rho > 0.0 && rho.is_finite()) {
+            return Err(format!("`rho` must be positive, got {rho}"));
+        }
         if matches!(spacing, Spacing::Leading | Spacing::Trailing) && process.levels().is_none() {
             return Err(format!(
                 "`spacing: {}` picks levels of a discrete chain, and this model's process is the {}; use uniform_t, uniform_lambda or karras",
@@ -169,7 +171,9 @@ impl Spread {
                         let sigma = (hi + u * (lo - hi)).powf(self.rho);
                         process.time_of_log_snr(-sigma.ln())
                     }
-                    _ => self.top + u * (self.bottom - self.top),
+                    // As the older grids computed it, so their points are unchanged.
+                    _ if points <= 1 => self.top,
+                    _ => self.top - (self.top - self.bottom) * i as f64 / (points - 1) as f64,
                 }
                 .clamp(self.bottom.min(self.top), self.top.max(self.bottom))
             })

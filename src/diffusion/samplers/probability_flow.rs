@@ -119,15 +119,18 @@ impl Sampler for Ode {
         };
         let x = match self.solver {
             Solver::Euler | Solver::Heun => {
-                let times: Vec<f64> = match self.spacing {
-                    Spacing::UniformT => ode::even(1.0, t_end, self.steps),
+                let heun = self.solver == Solver::Heun;
+                match self.spacing {
+                    Spacing::UniformT => {
+                        ode::fixed(&mut rhs, x0, (1.0, t_end), self.steps, heun, &mut observe)?
+                    }
                     spacing => {
                         let spread = Spread::new(process, spacing, self.rho);
-                        solver_grid(process, self.steps, &spread).iter().map(|s| s.t).collect()
+                        let times: Vec<f64> =
+                            solver_grid(process, self.steps, &spread).iter().map(|s| s.t).collect();
+                        ode::on_times(&mut rhs, x0, &times, heun, &mut observe)?
                     }
-                };
-                let heun = self.solver == Solver::Heun;
-                ode::fixed(&mut rhs, x0, &times, heun, &mut observe)?
+                }
             }
             Solver::Rk45 => ode::rk45(
                 &mut rhs,
