@@ -104,7 +104,12 @@ mod tests {
         let dev = Device::Cpu;
         let out = Tensor::new(&[[1f32, 2.0], [0.0, 0.0]], &dev).unwrap();
         let eps = Tensor::new(&[[0f32, 0.0], [1.0, 1.0]], &dev).unwrap();
-        let target = |objective: Objective| objective.regression(&out, &out, &eps, &[1.0, 1.0], None).unwrap().1;
+        let target = |objective: Objective| {
+            objective
+                .regression(&out, &out, &eps, &[1.0, 1.0], None)
+                .unwrap()
+                .1
+        };
         let l = Objective::Eps
             .loss(&out, &target(Objective::Eps), None)
             .unwrap();
@@ -147,13 +152,20 @@ mod tests {
             let (c_skip, c_out, c_in) = edm_preconditioning(sigma, sigma_data);
             for j in 0..2 {
                 let d = c_skip * xs[row][j] as f64 + c_out * fs[row][j] as f64;
-                assert!((d - want[row][j] as f64).abs() < 1e-4, "sigma {sigma}: D = {d}");
+                assert!(
+                    (d - want[row][j] as f64).abs() < 1e-4,
+                    "sigma {sigma}: D = {d}"
+                );
                 assert!((ins[row][j] as f64 - c_in * xs[row][j] as f64).abs() < 1e-5);
             }
             // lambda c_out^2 = 1: the weighting is absorbed.
             let lambda = (sigma * sigma + sigma_data * sigma_data) / (sigma * sigma_data).powi(2);
             assert!((lambda * c_out * c_out - 1.0).abs() < 1e-12);
         }
-        assert!(Objective::Edm.regression(&xt, &x0, &eps, &stds, None).is_err());
+        assert!(
+            Objective::Edm
+                .regression(&xt, &x0, &eps, &stds, None)
+                .is_err()
+        );
     }
 }

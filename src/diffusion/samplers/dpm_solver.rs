@@ -56,7 +56,7 @@ impl Sampler for DpmSolver {
 
     fn accepts(&self, process: &Process) -> std::result::Result<(), String> {
         Spread::check(self.spacing, self.rho, process)?;
-        fits_the_chain(process, singlestep_orders(self.steps, self.order).len())
+        fits_the_chain(process, self.spacing, singlestep_orders(self.steps, self.order).len())
     }
 
     fn check(&self) -> std::result::Result<(), String> {
@@ -119,11 +119,17 @@ pub fn with_denoise(mut states: Vec<State>, denoise: bool) -> Vec<State> {
     states
 }
 
-/// `moves` steps between the levels of a chain need more than `moves` levels.
-pub fn fits_the_chain(process: &Process, moves: usize) -> std::result::Result<(), String> {
+/// `moves` steps between the levels of a chain (the spacings that pick levels) need
+/// more than `moves` levels.
+pub fn fits_the_chain(
+    process: &Process,
+    spacing: Spacing,
+    moves: usize,
+) -> std::result::Result<(), String> {
+    let on_levels = matches!(spacing, Spacing::UniformT | Spacing::Leading | Spacing::Trailing);
     match process.levels() {
-        Some(n) if moves >= n => Err(format!(
-            "{moves} steps need more than {moves} levels, and this chain has {n}; take fewer steps"
+        Some(n) if on_levels && moves >= n => Err(format!(
+            "{moves} steps between levels need more than {moves} levels, and this chain has {n}; take fewer steps or `spacing: uniform_lambda`"
         )),
         _ => Ok(()),
     }

@@ -76,7 +76,7 @@ impl Sampler for UniPc {
 
     fn accepts(&self, process: &Process) -> std::result::Result<(), String> {
         Spread::check(self.spacing, self.rho, process)?;
-        fits_the_chain(process, self.steps)
+        fits_the_chain(process, self.spacing, self.steps)
     }
 
     fn check(&self) -> std::result::Result<(), String> {
