@@ -112,7 +112,7 @@ impl Sampler for DpmSolverPp {
 
     fn accepts(&self, process: &Process) -> std::result::Result<(), String> {
         Spread::check(self.spacing, self.rho, process)?;
-        fits_the_chain(process, self.orders().len())
+        fits_the_chain(process, self.spacing, self.orders().len())
     }
 
     fn check(&self) -> std::result::Result<(), String> {
