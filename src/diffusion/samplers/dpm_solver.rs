@@ -7,7 +7,7 @@
 use candle_core::{Result, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::exponential::{noise_step, singlestep_orders};
+use super::exponential::{fits_the_chain, noise_step, singlestep_orders, with_denoise};
 use super::family::{Run, Sampler, grid_size};
 use super::grid::{Spacing, Spread, State, default_rho, solver_grid};
 use crate::diffusion::process::Process;
@@ -108,29 +108,5 @@ impl Sampler for DpmSolver {
                 }
             }
         })
-    }
-}
-
-/// The grid with the clean state appended when the run ends on a data prediction.
-pub fn with_denoise(mut states: Vec<State>, denoise: bool) -> Vec<State> {
-    if denoise {
-        states.push(State::CLEAN);
-    }
-    states
-}
-
-/// `moves` steps between the levels of a chain (the spacings that pick levels) need
-/// more than `moves` levels.
-pub fn fits_the_chain(
-    process: &Process,
-    spacing: Spacing,
-    moves: usize,
-) -> std::result::Result<(), String> {
-    let on_levels = matches!(spacing, Spacing::UniformT | Spacing::Leading | Spacing::Trailing);
-    match process.levels() {
-        Some(n) if on_levels && moves >= n => Err(format!(
-            "{moves} steps between levels need more than {moves} levels, and this chain has {n}; take fewer steps or `spacing: uniform_lambda`"
-        )),
-        _ => Ok(()),
     }
 }

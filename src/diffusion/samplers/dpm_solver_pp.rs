@@ -7,8 +7,7 @@
 use candle_core::{Result, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::dpm_solver::{fits_the_chain, with_denoise};
-use super::exponential::{data_step, dynamic_threshold, singlestep_orders};
+use super::exponential::{data_step, dynamic_threshold, fits_the_chain, singlestep_orders, with_denoise};
 use super::family::{Run, Sampler, grid_size, positive};
 use super::grid::{Spacing, Spread, State, default_rho, solver_grid};
 use crate::diffusion::process::Process;

@@ -9,7 +9,8 @@
 
 use candle_core::{Result, Tensor};
 
-use super::grid::State;
+use super::grid::{Spacing, State};
+use crate::diffusion::process::Process;
 
 /// One first-order step from `s` to `t` with the noise prediction at `s`:
 /// x_t = (a_t / a_s) x - s_t (e^h - 1) eps_s (DPM-Solver-1, which is DDIM).
@@ -47,6 +48,33 @@ pub fn singlestep_orders(evaluations: usize, order: usize) -> Vec<usize> {
             }
         }
         _ => vec![1; n],
+    }
+}
+
+/// The grid with the clean state appended when the run ends on a data prediction.
+pub fn with_denoise(mut states: Vec<State>, denoise: bool) -> Vec<State> {
+    if denoise {
+        states.push(State::CLEAN);
+    }
+    states
+}
+
+/// `moves` steps between the levels of a chain (the spacings that pick levels) need
+/// more than `moves` levels.
+pub fn fits_the_chain(
+    process: &Process,
+    spacing: Spacing,
+    moves: usize,
+) -> std::result::Result<(), String> {
+    let on_levels = matches!(
+        spacing,
+        Spacing::UniformT | Spacing::Leading | Spacing::Trailing
+    );
+    match process.levels() {
+        Some(n) if on_levels && moves >= n => Err(format!(
+            "{moves} steps between levels need more than {moves} levels, and this chain has {n}; take fewer steps or `spacing: uniform_lambda`"
+        )),
+        _ => Ok(()),
     }
 }
 
