@@ -339,7 +339,9 @@ fn every_shipped_pipeline_plans() {
         let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
         // Image pipelines read user files: point them at small generated ones.
         let data = match stem.as_str() {
-            "mnist_smld_ddpm_sde" | "fashion_mnist_samplers" => Some(("data", &idx_dir)),
+            "mnist_smld_ddpm_sde" | "fashion_mnist_samplers" | "fast_samplers_mnist" => {
+                Some(("data", &idx_dir))
+            }
             "toys" => Some(("mnist", &idx_dir)),
             "flowers64" => Some(("data", &folder)),
             _ => None,
@@ -391,6 +393,8 @@ fn every_shipped_pipeline_plans() {
         "thesis_3d",
         "lecture_1d",
         "toys",
+        "fast_samplers",
+        "fast_samplers_mnist",
     ] {
         plan(name);
     }
