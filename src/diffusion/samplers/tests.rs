@@ -668,3 +668,93 @@ fn deterministic_solvers_converge_at_their_order() {
         );
     }
 }
+
+/// The key hashes what changes the samples and nothing else: a setting the sampler
+/// ignores (rho off the Karras grid, thresholds with thresholding off, churn bounds
+/// without churn, `lower_order_final` of a singlestep solver) gives the key of the
+/// defaults, and each setting that is read moves it.
+#[test]
+fn sampler_keys_hold_only_the_settings_that_are_read() {
+    let key = |yaml: &str| -> String {
+        let params: SamplerParams = serde_norway::from_str(yaml).unwrap();
+        serde_json::to_string(&params.canonical()).unwrap()
+    };
+    let same = [
+        ("sampler: dpm_solver", "sampler: dpm_solver\nrho: 3"),
+        ("sampler: unipc", "sampler: unipc\nrho: 3"),
+        (
+            "sampler: euler_ancestral\nspacing: uniform_t",
+            "sampler: euler_ancestral\nspacing: uniform_t\nrho: 3",
+        ),
+        (
+            "sampler: ddim\nspacing: uniform_lambda",
+            "sampler: ddim\nspacing: uniform_lambda\nrho: 3",
+        ),
+        (
+            "sampler: dpm_solver_pp",
+            "sampler: dpm_solver_pp\nthreshold_ratio: 0.9\nthreshold_max: 2.0",
+        ),
+        (
+            "sampler: dpm_solver_pp\nmethod: singlestep",
+            "sampler: dpm_solver_pp\nmethod: singlestep\nlower_order_final: false",
+        ),
+        (
+            "sampler: edm_heun",
+            "sampler: edm_heun\ns_tmin: 0.5\ns_tmax: 10\ns_noise: 1.003",
+        ),
+        (
+            "sampler: edm_heun\nspacing: uniform_t",
+            "sampler: edm_heun\nspacing: uniform_t\nrho: 3",
+        ),
+    ];
+    for (a, b) in same {
+        assert_eq!(key(a), key(b), "{b:?} should share the key of {a:?}");
+    }
+    let moved = [
+        (
+            "sampler: dpm_solver\nspacing: karras",
+            "sampler: dpm_solver\nspacing: karras\nrho: 3",
+        ),
+        ("sampler: edm_heun", "sampler: edm_heun\nrho: 3"),
+        // Karras is euler_ancestral's default spacing.
+        (
+            "sampler: euler_ancestral",
+            "sampler: euler_ancestral\nrho: 3",
+        ),
+        (
+            "sampler: dpm_solver_pp\nthresholding: true",
+            "sampler: dpm_solver_pp\nthresholding: true\nthreshold_ratio: 0.9",
+        ),
+        (
+            "sampler: dpm_solver_pp\nthresholding: true",
+            "sampler: dpm_solver_pp\nthresholding: true\nthreshold_max: 2.0",
+        ),
+        (
+            "sampler: dpm_solver_pp",
+            "sampler: dpm_solver_pp\nlower_order_final: false",
+        ),
+        (
+            "sampler: edm_heun\ns_churn: 10",
+            "sampler: edm_heun\ns_churn: 10\ns_tmin: 0.5",
+        ),
+        (
+            "sampler: edm_heun\ns_churn: 10",
+            "sampler: edm_heun\ns_churn: 10\ns_tmax: 10",
+        ),
+        (
+            "sampler: edm_heun\ns_churn: 10",
+            "sampler: edm_heun\ns_churn: 10\ns_noise: 1.003",
+        ),
+        ("sampler: edm_heun", "sampler: edm_heun\nsigma_max: 20"),
+        ("sampler: unipc", "sampler: unipc\nvariant: bh2"),
+        ("sampler: unipc", "sampler: unipc\ncorrector: false"),
+        (
+            "sampler: euler_ancestral",
+            "sampler: euler_ancestral\neta: 0.5",
+        ),
+        ("sampler: dpm_solver", "sampler: dpm_solver\norder: 2"),
+    ];
+    for (a, b) in moved {
+        assert_ne!(key(a), key(b), "{b:?} should not share the key of {a:?}");
+    }
+}
