@@ -22,8 +22,10 @@ use clap::{Args, Parser, Subcommand};
 use crate::cache::{Cache, live, maintenance};
 use crate::error::RunnerError;
 use crate::exec::device::DeviceChoice;
+use crate::exec::slurm;
 use crate::exec::worker::{self, exit_code};
 use crate::exec::{Outcome, RunOptions, Status, execute, from_cache};
+use crate::pipeline::cluster::ExecutorName;
 use crate::pipeline::{self, Plan, history};
 use crate::progress::Progress;
 use crate::stages::StageKind;
@@ -91,12 +93,45 @@ pub struct RunFlags {
     /// reproduced (or not measured).
     #[arg(long)]
     check: bool,
-    /// Where stages compute: `cuda` needs a build with `--features cuda`.
+    /// Where stages compute: `cuda` needs a build with `--features cuda`. With
+    /// `--executor slurm`, what the stages given GPUs in `resources:` run on.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     device: DeviceChoice,
+    /// Where stages run: `local` (this machine's threads) or `slurm` (a job per stage,
+    /// see README "Cluster"); default: the profile's `executor:`, else local.
+    #[arg(long, value_parser = parse_executor)]
+    executor: Option<ExecutorName>,
+}
+
+fn parse_executor(text: &str) -> Result<ExecutorName, String> {
+    ExecutorName::ALL
+        .iter()
+        .copied()
+        .find(|e| e.name() == text)
+        .ok_or_else(|| {
+            format!(
+                "`{text}` is not an executor; choose {}",
+                ExecutorName::NAMES.join(" or ")
+            )
+        })
 }
 
 impl RunFlags {
+    /// The executor asked for: the flag, else the profile's, else local.
+    fn executor(&self, plan: &Plan) -> ExecutorName {
+        self.executor
+            .or(plan.executor)
+            .unwrap_or(ExecutorName::Local)
+    }
+
+    /// `--device` as the worker's command line writes it.
+    fn device_name(&self) -> String {
+        use clap::ValueEnum;
+        self.device
+            .to_possible_value()
+            .map_or("auto".into(), |v| v.get_name().to_string())
+    }
+
     /// Refuses a `--force` that names no stage of `plan`.
     fn check_force(&self, plan: &Plan) -> Result<(), RunnerError> {
         for id in &self.force {
@@ -328,36 +363,40 @@ fn dispatch(cli: &Cli) -> Result<(), RunnerError> {
             let plan = pipeline.load()?;
             flags.check_force(&plan)?;
             if *dry_run {
-                return print_plan(&plan, &cli.results, &flags.force);
+                return print_plan(&plan, &cli.results, flags, pipeline);
             }
-            let RunFlags {
-                jobs,
-                force,
-                check,
-                device,
-            } = flags;
-            let jobs = jobs.unwrap_or_else(|| {
+            let jobs = flags.jobs.unwrap_or_else(|| {
                 std::thread::available_parallelism()
                     .map(|n| n.get())
                     .unwrap_or(1)
             });
-            let device = crate::exec::device::open(*device).map_err(RunnerError::Usage)?;
+            let placement = match flags.executor(&plan) {
+                ExecutorName::Local => Placement::Local {
+                    device: crate::exec::device::open(flags.device).map_err(RunnerError::Usage)?,
+                },
+                ExecutorName::Slurm => Placement::Slurm {
+                    device: flags.device_name(),
+                    invocation: slurm::Invocation {
+                        profile: pipeline.profile.clone(),
+                        set: pipeline.set.clone(),
+                        sweep: pipeline.sweep.clone(),
+                    },
+                },
+            };
             run(
                 &plan,
                 &cli.results,
-                &RunOptions {
-                    jobs,
-                    force: force.clone(),
-                    device,
-                },
-                *check,
+                jobs,
+                &flags.force,
+                &placement,
+                flags.check,
                 pipeline.invocation(),
             )
         }
         Command::Plan { pipeline, flags } => {
             let plan = pipeline.load()?;
             flags.check_force(&plan)?;
-            print_plan(&plan, &cli.results, &flags.force)
+            print_plan(&plan, &cli.results, flags, pipeline)
         }
         Command::Graph { pipeline } => {
             print!("{}", pipeline::graph::to_dot(&pipeline.load()?));
@@ -586,16 +625,33 @@ fn register(cache: &Cache, plan: &Plan) -> Result<live::LiveRun, RunnerError> {
     Ok(live::register(cache, plan.nodes().map(|n| n.key.as_str()))?)
 }
 
+/// Where a run's stages compute.
+enum Placement {
+    Local {
+        device: candle_core::Device,
+    },
+    /// Slurm jobs; `device` is `--device` for the stages given GPUs.
+    Slurm {
+        device: String,
+        invocation: slurm::Invocation,
+    },
+}
+
 fn run(
     plan: &Plan,
     results: &Path,
-    options: &RunOptions,
+    jobs: usize,
+    force: &[String],
+    placement: &Placement,
     check: bool,
     invocation: runs::Invocation,
 ) -> Result<(), RunnerError> {
     let cache = Cache::open(results)?;
     let _live = register(&cache, plan)?;
-    let device = crate::exec::device::name(&options.device);
+    let device = match placement {
+        Placement::Local { device } => crate::exec::device::name(device),
+        Placement::Slurm { device, .. } => format!("slurm, --device {device} where GPUs are given"),
+    };
     let mut record = runs::Run::begin(results, plan, invocation, &device)?;
     GRACEFUL.store(true, std::sync::atomic::Ordering::SeqCst);
     let progress = Progress::detect().run(plan.order.len());
@@ -604,14 +660,34 @@ fn run(
     } else {
         format!("{} sweep points, ", plan.points.len())
     };
+    let jobs_text = match placement {
+        Placement::Local { .. } => format!("{jobs} jobs, "),
+        Placement::Slurm { .. } => String::new(),
+    };
     eprintln!(
-        "pipeline {} ({points}{} stages, {} jobs, {device}), run {}",
+        "pipeline {} ({points}{} stages, {jobs_text}{device}), run {}",
         plan.name,
         plan.order.len(),
-        options.jobs,
         record.record.id
     );
-    let outcomes = execute(plan, &cache, options, &progress);
+    let outcomes = match placement {
+        Placement::Local { device } => {
+            let options = RunOptions {
+                jobs,
+                force: force.to_vec(),
+                device: device.clone(),
+            };
+            execute(plan, &cache, &options, &progress)
+        }
+        Placement::Slurm { device, invocation } => {
+            let layout = slurm::Layout::new(&cache);
+            let command = slurm::worker_command(plan, &layout, results, invocation, true)
+                .map_err(RunnerError::Usage)?;
+            let mut executor =
+                slurm::SlurmExecutor::new(plan, &cache, &progress, command, device.clone());
+            crate::exec::dag::run(plan, &cache, force, &mut executor, &progress)
+        }
+    };
     progress.end_run();
     let count = |f: &dyn Fn(&Status) -> bool| outcomes.iter().filter(|o| f(&o.status)).count();
     let (computed, cached) = (
@@ -786,7 +862,13 @@ fn rebuild_report(
 /// Stages estimated to take longer than this get their time in `plan`.
 const LONG_STAGE_SECONDS: f64 = 3600.0;
 
-fn print_plan(plan: &Plan, results: &Path, force: &[String]) -> Result<(), RunnerError> {
+fn print_plan(
+    plan: &Plan,
+    results: &Path,
+    flags: &RunFlags,
+    pipeline: &PipelineArgs,
+) -> Result<(), RunnerError> {
+    let force = flags.force.as_slice();
     let cache = Cache::reading(results);
     let history = history::load(&results.join(&plan.name));
     if plan.sweep.is_empty() {
@@ -865,6 +947,25 @@ fn print_plan(plan: &Plan, results: &Path, force: &[String]) -> Result<(), Runne
             "the long stages above take about {} on this machine (a rough estimate from their sizes)",
             crate::machine::human_seconds(long)
         );
+    }
+    if flags.executor(plan) == ExecutorName::Slurm {
+        let invocation = slurm::Invocation {
+            profile: pipeline.profile.clone(),
+            set: pipeline.set.clone(),
+            sweep: pipeline.sweep.clone(),
+        };
+        let layout = slurm::Layout::new(&cache);
+        let command = slurm::worker_command(plan, &layout, results, &invocation, false)
+            .map_err(RunnerError::Usage)?;
+        let scripts = slurm::dry_run(plan, &cache, &command, &flags.device_name(), force);
+        out!(
+            "\n--executor slurm: {} sbatch submission{} (a wave is submitted once the waves before it are in the cache; nothing is submitted now)",
+            scripts.len(),
+            if scripts.len() == 1 { "" } else { "s" }
+        );
+        for (wave, script) in scripts {
+            out!("\n# wave {wave}\n{script}");
+        }
     }
     Ok(())
 }

@@ -695,3 +695,58 @@ stages:
     assert_eq!(lines[3], "(3 errors)");
     assert!(!err.contains("step_lr"), "{err}");
 }
+
+/// `resources:` (for `--executor slurm`): a bad time, GPU count, memory, key or stage
+/// id is an error at its line and column with the forms that are valid.
+#[test]
+fn bad_resources_name_line_column_and_the_valid_forms() {
+    for (section, expected) in [
+        (
+            "resources:\n  default: { time: 25 hours }\n",
+            "p.yaml:7:20: resources.default.time: `25 hours` is not a time: write it with units (45s, 90m, 12h, 2d, 1h30m) or as Slurm does (90 minutes, 1:30:00, 1-12:00:00)",
+        ),
+        (
+            "resources:\n  train: { gpus: -1 }\n",
+            "p.yaml:7:18: resources.train.gpus: `-1` is not a number of GPUs: write a whole number (0 or more) or type:count, e.g. a100:2",
+        ),
+        (
+            "resources:\n  evaluate: { cpu: 2 }\n",
+            "p.yaml:7:15: resources.evaluate: unknown field `cpu`, expected one of `cpus`",
+        ),
+        (
+            "resources:\n  trian: { mem: 4G }\n",
+            "p.yaml:7:3: resources: unknown field `trian`, expected one of `default`, `stages`, `dataset`",
+        ),
+        (
+            "resources:\n  trian: { mem: 4G }\n",
+            "did you mean `train`?",
+        ),
+        (
+            "resources:\n  stages: { data: { mem: 4X } }\n",
+            "p.yaml:7:26: resources.stages.data.mem: `4X` is not an amount of memory: write a whole number with a unit, e.g. 512M, 4G, 16GB or 1T",
+        ),
+        (
+            "resources:\n  default: { extra: [--output=x.log] }\n",
+            "p.yaml:7:22: resources.default.extra[0]: `--output` is set by runner itself",
+        ),
+        (
+            "slurm: { poll: 0s }\n",
+            "p.yaml:6:16: slurm.poll: `0s` is no time at all",
+        ),
+        (
+            "resources:\n  stages: { dta: { mem: 4G } }\n",
+            "p.yaml:7:13: resources.stages.dta: no stage `dta`; stages are: data, lin, mlp; did you mean `data`?",
+        ),
+        (
+            "profiles:\n  cluster:\n    description: on the cluster\n    executor: slurm\n    resources: { stages: { mpl: { cpus: 2 } } }\n",
+            "p.yaml:10:28: profiles.cluster.resources.stages.mpl: no stage `mpl`",
+        ),
+        (
+            "profiles:\n  cluster:\n    description: on the cluster\n    executor: slurn\n",
+            "p.yaml:9:15: profiles.cluster.executor: unknown variant `slurn`, expected `local` or `slurm`",
+        ),
+    ] {
+        let err = plan_error(section);
+        assert!(err.contains(expected), "no {expected:?} in\n{err}");
+    }
+}

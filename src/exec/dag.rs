@@ -9,7 +9,7 @@ use petgraph::Direction;
 use petgraph::graph::NodeIndex;
 
 use super::compute::input_entries;
-use super::executor::{Executor, Job, Status};
+use super::executor::{Executor, Job, JobRef, Status};
 use super::local::LocalExecutor;
 use crate::cache::Cache;
 use crate::pipeline::graph::Plan;
@@ -35,6 +35,8 @@ pub struct Outcome {
     pub status: Status,
     /// Time this run spent on the stage (0 when cached).
     pub seconds: f64,
+    /// The cluster job that ran it, when one did.
+    pub job: Option<JobRef>,
 }
 
 /// What the cache holds for every stage, without running anything (for `runner report`).
@@ -53,6 +55,7 @@ pub fn from_cache(plan: &Plan, cache: &Cache) -> Vec<Outcome> {
                 name: node.name(),
                 status,
                 seconds: 0.0,
+                job: None,
             }
         })
         .collect()
@@ -123,6 +126,7 @@ pub fn run<'p>(
                         name: node.name(),
                         status: Status::Cancelled("not started".into()),
                         seconds: 0.0,
+                        job: None,
                     },
                 );
                 release(plan, ix, &mut waiting, &mut deferred);
@@ -143,6 +147,7 @@ pub fn run<'p>(
                     name: node.name(),
                     status: Status::Skipped(input),
                     seconds: 0.0,
+                    job: None,
                 };
                 results.insert(ix, outcome);
                 release(plan, ix, &mut waiting, &mut deferred);
@@ -164,6 +169,7 @@ pub fn run<'p>(
                     name: job.node.name(),
                     status: Status::Cancelled("not started".into()),
                     seconds: 0.0,
+                    job: None,
                 };
                 results.insert(job.ix, outcome);
                 release(plan, job.ix, &mut waiting, &mut deferred);
@@ -192,6 +198,7 @@ pub fn run<'p>(
             name: node.name(),
             status: finished.status,
             seconds: finished.seconds,
+            job: finished.job,
         };
         match &outcome.status {
             Status::Cached => progress.println(&format!(
@@ -201,15 +208,21 @@ pub fn run<'p>(
                 progress.stage_done()
             )),
             Status::Computed => progress.println(&format!(
-                "  {:<20} computed in {:.1}s ({}) [{}]",
+                "  {:<20} computed in {:.1}s ({}{}) [{}]",
                 outcome.name,
                 outcome.seconds,
                 &node.key[..12],
+                job_of(&outcome.job),
                 progress.stage_done()
             )),
-            Status::Failed(message) => {
-                progress.println(&format!("x {:<20} FAILED: {message}", outcome.name))
-            }
+            Status::Failed(message) => progress.println(&format!(
+                "x {:<20} FAILED{}: {message}",
+                outcome.name,
+                outcome
+                    .job
+                    .as_ref()
+                    .map_or(String::new(), |j| format!(" (job {})", j.id))
+            )),
             Status::Cancelled(message) => {
                 progress.println(&format!("- {:<20} cancelled: {message}", outcome.name))
             }
@@ -223,6 +236,12 @@ pub fn run<'p>(
         .iter()
         .map(|ix| results.remove(ix).expect("every stage has an outcome"))
         .collect()
+}
+
+/// `, job 123_4` when a cluster job ran the stage.
+fn job_of(job: &Option<JobRef>) -> String {
+    job.as_ref()
+        .map_or(String::new(), |j| format!(", job {}", j.id))
 }
 
 /// Marks `ix` done for its dependents and queues the ones with no inputs left.
@@ -292,6 +311,7 @@ stages:
                 ix: job.ix,
                 status,
                 seconds: 1.0,
+                job: None,
             }
         }
     }

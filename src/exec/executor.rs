@@ -56,6 +56,18 @@ pub struct Finished {
     pub status: Status,
     /// Time spent computing it (0 when cached).
     pub seconds: f64,
+    /// The cluster job that ran it, when one did.
+    pub job: Option<JobRef>,
+}
+
+/// A cluster job that ran a stage: the user looks it up by id in the scheduler's
+/// tools and reads its log (the report links it).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct JobRef {
+    /// The scheduler's id (`123`, or `123_4` for a task of an array).
+    pub id: String,
+    /// The worker's output.
+    pub log: std::path::PathBuf,
 }
 
 /// Where stages compute. The DAG loop calls `submit` for each ready stage and `wait`

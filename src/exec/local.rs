@@ -118,6 +118,7 @@ impl<'scope, 'env> Executor<'env> for LocalExecutor<'scope, 'env> {
                     ix,
                     status,
                     seconds,
+                    job: None,
                 });
             })
             .expect("the OS starts a thread");

@@ -7,6 +7,7 @@ pub mod dag;
 pub mod device;
 pub mod executor;
 pub mod local;
+pub mod slurm;
 pub mod worker;
 
 pub use dag::{Outcome, RunOptions, execute, from_cache};

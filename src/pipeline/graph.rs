@@ -9,7 +9,7 @@ use petgraph::graph::{DiGraph, NodeIndex};
 use serde::Deserialize;
 
 use super::key::{KeyInput, stage_key};
-use super::locate::{locate, locate_expectation, locate_sweep};
+use super::locate::{locate, locate_expectation, locate_keys, locate_sweep};
 use super::report_spec::ReportSpec;
 use super::spec::Loaded;
 use super::sweep::{Sweep, folder_name};
@@ -75,6 +75,12 @@ pub struct Plan {
     pub report: ReportSpec,
     /// The pipeline's claims (`expect:`), judged by the report.
     pub expect: Vec<super::expect::Expectation>,
+    /// What each stage's cluster job asks for (profile laid over the file).
+    pub resources: super::cluster::ResourcesSpec,
+    /// The Slurm driver's settings (profile laid over the file).
+    pub slurm: super::cluster::SlurmSettings,
+    /// The executor the chosen profile names, if any.
+    pub executor: Option<super::cluster::ExecutorName>,
     /// Number of nodes per stage id (more than one: the stage forks).
     forks: HashMap<String, usize>,
 }
@@ -179,6 +185,35 @@ pub fn build(path: &Path, loaded: Loaded) -> Result<Plan, SpecError> {
         }
         if let Err((role, m)) = check_needs(id, stage, &spec.stages) {
             errors.push(err(Some(id), Some(role), m));
+        }
+    }
+    // `resources.stages` (of the file or a profile) must name stages.
+    let named = std::iter::once((None, &spec.resources)).chain(
+        spec.profiles
+            .iter()
+            .filter_map(|(p, prof)| Some((Some(p), prof.resources.as_ref()?))),
+    );
+    for (profile, resources) in named {
+        for id in resources
+            .stages
+            .keys()
+            .filter(|id| !spec.stages.contains_key(*id))
+        {
+            let mut keys = vec!["resources", "stages", id.as_str()];
+            if let Some(p) = profile {
+                keys.splice(0..0, ["profiles", p.as_str()]);
+            }
+            let stages: Vec<&str> = spec.stages.keys().map(String::as_str).collect();
+            errors.push(SpecError::Invalid {
+                path: path.to_path_buf(),
+                location: locate_keys(source, &keys),
+                message: format!(
+                    "{}: no stage `{id}`; stages are: {}{}",
+                    keys.join("."),
+                    stages.join(", "),
+                    crate::choices::suggestion(id, stages.iter().copied())
+                ),
+            });
         }
     }
     let sweep = match Sweep::resolve(&spec.sweep, &spec.stages) {
@@ -481,6 +516,9 @@ pub fn build(path: &Path, loaded: Loaded) -> Result<Plan, SpecError> {
         points,
         report: spec.report,
         expect: spec.expect,
+        resources: spec.resources,
+        slurm: spec.slurm,
+        executor: spec.executor,
         forks,
     })
 }

@@ -84,6 +84,31 @@ pub fn locate_sweep(source: &str, path: &str) -> Option<Location> {
     None
 }
 
+/// Where the last of a chain of keys is written, each key looked for after the one
+/// before it (on the same line, flow style, or a later one): `["resources", "stages",
+/// "ddpm"]` finds `ddpm:` under `resources:`'s `stages:`.
+pub fn locate_keys(source: &str, keys: &[&str]) -> Option<Location> {
+    let (mut want, mut found) = (0, None);
+    for (n, line) in source.lines().enumerate() {
+        let mut from = 0;
+        while want < keys.len() {
+            let Some(col) = find_key(&line[from..], keys[want]) else {
+                break;
+            };
+            found = Some(Location {
+                line: n + 1,
+                column: from + col + 1,
+            });
+            from += col + keys[want].len();
+            want += 1;
+        }
+        if want == keys.len() {
+            return found;
+        }
+    }
+    None
+}
+
 /// Where `key:` starts in a line (not inside a longer name).
 pub fn find_key(line: &str, key: &str) -> Option<usize> {
     let mut from = 0;

@@ -1,5 +1,6 @@
 //! From a pipeline file to a validated, keyed DAG of stages.
 
+pub mod cluster;
 pub mod expect;
 pub mod graph;
 pub mod history;

@@ -6,6 +6,7 @@ use std::path::Path;
 use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
+use super::cluster::{ExecutorName, ResourcesSpec, SlurmSettings};
 use super::expect::Expectation;
 use super::locate::locate_expectation;
 use super::report_spec::ReportSpec;
@@ -37,6 +38,16 @@ pub struct PipelineSpec {
     /// GPU-sized experiment.
     #[serde(default)]
     pub profiles: BTreeMap<String, Profile>,
+    /// What each stage's cluster job asks for (`--executor slurm`); never in a key.
+    #[serde(default)]
+    pub resources: ResourcesSpec,
+    /// The Slurm driver's settings.
+    #[serde(default)]
+    pub slurm: SlurmSettings,
+    /// The executor the chosen profile names (profiles only: a file shared with
+    /// others should not decide where they compute).
+    #[serde(skip)]
+    pub executor: Option<ExecutorName>,
 }
 
 /// A named set of `--set` overrides, with a sentence the report shows.
@@ -46,8 +57,18 @@ pub struct Profile {
     /// What the profile changes and why, stated in the report.
     pub description: String,
     /// PATH: VALUE pairs, as `--set PATH=VALUE`.
+    #[serde(default)]
     #[schemars(with = "BTreeMap<String, serde_json::Value>")]
     pub set: BTreeMap<String, serde_norway::Value>,
+    /// Where the profile's runs compute (`runner run --executor` overrides it).
+    #[serde(default)]
+    pub executor: Option<ExecutorName>,
+    /// Laid over the pipeline's `resources:`, field by field.
+    #[serde(default)]
+    pub resources: Option<ResourcesSpec>,
+    /// Laid over the pipeline's `slurm:`.
+    #[serde(default)]
+    pub slurm: Option<SlurmSettings>,
 }
 
 /// A role's value: one stage id, or a list of them.
@@ -295,6 +316,15 @@ pub fn load(
                 });
             }
         }
+    }
+    if let Some(chosen) = profile.and_then(|name| spec.profiles.get(name)).cloned() {
+        if let Some(resources) = &chosen.resources {
+            spec.resources = spec.resources.overlaid(resources);
+        }
+        if let Some(slurm) = &chosen.slurm {
+            spec.slurm = spec.slurm.overlaid(slurm);
+        }
+        spec.executor = chosen.executor;
     }
     for axis in sweeps {
         spec.sweep
@@ -557,7 +587,17 @@ fn apply_override(tree: &mut serde_norway::Value, assignment: &str) -> Result<()
     let mut parts: Vec<&str> = path.split('.').collect();
     if !matches!(
         parts.first(),
-        Some(&"stages" | &"name" | &"description" | &"sweep" | &"report" | &"profiles" | &"expect")
+        Some(
+            &"stages"
+                | &"name"
+                | &"description"
+                | &"sweep"
+                | &"report"
+                | &"profiles"
+                | &"expect"
+                | &"resources"
+                | &"slurm"
+        )
     ) {
         parts.insert(0, "stages");
     }

@@ -37,6 +37,9 @@ struct StageRow {
     state: &'static str,
     seconds: String,
     link: Option<String>,
+    /// The cluster job that ran the stage, and its log relative to the report.
+    job: Option<String>,
+    log: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -166,6 +169,11 @@ pub fn build(
             state: outcome.status.label(),
             seconds,
             link: manifest.is_some().then(|| plan.link(node)),
+            job: outcome.job.as_ref().map(|j| j.id.clone()),
+            log: outcome.job.as_ref().and_then(|j| {
+                let inside = j.log.strip_prefix(cache.root()).ok()?;
+                Some(format!("../.cache/{}", inside.display()))
+            }),
         });
         let Some(manifest) = manifest else { continue };
         let entry = cache.entry_dir(&node.key);
@@ -269,6 +277,7 @@ pub fn build(
                 sweep => minijinja::value::Serde(&sweep),
                 compare_figures => minijinja::value::Serde(&compare_figures),
                 metric_tables => minijinja::value::Serde(&table::tables(&metrics).iter().map(|t| shown_table(plan, t)).collect::<Vec<_>>()),
+                stages_ran_as_jobs => stages.iter().any(|s| s.job.is_some()),
                 stages => minijinja::value::Serde(&stages),
                 galleries => minijinja::value::Serde(&galleries),
                 claims => minijinja::value::Serde(&claims),
