@@ -304,8 +304,17 @@ impl Cache {
                 return sync(&self.root);
             }
         }
-        fs::rename(&staged, &target).map_err(CacheError::io(&target))?;
-        sync(&self.root)
+        match fs::rename(&staged, &target) {
+            Ok(()) => sync(&self.root),
+            // Another process renamed the same key into place since the look above:
+            // only possible where the key lock does not reach it (an NFS mount without
+            // locking, see README "Cluster"). Its bytes are equal; keep them.
+            Err(_) if matches!(self.slot(&manifest.key), Slot::Entry(_)) => {
+                let _ = fs::remove_dir_all(&staged);
+                Ok(())
+            }
+            Err(e) => Err(CacheError::io(&target)(e)),
+        }
     }
 }
 
@@ -441,6 +450,35 @@ mod tests {
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         // Nothing is left in the staging area.
+        assert_eq!(fs::read_dir(cache.root().join(".tmp")).unwrap().count(), 0);
+    }
+
+    /// Two processes whose key lock does not reach each other (nodes of a cluster on an
+    /// NFS mount without locking) commit the same key at once: one entry results and
+    /// neither fails, whichever renames first.
+    #[test]
+    fn concurrent_commits_of_one_key_without_its_lock_both_succeed() {
+        let results = tempfile::tempdir().unwrap();
+        let cache = Cache::open(results.path()).unwrap();
+        for round in 0..100 {
+            let key = format!("race{round}");
+            let barrier = std::sync::Barrier::new(2);
+            let outcomes: Vec<Result<(), CacheError>> = std::thread::scope(|scope| {
+                let commit = || {
+                    let staging = cache.staging_for(&key).unwrap();
+                    fs::write(staging.path().join("a.txt"), b"abc").unwrap();
+                    barrier.wait();
+                    cache.commit(staging, manifest(&key), false)
+                };
+                let a = scope.spawn(commit);
+                let b = scope.spawn(commit);
+                vec![a.join().unwrap(), b.join().unwrap()]
+            });
+            for outcome in outcomes {
+                outcome.unwrap_or_else(|e| panic!("round {round}: {e}"));
+            }
+            assert!(cache.is_cached(&key));
+        }
         assert_eq!(fs::read_dir(cache.root().join(".tmp")).unwrap().count(), 0);
     }
 
