@@ -24,10 +24,11 @@ graph file=pipeline:
 sweep *args="":
     bash scripts/sweep.sh {{args}}
 
-# Planning (1,000-point sweep), hashing (1 GiB) and no-op re-run speed; `just bench --quick` runs each once.
+# Planning (1,000-point sweep), hashing (1 GiB), no-op re-run speed and the Slurm driver's overhead; `just bench --quick` runs each once.
 bench *args="":
     cargo bench --bench plan -- {{args}}
     cargo bench --bench cache -- {{args}}
+    cargo bench --bench slurm -- {{args}}
 
 # runner's training/sampling benchmark against the PyTorch reference, alternating, 3 rounds.
 bench-compare device="cpu" *args="":

@@ -8,12 +8,20 @@ mod cache;
 #[path = "../benches/plan.rs"]
 mod plan;
 #[allow(dead_code)]
+#[path = "../benches/slurm.rs"]
+mod slurm;
+#[allow(dead_code)]
 #[path = "../benches/train.rs"]
 mod train;
 
 #[test]
 fn the_planning_benchmark_runs() {
     plan::run(&["plan".into(), "--quick".into()]);
+}
+
+#[test]
+fn the_slurm_driver_benchmark_runs_a_sweep_through_stand_in_slurm() {
+    slurm::run(&["slurm".into(), "--quick".into()]);
 }
 
 #[test]

@@ -448,3 +448,52 @@ fn a_killed_driver_started_again_follows_the_jobs_still_running() {
     assert_eq!(slurm.submissions_of("ddpm"), 1, "ddpm was submitted again");
     assert_eq!(cache_keys(&slurm.results).len(), 9);
 }
+
+/// A profile picks the executor and lays its `resources:` over the file's; each stage's
+/// script asks for what its kind and id get, GPUs only where they are meant to go.
+#[test]
+fn a_profile_picks_slurm_and_its_resources_reach_each_stages_script() {
+    let text = tiny_pipeline("tiny", 20)
+        + "resources:\n  default: { time: 30m, mem: 2G }\nprofiles:\n  cluster:\n    description: on the cluster\n    executor: slurm\n    resources:\n      default: { gpus: 1, partition: cpu }\n      train: { partition: gpu, time: 12h }\n      stages: { smld: { extra: [--exclusive] } }\n    slurm: { array_limit: 7 }\n";
+    let slurm = FakeSlurm::new(&text);
+    let plan = |extra: &[&str]| {
+        let mut args = vec!["plan", slurm.file.to_str().unwrap(), "--profile", "cluster"];
+        args.extend(extra);
+        let out = slurm.command(&slurm.results, &args).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out)
+    };
+    let text = plan(&["--device", "cuda"]);
+    let scripts: Vec<&str> = text.split("#!/bin/bash\n").skip(1).collect();
+    let script_of = |stage: &str| {
+        *scripts
+            .iter()
+            .find(|s| s.lines().any(|l| l == format!("  {stage}")))
+            .unwrap_or_else(|| panic!("no script for {stage} in {text}"))
+    };
+    let data = script_of("data");
+    for line in ["#SBATCH --mem=2048M", "#SBATCH --time=00:30:00", "#SBATCH --partition=cpu"] {
+        assert!(data.contains(line), "{line} not in {data}");
+    }
+    assert!(!data.contains("--gres"), "{data}");
+    assert!(data.contains("--device cpu"), "{data}");
+    let ddpm = script_of("ddpm");
+    for line in [
+        "#SBATCH --time=12:00:00",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --gres=gpu:1",
+        "#SBATCH --mem=2048M",
+    ] {
+        assert!(ddpm.contains(line), "{line} not in {ddpm}");
+    }
+    assert!(ddpm.contains("--device cuda"), "{ddpm}");
+    assert!(!ddpm.contains("--exclusive") && !ddpm.contains("--array"), "{ddpm}");
+    // smld asks for more than ddpm, so the two trainings are two submissions.
+    assert!(script_of("smld").contains("#SBATCH --exclusive"));
+    assert!(script_of("ddpm_samples").contains("#SBATCH --gres=gpu:1"));
+    assert!(!script_of("compare").contains("--gres"));
+    assert!(text.contains("#SBATCH --array=0-1%7"), "{text}");
+    assert!(text.contains("--profile cluster"), "workers plan with the profile: {text}");
+    // The command line wins over the profile.
+    assert!(!plan(&["--executor", "local"]).contains("sbatch"));
+}
