@@ -367,6 +367,20 @@ fn a_preempted_job_is_submitted_again() {
     assert_eq!(cache_keys(&slurm.results).len(), 9);
 }
 
+/// Slurm requeueing a task itself (a node lost, a preemption with requeue): the same
+/// job id comes back through REQUEUED and PENDING, and the driver keeps following it.
+#[test]
+fn a_job_slurm_requeues_itself_is_followed_under_its_id() {
+    let slurm = FakeSlurm::new(&tiny_pipeline("tiny", 20));
+    slurm.rule("ddpm", "REQUEUED");
+    let out = slurm.run(&[]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(slurm.submissions_of("ddpm"), 1);
+    assert!(!err.contains("preempted"), "{err}");
+    assert_eq!(cache_keys(&slurm.results).len(), 9);
+}
+
 #[test]
 fn without_accounting_jobs_are_followed_with_squeue() {
     let slurm = FakeSlurm::new(&tiny_pipeline("tiny", 20));
