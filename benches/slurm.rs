@@ -49,7 +49,11 @@ pub fn run(args: &[String]) {
     let state = dir.path().join("slurm");
     std::fs::create_dir_all(&state).unwrap();
     let fake = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-slurm");
-    let path = format!("{}:{}", fake.display(), std::env::var("PATH").unwrap_or_default());
+    let path = format!(
+        "{}:{}",
+        fake.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let results = dir.path().join("results");
     let started = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_runner"))
@@ -58,8 +62,11 @@ pub fn run(args: &[String]) {
         .arg("run")
         .arg(&file)
         .args(["--executor", "slurm", "--set", "slurm.poll=1s"])
-        .env("PATH", path)
+        .env("PATH", &path)
         .env("FAKE_SLURM_DIR", &state)
+        // Tasks start once the submission is over, so the workers do not compete with
+        // the driver for this machine's cores while it is measured.
+        .env("FAKE_SLURM_START_DELAY", if quick { "0" } else { "20" })
         .current_dir(dir.path())
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -76,7 +83,11 @@ pub fn run(args: &[String]) {
     let text: Vec<&str> = lines.iter().map(|(_, l)| l.as_str()).collect();
     assert!(status.success(), "the run failed:\n{}", text.join("\n"));
     let at = |f: &dyn Fn(&str) -> bool| -> Vec<f64> {
-        lines.iter().filter(|(_, l)| f(l)).map(|(t, _)| *t).collect()
+        lines
+            .iter()
+            .filter(|(_, l)| f(l))
+            .map(|(t, _)| *t)
+            .collect()
     };
     // The trainings' commit releases the sweep's stages; the last of them submitted.
     let released = at(&|l| l.trim_start().starts_with("oracle") && l.contains(" computed in "))
@@ -102,14 +113,64 @@ pub fn run(args: &[String]) {
         / 1e3;
     let calls = std::fs::read_to_string(state.join("calls")).unwrap_or_default();
     let sbatch = calls.lines().filter(|l| l.starts_with("sbatch ")).count();
+    let in_sbatch: f64 = std::fs::read_to_string(state.join("sbatch-seconds"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse::<f64>().ok())
+        .sum();
     let polls = calls
         .lines()
         .filter(|l| l.starts_with("sacct ") || l.starts_with("squeue "))
         .count();
-    println!("slurm driver, {points}-point sweep ({} stages), poll every 1 s:", points + 4);
-    println!("  submitting the {points} stages ready together   {:8.3} s", submitted - released);
+    // What the end-to-report time is made of: one poll of the stand-in sacct over every
+    // job, and writing the report (`runner report` rebuilds the same one from the cache).
+    let timed = |program: &str, args: &[&str]| {
+        let start = Instant::now();
+        let mut c = Command::new(program);
+        c.args(args)
+            .env("PATH", &path)
+            .env("FAKE_SLURM_DIR", &state)
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        assert!(c.status().unwrap().success(), "{program} {args:?} failed");
+        start.elapsed().as_secs_f64()
+    };
+    let one_poll = timed(
+        "sacct",
+        &[
+            "-X",
+            "-n",
+            "-P",
+            "--starttime=2000-01-01T00:00:00",
+            "--jobs=101,102,103,104,105",
+        ],
+    );
+    let report_alone = timed(
+        env!("CARGO_BIN_EXE_runner"),
+        &[
+            "--results",
+            results.to_str().unwrap(),
+            "report",
+            file.to_str().unwrap(),
+        ],
+    );
+    println!(
+        "slurm driver, {points}-point sweep ({} stages), poll every 1 s:",
+        points + 4
+    );
+    println!(
+        "  submitting the {points} stages ready together   {:8.3} s",
+        submitted - released
+    );
     println!("  sbatch calls                                 {sbatch:8}");
+    println!("  of that, inside the stand-in sbatch          {in_sbatch:8.3} s (all calls)");
     println!("  sacct/squeue calls                           {polls:8}");
-    println!("  last job's end to the report                 {:8.3} s", report - last_commit);
+    println!(
+        "  last job's end to the report                 {:8.3} s",
+        report - last_commit
+    );
+    println!("  of that, one stand-in sacct poll             {one_poll:8.3} s");
+    println!("  of that, writing the report (runner report)  {report_alone:8.3} s");
     println!("  whole run                                    {total:8.3} s");
 }

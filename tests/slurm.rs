@@ -486,7 +486,11 @@ fn a_profile_picks_slurm_and_its_resources_reach_each_stages_script() {
             .unwrap_or_else(|| panic!("no script for {stage} in {text}"))
     };
     let data = script_of("data");
-    for line in ["#SBATCH --mem=2048M", "#SBATCH --time=00:30:00", "#SBATCH --partition=cpu"] {
+    for line in [
+        "#SBATCH --mem=2048M",
+        "#SBATCH --time=00:30:00",
+        "#SBATCH --partition=cpu",
+    ] {
         assert!(data.contains(line), "{line} not in {data}");
     }
     assert!(!data.contains("--gres"), "{data}");
@@ -501,13 +505,19 @@ fn a_profile_picks_slurm_and_its_resources_reach_each_stages_script() {
         assert!(ddpm.contains(line), "{line} not in {ddpm}");
     }
     assert!(ddpm.contains("--device cuda"), "{ddpm}");
-    assert!(!ddpm.contains("--exclusive") && !ddpm.contains("--array"), "{ddpm}");
+    assert!(
+        !ddpm.contains("--exclusive") && !ddpm.contains("--array"),
+        "{ddpm}"
+    );
     // smld asks for more than ddpm, so the two trainings are two submissions.
     assert!(script_of("smld").contains("#SBATCH --exclusive"));
     assert!(script_of("ddpm_samples").contains("#SBATCH --gres=gpu:1"));
     assert!(!script_of("compare").contains("--gres"));
     assert!(text.contains("#SBATCH --array=0-1%7"), "{text}");
-    assert!(text.contains("--profile cluster"), "workers plan with the profile: {text}");
+    assert!(
+        text.contains("--profile cluster"),
+        "workers plan with the profile: {text}"
+    );
     // The command line wins over the profile.
     assert!(!plan(&["--executor", "local"]).contains("sbatch"));
 }
