@@ -1049,6 +1049,20 @@ fn gc(
     for key in &report.busy {
         out!("busy          {}  (being computed; left alone)", &key[..16]);
     }
+    let collected: HashSet<String> = report.freed.iter().map(|f| f.name.clone()).collect();
+    let slurm_files = slurm::prune(&cache, &collected, dry_run).map_err(|e| {
+        RunnerError::Cache(crate::error::CacheError::Io {
+            path: cache.root().join(".slurm"),
+            source: e,
+        })
+    })?;
+    if !slurm_files.is_empty() {
+        out!(
+            "{verb} {:>10}  in {} files of Slurm runs (logs of stages not in the cache; copies of runner, pipelines and scripts, which no job in flight uses)",
+            crate::machine::human_bytes(slurm_files.iter().map(|f| f.1).sum::<u64>() as f64),
+            slurm_files.len()
+        );
+    }
     let total: u64 = report.freed.iter().map(|f| f.bytes).sum();
     let live = if report.live > 0 {
         format!(" ({} only for runs in progress)", report.live)

@@ -521,3 +521,45 @@ fn a_profile_picks_slurm_and_its_resources_reach_each_stages_script() {
     // The command line wins over the profile.
     assert!(!plan(&["--executor", "local"]).contains("sbatch"));
 }
+
+/// `gc` deletes what the driver left that nothing needs: the copies of runner, the
+/// pipeline and the scripts once no job is in flight, and the logs of stages no longer
+/// in the cache; logs of the stages it keeps stay.
+#[test]
+fn gc_deletes_the_drivers_leftovers_and_keeps_the_logs_of_kept_stages() {
+    let slurm = FakeSlurm::new(&tiny_pipeline("tiny", 20));
+    let out = slurm.run(&[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let dir = slurm.results.join(".cache/.slurm");
+    let count = |sub: &str| std::fs::read_dir(dir.join(sub)).map_or(0, |d| d.count());
+    assert_eq!(count("bin"), 1);
+    assert_eq!(count("logs"), 9);
+    let file = slurm.file.to_str().unwrap();
+    let dry = runner(&slurm.results, &["gc", file, "--dry-run"]);
+    assert!(stdout(&dry).contains("would free"), "{}", stdout(&dry));
+    assert_eq!(count("bin"), 1, "a dry run deletes nothing");
+    let gc = runner(&slurm.results, &["gc", file]);
+    let text = stdout(&gc);
+    assert!(gc.status.success(), "{}", stderr(&gc));
+    assert!(text.contains("files of Slurm runs"), "{text}");
+    assert_eq!(
+        (count("bin"), count("pipelines"), count("scripts")),
+        (0, 0, 0)
+    );
+    assert_eq!(count("logs"), 9, "the stages are kept, so are their logs");
+    // An entry deleted (as `verify --remove` does): its log goes at the next gc.
+    let ddpm = slurm.key("ddpm");
+    let entry = cache_keys(&slurm.results)
+        .into_iter()
+        .find(|k| k.starts_with(&ddpm))
+        .unwrap();
+    std::fs::remove_dir_all(slurm.results.join(".cache").join(&entry)).unwrap();
+    let gc = runner(&slurm.results, &["gc", file]);
+    assert!(gc.status.success(), "{}", stderr(&gc));
+    assert_eq!(count("logs"), 8, "{}", stdout(&gc));
+    assert!(
+        !std::fs::read_dir(dir.join("logs"))
+            .unwrap()
+            .any(|e| { e.unwrap().file_name().to_string_lossy().contains(&ddpm) })
+    );
+}

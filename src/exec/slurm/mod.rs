@@ -84,6 +84,57 @@ impl Layout {
     }
 }
 
+/// What `gc` deletes of the driver's files: the logs of stages that are not in the
+/// cache (after the collection), and, when no job of any driver is in flight (no job
+/// record is left), the snapshots of binaries, pipelines and scripts (the next run
+/// copies what it needs again). Returns each file with its size; deletes only without
+/// `dry_run` (`collected`: the keys the collection deletes, or would).
+pub fn prune(
+    cache: &Cache,
+    collected: &std::collections::HashSet<String>,
+    dry_run: bool,
+) -> std::io::Result<Vec<(PathBuf, u64)>> {
+    let layout = Layout::new(cache);
+    let files = |dir: PathBuf| -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .map(|entries| entries.filter_map(|e| Some(e.ok()?.path())).collect())
+            .unwrap_or_default()
+    };
+    let keys: Vec<String> = cache
+        .keys()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|k| !collected.contains(k))
+        .collect();
+    let mut doomed: Vec<PathBuf> = files(layout.logs())
+        .into_iter()
+        .filter(|log| {
+            let stem = log
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let prefix = stem.rsplit('-').next().unwrap_or_default();
+            !keys
+                .iter()
+                .any(|k| k.starts_with(prefix) && prefix.len() == 12)
+        })
+        .collect();
+    if files(layout.root.join("jobs")).is_empty() {
+        for dir in ["bin", "pipelines", "scripts"] {
+            doomed.extend(files(layout.root.join(dir)));
+        }
+    }
+    let mut freed = Vec::new();
+    for path in doomed {
+        let bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
+        if !dry_run {
+            std::fs::remove_file(&path)?;
+        }
+        freed.push((path, bytes));
+    }
+    Ok(freed)
+}
+
 /// How the driver's command line varied the pipeline: workers vary it the same way.
 #[derive(Debug, Clone, Default)]
 pub struct Invocation {
