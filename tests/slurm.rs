@@ -354,6 +354,22 @@ fn slurm_end_states_fail_their_stage_with_what_to_change() {
     assert!(err.contains("skipped ddpm_samples"), "{err}");
 }
 
+/// A job Slurm calls COMPLETED that left no entry (here: it never ran) is a failure.
+#[test]
+fn a_completed_job_without_its_entry_fails_its_stage() {
+    let slurm = FakeSlurm::new(&tiny_pipeline("tiny", 20));
+    slurm.rule("linear", "COMPLETED");
+    let out = slurm.run(&[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("failed  linear: job 10")
+            && err.contains("ended COMPLETED but its stage is not in the cache"),
+        "{err}"
+    );
+    assert!(err.contains("no log at"), "{err}");
+}
+
 #[test]
 fn a_preempted_job_is_submitted_again() {
     let slurm = FakeSlurm::new(&tiny_pipeline("tiny", 20));

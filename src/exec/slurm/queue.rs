@@ -71,7 +71,12 @@ pub fn sbatch(script: &Path) -> Result<String, String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
-    let text = String::from_utf8_lossy(&out.stdout);
+    job_id(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// The job id in what `sbatch --parsable` prints: `id` or `id;cluster`, on its last line
+/// (site wrappers may print notices before it).
+fn job_id(text: &str) -> Result<String, String> {
     let id = text
         .lines()
         .last()
@@ -238,6 +243,15 @@ pub fn expand(id: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_job_id_is_read_with_or_without_its_cluster() {
+        assert_eq!(job_id("4242\n"), Ok("4242".into()));
+        assert_eq!(job_id("4242;gpu-cluster\n"), Ok("4242".into()));
+        assert_eq!(job_id("note: using account lab\n17;c\n"), Ok("17".into()));
+        assert!(job_id("sbatch: error: Batch job submission failed\n").is_err());
+        assert!(job_id("").is_err());
+    }
 
     #[test]
     fn pending_array_ranges_expand_to_their_tasks() {
