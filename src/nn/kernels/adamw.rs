@@ -6,7 +6,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, InplaceOp2, InplaceOp3, Layout, Result, Tensor, Var};
 
 use super::buffers::{contiguous_f32, contiguous_f32_mut};
-use super::vmath::with_avx512;
+use super::vmath::with_wide_vectors;
 
 /// Hyper-parameters, with PyTorch's defaults for betas and eps.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -164,7 +164,7 @@ impl InplaceOp2 for Moment {
         );
         let (beta, scale) = (self.beta, self.scale);
         let pairs = moment.iter_mut().zip(grad);
-        with_avx512(
+        with_wide_vectors(
             #[inline(always)]
             || {
                 if self.square {
@@ -216,7 +216,7 @@ impl InplaceOp3 for Update {
             bias2,
             eps,
         } = *self;
-        with_avx512(
+        with_wide_vectors(
             #[inline(always)]
             || {
                 for ((p, m), v) in param.iter_mut().zip(m).zip(v) {

@@ -20,7 +20,7 @@ use rayon::prelude::*;
 use super::buffers::{Output, contiguous_f32 as slice, with_scratch};
 use super::gemm::{View, matmul};
 use super::transpose::transpose;
-use super::vmath::{add_rows, lane_sum, with_avx512};
+use super::vmath::{add_rows, lane_sum, with_wide_vectors};
 use super::winograd;
 
 /// A convolution layer: candle_nn's parameters and initialisation (so weights keep their
@@ -626,7 +626,7 @@ impl Geometry {
                 || vec![0f32; sum_len],
                 |mut acc, ((image, grad_y), bias)| {
                     for (b, plane) in bias.iter_mut().zip(grad_y.chunks(n)) {
-                        *b = with_avx512(|| lane_sum(plane, |v| v)) as f32;
+                        *b = with_wide_vectors(|| lane_sum(plane, |v| v)) as f32;
                     }
                     let grad_y_t = View::rows(grad_y, self.cout, n).t();
                     if let Some(g) = &winograd {

@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use super::buffers::Output;
 use super::buffers::contiguous_f32 as slice;
-use super::vmath::{lane_sum, lane_sum2, silu, silu_grad, with_avx512};
+use super::vmath::{lane_sum, lane_sum2, silu, silu_grad, with_wide_vectors};
 
 /// A GroupNorm layer with candle_nn's parameters (`weight`, `bias`) and epsilon.
 #[derive(Debug, Clone)]
@@ -121,7 +121,7 @@ impl Norm {
         out.par_chunks_mut(image_len)
             .zip(x.par_chunks(image_len))
             .for_each(|(y, image)| {
-                with_avx512(
+                with_wide_vectors(
                     #[inline(always)]
                     || self.forward_image(image, weight, bias, y),
                 )
@@ -159,7 +159,7 @@ impl Norm {
             .zip(x.par_chunks(image_len).zip(grad.par_chunks(image_len)))
             .map(|(gx, (image, gy))| {
                 let mut sums = vec![0f32; 2 * c];
-                with_avx512(
+                with_wide_vectors(
                     #[inline(always)]
                     || self.backward_image(image, gy, weight, bias, gx, &mut sums),
                 );

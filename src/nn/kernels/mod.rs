@@ -8,6 +8,7 @@
 pub mod adamw;
 pub mod buffers;
 pub mod conv;
+pub mod cpu;
 pub mod fused_attention;
 pub mod fused_mlp;
 pub mod fused_res_block;

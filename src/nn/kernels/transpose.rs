@@ -28,7 +28,7 @@ pub fn transpose(
         "transpose: a block reaches past its slice"
     );
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx512f") {
+    if super::cpu::avx512() {
         // SAFETY: the CPU has AVX-512F and the blocks are in bounds (asserted).
         unsafe { avx512(src, src_stride, rows, cols, dst, dst_stride, add) };
         return;

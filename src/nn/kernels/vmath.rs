@@ -98,7 +98,7 @@ pub fn add_rows(sums: &mut [f32], rows: &[f32]) {
     if sums.is_empty() {
         return;
     }
-    with_avx512(
+    with_wide_vectors(
         #[inline(always)]
         || {
             for row in rows.chunks_exact(sums.len()) {
@@ -108,26 +108,38 @@ pub fn add_rows(sums: &mut [f32], rows: &[f32]) {
     )
 }
 
-/// Runs `body` compiled for AVX-512 where the CPU has it: baseline x86-64 vectorises
-/// loops only four lanes wide. `body` and what it calls must be `#[inline(always)]`
-/// (closures included), or they keep the baseline instructions.
+/// Runs `body` compiled for the widest vectors the kernels may use here (AVX-512F, else
+/// AVX2 with FMA, see [`super::cpu`]): baseline x86-64 vectorises loops only four lanes
+/// wide. `body` and what it calls must be `#[inline(always)]` (closures included), or
+/// they keep the baseline instructions. No fused multiply-adds are introduced (Rust does
+/// not contract `a * b + c`), so every level computes the same numbers.
 #[inline(always)]
-pub fn with_avx512<R>(body: impl FnOnce() -> R) -> R {
+pub fn with_wide_vectors<R>(body: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx512f") {
-        #[target_feature(enable = "avx512f")]
-        fn wide<R>(body: impl FnOnce() -> R) -> R {
-            body()
+    {
+        if super::cpu::avx512() {
+            #[target_feature(enable = "avx512f")]
+            fn wide<R>(body: impl FnOnce() -> R) -> R {
+                body()
+            }
+            // SAFETY: the CPU has AVX-512F (cpu::avx512 never exceeds what it has).
+            return unsafe { wide(body) };
         }
-        // SAFETY: the CPU has AVX-512F (checked above).
-        return unsafe { wide(body) };
+        if super::cpu::avx2() {
+            #[target_feature(enable = "avx2,fma")]
+            fn wide<R>(body: impl FnOnce() -> R) -> R {
+                body()
+            }
+            // SAFETY: the CPU has AVX2 and FMA (cpu::avx2 never exceeds what it has).
+            return unsafe { wide(body) };
+        }
     }
     body()
 }
 
 /// `values[i] = silu(values[i])`.
 pub fn silu_in_place(values: &mut [f32]) {
-    with_avx512(
+    with_wide_vectors(
         #[inline(always)]
         || values.iter_mut().for_each(|v| *v = silu(*v)),
     )
@@ -139,7 +151,7 @@ pub fn silu_in_place(values: &mut [f32]) {
 /// exponential and division.
 pub fn silu_keeping_sigmoid(values: &mut [f32]) -> Vec<f32> {
     let mut out = super::buffers::recycled(values.len());
-    with_avx512(
+    with_wide_vectors(
         #[inline(always)]
         || {
             for (v, o) in values.iter_mut().zip(&mut out) {
@@ -156,7 +168,7 @@ pub fn silu_keeping_sigmoid(values: &mut [f32]) -> Vec<f32> {
 /// `silu_keeping_sigmoid` kept: silu' = s (1 + v (1 - s)) = s + y (1 - s) with the
 /// sigmoid s and the output y = v s.
 pub fn mul_silu_grad(grads: &mut [f32], sigmoids: &[f32], outputs: &[f32]) {
-    with_avx512(
+    with_wide_vectors(
         #[inline(always)]
         || {
             for ((g, s), y) in grads.iter_mut().zip(sigmoids).zip(outputs) {

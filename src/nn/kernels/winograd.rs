@@ -541,7 +541,7 @@ mod avx512 {
     use super::Strides;
 
     pub fn available() -> bool {
-        is_x86_feature_detected!("avx512f")
+        crate::nn::kernels::cpu::avx512()
     }
 
     /// `input_combination` on vectors.

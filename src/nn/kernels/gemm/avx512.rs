@@ -20,9 +20,9 @@ const MC: usize = MR * 12;
 /// A right-hand side this small (32 KiB) stays in L1 read in place.
 const L1_FLOATS: usize = 8192;
 
-/// Whether this CPU runs the kernel (checked once; the answer is cached by std).
+/// Whether the kernel runs here (the CPU has AVX-512F and no narrower level is forced).
 pub fn available() -> bool {
-    is_x86_feature_detected!("avx512f")
+    crate::nn::kernels::cpu::avx512()
 }
 
 thread_local! {

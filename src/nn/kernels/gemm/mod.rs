@@ -134,7 +134,7 @@ fn matmul_with(
 /// the CPU has it), for views that `Kernel::dots_fit`.
 fn dots(out: &mut [f32], lhs: View, rhs: View, accumulate: bool) {
     let (k, n) = (lhs.cols, rhs.cols);
-    crate::nn::kernels::vmath::with_avx512(
+    crate::nn::kernels::vmath::with_wide_vectors(
         #[inline(always)]
         || {
             for (i, out_row) in out.chunks_exact_mut(n).enumerate() {
