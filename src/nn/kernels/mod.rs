@@ -48,3 +48,6 @@ pub(crate) fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> 
     let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap();
     d.max(0).unwrap().to_scalar::<f32>().unwrap()
 }
+
+#[cfg(test)]
+mod every_level;
