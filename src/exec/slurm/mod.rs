@@ -25,7 +25,7 @@ use self::script::{Task, WorkerCommand};
 use super::executor::{Executor, Finished, Job, JobRef, Status};
 use crate::cache::Cache;
 use crate::pipeline::Plan;
-use crate::pipeline::cluster::{Resources, SlurmSettings};
+use crate::pipeline::cluster::SlurmSettings;
 use crate::progress::Progress;
 
 /// Tasks in one array at most (Slurm's default `MaxArraySize` is 1001).
@@ -196,19 +196,27 @@ struct GroupKey {
     force: bool,
 }
 
-/// What a stage's job runs on: its resources, and the run's device only with GPUs.
-fn placement(
-    plan: &Plan,
-    node: &crate::pipeline::StageNode,
-    run_device: &str,
-) -> (Resources, String) {
-    let resources = plan.resources.for_stage(node.kind(), &node.id);
-    let device = if resources.has_gpus() {
-        run_device.to_string()
-    } else {
-        "cpu".into()
-    };
-    (resources, device)
+impl GroupKey {
+    /// The group of `node`'s job: its resources as sbatch options, and the run's device
+    /// only when the job gets GPUs (the CPU otherwise).
+    fn of(
+        plan: &Plan,
+        node: &crate::pipeline::StageNode,
+        run_device: &str,
+        force: bool,
+    ) -> GroupKey {
+        let resources = plan.resources.for_stage(node.kind(), &node.id);
+        GroupKey {
+            kind: node.kind().name(),
+            device: if resources.has_gpus() {
+                run_device.to_string()
+            } else {
+                "cpu".into()
+            },
+            options: resources.sbatch_options(),
+            force,
+        }
+    }
 }
 
 /// A submission's job name: the stage key for one stage, the kind and count for an array.
@@ -244,17 +252,8 @@ pub fn dry_run(
             .max()
             .map_or(1, |w| w + 1);
         wave.insert(ix, w);
-        let (resources, device) = placement(plan, node, run_device);
         groups
-            .entry((
-                w,
-                GroupKey {
-                    kind: node.kind().name(),
-                    options: resources.sbatch_options(),
-                    device,
-                    force: forced,
-                },
-            ))
+            .entry((w, GroupKey::of(plan, node, run_device, forced)))
             .or_default()
             .push(Task {
                 key: node.key.clone(),
@@ -265,11 +264,6 @@ pub fn dry_run(
     let limit = plan.slurm.array_limit();
     let mut scripts = Vec::new();
     for ((w, group), tasks) in groups {
-        let node = plan
-            .nodes()
-            .find(|n| n.key == tasks[0].key)
-            .expect("a task is a node");
-        let (resources, _) = placement(plan, node, run_device);
         for chunk in tasks.chunks(MAX_ARRAY) {
             let keys: Vec<&str> = chunk.iter().map(|t| t.key.as_str()).collect();
             let name = job_name(group.kind, &keys);
@@ -278,7 +272,7 @@ pub fn dry_run(
                 script::script(
                     command,
                     &name,
-                    &resources,
+                    &group.options,
                     &group.device,
                     group.force,
                     chunk,
@@ -379,13 +373,7 @@ impl<'p> SlurmExecutor<'p> {
     fn flush(&mut self) {
         let mut groups: BTreeMap<GroupKey, Vec<(Job<'p>, u32)>> = BTreeMap::new();
         for (job, preemptions) in std::mem::take(&mut self.queued) {
-            let (resources, device) = placement(self.plan, job.node, &self.run_device);
-            let key = GroupKey {
-                kind: job.node.kind().name(),
-                options: resources.sbatch_options(),
-                device,
-                force: job.force,
-            };
+            let key = GroupKey::of(self.plan, job.node, &self.run_device, job.force);
             groups.entry(key).or_default().push((job, preemptions));
         }
         for (group, mut jobs) in groups {
@@ -407,11 +395,10 @@ impl<'p> SlurmExecutor<'p> {
             })
             .collect();
         let keys: Vec<&str> = tasks.iter().map(|t| t.key.as_str()).collect();
-        let (resources, _) = placement(self.plan, jobs[0].0.node, &self.run_device);
         let text = script::script(
             &self.command,
             &job_name(group.kind, &keys),
-            &resources,
+            &group.options,
             &group.device,
             group.force,
             &tasks,
@@ -482,9 +469,7 @@ impl<'p> SlurmExecutor<'p> {
 
     /// Asks Slurm how the jobs are doing and finishes those that ended.
     fn poll(&mut self) {
-        let mut ids: Vec<String> = self.active.iter().map(|a| a.base().to_string()).collect();
-        ids.sort();
-        ids.dedup();
+        let ids = self.job_ids();
         let states = match queue::states(&mut self.source, &ids) {
             Ok(states) => {
                 self.poll_failures = 0;
@@ -638,9 +623,7 @@ impl<'p> SlurmExecutor<'p> {
         for (job, _) in std::mem::take(&mut self.queued) {
             self.finish(&job, Status::Cancelled("not submitted".into()), 0.0, None);
         }
-        let mut ids: Vec<String> = self.active.iter().map(|a| a.base().to_string()).collect();
-        ids.sort();
-        ids.dedup();
+        let ids = self.job_ids();
         if !ids.is_empty() {
             eprintln!(
                 "cancelling {} Slurm job{} of this run: scancel {}",
@@ -756,6 +739,14 @@ impl<'p> Executor<'p> for SlurmExecutor<'p> {
 }
 
 impl SlurmExecutor<'_> {
+    /// The jobs followed, by the id `sacct -j` and `scancel` take (an array's for its tasks).
+    fn job_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.active.iter().map(|a| a.base().to_string()).collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
     fn poll_interval(&self) -> Duration {
         Duration::from_secs_f64(self.settings.poll_seconds())
     }

@@ -4,8 +4,6 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::pipeline::cluster::Resources;
-
 /// How a worker plans the pipeline: the same file (a snapshot the driver keeps), profile,
 /// overrides and sweeps as the driver, so that keys agree.
 #[derive(Debug, Clone)]
@@ -56,11 +54,12 @@ pub struct Task {
     pub log: PathBuf,
 }
 
-/// The script for `tasks` (all with the same `resources`), at most `limit` at once.
+/// The script for `tasks` (all with the same resources, as sbatch options), at most
+/// `limit` at once.
 pub fn script(
     command: &WorkerCommand,
     name: &str,
-    resources: &Resources,
+    sbatch_options: &[String],
     device: &str,
     force: bool,
     tasks: &[Task],
@@ -74,7 +73,7 @@ pub fn script(
     s.push_str(&format!("#SBATCH --chdir={}\n", command.workdir.display()));
     // Each task writes its own log (below); Slurm's own file would be one more per task.
     s.push_str("#SBATCH --output=/dev/null\n");
-    for option in resources.sbatch_options() {
+    for option in sbatch_options {
         s.push_str(&format!("#SBATCH {option}\n"));
     }
     s.push_str(&format!(
@@ -153,7 +152,7 @@ mod tests {
 
     #[test]
     fn an_array_runs_the_worker_on_its_tasks_stage_with_the_resources() {
-        let resources: Resources =
+        let resources: crate::pipeline::cluster::Resources =
             serde_norway::from_str("{ time: 2h, gpus: 1, partition: gpu }").unwrap();
         let tasks: Vec<Task> = (0..3)
             .map(|i| Task {
@@ -165,7 +164,7 @@ mod tests {
         let s = script(
             &command(),
             "runner-train-3",
-            &resources,
+            &resources.sbatch_options(),
             "auto",
             false,
             &tasks,
@@ -191,7 +190,7 @@ mod tests {
         let one = script(
             &command(),
             "runner-k",
-            &resources,
+            &resources.sbatch_options(),
             "cpu",
             true,
             &tasks[..1],
@@ -220,11 +219,7 @@ mod tests {
             })
             .collect();
         let path = dir.path().join("job.sh");
-        std::fs::write(
-            &path,
-            script(&c, "n", &Resources::default(), "cpu", false, &tasks, 5),
-        )
-        .unwrap();
+        std::fs::write(&path, script(&c, "n", &[], "cpu", false, &tasks, 5)).unwrap();
         let status = std::process::Command::new("bash")
             .arg(&path)
             .env("SLURM_ARRAY_TASK_ID", "1")
