@@ -72,7 +72,7 @@ impl Kernel {
         self.convolve_with(x, (h, w), bias, y, scratch, threads, vectors())
     }
 
-    /// `convolve`, with the transforms on 16 channels at a time (AVX-512) or one.
+    /// `convolve`, with the transforms on a vector of channels at a time, or one.
     #[allow(clippy::too_many_arguments)]
     fn convolve_with(
         &self,
@@ -82,7 +82,7 @@ impl Kernel {
         y: &mut [f32],
         scratch: &mut [f32],
         threads: usize,
-        vectors: bool,
+        vector: Option<VectorTiles>,
     ) {
         let (cin, cout) = (self.cin, self.cout);
         assert!(
@@ -95,9 +95,8 @@ impl Kernel {
         let (v, rest) = rest.split_at_mut(POSITIONS * n * cin);
         let (m, rest) = rest.split_at_mut(POSITIONS * n * cout);
         let out = &mut rest[..tiles.output_len(cout)];
-        let vector = VectorTiles::when(vectors);
         tiles.pad(x, cin, padded);
-        let input = vector.map(|t| t.input);
+        let input = vector.map(|t| (t.input, t.width));
         tiles.transform_tiles(
             padded,
             tiles.padded_width(),
@@ -111,7 +110,7 @@ impl Kernel {
             let rhs = View::rows(&self.u[position * cin * cout..][..cin * cout], cin, cout);
             matmul(product, lhs, rhs, false, threads);
         }
-        tiles.transform_output(m, cout, out, vector.map(|t| t.output));
+        tiles.transform_output(m, cout, out, vector.map(|t| (t.output, t.width)));
         // The valid pixels of each output row, channel-major, plus the bias.
         let row_len = tiles.out_width() * cout;
         for (row, line) in out.chunks_exact(row_len).take(h).enumerate() {
@@ -169,7 +168,7 @@ impl KernelGrad {
         sum: &mut [f32],
         scratch: &mut [f32],
         threads: usize,
-        vectors: bool,
+        vector: Option<VectorTiles>,
     ) {
         let (cin, cout) = (self.cin, self.cout);
         assert!(
@@ -182,9 +181,8 @@ impl KernelGrad {
         let (v, rest) = rest.split_at_mut(POSITIONS * n * cin);
         let (dm, rest) = rest.split_at_mut(POSITIONS * n * cout);
         let grad_tiles = &mut rest[..tiles.output_len(cout)];
-        let vector = VectorTiles::when(vectors);
         tiles.pad(x, cin, padded);
-        let input = vector.map(|t| t.input);
+        let input = vector.map(|t| (t.input, t.width));
         tiles.transform_tiles(
             padded,
             tiles.padded_width(),
@@ -194,7 +192,7 @@ impl KernelGrad {
             input,
         );
         tiles.spread(grad_y, cout, grad_tiles);
-        let grad = vector.map(|t| t.grad);
+        let grad = vector.map(|t| (t.grad, t.width));
         tiles.transform_tiles(
             grad_tiles,
             tiles.out_width(),
@@ -228,39 +226,30 @@ impl KernelGrad {
     }
 }
 
-/// Whether the transforms run on 16 channels at a time here.
-fn vectors() -> bool {
+#[cfg(target_arch = "x86_64")]
+mod vector;
+
+/// The vector transforms of the level in use (none without AVX2).
+fn vectors() -> Option<VectorTiles> {
     #[cfg(target_arch = "x86_64")]
-    return avx512::available();
+    return vector::here();
     #[cfg(not(target_arch = "x86_64"))]
-    false
+    None
 }
 
-/// One tile's transform on up to 16 channels: (source, destination, strides, channels).
+/// One tile's transform on up to a vector of channels: (source, destination, strides,
+/// channels).
 type TileFn = unsafe fn(*const f32, *mut f32, Strides, usize);
 
-/// The AVX-512 forms of the three transforms.
+/// The vector forms of the three transforms for one instruction set (AVX-512 takes 16
+/// channels at a time, AVX2 8).
 #[derive(Clone, Copy)]
 struct VectorTiles {
     input: TileFn,
     grad: TileFn,
     output: TileFn,
-}
-
-impl VectorTiles {
-    /// The vector forms when `vectors` (which holds only where `vectors()` does).
-    fn when(vectors: bool) -> Option<VectorTiles> {
-        #[cfg(target_arch = "x86_64")]
-        if vectors {
-            return Some(VectorTiles {
-                input: avx512::input_tile,
-                grad: avx512::grad_tile,
-                output: avx512::output_tile,
-            });
-        }
-        let _ = vectors;
-        None
-    }
+    /// Channels per call (a call takes up to this many).
+    width: usize,
 }
 
 /// The 2x2 output blocks covering an h x w image, and the layouts around them.
@@ -343,7 +332,8 @@ impl Tiles {
     /// pixels from its corner on) transformed into the 16 matrices [tiles, channels]
     /// of `positions`: `combine` (B^T for an input, whose 4x4 tiles give V = B^T d B;
     /// A for an output gradient, whose 2x2 tiles give A dY A^T) on each tile's
-    /// columns and rows, or `vector_tile`, its AVX-512 form, on 16 channels at a time.
+    /// columns and rows, or `vector_tile`, its vector form, on a vector of channels at
+    /// a time.
     fn transform_tiles<const I: usize>(
         &self,
         pixels: &[f32],
@@ -351,7 +341,7 @@ impl Tiles {
         channels: usize,
         positions: &mut [f32],
         combine: fn([f32; I]) -> [f32; 4],
-        vector_tile: Option<TileFn>,
+        vector_tile: Option<(TileFn, usize)>,
     ) {
         // The last tile's I rows and columns of pixels, and every tile's positions.
         let (rows, cols) = ((2 * self.rows + I).saturating_sub(2), 2 * self.cols + I - 2);
@@ -361,10 +351,11 @@ impl Tiles {
                 && positions.len() >= POSITIONS * self.count() * channels
         );
         self.for_each_tile(width, channels, |position, pixel, at| {
-            if let Some(tile) = vector_tile {
-                for (c, lanes) in lanes(channels) {
-                    // SAFETY: `vector_tile` comes from `VectorTiles::when`, so the
-                    // CPU has AVX-512F; the tile's pixels and its 16 positions lie
+            if let Some((tile, width)) = vector_tile {
+                for (c, lanes) in lanes(channels, width) {
+                    // SAFETY: `vector_tile` comes from `vectors()` (or the tests'
+                    // list of what the CPU has), so the CPU has its instructions;
+                    // the tile's pixels and its 16 positions lie
                     // inside the buffers (asserted above), and the mask keeps to
                     // the channels.
                     unsafe {
@@ -410,13 +401,13 @@ impl Tiles {
         m: &[f32],
         channels: usize,
         out: &mut [f32],
-        vector_tile: Option<TileFn>,
+        vector_tile: Option<(TileFn, usize)>,
     ) {
         let n = self.count();
         assert!(m.len() >= POSITIONS * n * channels && out.len() >= self.output_len(channels));
         self.for_each_tile(self.out_width(), channels, |position, pixel, at| {
-            if let Some(tile) = vector_tile {
-                for (c, lanes) in lanes(channels) {
+            if let Some((tile, width)) = vector_tile {
+                for (c, lanes) in lanes(channels, width) {
                     // SAFETY: as in `transform_tiles`, for `m` and the tile's 2x2
                     // pixels of `out`.
                     unsafe {
@@ -466,11 +457,11 @@ impl Tiles {
     }
 }
 
-/// The runs of at most 16 channels the vector transforms take: (first, count).
-fn lanes(channels: usize) -> impl Iterator<Item = (usize, usize)> {
+/// The runs of at most `width` channels the vector transforms take: (first, count).
+fn lanes(channels: usize, width: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..channels)
-        .step_by(16)
-        .map(move |c| (c, 16.min(channels - c)))
+        .step_by(width)
+        .map(move |c| (c, width.min(channels - c)))
 }
 
 /// How far apart, in numbers, a tile's rows and columns of pixels and the 16
@@ -533,137 +524,21 @@ fn kernel_grad_combination([u0, u1, u2, u3]: [f32; 4]) -> [f32; 3] {
     [u0 + sum, difference, sum + u3]
 }
 
-/// The transforms on 16 channels at a time.
-#[cfg(target_arch = "x86_64")]
-mod avx512 {
-    use std::arch::x86_64::*;
-
-    use super::Strides;
-
-    pub fn available() -> bool {
-        crate::nn::kernels::cpu::avx512()
-    }
-
-    /// `input_combination` on vectors.
-    #[inline(always)]
-    unsafe fn input_combination([d0, d1, d2, d3]: [__m512; 4]) -> [__m512; 4] {
-        unsafe {
-            [
-                _mm512_sub_ps(d0, d2),
-                _mm512_add_ps(d1, d2),
-                _mm512_sub_ps(d2, d1),
-                _mm512_sub_ps(d1, d3),
-            ]
-        }
-    }
-
-    /// `output_combination` on vectors.
-    #[inline(always)]
-    unsafe fn output_combination([m0, m1, m2, m3]: [__m512; 4]) -> [__m512; 2] {
-        unsafe {
-            [
-                _mm512_add_ps(_mm512_add_ps(m0, m1), m2),
-                _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3),
-            ]
-        }
-    }
-
-    /// One tile's transform for `lanes` (at most 16) channels: the 4x4 pixels from
-    /// `src` on, the 16 positions to `dst` on.
-    ///
-    /// # Safety
-    /// AVX-512F; every pixel's and position's first `lanes` numbers readable or
-    /// writable at the strides given.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn input_tile(src: *const f32, dst: *mut f32, at: Strides, lanes: usize) {
-        unsafe {
-            let mask: __mmask16 = (1u32 << lanes).wrapping_sub(1) as u16;
-            let d =
-                |i: usize, j: usize| _mm512_maskz_loadu_ps(mask, src.add(i * at.row + j * at.col));
-            let mut t = [[_mm512_setzero_ps(); 4]; 4];
-            for j in 0..4 {
-                let column = input_combination([d(0, j), d(1, j), d(2, j), d(3, j)]);
-                for i in 0..4 {
-                    t[i][j] = column[i];
-                }
-            }
-            for (i, row) in t.iter().enumerate() {
-                for (j, value) in input_combination(*row).into_iter().enumerate() {
-                    _mm512_mask_storeu_ps(dst.add((i * 4 + j) * at.position), mask, value);
-                }
-            }
-        }
-    }
-
-    /// One tile's output transform for `lanes` channels: the 16 products from `src`
-    /// on, the 2x2 pixels to `dst` on.
-    ///
-    /// # Safety
-    /// As `input_tile`.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn output_tile(src: *const f32, dst: *mut f32, at: Strides, lanes: usize) {
-        unsafe {
-            let mask: __mmask16 = (1u32 << lanes).wrapping_sub(1) as u16;
-            let p = |i: usize, j: usize| {
-                _mm512_maskz_loadu_ps(mask, src.add((i * 4 + j) * at.position))
-            };
-            let mut s = [[_mm512_setzero_ps(); 4]; 2];
-            for j in 0..4 {
-                let [s0, s1] = output_combination([p(0, j), p(1, j), p(2, j), p(3, j)]);
-                s[0][j] = s0;
-                s[1][j] = s1;
-            }
-            for (i, row) in s.iter().enumerate() {
-                for (j, value) in output_combination(*row).into_iter().enumerate() {
-                    _mm512_mask_storeu_ps(dst.add(i * at.row + j * at.col), mask, value);
-                }
-            }
-        }
-    }
-
-    /// `grad_combination` on vectors.
-    #[inline(always)]
-    unsafe fn grad_combination([y0, y1]: [__m512; 2]) -> [__m512; 4] {
-        unsafe {
-            [
-                y0,
-                _mm512_add_ps(y0, y1),
-                _mm512_sub_ps(y0, y1),
-                _mm512_sub_ps(_mm512_setzero_ps(), y1),
-            ]
-        }
-    }
-
-    /// One tile's output-gradient transform for `lanes` channels: the 2x2 pixels from
-    /// `src` on, the 16 positions to `dst` on.
-    ///
-    /// # Safety
-    /// As `input_tile`.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn grad_tile(src: *const f32, dst: *mut f32, at: Strides, lanes: usize) {
-        unsafe {
-            let mask: __mmask16 = (1u32 << lanes).wrapping_sub(1) as u16;
-            let g =
-                |i: usize, j: usize| _mm512_maskz_loadu_ps(mask, src.add(i * at.row + j * at.col));
-            let mut t = [[_mm512_setzero_ps(); 2]; 4];
-            for j in 0..2 {
-                let column = grad_combination([g(0, j), g(1, j)]);
-                for i in 0..4 {
-                    t[i][j] = column[i];
-                }
-            }
-            for (i, row) in t.iter().enumerate() {
-                for (j, value) in grad_combination(*row).into_iter().enumerate() {
-                    _mm512_mask_storeu_ps(dst.add((i * 4 + j) * at.position), mask, value);
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The scalar transforms and every vector form this CPU has, whatever level is in
+    /// use, with the channels each takes at a time.
+    fn every_vector_form() -> Vec<(Option<VectorTiles>, usize)> {
+        #[cfg(target_arch = "x86_64")]
+        let vector = vector::all_here();
+        #[cfg(not(target_arch = "x86_64"))]
+        let vector: Vec<VectorTiles> = Vec::new();
+        std::iter::once((None, 1))
+            .chain(vector.into_iter().map(|t| (Some(t), t.width)))
+            .collect()
+    }
     use crate::nn::kernels::normals;
 
     /// The definition: y[o][p][q] = bias[o] + sum over c, i, j of
@@ -719,7 +594,7 @@ mod tests {
                 weights[((o * cin + c) * 3 + i) * 3 + j]
             });
             let scale = expected.iter().fold(1f32, |m, v| m.max(v.abs()));
-            for vectors in [false, vectors()] {
+            for (vectors, width) in every_vector_form() {
                 for threads in [1, 2] {
                     let mut scratch = vec![f32::NAN; kernel.scratch_len(h, w)];
                     let mut y = vec![f32::NAN; cout * h * w];
@@ -731,7 +606,7 @@ mod tests {
                         .fold(0f32, f32::max);
                     assert!(
                         error <= 1e-5 * scale,
-                        "case {k} ({cin}->{cout}, {h}x{w}), vectors {vectors}, threads {threads}: error {error}"
+                        "case {k} ({cin}->{cout}, {h}x{w}), {width} channels at a time, threads {threads}: error {error}"
                     );
                 }
             }
@@ -776,7 +651,7 @@ mod tests {
             }
             let scale = expected.iter().fold(1f64, |m, v| m.max(v.abs())) as f32;
             let grad = KernelGrad::new(cin, cout);
-            for vectors in [false, vectors()] {
+            for (vectors, width) in every_vector_form() {
                 for threads in [1, 2] {
                     let mut sum = vec![0f32; grad.sum_len()];
                     let mut scratch = vec![f32::NAN; grad.scratch_len(h, w)];
@@ -799,7 +674,7 @@ mod tests {
                         .fold(0f32, f32::max);
                     assert!(
                         error <= 1e-5 * scale,
-                        "case {k} ({cin}->{cout}, {h}x{w}), vectors {vectors}, threads {threads}: error {error}"
+                        "case {k} ({cin}->{cout}, {h}x{w}), {width} channels at a time, threads {threads}: error {error}"
                     );
                 }
             }

@@ -1,13 +1,20 @@
 //! Matrix products on plain f32 slices, for the CPU kernels that bypass candle's tensor
 //! ops (convolutions, the fused MLP): they need products of strided views of their own
-//! buffers without allocating a tensor for each. The `gemm` crate is the one candle's
-//! CPU matmul uses, so this adds no code to the build; on CPUs with AVX-512 the
-//! crate's own kernel (`avx512`) runs instead, at twice the vector width.
+//! buffers without allocating a tensor for each. On x86-64 this crate's BLIS-style
+//! driver (`blis`) runs with the micro-kernel of the instruction set in use (`cpu`):
+//! AVX-512, AVX2 + FMA, or plain code. Elsewhere (aarch64), and for the slivers a
+//! register block would mostly waste, the `gemm` crate runs: candle's CPU matmul uses
+//! it, so it adds no code to the build, and it has its own NEON kernels.
 
 #[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
 mod avx512;
+mod blis;
 mod operands;
+mod scalar;
 
+use blis::MicroKernel;
 use operands::Epilogue;
 pub use operands::{Activation, View};
 
@@ -20,7 +27,7 @@ pub fn matmul(out: &mut [f32], lhs: View, rhs: View, accumulate: bool, threads: 
 }
 
 /// `out = activation(lhs · rhs + bias)`, `bias` one number per column: a linear
-/// layer's forward pass. The AVX-512 kernel adds the bias and applies the activation
+/// layer's forward pass. This crate's kernels add the bias and apply the activation
 /// to each output block while it is still in registers, which saves a pass over `out`
 /// before the product (filling in the bias) and one after it (the activation).
 pub fn matmul_bias(
@@ -43,10 +50,15 @@ pub fn matmul_bias(
 /// Which code computes the products.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Kernel {
-    /// This crate's AVX-512 kernel, where the CPU has AVX-512.
+    /// The AVX-512 micro-kernel, where the CPU has AVX-512.
     #[cfg(target_arch = "x86_64")]
     Avx512,
-    /// The `gemm` crate (AVX2, NEON or scalar, picked at run time).
+    /// The AVX2 + FMA micro-kernel.
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    /// The plain-code micro-kernel: x86-64 CPUs without AVX2, or a forced `scalar`.
+    Scalar,
+    /// The `gemm` crate (AVX2 + FMA on x86-64, NEON on aarch64, picked at run time).
     Portable,
     /// One dot product per output number, for products with fewer than 4 columns of
     /// contiguous rows and contiguous columns (an MLP's output layer): a kernel's
@@ -56,24 +68,34 @@ enum Kernel {
 }
 
 impl Kernel {
+    /// The widest kernel of the level in use.
     fn best() -> Kernel {
         #[cfg(target_arch = "x86_64")]
-        if avx512::available() {
-            return Kernel::Avx512;
+        {
+            if avx512::Avx512::available() {
+                Kernel::Avx512
+            } else if avx2::Avx2::available() {
+                Kernel::Avx2
+            } else {
+                Kernel::Scalar
+            }
         }
+        #[cfg(not(target_arch = "x86_64"))]
         Kernel::Portable
     }
 
     /// The kernel for a product of these shapes.
     fn for_shape(lhs: View, rhs: View) -> Kernel {
+        let best = Kernel::best();
         if rhs.cols < 4 && Kernel::dots_fit(lhs, rhs) {
             Kernel::Dots
-        } else if lhs.rows < 4 || rhs.cols < 4 {
+        } else if (lhs.rows < 4 || rhs.cols < 4) && best != Kernel::Scalar {
             // One or two rows or columns (an MLP's input and output layers) would
-            // fill a sliver of the AVX-512 kernel's register block.
+            // fill a sliver of a wide kernel's register block. (The `gemm` crate
+            // uses AVX2, so a forced `scalar` keeps the plain kernel.)
             Kernel::Portable
         } else {
-            Kernel::best()
+            best
         }
     }
 
@@ -116,8 +138,19 @@ fn matmul_with(
         return;
     }
     match kernel {
+        // SAFETY: `best` and the tests pick a kernel only where it is available; the
+        // views were checked in bounds and `out` holds m x n numbers.
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 => split_avx512(out, lhs, rhs, accumulate, epilogue, threads),
+        Kernel::Avx512 => unsafe {
+            blis::split::<avx512::Avx512>(out, lhs, rhs, accumulate, epilogue, threads)
+        },
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => unsafe {
+            blis::split::<avx2::Avx2>(out, lhs, rhs, accumulate, epilogue, threads)
+        },
+        Kernel::Scalar => unsafe {
+            blis::split::<scalar::Scalar>(out, lhs, rhs, accumulate, epilogue, threads)
+        },
         Kernel::Portable => {
             portable(out, lhs, rhs, accumulate, threads);
             epilogue.apply(&mut out[..m * n], n);
@@ -148,53 +181,6 @@ fn dots(out: &mut [f32], lhs: View, rhs: View, accumulate: bool) {
             }
         },
     )
-}
-
-/// Runs the AVX-512 kernel on `threads` disjoint blocks of the output: bands of rows
-/// when there are enough of them, else bands of columns.
-#[cfg(target_arch = "x86_64")]
-fn split_avx512(
-    out: &mut [f32],
-    lhs: View,
-    rhs: View,
-    accumulate: bool,
-    epilogue: Epilogue,
-    threads: usize,
-) {
-    use rayon::prelude::*;
-    let (m, n) = (lhs.rows, rhs.cols);
-    let threads = threads.max(1);
-    /// The output pointer, shared by threads that write disjoint blocks of it.
-    #[derive(Clone, Copy)]
-    struct Out(*mut f32);
-    // SAFETY: each thread writes only its own band (see below).
-    unsafe impl Send for Out {}
-    unsafe impl Sync for Out {}
-    let out_ptr = Out(out.as_mut_ptr());
-    if threads == 1 || m * n < 1 << 12 {
-        // SAFETY: `out` holds m x n numbers and the views were checked in bounds.
-        unsafe { avx512::matmul(out_ptr.0, n, lhs, rhs, accumulate, epilogue) };
-    } else if m >= threads * 2 * avx512::MR || m >= n {
-        let band = m.div_ceil(threads).next_multiple_of(avx512::MR);
-        out[..m * n]
-            .par_chunks_mut(band * n)
-            .enumerate()
-            .for_each(|(t, block)| {
-                let lhs = lhs.row_range(t * band, block.len() / n);
-                // SAFETY: `block` is this band's rows x n numbers.
-                unsafe { avx512::matmul(block.as_mut_ptr(), n, lhs, rhs, accumulate, epilogue) };
-            });
-    } else {
-        let band = n.div_ceil(threads).next_multiple_of(avx512::NR);
-        (0..n.div_ceil(band)).into_par_iter().for_each(|t| {
-            let j0 = t * band;
-            let rhs = rhs.col_range(j0, band.min(n - j0));
-            let (out, epilogue) = (out_ptr, epilogue.columns_from(j0));
-            // SAFETY: columns j0..j0 + band of every row belong to this thread alone,
-            // and lie inside the m x n output.
-            unsafe { avx512::matmul(out.0.add(j0), n, lhs, rhs, accumulate, epilogue) };
-        });
-    }
 }
 
 fn portable(out: &mut [f32], lhs: View, rhs: View, accumulate: bool, threads: usize) {
@@ -258,13 +244,19 @@ mod tests {
             .unwrap()
     }
 
-    /// The general kernels this CPU runs: the portable one, and the AVX-512 one where
-    /// the CPU has it.
+    /// The general kernels this CPU runs: the portable one, the plain one, and the
+    /// AVX2 and AVX-512 ones where the CPU has them (whatever level is in use).
     fn kernels_here() -> Vec<Kernel> {
-        let mut kernels = vec![Kernel::Portable];
+        let mut kernels = vec![Kernel::Portable, Kernel::Scalar];
         #[cfg(target_arch = "x86_64")]
-        if avx512::available() {
-            kernels.push(Kernel::Avx512);
+        {
+            use crate::nn::kernels::cpu::{Level, detected};
+            if detected() >= Level::Avx2 {
+                kernels.push(Kernel::Avx2);
+            }
+            if detected() >= Level::Avx512 {
+                kernels.push(Kernel::Avx512);
+            }
         }
         kernels
     }
