@@ -96,6 +96,7 @@ pub unsafe fn split<K: MicroKernel>(
     threads: usize,
 ) {
     use rayon::prelude::*;
+    debug_assert!(K::available(), "a micro-kernel the CPU cannot run");
     let (m, n) = (lhs.rows, rhs.cols);
     let threads = threads.max(1);
     /// The output pointer, shared by threads that write disjoint blocks of it.

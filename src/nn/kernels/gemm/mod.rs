@@ -14,6 +14,7 @@ mod blis;
 mod operands;
 mod scalar;
 
+#[cfg(target_arch = "x86_64")]
 use blis::MicroKernel;
 use operands::Epilogue;
 pub use operands::{Activation, View};
@@ -247,6 +248,7 @@ mod tests {
     /// The general kernels this CPU runs: the portable one, the plain one, and the
     /// AVX2 and AVX-512 ones where the CPU has them (whatever level is in use).
     fn kernels_here() -> Vec<Kernel> {
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
         let mut kernels = vec![Kernel::Portable, Kernel::Scalar];
         #[cfg(target_arch = "x86_64")]
         {
