@@ -17,6 +17,9 @@
 use super::gemm::{View, matmul};
 use super::transpose::transpose;
 
+mod tile;
+use tile::{Strides, TileFn, VectorTiles};
+
 /// Positions of a transformed 4x4 tile: one product each.
 const POSITIONS: usize = 16;
 
@@ -237,21 +240,6 @@ fn vectors() -> Option<VectorTiles> {
     None
 }
 
-/// One tile's transform on up to a vector of channels: (source, destination, strides,
-/// channels).
-type TileFn = unsafe fn(*const f32, *mut f32, Strides, usize);
-
-/// The vector forms of the three transforms for one instruction set (AVX-512 takes 16
-/// channels at a time, AVX2 8).
-#[derive(Clone, Copy)]
-struct VectorTiles {
-    input: TileFn,
-    grad: TileFn,
-    output: TileFn,
-    /// Channels per call (a call takes up to this many).
-    width: usize,
-}
-
 /// The 2x2 output blocks covering an h x w image, and the layouts around them.
 #[derive(Clone, Copy)]
 struct Tiles {
@@ -462,15 +450,6 @@ fn lanes(channels: usize, width: usize) -> impl Iterator<Item = (usize, usize)> 
     (0..channels)
         .step_by(width)
         .map(move |c| (c, width.min(channels - c)))
-}
-
-/// How far apart, in numbers, a tile's rows and columns of pixels and the 16
-/// positions of its transform lie.
-#[derive(Clone, Copy)]
-struct Strides {
-    row: usize,
-    col: usize,
-    position: usize,
 }
 
 /// One channel of a tile through a separable transform, C X C^T: `combine` (C) on

@@ -5,7 +5,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{Strides, VectorTiles};
+use super::tile::{Strides, VectorTiles};
 
 /// The widest transforms of the level in use, if any.
 pub fn here() -> Option<VectorTiles> {
@@ -34,16 +34,16 @@ pub fn all_here() -> Vec<VectorTiles> {
 }
 
 const AVX512: VectorTiles = VectorTiles {
-    input: avx512::input_tile,
-    grad: avx512::grad_tile,
-    output: avx512::output_tile,
+    input: avx512_input,
+    grad: avx512_grad,
+    output: avx512_output,
     width: 16,
 };
 
 const AVX2: VectorTiles = VectorTiles {
-    input: avx2::input_tile,
-    grad: avx2::grad_tile,
-    output: avx2::output_tile,
+    input: avx2_input,
+    grad: avx2_grad,
+    output: avx2_output,
     width: 8,
 };
 
@@ -242,27 +242,29 @@ unsafe fn grad_tile<V: Lanes>(src: *const f32, dst: *mut f32, at: Strides, lanes
 /// The CPU has the instruction set; every pixel's and position's first `lanes`
 /// numbers (at most the vector's width) are readable or writable at the strides given.
 macro_rules! tiles_for {
-    ($module:ident, $feature:literal, $lanes:ty) => {
-        mod $module {
-            use super::super::Strides;
+    ($feature:literal, $lanes:ty, $input:ident, $output:ident, $grad:ident) => {
+        #[target_feature(enable = $feature)]
+        unsafe fn $input(src: *const f32, dst: *mut f32, at: Strides, lanes: usize) {
+            unsafe { input_tile::<$lanes>(src, dst, at, lanes) }
+        }
 
-            #[target_feature(enable = $feature)]
-            pub unsafe fn input_tile(src: *const f32, dst: *mut f32, at: Strides, lanes: usize) {
-                unsafe { super::input_tile::<$lanes>(src, dst, at, lanes) }
-            }
+        #[target_feature(enable = $feature)]
+        unsafe fn $output(src: *const f32, dst: *mut f32, at: Strides, lanes: usize) {
+            unsafe { output_tile::<$lanes>(src, dst, at, lanes) }
+        }
 
-            #[target_feature(enable = $feature)]
-            pub unsafe fn output_tile(src: *const f32, dst: *mut f32, at: Strides, lanes: usize) {
-                unsafe { super::output_tile::<$lanes>(src, dst, at, lanes) }
-            }
-
-            #[target_feature(enable = $feature)]
-            pub unsafe fn grad_tile(src: *const f32, dst: *mut f32, at: Strides, lanes: usize) {
-                unsafe { super::grad_tile::<$lanes>(src, dst, at, lanes) }
-            }
+        #[target_feature(enable = $feature)]
+        unsafe fn $grad(src: *const f32, dst: *mut f32, at: Strides, lanes: usize) {
+            unsafe { grad_tile::<$lanes>(src, dst, at, lanes) }
         }
     };
 }
 
-tiles_for!(avx512, "avx512f", super::Avx512Lanes);
-tiles_for!(avx2, "avx2", super::Avx2Lanes);
+tiles_for!(
+    "avx512f",
+    Avx512Lanes,
+    avx512_input,
+    avx512_output,
+    avx512_grad
+);
+tiles_for!("avx2", Avx2Lanes, avx2_input, avx2_output, avx2_grad);
