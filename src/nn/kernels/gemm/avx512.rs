@@ -52,7 +52,6 @@ unsafe fn kernel<const SOURCE: u8, const DIRECT_B: bool>(
     };
     let (m0, m1) = (mask(0), mask(16));
     let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-    let row_starts = a.rows;
     for p in 0..kc {
         // SAFETY (here and below): packed panels hold kc x MR and kc x NR numbers; in
         // place, rows < `rows` of A and columns < `cols` of B (the masks) are read,
@@ -71,19 +70,8 @@ unsafe fn kernel<const SOURCE: u8, const DIRECT_B: bool>(
                 )
             }
         };
-        let column = if SOURCE == 2 {
-            unsafe { a.base.add(*a.offsets.add(p)) }
-        } else {
-            a.packed
-        };
-        for (i, acc) in acc.iter_mut().enumerate() {
-            let ai = unsafe {
-                match SOURCE {
-                    0 => *a.packed.add(p * MR + i),
-                    1 => *row_starts[i].add(p),
-                    _ => *column.add(i),
-                }
-            };
+        let column = unsafe { a.column::<SOURCE, MR>(p) };
+        for (acc, ai) in acc.iter_mut().zip(column) {
             let ai = _mm512_set1_ps(ai);
             acc[0] = _mm512_fmadd_ps(ai, b0, acc[0]);
             acc[1] = _mm512_fmadd_ps(ai, b1, acc[1]);

@@ -70,6 +70,29 @@ pub struct Operand {
     pub offsets: *const usize,
 }
 
+impl Operand {
+    /// Column `p` of A's MR rows in the block, read from wherever `SOURCE` says A lies
+    /// (the one place every micro-kernel reads A from).
+    ///
+    /// # Safety
+    /// Depth `p` lies in the block, and A's MR rows are readable there: the packed
+    /// panel, the row starts, or the gathered column at `offsets[p]`.
+    #[inline(always)]
+    pub unsafe fn column<const SOURCE: u8, const MR: usize>(&self, p: usize) -> [f32; MR] {
+        unsafe {
+            match SOURCE {
+                0 => self.packed.add(p * MR).cast::<[f32; MR]>().read_unaligned(),
+                1 => std::array::from_fn(|i| *self.rows[i].add(p)),
+                _ => self
+                    .base
+                    .add(*self.offsets.add(p))
+                    .cast::<[f32; MR]>()
+                    .read_unaligned(),
+            }
+        }
+    }
+}
+
 /// How the micro-kernel stores its block: `c = silu?(sum + c? + bias?)`.
 #[derive(Clone, Copy)]
 pub struct Store {

@@ -63,14 +63,8 @@ unsafe fn kernel<const SOURCE: u8, const DIRECT_B: bool>(
                 b_row = row.cast::<[f32; NR]>().read_unaligned();
             }
         }
-        for (i, acc) in acc.iter_mut().enumerate() {
-            let ai = unsafe {
-                match SOURCE {
-                    0 => *a.packed.add(p * MR + i),
-                    1 => *a.rows[i].add(p),
-                    _ => *a.base.add(*a.offsets.add(p) + i),
-                }
-            };
+        let column = unsafe { a.column::<SOURCE, MR>(p) };
+        for (acc, ai) in acc.iter_mut().zip(column) {
             for (s, bj) in acc.iter_mut().zip(b_row) {
                 *s += ai * bj;
             }
