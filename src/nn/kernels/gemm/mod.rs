@@ -14,8 +14,6 @@ mod blis;
 mod operands;
 mod scalar;
 
-#[cfg(target_arch = "x86_64")]
-use blis::MicroKernel;
 use operands::Epilogue;
 pub use operands::{Activation, View};
 
@@ -72,17 +70,20 @@ impl Kernel {
     /// The widest kernel of the level in use.
     fn best() -> Kernel {
         #[cfg(target_arch = "x86_64")]
-        {
-            if avx512::Avx512::available() {
-                Kernel::Avx512
-            } else if avx2::Avx2::available() {
-                Kernel::Avx2
-            } else {
-                Kernel::Scalar
-            }
-        }
+        return Kernel::of_level(crate::nn::kernels::cpu::level());
         #[cfg(not(target_arch = "x86_64"))]
         Kernel::Portable
+    }
+
+    /// The micro-kernel compiled for an x86-64 instruction-set level.
+    #[cfg(target_arch = "x86_64")]
+    fn of_level(level: crate::nn::kernels::cpu::Level) -> Kernel {
+        use crate::nn::kernels::cpu::Level;
+        match level {
+            Level::Avx512 => Kernel::Avx512,
+            Level::Avx2 => Kernel::Avx2,
+            Level::Scalar => Kernel::Scalar,
+        }
     }
 
     /// The kernel for a product of these shapes.
@@ -248,19 +249,16 @@ mod tests {
     /// The general kernels this CPU runs: the portable one, the plain one, and the
     /// AVX2 and AVX-512 ones where the CPU has them (whatever level is in use).
     fn kernels_here() -> Vec<Kernel> {
-        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
-        let mut kernels = vec![Kernel::Portable, Kernel::Scalar];
         #[cfg(target_arch = "x86_64")]
-        {
-            use crate::nn::kernels::cpu::{Level, detected};
-            if detected() >= Level::Avx2 {
-                kernels.push(Kernel::Avx2);
-            }
-            if detected() >= Level::Avx512 {
-                kernels.push(Kernel::Avx512);
-            }
-        }
-        kernels
+        return std::iter::once(Kernel::Portable)
+            .chain(
+                crate::nn::kernels::cpu::levels()
+                    .into_iter()
+                    .map(Kernel::of_level),
+            )
+            .collect();
+        #[cfg(not(target_arch = "x86_64"))]
+        vec![Kernel::Portable, Kernel::Scalar]
     }
 
     /// The textbook triple loop.

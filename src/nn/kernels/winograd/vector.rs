@@ -6,31 +6,26 @@
 use std::arch::x86_64::*;
 
 use super::tile::{Strides, VectorTiles};
+use crate::nn::kernels::cpu::{self, Level};
 
 /// The widest transforms of the level in use, if any.
 pub fn here() -> Option<VectorTiles> {
-    use crate::nn::kernels::cpu;
-    if cpu::avx512() {
-        Some(AVX512)
-    } else if cpu::avx2() {
-        Some(AVX2)
-    } else {
-        None
-    }
+    of_level(cpu::level())
 }
 
 /// Every vector form this CPU can run, whatever level is in use (for the tests).
 #[cfg(test)]
 pub fn all_here() -> Vec<VectorTiles> {
-    use crate::nn::kernels::cpu::{Level, detected};
-    let mut all = Vec::new();
-    if detected() >= Level::Avx2 {
-        all.push(AVX2);
+    cpu::levels().into_iter().filter_map(of_level).collect()
+}
+
+/// The transforms compiled for an instruction-set level (none for plain code).
+fn of_level(level: Level) -> Option<VectorTiles> {
+    match level {
+        Level::Avx512 => Some(AVX512),
+        Level::Avx2 => Some(AVX2),
+        Level::Scalar => None,
     }
-    if detected() >= Level::Avx512 {
-        all.push(AVX512);
-    }
-    all
 }
 
 const AVX512: VectorTiles = VectorTiles {
