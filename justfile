@@ -19,9 +19,10 @@ graph file=pipeline:
     cargo run --release -- graph {{file}}
 
 # Run every pipeline in pipelines/ that has a `sweep:` section; print where the reports are.
-# A pipeline that cannot be planned here (its data is not installed) is skipped with the reason.
+# MNIST is unpacked first (`just data`); a pipeline that cannot be planned here (Fashion-MNIST
+# without Debian's package, say) is skipped with the reason.
 # `just sweep --profile quick` runs each in minutes (CI does).
-sweep *args="":
+sweep *args="": data
     bash scripts/sweep.sh {{args}}
 
 # Planning (1,000-point sweep), hashing (1 GiB), no-op re-run speed and the Slurm driver's overhead; `just bench --quick` runs each once.
