@@ -1,16 +1,20 @@
 //! Which instruction set the kernels use: the widest this CPU has, or a narrower one
-//! when `RUNNER_CPU_FEATURES` (`avx512`, `avx2`, `scalar`) asks, so that a machine with
-//! AVX-512 can measure and test the paths other CPUs take. Every kernel asks here, never
-//! the CPU directly.
+//! when `RUNNER_CPU_FEATURES` (`avx512`, `avx2`, `neon`, `scalar`) asks, so that a
+//! machine can measure and test the paths other CPUs take. Every kernel asks here,
+//! never the CPU directly.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-/// Instruction sets, narrowest first.
+/// Instruction sets, narrowest first. An architecture has its own chain from `Scalar`
+/// (x86-64: AVX2, AVX-512; aarch64: NEON); a level of another architecture is never in
+/// use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
-    /// Baseline code only (x86-64's SSE2, or any other architecture).
+    /// Baseline code only (x86-64's SSE2, aarch64's plain code, any other architecture).
     Scalar,
+    /// aarch64's NEON, which every aarch64 CPU has.
+    Neon,
     /// AVX2 with FMA (Intel since Haswell, AMD since Zen).
     Avx2,
     /// AVX-512F (Intel Skylake-SP and later servers, AMD Zen 4).
@@ -18,19 +22,36 @@ pub enum Level {
 }
 
 impl Level {
+    const ALL: [Level; 4] = [Level::Scalar, Level::Neon, Level::Avx2, Level::Avx512];
+
     /// The name `RUNNER_CPU_FEATURES` takes.
     pub fn name(self) -> &'static str {
         match self {
             Level::Scalar => "scalar",
+            Level::Neon => "neon",
             Level::Avx2 => "avx2",
             Level::Avx512 => "avx512",
         }
     }
 
     fn from_name(name: &str) -> Option<Level> {
-        [Level::Scalar, Level::Avx2, Level::Avx512]
-            .into_iter()
-            .find(|l| l.name() == name.trim())
+        Level::ALL.into_iter().find(|l| l.name() == name.trim())
+    }
+
+    /// The widest level of this architecture's chain at most `self` (`avx2` asked on
+    /// aarch64 is NEON, `neon` asked on x86-64 is scalar).
+    fn on_this_architecture(self) -> Level {
+        let chain: &[Level] = if cfg!(target_arch = "aarch64") {
+            &[Level::Scalar, Level::Neon]
+        } else {
+            &[Level::Scalar, Level::Avx2, Level::Avx512]
+        };
+        chain
+            .iter()
+            .copied()
+            .filter(|l| *l <= self)
+            .last()
+            .unwrap_or(Level::Scalar)
     }
 }
 
@@ -45,7 +66,11 @@ pub fn detected() -> Level {
             return Level::Avx2;
         }
     }
-    Level::Scalar
+    if cfg!(target_arch = "aarch64") {
+        Level::Neon
+    } else {
+        Level::Scalar
+    }
 }
 
 /// The level the environment asks for, capped at what the CPU has (a level the CPU
@@ -56,10 +81,10 @@ fn from_environment() -> Level {
         let cpu = detected();
         match std::env::var("RUNNER_CPU_FEATURES") {
             Ok(text) if !text.is_empty() => match Level::from_name(&text) {
-                Some(asked) => asked.min(cpu),
+                Some(asked) => asked.on_this_architecture().min(cpu),
                 None => {
                     eprintln!(
-                        "warning: RUNNER_CPU_FEATURES={text} is not avx512, avx2 or scalar; using {}",
+                        "warning: RUNNER_CPU_FEATURES={text} is not avx512, avx2, neon or scalar; using {}",
                         cpu.name()
                     );
                     cpu
@@ -70,7 +95,8 @@ fn from_environment() -> Level {
     })
 }
 
-/// A narrower level set by [`force`]; 0 when none is.
+/// A narrower level set by [`with_level`]: its position in [`Level::ALL`] plus one; 0
+/// when none is.
 static FORCED: AtomicU8 = AtomicU8::new(0);
 
 /// The level every kernel uses now.
@@ -78,9 +104,8 @@ static FORCED: AtomicU8 = AtomicU8::new(0);
 pub fn level() -> Level {
     let environment = from_environment();
     match FORCED.load(Ordering::Relaxed) {
-        1 => Level::Scalar.min(environment),
-        2 => Level::Avx2.min(environment),
-        _ => environment,
+        0 => environment,
+        code => Level::ALL[code as usize - 1].min(environment),
     }
 }
 
@@ -103,11 +128,12 @@ pub fn avx2() -> bool {
 pub fn with_level<R>(level: Level, body: impl FnOnce() -> R) -> R {
     static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let code = match level {
-        Level::Scalar => 1,
-        Level::Avx2 => 2,
-        Level::Avx512 => 0,
-    };
+    let on_this_architecture = level.on_this_architecture();
+    let code = Level::ALL
+        .iter()
+        .position(|l| *l == on_this_architecture)
+        .expect("every level is in ALL") as u8
+        + 1;
     FORCED.store(code, Ordering::SeqCst);
     struct Reset;
     impl Drop for Reset {
@@ -121,9 +147,9 @@ pub fn with_level<R>(level: Level, body: impl FnOnce() -> R) -> R {
 
 /// Every level this CPU runs, narrowest first.
 pub fn levels() -> Vec<Level> {
-    [Level::Scalar, Level::Avx2, Level::Avx512]
+    Level::ALL
         .into_iter()
-        .filter(|l| *l <= detected())
+        .filter(|l| *l <= detected() && l.on_this_architecture() == *l)
         .collect()
 }
 
@@ -145,6 +171,28 @@ mod tests {
         // Undone: the widest level gives the environment's again.
         assert_eq!(with_level(Level::Avx512, level), before);
         assert_eq!(Level::from_name("avx2"), Some(Level::Avx2));
-        assert_eq!(Level::from_name("neon"), None);
+        assert_eq!(Level::from_name("neon"), Some(Level::Neon));
+        assert_eq!(Level::from_name("sse4"), None);
+    }
+
+    /// A level of the other architecture stands for the widest of this one below it.
+    #[test]
+    fn a_level_of_another_architecture_is_never_in_use() {
+        let here = levels();
+        assert_eq!(here[0], Level::Scalar);
+        assert!(here.iter().all(|l| l.on_this_architecture() == *l));
+        for asked in Level::ALL {
+            let used = with_level(asked, level);
+            assert!(here.contains(&used), "{asked:?} gave {used:?}");
+            assert!(used <= asked);
+        }
+        if cfg!(target_arch = "aarch64") {
+            assert_eq!(here, [Level::Scalar, Level::Neon]);
+            assert_eq!(Level::Avx512.on_this_architecture(), Level::Neon);
+        } else {
+            assert!(!here.contains(&Level::Neon));
+            assert_eq!(Level::Neon.on_this_architecture(), Level::Scalar);
+            assert_eq!(Level::Avx2.on_this_architecture(), Level::Avx2);
+        }
     }
 }

@@ -229,14 +229,15 @@ impl KernelGrad {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 mod vector;
 
-/// The vector transforms of the level in use (none without AVX2).
+/// The vector transforms of the level in use (none on x86-64 without AVX2, nor on
+/// architectures other than x86-64 and aarch64).
 fn vectors() -> Option<VectorTiles> {
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     return vector::here();
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     None
 }
 
@@ -510,9 +511,9 @@ mod tests {
     /// The scalar transforms and every vector form this CPU has, whatever level is in
     /// use, with the channels each takes at a time.
     fn every_vector_form() -> Vec<(Option<VectorTiles>, usize)> {
-        #[cfg(target_arch = "x86_64")]
+        #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
         let vector = vector::all_here();
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
         let vector: Vec<VectorTiles> = Vec::new();
         std::iter::once((None, 1))
             .chain(vector.into_iter().map(|t| (Some(t), t.width)))

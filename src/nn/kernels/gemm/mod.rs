@@ -69,20 +69,20 @@ enum Kernel {
 impl Kernel {
     /// The widest kernel of the level in use.
     fn best() -> Kernel {
-        #[cfg(target_arch = "x86_64")]
-        return Kernel::of_level(crate::nn::kernels::cpu::level());
-        #[cfg(not(target_arch = "x86_64"))]
-        Kernel::Portable
+        Kernel::of_level(crate::nn::kernels::cpu::level())
     }
 
-    /// The micro-kernel compiled for an x86-64 instruction-set level.
-    #[cfg(target_arch = "x86_64")]
+    /// The micro-kernel compiled for an instruction-set level; for NEON, the `gemm`
+    /// crate's (`cpu` never uses a level of another architecture).
     fn of_level(level: crate::nn::kernels::cpu::Level) -> Kernel {
         use crate::nn::kernels::cpu::Level;
         match level {
+            #[cfg(target_arch = "x86_64")]
             Level::Avx512 => Kernel::Avx512,
+            #[cfg(target_arch = "x86_64")]
             Level::Avx2 => Kernel::Avx2,
             Level::Scalar => Kernel::Scalar,
+            _ => Kernel::Portable,
         }
     }
 
@@ -249,16 +249,14 @@ mod tests {
     /// The general kernels this CPU runs: the portable one, the plain one, and the
     /// AVX2 and AVX-512 ones where the CPU has them (whatever level is in use).
     fn kernels_here() -> Vec<Kernel> {
-        #[cfg(target_arch = "x86_64")]
-        return std::iter::once(Kernel::Portable)
-            .chain(
-                crate::nn::kernels::cpu::levels()
-                    .into_iter()
-                    .map(Kernel::of_level),
-            )
-            .collect();
-        #[cfg(not(target_arch = "x86_64"))]
-        vec![Kernel::Portable, Kernel::Scalar]
+        let mut kernels = vec![Kernel::Portable];
+        for level in crate::nn::kernels::cpu::levels() {
+            let kernel = Kernel::of_level(level);
+            if !kernels.contains(&kernel) {
+                kernels.push(kernel);
+            }
+        }
+        kernels
     }
 
     /// The textbook triple loop.

@@ -1,8 +1,11 @@
-//! The tile transforms on a vector of channels at a time: 16 with AVX-512, 8 with AVX2.
-//! The transforms are additions and subtractions only, written once over `Lanes`; each
-//! instruction set gets thin wrappers compiled for it, into which the generic code and
-//! its intrinsics are inlined.
+//! The tile transforms on a vector of channels at a time: 16 with AVX-512, 8 with AVX2,
+//! 4 with NEON. The transforms are additions and subtractions only, written once over
+//! `Lanes`; each instruction set gets thin wrappers compiled for it, into which the
+//! generic code and its intrinsics are inlined.
 
+#[cfg(target_arch = "aarch64")]
+use std::arch::aarch64::*;
+#[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
 use super::tile::{Strides, VectorTiles};
@@ -19,15 +22,21 @@ pub fn all_here() -> Vec<VectorTiles> {
     cpu::levels().into_iter().filter_map(of_level).collect()
 }
 
-/// The transforms compiled for an instruction-set level (none for plain code).
+/// The transforms compiled for an instruction-set level (none for plain code; `cpu`
+/// never uses a level of another architecture).
 fn of_level(level: Level) -> Option<VectorTiles> {
     match level {
+        #[cfg(target_arch = "x86_64")]
         Level::Avx512 => Some(AVX512),
+        #[cfg(target_arch = "x86_64")]
         Level::Avx2 => Some(AVX2),
-        Level::Scalar => None,
+        #[cfg(target_arch = "aarch64")]
+        Level::Neon => Some(NEON),
+        _ => None,
     }
 }
 
+#[cfg(target_arch = "x86_64")]
 const AVX512: VectorTiles = VectorTiles {
     input: avx512_input,
     grad: avx512_grad,
@@ -35,11 +44,20 @@ const AVX512: VectorTiles = VectorTiles {
     width: 16,
 };
 
+#[cfg(target_arch = "x86_64")]
 const AVX2: VectorTiles = VectorTiles {
     input: avx2_input,
     grad: avx2_grad,
     output: avx2_output,
     width: 8,
+};
+
+#[cfg(target_arch = "aarch64")]
+const NEON: VectorTiles = VectorTiles {
+    input: neon_input,
+    grad: neon_grad,
+    output: neon_output,
+    width: 4,
 };
 
 /// A vector of channels, and the few operations the transforms need. Every method
@@ -57,9 +75,11 @@ trait Lanes: Copy {
     unsafe fn sub(self, other: Self) -> Self;
 }
 
+#[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 struct Avx512Lanes(__m512);
 
+#[cfg(target_arch = "x86_64")]
 impl Lanes for Avx512Lanes {
     type Mask = __mmask16;
     #[inline(always)]
@@ -88,16 +108,19 @@ impl Lanes for Avx512Lanes {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 struct Avx2Lanes(__m256);
 
 /// AVX2's masked stores are slow on AMD CPUs: a full vector goes without the mask.
+#[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 struct Avx2Mask {
     full: bool,
     lanes: __m256i,
 }
 
+#[cfg(target_arch = "x86_64")]
 impl Lanes for Avx2Lanes {
     type Mask = Avx2Mask;
     #[inline(always)]
@@ -144,6 +167,56 @@ impl Lanes for Avx2Lanes {
     #[inline(always)]
     unsafe fn sub(self, other: Self) -> Self {
         Avx2Lanes(unsafe { _mm256_sub_ps(self.0, other.0) })
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+#[derive(Clone, Copy)]
+struct NeonLanes(float32x4_t);
+
+/// NEON has no masked loads or stores: a part of a vector goes through a buffer.
+#[cfg(target_arch = "aarch64")]
+impl Lanes for NeonLanes {
+    type Mask = usize;
+    #[inline(always)]
+    unsafe fn mask(lanes: usize) -> usize {
+        lanes.min(4)
+    }
+    #[inline(always)]
+    unsafe fn load(lanes: usize, src: *const f32) -> Self {
+        NeonLanes(unsafe {
+            if lanes == 4 {
+                vld1q_f32(src)
+            } else {
+                let mut part = [0f32; 4];
+                std::ptr::copy_nonoverlapping(src, part.as_mut_ptr(), lanes);
+                vld1q_f32(part.as_ptr())
+            }
+        })
+    }
+    #[inline(always)]
+    unsafe fn store(self, lanes: usize, dst: *mut f32) {
+        unsafe {
+            if lanes == 4 {
+                vst1q_f32(dst, self.0)
+            } else {
+                let mut part = [0f32; 4];
+                vst1q_f32(part.as_mut_ptr(), self.0);
+                std::ptr::copy_nonoverlapping(part.as_ptr(), dst, lanes);
+            }
+        }
+    }
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        NeonLanes(unsafe { vdupq_n_f32(0.0) })
+    }
+    #[inline(always)]
+    unsafe fn add(self, other: Self) -> Self {
+        NeonLanes(unsafe { vaddq_f32(self.0, other.0) })
+    }
+    #[inline(always)]
+    unsafe fn sub(self, other: Self) -> Self {
+        NeonLanes(unsafe { vsubq_f32(self.0, other.0) })
     }
 }
 
@@ -255,6 +328,7 @@ macro_rules! tiles_for {
     };
 }
 
+#[cfg(target_arch = "x86_64")]
 tiles_for!(
     "avx512f",
     Avx512Lanes,
@@ -262,4 +336,7 @@ tiles_for!(
     avx512_output,
     avx512_grad
 );
+#[cfg(target_arch = "x86_64")]
 tiles_for!("avx2", Avx2Lanes, avx2_input, avx2_output, avx2_grad);
+#[cfg(target_arch = "aarch64")]
+tiles_for!("neon", NeonLanes, neon_input, neon_output, neon_grad);
