@@ -41,19 +41,20 @@ impl Level {
     /// The widest level of this architecture's chain at most `self` (`avx2` asked on
     /// aarch64 is NEON, `neon` asked on x86-64 is scalar).
     fn on_this_architecture(self) -> Level {
-        let chain: &[Level] = if cfg!(target_arch = "aarch64") {
-            &[Level::Scalar, Level::Neon]
-        } else {
-            &[Level::Scalar, Level::Avx2, Level::Avx512]
-        };
-        chain
+        CHAIN
             .iter()
             .copied()
-            .filter(|l| *l <= self)
-            .last()
+            .rfind(|l| *l <= self)
             .unwrap_or(Level::Scalar)
     }
 }
+
+/// This architecture's levels, narrowest first.
+const CHAIN: &[Level] = if cfg!(target_arch = "aarch64") {
+    &[Level::Scalar, Level::Neon]
+} else {
+    &[Level::Scalar, Level::Avx2, Level::Avx512]
+};
 
 /// What this CPU supports.
 pub fn detected() -> Level {
@@ -128,13 +129,8 @@ pub fn avx2() -> bool {
 pub fn with_level<R>(level: Level, body: impl FnOnce() -> R) -> R {
     static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let on_this_architecture = level.on_this_architecture();
-    let code = Level::ALL
-        .iter()
-        .position(|l| *l == on_this_architecture)
-        .expect("every level is in ALL") as u8
-        + 1;
-    FORCED.store(code, Ordering::SeqCst);
+    // `Level::ALL` is in declaration order, so a level's position there is its discriminant.
+    FORCED.store(level.on_this_architecture() as u8 + 1, Ordering::SeqCst);
     struct Reset;
     impl Drop for Reset {
         fn drop(&mut self) {
@@ -147,10 +143,7 @@ pub fn with_level<R>(level: Level, body: impl FnOnce() -> R) -> R {
 
 /// Every level this CPU runs, narrowest first.
 pub fn levels() -> Vec<Level> {
-    Level::ALL
-        .into_iter()
-        .filter(|l| *l <= detected() && l.on_this_architecture() == *l)
-        .collect()
+    CHAIN.iter().copied().filter(|l| *l <= detected()).collect()
 }
 
 #[cfg(test)]
@@ -178,6 +171,8 @@ mod tests {
     /// A level of the other architecture stands for the widest of this one below it.
     #[test]
     fn a_level_of_another_architecture_is_never_in_use() {
+        // `with_level` stores a level by its discriminant, read back through `ALL`.
+        assert!(Level::ALL.iter().enumerate().all(|(i, l)| *l as usize == i));
         let here = levels();
         assert_eq!(here[0], Level::Scalar);
         assert!(here.iter().all(|l| l.on_this_architecture() == *l));
