@@ -25,8 +25,9 @@ pub struct Sample;
 impl Kind for Sample {
     const NAME: &'static str = "sample";
     /// Bumped whenever the bytes this stage writes change (3: Winograd convolutions,
-    /// and the MLP's inference pass, which rounds differently from the training ops).
-    const VERSION: u32 = 3;
+    /// and the MLP's inference pass, which rounds differently from the training ops;
+    /// 4: F(4x4, 3x3) Winograd convolutions on images of 12 pixels and more).
+    const VERSION: u32 = 4;
     const ROLES: &'static [Role] = &[Role::one("train", Train::NAME)];
     const WRITES: &'static str =
         "`samples.safetensors`, `trajectory.safetensors`, `sampling.json` (NFE, seconds)";

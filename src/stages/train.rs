@@ -36,8 +36,9 @@ impl Kind for Train {
     /// Bumped whenever the bytes this stage writes change (4: 3x3 convolutions by
     /// Winograd's F(2x2, 3x3), whose rounding differs from the direct product's; 5:
     /// weights carry model.json in their metadata and the Fourier frequencies; 6: the
-    /// loss figure also as SVG).
-    const VERSION: u32 = 6;
+    /// loss figure also as SVG; 7: F(4x4, 3x3) Winograd convolutions on images of 12
+    /// pixels and more).
+    const VERSION: u32 = 7;
     const ROLES: &'static [Role] = &[
         Role::one("data", super::dataset::Dataset::NAME),
         Role::one("schedule", Schedule::NAME),

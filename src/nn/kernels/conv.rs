@@ -3,8 +3,8 @@
 //! direct transposed convolution; a U-Net training step at MNIST size spent most of its
 //! time there and ran about 14 times slower than PyTorch's. Here every convolution is
 //! GEMMs per image, the images of a batch spread over rayon's threads:
-//! - 3x3, stride 1, size kept (most of a U-Net): Winograd's F(2x2, 3x3)
-//!   (`super::winograd`), for the forward pass and both gradients;
+//! - 3x3, stride 1, size kept (most of a U-Net): Winograd's F(4x4, 3x3) or, on small
+//!   images, F(2x2, 3x3) (`super::winograd`), for the forward pass and both gradients;
 //! - other kernels with stride 1 that keep the size: an implicit GEMM on the
 //!   zero-padded image, read in place as its column matrix (`Geometry::implicit`); the
 //!   input gradient is the same product with the kernel flipped;
@@ -266,11 +266,16 @@ impl Geometry {
             && self.cin.min(self.cout) >= 4
     }
 
-    /// Whether this convolution runs as Winograd's F(2x2, 3x3) (`winograd`): a 3x3
+    /// Whether this convolution runs by Winograd's minimal filtering (`winograd`): a 3x3
     /// kernel, stride 1, size kept (padding 1), and channels enough on both sides for
     /// its products (as for `implicit`).
     fn winograd(&self) -> bool {
         self.keeps_size() && self.kernel == 3 && self.cin.min(self.cout) >= 4
+    }
+
+    /// The Winograd tiling for this convolution's image size (see `Tiling::for_image`).
+    fn tiling(&self) -> winograd::Tiling {
+        winograd::Tiling::for_image(self.h, self.w, super::gemm::block_rows())
     }
 
     /// The `winograd` forward pass: each image through `kernel` (this convolution's,
@@ -526,7 +531,7 @@ impl Geometry {
     pub(super) fn forward(&self, x: &[f32], kernel: &[f32], bias: &[f32]) -> Vec<f32> {
         if self.winograd() {
             let cin = self.cin;
-            let transformed = winograd::Kernel::new(cin, self.cout, |o, c, i, j| {
+            let transformed = winograd::Kernel::new(cin, self.cout, self.tiling(), |o, c, i, j| {
                 kernel[((o * cin + c) * 3 + i) * 3 + j]
             });
             return self.forward_winograd(x, &transformed, bias);
@@ -565,7 +570,7 @@ impl Geometry {
             // The swapped convolution's output channel o is this one's input channel,
             // its input channel c this one's output channel, its kernel flipped.
             let cin = self.cin;
-            let flipped = winograd::Kernel::new(self.cout, cin, |o, c, i, j| {
+            let flipped = winograd::Kernel::new(self.cout, cin, self.tiling(), |o, c, i, j| {
                 kernel[((c * cin + o) * 3 + 2 - i) * 3 + 2 - j]
             });
             let zero_bias = vec![0f32; self.batch * cin];
@@ -616,7 +621,7 @@ impl Geometry {
         // sum stays transformed until every image is in.
         let winograd = self
             .winograd()
-            .then(|| winograd::KernelGrad::new(self.cin, self.cout));
+            .then(|| winograd::KernelGrad::new(self.cin, self.cout, self.tiling()));
         let sum_len = winograd.as_ref().map_or(k * self.cout, |g| g.sum_len());
         let sum_t = x
             .par_chunks(self.cin * self.h * self.w)

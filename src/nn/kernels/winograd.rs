@@ -1,16 +1,18 @@
 //! 3x3 convolutions with stride 1 and padding 1 (nearly every convolution of a U-Net)
-//! by Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray, "Fast Algorithms for
-//! Convolutional Neural Networks", 2016). A 2x2 block of outputs from a 4x4 tile of
-//! input costs 16 multiplications per input and output channel instead of 36: each
-//! tile and each kernel is transformed once (additions only, and halves for the
-//! kernel), the 16 positions of the transformed tile become 16 independent products
-//! [tiles, cin] x [cin, cout], and a last transform folds the products back into
-//! outputs. The input gradient is the same convolution with the kernel flipped, and
-//! the kernel gradient is the adjoint of the three steps (`KernelGrad`), so all three
-//! products of a training step get the saving (BENCHMARKS.md has what it bought).
+//! by Winograd's minimal filtering (Lavin & Gray, "Fast Algorithms for Convolutional
+//! Neural Networks", 2016), F(2x2, 3x3) or F(4x4, 3x3) (`Tiling`). With F(2x2), a 2x2
+//! block of outputs from a 4x4 tile of input costs 16 multiplications per input and
+//! output channel instead of 36; with F(4x4), a 4x4 block from a 6x6 tile costs 36
+//! instead of 144. Each tile and each kernel is transformed once (additions and a few
+//! multiplications by constants), the positions of the transformed tile become
+//! independent products [tiles, cin] x [cin, cout], and a last transform folds the
+//! products back into outputs. The input gradient is the same convolution with the
+//! kernel flipped, and the kernel gradient is the adjoint of the three steps
+//! (`KernelGrad`), so all three products of a training step get the saving
+//! (BENCHMARKS.md has what it bought).
 //!
 //! The tiles are laid out with the channels innermost, so every transform is a few
-//! additions of whole channel vectors and each product reads its operands in place.
+//! operations on whole channel vectors and each product reads its operands in place.
 
 #![allow(clippy::needless_range_loop)] // the transforms index tiles by row and column
 
@@ -18,49 +20,57 @@ use super::gemm::{View, matmul};
 use super::transpose::transpose;
 
 mod tile;
+pub use tile::Tiling;
 use tile::{Strides, TileFn, VectorTiles};
 
-/// Positions of a transformed 4x4 tile: one product each.
-const POSITIONS: usize = 16;
-
 /// A kernel [cout, cin, 3, 3] transformed for `convolve`: U = G g G^T per (input,
-/// output) channel pair, stored as 16 matrices [cin, cout], one per position.
+/// output) channel pair, stored as one matrix [cin, cout] per position.
 pub struct Kernel {
     cin: usize,
     cout: usize,
+    tiling: Tiling,
     u: Vec<f32>,
 }
 
 impl Kernel {
-    /// The transform of the kernel whose weight for output channel `o`, input channel
-    /// `c` at offset (i, j) is `weight(o, c, i, j)` (a flipped and transposed kernel
-    /// for an input gradient is then only another closure).
+    /// The transform for `tiling` of the kernel whose weight for output channel `o`,
+    /// input channel `c` at offset (i, j) is `weight(o, c, i, j)` (a flipped and
+    /// transposed kernel for an input gradient is then only another closure).
     pub fn new(
         cin: usize,
         cout: usize,
+        tiling: Tiling,
         weight: impl Fn(usize, usize, usize, usize) -> f32,
     ) -> Kernel {
-        let mut u = vec![0f32; POSITIONS * cin * cout];
+        let side = tiling.side();
+        let mut u = vec![0f32; tiling.positions() * cin * cout];
         for o in 0..cout {
             for c in 0..cin {
-                separable(
-                    kernel_combination,
-                    |i, j| weight(o, c, i, j),
-                    |i, j, value| u[((i * 4 + j) * cin + c) * cout + o] = value,
-                );
+                let x = |i, j| weight(o, c, i, j);
+                let y =
+                    |i: usize, j: usize, value| u[((i * side + j) * cin + c) * cout + o] = value;
+                match tiling {
+                    Tiling::Two => separable(tile::kernel2, x, y),
+                    Tiling::Four => separable(tile::kernel4, x, y),
+                }
             }
         }
-        Kernel { cin, cout, u }
+        Kernel {
+            cin,
+            cout,
+            tiling,
+            u,
+        }
     }
 
     /// Numbers of scratch `convolve` needs for an `h` x `w` image.
     pub fn scratch_len(&self, h: usize, w: usize) -> usize {
-        Tiles::new(h, w).scratch_len(self.cin, self.cout)
+        Tiles::new(h, w, self.tiling).scratch_len(self.cin, self.cout)
     }
 
     /// y [cout, h, w] = x [cin, h, w] convolved with the kernel, zero-padded by 1, plus
     /// `bias[o]` on every pixel of output channel `o`. `scratch` (at least
-    /// `scratch_len`) need not be zeroed; `threads` goes to each of the 16 products.
+    /// `scratch_len`) need not be zeroed; `threads` goes to each of the products.
     #[allow(clippy::too_many_arguments)]
     pub fn convolve(
         &self,
@@ -87,33 +97,26 @@ impl Kernel {
         threads: usize,
         vector: Option<VectorTiles>,
     ) {
-        let (cin, cout) = (self.cin, self.cout);
+        let (cin, cout, positions) = (self.cin, self.cout, self.tiling.positions());
         assert!(
             x.len() == cin * h * w && y.len() == cout * h * w && bias.len() == cout,
             "winograd: image, output or bias does not fit the kernel"
         );
-        let tiles = Tiles::new(h, w);
+        let tiles = Tiles::new(h, w, self.tiling);
         let n = tiles.count();
         let (padded, rest) = scratch.split_at_mut(tiles.padded_len(cin));
-        let (v, rest) = rest.split_at_mut(POSITIONS * n * cin);
-        let (m, rest) = rest.split_at_mut(POSITIONS * n * cout);
+        let (v, rest) = rest.split_at_mut(positions * n * cin);
+        let (m, rest) = rest.split_at_mut(positions * n * cout);
         let out = &mut rest[..tiles.output_len(cout)];
         tiles.pad(x, cin, padded);
-        let input = vector.map(|t| (t.input, t.width));
-        tiles.transform_tiles(
-            padded,
-            tiles.padded_width(),
-            cin,
-            v,
-            input_combination,
-            input,
-        );
+        let vector = vector.map(|t| (t.of(self.tiling), t.width));
+        tiles.transform_input(padded, cin, v, vector.map(|(t, width)| (t.input, width)));
         for (position, product) in m.chunks_exact_mut(n * cout).enumerate() {
             let lhs = View::rows(&v[position * n * cin..][..n * cin], n, cin);
             let rhs = View::rows(&self.u[position * cin * cout..][..cin * cout], cin, cout);
             matmul(product, lhs, rhs, false, threads);
         }
-        tiles.transform_output(m, cout, out, vector.map(|t| (t.output, t.width)));
+        tiles.transform_output(m, cout, out, vector.map(|(t, width)| (t.output, width)));
         // The valid pixels of each output row, channel-major, plus the bias.
         let row_len = tiles.out_width() * cout;
         for (row, line) in out.chunks_exact(row_len).take(h).enumerate() {
@@ -124,27 +127,28 @@ impl Kernel {
 
 /// The kernel's gradient, the adjoint of `convolve`: with Y = A^T [U . V] A per tile
 /// and U = G g G^T, the gradient of g is G^T dU G, where dU at each position is the
-/// sum over tiles of V^T times A dY A^T (the 2x2 output gradient of the tile carried
-/// back to its 16 positions). The sum over a batch stays transformed, [16][cin][cout],
+/// sum over tiles of V^T times A dY A^T (the output gradient of the tile carried back
+/// to its positions). The sum over a batch stays transformed, [positions][cin][cout],
 /// until `KernelGrad::finish`.
 pub struct KernelGrad {
     cin: usize,
     cout: usize,
+    tiling: Tiling,
 }
 
 impl KernelGrad {
-    pub fn new(cin: usize, cout: usize) -> KernelGrad {
-        KernelGrad { cin, cout }
+    pub fn new(cin: usize, cout: usize, tiling: Tiling) -> KernelGrad {
+        KernelGrad { cin, cout, tiling }
     }
 
     /// Numbers of the transformed sum `accumulate` adds to.
     pub fn sum_len(&self) -> usize {
-        POSITIONS * self.cin * self.cout
+        self.tiling.positions() * self.cin * self.cout
     }
 
     /// Numbers of scratch `accumulate` needs for an `h` x `w` image.
     pub fn scratch_len(&self, h: usize, w: usize) -> usize {
-        Tiles::new(h, w).scratch_len(self.cin, self.cout)
+        Tiles::new(h, w, self.tiling).scratch_len(self.cin, self.cout)
     }
 
     /// Adds image x [cin, h, w]'s share of the gradient, given the gradient grad_y
@@ -173,36 +177,26 @@ impl KernelGrad {
         threads: usize,
         vector: Option<VectorTiles>,
     ) {
-        let (cin, cout) = (self.cin, self.cout);
+        let (cin, cout, positions) = (self.cin, self.cout, self.tiling.positions());
         assert!(
             x.len() == cin * h * w && grad_y.len() == cout * h * w && sum.len() == self.sum_len(),
             "winograd: image, gradient or sum does not fit the kernel"
         );
-        let tiles = Tiles::new(h, w);
+        let tiles = Tiles::new(h, w, self.tiling);
         let n = tiles.count();
         let (padded, rest) = scratch.split_at_mut(tiles.padded_len(cin));
-        let (v, rest) = rest.split_at_mut(POSITIONS * n * cin);
-        let (dm, rest) = rest.split_at_mut(POSITIONS * n * cout);
+        let (v, rest) = rest.split_at_mut(positions * n * cin);
+        let (dm, rest) = rest.split_at_mut(positions * n * cout);
         let grad_tiles = &mut rest[..tiles.output_len(cout)];
         tiles.pad(x, cin, padded);
-        let input = vector.map(|t| (t.input, t.width));
-        tiles.transform_tiles(
-            padded,
-            tiles.padded_width(),
-            cin,
-            v,
-            input_combination,
-            input,
-        );
+        let vector = vector.map(|t| (t.of(self.tiling), t.width));
+        tiles.transform_input(padded, cin, v, vector.map(|(t, width)| (t.input, width)));
         tiles.spread(grad_y, cout, grad_tiles);
-        let grad = vector.map(|t| (t.grad, t.width));
-        tiles.transform_tiles(
+        tiles.transform_grad(
             grad_tiles,
-            tiles.out_width(),
             cout,
             dm,
-            grad_combination,
-            grad,
+            vector.map(|(t, width)| (t.grad, width)),
         );
         for (position, du) in sum.chunks_exact_mut(cin * cout).enumerate() {
             let lhs = View::rows(&v[position * n * cin..][..n * cin], n, cin).t();
@@ -214,15 +208,16 @@ impl KernelGrad {
     /// The gradient [cout, cin, 3, 3] from the transformed sum: G^T dU G per channel
     /// pair.
     pub fn finish(&self, sum: &[f32]) -> Vec<f32> {
-        let (cin, cout) = (self.cin, self.cout);
+        let (cin, cout, side) = (self.cin, self.cout, self.tiling.side());
         let mut grad = vec![0f32; cout * cin * 9];
         for o in 0..cout {
             for c in 0..cin {
-                separable(
-                    kernel_grad_combination,
-                    |i, j| sum[((i * 4 + j) * cin + c) * cout + o],
-                    |i, j, value| grad[((o * cin + c) * 3 + i) * 3 + j] = value,
-                );
+                let x = |i: usize, j: usize| sum[((i * side + j) * cin + c) * cout + o];
+                let y = |i, j, value| grad[((o * cin + c) * 3 + i) * 3 + j] = value;
+                match self.tiling {
+                    Tiling::Two => separable(tile::kernel_grad2, x, y),
+                    Tiling::Four => separable(tile::kernel_grad4, x, y),
+                }
             }
         }
         grad
@@ -241,23 +236,29 @@ fn vectors() -> Option<VectorTiles> {
     None
 }
 
-/// The 2x2 output blocks covering an h x w image, and the layouts around them.
+/// The blocks of outputs covering an h x w image, and the layouts around them.
 #[derive(Clone, Copy)]
 struct Tiles {
     h: usize,
     w: usize,
+    tiling: Tiling,
+    /// Side of a block of outputs (2 or 4).
+    out: usize,
     /// Tiles down and across.
     rows: usize,
     cols: usize,
 }
 
 impl Tiles {
-    fn new(h: usize, w: usize) -> Tiles {
+    fn new(h: usize, w: usize, tiling: Tiling) -> Tiles {
+        let out = tiling.out();
         Tiles {
             h,
             w,
-            rows: h.div_ceil(2),
-            cols: w.div_ceil(2),
+            tiling,
+            out,
+            rows: h.div_ceil(out),
+            cols: w.div_ceil(out),
         }
     }
 
@@ -269,26 +270,28 @@ impl Tiles {
     /// gradient): the padded input, the transformed input and products (or output
     /// gradient), and the pixel-major output (or output gradient).
     fn scratch_len(&self, cin: usize, cout: usize) -> usize {
-        self.padded_len(cin) + POSITIONS * self.count() * (cin + cout) + self.output_len(cout)
+        self.padded_len(cin)
+            + self.tiling.positions() * self.count() * (cin + cout)
+            + self.output_len(cout)
     }
 
-    /// Width of the padded input: a zero column, the tiles' 2 columns each, and one
-    /// more (zero past the image) for the last tile's 4x4 reach.
+    /// Width of the padded input: a zero column, the tiles' columns, and one more
+    /// (zero past the image) for the last tile's reach.
     fn padded_width(&self) -> usize {
-        2 * self.cols + 2
+        self.out * self.cols + 2
     }
 
     fn padded_len(&self, channels: usize) -> usize {
-        (2 * self.rows + 2) * self.padded_width() * channels
+        (self.out * self.rows + 2) * self.padded_width() * channels
     }
 
     /// Width of the output before cropping: whole tiles.
     fn out_width(&self) -> usize {
-        2 * self.cols
+        self.out * self.cols
     }
 
     fn output_len(&self, channels: usize) -> usize {
-        2 * self.rows * self.out_width() * channels
+        self.out * self.rows * self.out_width() * channels
     }
 
     /// Writes x [channels, h, w] pixel-major into `padded` [rows, padded width,
@@ -317,36 +320,90 @@ impl Tiles {
         }
     }
 
+    /// V = B^T d B for every tile d of the padded input, into the matrices [tiles,
+    /// channels] of `positions`.
+    fn transform_input(
+        &self,
+        padded: &[f32],
+        channels: usize,
+        positions: &mut [f32],
+        vector_tile: Option<(TileFn, usize)>,
+    ) {
+        let width = self.padded_width();
+        match self.tiling {
+            Tiling::Two => self.transform_tiles(
+                padded,
+                width,
+                channels,
+                positions,
+                tile::input2,
+                vector_tile,
+            ),
+            Tiling::Four => self.transform_tiles(
+                padded,
+                width,
+                channels,
+                positions,
+                tile::input4,
+                vector_tile,
+            ),
+        }
+    }
+
+    /// A dY A^T for every block dY of the spread output gradient, into the matrices
+    /// [tiles, channels] of `positions`.
+    fn transform_grad(
+        &self,
+        grad: &[f32],
+        channels: usize,
+        positions: &mut [f32],
+        vector_tile: Option<(TileFn, usize)>,
+    ) {
+        let width = self.out_width();
+        match self.tiling {
+            Tiling::Two => {
+                self.transform_tiles(grad, width, channels, positions, tile::grad2, vector_tile)
+            }
+            Tiling::Four => {
+                self.transform_tiles(grad, width, channels, positions, tile::grad4, vector_tile)
+            }
+        }
+    }
+
     /// Every tile of `pixels` (pixel-major, `width` pixels wide, a tile the I x I
-    /// pixels from its corner on) transformed into the 16 matrices [tiles, channels]
-    /// of `positions`: `combine` (B^T for an input, whose 4x4 tiles give V = B^T d B;
-    /// A for an output gradient, whose 2x2 tiles give A dY A^T) on each tile's
-    /// columns and rows, or `vector_tile`, its vector form, on a vector of channels at
-    /// a time.
-    fn transform_tiles<const I: usize>(
+    /// pixels from its corner on) transformed into the S x S matrices [tiles,
+    /// channels] of `positions`: `combine` (B^T for an input tile, A for an output
+    /// gradient's block) on each tile's columns and rows, or `vector_tile`, its vector
+    /// form, on a vector of channels at a time.
+    fn transform_tiles<const I: usize, const S: usize>(
         &self,
         pixels: &[f32],
         width: usize,
         channels: usize,
         positions: &mut [f32],
-        combine: fn([f32; I]) -> [f32; 4],
+        combine: fn([f32; I]) -> [f32; S],
         vector_tile: Option<(TileFn, usize)>,
     ) {
+        let out = self.out;
         // The last tile's I rows and columns of pixels, and every tile's positions.
-        let (rows, cols) = ((2 * self.rows + I).saturating_sub(2), 2 * self.cols + I - 2);
+        let (rows, cols) = (
+            (out * self.rows + I).saturating_sub(out),
+            out * self.cols + I - out,
+        );
         assert!(
-            cols <= width
+            S == self.tiling.side()
+                && cols <= width
                 && pixels.len() >= rows * width * channels
-                && positions.len() >= POSITIONS * self.count() * channels
+                && positions.len() >= S * S * self.count() * channels
         );
         self.for_each_tile(width, channels, |position, pixel, at| {
             if let Some((tile, width)) = vector_tile {
                 for (c, lanes) in lanes(channels, width) {
                     // SAFETY: `vector_tile` comes from `vectors()` (or the tests'
-                    // list of what the CPU has), so the CPU has its instructions;
-                    // the tile's pixels and its 16 positions lie
-                    // inside the buffers (asserted above), and the mask keeps to
-                    // the channels.
+                    // list of what the CPU has) for this tiling, so the CPU has its
+                    // instructions and it reads I x I pixels and writes S x S
+                    // positions; those lie inside the buffers (asserted above), and
+                    // the mask keeps to the channels.
                     unsafe {
                         tile(
                             pixels[pixel + c..].as_ptr(),
@@ -362,13 +419,13 @@ impl Tiles {
                 separable(
                     combine,
                     |i, j| pixels[pixel + i * at.row + j * at.col + c],
-                    |i, j, value| positions[(i * 4 + j) * at.position + position + c] = value,
+                    |i, j, value| positions[(i * S + j) * at.position + position + c] = value,
                 );
             }
         })
     }
 
-    /// Writes grad_y [channels, h, w] pixel-major into `grad` [2 rows, out width,
+    /// Writes grad_y [channels, h, w] pixel-major into `grad` [rows, out width,
     /// channels], zero at the pixels of whole tiles that lie outside the image.
     fn spread(&self, grad_y: &[f32], channels: usize, grad: &mut [f32]) {
         let line = self.out_width() * channels;
@@ -383,8 +440,8 @@ impl Tiles {
         }
     }
 
-    /// Y = A^T m A for every tile's 16 products m (from `m`, laid out as `v`), written
-    /// pixel-major into `out` [2 rows, out width, channels].
+    /// Y = A^T m A for every tile's products m (from `m`, laid out as `v`), written
+    /// pixel-major into `out` [rows, out width, channels].
     fn transform_output(
         &self,
         m: &[f32],
@@ -392,12 +449,33 @@ impl Tiles {
         out: &mut [f32],
         vector_tile: Option<(TileFn, usize)>,
     ) {
+        match self.tiling {
+            Tiling::Two => self.transform_output_with(m, channels, out, tile::output2, vector_tile),
+            Tiling::Four => {
+                self.transform_output_with(m, channels, out, tile::output4, vector_tile)
+            }
+        }
+    }
+
+    /// `transform_output` with `combine` (A^T) from S products to O outputs.
+    fn transform_output_with<const S: usize, const O: usize>(
+        &self,
+        m: &[f32],
+        channels: usize,
+        out: &mut [f32],
+        combine: fn([f32; S]) -> [f32; O],
+        vector_tile: Option<(TileFn, usize)>,
+    ) {
         let n = self.count();
-        assert!(m.len() >= POSITIONS * n * channels && out.len() >= self.output_len(channels));
+        assert!(
+            S == self.tiling.side()
+                && m.len() >= S * S * n * channels
+                && out.len() >= self.output_len(channels)
+        );
         self.for_each_tile(self.out_width(), channels, |position, pixel, at| {
             if let Some((tile, width)) = vector_tile {
                 for (c, lanes) in lanes(channels, width) {
-                    // SAFETY: as in `transform_tiles`, for `m` and the tile's 2x2
+                    // SAFETY: as in `transform_tiles`, for `m` and the tile's O x O
                     // pixels of `out`.
                     unsafe {
                         tile(
@@ -412,8 +490,8 @@ impl Tiles {
             }
             for c in 0..channels {
                 separable(
-                    output_combination,
-                    |i, j| m[(i * 4 + j) * at.position + position + c],
+                    combine,
+                    |i, j| m[(i * S + j) * at.position + position + c],
                     |i, j, value| out[pixel + i * at.row + j * at.col + c] = value,
                 );
             }
@@ -421,7 +499,7 @@ impl Tiles {
     }
 
     /// Calls `each(position, pixel, strides)` for every tile: `position` the offset
-    /// of its first position in the 16 matrices [tiles, channels], `pixel` that of its
+    /// of its first position in the matrices [tiles, channels], `pixel` that of its
     /// top-left pixel in a pixel-major buffer `width` pixels wide (the padded input,
     /// or the output and its gradient), and the strides of both.
     fn for_each_tile(
@@ -439,7 +517,7 @@ impl Tiles {
             let (ty, tx) = (tile / self.cols, tile % self.cols);
             each(
                 tile * channels,
-                (2 * ty * width + 2 * tx) * channels,
+                (self.out * (ty * width + tx)) * channels,
                 strides,
             );
         }
@@ -478,32 +556,6 @@ fn separable<const I: usize, const O: usize>(
     }
 }
 
-/// B^T times four numbers d0..d3 (a column of a tile, then a row of the result).
-fn input_combination([d0, d1, d2, d3]: [f32; 4]) -> [f32; 4] {
-    [d0 - d2, d1 + d2, d2 - d1, d1 - d3]
-}
-
-/// A^T times four numbers m0..m3.
-fn output_combination([m0, m1, m2, m3]: [f32; 4]) -> [f32; 2] {
-    [m0 + m1 + m2, m1 - m2 - m3]
-}
-
-/// A times two numbers y0, y1 (the adjoint of `output_combination`).
-fn grad_combination([y0, y1]: [f32; 2]) -> [f32; 4] {
-    [y0, y0 + y1, y0 - y1, -y1]
-}
-
-/// G times three numbers g0..g2: g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2.
-fn kernel_combination([g0, g1, g2]: [f32; 3]) -> [f32; 4] {
-    [g0, 0.5 * (g0 + g1 + g2), 0.5 * (g0 - g1 + g2), g2]
-}
-
-/// G^T times four numbers u0..u3 (the adjoint of the kernel transform's G).
-fn kernel_grad_combination([u0, u1, u2, u3]: [f32; 4]) -> [f32; 3] {
-    let (sum, difference) = (0.5 * (u1 + u2), 0.5 * (u1 - u2));
-    [u0 + sum, difference, sum + u3]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -518,6 +570,28 @@ mod tests {
         std::iter::once((None, 1))
             .chain(vector.into_iter().map(|t| (Some(t), t.width)))
             .collect()
+    }
+
+    /// Both tilings with each of `every_vector_form`.
+    fn every_form() -> Vec<(Tiling, (Option<VectorTiles>, usize))> {
+        [Tiling::Two, Tiling::Four]
+            .into_iter()
+            .flat_map(|tiling| {
+                every_vector_form()
+                    .into_iter()
+                    .map(move |form| (tiling, form))
+            })
+            .collect()
+    }
+
+    /// The error allowed, relative to the largest output: F(4x4)'s transforms scale
+    /// numbers by up to 8 and 1/24 (its points 2 and -2), so it rounds more than
+    /// F(2x2) does.
+    fn tolerance(tiling: Tiling) -> f32 {
+        match tiling {
+            Tiling::Two => 1e-5,
+            Tiling::Four => 4e-5,
+        }
     }
     use crate::nn::kernels::normals;
 
@@ -570,11 +644,11 @@ mod tests {
             let weights = normals(k as u64, "winograd/weights", cout * cin * 9);
             let bias = normals(k as u64, "winograd/bias", cout);
             let expected = direct(&x, &weights, &bias, (cin, cout, h, w));
-            let kernel = Kernel::new(cin, cout, |o, c, i, j| {
-                weights[((o * cin + c) * 3 + i) * 3 + j]
-            });
             let scale = expected.iter().fold(1f32, |m, v| m.max(v.abs()));
-            for (vectors, width) in every_vector_form() {
+            for (tiling, (vectors, width)) in every_form() {
+                let kernel = Kernel::new(cin, cout, tiling, |o, c, i, j| {
+                    weights[((o * cin + c) * 3 + i) * 3 + j]
+                });
                 for threads in [1, 2] {
                     let mut scratch = vec![f32::NAN; kernel.scratch_len(h, w)];
                     let mut y = vec![f32::NAN; cout * h * w];
@@ -585,8 +659,8 @@ mod tests {
                         .map(|(a, b)| (a - b).abs())
                         .fold(0f32, f32::max);
                     assert!(
-                        error <= 1e-5 * scale,
-                        "case {k} ({cin}->{cout}, {h}x{w}), {width} channels at a time, threads {threads}: error {error}"
+                        error <= tolerance(tiling) * scale,
+                        "case {k} ({cin}->{cout}, {h}x{w}), {tiling:?}, {width} channels at a time, threads {threads}: error {error}"
                     );
                 }
             }
@@ -630,8 +704,8 @@ mod tests {
                 }
             }
             let scale = expected.iter().fold(1f64, |m, v| m.max(v.abs())) as f32;
-            let grad = KernelGrad::new(cin, cout);
-            for (vectors, width) in every_vector_form() {
+            for (tiling, (vectors, width)) in every_form() {
+                let grad = KernelGrad::new(cin, cout, tiling);
                 for threads in [1, 2] {
                     let mut sum = vec![0f32; grad.sum_len()];
                     let mut scratch = vec![f32::NAN; grad.scratch_len(h, w)];
@@ -653,18 +727,42 @@ mod tests {
                         .map(|(a, b)| (*a - *b as f32).abs())
                         .fold(0f32, f32::max);
                     assert!(
-                        error <= 1e-5 * scale,
-                        "case {k} ({cin}->{cout}, {h}x{w}), {width} channels at a time, threads {threads}: error {error}"
+                        error <= tolerance(tiling) * scale,
+                        "case {k} ({cin}->{cout}, {h}x{w}), {tiling:?}, {width} channels at a time, threads {threads}: error {error}"
                     );
                 }
             }
         }
     }
 
+    /// The tiling follows the product work, blocks of rows included: F(4x4) at 28x28
+    /// for every kernel, at 14x14 only where 16 tiles fill the blocks well (6 rows,
+    /// not 14), never below 12 pixels.
+    #[test]
+    fn the_tiling_weighs_the_products_blocks() {
+        let choices = [
+            ((28, 28, 14), Tiling::Four),
+            ((28, 28, 6), Tiling::Four),
+            ((14, 14, 14), Tiling::Two),
+            ((14, 14, 6), Tiling::Four),
+            ((14, 14, 4), Tiling::Four),
+            ((7, 7, 6), Tiling::Two),
+            ((11, 64, 6), Tiling::Two),
+            ((32, 32, 8), Tiling::Four),
+        ];
+        for ((h, w, rows), want) in choices {
+            assert_eq!(
+                Tiling::for_image(h, w, rows),
+                want,
+                "{h}x{w}, blocks of {rows} rows"
+            );
+        }
+    }
+
     #[test]
     #[should_panic(expected = "does not fit the kernel")]
     fn an_image_of_the_wrong_size_is_refused() {
-        let kernel = Kernel::new(2, 3, |_, _, _, _| 1.0);
+        let kernel = Kernel::new(2, 3, Tiling::Four, |_, _, _, _| 1.0);
         let mut scratch = vec![0f32; kernel.scratch_len(4, 4)];
         kernel.convolve(
             &[0.0; 2 * 16],

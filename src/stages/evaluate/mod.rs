@@ -39,8 +39,8 @@ impl Kind for Evaluate {
     /// Bumped whenever the bytes this stage writes change (5: Winograd convolutions
     /// and the MLP's inference pass in the networks it evaluates; 7: score errors
     /// named by the time asked for, with the level's noise std, and every figure also
-    /// as SVG).
-    const VERSION: u32 = 7;
+    /// as SVG; 8: F(4x4, 3x3) Winograd convolutions in the networks it evaluates).
+    const VERSION: u32 = 8;
     const ROLES: &'static [Role] = &[
         Role::one("reference", Dataset::NAME),
         Role::list("samples", Sample::NAME),

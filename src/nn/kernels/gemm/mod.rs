@@ -117,6 +117,22 @@ impl Kernel {
     }
 }
 
+/// Rows of the output the micro-kernel of the level in use holds at once: a product
+/// whose rows are not a multiple of it computes part of a block for nothing (what
+/// the Winograd tiling weighs). For the `gemm` crate, its widest f32 block (two
+/// vectors of rows).
+pub fn block_rows() -> usize {
+    use blis::MicroKernel;
+    match Kernel::best() {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => avx512::Avx512::MR,
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => avx2::Avx2::MR,
+        Kernel::Scalar => scalar::Scalar::MR,
+        Kernel::Portable | Kernel::Dots => 8,
+    }
+}
+
 fn matmul_with(
     kernel: Kernel,
     out: &mut [f32],

@@ -1,6 +1,6 @@
 //! The tile transforms on a vector of channels at a time: 16 with AVX-512, 8 with AVX2,
-//! 4 with NEON. The transforms are additions and subtractions only, written once over
-//! `Lanes`; each instruction set gets thin wrappers compiled for it, into which the
+//! 4 with NEON. The transforms are tile.rs's combinations, written once over
+//! `Arithmetic`; each instruction set gets thin wrappers compiled for it, into which the
 //! generic code and its intrinsics are inlined.
 
 #[cfg(target_arch = "aarch64")]
@@ -8,7 +8,7 @@ use std::arch::aarch64::*;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use super::tile::{Strides, VectorTiles};
+use super::tile::{self, Arithmetic, Strides, Transforms, VectorTiles};
 use crate::nn::kernels::cpu::{self, Level};
 
 /// The widest transforms of the level in use, if any.
@@ -36,33 +36,11 @@ fn of_level(level: Level) -> Option<VectorTiles> {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-const AVX512: VectorTiles = VectorTiles {
-    input: avx512_input,
-    grad: avx512_grad,
-    output: avx512_output,
-    width: 16,
-};
-
-#[cfg(target_arch = "x86_64")]
-const AVX2: VectorTiles = VectorTiles {
-    input: avx2_input,
-    grad: avx2_grad,
-    output: avx2_output,
-    width: 8,
-};
-
-#[cfg(target_arch = "aarch64")]
-const NEON: VectorTiles = VectorTiles {
-    input: neon_input,
-    grad: neon_grad,
-    output: neon_output,
-    width: 4,
-};
-
-/// A vector of channels, and the few operations the transforms need. Every method
-/// requires the instruction set of the implementation.
-trait Lanes: Copy {
+/// A vector of channels: its loads and stores, on top of the combinations'
+/// arithmetic. Every method here requires the instruction set of the implementation;
+/// a value exists only once one of them has run, so its arithmetic (safe methods)
+/// runs only where the instruction set is present.
+trait Lanes: Arithmetic {
     /// Which of the first lanes a load or store touches.
     type Mask: Copy;
     unsafe fn mask(lanes: usize) -> Self::Mask;
@@ -71,8 +49,6 @@ trait Lanes: Copy {
     /// The masked lanes to `dst`; the others are not touched.
     unsafe fn store(self, mask: Self::Mask, dst: *mut f32);
     unsafe fn zero() -> Self;
-    unsafe fn add(self, other: Self) -> Self;
-    unsafe fn sub(self, other: Self) -> Self;
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -98,13 +74,23 @@ impl Lanes for Avx512Lanes {
     unsafe fn zero() -> Self {
         Avx512Lanes(unsafe { _mm512_setzero_ps() })
     }
+}
+
+#[cfg(target_arch = "x86_64")]
+// SAFETY (of each method): `self` exists, so one of the unsafe constructors above has
+// run, which the caller may do only where the CPU has the instructions.
+impl Arithmetic for Avx512Lanes {
     #[inline(always)]
-    unsafe fn add(self, other: Self) -> Self {
+    fn add(self, other: Self) -> Self {
         Avx512Lanes(unsafe { _mm512_add_ps(self.0, other.0) })
     }
     #[inline(always)]
-    unsafe fn sub(self, other: Self) -> Self {
+    fn sub(self, other: Self) -> Self {
         Avx512Lanes(unsafe { _mm512_sub_ps(self.0, other.0) })
+    }
+    #[inline(always)]
+    fn scale(self, factor: f32) -> Self {
+        Avx512Lanes(unsafe { _mm512_mul_ps(self.0, _mm512_set1_ps(factor)) })
     }
 }
 
@@ -160,13 +146,23 @@ impl Lanes for Avx2Lanes {
     unsafe fn zero() -> Self {
         Avx2Lanes(unsafe { _mm256_setzero_ps() })
     }
+}
+
+#[cfg(target_arch = "x86_64")]
+// SAFETY (of each method): `self` exists, so one of the unsafe constructors above has
+// run, which the caller may do only where the CPU has the instructions.
+impl Arithmetic for Avx2Lanes {
     #[inline(always)]
-    unsafe fn add(self, other: Self) -> Self {
+    fn add(self, other: Self) -> Self {
         Avx2Lanes(unsafe { _mm256_add_ps(self.0, other.0) })
     }
     #[inline(always)]
-    unsafe fn sub(self, other: Self) -> Self {
+    fn sub(self, other: Self) -> Self {
         Avx2Lanes(unsafe { _mm256_sub_ps(self.0, other.0) })
+    }
+    #[inline(always)]
+    fn scale(self, factor: f32) -> Self {
+        Avx2Lanes(unsafe { _mm256_mul_ps(self.0, _mm256_set1_ps(factor)) })
     }
 }
 
@@ -210,35 +206,27 @@ impl Lanes for NeonLanes {
     unsafe fn zero() -> Self {
         NeonLanes(unsafe { vdupq_n_f32(0.0) })
     }
+}
+
+#[cfg(target_arch = "aarch64")]
+// SAFETY (of each method): `self` exists, so one of the unsafe constructors above has
+// run, which the caller may do only where the CPU has the instructions.
+impl Arithmetic for NeonLanes {
     #[inline(always)]
-    unsafe fn add(self, other: Self) -> Self {
+    fn add(self, other: Self) -> Self {
         NeonLanes(unsafe { vaddq_f32(self.0, other.0) })
     }
     #[inline(always)]
-    unsafe fn sub(self, other: Self) -> Self {
+    fn sub(self, other: Self) -> Self {
         NeonLanes(unsafe { vsubq_f32(self.0, other.0) })
+    }
+    #[inline(always)]
+    fn scale(self, factor: f32) -> Self {
+        NeonLanes(unsafe { vmulq_f32(self.0, vdupq_n_f32(factor)) })
     }
 }
 
-/// `input_combination` (B^T) on vectors.
-#[inline(always)]
-unsafe fn input_combination<V: Lanes>([d0, d1, d2, d3]: [V; 4]) -> [V; 4] {
-    unsafe { [d0.sub(d2), d1.add(d2), d2.sub(d1), d1.sub(d3)] }
-}
-
-/// `output_combination` (A^T) on vectors.
-#[inline(always)]
-unsafe fn output_combination<V: Lanes>([m0, m1, m2, m3]: [V; 4]) -> [V; 2] {
-    unsafe { [m0.add(m1).add(m2), m1.sub(m2).sub(m3)] }
-}
-
-/// `grad_combination` (A) on vectors.
-#[inline(always)]
-unsafe fn grad_combination<V: Lanes>([y0, y1]: [V; 2]) -> [V; 4] {
-    unsafe { [y0, y0.add(y1), y0.sub(y1), V::zero().sub(y1)] }
-}
-
-/// C X C^T on one tile of `lanes` channels: `combine` on the I x I vectors `x(i, j)`'s
+/// C X C^T on one tile of `lanes` channels: `combine` (C) on the I x I vectors `x(i, j)`'s
 /// columns, then on the rows of the result; the O x O results go to `y(i, j, value)`.
 #[inline(always)]
 unsafe fn separable<V: Lanes, const I: usize, const O: usize>(
@@ -246,97 +234,111 @@ unsafe fn separable<V: Lanes, const I: usize, const O: usize>(
     x: impl Fn(usize, usize) -> V,
     mut y: impl FnMut(usize, usize, V),
 ) {
-    unsafe {
-        let mut columns = [[V::zero(); I]; O];
-        for j in 0..I {
-            let column = combine(std::array::from_fn(|i| x(i, j)));
-            for i in 0..O {
-                columns[i][j] = column[i];
-            }
+    let mut columns = [[unsafe { V::zero() }; I]; O];
+    for j in 0..I {
+        let column = combine(std::array::from_fn(|i| x(i, j)));
+        for i in 0..O {
+            columns[i][j] = column[i];
         }
-        for (i, row) in columns.iter().enumerate() {
-            for (j, value) in combine(*row).into_iter().enumerate() {
-                y(i, j, value);
-            }
+    }
+    for (i, row) in columns.iter().enumerate() {
+        for (j, value) in combine(*row).into_iter().enumerate() {
+            y(i, j, value);
         }
     }
 }
 
-/// One tile's input transform for `lanes` channels: the 4x4 pixels from `src` on, the
-/// 16 positions to `dst` on.
+/// One tile's transform to positions (an input tile's B^T d B, I = S; an output
+/// gradient block's A dY A^T, I = S - 2) for `lanes` channels: the I x I pixels from
+/// `src` on, the S x S positions to `dst` on.
 #[inline(always)]
-unsafe fn input_tile<V: Lanes>(src: *const f32, dst: *mut f32, at: Strides, lanes: usize) {
+unsafe fn to_positions<V: Lanes, const I: usize, const S: usize>(
+    combine: impl Fn([V; I]) -> [V; S],
+    (src, dst, at, lanes): (*const f32, *mut f32, Strides, usize),
+) {
     unsafe {
         let mask = V::mask(lanes);
-        separable::<V, 4, 4>(
-            |v| input_combination(v),
+        separable::<V, I, S>(
+            combine,
             |i, j| V::load(mask, src.add(i * at.row + j * at.col)),
-            |i, j, v| v.store(mask, dst.add((i * 4 + j) * at.position)),
+            |i, j, v| v.store(mask, dst.add((i * S + j) * at.position)),
         )
     }
 }
 
-/// One tile's output transform for `lanes` channels: the 16 products from `src` on,
-/// the 2x2 pixels to `dst` on.
+/// One tile's output transform, A^T m A, for `lanes` channels: the S x S products from
+/// `src` on, the O x O pixels to `dst` on.
 #[inline(always)]
-unsafe fn output_tile<V: Lanes>(src: *const f32, dst: *mut f32, at: Strides, lanes: usize) {
+unsafe fn to_pixels<V: Lanes, const S: usize, const O: usize>(
+    combine: impl Fn([V; S]) -> [V; O],
+    (src, dst, at, lanes): (*const f32, *mut f32, Strides, usize),
+) {
     unsafe {
         let mask = V::mask(lanes);
-        separable::<V, 4, 2>(
-            |v| output_combination(v),
-            |i, j| V::load(mask, src.add((i * 4 + j) * at.position)),
+        separable::<V, S, O>(
+            combine,
+            |i, j| V::load(mask, src.add((i * S + j) * at.position)),
             |i, j, v| v.store(mask, dst.add(i * at.row + j * at.col)),
         )
     }
 }
 
-/// One tile's output-gradient transform for `lanes` channels: the 2x2 pixels from
-/// `src` on, the 16 positions to `dst` on.
-#[inline(always)]
-unsafe fn grad_tile<V: Lanes>(src: *const f32, dst: *mut f32, at: Strides, lanes: usize) {
-    unsafe {
-        let mask = V::mask(lanes);
-        separable::<V, 2, 4>(
-            |v| grad_combination(v),
-            |i, j| V::load(mask, src.add(i * at.row + j * at.col)),
-            |i, j, v| v.store(mask, dst.add((i * 4 + j) * at.position)),
-        )
-    }
-}
-
-/// The three transforms compiled for one instruction set (`$feature`) on its lanes.
+/// The transforms of both tilings compiled for one instruction set (`$feature`) on its
+/// lanes, as a `VectorTiles` of `$width` channels. The combinations go in as closures,
+/// which take the instruction set of the function they are written in: a function
+/// item would be called through a shim compiled without it, and every intrinsic in it
+/// would become a call.
 ///
-/// # Safety (of each)
+/// # Safety (of each function)
 /// The CPU has the instruction set; every pixel's and position's first `lanes`
 /// numbers (at most the vector's width) are readable or writable at the strides given.
 macro_rules! tiles_for {
-    ($feature:literal, $lanes:ty, $input:ident, $output:ident, $grad:ident) => {
+    ($feature:literal, $lanes:ty, $width:literal) => {{
         #[target_feature(enable = $feature)]
-        unsafe fn $input(src: *const f32, dst: *mut f32, at: Strides, lanes: usize) {
-            unsafe { input_tile::<$lanes>(src, dst, at, lanes) }
+        unsafe fn input2(src: *const f32, dst: *mut f32, at: Strides, lanes: usize) {
+            unsafe { to_positions::<$lanes, 4, 4>(|v| tile::input2(v), (src, dst, at, lanes)) }
         }
-
         #[target_feature(enable = $feature)]
-        unsafe fn $output(src: *const f32, dst: *mut f32, at: Strides, lanes: usize) {
-            unsafe { output_tile::<$lanes>(src, dst, at, lanes) }
+        unsafe fn grad2(src: *const f32, dst: *mut f32, at: Strides, lanes: usize) {
+            unsafe { to_positions::<$lanes, 2, 4>(|v| tile::grad2(v), (src, dst, at, lanes)) }
         }
-
         #[target_feature(enable = $feature)]
-        unsafe fn $grad(src: *const f32, dst: *mut f32, at: Strides, lanes: usize) {
-            unsafe { grad_tile::<$lanes>(src, dst, at, lanes) }
+        unsafe fn output2(src: *const f32, dst: *mut f32, at: Strides, lanes: usize) {
+            unsafe { to_pixels::<$lanes, 4, 2>(|v| tile::output2(v), (src, dst, at, lanes)) }
         }
-    };
+        #[target_feature(enable = $feature)]
+        unsafe fn input4(src: *const f32, dst: *mut f32, at: Strides, lanes: usize) {
+            unsafe { to_positions::<$lanes, 6, 6>(|v| tile::input4(v), (src, dst, at, lanes)) }
+        }
+        #[target_feature(enable = $feature)]
+        unsafe fn grad4(src: *const f32, dst: *mut f32, at: Strides, lanes: usize) {
+            unsafe { to_positions::<$lanes, 4, 6>(|v| tile::grad4(v), (src, dst, at, lanes)) }
+        }
+        #[target_feature(enable = $feature)]
+        unsafe fn output4(src: *const f32, dst: *mut f32, at: Strides, lanes: usize) {
+            unsafe { to_pixels::<$lanes, 6, 4>(|v| tile::output4(v), (src, dst, at, lanes)) }
+        }
+        VectorTiles {
+            two: Transforms {
+                input: input2,
+                grad: grad2,
+                output: output2,
+            },
+            four: Transforms {
+                input: input4,
+                grad: grad4,
+                output: output4,
+            },
+            width: $width,
+        }
+    }};
 }
 
 #[cfg(target_arch = "x86_64")]
-tiles_for!(
-    "avx512f",
-    Avx512Lanes,
-    avx512_input,
-    avx512_output,
-    avx512_grad
-);
+const AVX512: VectorTiles = tiles_for!("avx512f", Avx512Lanes, 16);
+
 #[cfg(target_arch = "x86_64")]
-tiles_for!("avx2", Avx2Lanes, avx2_input, avx2_output, avx2_grad);
+const AVX2: VectorTiles = tiles_for!("avx2", Avx2Lanes, 8);
+
 #[cfg(target_arch = "aarch64")]
-tiles_for!("neon", NeonLanes, neon_input, neon_output, neon_grad);
+const NEON: VectorTiles = tiles_for!("neon", NeonLanes, 4);
