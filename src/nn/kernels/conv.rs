@@ -4,7 +4,8 @@
 //! time there and ran about 14 times slower than PyTorch's. Here every convolution is
 //! GEMMs per image, the images of a batch spread over rayon's threads:
 //! - 3x3, stride 1, size kept (most of a U-Net): Winograd's F(4x4, 3x3) or, on small
-//!   images, F(2x2, 3x3) (`super::winograd`), for the forward pass and both gradients;
+//!   images, F(2x2, 3x3) (`super::winograd`), for the forward pass and both gradients,
+//!   a few images per product where one image has too few tiles to fill it;
 //! - other kernels with stride 1 that keep the size: an implicit GEMM on the
 //!   zero-padded image, read in place as its column matrix (`Geometry::implicit`); the
 //!   input gradient is the same product with the kernel flipped;
@@ -278,22 +279,30 @@ impl Geometry {
         winograd::Tiling::for_image(self.h, self.w, super::gemm::block_rows())
     }
 
-    /// The `winograd` forward pass: each image through `kernel` (this convolution's,
-    /// transformed), plus the bias [batch, cout].
+    /// The `winograd` forward pass: the images through `kernel` (this convolution's,
+    /// transformed) a group at a time (`winograd::images_per_product`), plus the bias
+    /// [batch, cout].
     fn forward_winograd(&self, x: &[f32], kernel: &winograd::Kernel, bias: &[f32]) -> Vec<f32> {
         let (n, (h, w)) = (self.pixels(), (self.h, self.w));
         let mut out = Output::new(self.batch * self.cout * n);
-        let threads = self.gemm_threads();
-        let scratch = kernel.scratch_len(h, w);
-        out.par_chunks_mut(self.cout * n)
-            .zip(x.par_chunks(self.cin * n))
-            .zip(bias.par_chunks(self.cout))
-            .for_each(|((y, image), bias)| {
+        let group = self.winograd_group();
+        let threads = self.gemm_threads_for(self.batch.div_ceil(group));
+        let scratch = kernel.scratch_len(h, w, group);
+        out.par_chunks_mut(group * self.cout * n)
+            .zip(x.par_chunks(group * self.cin * n))
+            .zip(bias.par_chunks(group * self.cout))
+            .for_each(|((y, images), bias)| {
                 with_scratch(scratch, |scratch| {
-                    kernel.convolve(image, h, w, bias, y, scratch, threads)
+                    kernel.convolve(images, h, w, bias, y, scratch, threads)
                 })
             });
         out.into_vec()
+    }
+
+    /// Images per Winograd product for this batch on rayon's threads.
+    fn winograd_group(&self) -> usize {
+        let threads = rayon::current_num_threads();
+        winograd::images_per_product(self.tiling(), (self.h, self.w), self.batch, threads)
     }
 
     /// Width of a padded row: `padding` zeros, then the image's row. Rows share
@@ -615,39 +624,52 @@ impl Geometry {
         let kernel_len = self.cout * k;
         let mut out = vec![0f32; kernel_len + self.batch * self.cout];
         let (grad_kernel, grad_bias) = out.split_at_mut(kernel_len);
-        let threads = self.gemm_threads();
         // Summed as its transpose, columns(x) · grad y^T [patch, cout]: the GEMM then
         // reads the large column matrix in place and packs only grad y. Winograd's
-        // sum stays transformed until every image is in.
+        // sum stays transformed until every image is in, and takes a group of images
+        // per product.
         let winograd = self
             .winograd()
             .then(|| winograd::KernelGrad::new(self.cin, self.cout, self.tiling()));
         let sum_len = winograd.as_ref().map_or(k * self.cout, |g| g.sum_len());
+        let group = if winograd.is_some() {
+            self.winograd_group()
+        } else {
+            1
+        };
+        let threads = self.gemm_threads_for(self.batch.div_ceil(group));
+        let image_len = self.cin * self.h * self.w;
         let sum_t = x
-            .par_chunks(self.cin * self.h * self.w)
-            .zip(grad.par_chunks(self.cout * n))
-            .zip(grad_bias.par_chunks_mut(self.cout))
+            .par_chunks(group * image_len)
+            .zip(grad.par_chunks(group * self.cout * n))
+            .zip(grad_bias.par_chunks_mut(group * self.cout))
             .fold(
                 || vec![0f32; sum_len],
-                |mut acc, ((image, grad_y), bias)| {
-                    for (b, plane) in bias.iter_mut().zip(grad_y.chunks(n)) {
+                |mut acc, ((images, grads_y), biases)| {
+                    for (b, plane) in biases.iter_mut().zip(grads_y.chunks(n)) {
                         *b = with_wide_vectors(|| lane_sum(plane, |v| v)) as f32;
                     }
-                    let grad_y_t = View::rows(grad_y, self.cout, n).t();
                     if let Some(g) = &winograd {
-                        let size = (self.h, self.w);
-                        with_scratch(g.scratch_len(self.h, self.w), |scratch| {
-                            g.accumulate(image, grad_y, size, &mut acc, scratch, threads)
+                        let (size, count) = ((self.h, self.w), images.len() / image_len);
+                        with_scratch(g.scratch_len(self.h, self.w, count), |scratch| {
+                            g.accumulate(images, grads_y, size, &mut acc, scratch, threads)
                         });
-                    } else if self.implicit() {
-                        self.kernel_grad_implicit(image, grad_y, &offsets, &mut acc);
-                    } else if self.pointwise() {
-                        matmul(&mut acc, View::rows(image, k, n), grad_y_t, true, threads);
-                    } else {
-                        with_scratch(k * n, |cols| {
-                            self.im2col(image, cols, &padding);
-                            matmul(&mut acc, View::rows(cols, k, n), grad_y_t, true, threads);
-                        });
+                        return acc;
+                    }
+                    let each = images.chunks(image_len).zip(grads_y.chunks(self.cout * n));
+                    for (image, grad_y) in each {
+                        let grad_y_t = View::rows(grad_y, self.cout, n).t();
+                        if self.implicit() {
+                            self.kernel_grad_implicit(image, grad_y, &offsets, &mut acc);
+                        } else if self.pointwise() {
+                            matmul(&mut acc, View::rows(image, k, n), grad_y_t, true, threads);
+                        } else {
+                            with_scratch(k * n, |cols| {
+                                self.im2col(image, cols, &padding);
+                                let cols = View::rows(cols, k, n);
+                                matmul(&mut acc, cols, grad_y_t, true, threads);
+                            });
+                        }
                     }
                     acc
                 },
@@ -689,8 +711,13 @@ impl Geometry {
     /// Threads each image's GEMM may use: all of them when there are fewer images
     /// than threads, else one (the images themselves are spread over the threads).
     fn gemm_threads(&self) -> usize {
+        self.gemm_threads_for(self.batch)
+    }
+
+    /// `gemm_threads` when the batch is spread over the threads as `tasks` tasks.
+    fn gemm_threads_for(&self, tasks: usize) -> usize {
         let threads = rayon::current_num_threads();
-        if self.batch >= threads { 1 } else { threads }
+        if tasks >= threads { 1 } else { threads }
     }
 }
 

@@ -63,14 +63,17 @@ impl Kernel {
         }
     }
 
-    /// Numbers of scratch `convolve` needs for an `h` x `w` image.
-    pub fn scratch_len(&self, h: usize, w: usize) -> usize {
-        Tiles::new(h, w, self.tiling).scratch_len(self.cin, self.cout)
+    /// Numbers of scratch `convolve` needs for `images` `h` x `w` images.
+    pub fn scratch_len(&self, h: usize, w: usize, images: usize) -> usize {
+        Tiles::new(h, w, self.tiling, images).scratch_len(self.cin, self.cout)
     }
 
-    /// y [cout, h, w] = x [cin, h, w] convolved with the kernel, zero-padded by 1, plus
-    /// `bias[o]` on every pixel of output channel `o`. `scratch` (at least
-    /// `scratch_len`) need not be zeroed; `threads` goes to each of the products.
+    /// y [images, cout, h, w] = x [images, cin, h, w] convolved with the kernel,
+    /// zero-padded by 1, plus `bias[i][o]` on every pixel of image `i`'s output
+    /// channel `o` (bias [images, cout]). The images' tiles go through one product per
+    /// position, so a few small images fill the micro-kernel's blocks of rows as one
+    /// large image does. `scratch` (at least `scratch_len`) need not be zeroed;
+    /// `threads` goes to each of the products.
     #[allow(clippy::too_many_arguments)]
     pub fn convolve(
         &self,
@@ -98,11 +101,14 @@ impl Kernel {
         vector: Option<VectorTiles>,
     ) {
         let (cin, cout, positions) = (self.cin, self.cout, self.tiling.positions());
+        let images = bias.len() / cout.max(1);
         assert!(
-            x.len() == cin * h * w && y.len() == cout * h * w && bias.len() == cout,
-            "winograd: image, output or bias does not fit the kernel"
+            x.len() == images * cin * h * w
+                && y.len() == images * cout * h * w
+                && bias.len() == images * cout,
+            "winograd: images, outputs or biases do not fit the kernel"
         );
-        let tiles = Tiles::new(h, w, self.tiling);
+        let tiles = Tiles::new(h, w, self.tiling, images);
         let n = tiles.count();
         let (padded, rest) = scratch.split_at_mut(tiles.padded_len(cin));
         let (v, rest) = rest.split_at_mut(positions * n * cin);
@@ -119,10 +125,38 @@ impl Kernel {
         tiles.transform_output(m, cout, out, vector.map(|(t, width)| (t.output, width)));
         // The valid pixels of each output row, channel-major, plus the bias.
         let row_len = tiles.out_width() * cout;
-        for (row, line) in out.chunks_exact(row_len).take(h).enumerate() {
-            transpose(line, cout, w, cout, &mut y[row * w..], h * w, Some(bias));
+        let image_out = out.chunks_exact(tiles.output_image_len(cout));
+        let each = image_out.zip(y.chunks_exact_mut(cout * h * w));
+        for ((out, y), bias) in each.zip(bias.chunks_exact(cout)) {
+            for (row, line) in out.chunks_exact(row_len).take(h).enumerate() {
+                transpose(line, cout, w, cout, &mut y[row * w..], h * w, Some(bias));
+            }
         }
     }
+}
+
+/// Rows a position's product should have at least for the micro-kernel's blocks of
+/// rows to be nearly full and its per-product set-up to be small beside the work.
+/// More rows make the transformed tiles outgrow the caches: 128 and 512 measured
+/// slower than 64 (BENCHMARKS.md).
+const PRODUCT_ROWS: usize = 64;
+
+/// How many of a batch's `h` x `w` images go through one product per position
+/// (`Kernel::convolve`, `KernelGrad::accumulate`), when the batch is spread over
+/// `threads` threads: the fewest that give `PRODUCT_ROWS` tiles, among the divisors of
+/// each thread's share, so that every thread gets whole groups of the same size.
+pub fn images_per_product(
+    tiling: Tiling,
+    (h, w): (usize, usize),
+    batch: usize,
+    threads: usize,
+) -> usize {
+    let share = batch.div_ceil(threads.max(1)).max(1);
+    let tiles = Tiles::new(h, w, tiling, 1).per_image().max(1);
+    (1..=share)
+        .filter(|&images| share.is_multiple_of(images))
+        .find(|images| images * tiles >= PRODUCT_ROWS)
+        .unwrap_or(share)
 }
 
 /// The kernel's gradient, the adjoint of `convolve`: with Y = A^T [U . V] A per tile
@@ -146,13 +180,15 @@ impl KernelGrad {
         self.tiling.positions() * self.cin * self.cout
     }
 
-    /// Numbers of scratch `accumulate` needs for an `h` x `w` image.
-    pub fn scratch_len(&self, h: usize, w: usize) -> usize {
-        Tiles::new(h, w, self.tiling).scratch_len(self.cin, self.cout)
+    /// Numbers of scratch `accumulate` needs for `images` `h` x `w` images.
+    pub fn scratch_len(&self, h: usize, w: usize, images: usize) -> usize {
+        Tiles::new(h, w, self.tiling, images).scratch_len(self.cin, self.cout)
     }
 
-    /// Adds image x [cin, h, w]'s share of the gradient, given the gradient grad_y
-    /// [cout, h, w] of its output, to the transformed `sum`.
+    /// Adds the share of the gradient of images x [images, cin, h, w], given the
+    /// gradient grad_y [images, cout, h, w] of their outputs, to the transformed
+    /// `sum`: one product per position over all the images' tiles, deep enough that
+    /// `sum` is loaded and stored once for several images.
     #[allow(clippy::too_many_arguments)]
     pub fn accumulate(
         &self,
@@ -178,11 +214,14 @@ impl KernelGrad {
         vector: Option<VectorTiles>,
     ) {
         let (cin, cout, positions) = (self.cin, self.cout, self.tiling.positions());
+        let images = x.len() / (cin * h * w).max(1);
         assert!(
-            x.len() == cin * h * w && grad_y.len() == cout * h * w && sum.len() == self.sum_len(),
-            "winograd: image, gradient or sum does not fit the kernel"
+            x.len() == images * cin * h * w
+                && grad_y.len() == images * cout * h * w
+                && sum.len() == self.sum_len(),
+            "winograd: images, gradients or sum do not fit the kernel"
         );
-        let tiles = Tiles::new(h, w, self.tiling);
+        let tiles = Tiles::new(h, w, self.tiling, images);
         let n = tiles.count();
         let (padded, rest) = scratch.split_at_mut(tiles.padded_len(cin));
         let (v, rest) = rest.split_at_mut(positions * n * cin);
@@ -236,34 +275,41 @@ fn vectors() -> Option<VectorTiles> {
     None
 }
 
-/// The blocks of outputs covering an h x w image, and the layouts around them.
+/// The blocks of outputs covering `images` h x w images, and the layouts around them:
+/// each image's buffers follow one another, and its tiles follow the previous image's
+/// in the matrices of the positions, so one product per position serves them all.
 #[derive(Clone, Copy)]
 struct Tiles {
     h: usize,
     w: usize,
     tiling: Tiling,
-    /// Side of a block of outputs (2 or 4).
-    out: usize,
-    /// Tiles down and across.
+    /// Tiles down and across one image.
     rows: usize,
     cols: usize,
+    images: usize,
 }
 
 impl Tiles {
-    fn new(h: usize, w: usize, tiling: Tiling) -> Tiles {
+    fn new(h: usize, w: usize, tiling: Tiling, images: usize) -> Tiles {
         let out = tiling.out();
         Tiles {
             h,
             w,
             tiling,
-            out,
             rows: h.div_ceil(out),
             cols: w.div_ceil(out),
+            images,
         }
     }
 
-    fn count(&self) -> usize {
+    /// Tiles of one image.
+    fn per_image(&self) -> usize {
         self.rows * self.cols
+    }
+
+    /// Tiles of all the images: the rows of each position's matrix.
+    fn count(&self) -> usize {
+        self.per_image() * self.images
     }
 
     /// Scratch of a convolution from `cin` to `cout` channels (forward or kernel
@@ -278,25 +324,44 @@ impl Tiles {
     /// Width of the padded input: a zero column, the tiles' columns, and one more
     /// (zero past the image) for the last tile's reach.
     fn padded_width(&self) -> usize {
-        self.out * self.cols + 2
+        self.tiling.out() * self.cols + 2
+    }
+
+    /// Numbers of one image's padded input.
+    fn padded_image_len(&self, channels: usize) -> usize {
+        (self.tiling.out() * self.rows + 2) * self.padded_width() * channels
     }
 
     fn padded_len(&self, channels: usize) -> usize {
-        (self.out * self.rows + 2) * self.padded_width() * channels
+        self.padded_image_len(channels) * self.images
     }
 
     /// Width of the output before cropping: whole tiles.
     fn out_width(&self) -> usize {
-        self.out * self.cols
+        self.tiling.out() * self.cols
+    }
+
+    /// Numbers of one image's pixel-major output (whole tiles).
+    fn output_image_len(&self, channels: usize) -> usize {
+        self.tiling.out() * self.rows * self.out_width() * channels
     }
 
     fn output_len(&self, channels: usize) -> usize {
-        self.out * self.rows * self.out_width() * channels
+        self.output_image_len(channels) * self.images
     }
 
-    /// Writes x [channels, h, w] pixel-major into `padded` [rows, padded width,
-    /// channels], the image one row and one column in from the top left, zeros around.
+    /// Writes each image of x [images, channels, h, w] pixel-major into its part of
+    /// `padded` [images, rows, padded width, channels], one row and one column in from
+    /// the top left, zeros around.
     fn pad(&self, x: &[f32], channels: usize, padded: &mut [f32]) {
+        let image_len = self.padded_image_len(channels);
+        let images = padded[..self.padded_len(channels)].chunks_exact_mut(image_len);
+        for (padded, x) in images.zip(x.chunks_exact(channels * self.h * self.w)) {
+            self.pad_image(x, channels, padded);
+        }
+    }
+
+    fn pad_image(&self, x: &[f32], channels: usize, padded: &mut [f32]) {
         let line = self.padded_width() * channels;
         let (top, rest) = padded.split_at_mut(line);
         top.fill(0.0);
@@ -329,11 +394,11 @@ impl Tiles {
         positions: &mut [f32],
         vector_tile: Option<(TileFn, usize)>,
     ) {
-        let width = self.padded_width();
+        let layout = (self.padded_width(), self.padded_image_len(channels));
         match self.tiling {
             Tiling::Two => self.transform_tiles(
                 padded,
-                width,
+                layout,
                 channels,
                 positions,
                 tile::input2,
@@ -341,7 +406,7 @@ impl Tiles {
             ),
             Tiling::Four => self.transform_tiles(
                 padded,
-                width,
+                layout,
                 channels,
                 positions,
                 tile::input4,
@@ -359,32 +424,33 @@ impl Tiles {
         positions: &mut [f32],
         vector_tile: Option<(TileFn, usize)>,
     ) {
-        let width = self.out_width();
+        let layout = (self.out_width(), self.output_image_len(channels));
         match self.tiling {
             Tiling::Two => {
-                self.transform_tiles(grad, width, channels, positions, tile::grad2, vector_tile)
+                self.transform_tiles(grad, layout, channels, positions, tile::grad2, vector_tile)
             }
             Tiling::Four => {
-                self.transform_tiles(grad, width, channels, positions, tile::grad4, vector_tile)
+                self.transform_tiles(grad, layout, channels, positions, tile::grad4, vector_tile)
             }
         }
     }
 
-    /// Every tile of `pixels` (pixel-major, `width` pixels wide, a tile the I x I
-    /// pixels from its corner on) transformed into the S x S matrices [tiles,
+    /// Every tile of `pixels` (pixel-major, `width` pixels wide, each image
+    /// `image_len` numbers after the previous, a tile the I x I pixels from its corner
+    /// on) transformed into the S x S matrices [tiles,
     /// channels] of `positions`: `combine` (B^T for an input tile, A for an output
     /// gradient's block) on each tile's columns and rows, or `vector_tile`, its vector
     /// form, on a vector of channels at a time.
     fn transform_tiles<const I: usize, const S: usize>(
         &self,
         pixels: &[f32],
-        width: usize,
+        (width, image_len): (usize, usize),
         channels: usize,
         positions: &mut [f32],
         combine: fn([f32; I]) -> [f32; S],
         vector_tile: Option<(TileFn, usize)>,
     ) {
-        let out = self.out;
+        let out = self.tiling.out();
         // The last tile's I rows and columns of pixels, and every tile's positions.
         let (rows, cols) = (
             (out * self.rows + I).saturating_sub(out),
@@ -393,10 +459,11 @@ impl Tiles {
         assert!(
             S == self.tiling.side()
                 && cols <= width
-                && pixels.len() >= rows * width * channels
+                && rows * width * channels <= image_len
+                && pixels.len() >= image_len * self.images
                 && positions.len() >= S * S * self.count() * channels
         );
-        self.for_each_tile(width, channels, |position, pixel, at| {
+        self.for_each_tile((width, image_len), channels, |position, pixel, at| {
             if let Some((tile, width)) = vector_tile {
                 for (c, lanes) in lanes(channels, width) {
                     // SAFETY: `vector_tile` comes from `vectors()` (or the tests'
@@ -425,9 +492,18 @@ impl Tiles {
         })
     }
 
-    /// Writes grad_y [channels, h, w] pixel-major into `grad` [rows, out width,
-    /// channels], zero at the pixels of whole tiles that lie outside the image.
+    /// Writes each image of grad_y [images, channels, h, w] pixel-major into its part
+    /// of `grad` [images, rows, out width, channels], zero at the pixels of whole tiles
+    /// that lie outside the image.
     fn spread(&self, grad_y: &[f32], channels: usize, grad: &mut [f32]) {
+        let image_len = self.output_image_len(channels);
+        let images = grad[..self.output_len(channels)].chunks_exact_mut(image_len);
+        for (grad, grad_y) in images.zip(grad_y.chunks_exact(channels * self.h * self.w)) {
+            self.spread_image(grad_y, channels, grad);
+        }
+    }
+
+    fn spread_image(&self, grad_y: &[f32], channels: usize, grad: &mut [f32]) {
         let line = self.out_width() * channels;
         for (row, dst) in grad.chunks_exact_mut(line).enumerate() {
             if row >= self.h {
@@ -441,7 +517,7 @@ impl Tiles {
     }
 
     /// Y = A^T m A for every tile's products m (from `m`, laid out as `v`), written
-    /// pixel-major into `out` [rows, out width, channels].
+    /// pixel-major into `out` [images, rows, out width, channels].
     fn transform_output(
         &self,
         m: &[f32],
@@ -472,7 +548,8 @@ impl Tiles {
                 && m.len() >= S * S * n * channels
                 && out.len() >= self.output_len(channels)
         );
-        self.for_each_tile(self.out_width(), channels, |position, pixel, at| {
+        let layout = (self.out_width(), self.output_image_len(channels));
+        self.for_each_tile(layout, channels, |position, pixel, at| {
             if let Some((tile, width)) = vector_tile {
                 for (c, lanes) in lanes(channels, width) {
                     // SAFETY: as in `transform_tiles`, for `m` and the tile's O x O
@@ -500,11 +577,12 @@ impl Tiles {
 
     /// Calls `each(position, pixel, strides)` for every tile: `position` the offset
     /// of its first position in the matrices [tiles, channels], `pixel` that of its
-    /// top-left pixel in a pixel-major buffer `width` pixels wide (the padded input,
-    /// or the output and its gradient), and the strides of both.
+    /// top-left pixel in a pixel-major buffer `width` pixels wide with each image
+    /// `image_len` numbers after the previous (the padded input, or the output and its
+    /// gradient), and the strides of both.
     fn for_each_tile(
         &self,
-        width: usize,
+        (width, image_len): (usize, usize),
         channels: usize,
         mut each: impl FnMut(usize, usize, Strides),
     ) {
@@ -514,10 +592,11 @@ impl Tiles {
             position: self.count() * channels,
         };
         for tile in 0..self.count() {
-            let (ty, tx) = (tile / self.cols, tile % self.cols);
+            let (image, tile_in_image) = (tile / self.per_image(), tile % self.per_image());
+            let (ty, tx) = (tile_in_image / self.cols, tile_in_image % self.cols);
             each(
                 tile * channels,
-                (self.out * (ty * width + tx)) * channels,
+                image * image_len + (self.tiling.out() * (ty * width + tx)) * channels,
                 strides,
             );
         }
@@ -595,6 +674,16 @@ mod tests {
     }
     use crate::nn::kernels::normals;
 
+    /// The larger error, NaN (a number never written) the worst of all: `f32::max`
+    /// would drop it.
+    fn worst(a: f32, b: f32) -> f32 {
+        if a.is_nan() || b.is_nan() {
+            f32::INFINITY
+        } else {
+            a.max(b)
+        }
+    }
+
     /// The definition: y[o][p][q] = bias[o] + sum over c, i, j of
     /// kernel[o][c][i][j] x[c][p + i - 1][q + j - 1], zero outside the image.
     fn direct(
@@ -627,9 +716,10 @@ mod tests {
         y
     }
 
-    /// Both transform paths, one and two threads, against the definition: odd and even
-    /// sizes (a last tile half outside the image), channel counts below, at and across
-    /// the 16 lanes, and scratch and output full of NaNs that must all be overwritten.
+    /// Both transform paths, one and two threads, one image and three at once (each
+    /// with its own bias), against the definition: odd and even sizes (a last tile half
+    /// outside the image), channel counts below, at and across the 16 lanes, and
+    /// scratch and output full of NaNs that must all be overwritten.
     #[test]
     fn winograd_convolution_matches_the_definition() {
         let cases = [
@@ -640,27 +730,39 @@ mod tests {
             (16, 1, 2, 2),
         ];
         for (k, &(cin, cout, h, w)) in cases.iter().enumerate() {
-            let x = normals(k as u64, "winograd/x", cin * h * w);
+            let images = 3;
+            let x = normals(k as u64, "winograd/x", images * cin * h * w);
             let weights = normals(k as u64, "winograd/weights", cout * cin * 9);
-            let bias = normals(k as u64, "winograd/bias", cout);
-            let expected = direct(&x, &weights, &bias, (cin, cout, h, w));
+            let bias = normals(k as u64, "winograd/bias", images * cout);
+            let expected: Vec<f32> = (0..images)
+                .flat_map(|i| {
+                    let x = &x[i * cin * h * w..][..cin * h * w];
+                    direct(x, &weights, &bias[i * cout..][..cout], (cin, cout, h, w))
+                })
+                .collect();
             let scale = expected.iter().fold(1f32, |m, v| m.max(v.abs()));
             for (tiling, (vectors, width)) in every_form() {
                 let kernel = Kernel::new(cin, cout, tiling, |o, c, i, j| {
                     weights[((o * cin + c) * 3 + i) * 3 + j]
                 });
-                for threads in [1, 2] {
-                    let mut scratch = vec![f32::NAN; kernel.scratch_len(h, w)];
-                    let mut y = vec![f32::NAN; cout * h * w];
-                    kernel.convolve_with(&x, (h, w), &bias, &mut y, &mut scratch, threads, vectors);
+                for (threads, at_once) in [(1, 1), (2, 1), (1, 3), (2, 3)] {
+                    let mut scratch = vec![f32::NAN; kernel.scratch_len(h, w, at_once)];
+                    let mut y = vec![f32::NAN; images * cout * h * w];
+                    let groups = x
+                        .chunks(at_once * cin * h * w)
+                        .zip(y.chunks_mut(at_once * cout * h * w))
+                        .zip(bias.chunks(at_once * cout));
+                    for ((x, y), bias) in groups {
+                        kernel.convolve_with(x, (h, w), bias, y, &mut scratch, threads, vectors);
+                    }
                     let error = y
                         .iter()
                         .zip(&expected)
                         .map(|(a, b)| (a - b).abs())
-                        .fold(0f32, f32::max);
+                        .fold(0f32, worst);
                     assert!(
                         error <= tolerance(tiling) * scale,
-                        "case {k} ({cin}->{cout}, {h}x{w}), {tiling:?}, {width} channels at a time, threads {threads}: error {error}"
+                        "case {k} ({cin}->{cout}, {h}x{w}), {tiling:?}, {width} channels at a time, threads {threads}, {at_once} images at once: error {error}"
                     );
                 }
             }
@@ -704,12 +806,17 @@ mod tests {
                 }
             }
             let scale = expected.iter().fold(1f64, |m, v| m.max(v.abs())) as f32;
+            let x: Vec<f32> = images.iter().flat_map(|(x, _)| x.clone()).collect();
+            let dy: Vec<f32> = images.iter().flat_map(|(_, dy)| dy.clone()).collect();
             for (tiling, (vectors, width)) in every_form() {
                 let grad = KernelGrad::new(cin, cout, tiling);
-                for threads in [1, 2] {
+                for (threads, at_once) in [(1, 1), (2, 1), (1, 2), (2, 2)] {
                     let mut sum = vec![0f32; grad.sum_len()];
-                    let mut scratch = vec![f32::NAN; grad.scratch_len(h, w)];
-                    for (x, gy) in &images {
+                    let mut scratch = vec![f32::NAN; grad.scratch_len(h, w, at_once)];
+                    let groups = x
+                        .chunks(at_once * cin * h * w)
+                        .zip(dy.chunks(at_once * cout * h * w));
+                    for (x, gy) in groups {
                         grad.accumulate_with(
                             x,
                             gy,
@@ -725,13 +832,35 @@ mod tests {
                         .iter()
                         .zip(&expected)
                         .map(|(a, b)| (*a - *b as f32).abs())
-                        .fold(0f32, f32::max);
+                        .fold(0f32, worst);
                     assert!(
                         error <= tolerance(tiling) * scale,
-                        "case {k} ({cin}->{cout}, {h}x{w}), {tiling:?}, {width} channels at a time, threads {threads}: error {error}"
+                        "case {k} ({cin}->{cout}, {h}x{w}), {tiling:?}, {width} channels at a time, threads {threads}, {at_once} images at once: error {error}"
                     );
                 }
             }
+        }
+    }
+
+    /// Groups of images: the fewest for 64 rows that split each thread's share
+    /// evenly, the whole share where no group is large enough.
+    #[test]
+    fn images_go_through_the_products_in_even_groups() {
+        let cases = [
+            ((Tiling::Four, (28, 28), 64, 2), 2), // 49 tiles
+            ((Tiling::Four, (14, 14), 64, 2), 4), // 16 tiles
+            ((Tiling::Two, (7, 7), 64, 1), 4),    // 16 tiles, 64 images on one thread
+            ((Tiling::Two, (7, 7), 10, 2), 5),    // shares of 5: 5 x 16, not 3 x 16
+            ((Tiling::Two, (7, 7), 6, 2), 3),     // shares of 3: all of it, 48 rows
+            ((Tiling::Four, (28, 28), 1, 2), 1),  // one image
+            ((Tiling::Two, (64, 64), 64, 2), 1),  // 1024 tiles
+        ];
+        for ((tiling, size, batch, threads), want) in cases {
+            assert_eq!(
+                images_per_product(tiling, size, batch, threads),
+                want,
+                "{tiling:?} {size:?}, batch {batch}, {threads} threads"
+            );
         }
     }
 
@@ -760,10 +889,10 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "does not fit the kernel")]
+    #[should_panic(expected = "do not fit the kernel")]
     fn an_image_of_the_wrong_size_is_refused() {
         let kernel = Kernel::new(2, 3, Tiling::Four, |_, _, _, _| 1.0);
-        let mut scratch = vec![0f32; kernel.scratch_len(4, 4)];
+        let mut scratch = vec![0f32; kernel.scratch_len(4, 4, 1)];
         kernel.convolve(
             &[0.0; 2 * 16],
             4,

@@ -283,41 +283,34 @@ unsafe fn to_pixels<V: Lanes, const S: usize, const O: usize>(
     }
 }
 
-/// The transforms of both tilings compiled for one instruction set (`$feature`) on its
-/// lanes, as a `VectorTiles` of `$width` channels. The combinations go in as closures,
-/// which take the instruction set of the function they are written in: a function
-/// item would be called through a shim compiled without it, and every intrinsic in it
-/// would become a call.
+/// One transform compiled for one instruction set: `$name`, tile.rs's combination of
+/// that name, through `$driver` (`to_positions` or `to_pixels`) from `$i` x `$i` to
+/// `$o` x `$o` numbers. The combination goes in as a closure, which takes the
+/// instruction set of the function it is written in: a function item would be called
+/// through a shim compiled without it, and every intrinsic in it would become a call.
 ///
-/// # Safety (of each function)
+/// # Safety (of the function)
 /// The CPU has the instruction set; every pixel's and position's first `lanes`
 /// numbers (at most the vector's width) are readable or writable at the strides given.
+macro_rules! tile_fn {
+    ($feature:literal, $lanes:ty, $name:ident, $driver:ident, $i:literal, $o:literal) => {
+        #[target_feature(enable = $feature)]
+        unsafe fn $name(src: *const f32, dst: *mut f32, at: Strides, lanes: usize) {
+            unsafe { $driver::<$lanes, $i, $o>(|v| tile::$name(v), (src, dst, at, lanes)) }
+        }
+    };
+}
+
+/// The transforms of both tilings compiled for one instruction set (`$feature`) on its
+/// lanes (see `tile_fn`), as a `VectorTiles` of `$width` channels.
 macro_rules! tiles_for {
     ($feature:literal, $lanes:ty, $width:literal) => {{
-        #[target_feature(enable = $feature)]
-        unsafe fn input2(src: *const f32, dst: *mut f32, at: Strides, lanes: usize) {
-            unsafe { to_positions::<$lanes, 4, 4>(|v| tile::input2(v), (src, dst, at, lanes)) }
-        }
-        #[target_feature(enable = $feature)]
-        unsafe fn grad2(src: *const f32, dst: *mut f32, at: Strides, lanes: usize) {
-            unsafe { to_positions::<$lanes, 2, 4>(|v| tile::grad2(v), (src, dst, at, lanes)) }
-        }
-        #[target_feature(enable = $feature)]
-        unsafe fn output2(src: *const f32, dst: *mut f32, at: Strides, lanes: usize) {
-            unsafe { to_pixels::<$lanes, 4, 2>(|v| tile::output2(v), (src, dst, at, lanes)) }
-        }
-        #[target_feature(enable = $feature)]
-        unsafe fn input4(src: *const f32, dst: *mut f32, at: Strides, lanes: usize) {
-            unsafe { to_positions::<$lanes, 6, 6>(|v| tile::input4(v), (src, dst, at, lanes)) }
-        }
-        #[target_feature(enable = $feature)]
-        unsafe fn grad4(src: *const f32, dst: *mut f32, at: Strides, lanes: usize) {
-            unsafe { to_positions::<$lanes, 4, 6>(|v| tile::grad4(v), (src, dst, at, lanes)) }
-        }
-        #[target_feature(enable = $feature)]
-        unsafe fn output4(src: *const f32, dst: *mut f32, at: Strides, lanes: usize) {
-            unsafe { to_pixels::<$lanes, 6, 4>(|v| tile::output4(v), (src, dst, at, lanes)) }
-        }
+        tile_fn!($feature, $lanes, input2, to_positions, 4, 4);
+        tile_fn!($feature, $lanes, grad2, to_positions, 2, 4);
+        tile_fn!($feature, $lanes, output2, to_pixels, 4, 2);
+        tile_fn!($feature, $lanes, input4, to_positions, 6, 6);
+        tile_fn!($feature, $lanes, grad4, to_positions, 4, 6);
+        tile_fn!($feature, $lanes, output4, to_pixels, 6, 4);
         VectorTiles {
             two: Transforms {
                 input: input2,
