@@ -41,12 +41,43 @@ pub(crate) fn random_tensor(shape: &[usize], seed: u64, label: &str) -> candle_c
     candle_core::Tensor::from_vec(data, shape, &candle_core::Device::Cpu).unwrap()
 }
 
+/// Test support: the larger of two errors, NaN (a number never written, or a
+/// computation gone wrong) the worst of all, where `f32::max` would drop it.
+#[cfg(test)]
+pub(crate) fn worst(a: f32, b: f32) -> f32 {
+    if a.is_nan() || b.is_nan() {
+        f32::INFINITY
+    } else {
+        a.max(b)
+    }
+}
+
 /// Test support: the largest absolute difference of two tensors, how each kernel is
-/// compared with the candle ops it replaces.
+/// compared with the candle ops it replaces; a NaN on either side counts as infinite
+/// (candle's `max` reduction would skip it, as `f32::max` does).
 #[cfg(test)]
 pub(crate) fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
     let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap();
-    d.max(0).unwrap().to_scalar::<f32>().unwrap()
+    d.to_vec1::<f32>().unwrap().into_iter().fold(0f32, worst)
+}
+
+#[cfg(test)]
+mod test_support {
+    use super::*;
+
+    #[test]
+    fn a_nan_anywhere_is_the_largest_difference() {
+        let cpu = candle_core::Device::Cpu;
+        let a = candle_core::Tensor::new(&[1f32, 2.0, 3.0], &cpu).unwrap();
+        for at in 0..3 {
+            let mut values = vec![1f32, 2.5, 3.0];
+            values[at] = f32::NAN;
+            let b = candle_core::Tensor::new(values.as_slice(), &cpu).unwrap();
+            assert_eq!(max_abs_diff(&a, &b), f32::INFINITY, "NaN at {at}");
+        }
+        let b = candle_core::Tensor::new(&[1f32, 2.5, 3.0], &cpu).unwrap();
+        assert_eq!(max_abs_diff(&a, &b), 0.5);
+    }
 }
 
 #[cfg(test)]

@@ -672,17 +672,7 @@ mod tests {
             Tiling::Four => 4e-5,
         }
     }
-    use crate::nn::kernels::normals;
-
-    /// The larger error, NaN (a number never written) the worst of all: `f32::max`
-    /// would drop it.
-    fn worst(a: f32, b: f32) -> f32 {
-        if a.is_nan() || b.is_nan() {
-            f32::INFINITY
-        } else {
-            a.max(b)
-        }
-    }
+    use crate::nn::kernels::{normals, worst};
 
     /// The definition: y[o][p][q] = bias[o] + sum over c, i, j of
     /// kernel[o][c][i][j] x[c][p + i - 1][q + j - 1], zero outside the image.
