@@ -20,7 +20,7 @@ use rayon::prelude::*;
 
 use super::buffers::{Output, contiguous_f32 as slice, with_scratch};
 use super::gemm::{View, matmul};
-use super::transpose::transpose;
+use super::transpose::{Lines, transpose};
 use super::vmath::{add_rows, lane_sum, with_wide_vectors};
 use super::winograd;
 
@@ -412,11 +412,10 @@ impl Geometry {
                     let columns = View::gathered(padded, &offsets, wide).t();
                     let kernel = View::rows(kernel_t, self.patch(), self.cout);
                     matmul(product, columns, kernel, false, threads);
-                    for row in 0..self.h {
-                        let (w, c) = (self.w, self.cout);
-                        let wide_row = &product[row * wp * c..];
-                        transpose(wide_row, c, w, c, &mut y[row * w..], n, Some(bias));
-                    }
+                    // The valid pixels of the wide rows, channel-major.
+                    let c = self.cout;
+                    let valid = Lines::image(c, self.w, wp * c);
+                    transpose(product, valid, n, c, y, n, Some(bias));
                 });
             });
         out.into_vec()
@@ -443,11 +442,11 @@ impl Geometry {
         with_scratch(padded_len + wide * c, |scratch| {
             let (padded, grad_t) = scratch.split_at_mut(padded_len);
             self.pad(image, padded);
-            for (row, wide_row) in grad_t.chunks_mut(wp * c).enumerate() {
-                let (valid, thrown_away) = wide_row.split_at_mut(self.w * c);
-                transpose(&grad_y[row * self.w..], n, c, self.w, valid, c, None);
-                thrown_away.fill(0.0);
+            for wide_row in grad_t.chunks_mut(wp * c) {
+                wide_row[self.w * c..].fill(0.0);
             }
+            let valid = Lines::image(c, self.w, wp * c);
+            transpose(grad_y, n, c, n, grad_t, valid, None);
             let columns = View::gathered(padded, offsets, wide);
             let grad_t = View::rows(grad_t, wide, c);
             matmul(acc, columns, grad_t, true, self.gemm_threads());

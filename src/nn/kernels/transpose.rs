@@ -2,61 +2,125 @@
 //! and the pixel-major [pixels, channels] layout of an implicit convolution's product.
 //! Done a number at a time, each move is a load and a store at a stride; with AVX-512
 //! a block of 16 x 16 (with AVX2, of 8 x 8) is loaded row by row and exchanged in
-//! registers.
+//! registers. A block's lines may also be the pixels of an image whose rows lie
+//! apart (`Lines::image`), so a whole padded image is one call, and the vector blocks
+//! run full down its pixels instead of being cut at each row's end.
 
-/// `dst[j * dst_stride + i] = src[i * src_stride + j] (+ add[j])` for `i < rows`,
-/// `j < cols`: the `rows` x `cols` block of `src` written transposed into `dst`, with
-/// `add[j]` (when given) added to every number of row `j` of the result.
+/// Where the lines of a block start in their slice (the rows of the source block,
+/// or the rows of the result): `stride` apart, and when they are the pixels of an
+/// image `width` pixels wide whose rows are `row_stride` apart, a new row after
+/// every `width` lines.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Lines {
+    stride: usize,
+    width: usize,
+    row_stride: usize,
+}
+
+impl Lines {
+    /// Lines evenly `stride` apart.
+    pub fn every(stride: usize) -> Lines {
+        Lines {
+            stride,
+            width: usize::MAX,
+            row_stride: 0,
+        }
+    }
+
+    /// The pixels of an image `width` pixels wide, pixel by pixel: `stride` apart
+    /// within a row, rows `row_stride` apart (a padded image's rows, or an output's
+    /// rows of whole tiles).
+    pub fn image(stride: usize, width: usize, row_stride: usize) -> Lines {
+        Lines {
+            stride,
+            width: width.max(1),
+            row_stride,
+        }
+    }
+
+    /// Where line `k` starts.
+    fn start(&self, k: usize) -> usize {
+        (k / self.width) * self.row_stride + (k % self.width) * self.stride
+    }
+
+    /// The starts of lines `first`, `first + 1`, ... one at a time, with one
+    /// division for the first.
+    fn from(self, first: usize) -> impl Iterator<Item = usize> {
+        let mut row_start = (first / self.width) * self.row_stride;
+        let mut column = first % self.width;
+        std::iter::from_fn(move || {
+            if column == self.width {
+                row_start += self.row_stride;
+                column = 0;
+            }
+            column += 1;
+            Some(row_start + (column - 1) * self.stride)
+        })
+    }
+}
+
+impl From<usize> for Lines {
+    fn from(stride: usize) -> Lines {
+        Lines::every(stride)
+    }
+}
+
+/// `dst[d(j) + i] = src[s(i) + j] (+ add[j])` for `i < rows`, `j < cols`, where s and
+/// d are the starts of the lines (`Lines`; a number is a plain stride): the `rows` x
+/// `cols` block of `src` written transposed into `dst`, with `add[j]` (when given)
+/// added to every number of line `j` of the result.
 ///
 /// Panics if either block reaches past the end of its slice.
 #[allow(clippy::too_many_arguments)]
 pub fn transpose(
     src: &[f32],
-    src_stride: usize,
+    src_lines: impl Into<Lines>,
     rows: usize,
     cols: usize,
     dst: &mut [f32],
-    dst_stride: usize,
+    dst_lines: impl Into<Lines>,
     add: Option<&[f32]>,
 ) {
+    let (src_lines, dst_lines) = (src_lines.into(), dst_lines.into());
     if rows == 0 || cols == 0 {
         return;
     }
+    // The starts grow with the line, so the last lines reach furthest.
     assert!(
-        (rows - 1) * src_stride + cols <= src.len()
-            && (cols - 1) * dst_stride + rows <= dst.len()
+        src_lines.start(rows - 1) + cols <= src.len()
+            && dst_lines.start(cols - 1) + rows <= dst.len()
             && add.is_none_or(|add| add.len() >= cols),
         "transpose: a block reaches past its slice"
     );
     #[cfg(target_arch = "x86_64")]
     if super::cpu::avx512() {
         // SAFETY: the CPU has AVX-512F and the blocks are in bounds (asserted).
-        unsafe { avx512(src, src_stride, rows, cols, dst, dst_stride, add) };
+        unsafe { avx512(src, src_lines, rows, cols, dst, dst_lines, add) };
         return;
     }
     #[cfg(target_arch = "x86_64")]
     if super::cpu::avx2() {
         // SAFETY: the CPU has AVX2 and the blocks are in bounds (asserted).
-        unsafe { avx2(src, src_stride, rows, cols, dst, dst_stride, add) };
+        unsafe { avx2(src, src_lines, rows, cols, dst, dst_lines, add) };
         return;
     }
-    portable(src, src_stride, rows, cols, dst, dst_stride, add)
+    portable(src, src_lines, rows, cols, dst, dst_lines, add)
 }
 
 fn portable(
     src: &[f32],
-    src_stride: usize,
+    src_lines: Lines,
     rows: usize,
     cols: usize,
     dst: &mut [f32],
-    dst_stride: usize,
+    dst_lines: Lines,
     add: Option<&[f32]>,
 ) {
-    for j in 0..cols {
+    for (j, start) in dst_lines.from(0).take(cols).enumerate() {
         let shift = add.map_or(0.0, |add| add[j]);
-        let line = &mut dst[j * dst_stride..][..rows];
-        for (i, v) in line.iter_mut().enumerate() {
-            *v = src[i * src_stride + j] + shift;
+        let line = &mut dst[start..][..rows];
+        for (v, from) in line.iter_mut().zip(src_lines.from(0)) {
+            *v = src[from + j] + shift;
         }
     }
 }
@@ -73,36 +137,39 @@ fn portable(
 #[target_feature(enable = "avx512f")]
 unsafe fn avx512(
     src: &[f32],
-    src_stride: usize,
+    src_lines: Lines,
     rows: usize,
     cols: usize,
     dst: &mut [f32],
-    dst_stride: usize,
+    dst_lines: Lines,
     add: Option<&[f32]>,
 ) {
     use std::arch::x86_64::*;
     let mask = |count: usize| ((1u32 << count.min(16)) - 1) as __mmask16;
     for i0 in (0..rows).step_by(16) {
-        let valid_rows = rows - i0;
+        let valid_rows = (rows - i0).min(16);
+        let mut starts = [0usize; 16];
+        starts
+            .iter_mut()
+            .zip(src_lines.from(i0))
+            .for_each(|(s, at)| *s = at);
         for j0 in (0..cols).step_by(16) {
             let valid_cols = (cols - j0).min(16);
             let mut r = [_mm512_setzero_ps(); 16];
-            for (k, row) in r.iter_mut().enumerate().take(valid_rows) {
+            for (row, start) in r.iter_mut().zip(starts).take(valid_rows) {
                 // SAFETY: row i0 + k of the block, columns j0 .. j0 + valid_cols.
                 *row = unsafe {
-                    _mm512_maskz_loadu_ps(
-                        mask(valid_cols),
-                        src.as_ptr().add((i0 + k) * src_stride + j0),
-                    )
+                    _mm512_maskz_loadu_ps(mask(valid_cols), src.as_ptr().add(start + j0))
                 };
             }
             let columns = transpose16(r);
-            for (c, column) in columns.iter().enumerate().take(valid_cols) {
+            let each = columns.iter().zip(dst_lines.from(j0)).enumerate();
+            for (c, (column, start)) in each.take(valid_cols) {
                 let shift = _mm512_set1_ps(add.map_or(0.0, |add| add[j0 + c]));
-                // SAFETY: numbers i0 .. i0 + valid rows of row j0 + c of the result.
+                // SAFETY: numbers i0 .. i0 + valid rows of line j0 + c of the result.
                 unsafe {
                     _mm512_mask_storeu_ps(
-                        dst.as_mut_ptr().add((j0 + c) * dst_stride + i0),
+                        dst.as_mut_ptr().add(start + i0),
                         mask(valid_rows),
                         _mm512_add_ps(*column, shift),
                     )
@@ -154,11 +221,11 @@ fn transpose16(r: [std::arch::x86_64::__m512; 16]) -> [std::arch::x86_64::__m512
 #[target_feature(enable = "avx2")]
 unsafe fn avx2(
     src: &[f32],
-    src_stride: usize,
+    src_lines: Lines,
     rows: usize,
     cols: usize,
     dst: &mut [f32],
-    dst_stride: usize,
+    dst_lines: Lines,
     add: Option<&[f32]>,
 ) {
     use std::arch::x86_64::*;
@@ -172,12 +239,17 @@ unsafe fn avx2(
     for i0 in (0..rows).step_by(8) {
         let valid_rows = (rows - i0).min(8);
         let row_mask = mask(valid_rows);
+        let mut starts = [0usize; 8];
+        starts
+            .iter_mut()
+            .zip(src_lines.from(i0))
+            .for_each(|(s, at)| *s = at);
         for j0 in (0..cols).step_by(8) {
             let valid_cols = (cols - j0).min(8);
             let col_mask = mask(valid_cols);
             let mut r = [_mm256_setzero_ps(); 8];
-            for (k, row) in r.iter_mut().enumerate().take(valid_rows) {
-                let from = src.as_ptr().wrapping_add((i0 + k) * src_stride + j0);
+            for (row, start) in r.iter_mut().zip(starts).take(valid_rows) {
+                let from = src.as_ptr().wrapping_add(start + j0);
                 // SAFETY: row i0 + k of the block, columns j0 .. j0 + valid_cols.
                 *row = unsafe {
                     if valid_cols == 8 {
@@ -188,11 +260,12 @@ unsafe fn avx2(
                 };
             }
             let columns = transpose8(r);
-            for (c, column) in columns.iter().enumerate().take(valid_cols) {
+            let each = columns.iter().zip(dst_lines.from(j0)).enumerate();
+            for (c, (column, start)) in each.take(valid_cols) {
                 let shift = _mm256_set1_ps(add.map_or(0.0, |add| add[j0 + c]));
                 let value = _mm256_add_ps(*column, shift);
-                let to = dst.as_mut_ptr().wrapping_add((j0 + c) * dst_stride + i0);
-                // SAFETY: numbers i0 .. i0 + valid rows of row j0 + c of the result.
+                let to = dst.as_mut_ptr().wrapping_add(start + i0);
+                // SAFETY: numbers i0 .. i0 + valid rows of line j0 + c of the result.
                 unsafe {
                     if valid_rows == 8 {
                         _mm256_storeu_ps(to, value)
@@ -237,38 +310,67 @@ mod tests {
 
     /// Every path the CPU has against the definition, on blocks with partial eights
     /// and sixteens, inside larger strided matrices whose other numbers must stay
-    /// untouched.
+    /// untouched; lines evenly apart, and lines that are the pixels of an image with
+    /// gaps between its rows, on either side.
     #[test]
     fn blocks_are_transposed_with_their_rows_shifts_and_nothing_else_is_written() {
-        for &(rows, cols, src_stride, dst_stride) in &[
-            (1, 1, 1, 1),
-            (5, 3, 7, 9),
-            (16, 16, 16, 16),
-            (8, 8, 8, 8),
-            (9, 7, 11, 13),
-            (37, 20, 21, 40),
-            (784, 32, 32, 800),
-        ] {
-            let src: Vec<f32> = (0..rows * src_stride).map(|v| v as f32 * 0.5).collect();
+        let plain = |stride| Lines::every(stride);
+        let cases = [
+            (1, 1, plain(1), plain(1)),
+            (5, 3, plain(7), plain(9)),
+            (16, 16, plain(16), plain(16)),
+            (8, 8, plain(8), plain(8)),
+            (9, 7, plain(11), plain(13)),
+            (37, 20, plain(21), plain(40)),
+            (784, 32, plain(32), plain(800)),
+            // A 5 x 7 image of 20 channels, pixel-major into rows 9 pixels apart...
+            (20, 35, plain(35), Lines::image(20, 7, 9 * 20)),
+            // ... and back, with 16 x 3 and 3 x 16 images whose rows end mid-block.
+            (35, 20, Lines::image(20, 7, 9 * 20), plain(37)),
+            (48, 17, Lines::image(17, 16, 18 * 17), plain(50)),
+            (17, 48, plain(48), Lines::image(17, 3, 5 * 17)),
+        ];
+        for (rows, cols, src_lines, dst_lines) in cases {
+            let src_len = src_lines.start(rows - 1) + cols + 3;
+            let dst_len = dst_lines.start(cols - 1) + rows + 3;
+            let src: Vec<f32> = (0..src_len).map(|v| v as f32 * 0.5).collect();
             let add: Vec<f32> = (0..cols).map(|j| 1000.0 * j as f32).collect();
             for shift in [None, Some(&add[..])] {
-                let mut want = vec![-1.0; cols * dst_stride];
+                let mut want = vec![-1.0; dst_len];
                 for j in 0..cols {
                     for i in 0..rows {
-                        want[j * dst_stride + i] =
-                            src[i * src_stride + j] + shift.map_or(0.0, |a| a[j]);
+                        want[dst_lines.start(j) + i] =
+                            src[src_lines.start(i) + j] + shift.map_or(0.0, |a| a[j]);
                     }
                 }
+                let case = format!("{rows}x{cols}, {src_lines:?} to {dst_lines:?}");
                 for level in crate::nn::kernels::cpu::levels() {
-                    let mut ours = vec![-1.0; cols * dst_stride];
+                    let mut ours = vec![-1.0; dst_len];
                     crate::nn::kernels::cpu::with_level(level, || {
-                        transpose(&src, src_stride, rows, cols, &mut ours, dst_stride, shift)
+                        transpose(&src, src_lines, rows, cols, &mut ours, dst_lines, shift)
                     });
-                    assert_eq!(ours, want, "{rows}x{cols}, {level:?}");
+                    assert_eq!(ours, want, "{case}, {level:?}");
                 }
-                let mut plain = vec![-1.0; cols * dst_stride];
-                portable(&src, src_stride, rows, cols, &mut plain, dst_stride, shift);
-                assert_eq!(plain, want, "{rows}x{cols}, portable");
+                let mut portable_result = vec![-1.0; dst_len];
+                let out = &mut portable_result;
+                portable(&src, src_lines, rows, cols, out, dst_lines, shift);
+                assert_eq!(portable_result, want, "{case}, portable");
+            }
+        }
+    }
+
+    /// The line starts one at a time agree with the closed form from any first line.
+    #[test]
+    fn line_starts_step_across_rows() {
+        for lines in [
+            Lines::every(3),
+            Lines::image(4, 5, 31),
+            Lines::image(2, 1, 7),
+        ] {
+            for first in [0, 1, 4, 5, 6, 13] {
+                let stepped: Vec<usize> = lines.from(first).take(12).collect();
+                let closed: Vec<usize> = (first..first + 12).map(|k| lines.start(k)).collect();
+                assert_eq!(stepped, closed, "{lines:?} from {first}");
             }
         }
     }

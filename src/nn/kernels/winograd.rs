@@ -17,7 +17,7 @@
 #![allow(clippy::needless_range_loop)] // the transforms index tiles by row and column
 
 use super::gemm::{View, matmul};
-use super::transpose::transpose;
+use super::transpose::{Lines, transpose};
 
 mod tile;
 pub use tile::Tiling;
@@ -123,14 +123,12 @@ impl Kernel {
             matmul(product, lhs, rhs, false, threads);
         }
         tiles.transform_output(m, cout, out, vector.map(|(t, width)| (t.output, width)));
-        // The valid pixels of each output row, channel-major, plus the bias.
-        let row_len = tiles.out_width() * cout;
+        // The valid pixels of each image, channel-major, plus the bias.
+        let inside = Lines::image(cout, w, tiles.out_width() * cout);
         let image_out = out.chunks_exact(tiles.output_image_len(cout));
         let each = image_out.zip(y.chunks_exact_mut(cout * h * w));
         for ((out, y), bias) in each.zip(bias.chunks_exact(cout)) {
-            for (row, line) in out.chunks_exact(row_len).take(h).enumerate() {
-                transpose(line, cout, w, cout, &mut y[row * w..], h * w, Some(bias));
-            }
+            transpose(out, inside, h * w, cout, y, h * w, Some(bias));
         }
     }
 }
@@ -372,17 +370,18 @@ impl Tiles {
             }
             dst[..channels].fill(0.0);
             dst[(self.w + 1) * channels..].fill(0.0);
-            let src = &x[row * self.w..];
-            transpose(
-                src,
-                self.h * self.w,
-                channels,
-                self.w,
-                &mut dst[channels..],
-                channels,
-                None,
-            );
         }
+        // The whole image at once, its pixels one after another in the padded rows.
+        let (pixels, inside) = (self.h * self.w, Lines::image(channels, self.w, line));
+        transpose(
+            x,
+            pixels,
+            channels,
+            pixels,
+            &mut rest[channels..],
+            inside,
+            None,
+        );
     }
 
     /// V = B^T d B for every tile d of the padded input, into the matrices [tiles,
@@ -511,9 +510,9 @@ impl Tiles {
                 continue;
             }
             dst[self.w * channels..].fill(0.0);
-            let src = &grad_y[row * self.w..];
-            transpose(src, self.h * self.w, channels, self.w, dst, channels, None);
         }
+        let (pixels, inside) = (self.h * self.w, Lines::image(channels, self.w, line));
+        transpose(grad_y, pixels, channels, pixels, grad, inside, None);
     }
 
     /// Y = A^T m A for every tile's products m (from `m`, laid out as `v`), written
