@@ -29,8 +29,13 @@ impl Lines {
 
     /// The pixels of an image `width` pixels wide, pixel by pixel: `stride` apart
     /// within a row, rows `row_stride` apart (a padded image's rows, or an output's
-    /// rows of whole tiles).
+    /// rows of whole tiles). Panics if a row would reach into the next: the starts
+    /// must grow with the line, for `transpose`'s bounds check to cover them all.
     pub fn image(stride: usize, width: usize, row_stride: usize) -> Lines {
+        assert!(
+            row_stride >= width * stride,
+            "transpose: rows of {width} pixels {stride} apart do not fit {row_stride} apart"
+        );
         Lines {
             stride,
             width: width.max(1),
@@ -373,6 +378,12 @@ mod tests {
                 assert_eq!(stepped, closed, "{lines:?} from {first}");
             }
         }
+    }
+
+    #[test]
+    #[should_panic(expected = "do not fit")]
+    fn image_rows_that_overlap_are_refused() {
+        Lines::image(4, 5, 19);
     }
 
     #[test]
