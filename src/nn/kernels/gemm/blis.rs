@@ -199,12 +199,12 @@ unsafe fn matmul<K: MicroKernel>(
             let bias = epilogue.bias.filter(|_| pc == 0);
             let silu = epilogue.activation == Activation::Silu && pc + kc == k;
             if !direct_b {
-                pack_b(packed_b, rhs, pc, kc, nr);
+                pack_b::<K>(packed_b, rhs, pc, kc);
             }
             for ic in (0..m).step_by(K::MC) {
                 let mc = K::MC.min(m - ic);
                 if source == Source::Packed {
-                    pack_a(packed_a, lhs, ic, mc, pc, kc, mr);
+                    pack_a::<K>(packed_a, lhs, ic, mc, pc, kc);
                 }
                 for jp in 0..n.div_ceil(nr) {
                     let cols = nr.min(n - jp * nr);
@@ -244,7 +244,7 @@ unsafe fn matmul<K: MicroKernel>(
                             Source::Columns => {
                                 // The last, partial panel: reading MR numbers per
                                 // column could pass the end of the data.
-                                pack_a(packed_a, lhs, i0, rows, pc, kc, mr);
+                                pack_a::<K>(packed_a, lhs, i0, rows, pc, kc);
                                 a.packed = packed_a.as_ptr();
                                 source = Source::Packed;
                             }
@@ -277,10 +277,13 @@ unsafe fn matmul<K: MicroKernel>(
     })
 }
 
-/// Copies rows `pc..pc + kc` of `rhs` into panels of `nr` columns, each kc x nr and
+/// Copies rows `pc..pc + kc` of `rhs` into panels of `K::NR` columns, each kc x NR and
 /// row-major, zero-padded past the last column. Every number of the panels is
-/// written, so the buffer is not cleared first.
-fn pack_b(buffer: &mut Vec<f32>, rhs: View, pc: usize, kc: usize, nr: usize) {
+/// written, so the buffer is not cleared first. A full row of a panel is a copy of a
+/// length known when `K` is: a call to `memcpy` for every 16 numbers was most of the
+/// packing's time.
+fn pack_b<K: MicroKernel>(buffer: &mut Vec<f32>, rhs: View, pc: usize, kc: usize) {
+    let nr = K::NR;
     let n_panels = rhs.cols.div_ceil(nr);
     let len = n_panels * kc * nr;
     if buffer.len() < len {
@@ -293,7 +296,11 @@ fn pack_b(buffer: &mut Vec<f32>, rhs: View, pc: usize, kc: usize, nr: usize) {
         for (p, row) in panel.chunks_exact_mut(nr).enumerate() {
             if contiguous {
                 let start = rhs.row_offset(pc + p) + j0;
-                row[..cols].copy_from_slice(&rhs.data[start..start + cols]);
+                if cols == nr {
+                    row.copy_from_slice(&rhs.data[start..start + nr]);
+                } else {
+                    row[..cols].copy_from_slice(&rhs.data[start..start + cols]);
+                }
             } else {
                 for (j, v) in row[..cols].iter_mut().enumerate() {
                     *v = rhs.at(pc + p, j0 + j);
@@ -307,22 +314,37 @@ fn pack_b(buffer: &mut Vec<f32>, rhs: View, pc: usize, kc: usize, nr: usize) {
 }
 
 /// Copies the block rows `ic..ic + mc`, columns `pc..pc + kc` of `lhs` into panels of
-/// `mr` rows, each stored column by column (kc x mr), zero-padded past the last row.
-/// Every number of the panels is written, so the buffer is not cleared first.
-fn pack_a(buffer: &mut Vec<f32>, lhs: View, ic: usize, mc: usize, pc: usize, kc: usize, mr: usize) {
+/// `K::MR` rows, each stored column by column (kc x MR), zero-padded past the last
+/// row. Every number of the panels is written, so the buffer is not cleared first;
+/// full columns of a transposed matrix are copies of a length known when `K` is (as
+/// in `pack_b`).
+fn pack_a<K: MicroKernel>(
+    buffer: &mut Vec<f32>,
+    lhs: View,
+    ic: usize,
+    mc: usize,
+    pc: usize,
+    kc: usize,
+) {
+    let mr = K::MR;
     let m_panels = mc.div_ceil(mr);
     let len = m_panels * kc * mr;
     if buffer.len() < len {
         buffer.resize(len, 0.0);
     }
+    let transposed = lhs.row_stride == 1 && lhs.row_offsets.is_none();
     for (ip, panel) in buffer[..len].chunks_exact_mut(kc * mr).enumerate() {
         let i0 = ic + ip * mr;
         let rows = mr.min(ic + mc - i0);
         for (p, column) in panel.chunks_exact_mut(mr).enumerate() {
-            if lhs.row_stride == 1 && lhs.row_offsets.is_none() {
-                // A transposed matrix: each column of the panel is contiguous.
+            if transposed {
+                // Each column of the panel is contiguous.
                 let start = i0 + lhs.col_offset(pc + p);
-                column[..rows].copy_from_slice(&lhs.data[start..start + rows]);
+                if rows == mr {
+                    column.copy_from_slice(&lhs.data[start..start + mr]);
+                } else {
+                    column[..rows].copy_from_slice(&lhs.data[start..start + rows]);
+                }
             } else {
                 for (r, v) in column[..rows].iter_mut().enumerate() {
                     *v = lhs.at(i0 + r, pc + p);
