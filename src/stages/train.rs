@@ -37,8 +37,9 @@ impl Kind for Train {
     /// Winograd's F(2x2, 3x3), whose rounding differs from the direct product's; 5:
     /// weights carry model.json in their metadata and the Fourier frequencies; 6: the
     /// loss figure also as SVG; 7: F(4x4, 3x3) Winograd convolutions on images of 12
-    /// pixels and more).
-    const VERSION: u32 = 7;
+    /// pixels and more; 8: the MLP's sigmoids computed by the product's epilogue, with
+    /// its rounding).
+    const VERSION: u32 = 8;
     const ROLES: &'static [Role] = &[
         Role::one("data", super::dataset::Dataset::NAME),
         Role::one("schedule", Schedule::NAME),

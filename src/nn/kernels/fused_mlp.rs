@@ -14,9 +14,9 @@ use rayon::prelude::*;
 
 use super::buffers::contiguous_f32 as slice;
 use super::buffers::{recycle, recycled, with_scratch};
-use super::gemm::{Activation, View, matmul, matmul_bias};
+use super::gemm::{Activation, View, matmul, matmul_bias, matmul_bias_silu_keeping_sigmoid};
 use super::transpose::transpose;
-use super::vmath::{add_rows, mul_silu_grad, silu_keeping_sigmoid};
+use super::vmath::{add_rows, mul_silu_grad};
 
 /// `input` [batch, in] through layers of (fan_in, fan_out) with SiLU after every layer
 /// but the last; `flat` holds weight 0 ([fan_out, fan_in], row-major), bias 0, weight
@@ -311,11 +311,11 @@ impl FusedMlp {
             let weight = View::rows(&flat[w..b], fan_out, fan_in);
             let (lhs, bias) = (View::rows(x, rows, fan_in), &flat[b..b + fan_out]);
             if i < last && self.keep {
-                matmul_bias(&mut out, lhs, weight.t(), bias, Activation::Identity, 1);
-                let output = silu_keeping_sigmoid(&mut out);
+                let mut sigmoid = recycled(rows * fan_out);
+                matmul_bias_silu_keeping_sigmoid(&mut out, &mut sigmoid, lhs, weight.t(), bias, 1);
                 saved.push(Saved {
-                    output,
-                    sigmoid: out,
+                    output: out,
+                    sigmoid,
                 });
                 continue;
             }

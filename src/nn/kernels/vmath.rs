@@ -145,23 +145,21 @@ pub fn silu_in_place(values: &mut [f32]) {
     )
 }
 
-/// The forward pass through SiLU keeping what its backward pass needs: returns v
-/// sigmoid(v) for each pre-activation v, and leaves sigmoid(v) in its place, so that
-/// the derivative is then two multiply-adds (`mul_silu_grad`) instead of another
+/// The forward pass through SiLU keeping what its backward pass needs: replaces each
+/// pre-activation v by v sigmoid(v) and writes sigmoid(v) to `sigmoids`, so that the
+/// derivative is then two multiply-adds (`mul_silu_grad`) instead of another
 /// exponential and division.
-pub fn silu_keeping_sigmoid(values: &mut [f32]) -> Vec<f32> {
-    let mut out = super::buffers::recycled(values.len());
+pub fn silu_keeping_sigmoid(values: &mut [f32], sigmoids: &mut [f32]) {
+    assert_eq!(values.len(), sigmoids.len(), "one sigmoid per value");
     with_wide_vectors(
         #[inline(always)]
         || {
-            for (v, o) in values.iter_mut().zip(&mut out) {
-                let s = 1.0 / (1.0 + exp(-*v));
-                *o = *v * s;
-                *v = s;
+            for (v, s) in values.iter_mut().zip(sigmoids) {
+                *s = 1.0 / (1.0 + exp(-*v));
+                *v *= *s;
             }
         },
-    );
-    out
+    )
 }
 
 /// `grads[i] *= silu'(v_i)`, the backward pass through SiLU, from what
@@ -201,8 +199,8 @@ mod tests {
         let values: Vec<f32> = (-2000..=2000).map(|i| i as f32 * 0.02).collect();
         let mut activated = values.clone();
         silu_in_place(&mut activated);
-        let mut sigmoids = values.clone();
-        let kept = silu_keeping_sigmoid(&mut sigmoids);
+        let (mut kept, mut sigmoids) = (values.clone(), vec![0.0; values.len()]);
+        silu_keeping_sigmoid(&mut kept, &mut sigmoids);
         let mut grads = vec![2.0; values.len()];
         mul_silu_grad(&mut grads, &sigmoids, &kept);
         for (i, v) in values.iter().enumerate() {

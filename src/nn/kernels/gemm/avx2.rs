@@ -122,28 +122,50 @@ unsafe fn kernel<const SOURCE: u8, const DIRECT_B: bool>(
             v1 = _mm256_add_ps(v1, b1);
         }
         if store.silu {
-            v0 = silu(v0);
-            v1 = silu(v1);
-        }
-        unsafe {
-            if full {
-                _mm256_storeu_ps(row, v0);
-                _mm256_storeu_ps(row.add(8), v1);
+            let (d0, d1) = (one_plus_exp_minus(v0), one_plus_exp_minus(v1));
+            if store.sigmoid.is_null() {
+                v0 = _mm256_div_ps(v0, d0);
+                v1 = _mm256_div_ps(v1, d1);
             } else {
-                _mm256_maskstore_ps(row, m0, v0);
-                _mm256_maskstore_ps(row.wrapping_add(8), m1, v1);
+                let one = _mm256_set1_ps(1.0);
+                let (s0, s1) = (_mm256_div_ps(one, d0), _mm256_div_ps(one, d1));
+                v0 = _mm256_mul_ps(v0, s0);
+                v1 = _mm256_mul_ps(v1, s1);
+                // SAFETY: the sigmoids are laid out as `c` (`Store::sigmoid`).
+                unsafe { store_row(store.sigmoid.add(i * ldc), s0, s1, full, m0, m1) };
             }
+        }
+        // SAFETY: the block's row `i` lies in the output; the masks keep to `cols`.
+        unsafe { store_row(row, v0, v1, full, m0, m1) };
+    }
+}
+
+/// Stores the two vectors of a row of the block: all NR numbers when `full`, else the
+/// lanes the masks leave on.
+///
+/// # Safety
+/// `row` is writable for NR numbers, or for the masked-on lanes.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn store_row(row: *mut f32, v0: __m256, v1: __m256, full: bool, m0: __m256i, m1: __m256i) {
+    unsafe {
+        if full {
+            _mm256_storeu_ps(row, v0);
+            _mm256_storeu_ps(row.add(8), v1);
+        } else {
+            _mm256_maskstore_ps(row, m0, v0);
+            _mm256_maskstore_ps(row.wrapping_add(8), m1, v1);
         }
     }
 }
 
-/// `vmath::silu` on 8 lanes: v / (1 + e^-v), with e^-v = 2^n e^r as `vmath::exp`
-/// computes it (n rounded, r by Cody and Waite's two-part ln 2, degree-6 Taylor
-/// polynomial). AVX2 has no `scalef`: 2^n is built in the exponent bits, for which v is
-/// clamped to ±88 (beyond it e^-v is 0 or saturates, as in `vmath::exp`).
+/// 1 + e^-v on 8 lanes, the denominator of SiLU and of the sigmoid: e^-v = 2^n e^r as
+/// `vmath::exp` computes it (n rounded, r by Cody and Waite's two-part ln 2, degree-6
+/// Taylor polynomial). AVX2 has no `scalef`: 2^n is built in the exponent bits, for
+/// which v is clamped to ±88 (beyond it e^-v is 0 or saturates, as in `vmath::exp`).
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-fn silu(v: __m256) -> __m256 {
+fn one_plus_exp_minus(v: __m256) -> __m256 {
     let clamped = _mm256_min_ps(
         _mm256_max_ps(v, _mm256_set1_ps(-88.0)),
         _mm256_set1_ps(88.0),
@@ -162,6 +184,5 @@ fn silu(v: __m256) -> __m256 {
     // |n| <= 127, so n + 127 is a valid biased exponent (0 gives 0.0).
     let biased = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
     let two_n = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(biased));
-    let denominator = _mm256_add_ps(_mm256_set1_ps(1.0), _mm256_mul_ps(p, two_n));
-    _mm256_div_ps(v, denominator)
+    _mm256_add_ps(_mm256_set1_ps(1.0), _mm256_mul_ps(p, two_n))
 }

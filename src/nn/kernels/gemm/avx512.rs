@@ -101,30 +101,59 @@ unsafe fn kernel<const SOURCE: u8, const DIRECT_B: bool>(
             v1 = _mm512_add_ps(v1, b1);
         }
         if store.silu {
-            v0 = silu(v0);
-            v1 = silu(v1);
-        }
-        unsafe {
-            if full {
-                _mm512_storeu_ps(row, v0);
-                _mm512_storeu_ps(row.add(16), v1);
+            let (d0, d1) = (one_plus_exp_minus(v0), one_plus_exp_minus(v1));
+            if store.sigmoid.is_null() {
+                v0 = _mm512_div_ps(v0, d0);
+                v1 = _mm512_div_ps(v1, d1);
             } else {
-                _mm512_mask_storeu_ps(row, m0, v0);
-                // Masked-off lanes are not touched, so the second half may point
-                // past a narrow output's end.
-                _mm512_mask_storeu_ps(row.wrapping_add(16), m1, v1);
+                let one = _mm512_set1_ps(1.0);
+                let (s0, s1) = (_mm512_div_ps(one, d0), _mm512_div_ps(one, d1));
+                v0 = _mm512_mul_ps(v0, s0);
+                v1 = _mm512_mul_ps(v1, s1);
+                // SAFETY: the sigmoids are laid out as `c` (`Store::sigmoid`).
+                unsafe { store_row(store.sigmoid.add(i * ldc), s0, s1, full, m0, m1) };
             }
+        }
+        // SAFETY: the block's row `i` lies in the output; the masks keep to `cols`.
+        unsafe { store_row(row, v0, v1, full, m0, m1) };
+    }
+}
+
+/// Stores the two vectors of a row of the block: all NR numbers when `full`, else the
+/// lanes the masks leave on.
+///
+/// # Safety
+/// `row` is writable for NR numbers, or for the masked-on lanes.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn store_row(
+    row: *mut f32,
+    v0: __m512,
+    v1: __m512,
+    full: bool,
+    m0: __mmask16,
+    m1: __mmask16,
+) {
+    unsafe {
+        if full {
+            _mm512_storeu_ps(row, v0);
+            _mm512_storeu_ps(row.add(16), v1);
+        } else {
+            _mm512_mask_storeu_ps(row, m0, v0);
+            // Masked-off lanes are not touched, so the second half may point past a
+            // narrow output's end.
+            _mm512_mask_storeu_ps(row.wrapping_add(16), m1, v1);
         }
     }
 }
 
-/// `vmath::silu` on 16 lanes: v / (1 + e^-v), with e^-v = 2^n e^r computed as
-/// `vmath::exp` does (n rounded, r by Cody and Waite's two-part ln 2, degree-6 Taylor
-/// polynomial) and 2^n applied by `scalef`. (A reciprocal estimate refined by a
-/// Newton step in place of the division measured no faster on AMD Zen 4.)
+/// 1 + e^-v on 16 lanes, the denominator of SiLU and of the sigmoid: e^-v = 2^n e^r
+/// computed as `vmath::exp` does (n rounded, r by Cody and Waite's two-part ln 2,
+/// degree-6 Taylor polynomial) and 2^n applied by `scalef`. (A reciprocal estimate
+/// refined by a Newton step in place of the divisions measured no faster on AMD Zen 4.)
 #[target_feature(enable = "avx512f")]
 #[inline]
-fn silu(v: __m512) -> __m512 {
+fn one_plus_exp_minus(v: __m512) -> __m512 {
     // e^-v saturates at e^88, as in `vmath::exp`.
     let clamped = _mm512_max_ps(v, _mm512_set1_ps(-88.0));
     let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
@@ -137,6 +166,5 @@ fn silu(v: __m512) -> __m512 {
     for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
         p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
     }
-    let denominator = _mm512_add_ps(_mm512_set1_ps(1.0), _mm512_scalef_ps(p, n));
-    _mm512_div_ps(v, denominator)
+    _mm512_add_ps(_mm512_set1_ps(1.0), _mm512_scalef_ps(p, n))
 }

@@ -7,7 +7,7 @@
 
 use std::cell::RefCell;
 
-use super::operands::{Activation, Epilogue, View};
+use super::operands::{Activation, Epilogue, Sigmoids, View};
 
 /// The most rows any micro-kernel holds (AVX-512's 14).
 pub const MAX_MR: usize = 14;
@@ -102,6 +102,10 @@ pub struct Store {
     pub bias: *const f32,
     /// Apply SiLU last.
     pub silu: bool,
+    /// With `silu`: where sigmoid(v) of each pre-activation goes, laid out as `c`
+    /// (row stride `ldc`), or null. Then `c = v * sigmoid(v)` exactly, as
+    /// `vmath::silu_keeping_sigmoid` computes it.
+    pub sigmoid: *mut f32,
 }
 
 /// Runs kernel `K` on `threads` disjoint blocks of the output: bands of rows when there
@@ -139,6 +143,7 @@ pub unsafe fn split<K: MicroKernel>(
             .enumerate()
             .for_each(|(t, block)| {
                 let lhs = lhs.row_range(t * band, block.len() / n);
+                let epilogue = epilogue.rows_from(t * band, n);
                 // SAFETY: `block` is this band's rows x n numbers.
                 unsafe { matmul::<K>(block.as_mut_ptr(), n, lhs, rhs, accumulate, epilogue) };
             });
@@ -249,10 +254,15 @@ unsafe fn matmul<K: MicroKernel>(
                                 source = Source::Packed;
                             }
                         }
+                        let sigmoid = match epilogue.sigmoids {
+                            Some(Sigmoids(s)) if silu => s.wrapping_add(i0 * ldc + jp * nr),
+                            _ => std::ptr::null_mut(),
+                        };
                         let store = Store {
                             accumulate: add,
                             bias: bias.map_or(std::ptr::null(), |b| b[jp * nr..].as_ptr()),
                             silu,
+                            sigmoid,
                         };
                         let kernel = match (source, direct_b) {
                             (Source::Packed, false) => K::block::<0, false>(),

@@ -132,37 +132,71 @@ pub enum Activation {
     Silu,
 }
 
+/// Where a SiLU layer's product also stores sigmoid(v) of each pre-activation v, laid
+/// out as its output is: what the backward pass through SiLU needs, written while the
+/// block is in registers instead of in another pass over the output.
+#[derive(Clone, Copy)]
+pub(super) struct Sigmoids(pub(super) *mut f32);
+
+// SAFETY: threads write disjoint blocks through it, as they do to the output (see
+// `blis::split`).
+unsafe impl Send for Sigmoids {}
+unsafe impl Sync for Sigmoids {}
+
 /// The bias and activation a product applies to its output (see `matmul_bias`).
 #[derive(Clone, Copy)]
 pub(super) struct Epilogue<'a> {
     pub(super) bias: Option<&'a [f32]>,
     pub(super) activation: Activation,
+    /// With `Activation::Silu`: where the sigmoids go as well.
+    pub(super) sigmoids: Option<Sigmoids>,
 }
 
 impl<'a> Epilogue<'a> {
     pub(super) const NONE: Epilogue<'static> = Epilogue {
         bias: None,
         activation: Activation::Identity,
+        sigmoids: None,
     };
 
     /// The epilogue of the output columns from `first` on.
     pub(super) fn columns_from(self, first: usize) -> Epilogue<'a> {
         Epilogue {
             bias: self.bias.map(|b| &b[first..]),
+            sigmoids: self.sigmoids.map(|s| Sigmoids(s.0.wrapping_add(first))),
+            ..self
+        }
+    }
+
+    /// The epilogue of the output rows from `first` on, rows `n` wide.
+    pub(super) fn rows_from(self, first: usize, n: usize) -> Epilogue<'a> {
+        Epilogue {
+            sigmoids: self.sigmoids.map(|s| Sigmoids(s.0.wrapping_add(first * n))),
             ..self
         }
     }
 
     /// Applies the epilogue to `out`, rows `n` wide, in a separate pass, for the code
     /// paths that cannot do it while storing.
-    pub(super) fn apply(self, out: &mut [f32], n: usize) {
+    ///
+    /// # Safety
+    /// `out` is the whole output (not a band of it): the sigmoids, when there are, hold
+    /// as many numbers.
+    pub(super) unsafe fn apply(self, out: &mut [f32], n: usize) {
         if let Some(bias) = self.bias {
             for row in out.chunks_exact_mut(n) {
                 row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
             }
         }
         if self.activation == Activation::Silu {
-            crate::nn::kernels::vmath::silu_in_place(out);
+            match self.sigmoids {
+                Some(Sigmoids(sigmoids)) => {
+                    // SAFETY: the caller's contract.
+                    let sigmoids = unsafe { std::slice::from_raw_parts_mut(sigmoids, out.len()) };
+                    crate::nn::kernels::vmath::silu_keeping_sigmoid(out, sigmoids);
+                }
+                None => crate::nn::kernels::vmath::silu_in_place(out),
+            }
         }
     }
 }

@@ -82,8 +82,14 @@ unsafe fn kernel<const SOURCE: u8, const DIRECT_B: bool>(
                 if !store.bias.is_null() {
                     v += *store.bias.add(j);
                 }
-                if store.silu {
+                if store.silu && store.sigmoid.is_null() {
                     v = crate::nn::kernels::vmath::silu(v);
+                } else if store.silu {
+                    // As `vmath::silu_keeping_sigmoid`; the sigmoids are laid out as
+                    // `c` (`Store::sigmoid`).
+                    let s = 1.0 / (1.0 + crate::nn::kernels::vmath::exp(-v));
+                    *store.sigmoid.add(i * ldc + j) = s;
+                    v *= s;
                 }
                 *out = v;
             }
