@@ -45,9 +45,26 @@ pub trait MicroKernel {
 pub type BlockFn =
     unsafe fn(usize, &Operand, *const f32, usize, *mut f32, usize, usize, usize, Store);
 
+/// What a product reuses from one call to the next on a thread, so that it allocates
+/// nothing.
+struct Buffers {
+    /// Packed panels of A (MC x KC) and of B (KC x n).
+    packed_a: Vec<f32>,
+    packed_b: Vec<f32>,
+    /// Per MR-row panel of the current MC block: where the micro-kernel reads it and
+    /// the block function for that. They depend on neither the column panel nor the
+    /// data, so they are found once per block rather than once per MR x NR block.
+    panels: Vec<(Operand, BlockFn)>,
+}
+
 thread_local! {
-    /// Packing buffers, kept per thread so that a product allocates nothing.
-    static BUFFERS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    static BUFFERS: RefCell<Buffers> = const {
+        RefCell::new(Buffers {
+            packed_a: Vec::new(),
+            packed_b: Vec::new(),
+            panels: Vec::new(),
+        })
+    };
 }
 
 /// How the micro-kernel reads its MR rows of A.
@@ -192,7 +209,11 @@ unsafe fn matmul<K: MicroKernel>(
         && rhs.col_offsets.is_none()
         && (m <= K::MC || k * n <= L1_FLOATS);
     BUFFERS.with(|buffers| {
-        let (packed_a, packed_b) = &mut *buffers.borrow_mut();
+        let Buffers {
+            packed_a,
+            packed_b,
+            panels,
+        } = &mut *buffers.borrow_mut();
         // Depth blocks of equal size: a short last block (k = 288 as 256 + 32) would
         // load and store the output once more for little work.
         let depth = k.div_ceil(k.div_ceil(K::KC));
@@ -211,6 +232,21 @@ unsafe fn matmul<K: MicroKernel>(
                 if source == Source::Packed {
                     pack_a::<K>(packed_a, lhs, ic, mc, pc, kc);
                 }
+                panels.clear();
+                for ip in 0..mc.div_ceil(mr) {
+                    let rows = mr.min(mc - ip * mr);
+                    panels.push(panel::<K>(
+                        packed_a,
+                        lhs,
+                        source,
+                        direct_b,
+                        ic + ip * mr,
+                        rows,
+                        ip,
+                        pc,
+                        kc,
+                    ));
+                }
                 for jp in 0..n.div_ceil(nr) {
                     let cols = nr.min(n - jp * nr);
                     let (b, b_stride) = if direct_b {
@@ -221,56 +257,19 @@ unsafe fn matmul<K: MicroKernel>(
                     } else {
                         (packed_b[jp * kc * nr..].as_ptr(), nr)
                     };
-                    for ip in 0..mc.div_ceil(mr) {
+                    let bias = bias.map_or(std::ptr::null(), |b| b[jp * nr..].as_ptr());
+                    for (ip, (a, kernel)) in panels.iter().enumerate() {
                         let rows = mr.min(mc - ip * mr);
                         let i0 = ic + ip * mr;
-                        let mut a = Operand {
-                            packed: packed_a.as_ptr(),
-                            rows: [std::ptr::null(); MAX_MR],
-                            base: std::ptr::null(),
-                            offsets: std::ptr::null(),
-                        };
-                        let mut source = source;
-                        match source {
-                            Source::Packed => a.packed = packed_a[ip * kc * mr..].as_ptr(),
-                            Source::Rows => {
-                                // Rows past `rows` re-read the last valid one (their
-                                // sums are never stored).
-                                a.rows = std::array::from_fn(|i| {
-                                    let row = lhs.row_offset(i0 + i.min(rows - 1));
-                                    lhs.data[row + pc..].as_ptr()
-                                })
-                            }
-                            Source::Columns if rows == mr => {
-                                let offsets = lhs.col_offsets.expect("a gathered view");
-                                a.base = lhs.data[i0..].as_ptr();
-                                a.offsets = offsets[pc..].as_ptr();
-                            }
-                            Source::Columns => {
-                                // The last, partial panel: reading MR numbers per
-                                // column could pass the end of the data.
-                                pack_a::<K>(packed_a, lhs, i0, rows, pc, kc);
-                                a.packed = packed_a.as_ptr();
-                                source = Source::Packed;
-                            }
-                        }
                         let sigmoid = match epilogue.sigmoids {
                             Some(Sigmoids(s)) if silu => s.wrapping_add(i0 * ldc + jp * nr),
                             _ => std::ptr::null_mut(),
                         };
                         let store = Store {
                             accumulate: add,
-                            bias: bias.map_or(std::ptr::null(), |b| b[jp * nr..].as_ptr()),
+                            bias,
                             silu,
                             sigmoid,
-                        };
-                        let kernel = match (source, direct_b) {
-                            (Source::Packed, false) => K::block::<0, false>(),
-                            (Source::Packed, true) => K::block::<0, true>(),
-                            (Source::Rows, false) => K::block::<1, false>(),
-                            (Source::Rows, true) => K::block::<1, true>(),
-                            (Source::Columns, false) => K::block::<2, false>(),
-                            (Source::Columns, true) => K::block::<2, true>(),
                         };
                         // SAFETY: A and B are the caller's in-bounds views or the packed
                         // panels (kc x MR and kc x NR numbers), read only at the valid
@@ -278,13 +277,74 @@ unsafe fn matmul<K: MicroKernel>(
                         // inside `out` (the caller's contract).
                         unsafe {
                             let c = out.add(i0 * ldc + jp * nr);
-                            kernel(kc, &a, b, b_stride, c, ldc, rows, cols, store);
+                            kernel(kc, a, b, b_stride, c, ldc, rows, cols, store);
                         }
                     }
                 }
             }
         }
     })
+}
+
+/// Where the micro-kernel reads the `rows` (at most MR) rows of A from `i0`, panel `ip`
+/// of the current MC block at depth `pc..pc + kc`, and the block function that reads
+/// them so; `packed_a` holds the block packed when `source` is `Packed`.
+#[allow(clippy::too_many_arguments)]
+fn panel<K: MicroKernel>(
+    packed_a: &mut Vec<f32>,
+    lhs: View,
+    source: Source,
+    direct_b: bool,
+    i0: usize,
+    rows: usize,
+    ip: usize,
+    pc: usize,
+    kc: usize,
+) -> (Operand, BlockFn) {
+    let mr = K::MR;
+    let mut a = Operand {
+        packed: std::ptr::null(),
+        rows: [std::ptr::null(); MAX_MR],
+        base: std::ptr::null(),
+        offsets: std::ptr::null(),
+    };
+    let source = match source {
+        Source::Packed => {
+            a.packed = packed_a[ip * kc * mr..].as_ptr();
+            Source::Packed
+        }
+        Source::Rows => {
+            // Rows past `rows` re-read the last valid one (their sums are never
+            // stored).
+            a.rows = std::array::from_fn(|i| {
+                let row = lhs.row_offset(i0 + i.min(rows - 1));
+                lhs.data[row + pc..].as_ptr()
+            });
+            Source::Rows
+        }
+        Source::Columns if rows == mr => {
+            let offsets = lhs.col_offsets.expect("a gathered view");
+            a.base = lhs.data[i0..].as_ptr();
+            a.offsets = offsets[pc..].as_ptr();
+            Source::Columns
+        }
+        Source::Columns => {
+            // The last, partial panel: reading MR numbers per column could pass the
+            // end of the data. A is otherwise read in place, so the buffer is free.
+            pack_a::<K>(packed_a, lhs, i0, rows, pc, kc);
+            a.packed = packed_a.as_ptr();
+            Source::Packed
+        }
+    };
+    let kernel = match (source, direct_b) {
+        (Source::Packed, false) => K::block::<0, false>(),
+        (Source::Packed, true) => K::block::<0, true>(),
+        (Source::Rows, false) => K::block::<1, false>(),
+        (Source::Rows, true) => K::block::<1, true>(),
+        (Source::Columns, false) => K::block::<2, false>(),
+        (Source::Columns, true) => K::block::<2, true>(),
+    };
+    (a, kernel)
 }
 
 /// Copies rows `pc..pc + kc` of `rhs` into panels of `K::NR` columns, each kc x NR and
