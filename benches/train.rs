@@ -6,9 +6,10 @@
 //! `cargo bench --bench train -- [--quick] [--device cpu|cuda] [--json FILE] [--only PREFIX]
 //! [--reps N]` prints min / median / max per case; `--quick` runs tiny sizes once (CI
 //! runs it so the benchmark cannot rot); `--json` writes the figures for
-//! `bench/compare.py`; `--reps` times N runs instead of 15 (a profiler's steady state).
+//! `bench/compare.py`; `--reps` times exactly N runs (a profiler's steady state)
+//! instead of at least 15 and at least a second of them.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
 use runner::data::images::ImageShape;
@@ -78,24 +79,42 @@ impl Case {
     }
 }
 
-/// Times `reps` runs of `f` after `warmup` untimed ones; the device is synchronised
-/// around each run so that GPU work is counted where it happens.
-fn time(
-    device: &Device,
+/// How many runs a case times. A case of a few milliseconds timed 15 times measured
+/// 60 ms of the machine, and one burst of another process's work there moved the
+/// median: `at_least` keeps timing until the runs add up to that long.
+#[derive(Clone, Copy)]
+struct Reps {
+    /// Untimed runs first (caches, allocator, lazily built kernels).
     warmup: usize,
-    reps: usize,
-    f: &mut dyn FnMut() -> Result<()>,
-) -> Result<Vec<f64>> {
-    for _ in 0..warmup {
+    /// Timed runs, at least.
+    runs: usize,
+    /// Timed runs go on until they add up to this.
+    at_least: Duration,
+}
+
+impl Reps {
+    /// The same counts with `runs` timed runs at least.
+    fn with_runs(self, runs: usize) -> Reps {
+        Reps { runs, ..self }
+    }
+}
+
+/// Times runs of `f` as `reps` says; the device is synchronised around each run so
+/// that GPU work is counted where it happens.
+fn time(device: &Device, reps: Reps, f: &mut dyn FnMut() -> Result<()>) -> Result<Vec<f64>> {
+    for _ in 0..reps.warmup {
         f()?;
     }
     device.synchronize()?;
-    let mut times = Vec::with_capacity(reps);
-    for _ in 0..reps {
+    let mut times = Vec::with_capacity(reps.runs);
+    let mut total = Duration::ZERO;
+    while times.len() < reps.runs || total < reps.at_least {
         let start = Instant::now();
         f()?;
         device.synchronize()?;
-        times.push(start.elapsed().as_secs_f64() * 1e3);
+        let elapsed = start.elapsed();
+        total += elapsed;
+        times.push(elapsed.as_secs_f64() * 1e3);
     }
     times.sort_by(f64::total_cmp);
     Ok(times)
@@ -134,7 +153,7 @@ fn step_case(
     shape: DataShape,
     batch: usize,
     device: &Device,
-    (warmup, reps): (usize, usize),
+    reps: Reps,
     flops: Option<f64>,
 ) -> Result<Case> {
     let (net, named) = fresh(config, shape, device)?;
@@ -153,7 +172,7 @@ fn step_case(
         device,
     )?;
     let t = Tensor::rand(0f32, 1f32, batch, device)?;
-    let times = time(device, warmup, reps, &mut || {
+    let times = time(device, reps, &mut || {
         let loss = (net.forward(&x, &t)? - &eps)?.sqr()?.mean_all()?;
         let grads = loss.backward()?;
         opt.step(&grads, 1e-4, 1.0)?;
@@ -254,12 +273,21 @@ pub fn run(args: &[String]) -> Result<()> {
         Some(other) => return Err(format!("--device {other}: use cpu or cuda").into()),
     };
     let reps = match value("--reps") {
-        Some(n) => (
-            3,
-            n.parse().map_err(|_| format!("--reps {n}: give a count"))?,
-        ),
-        None if quick => (0, 1),
-        None => (3, 15),
+        Some(n) => Reps {
+            warmup: 3,
+            runs: n.parse().map_err(|_| format!("--reps {n}: give a count"))?,
+            at_least: Duration::ZERO,
+        },
+        None if quick => Reps {
+            warmup: 0,
+            runs: 1,
+            at_least: Duration::ZERO,
+        },
+        None => Reps {
+            warmup: 3,
+            runs: 15,
+            at_least: Duration::from_secs(1),
+        },
     };
     let mut cases = Vec::new();
     let wanted = |name: &str| name.starts_with(&only);
@@ -275,7 +303,7 @@ pub fn run(args: &[String]) -> Result<()> {
     if wanted("matmul") {
         let a = Tensor::rand(0f32, 1f32, (n, n), &device)?;
         let b = Tensor::rand(0f32, 1f32, (n, n), &device)?;
-        let times = time(&device, reps.0, reps.1, &mut || {
+        let times = time(&device, reps, &mut || {
             a.matmul(&b)?;
             Ok(())
         })?;
@@ -289,7 +317,7 @@ pub fn run(args: &[String]) -> Result<()> {
         let a = normals(&mut stream(0, "bench/gemm"), n * n);
         let mut out = vec![0f32; n * n];
         let threads = rayon::current_num_threads();
-        let times = time(&device, reps.0, reps.1, &mut || {
+        let times = time(&device, reps, &mut || {
             matmul(
                 &mut out,
                 View::rows(&a, n, n),
@@ -356,7 +384,11 @@ pub fn run(args: &[String]) -> Result<()> {
             start: None,
         };
         let mut rng = stream(0, "bench/sample");
-        let times = time(&device, 0, if quick { 1 } else { 3 }, &mut || {
+        let sampling = Reps {
+            warmup: 0,
+            ..reps.with_runs(if quick { 1 } else { 3 })
+        };
+        let times = time(&device, sampling, &mut || {
             samplers::run(
                 &sampler,
                 &score,
@@ -384,7 +416,14 @@ pub fn run(args: &[String]) -> Result<()> {
     for batch in if quick { vec![2] } else { vec![64, 128] } {
         let name = format!("unet_step/b{batch}");
         if wanted(&name) {
-            let unet_reps = if quick { reps } else { (2, 7) };
+            let unet_reps = if quick {
+                reps
+            } else {
+                Reps {
+                    warmup: 2,
+                    ..reps.with_runs(7)
+                }
+            };
             cases.push(step_case(
                 name,
                 &NetworkConfig::UNet(mnist_unet()),
@@ -404,7 +443,7 @@ pub fn run(args: &[String]) -> Result<()> {
                 &device,
             )?;
             let t = Tensor::full(0.5f32, batch, &device)?;
-            let times = time(&device, reps.0, reps.1, &mut || {
+            let times = time(&device, reps, &mut || {
                 net.forward(&x, &t)?;
                 Ok(())
             })?;

@@ -137,13 +137,16 @@ class UNet(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h))).reshape(b, -1)
 
 
-def timed(device, warmup, reps, fn):
+def timed(device, warmup, reps, at_least, fn):
+    """Times at least `reps` runs of `fn` after `warmup` untimed ones, and goes on until
+    the timed runs add up to `at_least` seconds: the rule of benches/train.rs, so that
+    each side's median covers as long a stretch of the machine."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
         fn()
     sync()
     times = []
-    for _ in range(reps):
+    while len(times) < reps or sum(times) < at_least * 1e3:
         start = time.perf_counter()
         fn()
         sync()
@@ -184,7 +187,7 @@ def main():
     p.add_argument("--only", default="")
     a = p.parse_args()
     device = torch.device(a.device)
-    reps = (0, 1) if a.quick else (3, 15)
+    reps = (0, 1, 0.0) if a.quick else (3, 15, 1.0)
     wanted = lambda name: name.startswith(a.only)
     cases = []
 
@@ -224,12 +227,12 @@ def main():
                     x = x + math.sqrt(q) * torch.randn_like(x)
             return x
 
-        cases.append(dict(case=name, times=timed(device, 0, 1 if a.quick else 3, run), items=particles * steps, unit="particle-steps", flops=None, params=0))
+        cases.append(dict(case=name, times=timed(device, 0, 1 if a.quick else 3, reps[2], run), items=particles * steps, unit="particle-steps", flops=None, params=0))
 
     for batch in [2] if a.quick else [64, 128]:
         name = f"unet_step/b{batch}"
         if wanted(name):
-            cases.append(step_case(name, UNet().to(device), 784, batch, device, reps if a.quick else (2, 7), True))
+            cases.append(step_case(name, UNet().to(device), 784, batch, device, reps if a.quick else (2, 7, reps[2]), True))
         name = f"unet_sample_step/b{batch}"
         if wanted(name):
             net = UNet().to(device)
