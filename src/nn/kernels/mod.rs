@@ -14,6 +14,7 @@ pub mod fused_mlp;
 pub mod fused_res_block;
 pub mod gemm;
 pub mod group_norm;
+pub mod lanes;
 pub mod packed;
 pub mod transpose;
 pub mod upsample;

@@ -13,6 +13,8 @@ mod avx512;
 mod blis;
 mod operands;
 mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod vector;
 
 pub use operands::{Activation, View};
 use operands::{Epilogue, Sigmoids};

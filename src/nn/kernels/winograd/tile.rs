@@ -3,6 +3,8 @@
 //! a transform, and the transforms' combinations, written once over [`Arithmetic`] so
 //! that one number and a vector of channels go through the very same operations.
 
+use crate::nn::kernels::lanes::Arithmetic;
+
 /// The tilings: F(2x2, 3x3), a 2x2 block of outputs from a 4x4 tile (16 products per
 /// 4 outputs), and F(4x4, 3x3), a 4x4 block from a 6x6 tile (36 per 16: 2.25 per
 /// output instead of 4, with fewer transformed numbers too). The larger tiles waste
@@ -93,30 +95,6 @@ impl VectorTiles {
             Tiling::Two => self.two,
             Tiling::Four => self.four,
         }
-    }
-}
-
-/// The arithmetic the combinations use: one number, or a vector of channels (whose
-/// values exist only where the CPU has their instructions, see vector.rs). No fused
-/// multiply-adds, so every form rounds alike.
-pub trait Arithmetic: Copy {
-    fn add(self, other: Self) -> Self;
-    fn sub(self, other: Self) -> Self;
-    fn scale(self, factor: f32) -> Self;
-}
-
-impl Arithmetic for f32 {
-    #[inline(always)]
-    fn add(self, other: f32) -> f32 {
-        self + other
-    }
-    #[inline(always)]
-    fn sub(self, other: f32) -> f32 {
-        self - other
-    }
-    #[inline(always)]
-    fn scale(self, factor: f32) -> f32 {
-        self * factor
     }
 }
 

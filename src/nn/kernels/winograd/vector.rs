@@ -1,15 +1,15 @@
 //! The tile transforms on a vector of channels at a time: 16 with AVX-512, 8 with AVX2,
 //! 4 with NEON. The transforms are tile.rs's combinations, written once over
-//! `Arithmetic`; each instruction set gets thin wrappers compiled for it, into which the
-//! generic code and its intrinsics are inlined.
+//! `Arithmetic`, on the vectors of `lanes`; each instruction set gets thin wrappers
+//! compiled for it, into which the generic code and its intrinsics are inlined.
 
-#[cfg(target_arch = "aarch64")]
-use std::arch::aarch64::*;
-#[cfg(target_arch = "x86_64")]
-use std::arch::x86_64::*;
-
-use super::tile::{self, Arithmetic, Strides, Transforms, VectorTiles};
+use super::tile::{self, Strides, Transforms, VectorTiles};
 use crate::nn::kernels::cpu::{self, Level};
+use crate::nn::kernels::lanes::Lanes;
+#[cfg(target_arch = "aarch64")]
+use crate::nn::kernels::lanes::NeonLanes;
+#[cfg(target_arch = "x86_64")]
+use crate::nn::kernels::lanes::{Avx2Lanes, Avx512Lanes};
 
 /// The widest transforms of the level in use, if any.
 pub fn here() -> Option<VectorTiles> {
@@ -33,196 +33,6 @@ fn of_level(level: Level) -> Option<VectorTiles> {
         #[cfg(target_arch = "aarch64")]
         Level::Neon => Some(NEON),
         _ => None,
-    }
-}
-
-/// A vector of channels: its loads and stores, on top of the combinations'
-/// arithmetic. Every method here requires the instruction set of the implementation;
-/// a value exists only once one of them has run, so its arithmetic (safe methods)
-/// runs only where the instruction set is present.
-trait Lanes: Arithmetic {
-    /// Which of the first lanes a load or store touches.
-    type Mask: Copy;
-    unsafe fn mask(lanes: usize) -> Self::Mask;
-    /// The masked lanes from `src`, zero elsewhere.
-    unsafe fn load(mask: Self::Mask, src: *const f32) -> Self;
-    /// The masked lanes to `dst`; the others are not touched.
-    unsafe fn store(self, mask: Self::Mask, dst: *mut f32);
-    unsafe fn zero() -> Self;
-}
-
-#[cfg(target_arch = "x86_64")]
-#[derive(Clone, Copy)]
-struct Avx512Lanes(__m512);
-
-#[cfg(target_arch = "x86_64")]
-impl Lanes for Avx512Lanes {
-    type Mask = __mmask16;
-    #[inline(always)]
-    unsafe fn mask(lanes: usize) -> __mmask16 {
-        (1u32 << lanes).wrapping_sub(1) as u16
-    }
-    #[inline(always)]
-    unsafe fn load(mask: __mmask16, src: *const f32) -> Self {
-        Avx512Lanes(unsafe { _mm512_maskz_loadu_ps(mask, src) })
-    }
-    #[inline(always)]
-    unsafe fn store(self, mask: __mmask16, dst: *mut f32) {
-        unsafe { _mm512_mask_storeu_ps(dst, mask, self.0) }
-    }
-    #[inline(always)]
-    unsafe fn zero() -> Self {
-        Avx512Lanes(unsafe { _mm512_setzero_ps() })
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-// SAFETY (of each method): `self` exists, so one of the unsafe constructors above has
-// run, which the caller may do only where the CPU has the instructions.
-impl Arithmetic for Avx512Lanes {
-    #[inline(always)]
-    fn add(self, other: Self) -> Self {
-        Avx512Lanes(unsafe { _mm512_add_ps(self.0, other.0) })
-    }
-    #[inline(always)]
-    fn sub(self, other: Self) -> Self {
-        Avx512Lanes(unsafe { _mm512_sub_ps(self.0, other.0) })
-    }
-    #[inline(always)]
-    fn scale(self, factor: f32) -> Self {
-        Avx512Lanes(unsafe { _mm512_mul_ps(self.0, _mm512_set1_ps(factor)) })
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[derive(Clone, Copy)]
-struct Avx2Lanes(__m256);
-
-/// AVX2's masked stores are slow on AMD CPUs: a full vector goes without the mask.
-#[cfg(target_arch = "x86_64")]
-#[derive(Clone, Copy)]
-struct Avx2Mask {
-    full: bool,
-    lanes: __m256i,
-}
-
-#[cfg(target_arch = "x86_64")]
-impl Lanes for Avx2Lanes {
-    type Mask = Avx2Mask;
-    #[inline(always)]
-    unsafe fn mask(lanes: usize) -> Avx2Mask {
-        let on = unsafe {
-            _mm256_cmpgt_epi32(
-                _mm256_set1_epi32(lanes as i32),
-                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-            )
-        };
-        Avx2Mask {
-            full: lanes >= 8,
-            lanes: on,
-        }
-    }
-    #[inline(always)]
-    unsafe fn load(mask: Avx2Mask, src: *const f32) -> Self {
-        Avx2Lanes(unsafe {
-            if mask.full {
-                _mm256_loadu_ps(src)
-            } else {
-                _mm256_maskload_ps(src, mask.lanes)
-            }
-        })
-    }
-    #[inline(always)]
-    unsafe fn store(self, mask: Avx2Mask, dst: *mut f32) {
-        unsafe {
-            if mask.full {
-                _mm256_storeu_ps(dst, self.0)
-            } else {
-                _mm256_maskstore_ps(dst, mask.lanes, self.0)
-            }
-        }
-    }
-    #[inline(always)]
-    unsafe fn zero() -> Self {
-        Avx2Lanes(unsafe { _mm256_setzero_ps() })
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-// SAFETY (of each method): `self` exists, so one of the unsafe constructors above has
-// run, which the caller may do only where the CPU has the instructions.
-impl Arithmetic for Avx2Lanes {
-    #[inline(always)]
-    fn add(self, other: Self) -> Self {
-        Avx2Lanes(unsafe { _mm256_add_ps(self.0, other.0) })
-    }
-    #[inline(always)]
-    fn sub(self, other: Self) -> Self {
-        Avx2Lanes(unsafe { _mm256_sub_ps(self.0, other.0) })
-    }
-    #[inline(always)]
-    fn scale(self, factor: f32) -> Self {
-        Avx2Lanes(unsafe { _mm256_mul_ps(self.0, _mm256_set1_ps(factor)) })
-    }
-}
-
-#[cfg(target_arch = "aarch64")]
-#[derive(Clone, Copy)]
-struct NeonLanes(float32x4_t);
-
-/// NEON has no masked loads or stores: a part of a vector goes through a buffer.
-#[cfg(target_arch = "aarch64")]
-impl Lanes for NeonLanes {
-    type Mask = usize;
-    #[inline(always)]
-    unsafe fn mask(lanes: usize) -> usize {
-        lanes.min(4)
-    }
-    #[inline(always)]
-    unsafe fn load(lanes: usize, src: *const f32) -> Self {
-        NeonLanes(unsafe {
-            if lanes == 4 {
-                vld1q_f32(src)
-            } else {
-                let mut part = [0f32; 4];
-                std::ptr::copy_nonoverlapping(src, part.as_mut_ptr(), lanes);
-                vld1q_f32(part.as_ptr())
-            }
-        })
-    }
-    #[inline(always)]
-    unsafe fn store(self, lanes: usize, dst: *mut f32) {
-        unsafe {
-            if lanes == 4 {
-                vst1q_f32(dst, self.0)
-            } else {
-                let mut part = [0f32; 4];
-                vst1q_f32(part.as_mut_ptr(), self.0);
-                std::ptr::copy_nonoverlapping(part.as_ptr(), dst, lanes);
-            }
-        }
-    }
-    #[inline(always)]
-    unsafe fn zero() -> Self {
-        NeonLanes(unsafe { vdupq_n_f32(0.0) })
-    }
-}
-
-#[cfg(target_arch = "aarch64")]
-// SAFETY (of each method): `self` exists, so one of the unsafe constructors above has
-// run, which the caller may do only where the CPU has the instructions.
-impl Arithmetic for NeonLanes {
-    #[inline(always)]
-    fn add(self, other: Self) -> Self {
-        NeonLanes(unsafe { vaddq_f32(self.0, other.0) })
-    }
-    #[inline(always)]
-    fn sub(self, other: Self) -> Self {
-        NeonLanes(unsafe { vsubq_f32(self.0, other.0) })
-    }
-    #[inline(always)]
-    fn scale(self, factor: f32) -> Self {
-        NeonLanes(unsafe { vmulq_f32(self.0, vdupq_n_f32(factor)) })
     }
 }
 
