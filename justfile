@@ -33,7 +33,7 @@ bench *args="":
     cargo bench --bench cache -- {{args}}
     cargo bench --bench slurm -- {{args}}
 
-# runner's training/sampling benchmark against the PyTorch reference, alternating, 3 rounds.
+# runner's training/sampling benchmark against the PyTorch reference, alternating, 5 rounds.
 bench-compare device="cpu" *args="":
     python3 bench/compare.py --device {{device}} {{args}}
 

@@ -7,13 +7,14 @@ speed-up divides were taken within seconds of each other: on a shared machine wh
 speed drifts over minutes, a round of every runner case followed by every PyTorch case
 compared different moments more than different programs.
 
-    python bench/compare.py [--device cpu|cuda] [--rounds 3] [--quick] [--only PREFIX]
+    python bench/compare.py [--device cpu|cuda] [--rounds 5] [--quick] [--only PREFIX]
                             [--runner-bench CMD] [--markdown]
 
 --runner-bench is the command that runs runner's benchmark binary (default: `cargo
 bench --bench train --`); on a machine without cargo, pass the built binary.
 GFLOP/s of the steps use the FLOPs PyTorch's FlopCounterMode counts for the same
-network (runner counts the MLP's itself).
+network (runner counts the MLP's itself). Each side times a case at least 15 times and
+until its runs add up to a second, so that a round's median is not one burst of the host.
 """
 
 import argparse
@@ -40,7 +41,7 @@ def run(cmd, json_path):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--device", default="cpu")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--only", default="")
     p.add_argument("--runner-bench", default="cargo bench --bench train --")
