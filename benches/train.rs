@@ -265,6 +265,10 @@ pub fn run(args: &[String]) -> Result<()> {
             .position(|a| a == flag)
             .and_then(|i| args.get(i + 1).cloned())
     };
+    // A mistyped level would time the CPU's own path under the name of another.
+    if let Some(message) = runner::nn::kernels::cpu::environment_error() {
+        return Err(message.into());
+    }
     let quick = args.iter().any(|a| a == "--quick");
     let only = value("--only").unwrap_or_default();
     let device = match value("--device").as_deref() {

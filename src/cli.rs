@@ -313,6 +313,10 @@ fn handle_signals() {
 pub fn main() -> ExitCode {
     crate::alloc::keep_freed_memory();
     let cli = Cli::parse();
+    if let Some(message) = crate::nn::kernels::cpu::environment_error() {
+        eprintln!("error: {message}");
+        return ExitCode::from(exit_code::INVALID);
+    }
     handle_signals();
     match dispatch(&cli) {
         Ok(()) => ExitCode::SUCCESS,

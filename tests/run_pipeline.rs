@@ -410,3 +410,34 @@ fn plan_takes_runs_flags_and_lists_stages_in_file_order() {
         stderr(&bad)
     );
 }
+
+/// A mistyped `RUNNER_CPU_FEATURES` stops the binary before anything runs, naming the
+/// levels: running on would measure or test the CPU's own path while the user believes
+/// another is forced. A level it names is taken.
+#[test]
+fn an_unknown_cpu_level_is_refused_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("results");
+    let path = write_pipeline(dir.path(), "tiny", &tiny_pipeline("tiny", 5));
+    let with_level = |level: &str| {
+        Command::new(env!("CARGO_BIN_EXE_runner"))
+            .env("RUNNER_CPU_FEATURES", level)
+            .arg("--results")
+            .arg(&results)
+            .args(["run", path.to_str().unwrap()])
+            .output()
+            .expect("runner binary starts")
+    };
+    let typo = with_level("avx9");
+    assert_eq!(typo.status.code(), Some(2), "{}", stderr(&typo));
+    assert!(
+        stderr(&typo)
+            .contains("RUNNER_CPU_FEATURES=avx9 is not a level: use avx512, avx2, neon or scalar"),
+        "{}",
+        stderr(&typo)
+    );
+    assert!(!results.join(".cache").exists(), "nothing may run");
+    let scalar = with_level("scalar");
+    assert!(scalar.status.success(), "{}", stderr(&scalar));
+    assert_eq!(computed(&scalar).len(), 9, "{}", stdout(&scalar));
+}

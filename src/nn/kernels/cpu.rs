@@ -84,16 +84,35 @@ fn from_environment() -> Level {
             Ok(text) if !text.is_empty() => match Level::from_name(&text) {
                 Some(asked) => asked.on_this_architecture().min(cpu),
                 None => {
-                    eprintln!(
-                        "warning: RUNNER_CPU_FEATURES={text} is not avx512, avx2, neon or scalar; using {}",
-                        cpu.name()
-                    );
+                    // The binary refuses to start on this (`environment_error`); a
+                    // program using the library gets the warning.
+                    eprintln!("warning: {}", unknown_level(&text));
                     cpu
                 }
             },
             _ => cpu,
         }
     })
+}
+
+/// Why `RUNNER_CPU_FEATURES` cannot be honoured, when it names no level: the binary
+/// checks this before anything runs, since a typo would otherwise measure or test the
+/// CPU's own path while the user believes another is forced.
+pub fn environment_error() -> Option<String> {
+    match std::env::var("RUNNER_CPU_FEATURES") {
+        Ok(text) if !text.is_empty() && Level::from_name(&text).is_none() => {
+            Some(unknown_level(&text))
+        }
+        _ => None,
+    }
+}
+
+/// The message for a `RUNNER_CPU_FEATURES` that names no level.
+fn unknown_level(text: &str) -> String {
+    format!(
+        "RUNNER_CPU_FEATURES={text} is not a level: use avx512, avx2, neon or scalar, or unset it for this CPU's own ({})",
+        detected().name()
+    )
 }
 
 /// A narrower level set by [`with_level`]: its position in [`Level::ALL`] plus one; 0
