@@ -145,12 +145,13 @@ def timed(device, warmup, reps, at_least, fn):
     for _ in range(warmup):
         fn()
     sync()
-    times = []
-    while len(times) < reps or sum(times) < at_least * 1e3:
+    times, total = [], 0.0
+    while len(times) < reps or total < at_least * 1e3:
         start = time.perf_counter()
         fn()
         sync()
         times.append((time.perf_counter() - start) * 1e3)
+        total += times[-1]
     return sorted(times)
 
 

@@ -234,15 +234,12 @@ unsafe fn matmul<K: MicroKernel>(
                 }
                 panels.clear();
                 for ip in 0..mc.div_ceil(mr) {
-                    let rows = mr.min(mc - ip * mr);
                     panels.push(panel::<K>(
                         packed_a,
                         lhs,
                         source,
                         direct_b,
-                        ic + ip * mr,
-                        rows,
-                        ip,
+                        (ic, mc, ip),
                         pc,
                         kc,
                     ));
@@ -286,22 +283,20 @@ unsafe fn matmul<K: MicroKernel>(
     })
 }
 
-/// Where the micro-kernel reads the `rows` (at most MR) rows of A from `i0`, panel `ip`
-/// of the current MC block at depth `pc..pc + kc`, and the block function that reads
+/// Where the micro-kernel reads panel `ip` (MR rows, fewer at the end) of the MC block
+/// of `mc` rows from `ic`, at depth `pc..pc + kc`, and the block function that reads
 /// them so; `packed_a` holds the block packed when `source` is `Packed`.
-#[allow(clippy::too_many_arguments)]
 fn panel<K: MicroKernel>(
     packed_a: &mut Vec<f32>,
     lhs: View,
     source: Source,
     direct_b: bool,
-    i0: usize,
-    rows: usize,
-    ip: usize,
+    (ic, mc, ip): (usize, usize, usize),
     pc: usize,
     kc: usize,
 ) -> (Operand, BlockFn) {
     let mr = K::MR;
+    let (i0, rows) = (ic + ip * mr, mr.min(mc - ip * mr));
     let mut a = Operand {
         packed: std::ptr::null(),
         rows: [std::ptr::null(); MAX_MR],
